@@ -1,0 +1,30 @@
+# make demo / make test: both build .venv from requirements.txt first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+# The development/CI mirror of the public corpora (see ../shared/data/README.md).
+export MULM_DATA_MIRROR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
+
+.PHONY: demo test test-slow venv clean
+
+venv: $(STAMP)
+
+# Rebuilt whenever requirements.txt is newer than the last install.
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m mulm_jax info --config configs/shakespeare_char.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,380 @@
+"""Typed configuration: model / data / train / serve sections, YAML files, `--set` overrides, validation."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value that is unknown, of the wrong type, or describes an impossible model."""
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """How RoPE is stretched past the context it was trained on."""
+
+    type: Literal["linear", "ntk", "yarn", "longrope"] = "linear"
+    factor: float = 1.0
+    original_max_seq_len: int = 0  # 0: the model's max_seq_len
+    # YaRN: rotations per context below which a frequency is interpolated, above which it is kept.
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    # LongRoPE: one rescale factor per rotary frequency (head_dim / 2 values); the long list is used
+    # past original_max_seq_len, the short one within it (empty: all ones).
+    long_factor: tuple[float, ...] = ()
+    short_factor: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: Literal["decoder", "encoder_decoder"] = "decoder"
+    vocab_size: int = 256
+    d_model: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: Optional[int] = None  # None: = num_heads (multi-head); 1: multi-query
+    d_ff: Optional[int] = None  # None: 4 * d_model
+    max_seq_len: int = 256
+    positional: Literal["sinusoidal", "learned", "rope", "alibi", "none"] = "learned"
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[RopeScaling] = None
+    attention: Literal["full", "sliding_window", "block_sparse"] = "full"
+    sliding_window: Optional[int] = None
+    block_size: Optional[int] = None
+    num_global_tokens: int = 0
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_position: Literal["pre", "post"] = "pre"
+    norm_eps: float = 1e-5
+    ffn: Literal["relu", "gelu", "swiglu"] = "gelu"
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    use_bias: bool = True
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    # encoder_decoder only; None: num_layers.
+    num_encoder_layers: Optional[int] = None
+    num_decoder_layers: Optional[int] = None
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads if self.num_kv_heads is not None else self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def ff_dim(self) -> int:
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    @property
+    def encoder_layers(self) -> int:
+        return self.num_encoder_layers if self.num_encoder_layers is not None else self.num_layers
+
+    @property
+    def decoder_layers(self) -> int:
+        if self.architecture == "decoder":
+            return self.num_layers
+        return self.num_decoder_layers if self.num_decoder_layers is not None else self.num_layers
+
+    def validate(self) -> None:
+        """Raise ConfigError for a model that cannot be built."""
+        _positive(self, "vocab_size", "d_model", "num_layers", "num_heads", "max_seq_len")
+        _positive(self, "num_kv_heads", "d_ff", "num_encoder_layers", "num_decoder_layers",
+                  "sliding_window", "block_size", optional=True)
+        if self.d_model % self.num_heads:
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by model.num_heads={self.num_heads}: "
+                "each head gets d_model / num_heads dimensions")
+        if self.num_heads % self.kv_heads:
+            raise ConfigError(
+                f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads={self.kv_heads}: "
+                "grouped-query attention shares each kv head among num_heads / num_kv_heads query heads")
+        if self.positional == "rope" and self.head_dim % 2:
+            raise ConfigError(
+                f"model.positional=rope needs an even head width, but d_model / num_heads = "
+                f"{self.d_model} / {self.num_heads} = {self.head_dim}")
+        if self.rope_scaling is not None:
+            if self.positional != "rope":
+                raise ConfigError(
+                    f"model.rope_scaling is set but model.positional={self.positional!r}; it applies to 'rope' only")
+            s = self.rope_scaling
+            if s.factor < 1.0:
+                raise ConfigError(f"model.rope_scaling.factor={s.factor} must be >= 1.0")
+            if s.type == "longrope":
+                half = self.head_dim // 2
+                for name in ("long_factor", "short_factor"):
+                    got = getattr(s, name)
+                    if name == "long_factor" and not got:
+                        raise ConfigError(
+                            f"model.rope_scaling.long_factor is empty; longrope needs head_dim / 2 = {half} factors")
+                    if got and len(got) != half:
+                        raise ConfigError(
+                            f"model.rope_scaling.{name} has {len(got)} values; expected head_dim / 2 = {half}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
+        if self.attention == "sliding_window":
+            if self.sliding_window is None:
+                raise ConfigError("model.attention=sliding_window needs model.sliding_window (a window length)")
+            if self.sliding_window > self.max_seq_len:
+                raise ConfigError(
+                    f"model.sliding_window={self.sliding_window} is larger than the context "
+                    f"model.max_seq_len={self.max_seq_len}")
+        if self.attention == "block_sparse":
+            if self.block_size is None:
+                raise ConfigError("model.attention=block_sparse needs model.block_size (tokens per local block)")
+            if self.block_size > self.max_seq_len:
+                raise ConfigError(
+                    f"model.block_size={self.block_size} is larger than the context "
+                    f"model.max_seq_len={self.max_seq_len}")
+            if not 0 <= self.num_global_tokens <= self.max_seq_len:
+                raise ConfigError(
+                    f"model.num_global_tokens={self.num_global_tokens} must be in [0, max_seq_len={self.max_seq_len}]")
+        if self.architecture == "decoder":
+            for name in ("num_encoder_layers", "num_decoder_layers"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        f"model.{name} is set but model.architecture='decoder'; use model.num_layers")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set to train on: an assembled dataset folder, or sources to assemble one from."""
+
+    dataset: Optional[str] = None  # a dataset version folder; when set, the keys below are ignored
+    sources: tuple[str, ...] = ()  # named sources, files, folders or globs
+    tokenizer: str = "char"  # char | bpe | unigram | path to a SentencePiece .model
+    vocab_size: Optional[int] = None  # for bpe / unigram
+    val_fraction: float = 0.1
+    text_field: str = "text"  # for JSONL sources
+    out_dir: str = "datasets"  # where assembled versions are written
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 12  # global, across all devices and hosts
+    seq_len: Optional[int] = None  # None: model.max_seq_len
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    optimizer: Literal["adamw", "adafactor", "lion", "sgd"] = "adamw"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0: no clipping
+    grad_accum_steps: int = 1
+    eval_every: int = 250
+    eval_batches: int = 20
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    seed: int = 1337
+    remat: bool = False
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    slots: int = 8
+    max_queue: int = 64
+    api_keys: tuple[str, ...] = ()
+    state_dir: str = "state"
+    extra_routes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts and lists, as YAML or JSON would hold them."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _positive(cfg: Any, *names: str, optional: bool = False) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is None and optional:
+            continue
+        if value <= 0:
+            raise ConfigError(f"model.{name}={value} must be a positive integer")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, returning it converted where that is lossless."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{key}={value!r} is not valid: expected {_type_name(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        item_tp = typing.get_args(tp)[0]
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise bad
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown config key {full!r}{hint}; allowed keys: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `"model.num_layers=2"` into its key and its YAML-parsed value."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({e})") from None
+    return key, value
+
+
+def config_from_dict(tree: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build and validate a Config from nested dicts plus `section.key=value` overrides."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(tree).__name__}")
+    tree = copy.deepcopy(tree)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_path(tree, key, value)
+    config = _build(Config, tree, "")
+    config.validate()
+    return config
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (None: all defaults), apply overrides, type-check and validate it."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    return config_from_dict(tree, overrides)
+
+
+def dump_config(config: Config) -> str:
+    """The config as YAML text that load_config reads back to an equal Config."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def _plain(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _plain(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_plain(v) for v in tree]
+    return tree
+
+
+def add_config_arguments(parser: Any) -> None:
+    """`--config PATH` and `--set key=value ...` on an argparse parser."""
+    parser.add_argument("--config", help="YAML config file (see configs/)")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                        metavar="KEY=VALUE", help="override a config value, e.g. model.num_layers=2")
+
+
+def config_from_args(args: Any) -> Config:
+    return load_config(args.config, args.overrides)
