@@ -21,10 +21,10 @@ demo: $(STAMP)
 	$(PY) -m mulm_jax info --config configs/shakespeare_char.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n 2 -m slow
 
 clean:
 	rm -rf $(VENV) .pytest_cache

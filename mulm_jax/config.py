@@ -57,6 +57,7 @@ class ModelConfig:
     ffn: Literal["relu", "gelu", "swiglu"] = "gelu"
     dropout: float = 0.0
     tie_embeddings: bool = True
+    scale_embeddings: bool = False  # multiply token vectors by sqrt(d_model), as the 2017 Transformer does
     use_bias: bool = True
     dtype: Literal["float32", "bfloat16"] = "float32"
     # encoder_decoder only; None: num_layers.
@@ -156,6 +157,16 @@ class DataConfig:
     val_fraction: float = 0.1
     text_field: str = "text"  # for JSONL sources
     out_dir: str = "datasets"  # where assembled versions are written
+    seq_len: Optional[int] = None  # when set, assembly checks that each split holds a window of seq_len + 1 tokens
+    invalid_utf8: Literal["replace", "reject"] = "replace"  # replace bad bytes with U+FFFD, or fail naming the offset
+    fold_whitespace: bool = False  # collapse runs of spaces, trim lines, at most one blank line in a row
+    min_doc_chars: int = 1  # documents shorter than this (after cleaning) are dropped
+    max_doc_chars: Optional[int] = None  # documents longer than this are dropped; None: no limit
+    # How sources' text is cut into documents: none (a file / JSONL record is one), blank-line paragraphs, or
+    # WikiText ` = Title = ` headings; None: each named source's own scheme (wikitext2: headings), else none.
+    split_documents: Optional[Literal["none", "paragraphs", "headings"]] = None
+    dedup: Literal["none", "exact", "near"] = "near"  # near: exact, then MinHash near-duplicates
+    near_dup_threshold: float = 0.8  # drop a document this similar to an earlier one (Jaccard, 5-word shingles)
 
 
 @dataclass(frozen=True)
@@ -247,9 +258,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if type(None) in args:
                 return None
             raise bad
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error says more
+            return _coerce(value, options[0], key)
+        for arg in options:
             try:
                 return _coerce(value, arg, key)
             except ConfigError:

@@ -1,0 +1,72 @@
+"""Decoder-only language model (GPT-2 style, Llama style, ... by config): ids [B, T] -> logits [B, T, V]."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mulm_jax.config import ModelConfig
+from mulm_jax.models.masks import self_attention_mask_and_bias
+from mulm_jax.nn.attention import KVCache
+from mulm_jax.nn.blocks import BlockStack
+from mulm_jax.nn.embedding import Embedder
+
+
+def embedder_for(cfg: ModelConfig) -> Embedder:
+    return Embedder(cfg.vocab_size, cfg.d_model, cfg.max_seq_len, cfg.positional, cfg.tie_embeddings,
+                    scale=cfg.scale_embeddings, dtype=jnp.dtype(cfg.dtype), name="embedder")
+
+
+def default_positions(ids_BxT: jax.Array) -> jax.Array:
+    B, T = ids_BxT.shape
+    return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+
+
+class DecoderLM(nn.Module):
+    """Causal LM. Without a cache: positions default to 0..T-1 and `valid_BxT` marks padding.
+
+    With `caches` (one KVCache per layer, each [B, S_max, K, Dh]), the T new tokens sit at positions
+    `pos_BxT` (per sequence), attend over cache slots 0..S_max-1, and the updated caches are returned:
+    prefill is T = prompt bucket, decode is T = 1, same code.
+    """
+
+    cfg: ModelConfig
+
+    def setup(self) -> None:
+        self.embedder = embedder_for(self.cfg)
+        self.dropout = nn.Dropout(self.cfg.dropout)
+        self.stack = BlockStack(self.cfg, self.cfg.num_layers, name="decoder")
+
+    def __call__(
+        self,
+        ids_BxT: jax.Array,
+        *,
+        pos_BxT: Optional[jax.Array] = None,
+        valid_BxT: Optional[jax.Array] = None,
+        caches: Optional[tuple[KVCache, ...]] = None,
+        deterministic: bool = True,
+        return_weights: bool = False,
+    ) -> jax.Array | tuple[jax.Array, tuple[KVCache, ...]]:
+        hidden_BxTxD, new_caches = self.hidden(ids_BxT, pos_BxT=pos_BxT, valid_BxT=valid_BxT, caches=caches,
+                                               deterministic=deterministic, return_weights=return_weights)
+        logits_BxTxV = self.embedder.logits(hidden_BxTxD)
+        return logits_BxTxV if caches is None else (logits_BxTxV, new_caches)
+
+    def hidden(self, ids_BxT, *, pos_BxT=None, valid_BxT=None, caches=None, deterministic=True,
+               return_weights=False) -> tuple[jax.Array, Optional[tuple[KVCache, ...]]]:
+        """Final hidden states [B, T, D] (after the final norm), and the updated caches."""
+        q_pos_BxT = default_positions(ids_BxT) if pos_BxT is None else pos_BxT
+        if caches is None:
+            k_pos_BxS, k_valid_BxS = q_pos_BxT, valid_BxT
+        else:
+            S = caches[0].k_BxSxKxDh.shape[1]
+            k_pos_BxS = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (ids_BxT.shape[0], S))
+            k_valid_BxS = None  # slots past a sequence's position are hidden by the causal mask
+        mask, bias = self_attention_mask_and_bias(self.cfg, q_pos_BxT, k_pos_BxS, causal=True,
+                                                  k_valid_BxS=k_valid_BxS)
+        x_BxTxD = self.dropout(self.embedder.embed(ids_BxT, q_pos_BxT), deterministic=deterministic)
+        return self.stack(x_BxTxD, mask=mask, bias=bias, q_pos_BxT=q_pos_BxT, k_pos_BxS=k_pos_BxS,
+                          caches=caches, deterministic=deterministic, return_weights=return_weights)

@@ -1,0 +1,105 @@
+"""Transformer blocks: self-attention (+ cross-attention) + feed-forward with residuals, pre- or post-norm."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mulm_jax.config import ModelConfig
+from mulm_jax.nn.attention import Attention, KVCache
+from mulm_jax.nn.feedforward import FeedForward
+
+
+def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
+    """LayerNorm (with a bias when cfg.use_bias) or RMSNorm; statistics in float32."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.dtype, name=name)
+    return nn.LayerNorm(epsilon=cfg.norm_eps, use_bias=cfg.use_bias, dtype=cfg.dtype, name=name)
+
+
+class Block(nn.Module):
+    """One layer. Encoder: bidirectional mask, no cross. Decoder: causal mask, cross-attention when given `memory`.
+
+    Pre-norm:  x = x + f(norm(x)) for each sublayer f (GPT-2, Llama).
+    Post-norm: x = norm(x + f(x)) (the 2017 Transformer).
+    """
+
+    cfg: ModelConfig
+    cross_attention: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BxTxD: jax.Array,
+        *,
+        mask: Optional[jax.Array],
+        bias: Optional[jax.Array],
+        q_pos_BxT: jax.Array,
+        k_pos_BxS: jax.Array,
+        memory_BxSxD: Optional[jax.Array] = None,
+        memory_mask: Optional[jax.Array] = None,
+        cache: Optional[KVCache] = None,
+        deterministic: bool = True,
+        return_weights: bool = False,
+    ) -> tuple[jax.Array, Optional[KVCache]]:
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        attention = lambda name, rope: Attention(  # noqa: E731
+            num_heads=cfg.num_heads, num_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
+            use_bias=cfg.use_bias, dropout=cfg.dropout,
+            rope_theta=cfg.rope_theta if rope else None, rope_scaling=cfg.rope_scaling,
+            max_seq_len=cfg.max_seq_len, dtype=dtype, name=name)
+        residual_dropout = nn.Dropout(cfg.dropout)
+
+        def sublayer(x, name: str, f):
+            if cfg.norm_position == "pre":
+                return x + residual_dropout(f(make_norm(cfg, f"{name}_norm")(x)), deterministic=deterministic)
+            return make_norm(cfg, f"{name}_norm")(x + residual_dropout(f(x), deterministic=deterministic))
+
+        def self_attend(h):
+            nonlocal cache
+            y, cache = attention("self_attention", cfg.positional == "rope")(
+                h, mask=mask, bias=bias, q_pos_BxT=q_pos_BxT, k_pos_BxS=k_pos_BxS, cache=cache,
+                deterministic=deterministic, return_weights=return_weights)
+            return y
+
+        x_BxTxD = sublayer(x_BxTxD, "self_attention", self_attend)
+        if self.cross_attention:
+            if memory_BxSxD is None:
+                raise ValueError("a decoder block with cross-attention needs the encoder output (memory_BxSxD)")
+            cross = attention("cross_attention", False)
+            x_BxTxD = sublayer(x_BxTxD, "cross_attention", lambda h: cross(
+                h, memory_BxSxD, mask=memory_mask, deterministic=deterministic, return_weights=return_weights)[0])
+        ffn = FeedForward(cfg.d_model, cfg.ff_dim, cfg.ffn, cfg.use_bias, dtype, name="ffn")
+        x_BxTxD = sublayer(x_BxTxD, "ffn", ffn)
+        return x_BxTxD, cache
+
+
+class BlockStack(nn.Module):
+    """num_layers blocks, then a final norm for pre-norm stacks. `caches`: one KVCache per layer, or None."""
+
+    cfg: ModelConfig
+    num_layers: int
+    cross_attention: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BxTxD: jax.Array,
+        *,
+        caches: Optional[tuple[KVCache, ...]] = None,
+        deterministic: bool = True,
+        **kwargs: Any,
+    ) -> tuple[jax.Array, Optional[tuple[KVCache, ...]]]:
+        new_caches = []
+        for i in range(self.num_layers):
+            cache = None if caches is None else caches[i]
+            x_BxTxD, cache = Block(self.cfg, self.cross_attention, name=f"layer_{i}")(
+                x_BxTxD, cache=cache, deterministic=deterministic, **kwargs)
+            new_caches.append(cache)
+        if self.cfg.norm_position == "pre":
+            x_BxTxD = make_norm(self.cfg, "final_norm")(x_BxTxD)
+        return x_BxTxD, None if caches is None else tuple(new_caches)

@@ -1,0 +1,58 @@
+"""Shared test helpers: tiny model configs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mulm_jax.config import ModelConfig, config_from_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def tiny_model(**overrides) -> ModelConfig:
+    """A model small enough to compile in a fraction of a second."""
+    base = dict(vocab_size=32, d_model=16, num_layers=1, num_heads=4, d_ff=32, max_seq_len=16)
+    base.update(overrides)
+    return config_from_dict({"model": base}).model
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
+def mirror() -> Path:
+    """The folder of mirrored corpora (MULM_DATA_MIRROR); tests that need it skip without it."""
+    path = os.environ.get("MULM_DATA_MIRROR")
+    if not path or not Path(path).is_dir():
+        pytest.skip("MULM_DATA_MIRROR is not set to the corpus mirror (../shared/data)")
+    return Path(path)
+
+
+def random_ids(B: int, T: int, seed: int = 0, vocab: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab, (B, T), dtype=np.int32)
+
+
+def random_params(model, *inputs, seed: int = 0, **kwargs):
+    """Parameters of the right shapes drawn with numpy: no compilation of the model's initializers.
+
+    Kernels and embeddings ~ N(0, 0.2^2) so that every input visibly changes the output; norm scales 1.
+    """
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(lambda key: model.init(key, *inputs, **kwargs), jax.random.key(0))
+
+    def draw(path, leaf):
+        if path[-1].key == "scale":
+            return jnp.ones(leaf.shape, leaf.dtype)
+        return jnp.asarray(rng.normal(0.0, 0.2, leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)

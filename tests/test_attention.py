@@ -1,0 +1,185 @@
+"""Attention core, GQA/MQA projections, masks and the KV cache, against naive numpy references."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mulm_jax.nn import attention as attention_lib
+from mulm_jax.nn.attention import Attention, KVCache, attention_mask
+
+dot_product_attention = jax.jit(attention_lib.dot_product_attention)
+
+
+def naive_attention(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, mask_BxTxS=None):
+    """Plain multi-head attention, one head and one query at a time."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh))
+    B, T, H, Dh = q.shape
+    out = np.zeros_like(q)
+    for b in range(B):
+        for h in range(H):
+            for t in range(T):
+                scores = k[b, :, h] @ q[b, t, h] / np.sqrt(Dh)
+                if mask_BxTxS is not None:
+                    scores = np.where(mask_BxTxS[b, t], scores, -np.inf)
+                w = np.exp(scores - scores.max())
+                out[b, t, h] = (w / w.sum()) @ v[b, :, h]
+    return out
+
+
+def random_qkv(B=2, T=5, S=7, H=4, K=4, Dh=8, seed=0):
+    kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
+    return (jax.random.normal(kq, (B, T, H, Dh)), jax.random.normal(kk, (B, S, K, Dh)),
+            jax.random.normal(kv, (B, S, K, Dh)))
+
+
+def test_core_with_equal_heads_matches_naive_multi_head_attention():
+    q, k, v = random_qkv()
+    mask_BxTxS = np.random.default_rng(0).random((2, 5, 7)) > 0.3
+    mask_BxTxS[..., 0] = True
+    out, probs = dot_product_attention(q, k, v, jnp.asarray(mask_BxTxS)[:, None])
+    chex.assert_shape(out, (2, 5, 4, 8))
+    chex.assert_shape(probs, (2, 4, 5, 7))
+    np.testing.assert_allclose(out, naive_attention(q, k, v, mask_BxTxS), atol=1e-5)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
+
+
+def test_grouped_query_equals_multi_head_with_repeated_kv_heads():
+    q, k, v = random_qkv(H=6, K=2)
+    out, _ = dot_product_attention(q, k, v)
+    k_rep, v_rep = jnp.repeat(k, 3, axis=2), jnp.repeat(v, 3, axis=2)  # query head h uses kv head h // 3
+    np.testing.assert_allclose(out, naive_attention(q, k_rep, v_rep), atol=1e-5)
+
+
+def test_gqa_with_one_kv_head_equals_mqa_sharing_one_head():
+    q, k, v = random_qkv(H=4, K=1)
+    out, _ = dot_product_attention(q, k, v)
+    np.testing.assert_allclose(out, naive_attention(q, jnp.tile(k, (1, 1, 4, 1)), jnp.tile(v, (1, 1, 4, 1))),
+                               atol=1e-5)
+
+
+def test_core_rejects_heads_not_divisible_by_kv_heads():
+    q, k, v = random_qkv(H=4, K=3)
+    with pytest.raises(ValueError, match="4 query heads cannot be shared evenly among 3 kv heads"):
+        attention_lib.dot_product_attention(q, k, v)
+
+
+def positions(n, b=1):
+    return jnp.broadcast_to(jnp.arange(n), (b, n))
+
+
+def test_causal_mask_is_lower_triangular():
+    mask = attention_mask(positions(4), positions(4), causal=True)
+    chex.assert_shape(mask, (1, 1, 4, 4))
+    np.testing.assert_array_equal(mask[0, 0], np.tril(np.ones((4, 4), bool)))
+
+
+def test_sliding_window_mask_keeps_the_last_w_keys():
+    mask = attention_mask(positions(6), positions(6), causal=True, window=3)[0, 0]
+    expected = np.array([[0 <= i - j < 3 for j in range(6)] for i in range(6)])
+    np.testing.assert_array_equal(mask, expected)
+    bidirectional = attention_mask(positions(6), positions(6), causal=False, window=2)[0, 0]
+    np.testing.assert_array_equal(bidirectional, np.abs(np.subtract.outer(range(6), range(6))) < 2)
+
+
+def test_block_sparse_mask_is_local_blocks_plus_global_tokens():
+    mask = attention_mask(positions(8), positions(8), causal=False, block_size=3, num_global=1)[0, 0]
+    expected = np.zeros((8, 8), bool)
+    for i in range(8):
+        for j in range(8):
+            expected[i, j] = i // 3 == j // 3 or i == 0 or j == 0
+    np.testing.assert_array_equal(mask, expected)
+    causal = attention_mask(positions(8), positions(8), causal=True, block_size=3, num_global=1)[0, 0]
+    np.testing.assert_array_equal(causal, expected & np.tril(np.ones((8, 8), bool)))
+
+
+def test_padding_keys_are_masked_for_every_query():
+    valid = jnp.array([[True, True, False, False]])
+    mask = attention_mask(positions(4), positions(4), causal=False, k_valid_BxS=valid)[0, 0]
+    np.testing.assert_array_equal(mask, np.array([[1, 1, 0, 0]] * 4, bool))
+
+
+def test_cache_write_puts_each_sequence_at_its_own_position():
+    cache = KVCache.zeros(batch=2, max_len=6, num_kv_heads=1, head_dim=2)
+    new = jnp.ones((2, 2, 1, 2)) * jnp.array([1.0, 2.0])[:, None, None, None]
+    cache = cache.write(new, -new, jnp.array([0, 3]))
+    np.testing.assert_array_equal(cache.k_BxSxKxDh[0, :, 0, 0], [1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(cache.k_BxSxKxDh[1, :, 0, 0], [0, 0, 0, 2, 2, 0])
+    np.testing.assert_array_equal(cache.v_BxSxKxDh[1, :, 0, 0], [0, 0, 0, -2, -2, 0])
+
+
+def make_attention(**kw):
+    args = dict(num_heads=4, num_kv_heads=2, head_dim=4)
+    args.update(kw)
+    return Attention(**args)
+
+
+def test_attention_module_shapes_and_kv_projection_sizes():
+    attn = make_attention()
+    x = jax.random.normal(jax.random.key(0), (2, 5, 12))
+    params = attn.init(jax.random.key(1), x, q_pos_BxT=positions(5, 2), k_pos_BxS=positions(5, 2))
+    chex.assert_shape(params["params"]["query"]["kernel"], (12, 4, 4))
+    chex.assert_shape(params["params"]["key"]["kernel"], (12, 2, 4))  # only the kv heads are projected
+    chex.assert_shape(params["params"]["out"]["kernel"], (4, 4, 12))
+    y, cache = jax.jit(attn.apply)(params, x, q_pos_BxT=positions(5, 2), k_pos_BxS=positions(5, 2))
+    chex.assert_shape(y, (2, 5, 12))
+    assert cache is None
+
+
+def test_cross_attention_reads_keys_from_the_memory():
+    attn = make_attention()
+    x, memory = jnp.ones((1, 3, 12)), jax.random.normal(jax.random.key(0), (1, 7, 12))
+    params = attn.init(jax.random.key(1), x, memory)
+    apply = jax.jit(attn.apply)
+    y1, _ = apply(params, x, memory)
+    y2, _ = apply(params, x, memory.at[:, 6].set(5.0))
+    chex.assert_shape(y1, (1, 3, 12))
+    assert not np.allclose(y1, y2)
+
+
+def test_attention_weights_are_returned_for_inspection():
+    attn = make_attention()
+    x = jax.random.normal(jax.random.key(0), (1, 5, 12))
+    pos = positions(5)
+    mask = attention_mask(pos, pos, causal=True)
+    params = attn.init(jax.random.key(1), x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos)
+    _, state = attn.apply(params, x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos, return_weights=True,
+                          mutable=["intermediates"])
+    (weights,) = state["intermediates"]["attention_weights"]
+    chex.assert_shape(weights, (1, 4, 5, 5))
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(weights[0, 0]) > 0, np.tril(np.ones((5, 5), bool)))
+
+
+def test_attention_dropout_is_random_in_training_and_off_in_evaluation():
+    attn = make_attention(dropout=0.5)
+    x = jax.random.normal(jax.random.key(0), (1, 5, 12))
+    pos = positions(5)
+    params = attn.init(jax.random.key(1), x, q_pos_BxT=pos, k_pos_BxS=pos)
+    apply = jax.jit(attn.apply, static_argnames="deterministic")
+    run = lambda seed, det: apply(params, x, q_pos_BxT=pos, k_pos_BxS=pos, deterministic=det,  # noqa: E731
+                                  rngs={"dropout": jax.random.key(seed)})[0]
+    np.testing.assert_array_equal(run(0, True), run(1, True))
+    assert not np.allclose(run(0, False), run(1, False))
+    np.testing.assert_array_equal(run(2, False), run(2, False))
+
+
+def test_cached_attention_step_by_step_equals_full_causal_attention():
+    attn = make_attention(rope_theta=10000.0, max_seq_len=8)
+    x = jax.random.normal(jax.random.key(0), (2, 6, 12))
+    pos = positions(6, 2)
+    full_mask = attention_mask(pos, pos, causal=True)
+    params = attn.init(jax.random.key(1), x, mask=full_mask, q_pos_BxT=pos, k_pos_BxS=pos)
+    full, _ = jax.jit(attn.apply)(params, x, mask=full_mask, q_pos_BxT=pos, k_pos_BxS=pos)
+    cache = KVCache.zeros(2, 8, 2, 4)
+    slots = positions(8, 2)
+    step = jax.jit(lambda x_t, q_pos, cache: attn.apply(
+        params, x_t, mask=attention_mask(q_pos, slots, causal=True), q_pos_BxT=q_pos, cache=cache))
+    outs = []
+    for t in range(6):
+        y, cache = step(x[:, t:t + 1], pos[:, t:t + 1], cache)
+        outs.append(y)
+    np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-5)
