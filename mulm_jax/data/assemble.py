@@ -1,0 +1,303 @@
+"""Assembling a versioned data set: sources -> clean -> dedup -> split -> tokenizer -> token arrays + manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mulm_jax.config import DataConfig
+from mulm_jax.data.clean import CleanOptions, clean_documents, split_documents
+from mulm_jax.data.dedup import dedup
+from mulm_jax.data.errors import DataError
+from mulm_jax.data.sources import Source, read_texts, resolve_source
+from mulm_jax.data.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer
+
+FORMAT = 1  # bump when the pipeline changes what it writes for the same inputs and settings
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
+TRAINED_TOKENIZERS = ("char", "bpe", "unigram")
+# Settings that name inputs rather than shape the data; the version uses the inputs' contents instead.
+_NOT_SETTINGS = ("dataset", "sources", "tokenizer", "out_dir")
+
+
+@dataclass(frozen=True)
+class Assembled:
+    path: Path  # the version folder
+    manifest: dict
+    reused: bool  # True: the version existed and nothing was computed
+
+
+@dataclass(frozen=True)
+class _Doc:
+    text: str
+    source: int  # index into the sources
+    held_out: bool
+
+
+def assemble(cfg: DataConfig) -> Assembled:
+    """Build `cfg.out_dir/<version>/` from `cfg.sources`, or reuse it when that version exists already."""
+    _check_settings(cfg)
+    sources = [resolve_source(spec, cfg.split_documents) for spec in cfg.sources]
+    given = _given_tokenizer(cfg)
+    version = version_id(cfg, sources, given)
+    final = Path(cfg.out_dir) / version
+    if (final / MANIFEST).is_file():
+        return Assembled(final, read_manifest(final), reused=True)
+    _check_writable(Path(cfg.out_dir))
+
+    docs, stats = _read_documents(sources, cfg)
+    keep, removed = dedup([d.text for d in docs], cfg.dedup, cfg.near_dup_threshold)
+    stats["removed"].update(removed)
+    splits = _split([d for d, k in zip(docs, keep) if k], sources, cfg.val_fraction)
+    if not splits["train"]:
+        raise DataError(f"no documents left for training after cleaning and dedup: read {stats['read']} from "
+                        f"{', '.join(cfg.sources)}, removed {dict(stats['removed'])}")
+    texts = {split: [d.text for d in splits[split]] for split in SPLITS}
+    tokenizer = given or _train_tokenizer(cfg, texts["train"], texts["val"])
+    tokens = {split: _pack(tokenizer, texts[split], split) for split in SPLITS}
+    if cfg.seq_len is not None:
+        _check_fits(tokens, cfg.seq_len)
+
+    manifest = _manifest(cfg, version, sources, splits, stats, tokenizer, tokens)
+
+    def write(folder: Path) -> None:
+        for split in SPLITS:
+            tokens[split].astype(manifest["dtype"]).tofile(folder / manifest["files"][split])
+        tokenizer.save(folder)
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+    reused = _write_atomically(final, write)
+    return Assembled(final, read_manifest(final), reused)
+
+
+def _manifest(cfg: DataConfig, version: str, sources: list[Source], splits: dict[str, list[_Doc]], stats: dict,
+              tokenizer: Tokenizer, tokens: dict[str, np.ndarray]) -> dict:
+    """What the version holds and how it was made; only counts and checksums, so equal inputs give equal files."""
+    manifest = {
+        "format": FORMAT,
+        "version": version,
+        "sources": [dict(s.describe(), documents={split: sum(d.source == i for d in splits[split])
+                                                  for split in SPLITS})
+                    for i, s in enumerate(sources)],
+        "settings": _settings(cfg),
+        "tokenizer": dict(tokenizer.describe(), kind=_tokenizer_kind(cfg), source=cfg.tokenizer,
+                          sha256=hashlib.sha256(tokenizer.serialize()).hexdigest()),
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32",
+        "documents": {"read": stats["read"], "train": len(splits["train"]), "val": len(splits["val"]),
+                      "removed": _counts(stats["removed"])},
+        "characters": {"invalid_utf8_replaced": stats["invalid_utf8_replaced"], **_counts(stats["chars"])},
+        "files": {"train": "train.bin", "val": "val.bin", "tokenizer": tokenizer.file_name},
+    }
+    for split in SPLITS:
+        manifest[f"{split}_tokens"] = int(tokens[split].size)
+        manifest[f"{split}_chars"] = sum(len(d.text) for d in splits[split])
+    return manifest
+
+
+def prepare_dataset(cfg: DataConfig) -> Path:
+    """The version folder to train on: `cfg.dataset` when set (checked), else assembled (or reused) from sources."""
+    if cfg.dataset:
+        folder = Path(cfg.dataset)
+        manifest = read_manifest(folder)
+        for name in manifest["files"].values():
+            if not (folder / name).is_file():
+                raise DataError(f"data set {folder} is incomplete: {name} is missing")
+        return folder
+    if not cfg.sources:
+        raise DataError("no data: set data.dataset (an assembled version folder) or data.sources (to assemble one)")
+    return assemble(cfg).path
+
+
+def read_manifest(folder: str | Path) -> dict:
+    path = Path(folder) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{folder} is not a data set version folder: it has no {MANIFEST}") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} cannot be read: {e}") from None
+
+
+def list_versions(out_dir: str | Path) -> list[dict]:
+    """The manifests of the versions in `out_dir`, by version id."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise DataError(f"data set folder {str(out)!r} does not exist")
+    return [read_manifest(p) for p in sorted(out.iterdir())
+            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()]
+
+
+def version_id(cfg: DataConfig, sources: list[Source], given: Tokenizer | None) -> str:
+    """A hash of the inputs' contents, the settings and the tokenizer: stable across runs, paths and machines."""
+    identity = {
+        "format": FORMAT,
+        "settings": _settings(cfg),
+        "sources": [s.identity() for s in sources],
+        "tokenizer": hashlib.sha256(given.serialize()).hexdigest() if given else None,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _settings(cfg: DataConfig) -> dict:
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_SETTINGS}
+    return dict(settings, tokenizer=_tokenizer_kind(cfg))
+
+
+def _tokenizer_kind(cfg: DataConfig) -> str:
+    return cfg.tokenizer if cfg.tokenizer in TRAINED_TOKENIZERS else "sentencepiece_model"
+
+
+def _check_settings(cfg: DataConfig) -> None:
+    if not cfg.sources:
+        raise DataError("no sources: give at least one --source (a named source, file, folder or glob)")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise DataError(f"val_fraction={cfg.val_fraction} must be in [0, 1)")
+    if cfg.min_doc_chars < 1:
+        raise DataError(f"min_doc_chars={cfg.min_doc_chars} must be at least 1")
+    if cfg.max_doc_chars is not None and cfg.max_doc_chars < cfg.min_doc_chars:
+        raise DataError(f"max_doc_chars={cfg.max_doc_chars} is below min_doc_chars={cfg.min_doc_chars}")
+    if not 0.0 < cfg.near_dup_threshold <= 1.0:
+        raise DataError(f"near_dup_threshold={cfg.near_dup_threshold} must be in (0, 1]")
+    if cfg.seq_len is not None and cfg.seq_len < 1:
+        raise DataError(f"seq_len={cfg.seq_len} must be a positive integer")
+    trained_sp = cfg.tokenizer in ("bpe", "unigram")
+    if trained_sp and cfg.vocab_size is None:
+        raise DataError(f"tokenizer {cfg.tokenizer!r} needs vocab_size (--vocab-size)")
+    if not trained_sp and cfg.vocab_size is not None:
+        raise DataError(f"vocab_size={cfg.vocab_size} applies only to the bpe and unigram tokenizers, "
+                        f"not to {cfg.tokenizer!r}, whose vocabulary is fixed by its data or model")
+    if trained_sp and cfg.vocab_size < 1:
+        raise DataError(f"vocab_size={cfg.vocab_size} must be a positive integer")
+
+
+def _given_tokenizer(cfg: DataConfig) -> SentencePieceTokenizer | None:
+    if cfg.tokenizer in TRAINED_TOKENIZERS:
+        return None
+    path = Path(cfg.tokenizer)
+    if path.is_file():
+        return SentencePieceTokenizer.from_file(path)
+    if path.suffix or os.sep in cfg.tokenizer:
+        raise DataError(f"tokenizer file {cfg.tokenizer!r} does not exist")
+    raise DataError(f"unknown tokenizer {cfg.tokenizer!r}: expected {', '.join(TRAINED_TOKENIZERS)} "
+                    "or the path of a SentencePiece .model file")
+
+
+def _train_tokenizer(cfg: DataConfig, train: list[str], val: list[str]) -> Tokenizer:
+    if cfg.tokenizer == "char":
+        return CharTokenizer.train(train, val)
+    return SentencePieceTokenizer.train(train, cfg.tokenizer, cfg.vocab_size)
+
+
+def _read_documents(sources: list[Source], cfg: DataConfig) -> tuple[list[_Doc], dict]:
+    options = CleanOptions(cfg.fold_whitespace, cfg.min_doc_chars, cfg.max_doc_chars)
+    docs: list[_Doc] = []
+    stats = {"read": 0, "invalid_utf8_replaced": 0, "removed": Counter(), "chars": Counter()}
+    for i, source in enumerate(sources):
+        for file in source.files:
+            texts, replaced = read_texts(file.path, cfg.text_field, cfg.invalid_utf8)
+            pieces = [p for t in texts for p in split_documents(t, source.split_documents)]
+            kept, dropped, chars = clean_documents(pieces, options)
+            docs += [_Doc(text, i, file.held_out) for text in kept]
+            stats["read"] += len(pieces)
+            stats["invalid_utf8_replaced"] += replaced
+            stats["removed"].update(dropped)
+            stats["chars"].update(chars)
+    return docs, stats
+
+
+def _split(docs: list[_Doc], sources: list[Source], val_fraction: float) -> dict[str, list[_Doc]]:
+    """Per source: its held-out files are val; else a single document is cut contiguously (nanoGPT's split);
+    else the documents whose content hash sorts first, a val_fraction share of them, are val."""
+    splits: dict[str, list[_Doc]] = {split: [] for split in SPLITS}
+    for i, source in enumerate(sources):
+        mine = [d for d in docs if d.source == i]
+        if any(f.held_out for f in source.files):
+            val = [d for d in mine if d.held_out]
+            train = [d for d in mine if not d.held_out]
+        elif len(mine) == 1:
+            text = mine[0].text
+            cut = int(len(text) * (1 - val_fraction))
+            train = [_Doc(text[:cut], i, False)] if cut else []
+            val = [_Doc(text[cut:], i, True)] if cut < len(text) else []
+        else:
+            chosen = _hash_sample([d.text for d in mine], val_fraction)
+            val = [d for j, d in enumerate(mine) if j in chosen]
+            train = [d for j, d in enumerate(mine) if j not in chosen]
+        splits["train"] += train
+        splits["val"] += val
+    return splits
+
+
+def _hash_sample(texts: list[str], fraction: float) -> set[int]:
+    """The indices of round(fraction * n) texts (at least one when fraction > 0, never all), chosen by content
+    hash so that the choice does not depend on their order."""
+    if fraction == 0 or len(texts) < 2:
+        return set()
+    k = min(len(texts) - 1, max(1, round(fraction * len(texts))))
+    digests = [hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest() for t in texts]
+    return set(sorted(range(len(texts)), key=lambda j: (digests[j], j))[:k])
+
+
+def _pack(tokenizer: Tokenizer, texts: list[str], split: str) -> np.ndarray:
+    """The split's documents encoded and joined with the eos id."""
+    if len(texts) < 2:
+        return np.concatenate([np.zeros(0, np.int32), *tokenizer.encode_documents(texts)])
+    if tokenizer.eos_id is None:
+        raise DataError(f"the tokenizer has no eos id to join the {len(texts)} {split} documents with")
+    eos = np.array([tokenizer.eos_id], dtype=np.int32)
+    return np.concatenate([part for ids in tokenizer.encode_documents(texts) for part in (eos, ids)][1:])
+
+
+def _check_fits(tokens: dict[str, np.ndarray], seq_len: int) -> None:
+    for split, array in tokens.items():
+        if array.size <= seq_len and (split == "train" or array.size > 0):  # an empty val split is allowed
+            raise DataError(f"the {split} split has {array.size} tokens, too few for one window of "
+                            f"seq_len + 1 = {seq_len + 1}")
+
+
+def _counts(counter: Counter) -> dict[str, int]:
+    return {k: int(v) for k, v in sorted(counter.items())}
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any work when `out` cannot be created or written (without creating anything)."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DataError(f"output folder {str(out)!r} cannot be created: {str(existing)!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"output folder {str(out)!r} is not writable ({str(existing)!r} denies writing)")
+
+
+def _write_atomically(final: Path, write: Callable[[Path], None]) -> bool:
+    """Run `write(folder)` on a temporary folder beside `final`, then rename it into place; True when another
+    process finished the same version first (its folder is kept, ours dropped)."""
+    tmp = final.parent / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        tmp.mkdir(parents=True)  # unlike mkdtemp, with the umask's permissions
+    except OSError as e:
+        raise DataError(f"cannot write to output folder {str(final.parent)!r}: {e}") from None
+    try:
+        write(tmp)
+        os.rename(tmp, final)
+        return False
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (final / MANIFEST).is_file():
+            return True
+        raise DataError(f"cannot write data set {str(final)!r}: {e}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
