@@ -9,12 +9,15 @@ from mulm_jax.models.decoder import DecoderLM
 from mulm_jax.models.encoder_decoder import EncoderDecoderLM
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """DecoderLM for architecture=decoder, EncoderDecoderLM for encoder_decoder; the config is validated first."""
+def build_model(cfg: ModelConfig, remat: bool = False) -> nn.Module:
+    """DecoderLM for architecture=decoder, EncoderDecoderLM for encoder_decoder; the config is validated first.
+
+    remat: recompute block activations in the backward pass (less memory, more compute) for training.
+    """
     cfg.validate()
     if cfg.architecture == "encoder_decoder":
-        return EncoderDecoderLM(cfg)
-    return DecoderLM(cfg)
+        return EncoderDecoderLM(cfg, remat=remat)
+    return DecoderLM(cfg, remat=remat)
 
 
 __all__ = ["build_model", "DecoderLM", "EncoderDecoderLM"]

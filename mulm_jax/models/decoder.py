@@ -34,11 +34,12 @@ class DecoderLM(nn.Module):
     """
 
     cfg: ModelConfig
+    remat: bool = False
 
     def setup(self) -> None:
         self.embedder = embedder_for(self.cfg)
         self.dropout = nn.Dropout(self.cfg.dropout)
-        self.stack = BlockStack(self.cfg, self.cfg.num_layers, name="decoder")
+        self.stack = BlockStack(self.cfg, self.cfg.num_layers, remat=self.remat, name="decoder")
 
     def __call__(
         self,

@@ -23,13 +23,14 @@ class EncoderDecoderLM(nn.Module):
     """
 
     cfg: ModelConfig
+    remat: bool = False
 
     def setup(self) -> None:
         cfg = self.cfg
         self.embedder = embedder_for(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.encoder = BlockStack(cfg, cfg.encoder_layers, name="encoder")
-        self.decoder = BlockStack(cfg, cfg.decoder_layers, cross_attention=True, name="decoder")
+        self.encoder = BlockStack(cfg, cfg.encoder_layers, remat=self.remat, name="encoder")
+        self.decoder = BlockStack(cfg, cfg.decoder_layers, cross_attention=True, remat=self.remat, name="decoder")
 
     def __call__(self, src_BxS: jax.Array, tgt_BxT: jax.Array, *, src_valid_BxS: Optional[jax.Array] = None,
                  deterministic: bool = True, return_weights: bool = False) -> jax.Array:

@@ -29,6 +29,8 @@ class Block(nn.Module):
 
     cfg: ModelConfig
     cross_attention: bool = False
+    deterministic: bool = True  # attributes, not arguments, so that nn.remat sees them as static
+    return_weights: bool = False
 
     @nn.compact
     def __call__(
@@ -42,10 +44,9 @@ class Block(nn.Module):
         memory_BxSxD: Optional[jax.Array] = None,
         memory_mask: Optional[jax.Array] = None,
         cache: Optional[KVCache] = None,
-        deterministic: bool = True,
-        return_weights: bool = False,
     ) -> tuple[jax.Array, Optional[KVCache]]:
         cfg = self.cfg
+        deterministic, return_weights = self.deterministic, self.return_weights
         dtype = jnp.dtype(cfg.dtype)
         attention = lambda name, rope: Attention(  # noqa: E731
             num_heads=cfg.num_heads, num_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
@@ -84,6 +85,7 @@ class BlockStack(nn.Module):
     cfg: ModelConfig
     num_layers: int
     cross_attention: bool = False
+    remat: bool = False  # recompute each block's activations in the backward pass instead of storing them
 
     @nn.compact
     def __call__(
@@ -92,13 +94,15 @@ class BlockStack(nn.Module):
         *,
         caches: Optional[tuple[KVCache, ...]] = None,
         deterministic: bool = True,
+        return_weights: bool = False,
         **kwargs: Any,
     ) -> tuple[jax.Array, Optional[tuple[KVCache, ...]]]:
+        block_cls = nn.remat(Block) if self.remat else Block
         new_caches = []
         for i in range(self.num_layers):
             cache = None if caches is None else caches[i]
-            x_BxTxD, cache = Block(self.cfg, self.cross_attention, name=f"layer_{i}")(
-                x_BxTxD, cache=cache, deterministic=deterministic, **kwargs)
+            x_BxTxD, cache = block_cls(self.cfg, self.cross_attention, deterministic, return_weights,
+                                       name=f"layer_{i}")(x_BxTxD, cache=cache, **kwargs)
             new_caches.append(cache)
         if self.cfg.norm_position == "pre":
             x_BxTxD = make_norm(self.cfg, "final_norm")(x_BxTxD)

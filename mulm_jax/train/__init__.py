@@ -1,0 +1,1 @@
+"""Training: optimizer, pmapped steps, checkpoints, metrics and the run loop."""

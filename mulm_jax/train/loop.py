@@ -1,0 +1,221 @@
+"""The training run: data, model, pmapped steps, evaluation, metrics, checkpoints and exact resume in a run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import yaml
+
+from mulm_jax.config import Config, ConfigError, config_from_dict, dump_config
+from mulm_jax.data import Tokenizer, eval_batches, make_loader, prepare_dataset
+from mulm_jax.models import build_model
+from mulm_jax.train.checkpoint import Checkpoints
+from mulm_jax.train.metrics import MetricsWriter, Progress
+from mulm_jax.train.optimizer import make_optimizer, make_schedule
+from mulm_jax.train.sample import greedy_continuation
+from mulm_jax.train.step import TrainState, pmapped_steps, replicate
+
+
+@dataclasses.dataclass
+class RunResult:
+    step: int  # optimizer steps taken when the run ended
+    last_eval: dict[str, Any]  # the last evaluation row (empty if none ran)
+    params: Any  # the final parameters, on the host
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or must stop: a config mismatch, a diverged loss, an impossible batch split."""
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def check_run_config(workdir: Path, cfg: Config) -> None:
+    """A run folder belongs to one config: resuming with another one stops with the difference shown."""
+    path = workdir / "config.yaml"
+    if not path.exists():
+        return
+    saved = config_from_dict(yaml.safe_load(path.read_text()))
+    if saved != cfg:
+        diff = "\n".join(difflib.unified_diff(dump_config(saved).splitlines(), dump_config(cfg).splitlines(),
+                                              "config in run folder", "config given now", lineterm="", n=0))
+        raise TrainingError(f"{workdir} holds a run of a different config; use another --workdir or the same "
+                            f"config. Difference:\n{diff}")
+
+
+def _per_device_batch(global_batch: int, accum_steps: int) -> tuple[int, int]:
+    """(batch per process, batch per device), checking that the global batch splits evenly."""
+    processes, devices = jax.process_count(), jax.local_device_count()
+    parts = processes * devices * accum_steps
+    if global_batch % parts:
+        raise TrainingError(
+            f"train.batch_size={global_batch} does not split evenly over {processes} process(es) x {devices} "
+            f"device(s) x {accum_steps} accumulation step(s)")
+    return global_batch // processes, global_batch // (processes * devices)
+
+
+def _shard(batch: dict[str, np.ndarray], devices: int) -> dict[str, np.ndarray]:
+    return {k: v.reshape(devices, v.shape[0] // devices, *v.shape[1:]) for k, v in batch.items()}
+
+
+def _unreplicate(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+class _StopSignal:
+    """SIGINT / SIGTERM ask the loop to checkpoint and stop after the current step."""
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self._previous = {}
+
+    def __enter__(self) -> "_StopSignal":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: Config, workdir: str | Path, *, quiet: bool = False) -> RunResult:
+    """Train (or resume) the run in `workdir` up to train.steps (or a stop signal)."""
+    workdir = Path(workdir)
+    t_start = time.time()
+    lead = jax.process_index() == 0
+    tc = cfg.train
+    workdir.mkdir(parents=True, exist_ok=True)
+    check_run_config(workdir, cfg)
+
+    dataset_dir = prepare_dataset(cfg.data)
+    tokenizer = Tokenizer.load(dataset_dir)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise TrainingError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the data set's vocabulary "
+                            f"of {tokenizer.vocab_size} ({dataset_dir}); set model.vocab_size >= {tokenizer.vocab_size}")
+    if lead:
+        tokenizer.save(workdir)
+        _write_text_atomically(workdir / "config.yaml", dump_config(cfg))
+
+    seq_len = tc.seq_len or cfg.model.max_seq_len
+    if seq_len > cfg.model.max_seq_len:
+        raise TrainingError(f"train.seq_len={seq_len} is longer than the context model.max_seq_len="
+                            f"{cfg.model.max_seq_len}")
+    process_batch, device_batch = _per_device_batch(tc.batch_size, tc.grad_accum_steps)
+    devices = jax.local_device_count()
+
+    model = build_model(dataclasses.replace(cfg.model, dtype=tc.compute_dtype), remat=tc.remat)
+    tx = make_optimizer(tc)
+    schedule = make_schedule(tc)
+    key = jax.random.key(tc.seed)
+    init_key, state_key = jax.random.split(key)
+    dummy = np.zeros((1, seq_len), np.int32)
+    init_args = (dummy[:, : seq_len // 2], dummy[:, seq_len // 2:]) if cfg.model.architecture == "encoder_decoder" \
+        else (dummy,)
+    params = jax.jit(model.init)(init_key, *init_args)["params"]
+    state = TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
+                       rng=jax.random.key_data(state_key))
+
+    loader = make_loader(dataset_dir, "train", process_batch, seq_len, tc.seed)
+    checkpoints = Checkpoints(workdir, tc.keep_checkpoints)
+    metrics = MetricsWriter(workdir, enabled=lead)
+    progress = Progress(tc.steps, enabled=lead, bar=not quiet)
+    restored = checkpoints.restore_latest(state)
+    if restored is not None:
+        state, data_state = restored
+        loader.set_state(data_state)
+        metrics.drop_rows_after(int(state.step))
+        progress.message(f"resumed from step {int(state.step)} in {workdir}")
+    evaluation = eval_batches(dataset_dir, process_batch, seq_len, tc.eval_batches)
+
+    train_step, eval_step = pmapped_steps(model, tx, tc.grad_accum_steps, tokenizer.pad_id, schedule)
+    replicated = replicate(jax.device_get(state), devices)
+    step = int(state.step)
+    del state
+
+    def evaluate() -> dict[str, Any]:
+        sums = {"loss_sum": 0.0, "count": 0.0}
+        for batch in evaluation:
+            out = jax.device_get(_unreplicate(eval_step(replicated.params, _shard(batch, devices))))
+            sums = {k: sums[k] + float(out[k]) for k in sums}
+        val_loss = sums["loss_sum"] / max(sums["count"], 1.0)
+        row = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+        if lead and cfg.model.architecture == "decoder":
+            params = jax.device_get(_unreplicate(replicated.params))
+            prompt = tokenizer.encode("\n")[:1]
+            row["sample"] = tokenizer.decode(greedy_continuation(model, params, prompt, 64))
+        return row
+
+    def save(val_loss: Optional[float] = None) -> None:
+        # A stop signal arriving mid-write is held until the checkpoint is complete, then handled as usual.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            checkpoints.save(_unreplicate(replicated), loader.get_state(), val_loss)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    last_eval: dict[str, Any] = {}
+    tokens_per_step = tc.batch_size * seq_len
+    pending: list[dict[str, Any]] = []
+    t_interval, steps_in_interval = time.time(), 0
+    if lead and step == 0:
+        progress.message(f"start-up {time.time() - t_start:.1f}s; training {tc.steps} steps of "
+                         f"{tc.batch_size}x{seq_len} tokens on {jax.process_count()} process(es) x {devices} device(s)")
+    with _StopSignal() as stop:
+        while step < tc.steps:
+            batch = _shard(next(loader), devices)
+            replicated, step_metrics = train_step(replicated, batch)
+            step += 1
+            steps_in_interval += 1
+            pending.append(step_metrics)
+            at_eval = step % tc.eval_every == 0 or step == tc.steps
+            stopping = stop.received is not None  # read once: a signal may land anywhere in this iteration
+            at_checkpoint = step % tc.checkpoint_every == 0 or step == tc.steps or stopping
+            if step % tc.log_every == 0 or at_eval or at_checkpoint:
+                rows = jax.device_get([_unreplicate(m) for m in pending])
+                pending.clear()
+                elapsed = time.time() - t_interval
+                tokens_per_sec = tokens_per_step * steps_in_interval / max(elapsed, 1e-9)
+                t_interval, steps_in_interval = time.time(), 0
+                last = rows[-1]
+                if not all(math.isfinite(float(r["loss"])) for r in rows):
+                    raise TrainingError(
+                        f"the training loss became {float(last['loss'])} at step {step}; stopping. The last good "
+                        f"checkpoint is kept in {workdir / 'checkpoints'} (steps {checkpoints.steps()}). Try a "
+                        f"lower train.lr, train.grad_clip > 0, or float32 compute.")
+                metrics.write({"step": step, "loss": float(last["loss"]), "accuracy": float(last["accuracy"]),
+                               "lr": float(last["lr"]), "grad_norm": float(last["grad_norm"]),
+                               "tokens_per_sec": tokens_per_sec})
+                progress.update(step, float(last["loss"]), tokens_per_sec, elapsed / max(len(rows), 1))
+            val_loss = None
+            if at_eval:
+                last_eval = evaluate()
+                val_loss = last_eval["val_loss"]
+                metrics.write({k: v for k, v in last_eval.items() if k != "sample"})
+                progress.message(f"step {step}: val_loss {val_loss:.4f}  val_ppl {last_eval['val_ppl']:.2f}"
+                                 + (f"\n  sample: {last_eval['sample']!r}" if "sample" in last_eval else ""))
+            if at_checkpoint:
+                save(val_loss)
+            if at_eval or at_checkpoint:  # keep evaluation and saving out of the next tokens/s figure
+                t_interval = time.time()
+            if stopping:
+                progress.message(f"stopped by signal {stop.received} at step {step}; checkpoint saved")
+                break
+    checkpoints.close()
+    metrics.close()
+    return RunResult(step, last_eval, jax.device_get(_unreplicate(replicated.params)))

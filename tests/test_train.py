@@ -1,0 +1,212 @@
+"""Training: the loss, optimizer masking, schedules, gradient accumulation, pmap, NaN stop, config mismatch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import ROOT, tiny_model
+from mulm_jax.config import TrainConfig, load_config
+from mulm_jax.models import build_model
+from mulm_jax.train.loop import TrainingError, train
+from mulm_jax.train.optimizer import decay_mask, make_optimizer, make_schedule
+from mulm_jax.train.step import TrainState, pmapped_steps, replicate, token_loss_sums
+
+CORPUS = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+          "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 60
+
+
+def tiny_run(tmp_path: Path, *extra: str) -> list[str]:
+    """Overrides for a run that trains in seconds on a small character corpus written to tmp_path."""
+    corpus = tmp_path / "corpus.txt"
+    if not corpus.exists():
+        corpus.write_text(CORPUS)
+    return [f"data.sources=[{corpus}]", "data.tokenizer=char", f"data.out_dir={tmp_path / 'datasets'}",
+            "model.vocab_size=40", "model.d_model=32", "model.num_layers=2", "model.num_heads=2",
+            "model.d_ff=64", "model.max_seq_len=32", "train.seq_len=32", "train.batch_size=8", "train.steps=20",
+            "train.warmup_steps=5", "train.eval_every=10", "train.eval_batches=2", "train.checkpoint_every=10",
+            "train.log_every=5", *extra]
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_is_mean_cross_entropy_over_non_pad_targets():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 5)).astype(np.float32)
+    targets = np.array([[1, 0, 4], [2, 2, 0]], np.int32)
+    sums = token_loss_sums(jnp.asarray(logits), jnp.asarray(targets), pad_id=0)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    keep = targets != 0
+    np.testing.assert_allclose(sums["loss_sum"], nll[keep].sum(), rtol=1e-5)
+    assert sums["count"] == keep.sum()
+    assert sums["correct_sum"] == (logits.argmax(-1) == targets)[keep].sum()
+    assert token_loss_sums(jnp.asarray(logits), jnp.asarray(targets), pad_id=None)["count"] == 6
+
+
+def test_weight_decay_skips_norms_biases_and_embeddings():
+    model = build_model(tiny_model(use_bias=True, positional="learned", tie_embeddings=False))
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    mask = decay_mask(params)
+    flat = {"/".join(k.key for k in path): v for path, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
+    assert flat["decoder/layer_0/ffn/up/kernel"] and flat["decoder/layer_0/self_attention/query/kernel"]
+    assert flat["embedder/head/kernel"]
+    for name in ("embedder/token/embedding", "embedder/position/embedding", "decoder/layer_0/ffn/up/bias",
+                 "decoder/layer_0/ffn_norm/scale", "decoder/final_norm/bias"):
+        assert not flat[name], name
+    # with zero gradients, AdamW changes exactly the decayed parameters
+    tx = make_optimizer(TrainConfig(lr=0.1, warmup_steps=0, weight_decay=0.5, grad_clip=0.0))
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    moved = jax.tree.map(lambda u: bool(jnp.any(u != 0)), updates)
+    assert moved == mask
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    cfg = TrainConfig(steps=1000, lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="cosine")
+    lr = make_schedule(cfg)
+    assert float(lr(0)) == 0.0
+    assert float(lr(50)) == pytest.approx(5e-4)
+    assert float(lr(100)) == pytest.approx(1e-3)
+    assert float(lr(550)) == pytest.approx(5.5e-4, rel=1e-3)  # halfway down the cosine
+    assert float(lr(1000)) == pytest.approx(1e-4)
+    assert float(make_schedule(dataclasses.replace(cfg, schedule="constant"))(700)) == pytest.approx(1e-3)
+    assert float(make_schedule(dataclasses.replace(cfg, schedule="linear"))(550)) == pytest.approx(5.5e-4)
+
+
+def one_step(accum_steps: int, optimizer: str = "adamw"):
+    cfg = tiny_model(num_layers=2, dropout=0.0)
+    model = build_model(cfg)
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    tc = TrainConfig(lr=1e-2, warmup_steps=0, grad_accum_steps=accum_steps, optimizer=optimizer)
+    tx = make_optimizer(tc)
+    state = TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
+                       rng=jax.random.key_data(jax.random.key(1)))
+    train_step, _ = pmapped_steps(model, tx, accum_steps, None, make_schedule(tc))
+    batch = np.random.default_rng(0).integers(0, 32, (1, 8, 9), dtype=np.int32)
+    new_state, metrics = train_step(replicate(state, 1), {"inputs": batch[..., :-1], "targets": batch[..., 1:]})
+    return jax.device_get(new_state.params), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "lion"])
+def test_gradient_accumulation_equals_one_large_batch(optimizer):
+    params_1, metrics_1 = one_step(1, optimizer)
+    params_4, metrics_4 = one_step(4, optimizer)
+    chex.assert_trees_all_close(params_4, params_1, atol=1e-5)
+    np.testing.assert_allclose(metrics_4["loss"], metrics_1["loss"], rtol=1e-5)
+    np.testing.assert_allclose(metrics_4["grad_norm"], metrics_1["grad_norm"], rtol=1e-4)
+
+
+TWO_DEVICE_SCRIPT = """
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, {root!r})
+from mulm_jax.config import TrainConfig
+from mulm_jax.models import build_model
+from mulm_jax.train.optimizer import make_optimizer, make_schedule
+from mulm_jax.train.step import TrainState, pmapped_steps, replicate
+sys.path.insert(0, {tests!r})
+from conftest import tiny_model
+n = jax.local_device_count()
+model = build_model(tiny_model(num_layers=2))
+params = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 8), np.int32))["params"]
+tc = TrainConfig(lr=1e-2, warmup_steps=0)
+tx = make_optimizer(tc)
+state = replicate(TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
+                             rng=jax.random.key_data(jax.random.key(1))), n)
+train_step, eval_step = pmapped_steps(model, tx, 1, None, make_schedule(tc))
+losses = []
+for i in range(3):
+    batch = np.random.default_rng(i).integers(0, 32, (4, 9), dtype=np.int32)
+    shard = lambda x: x.reshape(n, 4 // n, *x.shape[1:])
+    state, metrics = train_step(state, {{"inputs": shard(batch[:, :-1]), "targets": shard(batch[:, 1:])}})
+    losses.append(float(metrics["loss"][0]))
+print(json.dumps({{"devices": n, "losses": losses}}))
+"""
+
+
+def run_with_devices(count: int) -> dict:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", "JAX_PLATFORMS": "cpu"}
+    script = TWO_DEVICE_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests"))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_pmapped_step_on_two_devices_matches_one_device():
+    one, two = run_with_devices(1), run_with_devices(2)
+    assert (one["devices"], two["devices"]) == (1, 2)
+    np.testing.assert_allclose(two["losses"], one["losses"], atol=5e-3)
+    assert one["losses"][2] < one["losses"][0]  # it trains
+
+
+def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from mulm_jax.train import loop
+
+    def nan_after_twelve_steps(*args, **kwargs):  # fault injection: the loss turns NaN from step 13 on
+        train_step, eval_step = pmapped_steps(*args, **kwargs)
+        calls = []
+
+        def diverging(state, batch):
+            state, metrics = train_step(state, batch)
+            calls.append(1)
+            return state, {**metrics, "loss": metrics["loss"] * (np.nan if len(calls) > 12 else 1.0)}
+
+        return diverging, eval_step
+
+    monkeypatch.setattr(loop, "pmapped_steps", nan_after_twelve_steps)
+    cfg = load_config(ROOT / "configs/shakespeare_char.yaml", tiny_run(tmp_path, "train.checkpoint_every=5"))
+    with pytest.raises(TrainingError, match=r"the training loss became nan at step 15; stopping. The last good "
+                                            r"checkpoint is kept in .*checkpoints \(steps \[5, 10\]\)"):
+        train(cfg, tmp_path / "run", quiet=True)
+    assert sorted(int(p.name) for p in (tmp_path / "run/checkpoints").iterdir() if p.name.isdigit()) == [5, 10]
+
+
+def test_a_run_folder_of_another_config_is_refused_with_the_difference(tmp_path):
+    overrides = tiny_run(tmp_path, "train.steps=5", "train.eval_every=5", "train.checkpoint_every=5")
+    train(load_config(ROOT / "configs/shakespeare_char.yaml", overrides), tmp_path / "run", quiet=True)
+    other = load_config(ROOT / "configs/shakespeare_char.yaml", overrides + ["model.num_layers=3"])
+    with pytest.raises(TrainingError, match=r"(?s)holds a run of a different config.*-  num_layers: 2\n\+  num_layers: 3"):
+        train(other, tmp_path / "run", quiet=True)
+
+
+def test_model_vocabulary_smaller_than_the_data_is_refused(tmp_path):
+    cfg = load_config(ROOT / "configs/shakespeare_char.yaml", tiny_run(tmp_path, "model.vocab_size=10"))
+    with pytest.raises(TrainingError, match=r"model.vocab_size=10 is smaller than the data set's vocabulary of \d+"):
+        train(cfg, tmp_path / "run", quiet=True)
+
+
+def test_remat_recomputes_to_the_same_gradients():
+    x = np.random.default_rng(0).integers(0, 32, (2, 9), dtype=np.int32)
+    cfg = tiny_model(num_layers=2, dropout=0.1)
+    params = jax.jit(build_model(cfg).init)(jax.random.key(0), x[:, :-1])["params"]
+
+    def grads(remat):
+        model = build_model(cfg, remat=remat)
+        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(  # noqa: E731
+            model.apply({"params": p}, x[:, :-1], deterministic=False, rngs={"dropout": jax.random.key(3)}),
+            x[:, 1:]).mean()
+        return jax.jit(jax.grad(loss))(params)
+
+    chex.assert_trees_all_close(grads(True), grads(False), atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_master_weights(tmp_path):
+    cfg = load_config(ROOT / "configs/shakespeare_char.yaml",
+                      tiny_run(tmp_path, "train.steps=10", "train.compute_dtype=bfloat16", "train.eval_every=10"))
+    result = train(cfg, tmp_path / "run", quiet=True)
+    chex.assert_trees_all_equal_dtypes(result.params, jax.tree.map(lambda p: np.float32(0), result.params))
+    assert np.isfinite(result.last_eval["val_loss"]) and result.last_eval["val_loss"] < 3.7  # log(40) = 3.69

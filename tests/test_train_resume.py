@@ -1,0 +1,115 @@
+"""Runs as a user starts them: exact resume after SIGTERM and kill -9, and two processes joined by jax.distributed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from conftest import ROOT
+from test_train import read_metrics, tiny_run
+
+
+def train_command(tmp_path: Path, workdir: Path, *extra: str) -> list[str]:
+    overrides = tiny_run(tmp_path, "train.steps=300", "train.checkpoint_every=20", "train.eval_every=100",
+                         "train.log_every=10", *extra)
+    return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/shakespeare_char.yaml"),
+            "--workdir", str(workdir), "--quiet", "--set", *overrides]
+
+
+def wait_for_checkpoint(workdir: Path, proc: subprocess.Popen, at_least: int) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+        if any(s >= at_least for s in steps):
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint at step >= {at_least} within 120 s")
+
+
+def train_losses(workdir: Path) -> dict[int, float]:
+    rows = [r for r in read_metrics(workdir) if "loss" in r]
+    assert len({r["step"] for r in rows}) == len(rows), "a step was logged twice"
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def test_interrupted_runs_resume_to_the_same_losses_as_an_uninterrupted_one(tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run(train_command(tmp_path, straight), check=True, capture_output=True, timeout=300)
+
+    resumed = tmp_path / "resumed"
+    # 1) SIGTERM: the run saves a checkpoint where it stands and exits cleanly.
+    proc = subprocess.Popen(train_command(tmp_path, resumed), stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(resumed, proc, 20)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    stopped_at = max(train_losses(resumed))
+    assert (resumed / "checkpoints" / str(stopped_at)).is_dir()
+    # 2) kill -9: nothing is saved; the restart goes back to the newest checkpoint.
+    proc = subprocess.Popen(train_command(tmp_path, resumed), stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(resumed, proc, stopped_at + 40)
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    done = subprocess.run(train_command(tmp_path, resumed), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from step" in done.stderr
+
+    expected, got = train_losses(straight), train_losses(resumed)
+    assert set(expected) <= set(got)  # none lost (the stop adds its own row at the step it stopped)
+    np.testing.assert_allclose([got[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)],
+                               atol=1e-4)
+    val = lambda d: [r["val_loss"] for r in read_metrics(d) if "val_loss" in r]  # noqa: E731
+    np.testing.assert_allclose(val(resumed), val(straight), atol=1e-4)
+
+
+WORKER = """
+import hashlib, json, sys
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+from mulm_jax.train import distributed
+distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+import jax, numpy as np
+from pathlib import Path
+from mulm_jax.config import load_config
+from mulm_jax.train.loop import train
+from test_train import tiny_run
+cfg = load_config({config!r}, tiny_run(Path({tmp!r}), "train.steps=6", "train.eval_every=6",
+                                       "train.checkpoint_every=3", "train.log_every=3"))
+result = train(cfg, {workdir!r}, quiet=True)
+digest = hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(result.params))).hexdigest()
+print(json.dumps({{"process": jax.process_index(), "devices": jax.device_count(), "step": result.step,
+                  "params": digest, "val_loss": result.last_eval["val_loss"]}}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_together_and_end_with_identical_parameters(tmp_path):
+    tiny_run(tmp_path)  # writes the corpus
+    script = WORKER.format(root=str(ROOT), tests=str(ROOT / "tests"), config=str(ROOT / "configs/shakespeare_char.yaml"),
+                           tmp=str(tmp_path), workdir=str(tmp_path / "run"))
+    address = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, address, str(i)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    results = [json.loads(out.splitlines()[-1]) for out, _ in outs]
+    assert [r["process"] for r in results] == [0, 1]
+    assert all(r["devices"] == 2 and r["step"] == 6 for r in results)
+    assert results[0]["params"] == results[1]["params"]
+    assert results[0]["val_loss"] == results[1]["val_loss"]
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
+    assert [r["step"] for r in read_metrics(tmp_path / "run") if "loss" in r] == [3, 6]  # process 0 alone logs
