@@ -121,6 +121,7 @@ class Attention(nn.Module):
     rope_theta: Optional[float] = None
     rope_scaling: Optional[RopeScaling] = None
     max_seq_len: int = 0
+    out_init_std: float = 0.02  # GPT-2 scales residual-branch outputs down by sqrt(2 * layers)
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -138,9 +139,9 @@ class Attention(nn.Module):
         return_weights: bool = False,
     ) -> tuple[jax.Array, Optional[KVCache]]:
         D = x_BxTxD.shape[-1]
-        dense = lambda feats, name, axis=-1: nn.DenseGeneral(  # noqa: E731
+        dense = lambda feats, name, axis=-1, std=0.02: nn.DenseGeneral(  # noqa: E731
             feats, axis=axis, use_bias=self.use_bias, dtype=self.dtype, name=name,
-            kernel_init=nn.initializers.normal(0.02))
+            kernel_init=nn.initializers.normal(std))
         source_BxSxD = x_BxTxD if kv_BxSxD is None else kv_BxSxD
         q_BxTxHxDh = dense((self.num_heads, self.head_dim), "query")(x_BxTxD)
         k_BxSxKxDh = dense((self.num_kv_heads, self.head_dim), "key")(source_BxSxD)
@@ -160,5 +161,5 @@ class Attention(nn.Module):
             dropout_rng=self.make_rng("dropout") if use_dropout else None)
         if return_weights:
             self.sow("intermediates", "attention_weights", probs_BxHxTxS)
-        y_BxTxD = dense(D, "out", axis=(-2, -1))(out_BxTxHxDh)
+        y_BxTxD = dense(D, "out", axis=(-2, -1), std=self.out_init_std)(out_BxTxHxDh)
         return y_BxTxD, cache

@@ -29,6 +29,7 @@ class Block(nn.Module):
 
     cfg: ModelConfig
     cross_attention: bool = False
+    num_stack_layers: int = 1  # layers in this block's stack: residual outputs start at 0.02 / sqrt(2 * that)
     deterministic: bool = True  # attributes, not arguments, so that nn.remat sees them as static
     return_weights: bool = False
 
@@ -48,11 +49,12 @@ class Block(nn.Module):
         cfg = self.cfg
         deterministic, return_weights = self.deterministic, self.return_weights
         dtype = jnp.dtype(cfg.dtype)
+        out_std = 0.02 / (2 * self.num_stack_layers) ** 0.5
         attention = lambda name, rope: Attention(  # noqa: E731
             num_heads=cfg.num_heads, num_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
             use_bias=cfg.use_bias, dropout=cfg.dropout,
             rope_theta=cfg.rope_theta if rope else None, rope_scaling=cfg.rope_scaling,
-            max_seq_len=cfg.max_seq_len, dtype=dtype, name=name)
+            max_seq_len=cfg.max_seq_len, out_init_std=out_std, dtype=dtype, name=name)
         residual_dropout = nn.Dropout(cfg.dropout)
 
         def sublayer(x, name: str, f):
@@ -74,7 +76,7 @@ class Block(nn.Module):
             cross = attention("cross_attention", False)
             x_BxTxD = sublayer(x_BxTxD, "cross_attention", lambda h: cross(
                 h, memory_BxSxD, mask=memory_mask, deterministic=deterministic, return_weights=return_weights)[0])
-        ffn = FeedForward(cfg.d_model, cfg.ff_dim, cfg.ffn, cfg.use_bias, dtype, name="ffn")
+        ffn = FeedForward(cfg.d_model, cfg.ff_dim, cfg.ffn, cfg.use_bias, out_std, dtype, name="ffn")
         x_BxTxD = sublayer(x_BxTxD, "ffn", ffn)
         return x_BxTxD, cache
 
@@ -101,8 +103,8 @@ class BlockStack(nn.Module):
         new_caches = []
         for i in range(self.num_layers):
             cache = None if caches is None else caches[i]
-            x_BxTxD, cache = block_cls(self.cfg, self.cross_attention, deterministic, return_weights,
-                                       name=f"layer_{i}")(x_BxTxD, cache=cache, **kwargs)
+            x_BxTxD, cache = block_cls(self.cfg, self.cross_attention, self.num_layers, deterministic,
+                                       return_weights, name=f"layer_{i}")(x_BxTxD, cache=cache, **kwargs)
             new_caches.append(cache)
         if self.cfg.norm_position == "pre":
             x_BxTxD = make_norm(self.cfg, "final_norm")(x_BxTxD)
