@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no per-step progress line (messages still show)")
     args = parser.parse_args(argv)
 
+    from mulm_jax.train.xla_cpu import configure_cpu
+
+    configure_cpu()  # before JAX starts: it reads XLA_FLAGS once
     from mulm_jax.train import distributed
 
     try:

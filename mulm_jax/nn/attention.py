@@ -87,9 +87,13 @@ def dot_product_attention(
     if H % K:
         raise ValueError(f"{H} query heads cannot be shared evenly among {K} kv heads")
     G = H // K
-    q_BxTxKxGxDh = q_BxTxHxDh.reshape(B, T, K, G, Dh) * jnp.asarray(Dh**-0.5, q_BxTxHxDh.dtype)
-    logits_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxSxKxDh)
-    logits_BxHxTxS = logits_BxKxGxTxS.reshape(B, H, T, S).astype(jnp.float32)
+    q_BxTxHxDh = q_BxTxHxDh * jnp.asarray(Dh**-0.5, q_BxTxHxDh.dtype)
+    if G == 1:  # multi-head: plain 4-D batched matmuls, no group axis for XLA to transpose around
+        logits_BxHxTxS = jnp.einsum("bthd,bshd->bhts", q_BxTxHxDh, k_BxSxKxDh)
+    else:
+        logits_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxHxDh.reshape(B, T, K, G, Dh), k_BxSxKxDh)
+        logits_BxHxTxS = logits_BxKxGxTxS.reshape(B, H, T, S)
+    logits_BxHxTxS = logits_BxHxTxS.astype(jnp.float32)
     if bias is not None:
         logits_BxHxTxS = logits_BxHxTxS + bias
     if mask is not None:
@@ -99,8 +103,10 @@ def dot_product_attention(
     if dropout_rate > 0.0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, used_BxHxTxS.shape)
         used_BxHxTxS = jnp.where(keep, used_BxHxTxS / (1.0 - dropout_rate), 0.0)
-    used_BxKxGxTxS = used_BxHxTxS.astype(v_BxSxKxDh.dtype).reshape(B, K, G, T, S)
-    out_BxTxKxGxDh = jnp.einsum("bkgts,bskd->btkgd", used_BxKxGxTxS, v_BxSxKxDh)
+    used_BxHxTxS = used_BxHxTxS.astype(v_BxSxKxDh.dtype)
+    if G == 1:
+        return jnp.einsum("bhts,bshd->bthd", used_BxHxTxS, v_BxSxKxDh), probs_BxHxTxS
+    out_BxTxKxGxDh = jnp.einsum("bkgts,bskd->btkgd", used_BxHxTxS.reshape(B, K, G, T, S), v_BxSxKxDh)
     return out_BxTxKxGxDh.reshape(B, T, H, Dh), probs_BxHxTxS
 
 
@@ -138,14 +144,20 @@ class Attention(nn.Module):
         deterministic: bool = True,
         return_weights: bool = False,
     ) -> tuple[jax.Array, Optional[KVCache]]:
-        D = x_BxTxD.shape[-1]
+        B, T, D = x_BxTxD.shape
+        H, K, Dh = self.num_heads, self.num_kv_heads, self.head_dim
         dense = lambda feats, name, axis=-1, std=0.02: nn.DenseGeneral(  # noqa: E731
             feats, axis=axis, use_bias=self.use_bias, dtype=self.dtype, name=name,
             kernel_init=nn.initializers.normal(std))
         source_BxSxD = x_BxTxD if kv_BxSxD is None else kv_BxSxD
-        q_BxTxHxDh = dense((self.num_heads, self.head_dim), "query")(x_BxTxD)
-        k_BxSxKxDh = dense((self.num_kv_heads, self.head_dim), "key")(source_BxSxD)
-        v_BxSxKxDh = dense((self.num_kv_heads, self.head_dim), "value")(source_BxSxD)
+        S = source_BxSxD.shape[1]
+        # Projections over tokens flattened to one axis, as in FeedForward: XLA:CPU then takes the kernel
+        # gradients without first copying the activations transposed.
+        x_NxD = x_BxTxD.reshape(B * T, D)
+        source_MxD = source_BxSxD.reshape(B * S, source_BxSxD.shape[-1])
+        q_BxTxHxDh = dense((H, Dh), "query")(x_NxD).reshape(B, T, H, Dh)
+        k_BxSxKxDh = dense((K, Dh), "key")(source_MxD).reshape(B, S, K, Dh)
+        v_BxSxKxDh = dense((K, Dh), "value")(source_MxD).reshape(B, S, K, Dh)
         if self.rope_theta is not None:
             inv_freq_F, factor = rope_frequencies(self.head_dim, self.rope_theta, self.rope_scaling, self.max_seq_len)
             q_BxTxHxDh = apply_rope(q_BxTxHxDh, q_pos_BxT, inv_freq_F, factor)
@@ -161,5 +173,5 @@ class Attention(nn.Module):
             dropout_rng=self.make_rng("dropout") if use_dropout else None)
         if return_weights:
             self.sow("intermediates", "attention_weights", probs_BxHxTxS)
-        y_BxTxD = dense(D, "out", axis=(-2, -1), std=self.out_init_std)(out_BxTxHxDh)
-        return y_BxTxD, cache
+        y_NxD = dense(D, "out", axis=(-2, -1), std=self.out_init_std)(out_BxTxHxDh.reshape(B * T, H, Dh))
+        return y_NxD.reshape(B, T, D), cache

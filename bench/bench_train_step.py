@@ -1,0 +1,174 @@
+"""Training-step speed on the shakespeare_char recipe (batch 12 x 64) against nanoGPT's, measured in the same run.
+
+    .venv/bin/pip install -r bench/requirements.txt     # PyTorch, for the nanoGPT reference
+    .venv/bin/python -m bench.bench_train_step [--check]
+
+Our step is one jitted optimizer step (forward, backward, clip_by_global_norm 1.0, AdamW with a warm-up + cosine
+schedule and weight decay on dense kernels only) with params and optimizer state donated, under the trainer's
+process settings (mulm_jax.train.xla_cpu.configure_cpu; --plain leaves them out). The reference is
+bench/reference_nanogpt.py in a process of its own, so that neither runtime's settings or threads touch the other;
+the two take turns round by round, and each figure is the median over all rounds. Prints compile time, forward,
+forward+backward and full-step medians, tokens/s and the ratio nanoGPT ms / our ms; with --check, exits 1 when
+that ratio is below --min-ratio (1.25).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+MIN_RATIO = 1.25
+
+
+def median_ms(seconds: list[float]) -> float:
+    return statistics.median(seconds) * 1e3
+
+
+def time_calls(call: Callable[[], Any], count: int) -> list[float]:
+    """Wall seconds of each of `count` calls, each waited for; one untimed call first settles threads and caches."""
+    import jax
+
+    jax.block_until_ready(call())
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append(time.perf_counter() - start)
+    return times
+
+
+class Reference:
+    """bench/reference_nanogpt.py --serve in a child process: `steps(n)` runs n of its iterations there."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.reference_nanogpt", "--serve"], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = json.loads(self.proc.stdout.readline())
+
+    def steps(self, count: int) -> list[float]:
+        self.proc.stdin.write(f"{count + 1}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())[1:]  # the first settles threads and caches
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def build(config_path: str) -> dict[str, Any]:
+    """Model, optimizer and jitted functions for the config's recipe, with random [B, T] int32 batches."""
+    import jax
+    import numpy as np
+    import optax
+
+    from mulm_jax.config import load_config
+    from mulm_jax.models import build_model
+
+    cfg = load_config(config_path)
+    tc = cfg.train
+    B, T = tc.batch_size, tc.seq_len or cfg.model.max_seq_len
+    model = build_model(cfg.model)
+    rng = np.random.default_rng(tc.seed)
+    batches = [(rng.integers(0, cfg.model.vocab_size, (B, T), dtype=np.int32),
+                rng.integers(0, cfg.model.vocab_size, (B, T), dtype=np.int32)) for _ in range(8)]
+    params = model.init(jax.random.key(tc.seed), batches[0][0])["params"]
+    kernels = jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr)
+    tx = optax.chain(optax.clip_by_global_norm(tc.grad_clip),
+                     optax.adamw(schedule, b1=tc.beta1, b2=tc.beta2, weight_decay=tc.weight_decay, mask=kernels))
+
+    def loss_fn(params, inputs_BxT, targets_BxT):
+        logits_BxTxV = model.apply({"params": params}, inputs_BxT)
+        return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT).mean()
+
+    def train_step(params, opt_state, inputs_BxT, targets_BxT):
+        loss, grads = jax.value_and_grad(loss_fn)(params, inputs_BxT, targets_BxT)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return {"cfg": cfg, "tokens": B * T, "params": params, "opt_state": tx.init(params), "batches": batches,
+            "step": jax.jit(train_step, donate_argnums=(0, 1)), "forward": jax.jit(loss_fn),
+            "forward_backward": jax.jit(jax.value_and_grad(loss_fn))}
+
+
+def main() -> int:
+    started = time.perf_counter()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "shakespeare_char.yaml"))
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round, for each of the five timings")
+    parser.add_argument("--plain", action="store_true", help="leave out configure_cpu(): XLA's defaults")
+    parser.add_argument("--no-reference", action="store_true", help="time ours only (no PyTorch needed)")
+    parser.add_argument("--check", action="store_true", help="exit 1 below --min-ratio")
+    parser.add_argument("--min-ratio", type=float, default=MIN_RATIO)
+    args = parser.parse_args()
+
+    if not args.plain:
+        from mulm_jax.train.xla_cpu import configure_cpu
+
+        configure_cpu()
+    import jax
+
+    run = build(args.config)
+    batches = run["batches"]
+    state = {"params": run["params"], "opt_state": run["opt_state"], "i": 0}
+
+    def step():
+        inputs, targets = batches[state["i"] % len(batches)]
+        state["i"] += 1
+        state["params"], state["opt_state"], loss = run["step"](state["params"], state["opt_state"], inputs, targets)
+        return loss
+
+    compile_start = time.perf_counter()
+    jax.block_until_ready(step())
+    compile_s = time.perf_counter() - compile_start
+    startup_s = time.perf_counter() - started
+    inputs, targets = batches[0]
+    forward = lambda: run["forward"](state["params"], inputs, targets)  # noqa: E731
+    forward_backward = lambda: run["forward_backward"](state["params"], inputs, targets)  # noqa: E731
+
+    reference = None if args.no_reference else Reference()
+    times: dict[str, list[float]] = {"forward": [], "forward_backward": [], "step": [], "nanogpt": []}
+    try:
+        for _ in range(args.rounds):
+            if reference is not None:
+                times["nanogpt"] += reference.steps(args.steps)
+            times["step"] += time_calls(step, args.steps)
+            times["forward"] += time_calls(forward, args.steps)
+            times["forward_backward"] += time_calls(forward_backward, args.steps)
+    finally:
+        if reference is not None:
+            reference.close()
+
+    tokens = run["tokens"]
+    model_cfg = run["cfg"].model
+    print(f"{args.config}: {model_cfg.num_layers} layers x {model_cfg.d_model}, {model_cfg.num_heads} heads, "
+          f"{tokens} tokens/step; {args.rounds} rounds x {args.steps} steps, medians")
+    print(f"settings: {'XLA defaults (--plain)' if args.plain else 'configure_cpu()'}; "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(f"compile + first step {compile_s:.1f} s; start-up to first step done {startup_s:.1f} s")
+    for name in ("forward", "forward_backward"):
+        print(f"ours     {name.replace('_', '+'):<17} {median_ms(times[name]):7.1f} ms")
+    ours_ms = median_ms(times["step"])
+    print(f"ours     train step        {ours_ms:7.1f} ms  {tokens / ours_ms * 1e3:9,.0f} tokens/s")
+    if reference is None:
+        return 0
+    ref_ms = median_ms(times["nanogpt"])
+    ratio = ref_ms / ours_ms
+    print(f"nanoGPT  train step        {ref_ms:7.1f} ms  {tokens / ref_ms * 1e3:9,.0f} tokens/s  "
+          f"(PyTorch {reference.info['torch']}, {reference.info['threads']} threads)")
+    verdict = "ok" if ratio >= args.min_ratio else "BELOW TARGET"
+    print(f"speed-up over nanoGPT: {ratio:.2f}x (target {args.min_ratio}x): {verdict}")
+    return 1 if args.check and ratio < args.min_ratio else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
