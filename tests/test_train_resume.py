@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
 from test_train import read_metrics, tiny_run
@@ -41,6 +42,7 @@ def train_losses(workdir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows}
 
 
+@pytest.mark.slow  # four training processes, about a minute: `make test-slow`
 def test_interrupted_runs_resume_to_the_same_losses_as_an_uninterrupted_one(tmp_path):
     straight = tmp_path / "straight"
     subprocess.run(train_command(tmp_path, straight), check=True, capture_output=True, timeout=300)
@@ -95,6 +97,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two jax.distributed processes, about 30 s: `make test-slow`
 def test_two_processes_train_together_and_end_with_identical_parameters(tmp_path):
     tiny_run(tmp_path)  # writes the corpus
     script = WORKER.format(root=str(ROOT), tests=str(ROOT / "tests"), config=str(ROOT / "configs/shakespeare_char.yaml"),
