@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 
 from mulm_jax.nn import attention as attention_lib
+from mulm_jax.models.masks import cached_key_positions
 from mulm_jax.nn.attention import Attention, KVCache, attention_mask
 
-dot_product_attention = jax.jit(attention_lib.dot_product_attention)
+
+
+@jax.jit
+def dot_product_attention(q, k_BxSxKxDh, v_BxSxKxDh, mask=None):
+    """The core with keys and values laid out position-major, as the naive reference takes them."""
+    return attention_lib.dot_product_attention(q, k_BxSxKxDh.transpose(0, 2, 1, 3), v_BxSxKxDh.transpose(0, 2, 1, 3),
+                                               mask)
 
 
 def naive_attention(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, mask_BxTxS=None):
@@ -64,7 +71,19 @@ def test_gqa_with_one_kv_head_equals_mqa_sharing_one_head():
 def test_core_rejects_heads_not_divisible_by_kv_heads():
     q, k, v = random_qkv(H=4, K=3)
     with pytest.raises(ValueError, match="4 query heads cannot be shared evenly among 3 kv heads"):
-        attention_lib.dot_product_attention(q, k, v)
+        attention_lib.dot_product_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
+
+
+def test_core_over_a_cache_and_new_keys_equals_the_keys_in_one_piece():
+    q, k, v = random_qkv(T=3, S=7, H=6, K=2)
+    mask_BxTxS = jnp.asarray(np.random.default_rng(1).random((2, 3, 7)) > 0.3).at[..., 0].set(True)[:, None]
+    heads_major = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731
+    whole, probs = attention_lib.dot_product_attention(q, heads_major(k), heads_major(v), mask_BxTxS)
+    cached = KVCache.of(k[:, :4], v[:, :4])
+    split, split_probs = attention_lib.dot_product_attention(q, heads_major(k[:, 4:]), heads_major(v[:, 4:]),
+                                                             mask_BxTxS, cached=cached)
+    np.testing.assert_allclose(split, whole, atol=1e-5)
+    np.testing.assert_allclose(split_probs, probs, atol=1e-6)
 
 
 def positions(n, b=1):
@@ -106,9 +125,10 @@ def test_cache_write_puts_each_sequence_at_its_own_position():
     cache = KVCache.zeros(batch=2, max_len=6, num_kv_heads=1, head_dim=2)
     new = jnp.ones((2, 2, 1, 2)) * jnp.array([1.0, 2.0])[:, None, None, None]
     cache = cache.write(new, -new, jnp.array([0, 3]))
-    np.testing.assert_array_equal(cache.k_BxSxKxDh[0, :, 0, 0], [1, 1, 0, 0, 0, 0])
-    np.testing.assert_array_equal(cache.k_BxSxKxDh[1, :, 0, 0], [0, 0, 0, 2, 2, 0])
-    np.testing.assert_array_equal(cache.v_BxSxKxDh[1, :, 0, 0], [0, 0, 0, -2, -2, 0])
+    chex.assert_shape(cache.k_BxKxSxDh, (2, 1, 6, 2))
+    np.testing.assert_array_equal(cache.k_BxKxSxDh[0, 0, :, 0], [1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(cache.k_BxKxSxDh[1, 0, :, 0], [0, 0, 0, 2, 2, 0])
+    np.testing.assert_array_equal(cache.v_BxKxSxDh[1, 0, :, 0], [0, 0, 0, -2, -2, 0])
 
 
 def make_attention(**kw):
@@ -130,7 +150,7 @@ def test_attention_module_shapes_and_kv_projection_sizes():
 
 
 def test_cross_attention_reads_keys_from_the_memory():
-    attn = make_attention()
+    attn = make_attention(cross=True)
     x, memory = jnp.ones((1, 3, 12)), jax.random.normal(jax.random.key(0), (1, 7, 12))
     params = attn.init(jax.random.key(1), x, memory)
     apply = jax.jit(attn.apply)
@@ -175,9 +195,13 @@ def test_cached_attention_step_by_step_equals_full_causal_attention():
     params = attn.init(jax.random.key(1), x, mask=full_mask, q_pos_BxT=pos, k_pos_BxS=pos)
     full, _ = jax.jit(attn.apply)(params, x, mask=full_mask, q_pos_BxT=pos, k_pos_BxS=pos)
     cache = KVCache.zeros(2, 8, 2, 4)
-    slots = positions(8, 2)
-    step = jax.jit(lambda x_t, q_pos, cache: attn.apply(
-        params, x_t, mask=attention_mask(q_pos, slots, causal=True), q_pos_BxT=q_pos, cache=cache))
+
+    @jax.jit
+    def step(x_t, q_pos, cache):
+        k_pos, k_valid = cached_key_positions(q_pos, cache.max_len)
+        mask = attention_mask(q_pos, k_pos, causal=True, k_valid_BxS=k_valid)
+        return attn.apply(params, x_t, mask=mask, q_pos_BxT=q_pos, cache=cache)
+
     outs = []
     for t in range(6):
         y, cache = step(x[:, t:t + 1], pos[:, t:t + 1], cache)

@@ -59,7 +59,7 @@ def test_block_applies_residuals_around_normed_sublayers(norm_position):
     mask = attention_mask(pos, pos, causal=True)
     kwargs = dict(mask=mask, bias=None, q_pos_BxT=pos, k_pos_BxS=pos)
     params = random_params(block, x, **kwargs)
-    y, _ = jax.jit(lambda x: block.apply(params, x, **kwargs))(x)
+    y, _, _ = jax.jit(lambda x: block.apply(params, x, **kwargs))(x)
 
     p = params["params"]
     rms = lambda h: h / np.sqrt((h**2).mean(-1, keepdims=True) + 1e-6)  # noqa: E731  (scales are all 1)

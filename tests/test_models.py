@@ -182,6 +182,7 @@ def hand_count(cfg) -> int:
 
 @pytest.mark.parametrize("name, expected", [
     ("shakespeare_char", 804_096),    # nanoGPT prints 0.80M: it leaves out the 8,192 position parameters
+    ("shakespeare_char_6x384", 10_745_088),  # nanoGPT prints 10.65M: without the 98,304 position parameters
     ("gpt2_small", 124_439_808),      # GPT-2 small as published
     ("llama_tiny", 6_916_352),
     ("transformer_base", 63_082_496),  # the paper's "65M" counts a few details differently
@@ -197,7 +198,8 @@ def test_every_config_builds_with_its_hand_counted_parameters(repo_root, name, e
 
 def test_every_config_in_the_folder_is_covered(repo_root):
     names = {p.stem for p in (repo_root / "configs").glob("*.yaml")}
-    assert names == {"shakespeare_char", "gpt2_small", "llama_tiny", "transformer_base", "mulm_1gb"}
+    assert names == {"shakespeare_char", "shakespeare_char_6x384", "gpt2_small", "llama_tiny", "transformer_base",
+                     "mulm_1gb"}
 
 
 def test_residual_output_projections_start_smaller_as_in_gpt2():

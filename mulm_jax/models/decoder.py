@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mulm_jax.config import ModelConfig
-from mulm_jax.models.masks import self_attention_mask_and_bias
+from mulm_jax.models.masks import cached_key_positions, self_attention_mask_and_bias
 from mulm_jax.nn.attention import KVCache
 from mulm_jax.nn.blocks import BlockStack
 from mulm_jax.nn.embedding import Embedder
@@ -28,9 +28,10 @@ def default_positions(ids_BxT: jax.Array) -> jax.Array:
 class DecoderLM(nn.Module):
     """Causal LM. Without a cache: positions default to 0..T-1 and `valid_BxT` marks padding.
 
-    With `caches` (one KVCache per layer, each [B, S_max, K, Dh]), the T new tokens sit at positions
-    `pos_BxT` (per sequence), attend over cache slots 0..S_max-1, and the updated caches are returned:
-    prefill is T = prompt bucket, decode is T = 1, same code.
+    With `caches` (one KVCache per layer, each [B, K, S_max, Dh]), the T new tokens sit at positions
+    `pos_BxT` (per sequence, consecutive from the sequence's cached length), attend over the cache's
+    earlier positions and each other, and the updated caches are returned: prefill is T = prompt bucket
+    (padding marked in `valid_BxT`), decode is T = 1, same code.
     """
 
     cfg: ModelConfig
@@ -63,11 +64,11 @@ class DecoderLM(nn.Module):
         if caches is None:
             k_pos_BxS, k_valid_BxS = q_pos_BxT, valid_BxT
         else:
-            S = caches[0].k_BxSxKxDh.shape[1]
-            k_pos_BxS = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (ids_BxT.shape[0], S))
-            k_valid_BxS = None  # slots past a sequence's position are hidden by the causal mask
+            k_pos_BxS, k_valid_BxS = cached_key_positions(q_pos_BxT, caches[0].max_len, valid_BxT)
         mask, bias = self_attention_mask_and_bias(self.cfg, q_pos_BxT, k_pos_BxS, causal=True,
                                                   k_valid_BxS=k_valid_BxS)
         x_BxTxD = self.dropout(self.embedder.embed(ids_BxT, q_pos_BxT), deterministic=deterministic)
-        return self.stack(x_BxTxD, mask=mask, bias=bias, q_pos_BxT=q_pos_BxT, k_pos_BxS=k_pos_BxS,
-                          caches=caches, deterministic=deterministic, return_weights=return_weights)
+        hidden_BxTxD, new_caches, _ = self.stack(
+            x_BxTxD, mask=mask, bias=bias, q_pos_BxT=q_pos_BxT, k_pos_BxS=k_pos_BxS, caches=caches,
+            deterministic=deterministic, return_weights=return_weights)
+        return hidden_BxTxD, new_caches

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 
 from mulm_jax.config import ModelConfig
 from mulm_jax.nn.attention import attention_mask
@@ -30,3 +31,18 @@ def self_attention_mask_and_bias(
     if cfg.positional == "alibi":
         bias = alibi_bias(alibi_slopes(cfg.num_heads), q_pos_BxT, k_pos_BxS, causal=causal)
     return mask, bias
+
+
+def cached_key_positions(q_pos_BxT: jax.Array, max_len: int,
+                         valid_BxT: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+    """Key positions and validity [B, S_max + T] for queries attending over a cache and then themselves.
+
+    Cache slot s holds position s; slots at or past each sequence's first new position are stale (the new
+    keys are written there only after attention), so they are marked invalid. `valid_BxT`: False marks
+    padding among the new tokens.
+    """
+    B, T = q_pos_BxT.shape
+    slots_BxS = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (B, max_len))
+    new_valid_BxT = jnp.ones((B, T), bool) if valid_BxT is None else valid_BxT
+    return (jnp.concatenate([slots_BxS, q_pos_BxT], axis=1),
+            jnp.concatenate([slots_BxS < q_pos_BxT[:, :1], new_valid_BxT], axis=1))

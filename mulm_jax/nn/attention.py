@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Optional
 
 import flax
@@ -16,24 +17,39 @@ from mulm_jax.nn.positional import apply_rope, rope_frequencies
 
 @flax.struct.dataclass
 class KVCache:
-    """One layer's keys and values, static shape [B, S_max, K, Dh]; slot s holds the token at position s."""
+    """One layer's keys and values, static shape [B, K, S_max, Dh]: slot s of each kv head holds position s.
 
-    k_BxSxKxDh: jax.Array
-    v_BxSxKxDh: jax.Array
+    The kv-head axis comes before the positions so that attention over the cache is one batched matmul over
+    B * K matrices that lie contiguous in memory; with positions first, XLA:CPU copies the whole cache
+    transposed on every decode step (bench/bench_decode.py: 2x slower for GPT-2 small at 1024 positions).
+    """
+
+    k_BxKxSxDh: jax.Array
+    v_BxKxSxDh: jax.Array
+
+    @property
+    def max_len(self) -> int:
+        return self.k_BxKxSxDh.shape[2]
 
     @classmethod
     def zeros(cls, batch: int, max_len: int, num_kv_heads: int, head_dim: int, dtype: Any = jnp.float32) -> "KVCache":
-        shape = (batch, max_len, num_kv_heads, head_dim)
+        shape = (batch, num_kv_heads, max_len, head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
+    @classmethod
+    def of(cls, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Array) -> "KVCache":
+        """A cache holding exactly these keys and values (cross-attention over an encoder output)."""
+        return cls(k_BxSxKxDh.transpose(0, 2, 1, 3), v_BxSxKxDh.transpose(0, 2, 1, 3))
+
     def write(self, k_BxTxKxDh: jax.Array, v_BxTxKxDh: jax.Array, start_B: jax.Array) -> "KVCache":
-        """Write T new keys/values per sequence at that sequence's own start position."""
+        """Write T new keys/values per sequence at that sequence's own start position, in place under jit."""
 
-        def put(buf_SxKxDh, new_TxKxDh, start):
-            return lax.dynamic_update_slice(buf_SxKxDh, new_TxKxDh.astype(buf_SxKxDh.dtype), (start, 0, 0))
+        def put(buf_KxSxDh, new_TxKxDh, start):
+            new_KxTxDh = new_TxKxDh.transpose(1, 0, 2).astype(buf_KxSxDh.dtype)
+            return lax.dynamic_update_slice(buf_KxSxDh, new_KxTxDh, (0, start, 0))
 
-        return KVCache(jax.vmap(put)(self.k_BxSxKxDh, k_BxTxKxDh, start_B),
-                       jax.vmap(put)(self.v_BxSxKxDh, v_BxTxKxDh, start_B))
+        return KVCache(jax.vmap(put)(self.k_BxKxSxDh, k_BxTxKxDh, start_B),
+                       jax.vmap(put)(self.v_BxKxSxDh, v_BxTxKxDh, start_B))
 
 
 def attention_mask(
@@ -69,31 +85,40 @@ def attention_mask(
 
 def dot_product_attention(
     q_BxTxHxDh: jax.Array,
-    k_BxSxKxDh: jax.Array,
-    v_BxSxKxDh: jax.Array,
+    k_BxKxSxDh: jax.Array,
+    v_BxKxSxDh: jax.Array,
     mask: Optional[jax.Array] = None,
     bias: Optional[jax.Array] = None,
     *,
     dropout_rate: float = 0.0,
     dropout_rng: Optional[jax.Array] = None,
+    cached: Optional[KVCache] = None,
 ) -> tuple[jax.Array, jax.Array]:
     """softmax(q k^T / sqrt(Dh) + bias, masked) v, with each of K kv heads shared by H / K query heads.
 
-    mask: bool broadcastable to [B, H, T, S] (True = attend); bias: float broadcastable to the same.
-    Returns the output [B, T, H, Dh] and the attention weights [B, H, T, S] (float32).
+    Keys and values are kv-head major, as the cache holds them. `cached`: earlier keys and values attended
+    to as well, ahead of k and v (so S counts the cache's slots first). mask: bool broadcastable to
+    [B, H, T, S] (True = attend); bias: float broadcastable to the same. Returns the output [B, T, H, Dh]
+    and the attention weights [B, H, T, S] (float32).
     """
     B, T, H, Dh = q_BxTxHxDh.shape
-    S, K = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
+    K = k_BxKxSxDh.shape[1]
     if H % K:
         raise ValueError(f"{H} query heads cannot be shared evenly among {K} kv heads")
     G = H // K
-    q_BxTxHxDh = q_BxTxHxDh * jnp.asarray(Dh**-0.5, q_BxTxHxDh.dtype)
-    if G == 1:  # multi-head: plain 4-D batched matmuls, no group axis for XLA to transpose around
-        logits_BxHxTxS = jnp.einsum("bthd,bshd->bhts", q_BxTxHxDh, k_BxSxKxDh)
-    else:
-        logits_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxHxDh.reshape(B, T, K, G, Dh), k_BxSxKxDh)
-        logits_BxHxTxS = logits_BxKxGxTxS.reshape(B, H, T, S)
-    logits_BxHxTxS = logits_BxHxTxS.astype(jnp.float32)
+    chunks = [(k_BxKxSxDh, v_BxKxSxDh)] if cached is None else [
+        (cached.k_BxKxSxDh.astype(k_BxKxSxDh.dtype), cached.v_BxKxSxDh.astype(v_BxKxSxDh.dtype)),
+        (k_BxKxSxDh, v_BxKxSxDh)]
+    lengths = [k.shape[2] for k, _ in chunks]
+    S = sum(lengths)
+    # Every product is a matmul batched over one axis of B * K: XLA:CPU runs a single batch axis as one
+    # well-threaded call, and copies operands around when there are two.
+    q_BKxGTxDh = (q_BxTxHxDh * jnp.asarray(Dh**-0.5, q_BxTxHxDh.dtype)).reshape(B, T, K, G, Dh).transpose(
+        0, 2, 3, 1, 4).reshape(B * K, G * T, Dh)
+    logits_BKxGTxS = jnp.concatenate(
+        [jnp.matmul(q_BKxGTxDh, k.reshape(B * K, n, Dh).swapaxes(1, 2)) for (k, _), n in zip(chunks, lengths)],
+        axis=-1)
+    logits_BxHxTxS = logits_BKxGTxS.reshape(B, H, T, S).astype(jnp.float32)
     if bias is not None:
         logits_BxHxTxS = logits_BxHxTxS + bias
     if mask is not None:
@@ -103,20 +128,25 @@ def dot_product_attention(
     if dropout_rate > 0.0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, used_BxHxTxS.shape)
         used_BxHxTxS = jnp.where(keep, used_BxHxTxS / (1.0 - dropout_rate), 0.0)
-    used_BxHxTxS = used_BxHxTxS.astype(v_BxSxKxDh.dtype)
-    if G == 1:
-        return jnp.einsum("bhts,bshd->bthd", used_BxHxTxS, v_BxSxKxDh), probs_BxHxTxS
-    out_BxTxKxGxDh = jnp.einsum("bkgts,bskd->btkgd", used_BxHxTxS.reshape(B, K, G, T, S), v_BxSxKxDh)
-    return out_BxTxKxGxDh.reshape(B, T, H, Dh), probs_BxHxTxS
+    used_BKxGTxS = used_BxHxTxS.astype(v_BxKxSxDh.dtype).reshape(B * K, G * T, S)
+    offsets = [0] + list(itertools.accumulate(lengths))
+    out_BKxGTxDh = sum(jnp.matmul(used_BKxGTxS[..., start:start + n], v.reshape(B * K, n, Dh))
+                       for (_, v), start, n in zip(chunks, offsets, lengths))
+    return out_BKxGTxDh.reshape(B, H, T, Dh).transpose(0, 2, 1, 3), probs_BxHxTxS
 
 
 class Attention(nn.Module):
     """Projections + core. num_kv_heads = num_heads: multi-head; 1: multi-query; in between: grouped-query.
 
-    Self-attention when `kv_BxSxD` is None, cross-attention otherwise. With RoPE (`rope_theta` set),
-    queries and keys are rotated by their absolute positions. With a `cache`, the new keys/values are
-    written at `q_pos_BxT[:, 0]` onwards and the queries attend over the whole cache (slot s = position s),
-    so the mask must be built for key positions 0..S_max-1. Returns (output [B, T, D], updated cache).
+    Self-attention: with RoPE (`rope_theta` set), queries and keys are rotated by their absolute positions.
+    With a `cache`, the queries attend over the cache's S_max slots (slot s = position s) and then the T new
+    keys, so the mask is [B, 1, T, S_max + T] with the slots at or past `q_pos_BxT[:, 0]` hidden (see
+    models.masks.cached_key_positions); the new keys/values are then written at `q_pos_BxT[:, 0]` onwards.
+
+    Cross-attention (`cross=True`): keys and values are projected from the encoder output `kv_BxSxD`, and
+    returned as a cache; given that cache instead, later decode steps skip the projection.
+
+    Returns (output [B, T, D], the updated cache: None for self-attention without one).
     """
 
     num_heads: int
@@ -128,6 +158,7 @@ class Attention(nn.Module):
     rope_scaling: Optional[RopeScaling] = None
     max_seq_len: int = 0
     out_init_std: float = 0.02  # GPT-2 scales residual-branch outputs down by sqrt(2 * layers)
+    cross: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -149,28 +180,40 @@ class Attention(nn.Module):
         dense = lambda feats, name, axis=-1, std=0.02: nn.DenseGeneral(  # noqa: E731
             feats, axis=axis, use_bias=self.use_bias, dtype=self.dtype, name=name,
             kernel_init=nn.initializers.normal(std))
-        source_BxSxD = x_BxTxD if kv_BxSxD is None else kv_BxSxD
-        S = source_BxSxD.shape[1]
-        # Projections over tokens flattened to one axis, as in FeedForward: XLA:CPU then takes the kernel
-        # gradients without first copying the activations transposed.
-        x_NxD = x_BxTxD.reshape(B * T, D)
-        source_MxD = source_BxSxD.reshape(B * S, source_BxSxD.shape[-1])
-        q_BxTxHxDh = dense((H, Dh), "query")(x_NxD).reshape(B, T, H, Dh)
-        k_BxSxKxDh = dense((K, Dh), "key")(source_MxD).reshape(B, S, K, Dh)
-        v_BxSxKxDh = dense((K, Dh), "value")(source_MxD).reshape(B, S, K, Dh)
-        if self.rope_theta is not None:
-            inv_freq_F, factor = rope_frequencies(self.head_dim, self.rope_theta, self.rope_scaling, self.max_seq_len)
-            q_BxTxHxDh = apply_rope(q_BxTxHxDh, q_pos_BxT, inv_freq_F, factor)
-            k_BxSxKxDh = apply_rope(k_BxSxKxDh, k_pos_BxS if cache is None else q_pos_BxT, inv_freq_F, factor)
-        if cache is not None:
-            cache = cache.write(k_BxSxKxDh, v_BxSxKxDh, q_pos_BxT[:, 0])
-            k_BxSxKxDh = cache.k_BxSxKxDh.astype(self.dtype)
-            v_BxSxKxDh = cache.v_BxSxKxDh.astype(self.dtype)
+
+        def keys_values(source_BxSxD):
+            # Projections over tokens flattened to one axis, as in FeedForward: XLA:CPU then takes the kernel
+            # gradients without first copying the activations transposed.
+            Bs, S, Ds = source_BxSxD.shape
+            source_MxD = source_BxSxD.reshape(Bs * S, Ds)
+            return (dense((K, Dh), "key")(source_MxD).reshape(Bs, S, K, Dh),
+                    dense((K, Dh), "value")(source_MxD).reshape(Bs, S, K, Dh))
+
+        q_BxTxHxDh = dense((H, Dh), "query")(x_BxTxD.reshape(B * T, D)).reshape(B, T, H, Dh)
+        if self.cross:
+            if cache is None:
+                if kv_BxSxD is None:
+                    raise ValueError("cross-attention needs the encoder output (kv_BxSxD) or its cache")
+                cache = KVCache.of(*keys_values(kv_BxSxD))
+            keys = cache
+        else:
+            k_BxTxKxDh, v_BxTxKxDh = keys_values(x_BxTxD)
+            if self.rope_theta is not None:
+                inv_freq_F, factor = rope_frequencies(Dh, self.rope_theta, self.rope_scaling, self.max_seq_len)
+                q_BxTxHxDh = apply_rope(q_BxTxHxDh, q_pos_BxT, inv_freq_F, factor)
+                k_BxTxKxDh = apply_rope(k_BxTxKxDh, k_pos_BxS if cache is None else q_pos_BxT, inv_freq_F, factor)
+            keys = KVCache.of(k_BxTxKxDh, v_BxTxKxDh)
+        # With a self-attention cache, the queries attend over the cache as it was (its stale slots masked) and
+        # the new keys, and the new keys are written afterwards: the write is then the cache's last use, and
+        # XLA updates the donated buffer in place (read after the write, it copies the whole cache each step).
+        cached = cache if cache is not None and not self.cross else None
         use_dropout = self.dropout > 0.0 and not deterministic
         out_BxTxHxDh, probs_BxHxTxS = dot_product_attention(
-            q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask, bias,
+            q_BxTxHxDh, keys.k_BxKxSxDh.astype(self.dtype), keys.v_BxKxSxDh.astype(self.dtype), mask, bias,
             dropout_rate=self.dropout if use_dropout else 0.0,
-            dropout_rng=self.make_rng("dropout") if use_dropout else None)
+            dropout_rng=self.make_rng("dropout") if use_dropout else None, cached=cached)
+        if cached is not None:
+            cache = cache.write(k_BxTxKxDh, v_BxTxKxDh, q_pos_BxT[:, 0])
         if return_weights:
             self.sow("intermediates", "attention_weights", probs_BxHxTxS)
         y_NxD = dense(D, "out", axis=(-2, -1), std=self.out_init_std)(out_BxTxHxDh.reshape(B * T, H, Dh))

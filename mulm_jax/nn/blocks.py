@@ -45,16 +45,19 @@ class Block(nn.Module):
         memory_BxSxD: Optional[jax.Array] = None,
         memory_mask: Optional[jax.Array] = None,
         cache: Optional[KVCache] = None,
-    ) -> tuple[jax.Array, Optional[KVCache]]:
+        cross_cache: Optional[KVCache] = None,
+    ) -> tuple[jax.Array, Optional[KVCache], Optional[KVCache]]:
+        """Returns the output, the updated self-attention cache, and the cross-attention keys/values (the
+        encoder output projected; passing them back as `cross_cache` spares the projection and `memory`)."""
         cfg = self.cfg
         deterministic, return_weights = self.deterministic, self.return_weights
         dtype = jnp.dtype(cfg.dtype)
         out_std = 0.02 / (2 * self.num_stack_layers) ** 0.5
-        attention = lambda name, rope: Attention(  # noqa: E731
+        attention = lambda name, rope, cross=False: Attention(  # noqa: E731
             num_heads=cfg.num_heads, num_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
             use_bias=cfg.use_bias, dropout=cfg.dropout,
             rope_theta=cfg.rope_theta if rope else None, rope_scaling=cfg.rope_scaling,
-            max_seq_len=cfg.max_seq_len, out_init_std=out_std, dtype=dtype, name=name)
+            max_seq_len=cfg.max_seq_len, out_init_std=out_std, cross=cross, dtype=dtype, name=name)
         residual_dropout = nn.Dropout(cfg.dropout)
 
         def sublayer(x, name: str, f):
@@ -70,19 +73,28 @@ class Block(nn.Module):
             return y
 
         x_BxTxD = sublayer(x_BxTxD, "self_attention", self_attend)
+        def cross_attend(h):
+            nonlocal cross_cache
+            y, cross_cache = attention("cross_attention", False, cross=True)(
+                h, memory_BxSxD, mask=memory_mask, cache=cross_cache, deterministic=deterministic,
+                return_weights=return_weights)
+            return y
+
         if self.cross_attention:
-            if memory_BxSxD is None:
+            if memory_BxSxD is None and cross_cache is None:
                 raise ValueError("a decoder block with cross-attention needs the encoder output (memory_BxSxD)")
-            cross = attention("cross_attention", False)
-            x_BxTxD = sublayer(x_BxTxD, "cross_attention", lambda h: cross(
-                h, memory_BxSxD, mask=memory_mask, deterministic=deterministic, return_weights=return_weights)[0])
+            x_BxTxD = sublayer(x_BxTxD, "cross_attention", cross_attend)
         ffn = FeedForward(cfg.d_model, cfg.ff_dim, cfg.ffn, cfg.use_bias, out_std, dtype, name="ffn")
         x_BxTxD = sublayer(x_BxTxD, "ffn", ffn)
-        return x_BxTxD, cache
+        return x_BxTxD, cache, cross_cache
 
 
 class BlockStack(nn.Module):
-    """num_layers blocks, then a final norm for pre-norm stacks. `caches`: one KVCache per layer, or None."""
+    """num_layers blocks, then a final norm for pre-norm stacks.
+
+    `caches`: one self-attention KVCache per layer, or None; `cross_caches` likewise for the cross-attention
+    keys/values of a decoder stack. Returns (output, updated caches or None, cross caches or None).
+    """
 
     cfg: ModelConfig
     num_layers: int
@@ -95,17 +107,21 @@ class BlockStack(nn.Module):
         x_BxTxD: jax.Array,
         *,
         caches: Optional[tuple[KVCache, ...]] = None,
+        cross_caches: Optional[tuple[KVCache, ...]] = None,
         deterministic: bool = True,
         return_weights: bool = False,
         **kwargs: Any,
-    ) -> tuple[jax.Array, Optional[tuple[KVCache, ...]]]:
+    ) -> tuple[jax.Array, Optional[tuple[KVCache, ...]], Optional[tuple[KVCache, ...]]]:
         block_cls = nn.remat(Block) if self.remat else Block
-        new_caches = []
+        new_caches, new_cross_caches = [], []
         for i in range(self.num_layers):
-            cache = None if caches is None else caches[i]
-            x_BxTxD, cache = block_cls(self.cfg, self.cross_attention, self.num_layers, deterministic,
-                                       return_weights, name=f"layer_{i}")(x_BxTxD, cache=cache, **kwargs)
+            x_BxTxD, cache, cross_cache = block_cls(
+                self.cfg, self.cross_attention, self.num_layers, deterministic, return_weights, name=f"layer_{i}")(
+                x_BxTxD, cache=None if caches is None else caches[i],
+                cross_cache=None if cross_caches is None else cross_caches[i], **kwargs)
             new_caches.append(cache)
+            new_cross_caches.append(cross_cache)
         if self.cfg.norm_position == "pre":
             x_BxTxD = make_norm(self.cfg, "final_norm")(x_BxTxD)
-        return x_BxTxD, None if caches is None else tuple(new_caches)
+        return (x_BxTxD, None if caches is None else tuple(new_caches),
+                tuple(new_cross_caches) if self.cross_attention else None)
