@@ -12,6 +12,7 @@ from mulm_jax.config import ConfigError
 COMMANDS = {
     "info": "mulm_jax.models.info",
     "data": "mulm_jax.data.cli",
+    "generate": "mulm_jax.infer.cli",  # also registers `bench`
 }
 
 

@@ -1,0 +1,138 @@
+"""`python -m mulm_jax generate` (stream a continuation from a trained run) and `bench decode` (decode speed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from mulm_jax.config import add_config_arguments, config_from_args
+
+
+def register(subparsers: Any) -> None:
+    gen = subparsers.add_parser("generate", help="stream a continuation of a prompt from a trained run")
+    gen.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a train.py --workdir")
+    gen.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-tokens", type=int, help="default: 256, or what the context leaves")
+    gen.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--min-p", type=float, default=0.0)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--stop", action="append", default=[], metavar="STR", help="stop before this text (repeatable)")
+    gen.add_argument("--int8", action="store_true", help="int8 weights")
+    gen.set_defaults(func=run_generate)
+
+    bench = subparsers.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    dec = bench.add_parser("decode", help="decode speed, with random weights unless --checkpoint is given")
+    add_config_arguments(dec)
+    dec.add_argument("--checkpoint", metavar="RUN_DIR")
+    dec.add_argument("--batch", type=int, default=1, help="concurrent sequences (and slots)")
+    dec.add_argument("--prompt-len", type=int, default=16)
+    dec.add_argument("--new-tokens", type=int, default=128)
+    dec.add_argument("--repeats", type=int, default=5)
+    dec.add_argument("--int8", action="store_true")
+    dec.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    dec.set_defaults(func=run_bench_decode)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from mulm_jax.train.xla_cpu import configure_cpu
+
+    configure_cpu()
+    from mulm_jax.infer import Engine, SamplingParams, load_model
+
+    loaded = load_model(args.checkpoint, args.step)
+    engine = Engine(loaded, slots=1, int8=args.int8)
+    prompt_len = len(engine.encode_prompt(args.prompt, 1))
+    max_tokens = args.max_tokens or max(1, min(256, engine.max_len - prompt_len))
+    params = SamplingParams(max_tokens=max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                            stop=tuple(args.stop))
+    with engine:
+        request = engine.submit(args.prompt, params)
+        for event in request:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        completion = request.result()
+    sys.stdout.write("\n")
+    print(f"[{completion.completion_tokens} tokens, finish: {completion.finish_reason}]", file=sys.stderr)
+    return 0
+
+
+def random_model(config: Any, seed: int = 0) -> Any:
+    """A LoadedModel with randomly initialized weights and a tokenizer of one character per id."""
+    import jax
+
+    from mulm_jax.data.tokenizer import CharTokenizer
+    from mulm_jax.infer.loading import LoadedModel, param_shapes
+    from mulm_jax.models import build_model
+
+    model = build_model(config.model)
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(lambda s: (rng.standard_normal(s.shape, np.float32) * 0.02).astype(s.dtype),
+                          param_shapes(model))
+    tokenizer = CharTokenizer([chr(0x100 + i) for i in range(config.model.vocab_size)])
+    return LoadedModel(model=model, params=params, tokenizer=tokenizer, config=config, step=0, run_dir=None)
+
+
+def measure_decode(engine: Any, batch: int, prompt_len: int, new_tokens: int, repeats: int,
+                   seed: int = 0) -> dict[str, float]:
+    """Median figures over `repeats` rounds of `batch` greedy requests submitted together (after a warm-up)."""
+    from mulm_jax.infer import SamplingParams
+
+    vocab = engine.loaded.config.model.vocab_size
+    rng = np.random.default_rng(seed)
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    rounds = []
+    for _ in range(repeats + 1):
+        prompts = [rng.integers(0, vocab, prompt_len).tolist() for _ in range(batch)]
+        start = time.perf_counter()
+        requests = [engine.submit(p, params) for p in prompts]
+        results = [r.result() for r in requests]
+        total = time.perf_counter() - start
+        first = max(r.time_to_first_token_s for r in results)
+        rounds.append({"tokens_per_sec": batch * new_tokens / total,
+                       "ms_per_step": (total - first) / max(new_tokens - 1, 1) * 1e3,
+                       "time_to_first_token_ms": statistics.median(r.time_to_first_token_s for r in results) * 1e3})
+    rounds = rounds[1:]  # the first round settles threads and caches
+    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+
+
+def run_bench_decode(args: argparse.Namespace) -> int:
+    from mulm_jax.train.xla_cpu import configure_cpu
+
+    configure_cpu()
+    import jax
+
+    from mulm_jax.infer import Engine, load_model
+    from mulm_jax.infer.quantize import weight_bytes
+
+    loaded = load_model(args.checkpoint) if args.checkpoint else random_model(config_from_args(args))
+    cfg = loaded.config.model
+    engine = Engine(loaded, slots=args.batch, max_len=min(cfg.max_seq_len, args.prompt_len + args.new_tokens),
+                    max_queue=args.batch, int8=args.int8)
+    start = time.perf_counter()
+    engine.warmup()
+    compile_s = time.perf_counter() - start
+    with engine:
+        figures = measure_decode(engine, args.batch, args.prompt_len, args.new_tokens, args.repeats)
+        compilations = engine.stats().compilations
+    result = {"model": f"{cfg.num_layers}x{cfg.d_model}, vocab {cfg.vocab_size}", "batch": args.batch,
+              "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "int8": args.int8,
+              **{k: round(v, 3) for k, v in figures.items()}, "compilations": compilations,
+              "warmup_s": round(compile_s, 2), "weight_bytes": weight_bytes(engine.params),
+              "device": jax.devices()[0].device_kind}
+    if not args.json:
+        print(f"decode {result['model']}: batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens: "
+              f"{result['tokens_per_sec']:.1f} tokens/s, {result['ms_per_step']:.2f} ms/step, "
+              f"first token {result['time_to_first_token_ms']:.1f} ms, {compilations} compilations")
+    print(json.dumps(result))
+    return 0

@@ -1,0 +1,164 @@
+"""The compiled steps of generation over a fixed number of slots: prefill one request into a slot, then
+advance every slot by one token. The whole state (caches, last tokens, positions, sampling settings, token
+counts) lives on the device and is donated through each step, so the caches are updated in place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from mulm_jax.config import ModelConfig
+from mulm_jax.infer.sampling import SamplingArrays, apply_penalties, choose_tokens, token_logprobs
+from mulm_jax.nn.attention import KVCache
+
+# XLA:CPU otherwise copies every cache buffer that a step both reads and updates in place.
+COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+@flax.struct.dataclass
+class SlotState:
+    caches: tuple[KVCache, ...]  # self-attention, one per layer, [B, K, max_len, Dh]
+    cross_caches: Optional[tuple[KVCache, ...]]  # encoder-decoder: the source's keys/values per layer
+    src_valid_BxS: Optional[jax.Array]  # encoder-decoder: which source positions are real
+    tokens_B: jax.Array  # int32: each slot's newest token, the input of its next step
+    pos_B: jax.Array  # int32: the position that token sits at
+    sampling: SamplingArrays
+    counts_BxV: jax.Array  # int32: how often each token occurs in each slot's output so far
+    prompt_mask_BxV: jax.Array  # bool: which tokens occur in each slot's prompt
+
+
+@flax.struct.dataclass
+class StepOutput:
+    tokens_B: jax.Array
+    logprobs_B: jax.Array  # of the chosen tokens under the model (zeros unless asked for)
+    top_ids_BxN: jax.Array
+    top_logprobs_BxN: jax.Array
+
+
+def prompt_buckets(max_len: int, smallest: int = 16) -> tuple[int, ...]:
+    """Padded prompt lengths: powers of two from `smallest` up to the context, and the context itself."""
+    sizes, n = [], min(smallest, max_len)
+    while n < max_len:
+        sizes.append(n)
+        n *= 2
+    return tuple(sizes) + (max_len,)
+
+
+class SlotSteps:
+    """prefill and decode for `model` over `slots` sequences of up to `max_len` positions.
+
+    Each step also picks the next tokens (SamplingArrays per slot) and, when asked, their log-probabilities
+    and the `num_logprobs` most likely alternatives. `unpack_params` maps the params as stored (int8 weights,
+    say) to the params the model takes, inside the compiled steps. `traces` counts compilations (one per
+    prompt bucket for prefill, one for decode).
+    """
+
+    def __init__(self, model: nn.Module, slots: int, max_len: int, num_logprobs: int = 5,
+                 unpack_params: Callable[[Any], Any] = lambda params: params):
+        self.model, self.cfg, self.unpack_params = model, model.cfg, unpack_params
+        self.slots, self.max_len, self.num_logprobs = slots, max_len, num_logprobs
+        self.encoder_decoder = self.cfg.architecture == "encoder_decoder"
+        self.traces = 0
+        self.prefill = jax.jit(self._prefill, donate_argnums=(1,), compiler_options=COMPILER_OPTIONS)
+        self.decode = jax.jit(self._decode, donate_argnums=(1,), compiler_options=COMPILER_OPTIONS)
+
+    def init_state(self) -> SlotState:
+        cfg, B = self.cfg, self.slots
+        dtype = jnp.dtype(cfg.dtype)
+        cache = lambda n, length: tuple(  # noqa: E731
+            KVCache.zeros(B, length, cfg.kv_heads, cfg.head_dim, dtype) for _ in range(n))
+        V = cfg.vocab_size
+        return SlotState(
+            caches=cache(cfg.decoder_layers, self.max_len),
+            cross_caches=cache(cfg.decoder_layers, cfg.max_seq_len) if self.encoder_decoder else None,
+            src_valid_BxS=jnp.zeros((B, cfg.max_seq_len), bool) if self.encoder_decoder else None,
+            tokens_B=jnp.zeros((B,), jnp.int32), pos_B=jnp.zeros((B,), jnp.int32),
+            sampling=SamplingArrays.zeros(B), counts_BxV=jnp.zeros((B, V), jnp.int32),
+            prompt_mask_BxV=jnp.zeros((B, V), bool))
+
+    def _pick(self, logits_BxV, sampling, counts_BxV, prompt_mask_BxV, new_pos_B, want_logprobs) -> StepOutput:
+        penalized = lax.cond(
+            jnp.any((sampling.repetition_B != 1) | (sampling.presence_B != 0) | (sampling.frequency_B != 0)),
+            lambda: apply_penalties(logits_BxV, sampling, counts_BxV, prompt_mask_BxV), lambda: logits_BxV)
+        tokens_B = choose_tokens(penalized, sampling, new_pos_B)
+        B, N = tokens_B.shape[0], self.num_logprobs
+        logprobs = lax.cond(want_logprobs, lambda: token_logprobs(logits_BxV, tokens_B, N),
+                            lambda: (jnp.zeros((B,)), jnp.zeros((B, N), jnp.int32), jnp.zeros((B, N))))
+        return StepOutput(tokens_B, *logprobs)
+
+    def _prefill(self, params: Any, state: SlotState, slot: jax.Array, ids_1xL: jax.Array, length: jax.Array,
+                 sampling_row: SamplingArrays, want_logprobs: jax.Array,
+                 src_1xS: Optional[jax.Array] = None, src_length: Optional[jax.Array] = None
+                 ) -> tuple[SlotState, StepOutput]:
+        """Run a prompt (ids_1xL, `length` real tokens then padding) into `slot`; choose its first new token."""
+        self.traces += 1
+        cfg, L = self.cfg, ids_1xL.shape[1]
+        dtype = jnp.dtype(cfg.dtype)
+        fresh = tuple(KVCache.zeros(1, L, cfg.kv_heads, cfg.head_dim, dtype) for _ in range(cfg.decoder_layers))
+        pos_1xL = jnp.arange(L, dtype=jnp.int32)[None]
+        valid_1xL = pos_1xL < length
+        variables = {"params": self.unpack_params(params)}
+        if self.encoder_decoder:
+            src_valid_1xS = jnp.arange(src_1xS.shape[1])[None] < src_length
+            memory = self.model.apply(variables, src_1xS, src_valid_BxS=src_valid_1xS, method="encode")
+            logits_1xLxV, new_caches, cross = self.model.apply(
+                variables, ids_1xL, memory, src_valid_BxS=src_valid_1xS, pos_BxT=pos_1xL, caches=fresh,
+                method="decode")
+        else:
+            logits_1xLxV, new_caches = self.model.apply(variables, ids_1xL, pos_BxT=pos_1xL, valid_BxT=valid_1xL,
+                                                        caches=fresh)
+        put = lambda buf, row: lax.dynamic_update_slice(buf, row.astype(buf.dtype), (slot,) + (0,) * (buf.ndim - 1))  # noqa: E731,E501
+        caches = jax.tree.map(put, state.caches, new_caches)
+        cross_caches, src_valid = state.cross_caches, state.src_valid_BxS
+        if self.encoder_decoder:
+            cross_caches = jax.tree.map(put, cross_caches, cross)
+            src_valid = put(src_valid, jnp.arange(src_valid.shape[1])[None] < src_length)
+        V = cfg.vocab_size
+        prompt_mask_1xV = jnp.zeros((1, V), bool).at[0, jnp.where(valid_1xL[0], ids_1xL[0], V)].set(True, mode="drop")
+        logits_1xV = lax.dynamic_index_in_dim(logits_1xLxV[0], length - 1, keepdims=True)
+        out = self._pick(logits_1xV, sampling_row, jnp.zeros((1, V), jnp.int32), prompt_mask_1xV,
+                         jnp.reshape(length, (1,)), want_logprobs)
+        state = SlotState(
+            caches=caches, cross_caches=cross_caches, src_valid_BxS=src_valid,
+            tokens_B=state.tokens_B.at[slot].set(out.tokens_B[0]), pos_B=state.pos_B.at[slot].set(length),
+            sampling=jax.tree.map(put, state.sampling, sampling_row),
+            counts_BxV=put(state.counts_BxV, jax.nn.one_hot(out.tokens_B, V, dtype=jnp.int32)),
+            prompt_mask_BxV=put(state.prompt_mask_BxV, prompt_mask_1xV))
+        return state, out
+
+    def _decode(self, params: Any, state: SlotState, active_B: jax.Array, want_logprobs: jax.Array
+                ) -> tuple[SlotState, StepOutput]:
+        """Feed every slot's newest token and choose the next; inactive slots compute but do not advance."""
+        self.traces += 1
+        variables = {"params": self.unpack_params(params)}
+        ids_Bx1, pos_Bx1 = state.tokens_B[:, None], state.pos_B[:, None]
+        if self.encoder_decoder:
+            logits_Bx1xV, caches, _ = self.model.apply(
+                variables, ids_Bx1, None, src_valid_BxS=state.src_valid_BxS, pos_BxT=pos_Bx1, caches=state.caches,
+                cross_caches=state.cross_caches, method="decode")
+        else:
+            logits_Bx1xV, caches = self.model.apply(variables, ids_Bx1, pos_BxT=pos_Bx1, caches=state.caches)
+        out = self._pick(logits_Bx1xV[:, 0], state.sampling, state.counts_BxV, state.prompt_mask_BxV,
+                         state.pos_B + 1, want_logprobs)
+        step_B = active_B.astype(jnp.int32)
+        V = self.cfg.vocab_size
+        return state.replace(
+            caches=caches,
+            tokens_B=jnp.where(active_B, out.tokens_B, state.tokens_B),
+            pos_B=state.pos_B + step_B,
+            counts_BxV=state.counts_BxV + jax.nn.one_hot(out.tokens_B, V, dtype=jnp.int32) * step_B[:, None],
+        ), out
+
+
+def host_output(out: StepOutput) -> dict[str, np.ndarray]:
+    """A step's output fetched to the host in one transfer."""
+    return {k: np.asarray(v) for k, v in zip(("tokens", "logprobs", "top_ids", "top_logprobs"),
+                                             jax.device_get((out.tokens_B, out.logprobs_B, out.top_ids_BxN,
+                                                             out.top_logprobs_BxN)))}

@@ -1,0 +1,401 @@
+"""Continuous batching: requests wait in a bounded queue, are prefilled into free slots, and advance
+together, one compiled decode step for all slots, until each meets its stop condition and frees its slot.
+
+One background thread owns the device state. Submission, cancellation and reading results are thread-safe;
+results stream as TokenEvents (per-token callback, blocking iterator, or async iterator) and end with a
+Completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Iterator, Optional, Sequence
+
+import jax
+import numpy as np
+
+from mulm_jax.infer.decoding import SlotSteps, host_output, prompt_buckets
+from mulm_jax.infer.loading import InferenceError, LoadedModel
+from mulm_jax.infer.quantize import dequantize, quantize_params
+from mulm_jax.infer.sampling import SamplingArrays, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class QueueFullError(InferenceError):
+    """The waiting queue is at its bound; the caller should retry later."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # the most likely alternatives (id, log-probability), best first
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    request_id: str
+    index: int  # of the token among the generated ones
+    token_id: int
+    text: str  # the new text this token completes ("" while a stop string or a character is still open)
+    logprob: Optional[TokenLogprob]
+
+
+@dataclass(frozen=True)
+class Completion:
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str  # "stop" (end token, stop token or stop string), "length" or "cancelled"
+    prompt_tokens: int
+    logprobs: Optional[tuple[TokenLogprob, ...]]
+    time_to_first_token_s: Optional[float]
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+class Request:
+    """One submitted generation. Iterate it (or `async for` over `.stream()`) for TokenEvents; `.result()`
+    waits for the Completion; `.cancel()` stops it and frees its slot."""
+
+    def __init__(self, request_id: str, prompt_ids: list[int], params: SamplingParams, seed: int,
+                 on_token: Optional[Callable[[TokenEvent], None]]):
+        self.id, self.prompt_ids, self.params, self.seed, self.on_token = request_id, prompt_ids, params, seed, on_token
+        self.submitted = time.monotonic()
+        self.cancelled = False
+        self.token_ids: list[int] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.emitted_text = ""
+        self.first_token_at: Optional[float] = None
+        self.completion: Optional[Completion] = None
+        self._events: list[TokenEvent] = []
+        self._cond = threading.Condition()
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    @property
+    def done(self) -> bool:
+        return self.completion is not None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def _publish(self, event: Optional[TokenEvent] = None, completion: Optional[Completion] = None) -> None:
+        if event is not None and self.on_token is not None:
+            try:
+                self.on_token(event)
+            except Exception:  # a callback's failure must not stop the engine for everyone else
+                log.exception("on_token callback of request %s failed; cancelling it", self.id)
+                self.cancelled = True
+        with self._cond:
+            if event is not None:
+                self._events.append(event)
+            if completion is not None:
+                self.completion = completion
+            waiters, self._async_waiters = self._async_waiters, []
+            self._cond.notify_all()
+        for loop, ready in waiters:
+            loop.call_soon_threadsafe(ready.set)
+
+    def result(self, timeout: Optional[float] = None) -> Completion:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.completion is not None, timeout):
+                raise TimeoutError(f"request {self.id} not finished after {timeout} s")
+        return self.completion
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        for i in itertools.count():
+            with self._cond:
+                self._cond.wait_for(lambda: len(self._events) > i or self.completion is not None)
+                if len(self._events) <= i:
+                    return
+                event = self._events[i]
+            yield event
+
+    async def stream(self) -> AsyncIterator[TokenEvent]:
+        loop = asyncio.get_running_loop()
+        for i in itertools.count():
+            while True:
+                with self._cond:
+                    if len(self._events) > i:
+                        event = self._events[i]
+                        break
+                    if self.completion is not None:
+                        return
+                    ready = asyncio.Event()
+                    self._async_waiters.append((loop, ready))
+                await ready.wait()
+            yield event
+
+
+@dataclass
+class _Slot:
+    request: Optional[Request] = None
+
+
+@dataclass
+class EngineStats:
+    slots: int
+    active: int
+    waiting: int
+    compilations: int
+    generated_tokens: int
+    buckets: tuple[int, ...] = field(default_factory=tuple)
+
+
+class Engine:
+    """Serves one loaded model with `slots` sequences decoded together.
+
+    max_len: positions per slot (default: the model's context). max_queue: requests allowed to wait for a
+    slot before submit() raises QueueFullError. int8: serve with weight-only int8 kernels (see quantize).
+    """
+
+    def __init__(self, loaded: LoadedModel, *, slots: int = 4, max_len: Optional[int] = None, max_queue: int = 64,
+                 num_logprobs: int = 5, int8: bool = False, seed: int = 0):
+        cfg = loaded.config.model
+        self.loaded, self.tokenizer = loaded, loaded.tokenizer
+        self.max_len = min(max_len or cfg.max_seq_len, cfg.max_seq_len)
+        if slots < 1 or max_queue < 0:
+            raise InferenceError(f"slots={slots} and max_queue={max_queue}: expected slots >= 1 and max_queue >= 0")
+        self.encoder_decoder = cfg.architecture == "encoder_decoder"
+        self.params = jax.device_put(quantize_params(loaded.params) if int8 else loaded.params)
+        self.steps = SlotSteps(loaded.model, slots, self.max_len, num_logprobs,
+                               unpack_params=dequantize if int8 else (lambda p: p))
+        self.buckets = prompt_buckets(cfg.max_seq_len if self.encoder_decoder else self.max_len)
+        self.max_queue, self.num_logprobs = max_queue, num_logprobs
+        self._state = self.steps.init_state()
+        self._slots = [_Slot() for _ in range(slots)]
+        self._waiting: deque[Request] = deque()
+        self._lock = threading.Condition()
+        self._ids = itertools.count()
+        self._seeds = np.random.default_rng(seed)
+        self._generated = 0
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = False
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="mulm-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> "Engine":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def warmup(self) -> None:
+        """Compile prefill for every prompt bucket and the decode step, so that no request waits for a
+        compilation. Call it before start(): the running engine owns the device state."""
+        if self._thread is not None:
+            raise InferenceError("warmup() must run before start()")
+        row = SamplingArrays.row(SamplingParams(), 0)
+        for n in self.buckets:
+            ids = np.zeros((1, n), np.int32)
+            # an encoder-decoder model pads the source to the bucket; its decoder prompt is one token
+            args = (ids[:, :1], np.int32(1), row, np.bool_(False), ids, np.int32(1)) if self.encoder_decoder \
+                else (ids, np.int32(1), row, np.bool_(False))
+            self._state, _ = self.steps.prefill(self.params, self._state, np.int32(0), *args)
+        active = np.zeros((len(self._slots),), bool)
+        self._state, out = self.steps.decode(self.params, self._state, active, np.bool_(False))
+        jax.block_until_ready(out)
+
+    # ---- submission ------------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str | Sequence[int], max_tokens: int, truncate: bool = False) -> list[int]:
+        """Prompt ids, checked against the context: prompt + max_tokens must fit in max_len positions."""
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        if not ids:
+            if self.tokenizer.bos_id is None:
+                raise InferenceError("the prompt is empty: expected at least one token (this tokenizer has no "
+                                     "beginning-of-text token to start from)")
+            ids = [self.tokenizer.bos_id]
+        V = self.loaded.config.model.vocab_size
+        bad = [i for i in ids if not 0 <= i < V]
+        if bad:
+            raise InferenceError(f"prompt token id {bad[0]} is outside the vocabulary [0, {V})")
+        room = self.max_len - max_tokens
+        if len(ids) > room:
+            if not truncate or room < 1:
+                raise InferenceError(
+                    f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}: together they exceed the "
+                    f"context of {self.max_len} tokens (ask for at most {max(self.max_len - len(ids), 0)} "
+                    "new tokens, or truncate the prompt)")
+            ids = ids[-room:]
+        return ids
+
+    def submit(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), *,
+               on_token: Optional[Callable[[TokenEvent], None]] = None, truncate: bool = False,
+               request_id: Optional[str] = None) -> Request:
+        """Queue a request; raises InferenceError for a bad prompt or settings, QueueFullError when full."""
+        params.validate(self.num_logprobs)
+        ids = self.encode_prompt(prompt, params.max_tokens, truncate)
+        with self._lock:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(f"{len(self._waiting)} requests are already waiting (max_queue={self.max_queue})")
+            seed = params.seed if params.seed is not None else int(self._seeds.integers(2**63))
+            request = Request(request_id or f"req-{next(self._ids)}", ids, params, seed, on_token)
+            self._waiting.append(request)
+            self._lock.notify_all()
+        return request
+
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), **kw: Any) -> Completion:
+        return self.submit(prompt, params, **kw).result()
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            return EngineStats(slots=len(self._slots), active=sum(s.request is not None for s in self._slots),
+                               waiting=len(self._waiting), compilations=self.steps.traces,
+                               generated_tokens=self._generated, buckets=self.buckets)
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        pending: deque[tuple[Any, list[tuple[int, Request]]]] = deque()
+        try:
+            while True:
+                with self._lock:
+                    if self._stopping:
+                        break
+                    idle = not self._waiting and not pending and all(s.request is None for s in self._slots)
+                    if idle:
+                        self._lock.wait()
+                        continue
+                self._admit()
+                running = [(b, s.request) for b, s in enumerate(self._slots) if s.request is not None]
+                if running:
+                    active = np.zeros((len(self._slots),), bool)
+                    active[[b for b, _ in running]] = True
+                    want = any(r.params.logprobs is not None for _, r in running)
+                    self._state, out = self.steps.decode(self.params, self._state, active, np.bool_(want))
+                    pending.append((out, running))
+                # Read step n's tokens while step n + 1 runs: the host work overlaps the device's.
+                while pending and (len(pending) > 1 or not running):
+                    out, ran = pending.popleft()
+                    self._accept(host_output(out), ran)
+        except Exception:  # end every request rather than leave callers waiting forever
+            log.exception("engine loop failed")
+        finally:
+            self._cancel_all()
+
+    def _cancel_all(self) -> None:
+        with self._lock:
+            requests = [s.request for s in self._slots if s.request is not None] + list(self._waiting)
+            self._waiting.clear()
+            for s in self._slots:
+                s.request = None
+        for r in requests:
+            self._finish(r, "cancelled")
+
+    def _admit(self) -> None:
+        while True:
+            with self._lock:
+                free = [b for b, s in enumerate(self._slots) if s.request is None]
+                while self._waiting and self._waiting[0].cancelled:
+                    self._finish(self._waiting.popleft(), "cancelled")
+                if not free or not self._waiting:
+                    return
+                request = self._waiting.popleft()
+                self._slots[free[0]].request = request
+            self._prefill(free[0], request)
+
+    def _prefill(self, slot: int, request: Request) -> None:
+        p, ids = request.params, request.prompt_ids
+        row = SamplingArrays.row(p, request.seed)
+        if self.encoder_decoder:  # the source is all but the last prompt token, which starts the decoder
+            src, ids = ids[:-1], ids[-1:]
+            bucket = next(n for n in self.buckets if n >= max(len(src), 1))
+            src_1xS = np.zeros((1, bucket), np.int32)
+            src_1xS[0, :len(src)] = src
+            extra = (src_1xS, np.int32(len(src)))
+            ids_1xL = np.asarray([ids], np.int32)
+        else:
+            bucket = next(n for n in self.buckets if n >= len(ids))
+            ids_1xL = np.zeros((1, bucket), np.int32)
+            ids_1xL[0, :len(ids)] = ids
+            extra = ()
+        self._state, out = self.steps.prefill(self.params, self._state, np.int32(slot), ids_1xL,
+                                              np.int32(len(ids)), row, np.bool_(p.logprobs is not None), *extra)
+        self._accept(host_output(out), [(0, request)])
+
+    def _accept(self, out: dict[str, np.ndarray], ran: list[tuple[int, Request]]) -> None:
+        """Take each running request's new token: emit its text, and finish those that are done."""
+        for row, request in ran:
+            if request.done:
+                continue  # finished while this step was in flight: its token is one too many
+            if request.cancelled:
+                self._finish(request, "cancelled")
+                continue
+            token = int(out["tokens"][row])
+            p = request.params
+            if request.first_token_at is None:
+                request.first_token_at = time.monotonic()
+            request.token_ids.append(token)
+            self._generated += 1
+            logprob = None
+            if p.logprobs is not None:
+                top = tuple((int(i), float(lp)) for i, lp in zip(out["top_ids"][row][:p.logprobs],
+                                                               out["top_logprobs"][row][:p.logprobs]))
+                logprob = TokenLogprob(token, float(out["logprobs"][row]), top)
+                request.logprobs.append(logprob)
+            stop_token = not p.ignore_eos and token == self.tokenizer.eos_id or token in p.stop_token_ids
+            out_of_tokens = not stop_token and len(request.token_ids) >= p.max_tokens
+            text_ids = request.token_ids[:-1] if stop_token else request.token_ids
+            text, stopped_by_string = self._visible_text(text_ids, p.stop, final=stop_token or out_of_tokens)
+            delta = text[len(request.emitted_text):]
+            request.emitted_text = text
+            request._publish(TokenEvent(request.id, len(request.token_ids) - 1, token, delta, logprob))
+            if stop_token or stopped_by_string:
+                self._finish(request, "stop")
+            elif out_of_tokens:
+                self._finish(request, "length")
+
+    def _visible_text(self, ids: list[int], stops: tuple[str, ...], final: bool) -> tuple[str, bool]:
+        """The text that may be shown so far, and whether a stop string ended it.
+
+        Held back: a trailing part that could still grow into a stop string, and an unfinished character.
+        """
+        text = self.tokenizer.decode(ids)
+        cut = [i for i in (text.find(s) for s in stops) if i >= 0]
+        if cut:
+            return text[:min(cut)], True
+        if final:
+            return text, False
+        keep = len(text) - (1 if text.endswith("\ufffd") else 0)
+        for s in stops:
+            for k in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:k]):
+                    keep = min(keep, len(text) - k)
+                    break
+        return text[:keep], False
+
+    def _finish(self, request: Request, reason: str) -> None:
+        if request.done:
+            return
+        with self._lock:
+            for s in self._slots:
+                if s.request is request:
+                    s.request = None
+        first = None if request.first_token_at is None else request.first_token_at - request.submitted
+        request._publish(completion=Completion(
+            request_id=request.id, text=request.emitted_text, token_ids=tuple(request.token_ids),
+            finish_reason=reason, prompt_tokens=len(request.prompt_ids),
+            logprobs=tuple(request.logprobs) if request.params.logprobs is not None else None,
+            time_to_first_token_s=first))

@@ -1,0 +1,72 @@
+"""A trained run, loaded for inference: `load_model(run_dir)` -> model, params, tokenizer and config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mulm_jax.config import Config, ConfigError, load_config
+from mulm_jax.data.tokenizer import Tokenizer
+from mulm_jax.models import build_model
+
+
+class InferenceError(ValueError):
+    """A request or run folder that inference cannot use; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: nn.Module
+    params: Any
+    tokenizer: Tokenizer
+    config: Config
+    step: int  # the training step of the checkpoint
+    run_dir: Path
+
+
+def param_shapes(model: nn.Module) -> Any:
+    """The parameter tree of `model` as ShapeDtypeStructs, without computing anything."""
+    dummy = jnp.zeros((1, 2), jnp.int32)
+    args = (dummy, dummy) if model.cfg.architecture == "encoder_decoder" else (dummy,)
+    return jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
+
+
+def load_model(run_dir: str | Path, step: Optional[int] = None) -> LoadedModel:
+    """The parameters of the newest checkpoint of a run folder (or of `step`), with its config and tokenizer.
+
+    Only the parameters are read from the checkpoint (not the optimizer state), as numpy arrays on the host.
+    """
+    run_dir = Path(run_dir)
+    config_path, ckpt_dir = run_dir / "config.yaml", run_dir / "checkpoints"
+    if not config_path.is_file() or not ckpt_dir.is_dir():
+        raise InferenceError(f"{str(run_dir)!r} is not a run folder: expected config.yaml and checkpoints/ in it "
+                             "(the --workdir of train.py)")
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        raise InferenceError(f"{config_path}: {e}") from e
+    tokenizer = Tokenizer.load(run_dir)
+    model = build_model(config.model)
+    target = {"params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(model))}
+    manager = ocp.CheckpointManager(ckpt_dir.resolve(), item_names=("state", "data"))
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise InferenceError(f"{ckpt_dir} holds no checkpoint yet")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise InferenceError(f"{ckpt_dir} has no checkpoint at step {step}; it has steps {steps}")
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=target, partial_restore=True)))
+    finally:
+        manager.close()
+    return LoadedModel(model=model, params=restored["state"]["params"], tokenizer=tokenizer, config=config,
+                       step=int(step), run_dir=run_dir)

@@ -1,0 +1,202 @@
+"""Inference: cached decoding equals re-running the whole sequence, for every variant; the engine's slots,
+stops, seeds, cancellation, queue bound and compilations; int8 weights; loading a trained run."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import random_params, tiny_model
+from mulm_jax.config import Config
+from mulm_jax.data.tokenizer import CharTokenizer
+from mulm_jax.infer import Engine, InferenceError, LoadedModel, QueueFullError, SamplingParams
+from mulm_jax.infer.quantize import Int8Weight, dequantize, quantize_params, weight_bytes
+from mulm_jax.models import build_model
+
+ALPHABET = "".join(sorted("abcdefghijklmnopqrstuvwxyz .,!?\n"))  # 32 characters: ids 0..31, no end token
+
+
+def loaded(seed: int = 0, **overrides) -> LoadedModel:
+    cfg = tiny_model(**overrides)
+    model = build_model(cfg)
+    dummy = jnp.zeros((1, 4), jnp.int32)
+    params = random_params(model, *((dummy, dummy) if cfg.architecture == "encoder_decoder" else (dummy,)),
+                           seed=seed)["params"]
+    return LoadedModel(model=model, params=params, tokenizer=CharTokenizer(list(ALPHABET)),
+                       config=Config(model=cfg), step=0, run_dir=None)
+
+
+def naive_greedy(lm: LoadedModel, prompt: list[int], n: int) -> tuple[list[int], list[float]]:
+    """Greedy tokens and their log-probabilities from re-running the whole sequence, no cache.
+
+    The sequence is padded to the context so that one compilation serves every length (the model is causal:
+    the padding after a position does not change its logits)."""
+    T = lm.config.model.max_seq_len
+    params = {"params": lm.params}
+    if lm.config.model.architecture == "encoder_decoder":  # source: all but the last prompt token
+        src = jnp.asarray([prompt[:-1]], jnp.int32)
+        apply = jax.jit(lambda ids: lm.model.apply(params, src, ids))
+        seq = prompt[-1:]
+    else:
+        apply = jax.jit(lambda ids: lm.model.apply(params, ids))
+        seq = list(prompt)
+    start = len(seq)
+    logprobs = []
+    for _ in range(n):
+        padded = np.zeros((1, T), np.int32)
+        padded[0, :len(seq)] = seq
+        logits = np.asarray(apply(jnp.asarray(padded)))[0, len(seq) - 1]
+        logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+        seq.append(int(np.argmax(logits)))
+        logprobs.append(float(logp[seq[-1]]))
+    return seq[start:], logprobs
+
+
+VARIANTS = {
+    "learned": dict(positional="learned"),
+    "sinusoidal": dict(positional="sinusoidal"),
+    "rope-gqa": dict(positional="rope", num_kv_heads=2),
+    "rope-mqa-yarn": dict(positional="rope", num_kv_heads=1,
+                          rope_scaling={"type": "yarn", "factor": 2.0, "original_max_seq_len": 8}),
+    "alibi": dict(positional="alibi"),
+    "sliding-window": dict(positional="rope", attention="sliding_window", sliding_window=4),
+    "block-sparse": dict(positional="none", attention="block_sparse", block_size=4, num_global_tokens=2),
+    "post-norm-rmsnorm-swiglu": dict(norm_position="post", norm="rmsnorm", ffn="swiglu"),
+    "encoder-decoder": dict(architecture="encoder_decoder", positional="sinusoidal"),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cached_greedy_decoding_equals_rerunning_the_whole_sequence(variant):
+    lm = loaded(num_layers=2, **VARIANTS[variant])
+    prompts = [[1, 2, 3, 4, 5], [7, 3, 9]]
+    with Engine(lm, slots=2) as engine:
+        requests = [engine.submit(p, SamplingParams(max_tokens=8, temperature=0.0, logprobs=0)) for p in prompts]
+        results = [r.result(timeout=120) for r in requests]
+    for prompt, result in zip(prompts, results):
+        tokens, logprobs = naive_greedy(lm, prompt, 8)
+        assert list(result.token_ids) == tokens
+        np.testing.assert_allclose([lp.logprob for lp in result.logprobs], logprobs, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with Engine(loaded(num_layers=1), slots=2, max_queue=4) as e:
+        yield e
+
+
+def test_same_seed_same_text_in_any_slot_and_company(engine):
+    p = SamplingParams(max_tokens=10, temperature=1.0, top_k=8, seed=123)
+    alone = engine.generate("hello", p).text
+    together = [engine.submit(prompt, p.replace(seed=seed)) for prompt, seed in
+                [("other", 5), ("hello", 123), ("third", 9)]]
+    texts = [r.result(timeout=60).text for r in together]
+    assert texts[1] == alone
+    assert texts[0] != alone
+
+
+def test_stop_string_ends_the_text_before_it(engine):
+    greedy = SamplingParams(max_tokens=12, temperature=0.0)
+    full = engine.generate("abc", greedy).text
+    stop = full[3:5]
+    result = engine.generate("abc", greedy.replace(stop=(stop,)))
+    assert result.finish_reason == "stop"
+    assert result.text == full[:full.find(stop)]
+    streamed = "".join(event.text for event in engine.submit("abc", greedy.replace(stop=(stop,))))
+    assert streamed == result.text
+
+
+def test_stop_token_and_max_tokens(engine):
+    greedy = SamplingParams(max_tokens=6, temperature=0.0)
+    full = engine.generate("abc", greedy)
+    assert full.finish_reason == "length" and full.completion_tokens == 6
+    ids = full.token_ids
+    first = next((i for i in range(1, len(ids)) if ids[i] not in ids[:i]), 0)  # a token's first appearance
+    stopped = engine.generate("abc", greedy.replace(stop_token_ids=(ids[first],)))
+    assert stopped.finish_reason == "stop"
+    assert stopped.token_ids == ids[:first + 1]
+    assert stopped.text == engine.tokenizer.decode(ids[:first])
+
+
+def test_more_requests_than_slots_all_finish_through_reused_slots(engine):
+    greedy = SamplingParams(max_tokens=5, temperature=0.0)
+    prompts = ["a", "bb", "ccc", "dddd"]
+    alone = [engine.generate(p, greedy).token_ids for p in prompts]
+    requests = [engine.submit(p, greedy) for p in prompts]
+    assert [r.result(timeout=60).token_ids for r in requests] == alone
+
+
+def test_cancel_frees_the_slot(engine):
+    long = SamplingParams(max_tokens=14, temperature=0.0)
+    requests = [engine.submit("x", long) for _ in range(2)]
+    for r in requests:
+        r.cancel()
+    assert {r.result(timeout=60).finish_reason for r in requests} <= {"cancelled", "length"}
+    assert engine.generate("y", SamplingParams(max_tokens=3, temperature=0.0)).completion_tokens == 3
+    assert engine.stats().active == 0
+
+
+def test_prompts_longer_than_the_context_are_refused_or_truncated(engine):
+    with pytest.raises(InferenceError, match="the prompt has 14 tokens and max_tokens is 4: together they exceed the "
+                                             "context of 16 tokens"):
+        engine.submit("a" * 14, SamplingParams(max_tokens=4))
+    result = engine.generate("a" * 14, SamplingParams(max_tokens=4, temperature=0.0), truncate=True)
+    assert result.prompt_tokens == 12 and result.completion_tokens == 4
+
+
+def test_a_full_queue_refuses_more():
+    with pytest.raises(QueueFullError, match=r"1 requests are already waiting \(max_queue=1\)"):
+        engine = Engine(loaded(), slots=1, max_queue=1)  # not started: nothing leaves the queue
+        engine.submit("a", SamplingParams(max_tokens=2))
+        engine.submit("b", SamplingParams(max_tokens=2))
+
+
+def test_nothing_recompiles_after_warmup():
+    engine = Engine(loaded(num_layers=1, max_seq_len=32), slots=2)
+    engine.warmup()
+    compiled = engine.stats().compilations
+    assert compiled == len(engine.stats().buckets) + 1  # one prefill per prompt bucket, one decode
+    settings = [SamplingParams(max_tokens=4, temperature=0.0),
+                SamplingParams(max_tokens=6, temperature=0.9, top_p=0.8, seed=1),
+                SamplingParams(max_tokens=3, temperature=1.2, top_k=3, repetition_penalty=1.2, logprobs=2),
+                SamplingParams(max_tokens=5, temperature=0.5, min_p=0.1, frequency_penalty=0.5, stop=("z",))]
+    with engine:
+        requests = [engine.submit("q" * n, p) for n, p in zip((1, 5, 17, 26), settings)]
+        for r in requests:
+            r.result(timeout=60)
+    assert engine.stats().compilations == compiled
+
+
+def test_int8_weights_are_a_quarter_the_size_and_close():
+    lm = loaded(num_layers=2, d_model=32, d_ff=64)
+    q = quantize_params(lm.params)
+    kernel = q["decoder"]["layer_0"]["ffn"]["up"]["kernel"]
+    assert isinstance(kernel, Int8Weight) and kernel.q.dtype == np.int8 and kernel.scale.shape == (1, 64)
+    assert kernel.q.nbytes * 4 == np.asarray(lm.params['decoder']['layer_0']['ffn']['up']['kernel']).nbytes
+    assert weight_bytes(q) < 0.35 * weight_bytes(lm.params)  # the rest: scales, biases and norms in float32
+    w = np.asarray(lm.params["decoder"]["layer_0"]["ffn"]["up"]["kernel"])
+    back = np.asarray(dequantize(q)["decoder"]["layer_0"]["ffn"]["up"]["kernel"])
+    assert np.all(np.abs(back - w) <= kernel.scale / 2 + 1e-7)  # each weight within half a step
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 32, (4, 16)), jnp.int32)
+
+    def perplexity(params):
+        logits = lm.model.apply({"params": params}, ids[:, :-1])
+        logp = jax.nn.log_softmax(logits)
+        return float(jnp.exp(-jnp.take_along_axis(logp, ids[:, 1:, None], -1).mean()))
+
+    assert perplexity(dequantize(q)) == pytest.approx(perplexity(lm.params), rel=0.01)
+
+
+def test_int8_engine_generates_like_float32_when_greedy():
+    lm = loaded(num_layers=1)
+    greedy = SamplingParams(max_tokens=6, temperature=0.0)
+    with Engine(lm, slots=1) as f32, Engine(lm, slots=1, int8=True) as i8:
+        assert i8.generate("hello", greedy).token_ids == f32.generate("hello", greedy).token_ids
+
+
+def test_load_model_reads_a_run_folder(tmp_path):
+    with pytest.raises(InferenceError, match="is not a run folder: expected config.yaml and checkpoints/"):
+        from mulm_jax.infer import load_model
+        load_model(tmp_path)

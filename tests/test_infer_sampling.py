@@ -1,0 +1,120 @@
+"""Sampling: each filter and penalty against a numpy reference, greedy rows, seeds, log-probabilities."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mulm_jax.infer.sampling import (SamplingArrays, SamplingError, SamplingParams, apply_penalties, choose_tokens,
+                                     filter_logits, token_logprobs)
+
+
+def arrays(*rows: SamplingParams, seeds=None) -> SamplingArrays:
+    seeds = seeds or [0] * len(rows)
+    parts = [SamplingArrays.row(p, s) for p, s in zip(rows, seeds)]
+    return jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)), *parts)
+
+
+def reference_kept(logits: np.ndarray, p: SamplingParams) -> np.ndarray:
+    """Which tokens survive temperature, top-k, top-p and min-p, worked out directly from the definitions."""
+    x = logits / p.temperature
+    probs = np.exp(x - x.max())
+    probs /= probs.sum()
+    keep = np.ones_like(x, bool)
+    if p.top_k:
+        keep &= x >= np.sort(x)[::-1][p.top_k - 1]
+    order = np.argsort(-x, kind="stable")
+    mass, nucleus = 0.0, np.zeros_like(keep)
+    for i in order:  # add tokens from the most likely until their mass reaches top_p
+        nucleus[i] = True
+        mass += probs[i]
+        if mass >= p.top_p:
+            break
+    keep &= x >= x[nucleus].min()
+    if p.min_p:
+        keep &= probs >= p.min_p * probs.max()
+    return keep
+
+
+@pytest.mark.parametrize("p", [
+    SamplingParams(temperature=1.0),
+    SamplingParams(temperature=0.7, top_k=5),
+    SamplingParams(temperature=1.3, top_p=0.6),
+    SamplingParams(temperature=1.0, min_p=0.2),
+    SamplingParams(temperature=0.9, top_k=12, top_p=0.8, min_p=0.05),
+    SamplingParams(temperature=1.0, top_k=1),
+    SamplingParams(temperature=1.0, top_p=1e-6),
+])
+def test_filters_keep_the_same_tokens_as_the_reference(p):
+    logits = np.random.default_rng(1).normal(0, 2, (3, 40)).astype(np.float32)
+    filtered = np.asarray(jax.jit(filter_logits)(jnp.asarray(logits), arrays(p, p, p)))
+    for row in range(3):
+        kept = np.isfinite(filtered[row])
+        np.testing.assert_array_equal(kept, reference_kept(logits[row], p))
+        np.testing.assert_allclose(filtered[row][kept], logits[row][kept] / p.temperature, rtol=1e-6)
+
+
+def test_rows_with_different_settings_are_filtered_independently():
+    logits = np.random.default_rng(2).normal(0, 2, (2, 30)).astype(np.float32)
+    a, b = SamplingParams(top_k=3), SamplingParams(top_p=0.5, temperature=0.5)
+    filtered = np.asarray(filter_logits(jnp.asarray(logits), arrays(a, b)))
+    np.testing.assert_array_equal(np.isfinite(filtered[0]), reference_kept(logits[0], a))
+    np.testing.assert_array_equal(np.isfinite(filtered[1]), reference_kept(logits[1], b))
+
+
+def test_penalties_match_the_reference():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, (2, 20)).astype(np.float32)
+    counts = rng.integers(0, 3, (2, 20)).astype(np.int32)
+    prompt = rng.random((2, 20)) < 0.3
+    p = SamplingParams(repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.25)
+    out = np.asarray(apply_penalties(jnp.asarray(logits), arrays(p, p), jnp.asarray(counts), jnp.asarray(prompt)))
+    seen = prompt | (counts > 0)
+    expected = np.where(seen, np.where(logits > 0, logits / 1.3, logits * 1.3), logits)
+    expected = expected - 0.5 * (counts > 0) - 0.25 * counts
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def test_greedy_rows_take_the_argmax_and_sampled_rows_follow_their_seed():
+    logits = jnp.asarray(np.random.default_rng(4).normal(0, 1, (3, 50)).astype(np.float32))
+    greedy, hot = SamplingParams(temperature=0.0), SamplingParams(temperature=1.0)
+    pos = jnp.array([7, 7, 7])
+    tokens = np.asarray(choose_tokens(logits, arrays(greedy, hot, hot, seeds=[0, 11, 11]), pos))
+    assert tokens[0] == int(jnp.argmax(logits[0]))
+    again = np.asarray(choose_tokens(logits, arrays(hot, hot, greedy, seeds=[11, 11, 0]), pos))
+    assert tokens[1] == again[0] == again[1]  # same seed, same position: same token, whatever the slot
+
+
+def test_sampling_follows_the_tempered_distribution():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
+    p = SamplingParams(temperature=1.0)
+    draws = jax.jit(jax.vmap(lambda pos: choose_tokens(jnp.asarray(logits)[None], arrays(p), pos[None])[0]))(
+        jnp.arange(4000))
+    freq = np.bincount(np.asarray(draws), minlength=4) / 4000
+    np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.03)
+
+
+def test_logprobs_of_chosen_and_top_tokens():
+    logits = np.random.default_rng(5).normal(0, 1, (2, 10)).astype(np.float32)
+    chosen, top_ids, top_lp = token_logprobs(jnp.asarray(logits), jnp.array([3, 9]), 4)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    chex.assert_shape((top_ids, top_lp), (2, 4))
+    np.testing.assert_allclose(chosen, [logp[0, 3], logp[1, 9]], rtol=1e-5)
+    np.testing.assert_array_equal(top_ids, np.argsort(-logp, axis=-1)[:, :4])
+    np.testing.assert_allclose(top_lp, np.sort(logp, axis=-1)[:, ::-1][:, :4], rtol=1e-5)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("temperature", -0.5, "temperature=-0.5 is out of range: expected between 0 and 100"),
+    ("top_p", 0.0, r"top_p=0.0 is out of range: expected in \(0, 1\]"),
+    ("top_k", -1, "top_k=-1 is out of range"),
+    ("max_tokens", 0, "max_tokens=0 is out of range: expected an integer >= 1"),
+    ("logprobs", 9, "logprobs=9 is out of range: expected an integer between 0 and 5"),
+    ("stop", ("",), r"stop=\('',\) is out of range: expected non-empty strings"),
+])
+def test_settings_out_of_range_are_named(field, value, expected):
+    with pytest.raises(SamplingError, match=expected):
+        SamplingParams(**{field: value}).validate(max_logprobs=5)
