@@ -17,11 +17,12 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $(STAMP)
 
-# Assembles Tiny Shakespeare (on first use) and trains nanoGPT's CPU recipe on it; running it again resumes or
-# finds the run finished. Serving joins here with the HTTP API.
+# Assembles Tiny Shakespeare (on first use), trains nanoGPT's CPU recipe on it (running it again resumes or finds
+# the run finished), then generates from the trained model. Serving it over HTTP replaces the last step with the API.
 demo: $(STAMP)
 	$(PY) -m mulm_jax info --config configs/shakespeare_char.yaml
 	$(PY) train.py --config configs/shakespeare_char.yaml --workdir runs/shakespeare
+	$(PY) -m mulm_jax generate --checkpoint runs/shakespeare --prompt "ROMEO:" --seed 1
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow"

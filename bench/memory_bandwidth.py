@@ -1,0 +1,41 @@
+"""Main-memory bandwidth with numpy, STREAM-style: the ceiling a memory-bound decode step runs against.
+
+    .venv/bin/python -m bench.memory_bandwidth
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def _median_s(op: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of `repeats` calls of op, after one warm-up call."""
+    op()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        op()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def copy_bandwidth_gb_s(size_mb: int = 256, repeats: int = 9) -> float:
+    """GB/s (bytes read + bytes written) of copying a size_mb float64 array into a preallocated one."""
+    src = np.ones(size_mb * 2**20 // 8)
+    dst = np.empty_like(src)
+    return 2 * src.nbytes / _median_s(lambda: np.copyto(dst, src), repeats) / 1e9
+
+
+def read_bandwidth_gb_s(size_mb: int = 256, repeats: int = 9) -> float:
+    """GB/s (bytes read) of summing a size_mb float64 array."""
+    src = np.ones(size_mb * 2**20 // 8)
+    return src.nbytes / _median_s(src.sum, repeats) / 1e9
+
+
+if __name__ == "__main__":
+    print(f"copy: {copy_bandwidth_gb_s():.1f} GB/s (read + write)")
+    print(f"read: {read_bandwidth_gb_s():.1f} GB/s")
