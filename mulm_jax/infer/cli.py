@@ -72,13 +72,14 @@ def random_model(config: Any, seed: int = 0) -> Any:
     import jax
 
     from mulm_jax.data.tokenizer import CharTokenizer
-    from mulm_jax.infer.loading import LoadedModel, param_shapes
+    from mulm_jax.infer.loading import LoadedModel
     from mulm_jax.models import build_model
+    from mulm_jax.models.info import param_shapes
 
     model = build_model(config.model)
     rng = np.random.default_rng(seed)
     params = jax.tree.map(lambda s: (rng.standard_normal(s.shape, np.float32) * 0.02).astype(s.dtype),
-                          param_shapes(model))
+                          param_shapes(config.model))
     tokenizer = CharTokenizer([chr(0x100 + i) for i in range(config.model.vocab_size)])
     return LoadedModel(model=model, params=params, tokenizer=tokenizer, config=config, step=0, run_dir=None)
 

@@ -137,11 +137,6 @@ class Request:
 
 
 @dataclass
-class _Slot:
-    request: Optional[Request] = None
-
-
-@dataclass
 class EngineStats:
     slots: int
     active: int
@@ -165,14 +160,13 @@ class Engine:
         self.max_len = min(max_len or cfg.max_seq_len, cfg.max_seq_len)
         if slots < 1 or max_queue < 0:
             raise InferenceError(f"slots={slots} and max_queue={max_queue}: expected slots >= 1 and max_queue >= 0")
-        self.encoder_decoder = cfg.architecture == "encoder_decoder"
         self.params = jax.device_put(quantize_params(loaded.params) if int8 else loaded.params)
         self.steps = SlotSteps(loaded.model, slots, self.max_len, num_logprobs,
                                unpack_params=dequantize if int8 else (lambda p: p))
-        self.buckets = prompt_buckets(cfg.max_seq_len if self.encoder_decoder else self.max_len)
+        self.buckets = prompt_buckets(cfg.max_seq_len if self.steps.encoder_decoder else self.max_len)
         self.max_queue, self.num_logprobs = max_queue, num_logprobs
         self._state = self.steps.init_state()
-        self._slots = [_Slot() for _ in range(slots)]
+        self._slots: list[Optional[Request]] = [None] * slots  # the request each slot holds
         self._waiting: deque[Request] = deque()
         self._lock = threading.Condition()
         self._ids = itertools.count()
@@ -209,12 +203,8 @@ class Engine:
         if self._thread is not None:
             raise InferenceError("warmup() must run before start()")
         row = SamplingArrays.row(SamplingParams(), 0)
-        for n in self.buckets:
-            ids = np.zeros((1, n), np.int32)
-            # an encoder-decoder model pads the source to the bucket; its decoder prompt is one token
-            args = (ids[:, :1], np.int32(1), row, np.bool_(False), ids, np.int32(1)) if self.encoder_decoder \
-                else (ids, np.int32(1), row, np.bool_(False))
-            self._state, _ = self.steps.prefill(self.params, self._state, np.int32(0), *args)
+        for n in self.buckets:  # a prompt filling each bucket (an encoder-decoder's source: all but one token)
+            self._run_prefill(0, [0] * (n + self.steps.encoder_decoder), row, want_logprobs=False)
         active = np.zeros((len(self._slots),), bool)
         self._state, out = self.steps.decode(self.params, self._state, active, np.bool_(False))
         jax.block_until_ready(out)
@@ -262,7 +252,7 @@ class Engine:
 
     def stats(self) -> EngineStats:
         with self._lock:
-            return EngineStats(slots=len(self._slots), active=sum(s.request is not None for s in self._slots),
+            return EngineStats(slots=len(self._slots), active=sum(r is not None for r in self._slots),
                                waiting=len(self._waiting), compilations=self.steps.traces,
                                generated_tokens=self._generated, buckets=self.buckets)
 
@@ -274,12 +264,12 @@ class Engine:
                 with self._lock:
                     if self._stopping:
                         break
-                    idle = not self._waiting and not pending and all(s.request is None for s in self._slots)
+                    idle = not self._waiting and not pending and all(r is None for r in self._slots)
                     if idle:
                         self._lock.wait()
                         continue
                 self._admit()
-                running = [(b, s.request) for b, s in enumerate(self._slots) if s.request is not None]
+                running = [(b, r) for b, r in enumerate(self._slots) if r is not None]
                 if running:
                     active = np.zeros((len(self._slots),), bool)
                     active[[b for b, _ in running]] = True
@@ -297,43 +287,46 @@ class Engine:
 
     def _cancel_all(self) -> None:
         with self._lock:
-            requests = [s.request for s in self._slots if s.request is not None] + list(self._waiting)
+            requests = [r for r in self._slots if r is not None] + list(self._waiting)
             self._waiting.clear()
-            for s in self._slots:
-                s.request = None
+            self._slots = [None] * len(self._slots)
         for r in requests:
             self._finish(r, "cancelled")
 
     def _admit(self) -> None:
         while True:
             with self._lock:
-                free = [b for b, s in enumerate(self._slots) if s.request is None]
+                free = [b for b, r in enumerate(self._slots) if r is None]
                 while self._waiting and self._waiting[0].cancelled:
                     self._finish(self._waiting.popleft(), "cancelled")
                 if not free or not self._waiting:
                     return
                 request = self._waiting.popleft()
-                self._slots[free[0]].request = request
+                self._slots[free[0]] = request
             self._prefill(free[0], request)
 
     def _prefill(self, slot: int, request: Request) -> None:
-        p, ids = request.params, request.prompt_ids
-        row = SamplingArrays.row(p, request.seed)
-        if self.encoder_decoder:  # the source is all but the last prompt token, which starts the decoder
-            src, ids = ids[:-1], ids[-1:]
-            bucket = next(n for n in self.buckets if n >= max(len(src), 1))
-            src_1xS = np.zeros((1, bucket), np.int32)
-            src_1xS[0, :len(src)] = src
-            extra = (src_1xS, np.int32(len(src)))
-            ids_1xL = np.asarray([ids], np.int32)
-        else:
-            bucket = next(n for n in self.buckets if n >= len(ids))
-            ids_1xL = np.zeros((1, bucket), np.int32)
-            ids_1xL[0, :len(ids)] = ids
-            extra = ()
-        self._state, out = self.steps.prefill(self.params, self._state, np.int32(slot), ids_1xL,
-                                              np.int32(len(ids)), row, np.bool_(p.logprobs is not None), *extra)
+        out = self._run_prefill(slot, request.prompt_ids, SamplingArrays.row(request.params, request.seed),
+                                want_logprobs=request.params.logprobs is not None)
         self._accept(host_output(out), [(0, request)])
+
+    def _run_prefill(self, slot: int, ids: list[int], row: SamplingArrays, want_logprobs: bool) -> Any:
+        """Prefill `ids` into `slot`, padded to its bucket; returns the step output (the first new token)."""
+
+        def padded(tokens: list[int]) -> np.ndarray:
+            bucket = next(n for n in self.buckets if n >= max(len(tokens), 1))
+            out = np.zeros((1, bucket), np.int32)
+            out[0, :len(tokens)] = tokens
+            return out
+
+        if self.steps.encoder_decoder:  # the source is all but the last prompt token, which starts the decoder
+            src, ids = ids[:-1], ids[-1:]
+            ids_1xL, extra = np.asarray([ids], np.int32), (padded(src), np.int32(len(src)))
+        else:
+            ids_1xL, extra = padded(ids), ()
+        self._state, out = self.steps.prefill(self.params, self._state, np.int32(slot), ids_1xL,
+                                              np.int32(len(ids)), row, np.bool_(want_logprobs), *extra)
+        return out
 
     def _accept(self, out: dict[str, np.ndarray], ran: list[tuple[int, Request]]) -> None:
         """Take each running request's new token: emit its text, and finish those that are done."""
@@ -390,9 +383,7 @@ class Engine:
         if request.done:
             return
         with self._lock:
-            for s in self._slots:
-                if s.request is request:
-                    s.request = None
+            self._slots = [None if r is request else r for r in self._slots]
         first = None if request.first_token_at is None else request.first_token_at - request.submitted
         request._publish(completion=Completion(
             request_id=request.id, text=request.emitted_text, token_ids=tuple(request.token_ids),

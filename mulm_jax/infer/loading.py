@@ -8,13 +8,13 @@ from typing import Any, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from mulm_jax.config import Config, ConfigError, load_config
 from mulm_jax.data.tokenizer import Tokenizer
 from mulm_jax.models import build_model
+from mulm_jax.models.info import param_shapes
 
 
 class InferenceError(ValueError):
@@ -29,13 +29,6 @@ class LoadedModel:
     config: Config
     step: int  # the training step of the checkpoint
     run_dir: Path
-
-
-def param_shapes(model: nn.Module) -> Any:
-    """The parameter tree of `model` as ShapeDtypeStructs, without computing anything."""
-    dummy = jnp.zeros((1, 2), jnp.int32)
-    args = (dummy, dummy) if model.cfg.architecture == "encoder_decoder" else (dummy,)
-    return jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
 
 
 def load_model(run_dir: str | Path, step: Optional[int] = None) -> LoadedModel:
@@ -54,7 +47,7 @@ def load_model(run_dir: str | Path, step: Optional[int] = None) -> LoadedModel:
         raise InferenceError(f"{config_path}: {e}") from e
     tokenizer = Tokenizer.load(run_dir)
     model = build_model(config.model)
-    target = {"params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(model))}
+    target = {"params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(config.model))}
     manager = ocp.CheckpointManager(ckpt_dir.resolve(), item_names=("state", "data"))
     try:
         steps = sorted(manager.all_steps())
