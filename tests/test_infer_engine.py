@@ -81,6 +81,25 @@ def test_cached_greedy_decoding_equals_rerunning_the_whole_sequence(variant):
         np.testing.assert_allclose([lp.logprob for lp in result.logprobs], logprobs, atol=1e-4)
 
 
+def test_a_sequence_that_fills_the_context_leaves_its_slot_clean_for_the_next():
+    # Warm-up prefills a context-long prompt and decodes past it; a request then fills the context exactly while
+    # the engine runs a step ahead. A learned position table gives NaN past its end: none may reach the slot,
+    # whose next short prompt leaves the far cache entries (masked, but read: 0 * NaN) as they were.
+    lm = loaded(positional="learned", max_seq_len=32)  # prompt buckets 16 and 32
+    greedy = SamplingParams(temperature=0.0, logprobs=0)
+    engine = Engine(lm, slots=1)
+    engine.warmup()
+    short = [7, 3, 9, 4]
+    tokens, logprobs = naive_greedy(lm, short, 8)
+    with engine:
+        after_warmup = engine.generate(short, greedy.replace(max_tokens=8))
+        engine.generate([1, 2, 3], greedy.replace(max_tokens=29))
+        after_full = engine.generate(short, greedy.replace(max_tokens=8))
+    for result in (after_warmup, after_full):
+        assert list(result.token_ids) == tokens
+        np.testing.assert_allclose([lp.logprob for lp in result.logprobs], logprobs, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def engine():
     with Engine(loaded(num_layers=1), slots=2, max_queue=4) as e:

@@ -135,10 +135,16 @@ class SlotSteps:
 
     def _decode(self, params: Any, state: SlotState, active_B: jax.Array, want_logprobs: jax.Array
                 ) -> tuple[SlotState, StepOutput]:
-        """Feed every slot's newest token and choose the next; inactive slots compute but do not advance."""
+        """Feed every slot's newest token and choose the next; inactive slots compute but do not advance.
+
+        A slot whose sequence has filled its positions (a finished request, or the step the engine runs ahead
+        while it reads the previous one) computes at the last position instead of past the end: a position
+        past the cache would be written nowhere, and a learned position table would give NaN there, which
+        the slot's next request would then read through its masked cache entries (0 * NaN).
+        """
         self.traces += 1
         variables = {"params": self.unpack_params(params)}
-        ids_Bx1, pos_Bx1 = state.tokens_B[:, None], state.pos_B[:, None]
+        ids_Bx1, pos_Bx1 = state.tokens_B[:, None], jnp.minimum(state.pos_B, self.max_len - 1)[:, None]
         if self.encoder_decoder:
             logits_Bx1xV, caches, _ = self.model.apply(
                 variables, ids_Bx1, None, src_valid_BxS=state.src_valid_BxS, pos_BxT=pos_Bx1, caches=state.caches,
@@ -152,7 +158,7 @@ class SlotSteps:
         return state.replace(
             caches=caches,
             tokens_B=jnp.where(active_B, out.tokens_B, state.tokens_B),
-            pos_B=state.pos_B + step_B,
+            pos_B=jnp.minimum(state.pos_B + step_B, self.max_len),
             counts_BxV=state.counts_BxV + jax.nn.one_hot(out.tokens_B, V, dtype=jnp.int32) * step_B[:, None],
         ), out
 
