@@ -210,8 +210,9 @@ class Engine:
         jax.block_until_ready(out)
 
     # ---- submission ------------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str | Sequence[int], max_tokens: int, truncate: bool = False) -> list[int]:
-        """Prompt ids, checked against the context: prompt + max_tokens must fit in max_len positions."""
+    def tokenize(self, prompt: str | Sequence[int]) -> list[int]:
+        """Prompt ids (text encoded, or ids checked against the vocabulary); an empty prompt starts from the
+        beginning-of-text token where the tokenizer has one."""
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
         if not ids:
             if self.tokenizer.bos_id is None:
@@ -222,6 +223,11 @@ class Engine:
         bad = [i for i in ids if not 0 <= i < V]
         if bad:
             raise InferenceError(f"prompt token id {bad[0]} is outside the vocabulary [0, {V})")
+        return ids
+
+    def encode_prompt(self, prompt: str | Sequence[int], max_tokens: int, truncate: bool = False) -> list[int]:
+        """Prompt ids, checked against the context: prompt + max_tokens must fit in max_len positions."""
+        ids = self.tokenize(prompt)
         room = self.max_len - max_tokens
         if len(ids) > room:
             if not truncate or room < 1:
