@@ -196,13 +196,25 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
+    """The HTTP API (serve.py): what it serves, where it may read and write, and its limits."""
+
     host: str = "127.0.0.1"
     port: int = 8000
-    slots: int = 8
-    max_queue: int = 64
-    api_keys: tuple[str, ...] = ()
-    state_dir: str = "state"
-    extra_routes: tuple[str, ...] = ()
+    checkpoints: tuple[str, ...] = ()  # run folders to serve, each RUN_DIR (model id: its folder name) or ID=RUN_DIR
+    slots: int = 8  # sequences decoded together per model
+    max_queue: int = 64  # requests waiting for a slot, per model, before 429
+    int8: bool = False  # weight-only int8 kernels
+    api_keys: tuple[str, ...] = ()  # when any is set, every route but /healthz and /readyz needs one
+    api_keys_file: Optional[str] = None  # one key per line (blank lines and # comments skipped)
+    requests_per_minute: int = 0  # per API key (or per client address without keys); 0: no limit
+    tokens_per_minute: int = 0  # generated tokens per API key per minute; 0: no limit
+    max_body_bytes: int = 1_000_000  # larger request bodies are refused with 413
+    state_dir: str = "state"  # SQLite records of jobs and data sets, job logs
+    runs_root: str = "runs"  # training jobs write their run folders here; models are loaded only from here
+    datasets_dir: str = "datasets"  # data set jobs write versions here; training reads them from here
+    data_roots: tuple[str, ...] = ("data",)  # folders whose files data set jobs may read (named sources always)
+    configs_dir: str = "configs"  # training jobs name their config as a file in here
+    extra_routes: tuple[str, ...] = ()  # modules with `routes(ctx)`, added to the app (see README)
 
 
 @dataclass(frozen=True)

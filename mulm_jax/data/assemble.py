@@ -46,7 +46,7 @@ class _Doc:
 
 def assemble(cfg: DataConfig) -> Assembled:
     """Build `cfg.out_dir/<version>/` from `cfg.sources`, or reuse it when that version exists already."""
-    _check_settings(cfg)
+    check_settings(cfg)
     sources = [resolve_source(spec, cfg.split_documents) for spec in cfg.sources]
     given = _given_tokenizer(cfg)
     version = version_id(cfg, sources, given)
@@ -158,7 +158,8 @@ def _tokenizer_kind(cfg: DataConfig) -> str:
     return cfg.tokenizer if cfg.tokenizer in TRAINED_TOKENIZERS else "sentencepiece_model"
 
 
-def _check_settings(cfg: DataConfig) -> None:
+def check_settings(cfg: DataConfig) -> None:
+    """Refuse settings that cannot work together (DataError naming them), before any source is read."""
     if not cfg.sources:
         raise DataError("no sources: give at least one --source (a named source, file, folder or glob)")
     if not 0.0 <= cfg.val_fraction < 1.0:
