@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mulm_jax.config import ModelConfig
 from mulm_jax.infer.sampling import SamplingArrays, apply_penalties, choose_tokens, token_logprobs
 from mulm_jax.nn.attention import KVCache
 
