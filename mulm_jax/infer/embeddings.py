@@ -1,0 +1,51 @@
+"""Text embeddings: the final hidden states of a loaded model, mean-pooled over the input's tokens.
+
+Decoder models pool their last layer's (normed) hidden states; encoder-decoder models pool the encoder output.
+Inputs are padded to the same power-of-two buckets as prompts, so a few shapes serve every length.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mulm_jax.infer.decoding import prompt_buckets
+from mulm_jax.infer.loading import InferenceError, LoadedModel
+
+
+class MeanPooledEmbeddings:
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.context = loaded.config.model.max_seq_len
+        self.buckets = prompt_buckets(self.context)
+        self.dim = loaded.config.model.d_model
+        self._lock = threading.Lock()
+        model = loaded.model
+        encoder_decoder = loaded.config.model.architecture == "encoder_decoder"
+
+        def pooled(params, ids_1xL, valid_1xL):
+            if encoder_decoder:
+                hidden_1xLxD = model.apply({"params": params}, ids_1xL, src_valid_BxS=valid_1xL, method="encode")
+            else:
+                hidden_1xLxD, _ = model.apply({"params": params}, ids_1xL, valid_BxT=valid_1xL, method="hidden")
+            weights_1xL = valid_1xL.astype(jnp.float32)
+            total_1xD = jnp.einsum("bl,bld->bd", weights_1xL, hidden_1xLxD.astype(jnp.float32))
+            return total_1xD[0] / weights_1xL.sum()
+
+        self._pooled = jax.jit(pooled)
+
+    def embed(self, ids: Sequence[int]) -> np.ndarray:
+        """[D] float32 embedding of one token sequence (1 to `context` tokens)."""
+        if not 1 <= len(ids) <= self.context:
+            raise InferenceError(f"the input has {len(ids)} tokens: expected 1 to {self.context} (the model's "
+                                 "context)")
+        bucket = next(n for n in self.buckets if n >= len(ids))
+        ids_1xL = np.zeros((1, bucket), np.int32)
+        ids_1xL[0, :len(ids)] = ids
+        valid_1xL = np.arange(bucket)[None, :] < len(ids)
+        with self._lock:  # one caller compiles a bucket; the others reuse it
+            return np.asarray(self._pooled(self.loaded.params, ids_1xL, valid_1xL))
