@@ -18,11 +18,12 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 # Assembles Tiny Shakespeare (on first use), trains nanoGPT's CPU recipe on it (running it again resumes or finds
-# the run finished), then generates from the trained model. Serving it over HTTP replaces the last step with the API.
+# the run finished), shows a sample, then serves the model on http://127.0.0.1:8000 (OpenAI-compatible; Ctrl-C stops).
 demo: $(STAMP)
 	$(PY) -m mulm_jax info --config configs/shakespeare_char.yaml
 	$(PY) train.py --config configs/shakespeare_char.yaml --workdir runs/shakespeare
 	$(PY) -m mulm_jax generate --checkpoint runs/shakespeare --prompt "ROMEO:" --seed 1
+	$(PY) serve.py --checkpoint runs/shakespeare
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow"

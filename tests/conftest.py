@@ -11,7 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mulm_jax.config import ModelConfig, config_from_dict
+from mulm_jax.config import Config, ModelConfig, config_from_dict
+from mulm_jax.data.tokenizer import CharTokenizer
+from mulm_jax.infer import LoadedModel
+from mulm_jax.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -56,3 +59,17 @@ def random_params(model, *inputs, seed: int = 0, **kwargs):
         return jnp.asarray(rng.normal(0.0, 0.2, leaf.shape), leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+ALPHABET = "".join(sorted("abcdefghijklmnopqrstuvwxyz .,!:\n"))  # 32 characters: ids 0..31, no end token
+
+
+def loaded(seed: int = 0, **overrides) -> LoadedModel:
+    """A tiny model with random weights and a 32-character tokenizer, as inference would load a run."""
+    cfg = tiny_model(**overrides)
+    model = build_model(cfg)
+    dummy = jnp.zeros((1, 4), jnp.int32)
+    params = random_params(model, *((dummy, dummy) if cfg.architecture == "encoder_decoder" else (dummy,)),
+                           seed=seed)["params"]
+    return LoadedModel(model=model, params=params, tokenizer=CharTokenizer(list(ALPHABET)),
+                       config=Config(model=cfg), step=0, run_dir=None)

@@ -8,25 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_params, tiny_model
-from mulm_jax.config import Config
-from mulm_jax.data.tokenizer import CharTokenizer
+from conftest import loaded
 from mulm_jax.infer import Engine, InferenceError, LoadedModel, QueueFullError, SamplingParams
 from mulm_jax.infer.quantize import Int8Weight, dequantize, quantize_params, weight_bytes
-from mulm_jax.models import build_model
-
-ALPHABET = "".join(sorted("abcdefghijklmnopqrstuvwxyz .,!?\n"))  # 32 characters: ids 0..31, no end token
-
-
-def loaded(seed: int = 0, **overrides) -> LoadedModel:
-    cfg = tiny_model(**overrides)
-    model = build_model(cfg)
-    dummy = jnp.zeros((1, 4), jnp.int32)
-    params = random_params(model, *((dummy, dummy) if cfg.architecture == "encoder_decoder" else (dummy,)),
-                           seed=seed)["params"]
-    return LoadedModel(model=model, params=params, tokenizer=CharTokenizer(list(ALPHABET)),
-                       config=Config(model=cfg), step=0, run_dir=None)
-
 
 def naive_greedy(lm: LoadedModel, prompt: list[int], n: int) -> tuple[list[int], list[float]]:
     """Greedy tokens and their log-probabilities from re-running the whole sequence, no cache.

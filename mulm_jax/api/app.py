@@ -1,0 +1,108 @@
+"""The app factory: `create_app(settings)` builds the Starlette app from route modules.
+
+Each route module exposes `routes(ctx: ApiContext) -> list[BaseRoute]`; the core modules are listed in
+CORE_ROUTES, and `settings.extra_routes` names more (dotted module paths) to add a feature without touching
+this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+
+from mulm_jax.api.auth import AuthMiddleware, read_keys_file
+from mulm_jax.api.errors import EXCEPTION_HANDLERS
+from mulm_jax.api.jobs import JobManager
+from mulm_jax.api.ratelimit import RateLimiter, RequestRateMiddleware
+from mulm_jax.api.registry import ModelRegistry
+from mulm_jax.api.telemetry import Metrics, TelemetryMiddleware, route_templates
+from mulm_jax.config import ServeConfig
+
+log = logging.getLogger(__name__)
+
+CORE_ROUTES = (
+    "mulm_jax.api.routes.health",
+    "mulm_jax.api.routes.models",
+    "mulm_jax.api.routes.completions",
+    "mulm_jax.api.routes.tokens",
+    "mulm_jax.api.routes.datasets",
+    "mulm_jax.api.routes.training",
+    "mulm_jax.api.routes.docs",
+)
+
+
+@dataclass
+class ApiContext:
+    """What route modules share: settings, the served models, the job records, the limiter and the metrics."""
+
+    settings: ServeConfig
+    models: ModelRegistry
+    jobs: JobManager
+    limiter: RateLimiter
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def client_id(self, request: Request) -> str:
+        return request.scope.get("state", {}).get("client_id", "anonymous")
+
+
+def api_keys(settings: ServeConfig) -> tuple[str, ...]:
+    keys = tuple(settings.api_keys)
+    if settings.api_keys_file:
+        keys += read_keys_file(settings.api_keys_file)
+    return keys
+
+
+def create_app(settings: ServeConfig) -> Starlette:
+    """The app; models named in `settings.checkpoints` load in the background at start-up (see /readyz)."""
+    ctx = ApiContext(settings=settings, models=ModelRegistry(settings), jobs=JobManager(settings),
+                     limiter=RateLimiter(settings.requests_per_minute, settings.tokens_per_minute))
+    _register_collected(ctx)
+    routes: list[Any] = []
+    for name in CORE_ROUTES + tuple(settings.extra_routes):
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:
+            raise ValueError(f"route module {name!r} cannot be imported: {e}") from e
+        if not callable(getattr(module, "routes", None)):
+            raise ValueError(f"route module {name!r} has no `routes(ctx)` function")
+        routes.extend(module.routes(ctx))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        threading.Thread(target=ctx.models.load_startup_models, name="mulm-load-models", daemon=True).start()
+        try:
+            yield
+        finally:
+            ctx.jobs.close()
+            ctx.models.close()
+
+    templates: dict = {}
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(TelemetryMiddleware, metrics=ctx.metrics, templates=lambda: templates),
+                    Middleware(AuthMiddleware, keys=api_keys(settings)),
+                    Middleware(RequestRateMiddleware, limiter=ctx.limiter)])
+    templates.update(route_templates(app.routes))
+    app.state.ctx = ctx
+    return app
+
+
+def _register_collected(ctx: ApiContext) -> None:
+    def per_model(attribute: str):
+        return lambda: {(m.id,): getattr(m.engine.stats(), attribute) for m in ctx.models.all()}
+
+    ctx.metrics.add_collected("mulm_generated_tokens_total", "Tokens the engine generated (for requests finished, "
+                              "cancelled or left by their client alike).", ("model",), per_model("generated_tokens"),
+                              kind="counter")
+    ctx.metrics.add_collected("mulm_queue_depth", "Requests waiting for a slot.", ("model",), per_model("waiting"))
+    ctx.metrics.add_collected("mulm_active_slots", "Slots generating now.", ("model",), per_model("active"))
+    ctx.metrics.add_collected("mulm_training_jobs", "Training jobs by state.", ("state",),
+                              lambda: {(state,): n for state, n in ctx.jobs.counts_by_state("training").items()})

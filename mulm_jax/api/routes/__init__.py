@@ -1,0 +1,1 @@
+"""Route modules, one per concern; each exposes `routes(ctx: ApiContext) -> list[BaseRoute]`."""

@@ -1,0 +1,229 @@
+"""Training jobs: start a run as a background job, follow its metrics (also as server-sent events), cancel, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from mulm_jax.api.errors import ApiError
+from mulm_jax.api.jobs import REPO_ROOT, new_job_id
+from mulm_jax.api.paths import confine
+from mulm_jax.api.routes.datasets import plain_name, version_folder
+from mulm_jax.api.schemas import Body, read_json
+from mulm_jax.api.sse import EventStream, event
+from mulm_jax.config import Config, ConfigError, DataConfig, ServeConfig, config_from_dict, dump_config, load_config
+from mulm_jax.data.assemble import MANIFEST, TRAINED_TOKENIZERS
+from mulm_jax.data.sources import NAMED_SOURCES
+
+TRAIN_FIELDS = ("config", "dataset", "overrides", "name")
+EVENTS_POLL_S = 0.25  # how often /events looks for new metrics rows
+
+
+class MetricsTail:
+    """Reads the rows appended to a run's metrics.jsonl since the last call.
+
+    A partly written last line waits for its end. When the trainer rewrites the file on resume (dropping rows
+    past its checkpoint), the new file is read from its start, skipping the rows already returned.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.inode: Optional[int] = None
+        self.partial = b""
+        self.seen: set[bytes] = set()
+
+    def new_rows(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                inode = os.fstat(f.fileno()).st_ino
+                if inode != self.inode:
+                    self.inode, self.offset, self.partial = inode, 0, b""
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        rows = []
+        for line in lines:
+            if not line.strip() or line in self.seen:
+                continue
+            self.seen.add(line)
+            rows.append(json.loads(line))
+        return rows
+
+
+def training_view(job: dict) -> dict:
+    """The job with the run's progress: `step` (of the latest training row) and the latest training and
+    evaluation rows of its metrics.jsonl."""
+    rows = MetricsTail(Path(job["workdir"]) / "metrics.jsonl").new_rows()
+    train = next((r for r in reversed(rows) if "loss" in r), None)
+    evaluation = next((r for r in reversed(rows) if "val_loss" in r), None)
+    return {**job, "step": train["step"] if train else None, "latest_metrics": {"train": train, "eval": evaluation}}
+
+
+def base_config(value: Any, settings: ServeConfig) -> Path | dict:
+    """The request's `config`: a YAML file named in `settings.configs_dir`, or an inline config object."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str):
+        raise ApiError(400, f"config={json.dumps(value)[:60]} is not valid: expected the name of a config file "
+                            "or a config object", param="config", code="invalid_value")
+    configs_dir = Path(settings.configs_dir)
+    path = configs_dir / f"{plain_name(value.removesuffix('.yaml'), 'config')}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in configs_dir.glob("*.yaml"))
+        raise ApiError(404, f"no config {value!r} in the configs folder; it holds {', '.join(known) or 'none'}",
+                       type="not_found_error", param="config", code="config_not_found")
+    return path
+
+
+def override_list(body: Body) -> list[str]:
+    """`overrides` as `key=value` strings: given so, or as an object {dotted key: value}."""
+    value = body.raw("overrides", None)
+    if isinstance(value, dict):
+        return [f"{key}={json.dumps(item)}" for key, item in value.items()]
+    return list(body.strings("overrides", ()))
+
+
+def build_config(base: Path | dict, overrides: list[str]) -> Config:
+    """The validated config; a ConfigError is a 400 blaming `config` when the base alone fails, else `overrides`."""
+    def build(with_overrides: list[str]) -> Config:
+        if isinstance(base, Path):
+            return load_config(base, with_overrides)
+        return config_from_dict(base, with_overrides)
+
+    try:
+        return build(overrides)
+    except ConfigError as error:
+        try:
+            build([])
+        except ConfigError as base_error:
+            raise ApiError(400, str(base_error), param="config", code="invalid_config") from None
+        raise ApiError(400, str(error), param="overrides", code="invalid_config") from None
+
+
+def confine_data(data: DataConfig, settings: ServeConfig, dataset: Optional[Path]) -> DataConfig:
+    """The data section with its paths checked and resolved: a data set inside `datasets_dir` (`dataset` when
+    the request named one), sources and tokenizer files inside the data roots, and output to `datasets_dir`."""
+    datasets_dir = Path(settings.datasets_dir).resolve()
+    if dataset is None and data.dataset:
+        dataset = confine(data.dataset, [datasets_dir], param="data.dataset")
+        if not (dataset / MANIFEST).is_file():
+            raise ApiError(404, f"data.dataset={data.dataset!r} is not an assembled data set version",
+                           type="not_found_error", param="data.dataset", code="dataset_not_found")
+    sources = tuple(source if source in NAMED_SOURCES else str(confine(source, settings.data_roots,
+                                                                       param="data.sources"))
+                    for source in data.sources)
+    tokenizer = data.tokenizer
+    if tokenizer not in TRAINED_TOKENIZERS:
+        tokenizer = str(confine(tokenizer, settings.data_roots, param="data.tokenizer"))
+    return dataclasses.replace(data, dataset=str(dataset) if dataset else None, sources=sources,
+                               tokenizer=tokenizer, out_dir=str(datasets_dir))
+
+
+def run_folder(name: str, settings: ServeConfig) -> Path:
+    runs_root = Path(settings.runs_root).resolve()
+    workdir = confine(name, [runs_root], param="name")
+    if workdir == runs_root:
+        raise ApiError(400, f"name={name!r} is the runs folder itself: expected a folder inside it", param="name",
+                       code="invalid_value")
+    return workdir
+
+
+def routes(ctx) -> list[Route]:
+    settings: ServeConfig = ctx.settings
+    configs_written = Path(settings.state_dir).resolve() / "jobs"
+
+    async def create_job(request: Request) -> JSONResponse:
+        """Start a training run as a background job (202 with the job).
+        ---
+        requestBody:
+          required: true
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [config]
+                properties:
+                  config: {oneOf: [{type: string}, {type: object}],
+                           description: "a config file of the configs folder (with or without .yaml), or a config"}
+                  dataset: {type: string, description: "an assembled data set version to train on"}
+                  overrides: {oneOf: [{type: array, items: {type: string}}, {type: object}],
+                              description: "section.key=value strings, or an object {section.key: value}"}
+                  name: {type: string, description: "the run folder inside the runs folder (default: the job id)"}
+        responses:
+          "202": {description: "the job, running"}
+        """
+        body = (await read_json(request, settings.max_body_bytes)).only(TRAIN_FIELDS)
+        base = base_config(body.raw("config"), settings)
+        overrides = override_list(body)
+        dataset_version = body.string("dataset", None)
+        dataset = version_folder(settings, dataset_version, "dataset") if dataset_version is not None else None
+        job_id = new_job_id()
+        workdir = run_folder(body.string("name", job_id), settings)
+        config = build_config(base, overrides)
+        config = dataclasses.replace(config, data=confine_data(config.data, settings, dataset))
+
+        configs_written.mkdir(parents=True, exist_ok=True)
+        config_file = configs_written / f"{job_id}.yaml"
+        config_file.write_text(dump_config(config))
+        command = [sys.executable, str(REPO_ROOT / "train.py"), "--config", str(config_file),
+                   "--workdir", str(workdir), "--quiet"]
+        try:
+            job = ctx.jobs.start("training", command, workdir=str(workdir), request=body.data, job_id=job_id)
+        except ApiError:
+            config_file.unlink()
+            raise
+        return JSONResponse(job, status_code=202)
+
+    async def list_jobs(request: Request) -> JSONResponse:
+        """Training jobs, newest first."""
+        return JSONResponse({"object": "list", "data": ctx.jobs.list("training")})
+
+    async def get_job(request: Request) -> JSONResponse:
+        """One training job, with its latest step and its latest training and evaluation metrics."""
+        return JSONResponse(training_view(ctx.jobs.get(request.path_params["id"], "training")))
+
+    async def job_events(request: Request) -> EventStream:
+        """The run's metrics rows as server-sent events, as they are written, then an `end` event with the job."""
+        job_id = request.path_params["id"]
+        tail = MetricsTail(Path(ctx.jobs.get(job_id, "training")["workdir"]) / "metrics.jsonl")
+
+        async def events() -> AsyncIterator[str]:
+            while True:
+                running = ctx.jobs.get(job_id)["state"] == "running"  # before reading: no row written after is lost
+                rows = tail.new_rows()
+                if rows:
+                    yield "".join(event(row) for row in rows)
+                if not running:
+                    yield event(training_view(ctx.jobs.get(job_id)), "end")
+                    return
+                await asyncio.sleep(EVENTS_POLL_S)
+
+        return EventStream(events())  # ends the generator as soon as the client leaves
+
+    async def cancel_job(request: Request) -> JSONResponse:
+        """Stop a running training job; the trainer saves a checkpoint first, and the job can be resumed."""
+        return JSONResponse(ctx.jobs.cancel(request.path_params["id"], "training"))
+
+    async def resume_job(request: Request) -> JSONResponse:
+        """Relaunch an interrupted, cancelled or failed training job; it continues from its latest checkpoint."""
+        return JSONResponse(ctx.jobs.resume(request.path_params["id"]))
+
+    return [Route("/v1/training/jobs", create_job, methods=["POST"]),
+            Route("/v1/training/jobs", list_jobs, methods=["GET"]),
+            Route("/v1/training/jobs/{id}", get_job, methods=["GET"]),
+            Route("/v1/training/jobs/{id}/events", job_events, methods=["GET"]),
+            Route("/v1/training/jobs/{id}/cancel", cancel_job, methods=["POST"]),
+            Route("/v1/training/jobs/{id}/resume", resume_job, methods=["POST"])]

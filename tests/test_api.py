@@ -1,0 +1,335 @@
+"""HTTP API in-process (starlette's TestClient): completions and chat, streaming, validation errors, auth,
+rate limits, queue bound, tokens and embeddings, metrics, OpenAPI, extra routes and path confinement."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from conftest import loaded
+from mulm_jax.api import create_app
+from mulm_jax.api.ratelimit import RateLimiter
+from mulm_jax.config import ServeConfig
+
+KEY = "sk-test-secret-0123456789"
+
+
+def make_client(tmp_path, *, model=None, **settings) -> TestClient:
+    """An app serving a tiny random model as "tiny" (context 64, or 16 when the test needs no more)."""
+    defaults = dict(state_dir=str(tmp_path / "state"), runs_root=str(tmp_path / "runs"), slots=2)
+    app = create_app(ServeConfig(**{**defaults, **settings}))
+    client = TestClient(app, raise_server_exceptions=False)
+    client.__enter__()
+    app.state.ctx.models.serve("tiny", model or loaded(max_seq_len=64))
+    return client
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    c = make_client(tmp_path_factory.mktemp("api"))
+    yield c
+    c.__exit__(None, None, None)
+
+
+def sse_events(response) -> list:
+    """The `data:` payloads of a Server-Sent Events body, JSON-decoded except `[DONE]`."""
+    out = []
+    for block in response.text.split("\n\n"):
+        for line in block.splitlines():
+            if line.startswith("data: "):
+                data = line[len("data: "):]
+                out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def assert_error(response, status: int, param=None, code=None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+# ---- completions ---------------------------------------------------------------------------------------
+
+def test_completion_has_openai_shape_and_usage(client):
+    r = client.post("/v1/completions", json={"model": "tiny", "prompt": "hello", "max_tokens": 5, "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "text_completion" and body["model"] == "tiny"
+    (choice,) = body["choices"]
+    assert choice["index"] == 0 and choice["finish_reason"] == "length" and isinstance(choice["text"], str)
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
+
+
+def test_several_prompts_and_n_give_one_choice_each_reproducible_by_seed(client):
+    ask = {"model": "tiny", "prompt": ["abc", "xyz"], "max_tokens": 6, "n": 2, "seed": 7, "temperature": 1.0}
+    first, again = (client.post("/v1/completions", json=ask).json() for _ in range(2))
+    texts = [c["text"] for c in first["choices"]]
+    assert [c["index"] for c in first["choices"]] == [0, 1, 2, 3]
+    assert texts == [c["text"] for c in again["choices"]]
+    assert texts[0] != texts[1]  # n samples of one prompt differ (seed, seed + 1)
+    assert first["usage"]["prompt_tokens"] == 6 and first["usage"]["completion_tokens"] == 24
+
+
+def test_token_id_prompts_equal_text_prompts(client):
+    ids = client.post("/v1/tokenize", json={"model": "tiny", "prompt": "hello"}).json()["tokens"]
+    ask = {"model": "tiny", "max_tokens": 6, "temperature": 0}
+    by_text = client.post("/v1/completions", json={**ask, "prompt": "hello"}).json()["choices"][0]["text"]
+    by_ids = client.post("/v1/completions", json={**ask, "prompt": ids}).json()["choices"][0]["text"]
+    assert by_text == by_ids
+
+
+@pytest.mark.parametrize("route,ask", [
+    ("/v1/completions", {"prompt": "the quick"}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi there"}]}),
+])
+def test_streamed_text_equals_the_whole_response_for_greedy(client, route, ask):
+    ask = {"model": "tiny", "max_tokens": 12, "temperature": 0, **ask}
+    whole = client.post(route, json=ask).json()["choices"][0]
+    r = client.post(route, json={**ask, "stream": True, "stream_options": {"include_usage": True}})
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    chunks, usage = events[:-2], events[-2]["usage"]
+    if route == "/v1/chat/completions":
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+        assert streamed == whole["message"]["content"]
+    else:
+        streamed = "".join(c["choices"][0]["text"] for c in chunks)
+        assert streamed == whole["text"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == whole["finish_reason"]
+    assert usage["completion_tokens"] == 12
+
+
+def test_chat_uses_the_template_and_its_stop_strings(client):
+    served = client.app.state.ctx.models.get("tiny")
+    ask = {"model": "tiny", "messages": [{"role": "system", "content": "be brief"},
+                                         {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+           "max_tokens": 4, "temperature": 0}
+    body = client.post("/v1/chat/completions", json=ask).json()
+    prompt = served.chat.render([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+    assert prompt == "system: be brief\nuser: hi\nassistant:"
+    assert body["usage"]["prompt_tokens"] == len(served.loaded.tokenizer.encode(prompt))
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_logprobs_in_both_formats_match_the_engine(client):
+    ask = {"model": "tiny", "prompt": "hello", "max_tokens": 3, "temperature": 0, "logprobs": 2}
+    lp = client.post("/v1/completions", json=ask).json()["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 3
+    assert all(len(top) <= 2 and max(top.values()) == pytest.approx(chosen, abs=1e-5)
+               for top, chosen in zip(lp["top_logprobs"], lp["token_logprobs"]))  # greedy: the best is chosen
+    assert lp["text_offset"] == [0, 1, 2]
+    chat = client.post("/v1/chat/completions", json={
+        "model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3, "temperature": 0,
+        "logprobs": True, "top_logprobs": 2}).json()["choices"][0]["logprobs"]["content"]
+    assert len(chat) == 3 and all(len(c["top_logprobs"]) == 2 and c["logprob"] <= 0 for c in chat)
+
+
+# ---- validation ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body,status,param,code", [
+    ({"model": "tiny", "prompt": "x", "temperature": "hot"}, 400, "temperature", "invalid_value"),
+    ({"model": "tiny", "prompt": "x", "top_p": 1.5}, 400, "top_p", "invalid_value"),
+    ({"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens", "invalid_value"),
+    ({"model": "tiny", "prompt": "x", "n": True}, 400, "n", "invalid_value"),
+    ({"model": "tiny", "prompt": 5}, 400, "prompt", "invalid_value"),
+    ({"model": "tiny", "prompt": [99]}, 400, "prompt", "invalid_value"),  # outside the vocabulary
+    ({"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "invalid_value"),
+    ({"model": "tiny", "prompt": "x", "echo": True}, 400, "echo", "unknown_field"),
+    ({"prompt": "x"}, 400, "model", "missing_field"),
+    ({"model": "nope", "prompt": "x"}, 404, "model", "model_not_found"),
+    ({"model": "tiny", "prompt": "x" * 64}, 400, "prompt", "context_length_exceeded"),
+    ({"model": "tiny", "prompt": "x" * 10, "max_tokens": 55}, 400, "max_tokens", "context_length_exceeded"),
+    ({"model": "tiny", "prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options", None),
+])
+def test_invalid_completion_requests_name_the_field(client, body, status, param, code):
+    assert_error(client.post("/v1/completions", json=body), status, param, code)
+
+
+@pytest.mark.parametrize("messages,param", [
+    ([], "messages"),
+    ([{"role": "wizard", "content": "x"}], "messages[0]"),
+    ([{"role": "user", "content": 3}], "messages[0].content"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], "messages[0].content"),
+])
+def test_invalid_chat_messages_name_the_message(client, messages, param):
+    assert_error(client.post("/v1/chat/completions", json={"model": "tiny", "messages": messages}), 400, param)
+
+
+def test_malformed_json_and_non_objects_are_400(client):
+    headers = {"content-type": "application/json"}
+    assert_error(client.post("/v1/completions", content=b'{"model": ', headers=headers), 400, code="invalid_json")
+    assert_error(client.post("/v1/completions", content=b"[1, 2]", headers=headers), 400, code="invalid_json")
+
+
+def test_a_body_over_the_limit_is_413(tmp_path):
+    small = make_client(tmp_path, max_body_bytes=200, model=loaded())
+    try:
+        assert_error(small.post("/v1/completions", json={"model": "tiny", "prompt": "x" * 300}), 413,
+                     code="body_too_large")
+        assert small.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}).status_code == 200
+    finally:
+        small.__exit__(None, None, None)
+
+
+def test_a_full_waiting_queue_answers_429_instead_of_growing(tmp_path):
+    full = make_client(tmp_path, max_queue=0, model=loaded())
+    try:
+        r = full.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 4})
+        assert_error(r, 429, code="queue_full")
+        assert r.headers["retry-after"] == "1"
+    finally:
+        full.__exit__(None, None, None)
+
+
+# ---- auth and rate limits ------------------------------------------------------------------------------
+
+def test_api_keys_guard_every_route_but_the_probes_and_are_never_logged(tmp_path, caplog):
+    guarded = make_client(tmp_path, api_keys=(KEY, "other-key"), model=loaded())
+    ask = {"model": "tiny", "prompt": "x", "max_tokens": 2}
+    try:
+        with caplog.at_level(logging.INFO, logger="mulm_jax.api.access"):
+            assert guarded.get("/healthz").status_code == 200
+            assert guarded.get("/readyz").status_code == 200
+            assert_error(guarded.post("/v1/completions", json=ask), 401, code="invalid_api_key")
+            assert_error(guarded.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
+            assert_error(guarded.get("/metrics", headers={"Authorization": KEY}), 401)  # no scheme
+            ok = guarded.post("/v1/completions", json=ask, headers={"Authorization": f"Bearer {KEY}"})
+            assert ok.status_code == 200
+        assert caplog.records and all(KEY not in r.getMessage() for r in caplog.records)
+        assert any('"key": "key:' in r.getMessage() for r in caplog.records)
+    finally:
+        guarded.__exit__(None, None, None)
+
+
+def test_token_bucket_refuses_over_the_limit_and_refills_with_time():
+    now = [0.0]
+    limiter = RateLimiter(requests_per_minute=2, tokens_per_minute=30, clock=lambda: now[0])
+    limiter.admit_request("a")
+    limiter.admit_request("a")
+    with pytest.raises(Exception) as refused:
+        limiter.admit_request("a")
+    assert refused.value.status == 429 and refused.value.headers["Retry-After"] == "30"
+    limiter.admit_request("b")  # each caller has its own bucket
+    now[0] = 30.0  # half a minute refills one request
+    limiter.admit_request("a")
+    limiter.charge_tokens("a", 45)  # over the limit: the bucket goes negative
+    with pytest.raises(Exception) as refused:
+        limiter.admit_generation("a")
+    assert refused.value.headers["Retry-After"] == "32"  # back above zero after 31 s of refill (15.5 tokens)
+    now[0] = 62.0
+    limiter.admit_generation("a")
+
+
+def test_rate_limits_answer_429_with_retry_after(tmp_path):
+    limited = make_client(tmp_path, requests_per_minute=3, tokens_per_minute=8, model=loaded())
+    ask = {"model": "tiny", "prompt": "x", "max_tokens": 10}
+    try:
+        assert limited.post("/v1/completions", json=ask).status_code == 200  # 10 tokens: the bucket is spent
+        r = limited.post("/v1/completions", json=ask)
+        assert_error(r, 429, code="tokens_per_minute")
+        assert int(r.headers["retry-after"]) >= 1
+        assert limited.get("/v1/models").status_code == 200
+        r = limited.get("/v1/models")
+        assert_error(r, 429, code="requests_per_minute")
+        assert limited.get("/healthz").status_code == 200  # probes are not limited
+    finally:
+        limited.__exit__(None, None, None)
+
+
+# ---- tokens, embeddings, models ------------------------------------------------------------------------
+
+def test_tokenize_and_detokenize_round_trip(client):
+    ids = client.post("/v1/tokenize", json={"model": "tiny", "prompt": "hello, world"}).json()
+    assert ids["count"] == 12 and ids["max_model_len"] == 64
+    text = client.post("/v1/detokenize", json={"model": "tiny", "tokens": ids["tokens"]}).json()["prompt"]
+    assert text == "hello, world"
+    assert_error(client.post("/v1/detokenize", json={"model": "tiny", "tokens": [1, 99]}), 400, "tokens")
+
+
+def test_embeddings_are_mean_pooled_final_hidden_states(client):
+    served = client.app.state.ctx.models.get("tiny")
+    r = client.post("/v1/embeddings", json={"model": "tiny", "input": ["hello", "a longer input text"]}).json()
+    assert [d["index"] for d in r["data"]] == [0, 1] and r["usage"]["prompt_tokens"] == 5 + 19
+    for text, item in zip(["hello", "a longer input text"], r["data"]):
+        ids = jnp.asarray([served.loaded.tokenizer.encode(text)])
+        hidden, _ = served.loaded.model.apply({"params": served.loaded.params}, ids, method="hidden")
+        chex.assert_shape(np.asarray(item["embedding"]), (16,))
+        np.testing.assert_allclose(item["embedding"], np.asarray(hidden[0]).mean(0), atol=1e-5)
+
+
+def test_models_are_listed_and_run_folders_are_confined_to_the_runs_root(client, tmp_path):
+    listed = client.get("/v1/models").json()
+    assert [m["id"] for m in listed["data"]] == ["tiny"] and listed["data"][0]["context_length"] == 64
+    assert client.get("/v1/models/tiny").json()["id"] == "tiny"
+    assert_error(client.get("/v1/models/nope"), 404, "model")
+    for outside in ("../elsewhere", "/etc", str(tmp_path)):
+        assert_error(client.post("/v1/models", json={"run_dir": outside}), 403, "run_dir", "path_not_allowed")
+    assert_error(client.post("/v1/models", json={"run_dir": "missing"}), 400, "run_dir", "invalid_run")
+
+
+# ---- operations and extensibility ----------------------------------------------------------------------
+
+def test_metrics_count_requests_tokens_and_time_to_first_token(client):
+    client.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 3})
+    client.post("/v1/completions", json={"model": "nope", "prompt": "x"})
+    text = client.get("/metrics").text
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    assert samples['mulm_http_requests_total{route="/v1/completions",method="POST",status="200"}'] >= 1
+    assert samples['mulm_http_requests_total{route="/v1/completions",method="POST",status="404"}'] >= 1
+    assert samples['mulm_generated_tokens_total{model="tiny"}'] >= 3
+    assert samples['mulm_time_to_first_token_seconds_count{model="tiny"}'] >= 1
+    assert samples['mulm_active_slots{model="tiny"}'] == 0 and samples['mulm_queue_depth{model="tiny"}'] == 0
+    assert "# TYPE mulm_http_request_duration_seconds histogram" in text
+
+
+def test_openapi_describes_every_route(client):
+    spec = client.get("/openapi.json").json()
+    for route in client.app.routes:
+        for method in route.methods - {"HEAD"}:
+            assert method.lower() in spec["paths"][route.path.replace(":path}", "}")], route.path
+    body = spec["paths"]["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"model", "prompt", "stream", "top_k"} <= set(body["properties"])
+
+
+EXTRA_ROUTES = '''
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+def routes(ctx):
+    async def count(request):
+        """How many models are served."""
+        return JSONResponse({"models": len(ctx.models.all())})
+
+    return [Route("/v1/model-count", count, methods=["GET"])]
+'''
+
+
+def test_extra_route_modules_join_the_app_and_its_description(tmp_path, monkeypatch):
+    (tmp_path / "my_feature.py").write_text(EXTRA_ROUTES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    extended = make_client(tmp_path, extra_routes=("my_feature",), model=loaded())
+    try:
+        assert extended.get("/v1/model-count").json() == {"models": 1}
+        assert extended.get("/openapi.json").json()["paths"]["/v1/model-count"]["get"]["summary"] == \
+            "How many models are served."
+    finally:
+        extended.__exit__(None, None, None)
+    with pytest.raises(ValueError, match="no_such_module"):
+        create_app(ServeConfig(state_dir=str(tmp_path / "s2"), extra_routes=("no_such_module",)))

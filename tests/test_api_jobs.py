@@ -1,0 +1,269 @@
+"""Data set and training jobs over HTTP: assembly, confinement, validation, progress, events, cancel and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from conftest import ROOT
+from mulm_jax.api.app import create_app
+from mulm_jax.api.errors import ApiError
+from mulm_jax.api.jobs import JobManager
+from mulm_jax.api.routes.training import MetricsTail
+from mulm_jax.config import ServeConfig
+from test_train import CORPUS, read_metrics
+
+STEPS = 400
+# A run that trains in a few seconds; every run here shares it, so that the compiled steps are reused.
+TINY = {"model.vocab_size": 40, "model.d_model": 32, "model.num_layers": 1, "model.num_heads": 2,
+        "model.d_ff": 64, "model.max_seq_len": 32, "train.seq_len": 32, "train.batch_size": 8,
+        "train.steps": STEPS, "train.warmup_steps": 5, "train.eval_every": 200, "train.eval_batches": 2,
+        "train.checkpoint_every": 100, "train.log_every": 10}
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
+    """The first truthy value of `condition()`, polled until `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+def wait_finished(client: TestClient, url: str) -> dict:
+    def finished() -> dict | None:
+        job = client.get(url).json()
+        return job if job["state"] != "running" else None
+
+    return wait_for(finished, f"{url} to finish")
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory) -> Iterator[ServeConfig]:
+    base = tmp_path_factory.mktemp("api")
+    (base / "data").mkdir()
+    (base / "data" / "corpus.txt").write_text(CORPUS)
+    with pytest.MonkeyPatch.context() as env:
+        env.chdir(base)  # a server started outside the repository: its jobs still find the package
+        # Job processes inherit the environment: the second and later runs load their compiled steps from here.
+        env.setenv("JAX_COMPILATION_CACHE_DIR", str(base / "jax-cache"))
+        env.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        env.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+        yield ServeConfig(state_dir=str(base / "state"), runs_root=str(base / "runs"),
+                          datasets_dir=str(base / "datasets"), data_roots=(str(base / "data"),),
+                          configs_dir=str(ROOT / "configs"))
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def dataset_job(client) -> dict:
+    response = client.post("/v1/datasets", json={"source": "corpus.txt", "tokenizer": "char", "dedup": "exact"})
+    assert response.status_code == 202, response.text
+    assert response.json()["state"] == "running"
+    return wait_finished(client, f"/v1/datasets/jobs/{response.json()['id']}")
+
+
+@pytest.fixture(scope="module")
+def version(dataset_job) -> str:
+    assert dataset_job["state"] == "succeeded", dataset_job["error"]
+    return dataset_job["result"]["version"]
+
+
+def start_training(client: TestClient, version: str, **fields) -> dict:
+    response = client.post("/v1/training/jobs", json={"config": "shakespeare_char", "dataset": version,
+                                                       "overrides": TINY, **fields})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def error_of(response) -> dict:
+    return response.json()["error"]
+
+
+def test_dataset_job_assembles_a_version_that_is_listed(client, dataset_job, version, settings):
+    assert dataset_job["object"] == "dataset.job" and dataset_job["exit_code"] == 0
+    assert dataset_job["request"] == {"source": "corpus.txt", "tokenizer": "char", "dedup": "exact"}
+    assert (Path(settings.datasets_dir) / version / "train.bin").is_file()
+    assert [m["version"] for m in client.get("/v1/datasets").json()["data"]] == [version]
+    manifest = client.get(f"/v1/datasets/{version}").json()
+    assert manifest == dataset_job["result"]
+    assert manifest["settings"]["dedup"] == "exact" and manifest["train_tokens"] > 0
+    assert dataset_job["id"] in [job["id"] for job in client.get("/v1/datasets/jobs").json()["data"]]
+
+    missing = client.get("/v1/datasets/0123456789ab")
+    assert missing.status_code == 404 and "'0123456789ab'" in error_of(missing)["message"]
+    assert client.get("/v1/datasets/.hidden").status_code == 400
+    assert client.get(f"/v1/training/jobs/{dataset_job['id']}").status_code == 404  # not a training job
+
+
+def test_dataset_paths_outside_the_data_roots_are_refused(client, settings):
+    outside = Path(settings.data_roots[0]).parent / "secret.txt"
+    outside.write_text("not for the API\n")
+    jobs_before = client.get("/v1/datasets/jobs").json()["data"]
+    for source in (str(outside), "../secret.txt", ["corpus.txt", "../secret.txt"]):
+        response = client.post("/v1/datasets", json={"source": source})
+        assert response.status_code == 403, source
+        assert error_of(response)["param"] == "source" and "secret.txt" in error_of(response)["message"]
+    response = client.post("/v1/datasets", json={"source": "corpus.txt", "tokenizer": "../tokenizer.model"})
+    assert response.status_code == 403 and error_of(response)["param"] == "tokenizer"
+    assert client.get("/v1/datasets/jobs").json()["data"] == jobs_before
+
+
+@pytest.mark.parametrize("field, value", [("vocab_size", "many"), ("fold_whitespace", "yes"),
+                                          ("source", 3), ("dedup", "fuzzy"), ("val_fraction", [0.1])])
+def test_dataset_field_of_a_wrong_type_is_a_400_naming_it(client, field, value):
+    response = client.post("/v1/datasets", json={"source": "corpus.txt", field: value})
+    assert response.status_code == 400
+    assert error_of(response)["param"] == field and field in error_of(response)["message"]
+
+
+def test_dataset_settings_that_cannot_work_together_are_a_400_not_a_failed_job(client):
+    jobs_before = client.get("/v1/datasets/jobs").json()["data"]
+    response = client.post("/v1/datasets", json={"source": "corpus.txt", "tokenizer": "char", "vocab_size": 100})
+    assert response.status_code == 400 and "vocab_size=100" in error_of(response)["message"]
+    response = client.post("/v1/datasets", json={"source": "corpus.txt", "min_doc_chars": 50, "max_doc_chars": 10})
+    assert response.status_code == 400 and "max_doc_chars=10" in error_of(response)["message"]
+    assert client.get("/v1/datasets/jobs").json()["data"] == jobs_before
+
+
+def test_training_job_reports_its_progress_and_streams_its_metrics(client, version, settings):
+    job = start_training(client, version)
+    assert job["object"] == "training.job"
+    assert Path(job["workdir"]) == Path(settings.runs_root).resolve() / job["id"]
+    done = wait_finished(client, f"/v1/training/jobs/{job['id']}")
+    assert done["state"] == "succeeded" and done["exit_code"] == 0, done["error"]
+    assert done["step"] == STEPS
+    assert done["latest_metrics"]["train"]["step"] == STEPS and "loss" in done["latest_metrics"]["train"]
+    assert done["latest_metrics"]["eval"]["step"] == STEPS and "val_loss" in done["latest_metrics"]["eval"]
+
+    events = client.get(f"/v1/training/jobs/{job['id']}/events")
+    assert events.headers["content-type"].startswith("text/event-stream")
+    *rows, end = events.text.strip().split("\n\n")
+    assert [json.loads(row.removeprefix("data: ")) for row in rows] == read_metrics(Path(job["workdir"]))
+    event, data = end.split("\n")
+    assert event == "event: end" and json.loads(data.removeprefix("data: "))["state"] == "succeeded"
+
+    listed = client.get("/v1/training/jobs").json()["data"]
+    assert job["id"] in [j["id"] for j in listed]
+    succeeded = sum(j["state"] == "succeeded" for j in listed)
+    assert f'mulm_training_jobs{{state="succeeded"}} {succeeded}' in client.get("/metrics").text
+    resume = client.post(f"/v1/training/jobs/{job['id']}/resume")
+    assert resume.status_code == 409 and "succeeded" in error_of(resume)["message"]
+    assert client.post(f"/v1/training/jobs/{job['id']}/cancel").status_code == 409
+
+
+def test_training_request_errors_name_the_field_at_fault(client, version):
+    jobs_before = client.get("/v1/training/jobs").json()["data"]
+
+    def refused(fields: dict, status: int, param: str) -> str:
+        response = client.post("/v1/training/jobs", json={"config": "shakespeare_char", **fields})
+        assert response.status_code == status, response.text
+        assert error_of(response)["param"] == param
+        return error_of(response)["message"]
+
+    assert "'model.no_such_key'" in refused({"overrides": ["model.no_such_key=1"]}, 400, "overrides")
+    assert "'train.stepz'" in refused({"overrides": {"train.stepz": 10}}, 400, "overrides")
+    assert "'model.widht'" in refused({"config": {"model": {"widht": 64}}}, 400, "config")
+    assert "'../outside'" in refused({"name": "../outside"}, 403, "name")
+    assert "shakespeare_char" in refused({"config": "no_such_config"}, 404, "config")
+    refused({"config": "../configs/shakespeare_char"}, 400, "config")
+    refused({"dataset": "0123456789ab"}, 404, "dataset")
+    refused({"overrides": ["data.dataset=/etc"]}, 403, "data.dataset")
+    refused({"overrides": {"data.sources": ["/etc/passwd"]}}, 403, "data.sources")
+    assert client.get("/v1/training/jobs").json()["data"] == jobs_before
+
+
+def test_cancelled_job_is_interrupted_by_a_restart_and_resumes_from_its_checkpoint(client, version, settings):
+    job = start_training(client, version, name="resumable")
+    url = f"/v1/training/jobs/{job['id']}"
+    metrics = Path(job["workdir"]) / "metrics.jsonl"
+    with ThreadPoolExecutor(1) as pool:
+        events = pool.submit(client.get, f"{url}/events")  # opened before the first row: it follows the file
+        wait_for(lambda: metrics.exists() and metrics.read_text(), "the first metrics row")
+        assert client.post(f"{url}/cancel").status_code == 200
+        streamed = events.result(timeout=120).text
+    cancelled = wait_finished(client, url)
+    assert cancelled["state"] == "cancelled"
+    stopped_at = cancelled["step"]
+    assert 0 < stopped_at < STEPS
+    assert (Path(job["workdir"]) / "checkpoints" / str(stopped_at)).is_dir()
+    *rows, end = streamed.strip().split("\n\n")
+    assert [json.loads(row.removeprefix("data: ")) for row in rows] == read_metrics(Path(job["workdir"]))
+    assert json.loads(end.split("\n")[1].removeprefix("data: "))["state"] == "cancelled"
+
+    # The server dies while the job runs; a new server finds the record still `running`.
+    with sqlite3.connect(Path(settings.state_dir) / "mulm.sqlite3") as db:
+        db.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (job["id"],))
+    restarted = JobManager(settings)
+    assert restarted.get(job["id"])["state"] == "interrupted"
+    restarted.close()
+
+    resumed = client.post(f"{url}/resume")
+    assert resumed.status_code == 200 and resumed.json()["state"] == "running"
+    assert resumed.json()["id"] == job["id"]
+    done = wait_finished(client, url)
+    assert done["state"] == "succeeded", done["error"]
+    assert done["step"] == STEPS
+    steps = [row["step"] for row in read_metrics(Path(job["workdir"])) if "loss" in row]
+    assert steps == sorted(set(steps)) and steps[0] == 10  # one history, continued rather than restarted
+    assert f"resumed from step {stopped_at}" in (Path(settings.state_dir) / "logs" / f"{job['id']}.log").read_text()
+
+
+def test_failed_job_keeps_its_exit_code_and_the_end_of_its_log(tmp_path):
+    jobs = JobManager(ServeConfig(state_dir=str(tmp_path)))
+    try:
+        assert jobs.counts_by_state("dataset") == dict.fromkeys(
+            ("running", "succeeded", "failed", "cancelled", "interrupted"), 0)
+        script = "import sys; print('reading the corpus', flush=True); sys.exit('error: no corpus')"
+        command = [sys.executable, "-c", script]
+        job = jobs.start("dataset", command, workdir=None, request={"source": "x"})
+        done = wait_for(lambda: (j := jobs.get(job["id"]))["state"] != "running" and j, "the job to fail")
+        assert (done["state"], done["exit_code"], done["result"]) == ("failed", 1, None)
+        assert "reading the corpus\nerror: no corpus" in done["error"]
+        assert jobs.counts_by_state("dataset")["failed"] == 1
+        with pytest.raises(ApiError, match="no job with id 'job-000000000000'"):
+            jobs.get("job-000000000000")
+    finally:
+        jobs.close()
+
+
+def test_close_stops_running_jobs_and_records_them_interrupted(tmp_path):
+    jobs = JobManager(ServeConfig(state_dir=str(tmp_path)))
+    job = jobs.start("training", [sys.executable, "-c", "import time; time.sleep(60)"], workdir=str(tmp_path / "run"),
+                     request={})
+    start = time.monotonic()
+    jobs.close()
+    assert time.monotonic() - start < 10
+    with sqlite3.connect(tmp_path / "mulm.sqlite3") as db:
+        assert db.execute("SELECT state FROM jobs WHERE id = ?", (job["id"],)).fetchone() == ("interrupted",)
+
+
+def test_metrics_tail_waits_for_a_line_end_and_follows_a_rewritten_file(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(path)
+    assert tail.new_rows() == []
+    path.write_text('{"step": 5}\n{"step": 1')
+    assert tail.new_rows() == [{"step": 5}]
+    with path.open("a") as f:
+        f.write('0}\n{"step": 15}\n')
+    assert tail.new_rows() == [{"step": 10}, {"step": 15}]
+    # A resumed trainer keeps the rows up to its checkpoint (step 10) in a new file, then appends.
+    rewritten = tmp_path / "metrics.jsonl.tmp"
+    rewritten.write_text('{"step": 5}\n{"step": 10}\n{"step": 15, "again": true}\n')
+    os.replace(rewritten, path)
+    assert tail.new_rows() == [{"step": 15, "again": True}]

@@ -1,0 +1,179 @@
+"""The API as users run it: `serve.py` in its own uvicorn process, driven over HTTP only. A data set is
+assembled, a model trained and then served, and the official `openai` client completes, chats and streams;
+a client that leaves mid-stream frees its slots; job records survive a server restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from conftest import ROOT
+
+KEY = "sk-e2e-0123456789"
+CORPUS = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+          "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
+TINY = {"model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2, "model.d_ff": 64,
+        "model.vocab_size": 64, "train.steps": 30, "train.batch_size": 8, "train.warmup_steps": 5,
+        "train.eval_every": 15, "train.eval_batches": 2, "train.checkpoint_every": 15, "train.log_every": 5}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, root: Path, *extra: str):
+        self.root, self.port = root, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(root / f"server-{self.port}.log", "w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "serve.py"), "--port", str(self.port), "--api-key", KEY,
+             "--state-dir", str(root / "state"), "--runs-root", str(root / "runs"),
+             "--datasets-dir", str(root / "datasets"), "--data-root", str(root / "data"),
+             "--configs-dir", str(ROOT / "configs"), *extra],
+            cwd=root, stdout=self.log, stderr=subprocess.STDOUT)
+        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+        wait_for(lambda: self._ready(), 90, "the server to be ready")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"serve.py exited: {(self.root / self.log.name).read_text()[-2000:]}")
+        try:
+            return self.http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def metric(self, name: str) -> float:
+        for line in self.http.get("/metrics").text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.process.send_signal(sig)
+        self.process.wait(30)
+        self.http.close()
+        self.log.close()
+
+
+def wait_for(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def finished_job(server: Server, path: str) -> dict:
+    job = wait_for(lambda: (lambda j: j if j["state"] not in ("running",) else None)(server.http.get(path).json()),
+                   180, path)
+    assert job["state"] == "succeeded", job
+    return job
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A server that has assembled a data set, trained a tiny model on it and loaded it, all over HTTP."""
+    root = tmp_path_factory.mktemp("e2e")
+    (root / "data").mkdir()
+    (root / "data" / "corpus.txt").write_text(CORPUS)
+    server = Server(root, "--slots", "2")
+    try:
+        r = server.http.post("/v1/datasets", json={"source": "corpus.txt", "tokenizer": "char", "seq_len": 64})
+        assert r.status_code == 202, r.text
+        dataset = finished_job(server, f"/v1/datasets/jobs/{r.json()['id']}")
+        version = dataset["result"]["version"]
+        assert server.http.get(f"/v1/datasets/{version}").json()["version"] == version
+        r = server.http.post("/v1/training/jobs", json={"config": "shakespeare_char", "dataset": version,
+                                                        "overrides": TINY, "name": "tiny"})
+        assert r.status_code == 202, r.text
+        job = finished_job(server, f"/v1/training/jobs/{r.json()['id']}")
+        assert job["step"] == 30 and job["latest_metrics"]["eval"]["val_loss"] > 0
+        r = server.http.post("/v1/models", json={"run_dir": "tiny"})
+        assert r.status_code == 201, r.text
+        yield server, job
+    finally:
+        server.stop()
+
+
+def test_the_openai_client_completes_chats_and_streams(served):
+    server, _ = served
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY)
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    whole = client.completions.create(model="tiny", prompt="First", max_tokens=20, temperature=0)
+    assert whole.usage.completion_tokens == 20 and whole.choices[0].finish_reason == "length"
+    streamed = "".join(chunk.choices[0].text for chunk in client.completions.create(
+        model="tiny", prompt="First", max_tokens=20, temperature=0, stream=True) if chunk.choices)
+    assert streamed == whole.choices[0].text
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Speak"}],
+                                          max_tokens=10, temperature=0, seed=3)
+    assert chat.choices[0].message.role == "assistant"
+    deltas = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Speak"}], max_tokens=10, temperature=0, stream=True)
+        if c.choices]
+    assert "".join(deltas) == chat.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="tiny", prompt="First", max_tokens=1000)
+    assert refused.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key="wrong").models.list()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_leaves_frees_its_slots_at_once(served, stream):
+    server, _ = served
+    before = server.metric('mulm_generated_tokens_total{model="tiny"}')
+    ask = {"model": "tiny", "prompt": "First", "max_tokens": 58, "n": 64, "stream": stream}  # 3,712 tokens
+    headers = {"Authorization": f"Bearer {KEY}"}
+    if stream:
+        with httpx.stream("POST", server.url + "/v1/completions", json=ask, timeout=30, headers=headers) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())
+    else:
+        with pytest.raises(httpx.ReadTimeout):  # gives up waiting and closes the connection
+            httpx.post(server.url + "/v1/completions", json=ask, timeout=0.3, headers=headers)
+    wait_for(lambda: server.metric('mulm_active_slots{model="tiny"}') == 0
+             and server.metric('mulm_queue_depth{model="tiny"}') == 0, 5, "the slots to be freed")
+    assert server.metric('mulm_generated_tokens_total{model="tiny"}') - before < 3712 / 2
+
+
+def test_a_job_running_when_the_server_dies_is_interrupted_and_resumes_from_its_checkpoint(served):
+    server, trained = served
+    root = server.root
+    first = Server(root)  # a second server on the same state folder sees the same records
+    try:
+        assert trained["id"] in [j["id"] for j in first.http.get("/v1/training/jobs").json()["data"]]
+        r = first.http.post("/v1/training/jobs", json={
+            "config": "shakespeare_char", "dataset": trained["request"]["dataset"], "name": "long",
+            "overrides": {**TINY, "train.steps": 100000, "train.checkpoint_every": 100000}})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        wait_for(lambda: first.http.get(f"/v1/training/jobs/{job_id}").json()["step"], 120, "a first step")
+    finally:
+        first.stop(signal.SIGKILL)  # the server dies; its trainer lives on
+    second = Server(root)  # stops the orphan (which saves a checkpoint) before anything else
+    try:
+        job = second.http.get(f"/v1/training/jobs/{job_id}").json()
+        assert job["state"] == "interrupted"
+        saved = sorted(int(p.name) for p in (root / "runs" / "long" / "checkpoints").iterdir() if p.name.isdigit())
+        assert saved and saved[-1] >= job["step"] - TINY["train.log_every"]
+        assert second.http.post(f"/v1/training/jobs/{job_id}/resume").json()["state"] == "running"
+        wait_for(lambda: (second.http.get(f"/v1/training/jobs/{job_id}").json()["step"] or 0) > saved[-1], 120,
+                 "a step past the checkpoint")
+        assert "resumed from step" in (root / "state" / "logs" / f"{job_id}.log").read_text()
+        assert second.http.post(f"/v1/training/jobs/{job_id}/cancel").status_code == 200
+    finally:
+        second.stop()
