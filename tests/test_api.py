@@ -212,6 +212,8 @@ def test_api_keys_guard_every_route_but_the_probes_and_are_never_logged(tmp_path
             assert ok.status_code == 200
         assert caplog.records and all(KEY not in r.getMessage() for r in caplog.records)
         assert any('"key": "key:' in r.getMessage() for r in caplog.records)
+        metrics = guarded.get("/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+        assert 'mulm_http_requests_total{route="/v1/completions",method="POST",status="401"} 1' in metrics
     finally:
         guarded.__exit__(None, None, None)
 

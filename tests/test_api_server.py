@@ -4,7 +4,6 @@ a client that leaves mid-stream frees its slots; job records survive a server re
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess

@@ -23,7 +23,7 @@ from mulm_jax.api.errors import EXCEPTION_HANDLERS
 from mulm_jax.api.jobs import JobManager
 from mulm_jax.api.ratelimit import RateLimiter, RequestRateMiddleware
 from mulm_jax.api.registry import ModelRegistry
-from mulm_jax.api.telemetry import Metrics, TelemetryMiddleware, route_templates
+from mulm_jax.api.telemetry import Metrics, TelemetryMiddleware
 from mulm_jax.config import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -84,13 +84,11 @@ def create_app(settings: ServeConfig) -> Starlette:
             ctx.jobs.close()
             ctx.models.close()
 
-    templates: dict = {}
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(TelemetryMiddleware, metrics=ctx.metrics, templates=lambda: templates),
+        middleware=[Middleware(TelemetryMiddleware, metrics=ctx.metrics, routes=lambda: app.routes),
                     Middleware(AuthMiddleware, keys=api_keys(settings)),
                     Middleware(RequestRateMiddleware, limiter=ctx.limiter)])
-    templates.update(route_templates(app.routes))
     app.state.ctx = ctx
     return app
 

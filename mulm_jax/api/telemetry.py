@@ -7,8 +7,9 @@ import json
 import logging
 import threading
 import time
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("mulm_jax.api.access")
@@ -114,12 +115,20 @@ class Metrics:
 class TelemetryMiddleware:
     """Counts every request by route template and status, times it, and writes one JSON access-log line.
 
-    The route label is the matched path template (`/v1/training/jobs/{id}`), `unmatched` otherwise, so that
-    the number of series stays bounded. Credentials are never logged: only the caller's key fingerprint.
+    The route label is the path template that matches (`/v1/training/jobs/{id}`), found before any other
+    middleware answers (a 401 is counted under its route too), or `unmatched`, so the number of series stays
+    bounded. Credentials are never logged: only the caller's key fingerprint.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, templates: Callable[[], dict]):
-        self.app, self.metrics, self.templates = app, metrics, templates
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Callable[[], list]):
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    def route_label(self, scope: Scope) -> str:
+        for route in self.routes():
+            match, _ = route.matches(scope)
+            if match != Match.NONE:  # FULL, or PARTIAL: the path matches but not the method
+                return route.path
+        return "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -137,7 +146,7 @@ class TelemetryMiddleware:
             await self.app(scope, receive, send_recording)
         finally:
             elapsed = time.perf_counter() - start
-            route = self.templates().get(scope.get("endpoint"), "unmatched")
+            route = self.route_label(scope)
             self.metrics.requests.inc(route, scope["method"], str(status[0]))
             self.metrics.latency.observe(elapsed, route)
             client = scope.get("client")
@@ -145,15 +154,3 @@ class TelemetryMiddleware:
                 "method": scope["method"], "path": scope["path"], "route": route, "status": status[0],
                 "duration_ms": round(elapsed * 1000, 2), "client": client[0] if client else None,
                 "key": scope.get("state", {}).get("client_id")}))
-
-
-def route_templates(routes: Iterable, prefix: str = "") -> dict:
-    """endpoint -> path template, for every route (mounts included)."""
-    out: dict = {}
-    for route in routes:
-        sub: Optional[list] = getattr(route, "routes", None)
-        if sub:
-            out.update(route_templates(sub, prefix + route.path))
-        elif hasattr(route, "endpoint"):
-            out[route.endpoint] = prefix + route.path
-    return out
