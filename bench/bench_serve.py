@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -34,6 +35,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -143,7 +150,9 @@ def main() -> int:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("serve.py did not become ready")
             time.sleep(0.5)
+        server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
         stats = asyncio.run(load(url, args.clients, args.seconds, args.new_tokens))
+        server_cpu, client_cpu = cpu_seconds(server.pid) - server_cpu, time.process_time() - client_cpu
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
@@ -157,6 +166,7 @@ def main() -> int:
         "status": {str(k): v for k, v in sorted(stats["status"].items())}, "errors_5xx": errors_5xx,
         "incomplete_streams": stats["incomplete"], "client_errors": len(stats["errors"]),
         "engine_tokens_per_sec": ref["tokens"] / ref["elapsed"],
+        "server_cores": server_cpu / stats["elapsed"], "client_cores": client_cpu / stats["elapsed"],
     }
     figures["http_vs_engine"] = figures["tokens_per_sec"] / figures["engine_tokens_per_sec"]
     print(f"{args.clients} streaming clients for {figures['seconds']} s against {args.checkpoint} "
@@ -165,6 +175,8 @@ def main() -> int:
           f"time to first token p50 {figures['ttft_p50_ms']:.0f} ms, p99 {figures['ttft_p99_ms']:.0f} ms")
     print(f"  statuses {figures['status']}, 5xx {errors_5xx}, incomplete streams {stats['incomplete']}, "
           f"client errors {len(stats['errors'])}")
+    print(f"  CPU: server {figures['server_cores']:.2f} cores, load-generating clients {figures['client_cores']:.2f} "
+          "cores (of 2)")
     print(f"  engine alone (same load, no HTTP): {figures['engine_tokens_per_sec']:.0f} tokens/s -> HTTP serves "
           f"{figures['http_vs_engine']:.2f}x of it")
     if args.json:
