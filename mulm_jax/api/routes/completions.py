@@ -47,11 +47,11 @@ class Generation:
 
 # ---- parsing -------------------------------------------------------------------------------------------
 
-def _sampling(body: Body, served: ServedModel, *, max_tokens: Optional[int], stop: tuple[str, ...],
+def _sampling(body: Body, served: ServedModel, *, max_tokens: int, stop: tuple[str, ...],
               logprobs: Optional[int]) -> SamplingParams:
-    context = served.engine.max_len
+    """The request's sampling settings; max_tokens is already checked against the context (see _fit)."""
     params = SamplingParams(
-        max_tokens=max_tokens if max_tokens is not None else 16,
+        max_tokens=max_tokens,
         temperature=body.number("temperature", 1.0, lo=0.0, hi=2.0),
         top_p=body.number("top_p", 1.0, lo=0.0, hi=1.0),
         top_k=body.integer("top_k", 0, lo=0, hi=served.loaded.config.model.vocab_size),
@@ -61,9 +61,6 @@ def _sampling(body: Body, served: ServedModel, *, max_tokens: Optional[int], sto
         frequency_penalty=body.number("frequency_penalty", 0.0, lo=-2.0, hi=2.0),
         seed=body.integer("seed", None, lo=0, hi=2**63 - 1 - MAX_PROMPTS),
         stop=stop, logprobs=logprobs)
-    if params.max_tokens > context:
-        raise ApiError(400, f"max_tokens={params.max_tokens} is more than the model's context of {context} tokens",
-                       param="max_tokens", code="context_length_exceeded")
     try:
         params.validate(served.engine.num_logprobs)
     except SamplingError as e:
