@@ -87,7 +87,8 @@ def nanogpt(seed: int, train: np.ndarray, val: np.ndarray) -> dict:
             logits, _ = model(torch.from_numpy(x[i:i + 256]), torch.from_numpy(y[i:i + 256]))
             total += float(F.cross_entropy(logits.view(-1, logits.size(-1)), torch.from_numpy(y[i:i + 256]).view(-1),
                                            reduction="sum"))
-    return {"seed": seed, "estimate_20_batches": estimate, "full_val": total / y.size, "ms_per_iter": seconds / STEPS * 1e3}
+    return {"seed": seed, "estimate_20_batches": estimate, "full_val": total / y.size,
+            "ms_per_iter": seconds / STEPS * 1e3}
 
 
 def main() -> int:
