@@ -78,13 +78,14 @@ class JobManager:
         """Records still `running` belong to a server process that died. A child that outlived it is stopped
         the way cancel stops one (SIGTERM: a trainer saves a checkpoint), so that a resume is the only writer."""
         for row in self._db.execute("SELECT * FROM jobs WHERE state = 'running'").fetchall():
-            if row["pid"] is not None and _runs(row["pid"], json.loads(row["command"])):
-                os.killpg(row["pid"], signal.SIGTERM)
+            pid, command = row["pid"], json.loads(row["command"])
+            if pid is not None and _runs(pid, command):
+                os.killpg(pid, signal.SIGTERM)
                 deadline = time.monotonic() + SHUTDOWN_WAIT_S
-                while _runs(row["pid"], json.loads(row["command"])) and time.monotonic() < deadline:
+                while _runs(pid, command) and time.monotonic() < deadline:
                     time.sleep(0.1)
-                if _runs(row["pid"], json.loads(row["command"])):
-                    os.killpg(row["pid"], signal.SIGKILL)
+                if _runs(pid, command):
+                    os.killpg(pid, signal.SIGKILL)
             self._db.execute("UPDATE jobs SET state = 'interrupted', finished = ? WHERE id = ?", (_now(), row["id"]))
 
     def start(self, kind: str, command: list[str], *, workdir: Optional[str], request: dict,

@@ -14,6 +14,12 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 
+async def until_disconnect(receive: Receive) -> None:
+    """Return once the client has gone (after the request body, ASGI's receive() waits for that)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def event(data: Any, name: Optional[str] = None) -> str:
     """One SSE event; `data` is sent as JSON unless it is already a string."""
     text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
@@ -32,12 +38,11 @@ class EventStream(Response):
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         try:
             async with anyio.create_task_group() as group:
-                async def until_disconnect() -> None:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
+                async def cancel_on_disconnect() -> None:
+                    await until_disconnect(receive)
                     group.cancel_scope.cancel()
 
-                group.start_soon(until_disconnect)
+                group.start_soon(cancel_on_disconnect)
                 try:
                     async for chunk in self.events:
                         await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})

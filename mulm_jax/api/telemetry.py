@@ -32,13 +32,9 @@ class Counter:
         self._values: dict[tuple[str, ...], float] = {}
         self._lock = threading.Lock()
 
-    def inc(self, *labels: str, by: float = 1.0) -> None:
+    def inc(self, *labels: str) -> None:
         with self._lock:
-            self._values[labels] = self._values.get(labels, 0.0) + by
-
-    def value(self, *labels: str) -> float:
-        with self._lock:
-            return self._values.get(labels, 0.0)
+            self._values[labels] = self._values.get(labels, 0.0) + 1.0
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
@@ -60,10 +56,6 @@ class Histogram:
             series = self._series.setdefault(labels, [0] * (len(self.buckets) + 1) + [0.0])
             series[bisect.bisect_left(self.buckets, value)] += 1
             series[-1] += value
-
-    def count(self, *labels: str) -> int:
-        with self._lock:
-            return sum(self._series.get(labels, [0, 0.0])[:-1])
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from mulm_jax.api.errors import ApiError, from_inference
 from mulm_jax.api.registry import ServedModel
 from mulm_jax.api.schemas import Body, read_json
-from mulm_jax.api.sse import EventStream, event
+from mulm_jax.api.sse import EventStream, event, until_disconnect
 from mulm_jax.infer import Completion, InferenceError, SamplingError, SamplingParams, TokenEvent, TokenLogprob
 from mulm_jax.infer import Request as EngineRequest
 
@@ -221,15 +221,15 @@ def _abandon(ctx, requests: Sequence[EngineRequest], client: str) -> None:
         ctx.limiter.charge_tokens(client, len(r.token_ids))
 
 
-def _check_not_cancelled(completion: Completion) -> None:
-    if completion.finish_reason == "cancelled":
-        raise ApiError(503, "the generation was cancelled because the server is stopping", type="server_error",
-                       code="cancelled")
+def _cancelled_by_server() -> ApiError:
+    return ApiError(503, "the generation was cancelled because the server is stopping", type="server_error",
+                    code="cancelled")
 
 
-async def _until_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+def _logprobs(gen: Generation, logprobs: Sequence[TokenLogprob], offset: int) -> dict:
+    """Log-probabilities in the route's format (chat or legacy completions); `offset`: of the first token's text."""
+    tokenizer = gen.served.loaded.tokenizer
+    return _chat_logprobs(tokenizer, logprobs) if gen.chat else _text_logprobs(tokenizer, logprobs, offset)
 
 
 async def _whole(ctx, gen: Generation, request: Request, client: str) -> Response:
@@ -241,7 +241,7 @@ async def _whole(ctx, gen: Generation, request: Request, client: str) -> Respons
         return r.completion
 
     results = asyncio.ensure_future(asyncio.gather(*(finished(r) for r in requests)))
-    gone = asyncio.ensure_future(_until_disconnect(request))
+    gone = asyncio.ensure_future(until_disconnect(request.receive))
     try:
         await asyncio.wait({results, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -254,12 +254,11 @@ async def _whole(ctx, gen: Generation, request: Request, client: str) -> Respons
     completions = results.result()
     for c in completions:
         _account(ctx, gen, client, c)
-        _check_not_cancelled(c)
-    tokenizer = gen.served.loaded.tokenizer
+        if c.finish_reason == "cancelled":
+            raise _cancelled_by_server()
     choices = []
     for index, c in enumerate(completions):
-        logprobs = None if c.logprobs is None else (
-            _chat_logprobs(tokenizer, c.logprobs) if gen.chat else _text_logprobs(tokenizer, c.logprobs, 0))
+        logprobs = None if c.logprobs is None else _logprobs(gen, c.logprobs, 0)
         choice = {"index": index, "logprobs": logprobs, "finish_reason": c.finish_reason}
         if gen.chat:
             choice["message"] = {"role": "assistant", "content": c.text}
@@ -278,7 +277,6 @@ def _usage(gen: Generation, completions: Sequence[Completion]) -> dict:
 
 def _streamed(ctx, gen: Generation, client: str) -> Response:
     requests = submit_all(ctx, gen, client)
-    tokenizer = gen.served.loaded.tokenizer
     chunk_object = "chat.completion.chunk" if gen.chat else "text_completion"
 
     def chunk(choices: list, **extra: Any) -> str:
@@ -287,10 +285,8 @@ def _streamed(ctx, gen: Generation, client: str) -> Response:
 
     def choice(index: int, text: Optional[str], logprob: Optional[TokenLogprob], finish: Optional[str],
                offset: int) -> dict:
-        out: dict = {"index": index, "finish_reason": finish, "logprobs": None}
-        if logprob is not None:
-            out["logprobs"] = (_chat_logprobs(tokenizer, [logprob]) if gen.chat
-                               else _text_logprobs(tokenizer, [logprob], offset))
+        out: dict = {"index": index, "finish_reason": finish,
+                     "logprobs": None if logprob is None else _logprobs(gen, [logprob], offset)}
         if gen.chat:
             out["delta"] = {} if text is None else {"content": text}
         else:
@@ -322,9 +318,7 @@ def _streamed(ctx, gen: Generation, client: str) -> Response:
                 completions.append(item)
                 _account(ctx, gen, client, item)
                 if item.finish_reason == "cancelled":
-                    yield event({"error": {"message": "the generation was cancelled because the server is "
-                                                      "stopping", "type": "server_error", "param": None,
-                                           "code": "cancelled"}})
+                    yield event(_cancelled_by_server().body())
                     return
                 yield chunk([choice(index, None if gen.chat else "", None, item.finish_reason, offsets[index])])
             if gen.include_usage:
