@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -73,3 +75,13 @@ def loaded(seed: int = 0, **overrides) -> LoadedModel:
                            seed=seed)["params"]
     return LoadedModel(model=model, params=params, tokenizer=CharTokenizer(list(ALPHABET)),
                        config=Config(model=cfg), step=0, run_dir=None)
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
+    """The first truthy value of `condition()`, polled until `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+    return value

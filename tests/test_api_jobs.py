@@ -9,12 +9,12 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import ROOT
+from conftest import ROOT, wait_for
 from mulm_jax.api.app import create_app
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.jobs import JobManager
@@ -28,16 +28,6 @@ TINY = {"model.vocab_size": 40, "model.d_model": 32, "model.num_layers": 1, "mod
         "model.d_ff": 64, "model.max_seq_len": 32, "train.seq_len": 32, "train.batch_size": 8,
         "train.steps": STEPS, "train.warmup_steps": 5, "train.eval_every": 200, "train.eval_batches": 2,
         "train.checkpoint_every": 100, "train.log_every": 10}
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
-    """The first truthy value of `condition()`, polled until `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def wait_finished(client: TestClient, url: str) -> dict:

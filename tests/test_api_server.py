@@ -8,14 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 KEY = "sk-e2e-0123456789"
 CORPUS = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -43,7 +42,7 @@ class Server:
              "--configs-dir", str(ROOT / "configs"), *extra],
             cwd=root, stdout=self.log, stderr=subprocess.STDOUT)
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-        wait_for(lambda: self._ready(), 90, "the server to be ready")
+        wait_for(self._ready, "the server to be ready", 90)
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:
@@ -66,19 +65,8 @@ class Server:
         self.log.close()
 
 
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def finished_job(server: Server, path: str) -> dict:
-    job = wait_for(lambda: (lambda j: j if j["state"] not in ("running",) else None)(server.http.get(path).json()),
-                   180, path)
+    job = wait_for(lambda: (j := server.http.get(path).json())["state"] != "running" and j, f"{path} to finish", 180)
     assert job["state"] == "succeeded", job
     return job
 
@@ -145,7 +133,7 @@ def test_a_client_that_leaves_frees_its_slots_at_once(served, stream):
         with pytest.raises(httpx.ReadTimeout):  # gives up waiting and closes the connection
             httpx.post(server.url + "/v1/completions", json=ask, timeout=0.3, headers=headers)
     wait_for(lambda: server.metric('mulm_active_slots{model="tiny"}') == 0
-             and server.metric('mulm_queue_depth{model="tiny"}') == 0, 5, "the slots to be freed")
+             and server.metric('mulm_queue_depth{model="tiny"}') == 0, "the slots to be freed", 5)
     assert server.metric('mulm_generated_tokens_total{model="tiny"}') - before < 3712 / 2
 
 
@@ -160,7 +148,7 @@ def test_a_job_running_when_the_server_dies_is_interrupted_and_resumes_from_its_
             "overrides": {**TINY, "train.steps": 100000, "train.checkpoint_every": 100000}})
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
-        wait_for(lambda: first.http.get(f"/v1/training/jobs/{job_id}").json()["step"], 120, "a first step")
+        wait_for(lambda: first.http.get(f"/v1/training/jobs/{job_id}").json()["step"], "a first step")
     finally:
         first.stop(signal.SIGKILL)  # the server dies; its trainer lives on
     second = Server(root)  # stops the orphan (which saves a checkpoint) before anything else
@@ -170,7 +158,7 @@ def test_a_job_running_when_the_server_dies_is_interrupted_and_resumes_from_its_
         saved = sorted(int(p.name) for p in (root / "runs" / "long" / "checkpoints").iterdir() if p.name.isdigit())
         assert saved and saved[-1] >= job["step"] - TINY["train.log_every"]
         assert second.http.post(f"/v1/training/jobs/{job_id}/resume").json()["state"] == "running"
-        wait_for(lambda: (second.http.get(f"/v1/training/jobs/{job_id}").json()["step"] or 0) > saved[-1], 120,
+        wait_for(lambda: (second.http.get(f"/v1/training/jobs/{job_id}").json()["step"] or 0) > saved[-1],
                  "a step past the checkpoint")
         assert "resumed from step" in (root / "state" / "logs" / f"{job_id}.log").read_text()
         assert second.http.post(f"/v1/training/jobs/{job_id}/cancel").status_code == 200
