@@ -207,3 +207,50 @@ def test_cached_attention_step_by_step_equals_full_causal_attention():
         y, cache = step(x[:, t:t + 1], pos[:, t:t + 1], cache)
         outs.append(y)
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("heads,kv_heads,window,alibi,T", [(4, 4, None, False, 1), (4, 2, None, True, 1),
+                                                           (4, 1, 40, False, 1), (2, 2, None, False, 3)],
+                         ids=["mha", "gqa-alibi", "mqa-window", "three-new"])
+def test_attention_over_a_long_cache_reads_only_the_chunks_a_query_may_see(heads, kv_heads, window, alibi, T):
+    # A 384-slot cache is three chunks; the queries sit at 200 and 180 (the second chunk), so the third chunk
+    # (and with a window of 40, the first) is never read: filled with NaN there, it must not reach the output.
+    from mulm_jax.nn.positional import alibi_bias, alibi_slopes
+
+    B, S, Dh = 2, 3 * attention_lib.CACHE_CHUNK, 8
+    q, k_new, v_new = random_qkv(B=B, T=T, S=T, H=heads, K=kv_heads, Dh=Dh, seed=1)
+    _, k_old, v_old = random_qkv(B=B, T=1, S=S, H=heads, K=kv_heads, Dh=Dh, seed=2)
+    q_pos_BxT = jnp.asarray([[200 + t for t in range(T)], [180 + t for t in range(T)]], jnp.int32)
+    k_pos_BxS, k_valid_BxS = cached_key_positions(q_pos_BxT, S)
+    mask = attention_mask(q_pos_BxT, k_pos_BxS, causal=True, window=window, k_valid_BxS=k_valid_BxS)
+    bias = alibi_bias(alibi_slopes(heads), q_pos_BxT, k_pos_BxS, causal=True) if alibi else None
+    clean = KVCache.of(k_old, v_old)
+    unseen_S = np.arange(S) >= 2 * attention_lib.CACHE_CHUNK
+    if window is not None:
+        unseen_S |= np.arange(S) < attention_lib.CACHE_CHUNK
+    poisoned = KVCache(jnp.where(unseen_S[:, None], jnp.nan, clean.k_BxKxSxDh),
+                       jnp.where(unseen_S[:, None], jnp.nan, clean.v_BxKxSxDh))
+    kv_new = (k_new.transpose(0, 2, 1, 3), v_new.transpose(0, 2, 1, 3))
+    full = jax.jit(lambda cache: attention_lib.dot_product_attention(q, *kv_new, mask, bias, cached=cache))
+    chunked = jax.jit(lambda cache: attention_lib.dot_product_attention(q, *kv_new, mask, bias, cached=cache,
+                                                                        with_weights=False))
+    expected, _ = full(clean)
+    out, weights = chunked(poisoned)
+    assert weights is None
+    chex.assert_tree_all_finite(out)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert np.isnan(full(poisoned)[0]).any()  # the whole-cache softmax does read those slots
+
+
+def test_attention_over_a_cache_nobody_may_see_yet_reads_none_of_it():
+    # A prefill's fresh cache: every slot is at or past the queries' first position.
+    q, k_new, v_new = random_qkv(B=1, T=4, S=4, seed=3)
+    q_pos_1xT = jnp.arange(4, dtype=jnp.int32)[None]
+    k_pos, k_valid = cached_key_positions(q_pos_1xT, 2 * attention_lib.CACHE_CHUNK)
+    mask = attention_mask(q_pos_1xT, k_pos, causal=True, k_valid_BxS=k_valid)
+    nan_cache = KVCache.zeros(1, 2 * attention_lib.CACHE_CHUNK, 4, 8)
+    nan_cache = KVCache(nan_cache.k_BxKxSxDh + jnp.nan, nan_cache.v_BxKxSxDh + jnp.nan)
+    out, _ = attention_lib.dot_product_attention(q, k_new.transpose(0, 2, 1, 3), v_new.transpose(0, 2, 1, 3), mask,
+                                                 cached=nan_cache, with_weights=False)
+    causal = np.tril(np.ones((4, 4), bool))[None]
+    np.testing.assert_allclose(out, naive_attention(q, k_new, v_new, causal), atol=1e-5)

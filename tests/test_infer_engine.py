@@ -65,6 +65,21 @@ def test_cached_greedy_decoding_equals_rerunning_the_whole_sequence(variant):
         np.testing.assert_allclose([lp.logprob for lp in result.logprobs], logprobs, atol=1e-4)
 
 
+def test_decoding_across_cache_chunks_equals_rerunning_the_whole_sequence():
+    # A 256-position context is two chunks of cached attention; one sequence crosses from the first into the
+    # second while the other stays in the first.
+    lm = loaded(num_layers=1, positional="rope", num_kv_heads=2, max_seq_len=256)
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(0, 32, 120).tolist(), rng.integers(0, 32, 20).tolist()]
+    with Engine(lm, slots=2) as engine:
+        requests = [engine.submit(p, SamplingParams(max_tokens=16, temperature=0.0, logprobs=0)) for p in prompts]
+        results = [r.result(timeout=120) for r in requests]
+    for prompt, result in zip(prompts, results):
+        tokens, logprobs = naive_greedy(lm, prompt, 16)
+        assert list(result.token_ids) == tokens
+        np.testing.assert_allclose([lp.logprob for lp in result.logprobs], logprobs, atol=1e-4)
+
+
 def test_a_sequence_that_fills_the_context_leaves_its_slot_clean_for_the_next():
     # Warm-up prefills a context-long prompt and decodes past it; a request then fills the context exactly while
     # the engine runs a step ahead. A learned position table gives NaN past its end: none may reach the slot,

@@ -143,7 +143,10 @@ class SlotSteps:
         """
         self.traces += 1
         variables = {"params": self.unpack_params(params)}
-        ids_Bx1, pos_Bx1 = state.tokens_B[:, None], jnp.minimum(state.pos_B, self.max_len - 1)[:, None]
+        # Inactive slots compute at position 0: they then read no cache (see nn.attention.cached_attention),
+        # and what they write to their slot 0 the next prefill into that slot overwrites.
+        pos_B = jnp.where(active_B, jnp.minimum(state.pos_B, self.max_len - 1), 0)
+        ids_Bx1, pos_Bx1 = state.tokens_B[:, None], pos_B[:, None]
         if self.encoder_decoder:
             logits_Bx1xV, caches, _ = self.model.apply(
                 variables, ids_Bx1, None, src_valid_BxS=state.src_valid_BxS, pos_BxT=pos_Bx1, caches=state.caches,
