@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mulm_jax.infer.layout import serving_layout
 from mulm_jax.infer.sampling import SamplingArrays, apply_penalties, choose_tokens, token_logprobs
 from mulm_jax.nn.attention import KVCache
 
@@ -55,7 +56,8 @@ class SlotSteps:
 
     Each step also picks the next tokens (SamplingArrays per slot) and, when asked, their log-probabilities
     and the `num_logprobs` most likely alternatives. `unpack_params` maps the params as stored (int8 weights,
-    say) to the params the model takes, inside the compiled steps. `traces` counts compilations (one per
+    say) to the params the model takes, inside the compiled steps; these may hold their dense kernels in the
+    serving layout (infer.layout), which the steps are traced under. `traces` counts compilations (one per
     prompt bucket for prefill, one for decode).
     """
 
@@ -65,8 +67,9 @@ class SlotSteps:
         self.slots, self.max_len, self.num_logprobs = slots, max_len, num_logprobs
         self.encoder_decoder = self.cfg.architecture == "encoder_decoder"
         self.traces = 0
-        self.prefill = jax.jit(self._prefill, donate_argnums=(1,), compiler_options=COMPILER_OPTIONS)
-        self.decode = jax.jit(self._decode, donate_argnums=(1,), compiler_options=COMPILER_OPTIONS)
+        compile_ = lambda step: jax.jit(serving_layout()(step), donate_argnums=(1,),  # noqa: E731
+                                        compiler_options=COMPILER_OPTIONS)
+        self.prefill, self.decode = compile_(self._prefill), compile_(self._decode)
 
     def init_state(self) -> SlotState:
         cfg, B = self.cfg, self.slots

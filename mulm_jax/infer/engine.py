@@ -22,6 +22,7 @@ import numpy as np
 
 from mulm_jax.infer.decoding import SlotSteps, host_output, prompt_buckets
 from mulm_jax.infer.loading import InferenceError, LoadedModel
+from mulm_jax.infer.layout import to_serving_layout
 from mulm_jax.infer.quantize import dequantize, quantize_params
 from mulm_jax.infer.sampling import SamplingArrays, SamplingParams
 
@@ -160,7 +161,8 @@ class Engine:
         self.max_len = min(max_len or cfg.max_seq_len, cfg.max_seq_len)
         if slots < 1 or max_queue < 0:
             raise InferenceError(f"slots={slots} and max_queue={max_queue}: expected slots >= 1 and max_queue >= 0")
-        self.params = jax.device_put(quantize_params(loaded.params) if int8 else loaded.params)
+        params = to_serving_layout(loaded.model, loaded.params)  # dense kernels [out, in]: see infer.layout
+        self.params = jax.device_put(quantize_params(params) if int8 else params)
         self.steps = SlotSteps(loaded.model, slots, self.max_len, num_logprobs,
                                unpack_params=dequantize if int8 else (lambda p: p))
         self.buckets = prompt_buckets(cfg.max_seq_len if self.steps.encoder_decoder else self.max_len)

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mulm_jax.infer.layout import KERNEL_T
+
 
 @flax.struct.dataclass
 class Int8Weight:
@@ -24,10 +26,11 @@ def _input_axes(path: tuple[str, ...], ndim: int) -> tuple[int, ...]:
     """The axes a weight is summed over when applied; the others index output channels.
 
     Dense kernels are [in, out]; attention's query/key/value kernels [D, heads, head_dim]; its output
-    kernel [heads, head_dim, D]; embedding tables [vocab, D] (one scale per token row, which is both the
-    looked-up vector and an output channel of the tied logits).
+    kernel [heads, head_dim, D]; kernels in the serving layout (infer.layout) [out, in]; embedding tables
+    [vocab, D] (one scale per token row, which is both the looked-up vector and an output channel of the
+    tied logits).
     """
-    if path[-1] == "embedding":
+    if path[-1] in ("embedding", KERNEL_T):
         return (1,)
     if len(path) >= 2 and path[-2] == "out" and ndim == 3:
         return (0, 1)
@@ -36,7 +39,7 @@ def _input_axes(path: tuple[str, ...], ndim: int) -> tuple[int, ...]:
 
 def _quantize(path: tuple[str, ...], w: Any) -> Any:
     w = np.asarray(w)
-    if w.ndim < 2 or path[-1] not in ("kernel", "embedding") or not np.issubdtype(w.dtype, np.floating):
+    if w.ndim < 2 or path[-1] not in ("kernel", KERNEL_T, "embedding") or not np.issubdtype(w.dtype, np.floating):
         return w
     absmax = np.max(np.abs(w), axis=_input_axes(path, w.ndim), keepdims=True).astype(np.float32)
     scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
