@@ -177,7 +177,11 @@ def cached_attention(
     def scores(k_BxKxNxDh, start, n):
         """Masked, biased logits [B, H, T, n] of the queries against n keys starting at slot `start`."""
         n_keys = k_BxKxNxDh.shape[2]
-        logits = jnp.matmul(q_BKxGTxDh, k_BxKxNxDh.reshape(B * K, n_keys, Dh).swapaxes(1, 2))
+        k_BKxNxDh = k_BxKxNxDh.reshape(B * K, n_keys, Dh)
+        if n_keys == 1:  # a decode step's own key: a multiply-and-sum, not B * K one-element matmuls
+            logits = jnp.sum(q_BKxGTxDh * k_BKxNxDh, axis=-1, keepdims=True)
+        else:
+            logits = jnp.matmul(q_BKxGTxDh, k_BKxNxDh.swapaxes(1, 2))
         logits_BxHxTxN = logits.reshape(B, H, T, n).astype(jnp.float32)
         if bias is not None:
             logits_BxHxTxN = logits_BxHxTxN + lax.dynamic_slice_in_dim(bias, start, n, axis=3)
@@ -193,8 +197,9 @@ def cached_attention(
         weights_BxHxTxN = jnp.exp(logits_BxHxTxN - new_max[..., None])
         rescale = jnp.exp(max_BxHxT - new_max)
         n = v_BxKxNxDh.shape[2]
-        values = jnp.matmul(weights_BxHxTxN.astype(v_BxKxNxDh.dtype).reshape(B * K, G * T, n),
-                            v_BxKxNxDh.reshape(B * K, n, Dh))
+        weights_BKxGTxN = weights_BxHxTxN.astype(v_BxKxNxDh.dtype).reshape(B * K, G * T, n)
+        v_BKxNxDh = v_BxKxNxDh.reshape(B * K, n, Dh)
+        values = weights_BKxGTxN * v_BKxNxDh if n == 1 else jnp.matmul(weights_BKxGTxN, v_BKxNxDh)
         return (new_max, norm_BxHxT * rescale + weights_BxHxTxN.sum(-1),
                 out_BKxGTxDh * rescale.reshape(B * K, G * T, 1) + values.astype(jnp.float32))
 
