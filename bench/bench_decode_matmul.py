@@ -1,12 +1,12 @@
-"""Why decode at batch 8 scales poorly on XLA:CPU: the weight layout of the projection matmuls.
+"""Why the engine serves with dense kernels held [out, in] (mulm_jax.infer.layout): feed-forward stacks at 1 and 8 rows.
 
     .venv/bin/python -m bench.bench_decode_matmul
 
-Times a stack of feed-forward-sized projections (the 6x384 character model's and GPT-2 small's) at batch 1 and 8,
-with the weights stored [in, out] as the model holds them (x @ W) and stored [out, in] as PyTorch's nn.Linear
-holds them (W^T @ x^T). Prints the medians and the ratio. On the 2-core dev machine, batch 8 took 43.2 ms as
-x @ W and 16.9 ms as W^T @ x^T for GPT-2's 24 projections (batch 1: 14.5 and 13.1 ms): XLA:CPU's matmul for a
-few rows against a row-major [in, out] weight copies (packs) the weight as it goes.
+Times a stack of feed-forward layers (x + gelu(x @ W1) @ W2, as many as the model has) for the 6x384 character
+model and GPT-2 small, at batch 1 and 8, three ways: Flax's [in, out] kernels (x @ W); kernels held [out, in]
+and contracted on their last axis (x @ W^T); and the serving layout's product (infer.layout.times_transposed:
+for a few rows, (W @ x^T)^T behind an optimization barrier). Prints the medians and the ratio of the first to
+the last.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ import time
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+from mulm_jax.infer.layout import times_transposed
+from mulm_jax.train.xla_cpu import configure_cpu
 
 
 def median_ms(fn, *args, repeats: int = 31) -> float:
@@ -28,18 +32,35 @@ def median_ms(fn, *args, repeats: int = 31) -> float:
     return statistics.median(times) * 1e3
 
 
+def stack(product):
+    """x through the feed-forward layers, each product made by `product(x, w)`."""
+
+    def run(x, ups, downs):
+        for up, down in zip(ups, downs):
+            x = x + product(jax.nn.gelu(product(x, up)), down)
+        return x
+
+    return jax.jit(run)
+
+
 def main() -> None:
+    configure_cpu()
     key = jax.random.key(0)
-    in_out = jax.jit(lambda x, ws: sum((x @ w).sum() for w in ws))
-    out_in = jax.jit(lambda x, ws: sum(jnp.matmul(w, x.T).sum() for w in ws))
-    for name, d, f, count in (("6x384 char model", 384, 1536, 12), ("GPT-2 small", 768, 3072, 24)):
-        weights = [jax.random.normal(jax.random.fold_in(key, i), (d, f)) * 0.02 for i in range(count)]
-        transposed = [w.T.copy() for w in weights]
+    ways = {
+        "x @ W[in,out]": (stack(lambda x, w: x @ w), False),
+        "x @ W[out,in]^T": (stack(lambda x, w: lax.dot_general(x, w, (((1,), (1,)), ((), ())))), True),
+        "serving layout": (stack(times_transposed), True),
+    }
+    for name, d, f, layers in (("6x384 char model", 384, 1536, 6), ("GPT-2 small", 768, 3072, 12)):
+        ups = [jax.random.normal(jax.random.fold_in(key, i), (d, f)) * 0.02 for i in range(layers)]
+        downs = [jax.random.normal(jax.random.fold_in(key, 100 + i), (f, d)) * 0.02 for i in range(layers)]
+        held = {False: (ups, downs), True: ([w.T.copy() for w in ups], [w.T.copy() for w in downs])}
         for batch in (1, 8):
-            x = jnp.ones((batch, d))
-            a, b = median_ms(in_out, x, weights), median_ms(out_in, x, transposed)
-            print(f"{name}: {count} projections {d}x{f}, batch {batch}: x @ W[in,out] {a:6.2f} ms, "
-                  f"W[out,in] @ x^T {b:6.2f} ms ({a / b:.2f}x)")
+            x = jnp.full((batch, d), 0.1)
+            times = {way: median_ms(fn, x, *held[out_in]) for way, (fn, out_in) in ways.items()}
+            first, last = times["x @ W[in,out]"], times["serving layout"]
+            print(f"{name}: {layers} feed-forward layers {d}x{f}, batch {batch}: "
+                  + ", ".join(f"{way} {ms:6.2f} ms" for way, ms in times.items()) + f" ({first / last:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """The serving layout of dense weights: each kernel held as one [out, in] matrix, as PyTorch's nn.Linear holds it.
 
 Training keeps Flax's [in..., out...] kernels. For decoding a few rows at a time XLA:CPU is much faster with the
-weight stored [out, in] and contracted on its last axis (x @ W^T, rows of W read contiguously): on the dev
-machine GPT-2 small's feed-forward stack at 8 rows took 27 ms that way against 49 ms as x @ W[in, out]
+weight stored [out, in] and made the left operand of the product (times_transposed): GPT-2 small's feed-forward
+stack at 8 rows took 15-20 ms that way against 39-47 ms as x @ W[in, out] on the 2-core dev machine
 (bench/bench_decode_matmul.py). `to_serving_layout` rewrites the params once, at load time, replacing each dense
 layer's `kernel` by `kernel_t`; inside the compiled steps, under `serving_layout()`, every nn.Dense /
-nn.DenseGeneral that finds a `kernel_t` makes that product instead of its own. Modules without one (the params
-as trained) run as usual, so the same model code serves both.
+nn.DenseGeneral that finds a `kernel_t` makes that product instead of its own, and so does the tied output
+layer (nn.Embed.attend). Modules without one (the params as trained) run as usual, so the same model code
+serves both.
 """
 
 from __future__ import annotations
@@ -43,18 +44,18 @@ def _features(module: nn.Module) -> tuple[int, ...]:
     return module.features if isinstance(module.features, tuple) else (module.features,)
 
 
-FEW_ROWS = 32  # up to this many input rows, products are made weight-first (see _times_transposed)
+FEW_ROWS = 32  # up to this many input rows, products are made weight-first (see times_transposed)
 
 
-def _times_transposed(x_NxI: jax.Array, w_OxI: jax.Array, precision: Any = None) -> jax.Array:
+def times_transposed(x_NxI: jax.Array, w_OxI: jax.Array, precision: Any = None) -> jax.Array:
     """x @ w^T, [N, O], for w held [out, in].
 
-    For a few rows it is made as (w @ x^T)^T, the weight as the left operand, with an optimization barrier
-    that keeps XLA from folding the transpose back into the product (it would then make x @ w^T, as for many
-    rows): on the dev machine a GPT-2-sized feed-forward stack at 8 rows took 13 ms that way, 23 ms as x @ w^T
-    and 34 ms as x @ W[in, out]; at 1 row all three take about the same.
+    For a few rows (2 to FEW_ROWS) it is made as (w @ x^T)^T, the weight as the left operand, with an
+    optimization barrier that keeps XLA from folding the transpose back into the product (it would then make
+    x @ w^T): bench/bench_decode_matmul.py, GPT-2 small at 8 rows, 15-17 ms that way against 30-33 ms as
+    x @ w^T. One row, and many, are made as x @ w^T.
     """
-    if x_NxI.shape[0] <= FEW_ROWS:
+    if 1 < x_NxI.shape[0] <= FEW_ROWS:
         y_OxN = lax.dot_general(w_OxI, x_NxI, (((1,), (1,)), ((), ())), precision=precision)
         return lax.optimization_barrier(y_OxN).T
     return lax.dot_general(x_NxI, w_OxI, (((1,), (1,)), ((), ())), precision=precision)
@@ -69,7 +70,7 @@ def _product(next_fun, args, kwargs, context):
         table_VxD = module.get_variable("params", "embedding")
         dtype = module.dtype or jnp.result_type(query, table_VxD)
         lead = query.shape[:-1]
-        logits = _times_transposed(query.reshape(-1, query.shape[-1]).astype(dtype), table_VxD.astype(dtype))
+        logits = times_transposed(query.reshape(-1, query.shape[-1]).astype(dtype), table_VxD.astype(dtype))
         return logits.reshape(*lead, table_VxD.shape[0])
     if (context.method_name != "__call__" or not isinstance(module, (nn.Dense, nn.DenseGeneral))
             or not module.has_variable("params", KERNEL_T)):
@@ -83,7 +84,7 @@ def _product(next_fun, args, kwargs, context):
     dtype = module.dtype or jnp.result_type(x, kernel_OxI)
     lead = x.shape[:x.ndim - in_ndim]
     x_NxI = x.reshape(math.prod(lead), -1).astype(dtype)
-    y_NxO = _times_transposed(x_NxI, kernel_OxI.astype(dtype), module.precision)
+    y_NxO = times_transposed(x_NxI, kernel_OxI.astype(dtype), module.precision)
     if module.use_bias:
         y_NxO = y_NxO + module.get_variable("params", "bias").reshape(-1).astype(dtype)
     return y_NxO.reshape(*lead, *_features(module))
