@@ -3,12 +3,17 @@ stops, seeds, cancellation, queue bound and compilations; int8 weights; loading 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import loaded
+from conftest import loaded, tiny_model
+from mulm_jax.config import Config, dump_config
 from mulm_jax.infer import Engine, InferenceError, LoadedModel, QueueFullError, SamplingParams
 from mulm_jax.infer.quantize import Int8Weight, dequantize, quantize_params, weight_bytes
 
@@ -218,3 +223,25 @@ def test_load_model_reads_a_run_folder(tmp_path):
     with pytest.raises(InferenceError, match="is not a run folder: expected config.yaml and checkpoints/"):
         from mulm_jax.infer import load_model
         load_model(tmp_path)
+
+
+def run_bench_decode(repo_root, tmp_path, *args):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(dump_config(Config(model=tiny_model(max_seq_len=32))))
+    return subprocess.run([sys.executable, "-m", "mulm_jax", "bench", "decode", "--config", str(config), *args],
+                          cwd=repo_root, capture_output=True, text=True, timeout=300)
+
+
+def test_bench_decode_prints_its_figures_as_json(repo_root, tmp_path):
+    done = run_bench_decode(repo_root, tmp_path, "--batch", "2", "--prompt-len", "4", "--new-tokens", "6",
+                            "--repeats", "1", "--max-len", "32", "--json")
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["batch"] == 2 and figures["tokens_per_sec"] > 0 and figures["ms_per_step"] > 0
+    assert figures["compilations"] == 3  # prefill buckets 16 and 32, and decode: none after warm-up
+
+
+def test_bench_decode_refuses_slots_too_short_for_the_request(repo_root, tmp_path):
+    done = run_bench_decode(repo_root, tmp_path, "--prompt-len", "16", "--new-tokens", "128")
+    assert done.returncode == 2
+    assert "--prompt-len 16 + --new-tokens 128 need 144 positions, but slots have 32" in done.stderr

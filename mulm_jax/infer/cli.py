@@ -38,6 +38,8 @@ def register(subparsers: Any) -> None:
     dec.add_argument("--prompt-len", type=int, default=16)
     dec.add_argument("--new-tokens", type=int, default=128)
     dec.add_argument("--repeats", type=int, default=5)
+    dec.add_argument("--max-len", type=int, help="positions per slot (default: prompt + new tokens; a server "
+                                                  "keeps the model's whole context)")
     dec.add_argument("--int8", action="store_true")
     dec.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     dec.set_defaults(func=run_bench_decode)
@@ -118,7 +120,14 @@ def run_bench_decode(args: argparse.Namespace) -> int:
 
     loaded = load_model(args.checkpoint) if args.checkpoint else random_model(config_from_args(args))
     cfg = loaded.config.model
-    engine = Engine(loaded, slots=args.batch, max_len=min(cfg.max_seq_len, args.prompt_len + args.new_tokens),
+    needed = args.prompt_len + args.new_tokens
+    max_len = min(cfg.max_seq_len, args.max_len or needed)
+    if max_len < needed:
+        print(f"error: --prompt-len {args.prompt_len} + --new-tokens {args.new_tokens} need {needed} positions, "
+              f"but slots have {max_len} (the model's context is {cfg.max_seq_len}, --max-len {args.max_len})",
+              file=sys.stderr)
+        return 2
+    engine = Engine(loaded, slots=args.batch, max_len=max_len,
                     max_queue=args.batch, int8=args.int8)
     start = time.perf_counter()
     engine.warmup()
