@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mulm_jax.train.xla_cpu import configure_cpu
 
-    configure_cpu()  # before JAX starts: it reads XLA_FLAGS once
+    configure_cpu()
     from mulm_jax.train import distributed
 
     try:

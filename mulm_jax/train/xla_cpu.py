@@ -1,17 +1,13 @@
-"""Process settings that make XLA:CPU training fast on small machines: call `configure_cpu()` before JAX starts."""
+"""Process settings that make XLA:CPU fast on small machines: call `configure_cpu()` before the first computation."""
 
 from __future__ import annotations
 
 import ctypes
-import os
-import sys
 
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
-
-XLA_CPU_FLAGS: tuple[str, ...] = ()
 
 
 def keep_freed_memory() -> bool:
@@ -30,16 +26,5 @@ def keep_freed_memory() -> bool:
 
 
 def configure_cpu() -> None:
-    """Apply keep_freed_memory() and add XLA_CPU_FLAGS to XLA_FLAGS (a flag already there is left as it is).
-
-    XLA reads XLA_FLAGS when its CPU backend starts, so call this before the first JAX computation; raises
-    RuntimeError if a backend is already running.
-    """
-    bridge = sys.modules.get("jax._src.xla_bridge")
-    if bridge is not None and bridge.backends_are_initialized():
-        raise RuntimeError("configure_cpu() must run before JAX's first computation: XLA_FLAGS are read at start-up")
+    """The process settings for XLA:CPU: keep_freed_memory(). Call it early, before the first computations."""
     keep_freed_memory()
-    flags = os.environ.get("XLA_FLAGS", "").split()
-    names = {flag.split("=", 1)[0] for flag in flags}
-    flags += [flag for flag in XLA_CPU_FLAGS if flag.split("=", 1)[0] not in names]
-    os.environ["XLA_FLAGS"] = " ".join(flags)
