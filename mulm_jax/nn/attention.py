@@ -121,11 +121,7 @@ def dot_product_attention(
     logits_BKxGTxS = jnp.concatenate(
         [jnp.matmul(q_BKxGTxDh, k.reshape(B * K, n, Dh).swapaxes(1, 2)) for (k, _), n in zip(chunks, lengths)],
         axis=-1)
-    logits_BxHxTxS = logits_BKxGTxS.reshape(B, H, T, S).astype(jnp.float32)
-    if bias is not None:
-        logits_BxHxTxS = logits_BxHxTxS + bias
-    if mask is not None:
-        logits_BxHxTxS = jnp.where(mask, logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+    logits_BxHxTxS = _biased_and_masked(logits_BKxGTxS.reshape(B, H, T, S).astype(jnp.float32), bias, mask)
     probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
     used_BxHxTxS = probs_BxHxTxS
     if dropout_rate > 0.0 and dropout_rng is not None:
@@ -139,6 +135,16 @@ def dot_product_attention(
 
 
 CACHE_CHUNK = 128  # cache positions per step of cached_attention's loop
+
+
+def _biased_and_masked(logits: jax.Array, bias: Optional[jax.Array], mask: Optional[jax.Array]) -> jax.Array:
+    """Float32 logits plus the bias, masked-out keys set to float32's lowest value (not -inf: a row that sees no
+    key then stays finite)."""
+    if bias is not None:
+        logits = logits + bias
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    return logits
 
 
 def _grouped_queries(q_BxTxHxDh: jax.Array, K: int) -> jax.Array:
@@ -174,21 +180,16 @@ def cached_attention(
     full = lambda x: None if x is None else jnp.broadcast_to(x, (B, x.shape[1], T, S + T))  # noqa: E731
     mask, bias = full(mask), full(bias)
 
-    def scores(k_BxKxNxDh, start, n):
-        """Masked, biased logits [B, H, T, n] of the queries against n keys starting at slot `start`."""
-        n_keys = k_BxKxNxDh.shape[2]
-        k_BKxNxDh = k_BxKxNxDh.reshape(B * K, n_keys, Dh)
-        if n_keys == 1:  # a decode step's own key: a multiply-and-sum, not B * K one-element matmuls
+    def scores(k_BxKxNxDh, start):
+        """Masked, biased logits [B, H, T, N] of the queries against the N keys starting at slot `start`."""
+        n = k_BxKxNxDh.shape[2]
+        k_BKxNxDh = k_BxKxNxDh.reshape(B * K, n, Dh)
+        if n == 1:  # a decode step's own key: a multiply-and-sum, not B * K one-element matmuls
             logits = jnp.sum(q_BKxGTxDh * k_BKxNxDh, axis=-1, keepdims=True)
         else:
             logits = jnp.matmul(q_BKxGTxDh, k_BKxNxDh.swapaxes(1, 2))
-        logits_BxHxTxN = logits.reshape(B, H, T, n).astype(jnp.float32)
-        if bias is not None:
-            logits_BxHxTxN = logits_BxHxTxN + lax.dynamic_slice_in_dim(bias, start, n, axis=3)
-        if mask is not None:
-            logits_BxHxTxN = jnp.where(lax.dynamic_slice_in_dim(mask, start, n, axis=3), logits_BxHxTxN,
-                                       jnp.finfo(jnp.float32).min)
-        return logits_BxHxTxN
+        window = lambda x: None if x is None else lax.dynamic_slice_in_dim(x, start, n, axis=3)  # noqa: E731
+        return _biased_and_masked(logits.reshape(B, H, T, n).astype(jnp.float32), window(bias), window(mask))
 
     def accumulate(carry, logits_BxHxTxN, v_BxKxNxDh):
         """Online softmax: fold n more keys into the running max, normalizer and weighted sum of values."""
@@ -213,12 +214,12 @@ def cached_attention(
         start = i * chunk
         k_chunk = lax.dynamic_slice_in_dim(cached.k_BxKxSxDh, start, chunk, axis=2).astype(q_BxTxHxDh.dtype)
         v_chunk = lax.dynamic_slice_in_dim(cached.v_BxKxSxDh, start, chunk, axis=2).astype(q_BxTxHxDh.dtype)
-        return accumulate(carry, scores(k_chunk, start, chunk), v_chunk)
+        return accumulate(carry, scores(k_chunk, start), v_chunk)
 
     neg = jnp.full((B, H, T), -jnp.inf, jnp.float32)
     carry = (neg, jnp.zeros((B, H, T), jnp.float32), jnp.zeros((B * K, G * T, Dh), jnp.float32))
     carry = lax.fori_loop(first // chunk, (last + chunk - 1) // chunk, chunk_step, carry)
-    carry = accumulate(carry, scores(k_BxKxTxDh, S, T), v_BxKxTxDh)
+    carry = accumulate(carry, scores(k_BxKxTxDh, S), v_BxKxTxDh)
     _, norm_BxHxT, out_BKxGTxDh = carry
     out_BKxGTxDh = out_BKxGTxDh / norm_BxHxT.reshape(B * K, G * T, 1)
     return out_BKxGTxDh.astype(q_BxTxHxDh.dtype).reshape(B, H, T, Dh).transpose(0, 2, 1, 3)
