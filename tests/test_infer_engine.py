@@ -43,6 +43,17 @@ def naive_greedy(lm: LoadedModel, prompt: list[int], n: int) -> tuple[list[int],
     return seq[start:], logprobs
 
 
+def assert_greedy_decoding_equals_rerunning(lm: LoadedModel, prompts: list[list[int]], n: int) -> None:
+    """The prompts decoded together in an engine (one slot each) give naive_greedy's tokens and logprobs."""
+    with Engine(lm, slots=len(prompts)) as engine:
+        requests = [engine.submit(p, SamplingParams(max_tokens=n, temperature=0.0, logprobs=0)) for p in prompts]
+        results = [r.result(timeout=120) for r in requests]
+    for prompt, result in zip(prompts, results):
+        tokens, logprobs = naive_greedy(lm, prompt, n)
+        assert list(result.token_ids) == tokens
+        np.testing.assert_allclose([lp.logprob for lp in result.logprobs], logprobs, atol=1e-4)
+
+
 VARIANTS = {
     "learned": dict(positional="learned"),
     "sinusoidal": dict(positional="sinusoidal"),
@@ -61,13 +72,7 @@ VARIANTS = {
 def test_cached_greedy_decoding_equals_rerunning_the_whole_sequence(variant):
     lm = loaded(num_layers=2, **VARIANTS[variant])
     prompts = [[1, 2, 3, 4, 5], [7, 3, 9]]
-    with Engine(lm, slots=2) as engine:
-        requests = [engine.submit(p, SamplingParams(max_tokens=8, temperature=0.0, logprobs=0)) for p in prompts]
-        results = [r.result(timeout=120) for r in requests]
-    for prompt, result in zip(prompts, results):
-        tokens, logprobs = naive_greedy(lm, prompt, 8)
-        assert list(result.token_ids) == tokens
-        np.testing.assert_allclose([lp.logprob for lp in result.logprobs], logprobs, atol=1e-4)
+    assert_greedy_decoding_equals_rerunning(lm, prompts, 8)
 
 
 def test_decoding_across_cache_chunks_equals_rerunning_the_whole_sequence():
@@ -76,13 +81,7 @@ def test_decoding_across_cache_chunks_equals_rerunning_the_whole_sequence():
     lm = loaded(num_layers=1, positional="rope", num_kv_heads=2, max_seq_len=256)
     rng = np.random.default_rng(5)
     prompts = [rng.integers(0, 32, 120).tolist(), rng.integers(0, 32, 20).tolist()]
-    with Engine(lm, slots=2) as engine:
-        requests = [engine.submit(p, SamplingParams(max_tokens=16, temperature=0.0, logprobs=0)) for p in prompts]
-        results = [r.result(timeout=120) for r in requests]
-    for prompt, result in zip(prompts, results):
-        tokens, logprobs = naive_greedy(lm, prompt, 16)
-        assert list(result.token_ids) == tokens
-        np.testing.assert_allclose([lp.logprob for lp in result.logprobs], logprobs, atol=1e-4)
+    assert_greedy_decoding_equals_rerunning(lm, prompts, 16)
 
 
 def test_a_sequence_that_fills_the_context_leaves_its_slot_clean_for_the_next():
