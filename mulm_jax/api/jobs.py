@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -250,10 +251,8 @@ def _runs(pid: int, command: list[str]) -> bool:
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # it has exited already
         os.killpg(process.pid, signum)  # start_new_session: the child leads its own group
-    except ProcessLookupError:
-        pass  # it has exited already
 
 
 def _log_lines(path: Path, max_bytes: int = 16384) -> list[str]:
