@@ -114,6 +114,35 @@ def test_dataset_paths_outside_the_data_roots_are_refused(client, settings):
     assert client.get("/v1/datasets/jobs").json()["data"] == jobs_before
 
 
+@pytest.mark.parametrize("source", ["sub", "sub/*.txt", "sub/**/*.txt", "linked_dir"])
+def test_sources_whose_files_link_outside_the_data_roots_are_refused(client, settings, source):
+    """A folder or glob inside a data root reads its files by name: a link placed there must not reach out."""
+    root = Path(settings.data_roots[0])
+    outside = root.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "secret.txt").write_text("not for the API\n")
+    (root / "sub").mkdir(exist_ok=True)
+    (root / "sub" / "fine.txt").write_text("a file that is inside\n")
+    for link, target in ((root / "sub" / "x.txt", outside / "secret.txt"), (root / "linked_dir", outside)):
+        if not link.is_symlink():
+            link.symlink_to(target)
+    jobs_before = client.get("/v1/datasets/jobs").json()["data"]
+    response = client.post("/v1/datasets", json={"source": source, "tokenizer": "char"})
+    assert response.status_code == 403, response.text
+    reason = "linked_dir" if source == "linked_dir" else "secret.txt"
+    assert error_of(response)["param"] == "source" and reason in error_of(response)["message"]
+    response = client.post("/v1/training/jobs", json={"config": "shakespeare_char",
+                                                      "overrides": {"data.sources": [source]}})
+    assert response.status_code == 403 and error_of(response)["param"] == "data.sources"
+    assert client.get("/v1/datasets/jobs").json()["data"] == jobs_before
+
+
+def test_sources_that_name_no_files_are_a_400_before_any_job(client):
+    response = client.post("/v1/datasets", json={"source": "no_such_folder/*.txt"})
+    assert response.status_code == 400 and "matches no files" in error_of(response)["message"]
+    assert error_of(response)["param"] == "source"
+
+
 @pytest.mark.parametrize("field, value", [("vocab_size", "many"), ("fold_whitespace", "yes"),
                                           ("source", 3), ("dedup", "fuzzy"), ("val_fraction", [0.1])])
 def test_dataset_field_of_a_wrong_type_is_a_400_naming_it(client, field, value):

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Iterable
 
 from mulm_jax.api.errors import ApiError
+from mulm_jax.data.errors import DataError
+from mulm_jax.data.sources import NAMED_SOURCES, local_paths
 
 
 def confine(path: str, roots: Iterable[str | Path], *, param: str) -> Path:
@@ -21,8 +23,34 @@ def confine(path: str, roots: Iterable[str | Path], *, param: str) -> Path:
                        code="path_not_allowed")
     given = Path(path).expanduser()
     resolved = (given if given.is_absolute() else roots[0] / given).resolve()
-    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
-        raise ApiError(403, f"{param}={path!r} is outside the folders this server may use "
-                            f"({', '.join(str(r) for r in roots)})", type="permission_error", param=param,
-                       code="path_not_allowed")
+    if not _inside(resolved, roots):
+        raise _outside(f"{param}={path!r} is outside", roots, param)
     return resolved
+
+
+def confine_source(source: str, roots: Iterable[str | Path], *, param: str) -> str:
+    """A data source for a request: a named source as it is; a file, folder or glob confined to `roots`, and so is
+    the real path of every file it reads (a link inside a root that points out of them is refused with 403)."""
+    if source in NAMED_SOURCES:
+        return source
+    roots = [Path(r).resolve() for r in roots]
+    spec = str(confine(source, roots, param=param))
+    try:
+        files = local_paths(spec)
+    except DataError as e:
+        raise ApiError(400, f"{param}: {e}", param=param, code="invalid_value") from None
+    for file in files:
+        real = file.resolve()
+        if not _inside(real, roots):
+            raise _outside(f"{param}={source!r} reads {str(file)!r}, a link to {str(real)!r}, which is outside",
+                           roots, param)
+    return spec
+
+
+def _inside(resolved: Path, roots: list[Path]) -> bool:
+    return any(resolved == root or resolved.is_relative_to(root) for root in roots)
+
+
+def _outside(what: str, roots: list[Path], param: str) -> ApiError:
+    return ApiError(403, f"{what} the folders this server may use ({', '.join(str(r) for r in roots)})",
+                    type="permission_error", param=param, code="path_not_allowed")

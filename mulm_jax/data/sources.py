@@ -113,11 +113,12 @@ def resolve_source(spec: str, split_documents: str | None = None) -> Source:
         named = NAMED_SOURCES[spec]
         files = tuple(SourceFile(fetch(spec, f), f.sha256, f.held_out) for f in named.files)
         return Source(spec, True, files, split_documents or named.split_documents)
-    paths = _local_paths(spec)
+    paths = local_paths(spec)
     return Source(spec, False, tuple(SourceFile(p, sha256_file(p)) for p in paths), split_documents or "none")
 
 
-def _local_paths(spec: str) -> list[Path]:
+def local_paths(spec: str) -> list[Path]:
+    """The files a file, folder or glob source reads, sorted (a folder's text files, hidden ones left out)."""
     pattern = os.path.expanduser(spec)
     if any(c in pattern for c in "*?["):
         paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())

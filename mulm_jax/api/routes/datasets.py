@@ -13,14 +13,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError
-from mulm_jax.api.paths import confine
+from mulm_jax.api.paths import confine, confine_source
 from mulm_jax.api.schemas import Body, read_json
 from mulm_jax.config import DataConfig, ServeConfig
 from mulm_jax.data.assemble import MANIFEST, TRAINED_TOKENIZERS, check_settings, list_versions, read_manifest
 from mulm_jax.data.errors import DataError
 from mulm_jax.data.clean import SPLIT_MODES
 from mulm_jax.data.dedup import DedupMode
-from mulm_jax.data.sources import NAMED_SOURCES, InvalidUtf8
+from mulm_jax.data.sources import InvalidUtf8
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # The request fields of POST /v1/datasets: the `data assemble` flags, with underscores.
@@ -52,8 +52,7 @@ def assemble_flags(body: Body, settings: ServeConfig) -> list[str]:
     sources = body.strings("source")
     if not sources:
         raise ApiError(400, "'source' must name at least one source", param="source", code="invalid_value")
-    sources = tuple(source if source in NAMED_SOURCES else str(confine(source, settings.data_roots, param="source"))
-                    for source in sources)
+    sources = tuple(confine_source(source, settings.data_roots, param="source") for source in sources)
     tokenizer = body.string("tokenizer", None)
     if tokenizer is not None and tokenizer not in TRAINED_TOKENIZERS:
         tokenizer = str(confine(tokenizer, settings.data_roots, param="tokenizer"))

@@ -16,13 +16,12 @@ from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.jobs import REPO_ROOT, new_job_id
-from mulm_jax.api.paths import confine
+from mulm_jax.api.paths import confine, confine_source
 from mulm_jax.api.routes.datasets import plain_name, version_folder
 from mulm_jax.api.schemas import Body, read_json
 from mulm_jax.api.sse import EventStream, event
 from mulm_jax.config import Config, ConfigError, DataConfig, ServeConfig, config_from_dict, dump_config, load_config
 from mulm_jax.data.assemble import MANIFEST, TRAINED_TOKENIZERS
-from mulm_jax.data.sources import NAMED_SOURCES
 
 TRAIN_FIELDS = ("config", "dataset", "overrides", "name")
 EVENTS_POLL_S = 0.25  # how often /events looks for new metrics rows
@@ -122,9 +121,7 @@ def confine_data(data: DataConfig, settings: ServeConfig, dataset: Optional[Path
         if not (dataset / MANIFEST).is_file():
             raise ApiError(404, f"data.dataset={data.dataset!r} is not an assembled data set version",
                            type="not_found_error", param="data.dataset", code="dataset_not_found")
-    sources = tuple(source if source in NAMED_SOURCES else str(confine(source, settings.data_roots,
-                                                                       param="data.sources"))
-                    for source in data.sources)
+    sources = tuple(confine_source(source, settings.data_roots, param="data.sources") for source in data.sources)
     tokenizer = data.tokenizer
     if tokenizer not in TRAINED_TOKENIZERS:
         tokenizer = str(confine(tokenizer, settings.data_roots, param="data.tokenizer"))
