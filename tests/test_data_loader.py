@@ -53,6 +53,16 @@ def test_batches_are_int32_windows_with_targets_shifted_by_one(positions, mode):
         np.testing.assert_array_equal(batch["targets"], starts + np.arange(1, 17))
 
 
+@pytest.mark.parametrize("mode", ["random_windows", "packed"])
+def test_one_example_per_batch_is_the_stream_in_order(positions, mode):
+    # grain once sized the endless stream batched by 1 as ceil(sys.maxsize / 1.0): an OverflowError.
+    ones = take(loader(positions, batch_size=1, mode=mode, seed=5), 6)
+    six = take(loader(positions, batch_size=6, mode=mode, seed=5), 1)[0]
+    chex.assert_shape([b["inputs"] for b in ones], (1, 16))
+    for key in ("inputs", "targets"):
+        np.testing.assert_array_equal(np.concatenate([b[key] for b in ones]), six[key])
+
+
 def test_random_windows_start_anywhere_from_zero_to_the_last_full_window():
     ds = window_starts(num_tokens=20, seq_len=8, seed=3, mode="random_windows")
     assert {int(ds[i]) for i in range(2000)} == set(range(20 - 8))  # nanoGPT: randint(len(data) - block_size)

@@ -15,6 +15,7 @@ from mulm_jax.data.errors import DataError
 
 Mode = Literal["random_windows", "packed"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
+_STREAM_LENGTH = 2**62  # examples of the global stream a loader reads: endless in practice
 
 
 def load_tokens(dataset_dir: str | Path, split: str) -> np.ndarray:
@@ -79,7 +80,9 @@ def make_loader(dataset_dir: str | Path, split: str, batch_size: int, seq_len: i
         shard_index, shard_count = shard.shard_index, shard.shard_count
     if not 0 <= shard_index < shard_count:
         raise DataError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
-    ds = window_starts(tokens.size, seq_len, seed, mode)[shard_index::shard_count]
+    # Cut the endless stream at 2**62 examples: grain sizes a batched dataset as ceil(len / batch_size) in floating
+    # point, which rounds a sys.maxsize-long stream at batch_size 1 up past the largest index (OverflowError).
+    ds = window_starts(tokens.size, seq_len, seed, mode)[shard_index:_STREAM_LENGTH:shard_count]
     ds = ds.batch(batch_size).map(_Windows(tokens, seq_len))
     read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch if num_threads else 0)
     return iter(ds.to_iter_dataset(read))
