@@ -36,6 +36,7 @@ CORE_ROUTES = (
     "mulm_jax.api.routes.datasets",
     "mulm_jax.api.routes.training",
     "mulm_jax.api.routes.docs",
+    "mulm_jax.api.routes.lab",
 )
 
 

@@ -1,4 +1,5 @@
-"""API keys: when any is configured, every route but the health probes needs `Authorization: Bearer KEY`.
+"""API keys: when any is configured, every route but the health probes and the web lab's static page needs
+`Authorization: Bearer KEY`.
 
 Keys are compared in constant time and never logged; a request is known by its key's fingerprint (the first
 12 hex digits of its SHA-256), or by its client address when the server has no keys.
@@ -15,7 +16,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mulm_jax.api.errors import error_response
 
-PUBLIC_PATHS = ("/healthz", "/readyz")
+PUBLIC_PATHS = ("/healthz", "/readyz")  # no key and no rate limit: the probes
+
+
+def needs_key(path: str) -> bool:
+    """All but the probes and the web lab's page and files (`/`, `/lab/...`): those hold no data, and the page
+    asks for a key when an API route it calls answers 401."""
+    return not (path in PUBLIC_PATHS or path == "/" or path.startswith("/lab/"))
 
 
 def read_keys_file(path: str | Path) -> tuple[str, ...]:
@@ -46,7 +53,7 @@ class AuthMiddleware:
             return
         state = scope.setdefault("state", {})
         client = scope.get("client")
-        if not self.keys or scope["path"] in PUBLIC_PATHS:
+        if not self.keys or not needs_key(scope["path"]):
             state["client_id"] = f"ip:{client[0]}" if client else "anonymous"
             await self.app(scope, receive, send)
             return

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import jax
+
 from mulm_jax.api.errors import ApiError
 from mulm_jax.config import ServeConfig
 from mulm_jax.infer import Engine, LoadedModel, load_model
@@ -32,7 +34,8 @@ class ServedModel:
         cfg = self.loaded.config.model
         return {"id": self.id, "object": "model", "created": self.created, "owned_by": "mulm_jax",
                 "run_dir": str(self.loaded.run_dir), "step": self.loaded.step, "context_length": cfg.max_seq_len,
-                "architecture": cfg.architecture, "vocab_size": cfg.vocab_size}
+                "architecture": cfg.architecture, "vocab_size": cfg.vocab_size,
+                "parameters": sum(int(leaf.size) for leaf in jax.tree.leaves(self.loaded.params))}
 
 
 def parse_checkpoint(spec: str) -> tuple[str, str]:

@@ -1,0 +1,90 @@
+// The lab's shell: views by URL hash, the model picker, the API key form and the error notice.
+
+import {apiKey, get, onUnauthorized} from "./api.js";
+import * as datasets from "./datasets.js";
+import * as inspect from "./inspect.js";
+import * as models from "./models.js";
+import * as playground from "./playground.js";
+import * as training from "./training.js";
+
+const VIEWS = {playground, inspect, datasets, training, models};
+const $ = (id) => document.getElementById(id);
+
+export const app = {
+  models: [],
+
+  model() {
+    return $("model").value;
+  },
+
+  async refreshModels(select) {
+    const previous = select || app.model();
+    app.models = (await get("/v1/models")).data;
+    $("model").replaceChildren(...app.models.map((m) => new Option(m.id, m.id)));
+    if (!app.models.length) $("model").append(new Option("(no model served)", ""));
+    if (app.models.some((m) => m.id === previous)) $("model").value = previous;
+    $("model").dispatchEvent(new Event("change"));
+    return app.models;
+  },
+
+  showError(error) {
+    const where = error.status ? `${error.status}${error.type ? " " + error.type : ""}: ` : "";
+    $("notice").textContent = where + error.message;
+    $("notice").hidden = false;
+  },
+
+  clearError() {
+    $("notice").hidden = true;
+  },
+
+  // Runs an action, showing its error (the server's message) instead of failing silently.
+  async run(action) {
+    app.clearError();
+    try {
+      return await action();
+    } catch (error) {
+      if (error.name === "AbortError") return undefined;
+      app.showError(error);
+      return undefined;
+    }
+  },
+
+  go(view) {
+    location.hash = `#${view}`;
+  },
+};
+
+function currentView() {
+  const name = location.hash.slice(1);
+  return name in VIEWS ? name : "playground";
+}
+
+function show() {
+  const name = currentView();
+  for (const view of Object.keys(VIEWS)) $(`view-${view}`).hidden = view !== name;
+  for (const link of document.querySelectorAll("#tabs a")) {
+    if (link.hash === `#${name}`) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  app.run(() => VIEWS[name].show());
+}
+
+function askForKey(message) {
+  $("key-message").textContent = message;
+  $("key-form").hidden = false;
+  $("key-input").value = apiKey.get();
+  $("key-input").focus();
+}
+
+onUnauthorized((error) => askForKey(`${error.message}. Enter a key this server accepts.`));
+$("key-button").addEventListener("click", () => askForKey("The API key sent with every request:"));
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  apiKey.set($("key-input").value.trim());
+  $("key-form").hidden = true;
+  app.run(() => app.refreshModels()).then(show);
+});
+
+for (const view of Object.values(VIEWS)) view.init(app);
+window.addEventListener("hashchange", show);
+app.run(() => app.refreshModels()).then(show);

@@ -1,0 +1,182 @@
+// Drawing on canvas: colour scales, heatmaps with token labels, line charts; and token text made visible.
+
+const BLUES = [[247, 251, 255], [107, 174, 214], [8, 48, 107]];
+
+// A colour for value in [0, 1] on a white-to-dark-blue scale.
+export function blue(value) {
+  const v = Math.min(1, Math.max(0, value)) * (BLUES.length - 1);
+  const i = Math.min(BLUES.length - 2, Math.floor(v));
+  const f = v - i;
+  const rgb = BLUES[i].map((c, k) => Math.round(c + (BLUES[i + 1][k] - c) * f));
+  return `rgb(${rgb.join(",")})`;
+}
+
+// Background for a token shaded by how unexpected it was: 0 -> none, 1 -> strong orange.
+export function surprise(value) {
+  return `rgba(255, 122, 0, ${(0.75 * Math.min(1, Math.max(0, value))).toFixed(3)})`;
+}
+
+// A token's text with its whitespace shown: "␣" for a space, "↵" for a newline, "⇥" for a tab.
+export function visible(text) {
+  return text.replaceAll(" ", "␣").replaceAll("\n", "↵").replaceAll("\t", "⇥") || "∅";
+}
+
+function prepare(canvas, width, height) {
+  const scale = window.devicePixelRatio || 1;
+  canvas.width = Math.round(width * scale);
+  canvas.height = Math.round(height * scale);
+  canvas.style.width = `${width}px`;
+  canvas.style.height = `${height}px`;
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(scale, 0, 0, scale, 0, 0);
+  ctx.font = "11px system-ui, sans-serif";
+  return ctx;
+}
+
+function clip(ctx, text, width) {
+  let shown = text;
+  while (shown.length > 1 && ctx.measureText(shown).width > width) shown = shown.slice(0, -1);
+  return shown;
+}
+
+// Draws matrix_RxC (values in [0, 1]) as cells of `cell` px with row labels at the left and column labels on top
+// (when `labels`), and a colour bar; returns the geometry for hit-testing with cellAt().
+export function heatmap(canvas, matrix, {rowLabels = [], colLabels = [], cell = 16, labels = true} = {}) {
+  const rows = matrix.length;
+  const cols = rows ? matrix[0].length : 0;
+  const left = labels ? 64 : 0;
+  const top = labels ? 64 : 0;
+  const bar = labels ? 40 : 0;
+  const ctx = prepare(canvas, left + cols * cell + bar, top + rows * cell + (labels ? 4 : 0));
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      ctx.fillStyle = blue(matrix[r][c]);
+      ctx.fillRect(left + c * cell, top + r * cell, cell, cell);
+    }
+  }
+  if (labels) {
+    ctx.fillStyle = "#222";
+    ctx.textBaseline = "middle";
+    ctx.textAlign = "right";
+    const every = Math.max(1, Math.ceil(12 / cell));
+    for (let r = 0; r < rows; r += every) ctx.fillText(clip(ctx, rowLabels[r] || "", left - 6), left - 4, top + (r + 0.5) * cell);
+    ctx.textAlign = "left";
+    for (let c = 0; c < cols; c += every) {
+      ctx.save();
+      ctx.translate(left + (c + 0.5) * cell, top - 4);
+      ctx.rotate(-Math.PI / 2);
+      ctx.fillText(clip(ctx, colLabels[c] || "", top - 6), 0, 0);
+      ctx.restore();
+    }
+    const x = left + cols * cell + 12;
+    const height = Math.max(40, rows * cell);
+    for (let y = 0; y < height; y++) {
+      ctx.fillStyle = blue(1 - y / height);
+      ctx.fillRect(x, top + y, 10, 1);
+    }
+    ctx.fillStyle = "#222";
+    ctx.textAlign = "left";
+    ctx.fillText("1", x + 13, top + 4);
+    ctx.fillText("0", x + 13, top + height - 4);
+  }
+  return {left, top, cellWidth: cell, cellHeight: cell, rows, cols};
+}
+
+// The [row, col] of the cell under a mouse event, or null.
+export function cellAt(geometry, canvas, event) {
+  const box = canvas.getBoundingClientRect();
+  const c = Math.floor((event.clientX - box.left - geometry.left) / geometry.cellWidth);
+  const r = Math.floor((event.clientY - box.top - geometry.top) / geometry.cellHeight);
+  return r >= 0 && c >= 0 && r < geometry.rows && c < geometry.cols ? [r, c] : null;
+}
+
+// A grid of labelled cells: cells_RxC of {text, value in [0, 1], mark}, shaded by value, outlined when marked;
+// returns the geometry for cellAt().
+export function textGrid(canvas, cells, {rowLabels = [], colLabels = [], cellWidth = 48, cellHeight = 20} = {}) {
+  const rows = cells.length;
+  const cols = rows ? cells[0].length : 0;
+  const left = 64;
+  const top = 22;
+  const ctx = prepare(canvas, left + cols * cellWidth + 2, top + rows * cellHeight + 2);
+  ctx.textBaseline = "middle";
+  ctx.textAlign = "center";
+  ctx.fillStyle = "#222";
+  for (let c = 0; c < cols; c++) ctx.fillText(clip(ctx, colLabels[c] || "", cellWidth - 4), left + (c + 0.5) * cellWidth, top / 2);
+  ctx.textAlign = "right";
+  for (let r = 0; r < rows; r++) ctx.fillText(clip(ctx, rowLabels[r] || "", left - 6), left - 4, top + (r + 0.5) * cellHeight);
+  ctx.textAlign = "center";
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      const {text, value, mark} = cells[r][c];
+      const x = left + c * cellWidth;
+      const y = top + r * cellHeight;
+      ctx.fillStyle = blue(value);
+      ctx.fillRect(x, y, cellWidth, cellHeight);
+      if (mark) {
+        ctx.strokeStyle = "#ff7a00";
+        ctx.lineWidth = 2;
+        ctx.strokeRect(x + 1, y + 1, cellWidth - 2, cellHeight - 2);
+      }
+      ctx.fillStyle = value > 0.55 ? "#fff" : "#111";
+      ctx.fillText(clip(ctx, text, cellWidth - 6), x + cellWidth / 2, y + cellHeight / 2);
+    }
+  }
+  return {left, top, cellWidth, cellHeight, rows, cols};
+}
+
+// Line chart of series [{name, colour, points: [[x, y], ...]}] with axes, ticks and a legend.
+export function lineChart(canvas, series, {width = 640, height = 280, xLabel = "", yLabel = ""} = {}) {
+  const ctx = prepare(canvas, width, height);
+  const pad = {left: 52, right: 12, top: 24, bottom: 36};
+  const all = series.flatMap((s) => s.points);
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, width, height);
+  ctx.strokeStyle = "#888";
+  ctx.strokeRect(pad.left, pad.top, width - pad.left - pad.right, height - pad.top - pad.bottom);
+  ctx.fillStyle = "#222";
+  ctx.textAlign = "center";
+  ctx.fillText(xLabel, (pad.left + width - pad.right) / 2, height - 6);
+  if (!all.length) {
+    ctx.fillText("no points yet", width / 2, height / 2);
+    return;
+  }
+  const xs = all.map((p) => p[0]);
+  const ys = all.map((p) => p[1]);
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1)];
+  let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  if (y1 - y0 < 1e-6) [y0, y1] = [y0 - 0.5, y1 + 0.5];
+  const px = (x) => pad.left + ((x - x0) / (x1 - x0)) * (width - pad.left - pad.right);
+  const py = (y) => height - pad.bottom - ((y - y0) / (y1 - y0)) * (height - pad.top - pad.bottom);
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  for (let i = 0; i <= 4; i++) {
+    const y = y0 + ((y1 - y0) * i) / 4;
+    ctx.fillText(y.toFixed(2), pad.left - 4, py(y));
+  }
+  ctx.textAlign = "center";
+  ctx.textBaseline = "top";
+  for (let i = 0; i <= 4; i++) {
+    const x = x0 + ((x1 - x0) * i) / 4;
+    ctx.fillText(String(Math.round(x)), px(x), height - pad.bottom + 4);
+  }
+  ctx.save();
+  ctx.translate(12, (pad.top + height - pad.bottom) / 2);
+  ctx.rotate(-Math.PI / 2);
+  ctx.fillText(yLabel, 0, -6);
+  ctx.restore();
+  let legend = pad.left + 8;
+  for (const s of series) {
+    ctx.strokeStyle = ctx.fillStyle = s.colour;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    s.points.forEach(([x, y], i) => (i ? ctx.lineTo(px(x), py(y)) : ctx.moveTo(px(x), py(y))));
+    ctx.stroke();
+    for (const [x, y] of s.points) ctx.fillRect(px(x) - 2, py(y) - 2, 4, 4);
+    ctx.textAlign = "left";
+    ctx.textBaseline = "middle";
+    ctx.fillRect(legend, 12, 12, 3);
+    ctx.fillStyle = "#222";
+    ctx.fillText(`${s.name} (${s.points.length})`, legend + 16, 13);
+    legend += 24 + ctx.measureText(`${s.name} (${s.points.length})`).width;
+  }
+}
