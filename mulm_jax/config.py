@@ -22,14 +22,23 @@ class ConfigError(ValueError):
 class RopeScaling:
     """How RoPE is stretched past the context it was trained on."""
 
-    type: Literal["linear", "ntk", "yarn", "longrope"] = "linear"
+    # dynamic: NTK with the base stretched by each sequence's own length past original_max_seq_len (HF "dynamic").
+    # llama3: Llama 3.1's smooth interpolation of the low frequencies between low_ and high_freq_factor.
+    type: Literal["linear", "ntk", "dynamic", "yarn", "llama3", "longrope"] = "linear"
     factor: float = 1.0
     original_max_seq_len: int = 0  # 0: the model's max_seq_len
-    # YaRN: rotations per context below which a frequency is interpolated, above which it is kept.
+    # YaRN: rotations per context below which a frequency is interpolated, above which it is kept; truncate:
+    # round the ramp's ends to whole dimensions (as the paper does).
     beta_fast: float = 32.0
     beta_slow: float = 1.0
-    # LongRoPE: one rescale factor per rotary frequency (head_dim / 2 values); the long list is used
-    # past original_max_seq_len, the short one within it (empty: all ones).
+    truncate: bool = True
+    # YaRN, LongRoPE: the scale of cos and sin; 0: derived from the factor (YaRN) or the stretch (LongRoPE).
+    attention_factor: float = 0.0
+    # llama3: wavelengths above original / low_freq_factor are interpolated, below original / high_freq_factor kept.
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    # LongRoPE: one rescale factor per rotary frequency (head_dim / 2 values); the long list is used for a
+    # sequence longer than original_max_seq_len, the short one otherwise (empty: all ones).
     long_factor: tuple[float, ...] = ()
     short_factor: tuple[float, ...] = ()
 
@@ -59,6 +68,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     scale_embeddings: bool = False  # multiply token vectors by sqrt(d_model), as the 2017 Transformer does
     use_bias: bool = True
+    qkv_bias: Optional[bool] = None  # biases on the query/key/value projections; None: use_bias (Qwen2: true alone)
     dtype: Literal["float32", "bfloat16"] = "float32"
     # encoder_decoder only; None: num_layers.
     num_encoder_layers: Optional[int] = None
@@ -120,6 +130,10 @@ class ModelConfig:
                     if got and len(got) != half:
                         raise ConfigError(
                             f"model.rope_scaling.{name} has {len(got)} values; expected head_dim / 2 = {half}")
+            if s.type == "llama3" and not 0 < s.low_freq_factor < s.high_freq_factor:
+                raise ConfigError(
+                    f"model.rope_scaling: low_freq_factor={s.low_freq_factor} and high_freq_factor="
+                    f"{s.high_freq_factor}: expected 0 < low_freq_factor < high_freq_factor")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
         if self.attention == "sliding_window":
@@ -209,6 +223,7 @@ class ServeConfig:
     requests_per_minute: int = 0  # per API key (or per client address without keys); 0: no limit
     tokens_per_minute: int = 0  # generated tokens per API key per minute; 0: no limit
     max_body_bytes: int = 1_000_000  # larger request bodies are refused with 413
+    inspect_max_tokens: int = 512  # longest prompt POST /v1/inspect traces (its answer grows with the square)
     state_dir: str = "state"  # SQLite records of jobs and data sets, job logs
     runs_root: str = "runs"  # training jobs write their run folders here; models are loaded only from here
     datasets_dir: str = "datasets"  # data set jobs write versions here; training reads them from here

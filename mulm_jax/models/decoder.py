@@ -67,8 +67,10 @@ class DecoderLM(nn.Module):
             k_pos_BxS, k_valid_BxS = cached_key_positions(q_pos_BxT, caches[0].max_len, valid_BxT)
         mask, bias = self_attention_mask_and_bias(self.cfg, q_pos_BxT, k_pos_BxS, causal=True,
                                                   k_valid_BxS=k_valid_BxS)
+        # Each sequence's length so far, padding not counted: some RoPE scalings depend on it.
+        real_pos_BxT = q_pos_BxT if valid_BxT is None else jnp.where(valid_BxT, q_pos_BxT, 0)
         x_BxTxD = self.dropout(self.embedder.embed(ids_BxT, q_pos_BxT), deterministic=deterministic)
         hidden_BxTxD, new_caches, _ = self.stack(
             x_BxTxD, mask=mask, bias=bias, q_pos_BxT=q_pos_BxT, k_pos_BxS=k_pos_BxS, caches=caches,
-            deterministic=deterministic, return_weights=return_weights)
+            rope_len_B=jnp.max(real_pos_BxT, axis=1) + 1, deterministic=deterministic, return_weights=return_weights)
         return hidden_BxTxD, new_caches

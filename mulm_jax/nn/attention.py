@@ -228,7 +228,9 @@ def cached_attention(
 class Attention(nn.Module):
     """Projections + core. num_kv_heads = num_heads: multi-head; 1: multi-query; in between: grouped-query.
 
-    Self-attention: with RoPE (`rope_theta` set), queries and keys are rotated by their absolute positions.
+    Self-attention: with RoPE (`rope_theta` set), queries and keys are rotated by their absolute positions;
+    `rope_len_B`, each sequence's length so far (default: its largest query position + 1), sets the frequencies
+    of the scalings that depend on it (dynamic, longrope).
     With a `cache`, the queries attend over the cache's S_max slots (slot s = position s) and then the T new
     keys, so the mask is [B, 1, T, S_max + T] with the slots at or past `q_pos_BxT[:, 0]` hidden (see
     models.masks.cached_key_positions); the new keys/values are then written at `q_pos_BxT[:, 0]` onwards.
@@ -243,6 +245,7 @@ class Attention(nn.Module):
     num_kv_heads: int
     head_dim: int
     use_bias: bool = True
+    qkv_bias: Optional[bool] = None  # None: use_bias
     dropout: float = 0.0
     rope_theta: Optional[float] = None
     rope_scaling: Optional[RopeScaling] = None
@@ -262,13 +265,15 @@ class Attention(nn.Module):
         q_pos_BxT: Optional[jax.Array] = None,
         k_pos_BxS: Optional[jax.Array] = None,
         cache: Optional[KVCache] = None,
+        rope_len_B: Optional[jax.Array] = None,
         deterministic: bool = True,
         return_weights: bool = False,
     ) -> tuple[jax.Array, Optional[KVCache]]:
         B, T, D = x_BxTxD.shape
         H, K, Dh = self.num_heads, self.num_kv_heads, self.head_dim
-        dense = lambda feats, name, axis=-1, std=0.02: nn.DenseGeneral(  # noqa: E731
-            feats, axis=axis, use_bias=self.use_bias, dtype=self.dtype, name=name,
+        qkv_bias = self.use_bias if self.qkv_bias is None else self.qkv_bias
+        dense = lambda feats, name, axis=-1, std=0.02, bias=self.use_bias: nn.DenseGeneral(  # noqa: E731
+            feats, axis=axis, use_bias=bias, dtype=self.dtype, name=name,
             kernel_init=nn.initializers.normal(std))
 
         def keys_values(source_BxSxD):
@@ -276,10 +281,10 @@ class Attention(nn.Module):
             # gradients without first copying the activations transposed.
             Bs, S, Ds = source_BxSxD.shape
             source_MxD = source_BxSxD.reshape(Bs * S, Ds)
-            return (dense((K, Dh), "key")(source_MxD).reshape(Bs, S, K, Dh),
-                    dense((K, Dh), "value")(source_MxD).reshape(Bs, S, K, Dh))
+            return (dense((K, Dh), "key", bias=qkv_bias)(source_MxD).reshape(Bs, S, K, Dh),
+                    dense((K, Dh), "value", bias=qkv_bias)(source_MxD).reshape(Bs, S, K, Dh))
 
-        q_BxTxHxDh = dense((H, Dh), "query")(x_BxTxD.reshape(B * T, D)).reshape(B, T, H, Dh)
+        q_BxTxHxDh = dense((H, Dh), "query", bias=qkv_bias)(x_BxTxD.reshape(B * T, D)).reshape(B, T, H, Dh)
         if self.cross:
             if cache is None:
                 if kv_BxSxD is None:
@@ -289,9 +294,12 @@ class Attention(nn.Module):
         else:
             k_BxTxKxDh, v_BxTxKxDh = keys_values(x_BxTxD)
             if self.rope_theta is not None:
-                inv_freq_F, factor = rope_frequencies(Dh, self.rope_theta, self.rope_scaling, self.max_seq_len)
-                q_BxTxHxDh = apply_rope(q_BxTxHxDh, q_pos_BxT, inv_freq_F, factor)
-                k_BxTxKxDh = apply_rope(k_BxTxKxDh, k_pos_BxS if cache is None else q_pos_BxT, inv_freq_F, factor)
+                if rope_len_B is None:
+                    rope_len_B = jnp.max(q_pos_BxT, axis=1) + 1
+                inv_freq, factor = rope_frequencies(Dh, self.rope_theta, self.rope_scaling, self.max_seq_len,
+                                                    rope_len_B)
+                q_BxTxHxDh = apply_rope(q_BxTxHxDh, q_pos_BxT, inv_freq, factor)
+                k_BxTxKxDh = apply_rope(k_BxTxKxDh, k_pos_BxS if cache is None else q_pos_BxT, inv_freq, factor)
             keys = KVCache.of(k_BxTxKxDh, v_BxTxKxDh)
         # With a self-attention cache, the queries attend over the cache as it was (its stale slots masked) and
         # the new keys, and the new keys are written afterwards: the write is then the cache's last use, and

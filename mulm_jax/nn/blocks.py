@@ -46,6 +46,7 @@ class Block(nn.Module):
         memory_mask: Optional[jax.Array] = None,
         cache: Optional[KVCache] = None,
         cross_cache: Optional[KVCache] = None,
+        rope_len_B: Optional[jax.Array] = None,
     ) -> tuple[jax.Array, Optional[KVCache], Optional[KVCache]]:
         """Returns the output, the updated self-attention cache, and the cross-attention keys/values (the
         encoder output projected; passing them back as `cross_cache` spares the projection and `memory`)."""
@@ -55,7 +56,7 @@ class Block(nn.Module):
         out_std = 0.02 / (2 * self.num_stack_layers) ** 0.5
         attention = lambda name, rope, cross=False: Attention(  # noqa: E731
             num_heads=cfg.num_heads, num_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-            use_bias=cfg.use_bias, dropout=cfg.dropout,
+            use_bias=cfg.use_bias, qkv_bias=cfg.qkv_bias, dropout=cfg.dropout,
             rope_theta=cfg.rope_theta if rope else None, rope_scaling=cfg.rope_scaling,
             max_seq_len=cfg.max_seq_len, out_init_std=out_std, cross=cross, dtype=dtype, name=name)
         residual_dropout = nn.Dropout(cfg.dropout)
@@ -69,7 +70,7 @@ class Block(nn.Module):
             nonlocal cache
             y, cache = attention("self_attention", cfg.positional == "rope")(
                 h, mask=mask, bias=bias, q_pos_BxT=q_pos_BxT, k_pos_BxS=k_pos_BxS, cache=cache,
-                deterministic=deterministic, return_weights=return_weights)
+                rope_len_B=rope_len_B, deterministic=deterministic, return_weights=return_weights)
             return y
 
         x_BxTxD = sublayer(x_BxTxD, "self_attention", self_attend)

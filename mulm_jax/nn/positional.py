@@ -1,4 +1,4 @@
-"""Positional encodings: sinusoidal, learned, rotary (RoPE with linear / NTK / YaRN / LongRoPE scaling) and ALiBi."""
+"""Positional encodings: sinusoidal, learned, rotary (RoPE, with six scalings: see RopeScaling) and ALiBi."""
 
 from __future__ import annotations
 
@@ -46,9 +46,14 @@ def _factor_list(values: tuple[float, ...], name: str, half: int) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None,
-                     max_seq_len: int) -> tuple[jax.Array, float]:
-    """(inv_freq_F, attention_factor) for RoPE, optionally scaled as in HF transformers' modeling_rope_utils."""
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None, max_seq_len: int,
+                     seq_len_B: jax.Array | None = None) -> tuple[jax.Array, float]:
+    """(inv_freq, attention_factor) for RoPE, optionally scaled as in HF transformers' modeling_rope_utils.
+
+    inv_freq is [F] (F = head_dim / 2), or [B, F] for the scalings that depend on each sequence's length
+    (dynamic, longrope) when `seq_len_B` (the positions each sequence has reached, its largest + 1) is given;
+    without it they take their unstretched frequencies (dynamic) or pick by max_seq_len (longrope).
+    """
     if head_dim <= 0 or head_dim % 2:
         raise ValueError(f"RoPE needs a positive even head_dim, got {head_dim}")
     half = head_dim // 2
@@ -66,40 +71,65 @@ def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None,
         if head_dim <= 2:
             raise ValueError(f"ntk RoPE scaling needs head_dim > 2, got {head_dim}")
         inv_freq_F = 1.0 / (theta * factor ** (head_dim / (head_dim - 2))) ** exponent_F
+    elif scaling.type == "dynamic":
+        if head_dim <= 2:
+            raise ValueError(f"dynamic RoPE scaling needs head_dim > 2, got {head_dim}")
+        if seq_len_B is None:
+            return jnp.asarray(inv_freq_F, dtype=jnp.float32), 1.0
+        length_B = jnp.maximum(seq_len_B, original).astype(jnp.float32)
+        base_B = theta * (factor * length_B / original - (factor - 1)) ** (head_dim / (head_dim - 2))
+        return 1.0 / base_B[:, None] ** jnp.asarray(exponent_F, jnp.float32), 1.0
     elif scaling.type == "yarn":
         def correction_dim(rotations: float) -> float:  # the dim that turns `rotations` times over `original`
             return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
 
-        low = max(math.floor(correction_dim(scaling.beta_fast)), 0)
-        high = min(math.ceil(correction_dim(scaling.beta_slow)), head_dim - 1)
+        low, high = correction_dim(scaling.beta_fast), correction_dim(scaling.beta_slow)
+        if scaling.truncate:
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, head_dim - 1)
         if low == high:
             high += 0.001
         ramp_F = np.clip((np.arange(half) - low) / (high - low), 0.0, 1.0)  # 0: extrapolate, 1: interpolate
         inv_freq_F = inv_freq_F / factor * ramp_F + inv_freq_F * (1.0 - ramp_F)
-        attention_factor = 0.1 * math.log(factor) + 1.0 if factor > 1.0 else 1.0
+        attention_factor = scaling.attention_factor or (0.1 * math.log(factor) + 1.0 if factor > 1.0 else 1.0)
+    elif scaling.type == "llama3":
+        wavelen_F = 2 * math.pi / inv_freq_F
+        low_wavelen, high_wavelen = original / scaling.low_freq_factor, original / scaling.high_freq_factor
+        smooth_F = (original / wavelen_F - scaling.low_freq_factor) / (
+            scaling.high_freq_factor - scaling.low_freq_factor)  # 0: interpolate, 1: keep
+        smoothed_F = (1 - smooth_F) * inv_freq_F / factor + smooth_F * inv_freq_F
+        inv_freq_F = np.where(wavelen_F > low_wavelen, inv_freq_F / factor,
+                              np.where(wavelen_F < high_wavelen, inv_freq_F, smoothed_F))
     elif scaling.type == "longrope":
-        # Phi-3 semantics: the stretch is max_seq_len / original_max_seq_len; `factor` is not used.
-        long_F = _factor_list(scaling.long_factor, "long_factor", half)
-        short_F = _factor_list(scaling.short_factor, "short_factor", half) if scaling.short_factor else np.ones(half)
-        if max_seq_len > original:
-            inv_freq_F = inv_freq_F / long_F
-            attention_factor = math.sqrt(1.0 + math.log(max_seq_len / original) / math.log(original))
-        else:
-            inv_freq_F = inv_freq_F / short_F
+        # Phi-3: the long factors for a sequence past original_max_seq_len, the short ones otherwise; cos and
+        # sin scaled by sqrt(1 + log(stretch) / log(original)), the stretch being max_seq_len / original.
+        long_F = inv_freq_F / _factor_list(scaling.long_factor, "long_factor", half)
+        short_F = inv_freq_F / (_factor_list(scaling.short_factor, "short_factor", half) if scaling.short_factor
+                                else np.ones(half))
+        stretch = max_seq_len / original
+        attention_factor = scaling.attention_factor or (
+            math.sqrt(1.0 + math.log(stretch) / math.log(original)) if stretch > 1.0 else 1.0)
+        if seq_len_B is not None:
+            long_B = (seq_len_B > original)[:, None]
+            return jnp.where(long_B, jnp.asarray(long_F, jnp.float32), jnp.asarray(short_F, jnp.float32)), \
+                attention_factor
+        inv_freq_F = long_F if max_seq_len > original else short_F
     else:
-        raise ValueError(
-            f"unknown rope_scaling.type {scaling.type!r}; expected one of 'linear', 'ntk', 'yarn', 'longrope'")
+        raise ValueError(f"unknown rope_scaling.type {scaling.type!r}; expected one of 'linear', 'ntk', 'dynamic', "
+                         "'yarn', 'llama3', 'longrope'")
     return jnp.asarray(inv_freq_F, dtype=jnp.float32), attention_factor
 
 
-def apply_rope(x_BxTxHxDh: jax.Array, pos_BxT: jax.Array, inv_freq_F: jax.Array,
+def apply_rope(x_BxTxHxDh: jax.Array, pos_BxT: jax.Array, inv_freq: jax.Array,
                attention_factor: float = 1.0) -> jax.Array:
-    """Rotate-half RoPE (GPT-NeoX / Llama): x * cos + rotate_half(x) * sin, at per-sequence positions."""
-    if x_BxTxHxDh.shape[-1] != 2 * inv_freq_F.shape[0]:
+    """Rotate-half RoPE (GPT-NeoX / Llama): x * cos + rotate_half(x) * sin, at per-sequence positions.
+
+    inv_freq: [F], or [B, F] with each sequence's own frequencies."""
+    if x_BxTxHxDh.shape[-1] != 2 * inv_freq.shape[-1]:
         raise ValueError(
             f"apply_rope: head width {x_BxTxHxDh.shape[-1]} does not match "
-            f"2 * len(inv_freq) = {2 * inv_freq_F.shape[0]}")
-    angle_BxTxF = pos_BxT.astype(jnp.float32)[..., None] * inv_freq_F.astype(jnp.float32)
+            f"2 * len(inv_freq) = {2 * inv_freq.shape[-1]}")
+    angle_BxTxF = pos_BxT.astype(jnp.float32)[..., None] * inv_freq.astype(jnp.float32)[..., None, :]
     angle_BxTx1xDh = jnp.concatenate([angle_BxTxF, angle_BxTxF], axis=-1)[:, :, None, :]
     cos_BxTx1xDh = jnp.cos(angle_BxTx1xDh) * attention_factor
     sin_BxTx1xDh = jnp.sin(angle_BxTx1xDh) * attention_factor
