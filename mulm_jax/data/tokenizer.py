@@ -1,4 +1,4 @@
-"""Tokenizers behind one interface: nanoGPT-style characters, or SentencePiece (trained BPE / unigram, or given)."""
+"""Tokenizers behind one interface: nanoGPT-style characters, SentencePiece (trained or given), Hugging Face."""
 
 from __future__ import annotations
 
@@ -12,18 +12,23 @@ from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
+import tokenizers
+
 
 from mulm_jax.data.errors import DataError
 
 CHAR_FILE = "tokenizer.json"
 SENTENCEPIECE_FILE = "tokenizer.model"
+HF_FILE = "tokenizer.json"  # a Hugging Face tokenizer: the `tokenizers` library's file, ...
+HF_CONFIG_FILE = "tokenizer_config.json"  # ... and transformers' settings beside it (special tokens, chat template)
 # Fixed ids of the SentencePiece models trained here.
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 _MAX_LINE_CHARS = 16_384  # training lines are cut to this, so each stays under max_sentence_length bytes
 
 
 class Tokenizer(abc.ABC):
-    """Text <-> ids. `Tokenizer.load(folder_or_model_file)` gives a `CharTokenizer` or a `SentencePieceTokenizer`."""
+    """Text <-> ids. `Tokenizer.load(folder_or_model_file)` gives a `CharTokenizer`, a `SentencePieceTokenizer` or
+    an `HFTokenizer`."""
 
     kind: str
     file_name: str  # what `save` writes into a folder
@@ -35,11 +40,14 @@ class Tokenizer(abc.ABC):
 
     @staticmethod
     def load(path: str | Path) -> Tokenizer:
-        """From a dataset (or run) folder holding tokenizer.model or tokenizer.json, or from a SentencePiece file."""
+        """From a dataset (or run) folder holding tokenizer.model or tokenizer.json (a Hugging Face one when
+        tokenizer_config.json lies beside it), or from a SentencePiece file."""
         path = Path(path)
         if path.is_dir():
             if (path / SENTENCEPIECE_FILE).is_file():
                 return SentencePieceTokenizer.from_file(path / SENTENCEPIECE_FILE)
+            if (path / HF_FILE).is_file() and (path / HF_CONFIG_FILE).is_file():
+                return HFTokenizer.from_folder(path)
             if (path / CHAR_FILE).is_file():
                 return CharTokenizer.from_file(path / CHAR_FILE)
             raise DataError(f"{path} holds no tokenizer ({SENTENCEPIECE_FILE} or {CHAR_FILE})")
@@ -183,6 +191,89 @@ class SentencePieceTokenizer(Tokenizer):
 
     def serialize(self) -> bytes:
         return self.model
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face tokenizer: tokenizer.json run by the `tokenizers` library, with the special tokens (and
+    add_bos_token / add_eos_token) of tokenizer_config.json, so that ids equal transformers' for the same text.
+
+    One difference: a text that already starts with the beginning-of-text token (a rendered chat template) gets
+    no second one, as transformers' apply_chat_template encodes it without special tokens.
+    """
+
+    kind = "hf"
+    file_name = HF_FILE
+
+    def __init__(self, tokenizer_json: str, config: dict, source: str):
+        try:
+            self._tok = tokenizers.Tokenizer.from_str(tokenizer_json)
+        except Exception as e:  # the library raises plain Exceptions for malformed files
+            raise DataError(f"tokenizer file {source} is not a valid Hugging Face tokenizer.json: {e}") from None
+        self.tokenizer_json, self.config = tokenizer_json, config
+        tokens = {name: special_token_text(config.get(f"{name}_token")) for name in ("pad", "unk", "bos", "eos")}
+        self._tok.add_special_tokens([t for t in tokens.values() if t and self._tok.token_to_id(t) is None])
+        self.pad_id, self.unk_id, self.bos_id, self.eos_id = (
+            None if t is None else self._tok.token_to_id(t) for t in tokens.values())
+        self.bos_token = tokens["bos"]
+        add_bos, add_eos = config.get("add_bos_token"), config.get("add_eos_token")
+        if add_bos is not None or add_eos is not None or self._tok.post_processor is None:
+            self._tok.post_processor = _template_processing(bool(add_bos) and tokens["bos"], self.bos_id,
+                                                            bool(add_eos) and tokens["eos"], self.eos_id)
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> HFTokenizer:
+        try:
+            config = json.loads((folder / HF_CONFIG_FILE).read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise DataError(f"{folder / HF_CONFIG_FILE} is not valid JSON: {e}") from None
+        if not isinstance(config, dict):
+            raise DataError(f"{folder / HF_CONFIG_FILE} is not a JSON object")
+        return cls((folder / HF_FILE).read_text(encoding="utf-8"), config, str(folder / HF_FILE))
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.asarray(self._encode([text])[0], dtype=np.int32)
+
+    def encode_documents(self, docs: Sequence[str]) -> list[np.ndarray]:
+        return [np.asarray(ids, dtype=np.int32) for ids in self._encode(list(docs))]
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        starts = self.bos_token is not None and any(t.startswith(self.bos_token) for t in texts)
+        if not starts:
+            return [e.ids for e in self._tok.encode_batch(texts)]
+        return [self._tok.encode(t, add_special_tokens=not t.startswith(self.bos_token)).ids for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def serialize(self) -> bytes:
+        return self.tokenizer_json.encode()
+
+    def save(self, folder: str | Path) -> Path:
+        """tokenizer.json and tokenizer_config.json, each written to a temporary name and then renamed."""
+        folder = Path(folder)
+        for name, text in ((HF_CONFIG_FILE, json.dumps(self.config, indent=2, ensure_ascii=False) + "\n"),
+                           (HF_FILE, self.tokenizer_json)):
+            tmp = folder / f".{name}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(folder / name)
+        return folder / HF_FILE
+
+
+def special_token_text(value: object) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string, or an AddedToken's {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def _template_processing(bos: str | None, bos_id: int | None, eos: str | None,
+                         eos_id: int | None) -> tokenizers.processors.TemplateProcessing:
+    """bos / eos around each text, as transformers rebuilds the post-processor from add_bos_token / add_eos_token."""
+    single = f"{bos + ':0 ' if bos else ''}$A:0{' ' + eos + ':0' if eos else ''}"
+    pair = f"{single}{' ' + bos + ':1' if bos else ''} $B:1{' ' + eos + ':1' if eos else ''}"
+    special = [(bos, bos_id)] * bool(bos) + [(eos, eos_id)] * bool(eos)
+    return tokenizers.processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
 
 
 def _training_lines(docs: Sequence[str]) -> Iterator[str]:
