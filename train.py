@@ -20,7 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-processes", type=int)
     parser.add_argument("--process-id", type=int)
     parser.add_argument("--quiet", action="store_true", help="no per-step progress line (messages still show)")
+    parser.add_argument("--init-from", metavar="RUN[@STEP]",
+                        help="start a new run from this run's parameters (newest checkpoint, or STEP's)")
+    parser.add_argument("--extend-positions", action="store_true",
+                        help="with --init-from: extend a learned position table to a longer max_seq_len")
     args = parser.parse_args(argv)
+    if args.extend_positions and not args.init_from:
+        parser.error("--extend-positions applies only with --init-from")
 
     from mulm_jax.train.xla_cpu import configure_cpu
 
@@ -33,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         from mulm_jax.train.loop import TrainingError, train
 
         cfg = config_from_args(args)
-        train(cfg, args.workdir, quiet=args.quiet)
+        train(cfg, args.workdir, quiet=args.quiet, init_from=args.init_from, extend_positions=args.extend_positions)
     except (ConfigError, DataError, TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 import signal
@@ -19,6 +20,7 @@ from mulm_jax.config import Config, config_from_dict, dump_config
 from mulm_jax.data import Tokenizer, eval_batches, make_loader, prepare_dataset
 from mulm_jax.models import build_model
 from mulm_jax.train.checkpoint import Checkpoints
+from mulm_jax.train.init_from import RECORD, start_from
 from mulm_jax.train.metrics import MetricsWriter, Progress
 from mulm_jax.train.optimizer import make_optimizer, make_schedule
 from mulm_jax.train.sample import greedy_continuation
@@ -94,8 +96,13 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-def train(cfg: Config, workdir: str | Path, *, quiet: bool = False) -> RunResult:
-    """Train (or resume) the run in `workdir` up to train.steps (or a stop signal)."""
+def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: Optional[str] = None,
+          extend_positions: bool = False) -> RunResult:
+    """Train (or resume) the run in `workdir` up to train.steps (or a stop signal).
+
+    init_from: `RUN[@STEP]`, a run whose parameters a new run starts from (see train.init_from); a run that
+    resumes from its own checkpoint ignores it.
+    """
     workdir = Path(workdir)
     t_start = time.time()
     lead = jax.process_index() == 0
@@ -141,6 +148,12 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False) -> RunResult
         loader.set_state(data_state)
         metrics.drop_rows_after(int(state.step))
         progress.message(f"resumed from step {int(state.step)} in {workdir}")
+    elif init_from is not None:
+        params, record = start_from(init_from, state.params, tokenizer, extend_positions)
+        state = state.replace(params=params, opt_state=tx.init(params))
+        if lead:
+            _write_text_atomically(workdir / RECORD, json.dumps(record, indent=1) + "\n")
+        progress.message(f"initialised from {record['run']} at step {record['step']}")
     evaluation = eval_batches(dataset_dir, process_batch, seq_len, tc.eval_batches)
 
     train_step, eval_step = pmapped_steps(model, tx, tc.grad_accum_steps, tokenizer.pad_id, schedule)
