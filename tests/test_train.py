@@ -197,6 +197,17 @@ def test_a_run_folder_of_another_config_is_refused_with_the_difference(tmp_path)
         train(other, tmp_path / "run", quiet=True)
 
 
+def test_rows_of_a_run_killed_before_its_first_checkpoint_are_not_kept_beside_the_new_ones(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"time": 1.0, "step": s, "loss": 9.0}) + "\n"
+                                               for s in (5, 10)))
+    cfg = load_config(ROOT / "configs/shakespeare_char.yaml", tiny_run(tmp_path, "train.steps=10"))
+    train(cfg, run, quiet=True)
+    rows = [r for r in read_metrics(run) if "loss" in r]
+    assert [r["step"] for r in rows] == [5, 10] and all(r["loss"] != 9.0 for r in rows)
+
+
 def test_model_vocabulary_smaller_than_the_data_is_refused(tmp_path):
     cfg = load_config(ROOT / "configs/shakespeare_char.yaml", tiny_run(tmp_path, "model.vocab_size=10"))
     with pytest.raises(TrainingError, match=r"model.vocab_size=10 is smaller than the data set's vocabulary of \d+"):

@@ -146,7 +146,6 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
     if restored is not None:
         state, data_state = restored
         loader.set_state(data_state)
-        metrics.drop_rows_after(int(state.step))
         progress.message(f"resumed from step {int(state.step)} in {workdir}")
     elif init_from is not None:
         params, record = start_from(init_from, state.params, tokenizer, extend_positions)
@@ -154,6 +153,7 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
         if lead:
             _write_text_atomically(workdir / RECORD, json.dumps(record, indent=1) + "\n")
         progress.message(f"initialised from {record['run']} at step {record['step']}")
+    metrics.drop_rows_after(int(state.step))  # rows of a killed run past its checkpoint (all rows, if none restored)
     evaluation = eval_batches(dataset_dir, process_batch, seq_len, tc.eval_batches)
 
     train_step, eval_step = pmapped_steps(model, tx, tc.grad_accum_steps, tokenizer.pad_id, schedule)

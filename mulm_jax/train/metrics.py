@@ -24,7 +24,8 @@ class MetricsWriter:
             self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"), flush_secs=10)
 
     def drop_rows_after(self, step: int) -> None:
-        """On resume: forget rows a killed run wrote past its last checkpoint, so each step appears once."""
+        """Forget rows a killed run wrote past the checkpoint this run starts from (step 0: all), so each step
+        appears once."""
         if not self.enabled or not self.path.exists():
             return
         rows = [line for line in self.path.read_text().splitlines() if line.strip()]
