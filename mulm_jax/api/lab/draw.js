@@ -39,18 +39,19 @@ function clip(ctx, text, width) {
   return shown;
 }
 
-// Draws matrix_RxC (values in [0, 1]) as cells of `cell` px with row labels at the left and column labels on top
-// (when `labels`), and a colour bar; returns the geometry for hit-testing with cellAt().
+// Draws matrix_RxC (values >= 0) as cells of `cell` px, shaded from 0 to the largest value, with row labels at the
+// left, column labels on top and a colour bar (when `labels`); returns the geometry for hit-testing with cellAt().
 export function heatmap(canvas, matrix, {rowLabels = [], colLabels = [], cell = 16, labels = true} = {}) {
   const rows = matrix.length;
   const cols = rows ? matrix[0].length : 0;
+  const largest = Math.max(1e-9, ...matrix.map((row) => Math.max(...row)));
   const left = labels ? 64 : 0;
   const top = labels ? 64 : 0;
-  const bar = labels ? 40 : 0;
+  const bar = labels ? 48 : 0;
   const ctx = prepare(canvas, left + cols * cell + bar, top + rows * cell + (labels ? 4 : 0));
   for (let r = 0; r < rows; r++) {
     for (let c = 0; c < cols; c++) {
-      ctx.fillStyle = blue(matrix[r][c]);
+      ctx.fillStyle = blue(matrix[r][c] / largest);
       ctx.fillRect(left + c * cell, top + r * cell, cell, cell);
     }
   }
@@ -76,7 +77,7 @@ export function heatmap(canvas, matrix, {rowLabels = [], colLabels = [], cell = 
     }
     ctx.fillStyle = "#222";
     ctx.textAlign = "left";
-    ctx.fillText("1", x + 13, top + 4);
+    ctx.fillText(largest.toFixed(2), x + 13, top + 4);
     ctx.fillText("0", x + 13, top + height - 4);
   }
   return {left, top, cellWidth: cell, cellHeight: cell, rows, cols};
