@@ -195,6 +195,32 @@ def test_a_run_folder_of_another_config_is_refused_with_the_difference(tmp_path)
     other = load_config(ROOT / "configs/shakespeare_char.yaml", overrides + ["model.num_layers=3"])
     with pytest.raises(TrainingError, match=r"(?s)holds a run of a different config.*-  num_layers: 2\n\+  num_layers: 3"):
         train(other, tmp_path / "run", quiet=True)
+    # a longer run may resume, but not with other optimizer settings: the diff shows only what is refused
+    other = load_config(ROOT / "configs/shakespeare_char.yaml", overrides + ["train.steps=80", "train.beta2=0.95"])
+    with pytest.raises(TrainingError, match=r"(?s)only train.steps, train.eval_every, .* may change\). Difference:"
+                                            r"\n--- .*\n\+\+\+ .*\n@@ .* @@\n-  beta2: 0.99\n\+  beta2: 0.95$"):
+        train(other, tmp_path / "run", quiet=True)
+
+
+def test_a_finished_run_trains_further_with_more_steps_and_a_recomputed_schedule(tmp_path, capsys):
+    first = load_config(ROOT / "configs/shakespeare_char.yaml", tiny_run(tmp_path, "train.steps=10"))
+    train(first, tmp_path / "run", quiet=True)
+    longer = load_config(ROOT / "configs/shakespeare_char.yaml",
+                         tiny_run(tmp_path, "train.steps=20", "train.log_every=2", "train.eval_every=20"))
+    capsys.readouterr()
+    result = train(longer, tmp_path / "run", quiet=True)
+    old_lr, new_lr = make_schedule(first.train)(10), make_schedule(longer.train)(10)
+    assert new_lr > 2 * old_lr  # the decay, now twice as long, is half as far along
+    assert (f"changed on resume: train.steps: 10 -> 20, train.eval_every: 10 -> 20, train.log_every: 5 -> 2\n"
+            f"  the cosine learning-rate decay to min_lr=0.0001 now ends at step 20 instead of 10: at step 10 the "
+            f"learning rate is {float(new_lr):.4g} (it was {float(old_lr):.4g})") in capsys.readouterr().err
+    assert result.step == 20
+    assert load_config(tmp_path / "run/config.yaml") == longer
+    rows = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert [r["step"] for r in rows] == [5, 10, 12, 14, 16, 18, 20]
+    lr_of = {r["step"]: r["lr"] for r in rows}  # a row's lr is the one its step used: schedule(step - 1)
+    np.testing.assert_allclose([lr_of[12], lr_of[20]], [make_schedule(longer.train)(11),
+                                                        make_schedule(longer.train)(19)], rtol=1e-6)
 
 
 def test_rows_of_a_run_killed_before_its_first_checkpoint_are_not_kept_beside_the_new_ones(tmp_path):

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import yaml
 
-from mulm_jax.config import Config, config_from_dict, dump_config
+from mulm_jax.config import Config, TrainConfig, config_from_dict, dump_config
 from mulm_jax.data import Tokenizer, eval_batches, make_loader, prepare_dataset
 from mulm_jax.models import build_model
 from mulm_jax.train.checkpoint import Checkpoints
@@ -44,17 +44,46 @@ def _write_text_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def check_run_config(workdir: Path, cfg: Config) -> None:
-    """A run folder belongs to one config: resuming with another one stops with the difference shown."""
+# train settings that set only the length and cadence of a run: a resumed run may change them
+RESUMABLE_CHANGES = ("steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every")
+
+
+def check_run_config(workdir: Path, cfg: Config) -> Optional[Config]:
+    """The config of the run in `workdir` (None for a new folder), when `cfg` may continue that run.
+
+    A run folder belongs to one config: only RESUMABLE_CHANGES of its train section may change on resume; any
+    other difference stops with that difference shown.
+    """
     path = workdir / "config.yaml"
     if not path.exists():
-        return
+        return None
     saved = config_from_dict(yaml.safe_load(path.read_text()))
-    if any(getattr(saved, part) != getattr(cfg, part) for part in ("model", "data", "train")):  # not `serve`
-        diff = "\n".join(difflib.unified_diff(dump_config(saved).splitlines(), dump_config(cfg).splitlines(),
+    cadence = {name: getattr(cfg.train, name) for name in RESUMABLE_CHANGES}
+    same_cadence = dataclasses.replace(saved, train=dataclasses.replace(saved.train, **cadence))
+    if any(getattr(same_cadence, part) != getattr(cfg, part) for part in ("model", "data", "train")):  # not `serve`
+        diff = "\n".join(difflib.unified_diff(dump_config(same_cadence).splitlines(), dump_config(cfg).splitlines(),
                                               "config in run folder", "config given now", lineterm="", n=0))
         raise TrainingError(f"{workdir} holds a run of a different config; use another --workdir or the same "
-                            f"config. Difference:\n{diff}")
+                            f"config (only train.{', train.'.join(RESUMABLE_CHANGES)} may change). "
+                            f"Difference:\n{diff}")
+    return saved
+
+
+def resume_notice(saved: TrainConfig, tc: TrainConfig, step: int) -> str:
+    """What a run resumed at `step` changes of its length and cadence, and what that does to the learning rate
+    ('' when nothing changes)."""
+    changes = [f"train.{name}: {getattr(saved, name)} -> {getattr(tc, name)}" for name in RESUMABLE_CHANGES
+               if getattr(saved, name) != getattr(tc, name)]
+    if not changes:
+        return ""
+    notice = "changed on resume: " + ", ".join(changes)
+    if saved.steps != tc.steps and tc.schedule != "constant":
+        before, after = float(make_schedule(saved)(step)), float(make_schedule(tc)(step))
+        notice += (f"\n  the {tc.schedule} learning-rate decay to min_lr={tc.min_lr:g} now ends at step {tc.steps} "
+                   f"instead of {saved.steps}: at step {step} the learning rate is {after:.4g} (it was {before:.4g})")
+    if step >= tc.steps:
+        notice += f"\n  the run is already at step {step} >= train.steps={tc.steps}: nothing to train"
+    return notice
 
 
 def _per_device_batch(global_batch: int, accum_steps: int) -> tuple[int, int]:
@@ -108,7 +137,7 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
     lead = jax.process_index() == 0
     tc = cfg.train
     workdir.mkdir(parents=True, exist_ok=True)
-    check_run_config(workdir, cfg)
+    saved = check_run_config(workdir, cfg)
 
     dataset_dir = prepare_dataset(cfg.data)
     tokenizer = Tokenizer.load(dataset_dir)
@@ -147,6 +176,8 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
         state, data_state = restored
         loader.set_state(data_state)
         progress.message(f"resumed from step {int(state.step)} in {workdir}")
+        if saved is not None and (notice := resume_notice(saved.train, tc, int(state.step))):
+            progress.message(notice)
     elif init_from is not None:
         params, record = start_from(init_from, state.params, tokenizer, extend_positions)
         state = state.replace(params=params, opt_state=tx.init(params))
