@@ -13,6 +13,7 @@ COMMANDS = {
     "info": "mulm_jax.models.info",
     "data": "mulm_jax.data.cli",
     "generate": "mulm_jax.infer.cli",  # also registers `bench`
+    "eval": "mulm_jax.eval.cli",
     "convert": "mulm_jax.interop.cli",
 }
 

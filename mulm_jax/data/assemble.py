@@ -17,9 +17,10 @@ import numpy as np
 
 from mulm_jax.config import DataConfig
 from mulm_jax.data.clean import CleanOptions, clean_documents, split_documents
+from mulm_jax.data import passkey
 from mulm_jax.data.dedup import dedup
 from mulm_jax.data.errors import DataError
-from mulm_jax.data.sources import Source, read_texts, resolve_source
+from mulm_jax.data.sources import DEFAULT_SHARE, Source, read_texts, resolve_source
 from mulm_jax.data.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer
 
 FORMAT = 1  # bump when the pipeline changes what it writes for the same inputs and settings
@@ -58,12 +59,15 @@ def assemble(cfg: DataConfig) -> Assembled:
     docs, stats = _read_documents(sources, cfg)
     keep, removed = dedup([d.text for d in docs], cfg.dedup, cfg.near_dup_threshold)
     stats["removed"].update(removed)
-    splits = _split([d for d, k in zip(docs, keep) if k], sources, cfg.val_fraction)
+    kept = [d for d, k in zip(docs, keep) if k]
+    splits = _split(kept + _generated_documents(sources, kept), sources, cfg.val_fraction)
     if not splits["train"]:
         raise DataError(f"no documents left for training after cleaning and dedup: read {stats['read']} from "
                         f"{', '.join(cfg.sources)}, removed {dict(stats['removed'])}")
     texts = {split: [d.text for d in splits[split]] for split in SPLITS}
     tokenizer = given or _train_tokenizer(cfg, texts["train"], texts["val"])
+    if any(s.generated for s in sources):
+        passkey.check_covers(tokenizer)
     tokens = {split: _pack(tokenizer, texts[split], split) for split in SPLITS}
     if cfg.seq_len is not None:
         _check_fits(tokens, cfg.seq_len)
@@ -215,6 +219,23 @@ def _read_documents(sources: list[Source], cfg: DataConfig) -> tuple[list[_Doc],
             stats["removed"].update(dropped)
             stats["chars"].update(chars)
     return docs, stats
+
+
+def _generated_documents(sources: list[Source], docs: list[_Doc]) -> list[_Doc]:
+    """The generated sources' documents (clean by construction, so neither cleaned nor deduplicated): each
+    source the share `share` of the characters of the other sources' documents and its own together."""
+    others = sum(len(d.text) for d in docs)
+    generated = []
+    for i, source in enumerate(sources):
+        if not source.generated:
+            continue
+        if others == 0 and source.share is not None:
+            raise DataError(f"source {source.spec!r}: a share of the other sources' text, but they hold none; "
+                            f"give {source.generated!r} alone for {passkey.ALONE_CHARS:,} characters")
+        share = DEFAULT_SHARE if source.share is None else source.share
+        chars = round(others * share / (1 - share)) if others else passkey.ALONE_CHARS
+        generated += [_Doc(text, i, False) for text in passkey.documents(chars, seed=i)]
+    return generated
 
 
 def _split(docs: list[_Doc], sources: list[Source], val_fraction: float) -> dict[str, list[_Doc]]:

@@ -12,7 +12,7 @@ from mulm_jax.config import DataConfig, add_config_arguments, load_config
 from mulm_jax.data.assemble import assemble, list_versions
 from mulm_jax.data.clean import SPLIT_MODES
 from mulm_jax.data.dedup import DedupMode
-from mulm_jax.data.sources import NAMED_SOURCES, InvalidUtf8
+from mulm_jax.data.sources import GENERATED_SOURCES, NAMED_SOURCES, InvalidUtf8
 
 # flag -> DataConfig field, for the flags whose value is a DataConfig field of the same meaning.
 _FIELD_FLAGS = {
@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     asm = commands.add_parser(
         "assemble", help="build a versioned data set from sources",
         description="Clean, dedup, split and tokenize sources into OUT/<version>/ (reused when it exists). "
-                    f"Named sources: {', '.join(f'{n} ({s.about})' for n, s in NAMED_SOURCES.items())}.")
+                    f"Named sources: {', '.join(f'{n} ({s.about})' for n, s in NAMED_SOURCES.items())}. "
+                    f"Generated: {', '.join(f'{n} ({about})' for n, about in GENERATED_SOURCES.items())}.")
     asm.add_argument("--source", action="append", metavar="SRC",
                      help="a named source, file (.txt, .jsonl, optionally .gz), folder or glob; repeatable")
     asm.add_argument("--tokenizer", metavar="TOK", help=f"char, bpe, unigram or a SentencePiece .model file "

@@ -11,8 +11,9 @@ import shutil
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
+from mulm_jax.data import passkey
 from mulm_jax.data.errors import DataError
 
 InvalidUtf8 = Literal["replace", "reject"]
@@ -66,6 +67,14 @@ NAMED_SOURCES: dict[str, NamedSource] = {
 }
 
 
+# Sources whose text is generated here; `NAME:F` makes a generated source the share F of the data set's characters.
+GENERATED_SOURCES = {
+    "passkey": f"passkey retrieval text, generated (a {passkey.KEY_DIGITS}-digit number in filler sentences, then "
+               f"asked for); passkey:F is the share F of the data set's characters, alone {passkey.ALONE_CHARS:,}",
+}
+DEFAULT_SHARE = 0.2
+
+
 @dataclass(frozen=True)
 class SourceFile:
     path: Path
@@ -81,16 +90,25 @@ class Source:
     named: bool
     files: tuple[SourceFile, ...]
     split_documents: str
+    generated: Optional[str] = None  # a GENERATED_SOURCES name: no files, its text is made at assembly
+    share: Optional[float] = None  # of a generated source: its share of the data set's characters (None: default)
 
     def identity(self) -> dict:
-        """What the dataset version depends on: content checksums, not paths."""
-        return {"named": self.spec if self.named else None, "split_documents": self.split_documents,
-                "files": [{"sha256": f.sha256, "held_out": f.held_out} for f in self.files]}
+        """What the dataset version depends on: content checksums, not paths (a generated source: a checksum of
+        a sample of its text)."""
+        identity = {"named": self.spec if self.named else None, "split_documents": self.split_documents,
+                    "files": [{"sha256": f.sha256, "held_out": f.held_out} for f in self.files]}
+        if self.generated:
+            identity.update(generated=self.generated, share=self.share, sha256=passkey.fingerprint())
+        return identity
 
     def describe(self) -> dict:
-        return {"spec": self.spec, "split_documents": self.split_documents,
-                "files": [{"name": f.path.name, "sha256": f.sha256, "bytes": f.path.stat().st_size,
-                           "held_out": f.held_out} for f in self.files]}
+        described = {"spec": self.spec, "split_documents": self.split_documents,
+                     "files": [{"name": f.path.name, "sha256": f.sha256, "bytes": f.path.stat().st_size,
+                                "held_out": f.held_out} for f in self.files]}
+        if self.generated:
+            described.update(generated=self.generated, share=self.share)
+        return described
 
 
 def sha256_file(path: Path) -> str:
@@ -109,12 +127,26 @@ def cache_dir() -> Path:
 
 def resolve_source(spec: str, split_documents: str | None = None) -> Source:
     """A named source, file, folder or glob -> its files; `split_documents` None keeps the source's own scheme."""
+    name, colon, share = spec.partition(":")
+    if name in GENERATED_SOURCES:
+        return Source(spec, True, (), "none", generated=name, share=_share(spec, share) if colon else None)
     if spec in NAMED_SOURCES:
         named = NAMED_SOURCES[spec]
         files = tuple(SourceFile(fetch(spec, f), f.sha256, f.held_out) for f in named.files)
         return Source(spec, True, files, split_documents or named.split_documents)
     paths = local_paths(spec)
     return Source(spec, False, tuple(SourceFile(p, sha256_file(p)) for p in paths), split_documents or "none")
+
+
+def _share(spec: str, text: str) -> float:
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0.0 < share < 1.0:
+        raise DataError(f"source {spec!r}: the share after ':' must be a number in (0, 1), e.g. "
+                        f"{spec.partition(':')[0]}:{DEFAULT_SHARE}")
+    return share
 
 
 def local_paths(spec: str) -> list[Path]:

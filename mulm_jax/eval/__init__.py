@@ -1,0 +1,8 @@
+"""Evaluation past the training context: sliding-window perplexity, loss by position, passkey retrieval."""
+
+from mulm_jax.eval.passkey import answer_hits, passkey_accuracy, passkey_sequence
+from mulm_jax.eval.perplexity import Window, sliding_perplexity, window_plan
+from mulm_jax.eval.scoring import EvalError, WindowScorer, check_context, load_for_eval
+
+__all__ = ["EvalError", "Window", "WindowScorer", "answer_hits", "check_context", "load_for_eval",
+           "passkey_accuracy", "passkey_sequence", "sliding_perplexity", "window_plan"]
