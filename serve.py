@@ -21,7 +21,7 @@ _FIELD_FLAGS = {
     "host": "host", "port": "port", "slots": "slots", "max_queue": "max_queue", "state_dir": "state_dir",
     "api_keys_file": "api_keys_file", "requests_per_minute": "requests_per_minute",
     "tokens_per_minute": "tokens_per_minute", "max_body_bytes": "max_body_bytes", "runs_root": "runs_root",
-    "datasets_dir": "datasets_dir", "configs_dir": "configs_dir",
+    "datasets_dir": "datasets_dir", "configs_dir": "configs_dir", "inspect_max_tokens": "inspect_max_tokens",
 }
 _LIST_FLAGS = {"checkpoint": "checkpoints", "api_key": "api_keys", "data_root": "data_roots",
                "extra_routes": "extra_routes"}
@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests-per-minute", type=int, metavar="N", help="per key; 0: no limit (default)")
     p.add_argument("--tokens-per-minute", type=int, metavar="N", help="generated, per key; 0: no limit (default)")
     p.add_argument("--max-body-bytes", type=int, metavar="N", help="larger request bodies get 413")
+    p.add_argument("--inspect-max-tokens", type=int, metavar="N", help="longest prompt POST /v1/inspect traces "
+                                                                       "(default 512)")
     p.add_argument("--runs-root", metavar="DIR", help="training jobs write here; POST /v1/models loads from here")
     p.add_argument("--datasets-dir", metavar="DIR", help="data set jobs write versions here")
     p.add_argument("--data-root", action="append", metavar="DIR", help="a folder data set jobs may read")
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    address = f"http://{f'[{settings.host}]' if ':' in settings.host else settings.host}:{settings.port}"
+    print(f"API: {address}/v1    web lab: {address}/    (Ctrl-C stops)", flush=True)
     # Our access log (mulm_jax.api.access, JSON lines) replaces uvicorn's.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False,
                 timeout_graceful_shutdown=10)

@@ -14,6 +14,7 @@ COMMANDS = {
     "data": "mulm_jax.data.cli",
     "generate": "mulm_jax.infer.cli",  # also registers `bench`
     "eval": "mulm_jax.eval.cli",
+    "inspect": "mulm_jax.inspect.cli",  # also registers `plot`
     "convert": "mulm_jax.interop.cli",
 }
 

@@ -33,6 +33,7 @@ CORE_ROUTES = (
     "mulm_jax.api.routes.models",
     "mulm_jax.api.routes.completions",
     "mulm_jax.api.routes.tokens",
+    "mulm_jax.api.routes.inspect",
     "mulm_jax.api.routes.datasets",
     "mulm_jax.api.routes.training",
     "mulm_jax.api.routes.docs",

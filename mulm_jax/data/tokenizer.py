@@ -69,6 +69,10 @@ class Tokenizer(abc.ABC):
     def decode(self, ids: Iterable[int]) -> str:
         """The text of `ids`; special ids (pad, bos, eos) decode to nothing."""
 
+    def piece(self, id: int) -> str:
+        """The text of one token on its own, as a viewer shows it (a word start with its space)."""
+        return self.decode([id])
+
     @abc.abstractmethod
     def serialize(self) -> bytes:
         """The contents of `file_name`."""
@@ -188,6 +192,10 @@ class SentencePieceTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
+
+    def piece(self, id: int) -> str:
+        """SentencePiece's word-start mark as a space; byte pieces as <0xNN>; pad / bos / eos as their names."""
+        return self._sp.id_to_piece(int(id)).replace("\u2581", " ")
 
     def serialize(self) -> bytes:
         return self.model

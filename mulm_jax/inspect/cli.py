@@ -1,0 +1,152 @@
+"""`python -m mulm_jax inspect VIEW` (pictures and summaries of one traced prompt, or of a run's validation loss by
+position) and `python -m mulm_jax plot RUN ...` (training curves of runs side by side)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+VIEWS = {
+    "attention": "attention heatmaps: one per head of --layer (default: the last), or just --head; and a grid "
+                 "of every head of every layer",
+    "lens": "the logit lens: each layer's residual put through the final norm and output head, its top guess "
+            "for the next token at each position",
+    "tokens": "each token of the text shaded by its surprisal (-log p under the model), with the most "
+              "surprising listed",
+    "heads": "head roles: entropy, mean attention distance, previous-token and induction scores of every head",
+    "positions": "mean validation loss at each position of the context (how prediction improves with context)",
+}
+
+
+def register(subparsers: Any) -> None:
+    views = "\n".join(f"  {name:10s} {about}" for name, about in VIEWS.items())
+    parser = subparsers.add_parser(
+        "inspect", help="look inside a trained run: attention, logit lens, token surprisal, head roles, loss by "
+                        "position", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"Trace a prompt through a trained run and draw what happens inside.\n\nviews:\n{views}")
+    parser.add_argument("view", choices=list(VIEWS), metavar="VIEW", help=", ".join(VIEWS))
+    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a train.py --workdir")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    text = parser.add_mutually_exclusive_group()
+    text.add_argument("--prompt", help="the text to trace")
+    text.add_argument("--text-file", type=Path, help="trace this file's text (up to the model's context)")
+    parser.add_argument("--layer", type=int, help="layer to draw (attention)")
+    parser.add_argument("--head", type=int, help="head to draw (attention; needs --layer or takes the last)")
+    parser.add_argument("--top-k", type=int, default=5, help="alternatives kept per position (default 5)")
+    parser.add_argument("--windows", type=int, default=256,
+                        help="positions: validation windows of the model's context to average over (default 256)")
+    parser.add_argument("--out", type=Path, help="folder for the PNG pictures (default: RUN_DIR/inspect)")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a summary")
+    parser.set_defaults(func=run_inspect)
+
+    plot = subparsers.add_parser("plot", help="training and validation loss curves of runs side by side, with a "
+                                              "table of their parameters, speed and best validation loss")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="train.py --workdir folders")
+    plot.add_argument("--out", type=Path, default=Path("runs.png"), help="the picture (default runs.png)")
+    plot.add_argument("--json", action="store_true", help="print the table as JSON")
+    plot.set_defaults(func=run_plot)
+
+
+def _prompt(args: argparse.Namespace) -> str:
+    if args.text_file is not None:
+        try:
+            return args.text_file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"--text-file {str(args.text_file)!r} cannot be read: {e.strerror}") from None
+    if args.prompt is None:
+        raise ValueError(f"inspect {args.view} needs --prompt TEXT or --text-file F")
+    return args.prompt
+
+
+def _layers_heads(args: argparse.Namespace, L: int, H: int) -> tuple[list[int], list[int]]:
+    """The layers and heads the flags choose, checked against the model before anything is computed."""
+    if args.layer is not None and not 0 <= args.layer < L:
+        raise ValueError(f"--layer {args.layer} is out of range: this model has layers 0 to {L - 1}")
+    if args.head is not None and not 0 <= args.head < H:
+        raise ValueError(f"--head {args.head} is out of range: this model has heads 0 to {H - 1}")
+    layer = L - 1 if args.layer is None else args.layer
+    return [layer], list(range(H)) if args.head is None else [args.head]
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from mulm_jax.inspect import draw, report
+    from mulm_jax.inspect.heads import head_roles
+    from mulm_jax.inspect.trace import Tracer
+    from mulm_jax.infer import load_model
+    from mulm_jax.train.xla_cpu import configure_cpu
+
+    configure_cpu()
+    loaded = load_model(args.checkpoint, args.step)
+    cfg = loaded.config.model
+    layers, heads = _layers_heads(args, cfg.decoder_layers, cfg.num_heads)
+    out_dir = args.out or Path(args.checkpoint) / "inspect"
+    name = f"{Path(args.checkpoint).name} step {loaded.step}"
+    piece = loaded.tokenizer.piece
+    if args.view == "positions":
+        return _positions(args, loaded, out_dir, name)
+    tracer = Tracer(loaded)
+    trace = tracer.trace(_prompt(args), top_k=args.top_k, lens=args.view == "lens")
+    roles = head_roles(tracer, trace.attention_LxHxTxT) if args.view == "heads" else None
+    if args.json:
+        part = {"attention": "attention", "lens": "lens", "tokens": "tokens", "heads": "heads"}[args.view]
+        print(json.dumps(report.trace_json(trace, piece, ("tokens", part), roles)))
+    written = []
+    if args.view == "attention":
+        for layer in layers:
+            for head in heads:
+                written.append(draw.attention_heatmap(
+                    trace.attention_LxHxTxT[layer, head], trace.pieces, trace.pieces,
+                    f"{name}: attention, layer {layer}, head {head}", out_dir / f"attention_L{layer}_H{head}.png"))
+        written.append(draw.attention_grid(trace.attention_LxHxTxT, f"{name}: attention of every head",
+                                           out_dir / "attention_grid.png"))
+        summary = report.attention_summary(trace, layers, heads)
+    elif args.view == "lens":
+        written.append(draw.lens_grid(trace, piece, out_dir / "lens.png", f"{name}: logit lens"))
+        summary = report.lens_summary(trace, piece)
+    elif args.view == "tokens":
+        written.append(draw.token_surprisal(trace.pieces, -trace.logprob_T, f"{name}: surprisal of each token",
+                                            out_dir / "tokens.png"))
+        summary = report.tokens_summary(trace, piece)
+    else:
+        written.append(draw.head_roles_scatter(roles, f"{name}: head roles", out_dir / "heads.png"))
+        summary = report.heads_summary(roles)
+    if not args.json:
+        print(summary)
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+def _positions(args: argparse.Namespace, loaded: Any, out_dir: Path, name: str) -> int:
+    from mulm_jax.inspect import draw
+    from mulm_jax.inspect.positions import validation_loss_by_position
+
+    loss_T = validation_loss_by_position(loaded, args.windows)
+    if args.json:
+        print(json.dumps({"context": len(loss_T), "loss_by_position": [round(float(x), 5) for x in loss_T]}))
+    else:
+        marks = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if p <= len(loss_T)]
+        print("mean validation loss at position: " + "  ".join(f"{p}: {loss_T[p - 1]:.3f}" for p in marks))
+    path = draw.loss_by_position({name: loss_T}, f"{name}: validation loss by position", out_dir / "positions.png")
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from mulm_jax.inspect.runs import plot_runs, read_run, runs_table
+
+    runs = [read_run(Path(run)) for run in args.runs]
+    table = runs_table(runs)
+    if args.json:
+        print(json.dumps(table))
+    else:
+        print(f"{'run':24s} {'params':>10s} {'steps':>7s} {'tokens/s':>10s} {'best val loss':>14s}")
+        for row in table:
+            best = "-" if row["best_val_loss"] is None else f"{row['best_val_loss']:.4f} @{row['best_val_step']}"
+            speed = "-" if row["tokens_per_sec"] is None else f"{row['tokens_per_sec']:,.0f}"
+            print(f"{row['run'][:24]:24s} {row['params']:>10,d} {row['steps']:>7d} {speed:>10s} {best:>14s}")
+    path = plot_runs(runs, table, args.out)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0

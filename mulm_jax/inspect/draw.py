@@ -1,0 +1,172 @@
+"""Pictures of what inspection computes (matplotlib, Agg backend): each function takes the numbers and a path,
+writes one PNG (to a temporary name, then renamed) and returns the path; nothing here computes a model."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mulm_jax.inspect.heads import HeadRoles  # noqa: E402
+from mulm_jax.inspect.trace import Trace  # noqa: E402
+
+MAX_LABELS = 64  # tick labels per axis; longer prompts label every n-th token
+
+
+def shown(piece: str) -> str:
+    """A token's text made visible on an axis: spaces as '␣', newlines as '\\n', tabs as '\\t'."""
+    return piece.replace(" ", "\u2423").replace("\n", "\\n").replace("\t", "\\t") or "\u2205"
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write `fig` as a PNG at `path` (through a temporary file, so a failure leaves nothing half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _token_ticks(ax, pieces: Sequence[str], axis: str) -> None:
+    step = max(1, math.ceil(len(pieces) / MAX_LABELS))
+    ticks = np.arange(0, len(pieces), step)
+    labels = [shown(pieces[i]) for i in ticks]
+    size = 8 if len(ticks) <= 32 else 6
+    if axis in ("x", "both"):
+        ax.set_xticks(ticks, labels, rotation=90, fontsize=size)
+    if axis in ("y", "both"):
+        ax.set_yticks(ticks, labels, fontsize=size)
+
+
+def attention_heatmap(weights_QxK: np.ndarray, query_pieces: Sequence[str], key_pieces: Sequence[str], title: str,
+                      path: str | Path) -> Path:
+    """One head's attention: queries down, keys across, with the tokens as labels and a colour bar."""
+    size = min(12.0, 3.0 + 0.18 * max(len(key_pieces), len(query_pieces)))
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    image = ax.imshow(weights_QxK, cmap="viridis", vmin=0.0, vmax=max(float(weights_QxK.max()), 1e-6),
+                      interpolation="nearest", aspect="auto")
+    _token_ticks(ax, key_pieces, "x")
+    _token_ticks(ax, query_pieces, "y")
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query (attending)")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="attention weight")
+    return save_figure(fig, path)
+
+
+def attention_grid(attention_LxHxTxT: np.ndarray, title: str, path: str | Path,
+                   layers: Optional[Sequence[int]] = None) -> Path:
+    """Every head of the chosen layers as small multiples (rows: layers, columns: heads) on one colour scale."""
+    layers = list(range(attention_LxHxTxT.shape[0])) if layers is None else list(layers)
+    H = attention_LxHxTxT.shape[1]
+    fig, axes = plt.subplots(len(layers), H, figsize=(1.8 * H + 1.0, 1.8 * len(layers) + 0.6), squeeze=False)
+    image = None
+    for row, layer in enumerate(layers):
+        for head in range(H):
+            ax = axes[row, head]
+            image = ax.imshow(attention_LxHxTxT[layer, head], cmap="viridis", vmin=0.0, vmax=1.0,
+                              interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"head {head}", fontsize=9)
+            if head == 0:
+                ax.set_ylabel(f"layer {layer}", fontsize=9)
+    fig.suptitle(title)
+    fig.colorbar(image, ax=axes, label="attention weight", shrink=0.8)
+    return save_figure(fig, path)
+
+
+def lens_grid(trace: Trace, decode_piece, path: str | Path, title: str, max_positions: int = 48) -> Path:
+    """The logit lens: rows are layers (bottom: first), columns positions; each cell names the layer's top next-token
+    guess, shaded by its probability, and framed when it is the token that actually comes next."""
+    T = len(trace.pieces)
+    start = max(0, T - max_positions)
+    cols = range(start, T)
+    L = trace.lens_top_ids_LxTxN.shape[0]
+    probs_LxC = trace.lens_top_probs_LxTxN[:, start:, 0]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * len(cols), 1.2 + 0.42 * L))
+    image = ax.imshow(probs_LxC, cmap="Blues", vmin=0.0, vmax=1.0, origin="lower", aspect="auto")
+    for c, t in enumerate(cols):
+        for layer in range(L):
+            guess = shown(decode_piece(int(trace.lens_top_ids_LxTxN[layer, t, 0])))[:6]
+            correct = trace.lens_next_rank_LxT[layer, t] == 0
+            ax.text(c, layer, guess, ha="center", va="center", fontsize=7,
+                    color="white" if probs_LxC[layer, c] > 0.6 else "black",
+                    fontweight="bold" if correct else "normal")
+    ax.set_xticks(range(len(cols)), [shown(trace.pieces[t]) for t in cols], rotation=90, fontsize=7)
+    ax.set_yticks(range(L), [f"after block {layer}" for layer in range(L)], fontsize=8)
+    ax.set_xlabel("input token (each column predicts the token after it; bold: the guess is right)")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="probability of the top guess")
+    return save_figure(fig, path)
+
+
+def token_surprisal(pieces: Sequence[str], surprisal_T: np.ndarray, title: str, path: str | Path,
+                    per_line: int = 24) -> Path:
+    """The text as boxes of tokens, each shaded by its surprisal (-log p, in nats) under the model."""
+    rows = math.ceil(len(pieces) / per_line)
+    fig, ax = plt.subplots(figsize=(per_line * 0.55 + 1.5, 0.45 * rows + 1.0))
+    finite = surprisal_T[np.isfinite(surprisal_T)]
+    top = float(finite.max()) if finite.size else 1.0
+    cmap = plt.get_cmap("Reds")
+    for i, piece in enumerate(pieces):
+        row, col = divmod(i, per_line)
+        value = surprisal_T[i]
+        colour = cmap(value / top) if np.isfinite(value) else (0.9, 0.9, 0.9, 1.0)
+        ax.add_patch(plt.Rectangle((col, -row - 1), 0.95, 0.9, color=colour))
+        ax.text(col + 0.47, -row - 0.55, shown(piece)[:5], ha="center", va="center", fontsize=7,
+                color="white" if np.isfinite(value) and value / top > 0.6 else "black")
+    ax.set_xlim(0, per_line)
+    ax.set_ylim(-rows - 0.1, 0.1)
+    ax.axis("off")
+    ax.set_title(title)
+    mappable = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, top))
+    fig.colorbar(mappable, ax=ax, label="surprisal (nats); grey: first token, not predicted", shrink=0.8)
+    return save_figure(fig, path)
+
+
+def head_roles_scatter(roles: HeadRoles, title: str, path: str | Path) -> Path:
+    """Each head as a point: mean attention distance against entropy, coloured by its induction score and sized by
+    its previous-token score, labelled layer.head."""
+    L, H = roles.entropy_LxH.shape
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    points = ax.scatter(roles.mean_distance_LxH.ravel(), roles.entropy_LxH.ravel(),
+                        c=roles.induction_LxH.ravel(), cmap="plasma", vmin=0.0, vmax=1.0,
+                        s=30 + 300 * roles.previous_token_LxH.ravel(), edgecolors="black", linewidths=0.5)
+    for layer in range(L):
+        for head in range(H):
+            ax.annotate(f"{layer}.{head}", (roles.mean_distance_LxH[layer, head], roles.entropy_LxH[layer, head]),
+                        fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel("mean attention distance (positions back)")
+    ax.set_ylabel("attention entropy (nats)")
+    ax.set_title(title)
+    fig.colorbar(points, ax=ax, label="induction score (size: previous-token score)")
+    return save_figure(fig, path)
+
+
+def loss_by_position(losses: dict[str, np.ndarray], title: str, path: str | Path) -> Path:
+    """Mean loss at each position of the context, one line per named curve."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, loss_T in losses.items():
+        ax.plot(np.arange(1, len(loss_T) + 1), loss_T, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("position in the context (tokens seen, log scale)")
+    ax.set_ylabel("mean loss (nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(losses) > 1:
+        ax.legend()
+    return save_figure(fig, path)

@@ -1,0 +1,113 @@
+"""Inspection results as plain data (what `POST /v1/inspect` and `inspect --json` return) and as short summaries
+for the terminal."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+
+from mulm_jax.inspect.draw import shown
+from mulm_jax.inspect.heads import HeadRoles
+from mulm_jax.inspect.trace import Trace
+
+PARTS = ("tokens", "attention", "lens", "heads")
+
+
+def _number(x: float, digits: int = 6) -> Optional[float]:
+    return None if not math.isfinite(float(x)) else round(float(x), digits)
+
+
+def _grid(values: np.ndarray, digits: int = 5) -> list:
+    """Nested lists of rounded floats (NaN as null), for JSON."""
+    rounded = np.round(values.astype(np.float64), digits)
+    return np.where(np.isfinite(rounded), rounded, None).tolist()
+
+
+def trace_json(trace: Trace, piece: Callable[[int], str], include: Iterable[str] = PARTS,
+               roles: Optional[HeadRoles] = None) -> dict:
+    """The parts of a trace asked for in `include`, as nested lists; `piece` gives an alternative token's text."""
+    include = set(include)
+    out: dict = {"num_layers": trace.num_layers, "num_heads": trace.num_heads}
+    if "tokens" in include:
+        out["tokens"] = [
+            {"id": int(token), "text": text, "logprob": _number(trace.logprob_T[t]),
+             "top": [] if t == 0 else [{"id": int(i), "text": piece(int(i)), "logprob": _number(lp)}
+                                       for i, lp in zip(trace.top_ids_TxN[t], trace.top_logprobs_TxN[t])]}
+            for t, (token, text) in enumerate(zip(trace.ids_T, trace.pieces))]
+        out["next"] = [{"id": int(i), "text": piece(int(i)), "logprob": _number(lp)}
+                       for i, lp in zip(trace.next_top_ids_N, trace.next_top_logprobs_N)]
+    if "attention" in include:
+        out["attention"] = _grid(trace.attention_LxHxTxT)
+        out["residual_norm"] = _grid(trace.residual_norm_LxT, 4)
+        if trace.cross_attention_LxHxTxS is not None:
+            out["source_tokens"] = [{"id": int(i), "text": text}
+                                    for i, text in zip(trace.source_ids_S, trace.source_pieces)]
+            out["cross_attention"] = _grid(trace.cross_attention_LxHxTxS)
+            out["encoder_attention"] = _grid(trace.encoder_attention_LxHxSxS)
+    if "lens" in include and trace.lens_top_ids_LxTxN is not None:
+        out["lens"] = {
+            "top": [[[{"id": int(i), "text": piece(int(i)), "prob": _number(p)} for i, p in zip(ids_N, probs_N)]
+                     for ids_N, probs_N in zip(ids_TxN, probs_TxN)]
+                    for ids_TxN, probs_TxN in zip(trace.lens_top_ids_LxTxN, trace.lens_top_probs_LxTxN)],
+            "next_rank": np.where(trace.lens_next_rank_LxT >= 0, trace.lens_next_rank_LxT, None).tolist(),
+            "next_prob": _grid(trace.lens_next_prob_LxT)}
+    if "heads" in include and roles is not None:
+        out["heads"] = roles.rows()
+    return out
+
+
+def tokens_summary(trace: Trace, piece: Callable[[int], str], most: int = 8) -> str:
+    surprisal = -trace.logprob_T
+    scored = np.isfinite(surprisal)
+    lines = [f"{len(trace.pieces)} tokens; mean surprisal {surprisal[scored].mean():.3f} nats "
+             f"(perplexity {math.exp(surprisal[scored].mean()):.2f}) over the {int(scored.sum())} predicted"
+             if scored.any() else f"{len(trace.pieces)} token: nothing to predict"]
+    if scored.any():
+        lines.append("most surprising (token: surprisal, the model's top guess):")
+        for t in np.argsort(-np.where(scored, surprisal, -np.inf))[:min(most, int(scored.sum()))]:
+            guess = piece(int(trace.top_ids_TxN[t, 0]))
+            lines.append(f"  {t:4d} {shown(trace.pieces[t])!s:>12}: {surprisal[t]:6.2f}  "
+                         f"(guess {shown(guess)!r}, p={math.exp(trace.top_logprobs_TxN[t, 0]):.2f})")
+    return "\n".join(lines)
+
+
+def attention_summary(trace: Trace, layers: Iterable[int], heads: Iterable[int]) -> str:
+    """For each chosen head: its entropy and the key each query attends to most, for the last few queries."""
+    lines = []
+    T = len(trace.pieces)
+    for layer in layers:
+        for head in heads:
+            weights_TxT = trace.attention_LxHxTxT[layer, head]
+            strongest = [f"{shown(trace.pieces[q])}->{shown(trace.pieces[int(np.argmax(weights_TxT[q]))])}"
+                         for q in range(max(0, T - 6), T)]
+            lines.append(f"layer {layer} head {head}: last queries attend most to  " + "  ".join(strongest))
+    return "\n".join(lines)
+
+
+def lens_summary(trace: Trace, piece: Callable[[int], str]) -> str:
+    """What each layer guesses after the last token, and where the actual next tokens first become the top guess."""
+    L, T = trace.lens_top_ids_LxTxN.shape[:2]
+    lines = [f"after the last token {shown(trace.pieces[-1])!r}, each layer's top guesses:"]
+    for layer in range(L):
+        guesses = ", ".join(f"{shown(piece(int(i)))!r} {p:.2f}" for i, p in
+                            zip(trace.lens_top_ids_LxTxN[layer, T - 1], trace.lens_top_probs_LxTxN[layer, T - 1]))
+        lines.append(f"  block {layer:2d}: {guesses}")
+    if T > 1:
+        right = (trace.lens_next_rank_LxT[:, :T - 1] == 0).mean(axis=1)
+        lines.append("share of positions where the next token is the top guess, by block: "
+                     + " ".join(f"{r:.2f}" for r in right))
+    return "\n".join(lines)
+
+
+def heads_summary(roles: HeadRoles, most: int = 5) -> str:
+    lines = []
+    for name, values in (("induction", roles.induction_LxH), ("previous-token", roles.previous_token_LxH)):
+        order = np.argsort(-values.ravel())[:most]
+        H = values.shape[1]
+        lines.append(f"strongest {name} heads: " + ", ".join(
+            f"{i // H}.{i % H} ({values.ravel()[i]:.2f})" for i in order))
+    lines.append(f"entropy from {roles.entropy_LxH.min():.2f} to {roles.entropy_LxH.max():.2f} nats; mean distance "
+                 f"from {roles.mean_distance_LxH.min():.1f} to {roles.mean_distance_LxH.max():.1f} positions")
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""Runs compared side by side: their metrics.jsonl curves by step and by wall time, and a table of parameters,
+training speed and best validation loss (`python -m mulm_jax plot RUN ...`)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from mulm_jax.config import Config, ConfigError, load_config
+from mulm_jax.inspect.draw import plt, save_figure
+from mulm_jax.models.info import describe
+
+
+@dataclass(frozen=True)
+class RunCurves:
+    name: str
+    config: Config
+    train: list[dict]  # rows with "loss"
+    evals: list[dict]  # rows with "val_loss"
+
+
+def read_run(run_dir: Path) -> RunCurves:
+    """A run folder's config and metrics rows; a clear error when it is not a run folder or has no metrics."""
+    metrics = run_dir / "metrics.jsonl"
+    if not (run_dir / "config.yaml").is_file() or not metrics.is_file():
+        raise ValueError(f"{str(run_dir)!r} is not a run folder with metrics: expected config.yaml and "
+                         "metrics.jsonl in it (the --workdir of train.py)")
+    try:
+        config = load_config(run_dir / "config.yaml")
+    except ConfigError as e:
+        raise ValueError(f"{run_dir / 'config.yaml'}: {e}") from None
+    rows = []
+    for line in metrics.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line still being written by a live run
+    return RunCurves(run_dir.name, config, [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r])
+
+
+def runs_table(runs: list[RunCurves]) -> list[dict]:
+    """Per run: parameters, steps trained, median tokens/s and the best validation loss with its step."""
+    table = []
+    for run in runs:
+        best: Optional[dict] = min(run.evals, key=lambda r: r["val_loss"], default=None)
+        speeds = [r["tokens_per_sec"] for r in run.train if "tokens_per_sec" in r]
+        table.append({"run": run.name, "params": describe(run.config.model)["parameters"],
+                      "steps": max((r["step"] for r in run.train + run.evals), default=0),
+                      "tokens_per_sec": statistics.median(speeds) if speeds else None,
+                      "best_val_loss": None if best is None else best["val_loss"],
+                      "best_val_step": None if best is None else best["step"]})
+    return table
+
+
+def plot_runs(runs: list[RunCurves], table: list[dict], path: str | Path) -> Path:
+    """Training (thin) and validation (thick, dots) loss of every run against step and against wall time, on
+    shared axes, with the table under them."""
+    fig = plt.figure(figsize=(13, 6.0 + 0.3 * len(runs)))
+    grid = fig.add_gridspec(2, 2, height_ratios=[5.0, 0.6 + 0.3 * len(runs)], hspace=0.35)
+    by_step = fig.add_subplot(grid[0, 0])
+    by_time = fig.add_subplot(grid[0, 1], sharey=by_step)
+    below = fig.add_subplot(grid[1, :])
+    for i, run in enumerate(runs):
+        colour = f"C{i % 10}"
+        start = min((r["time"] for r in run.train + run.evals if "time" in r), default=0.0)
+        for rows, key, style in ((run.train, "loss", dict(lw=1, alpha=0.6)),
+                                 (run.evals, "val_loss", dict(lw=2, marker="o", ms=3))):
+            if not rows:
+                continue
+            label = f"{run.name} {'val' if key == 'val_loss' else 'train'}"
+            by_step.plot([r["step"] for r in rows], [r[key] for r in rows], color=colour, label=label, **style)
+            if all("time" in r for r in rows):
+                by_time.plot([(r["time"] - start) / 60 for r in rows], [r[key] for r in rows], color=colour,
+                             **style)
+    by_step.set_xlabel("step")
+    by_time.set_xlabel("wall time (minutes since the run's first row; resumed runs include the pause)")
+    by_step.set_ylabel("loss (nats per token)")
+    for ax in (by_step, by_time):
+        ax.grid(alpha=0.3)
+    by_step.legend(fontsize=8)
+    cells = [[row["run"], f"{row['params']:,}", str(row["steps"]),
+              "-" if row["tokens_per_sec"] is None else f"{row['tokens_per_sec']:,.0f}",
+              "-" if row["best_val_loss"] is None else f"{row['best_val_loss']:.4f} (step {row['best_val_step']})"]
+             for row in table]
+    below.axis("off")
+    below.table(cellText=cells, colLabels=["run", "parameters", "steps", "tokens/s (median)", "best val loss"],
+                loc="center", cellLoc="center")
+    fig.suptitle("training and validation loss")
+    return save_figure(fig, path)
