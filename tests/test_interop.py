@@ -17,7 +17,6 @@ tokenizers = pytest.importorskip("tokenizers")
 
 from flax import traverse_util  # noqa: E402
 from conftest import random_params  # noqa: E402
-from test_infer_engine import assert_greedy_decoding_equals_rerunning  # noqa: E402
 
 from mulm_jax.config import Config, config_from_dict, dump_config  # noqa: E402
 from mulm_jax.data.tokenizer import CharTokenizer, HFTokenizer, Tokenizer  # noqa: E402
@@ -38,7 +37,7 @@ CONFIGS = {  # name -> (config class, its settings)
     "qwen2": ("Qwen2Config", SMALL),
     "phi3": ("Phi3Config", dict(SMALL, pad_token_id=0)),
 }
-PROMPTS = [[5, 17, 200, 3, 99], [250, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 300]]
+PROMPTS = [[5, 17, 200, 3, 99], [250, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 280]]  # ids the tokenizer has
 TRICKY = ["Hello world", "  leading and   inner   spaces\t\ttabs\n\n\nnewlines ", "Ünïcödé café naïve 日本語 🎉👍🏽",
           "<extra> between<extra>tokens <extra>", "", " ", "a\u00a0b\u200bc", "trailing space "]
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' and not loop.first %}"
@@ -128,15 +127,20 @@ def test_imported_logits_equal_transformers(folders, name):
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "phi3"])
 def test_engine_greedy_tokens_equal_transformers_generate_and_the_full_forward(folders, name):
+    """20 greedy tokens; ids past the tokenizer's vocabulary (the padded rows) are never chosen, in either."""
     model, lm = folders[name]
+    n = lm.tokenizer.vocab_size
     prompt = PROMPTS[1]
     with torch.no_grad():
-        want = model.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False,
-                              pad_token_id=0)[0, len(prompt):].tolist()
-    with Engine(lm, slots=1, max_len=40) as engine:
-        got = engine.generate(prompt, SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True))
-    assert list(got.token_ids) == want
-    assert_greedy_decoding_equals_rerunning(lm, [PROMPTS[0]], 6)
+        want = model.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, pad_token_id=0,
+                              suppress_tokens=list(range(n, V)))[0, len(prompt):].tolist()
+    with Engine(lm, slots=2, max_len=40) as engine:
+        got = [r.result() for r in [engine.submit(p, SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True))
+                                    for p in (prompt, PROMPTS[0])]]
+    assert list(got[0].token_ids) == want
+    for p, completion in zip((prompt, PROMPTS[0]), got):  # the cached steps against one full forward
+        seq = p + list(completion.token_ids)
+        assert our_logits(lm, seq)[len(p) - 1:-1, :n].argmax(-1).tolist() == list(completion.token_ids)
 
 
 def test_imported_run_config_and_files(folders, tmp_path):
