@@ -20,7 +20,7 @@ from mulm_jax.api import create_app
 from mulm_jax.config import ServeConfig, load_config
 from mulm_jax.data.tokenizer import SentencePieceTokenizer
 from mulm_jax.inspect import InspectError, Tracer, token_pieces
-from mulm_jax.infer import InferenceError
+from mulm_jax.eval.scoring import EvalError
 from mulm_jax.inspect.heads import attention_stats, induction_scores, induction_sequence
 from mulm_jax.inspect.positions import loss_by_position
 from mulm_jax.train.loop import train
@@ -253,7 +253,7 @@ def test_loss_by_position_averages_each_windows_own_token_losses():
     tracer = Tracer(lm)
     expected = np.mean([-tracer.trace(tokens[w * 16:(w + 1) * 16].tolist()).logprob_T[1:] for w in range(10)], 0)
     np.testing.assert_allclose(loss_T[:15], expected, atol=1e-5)
-    with pytest.raises(InferenceError, match="at least 17"):
+    with pytest.raises(EvalError, match="at least 17"):
         loss_by_position(lm, tokens[:16])
 
 
