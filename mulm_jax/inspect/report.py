@@ -68,8 +68,8 @@ def tokens_summary(trace: Trace, piece: Callable[[int], str], most: int = 8) -> 
         lines.append("most surprising (token: surprisal, the model's top guess):")
         for t in np.argsort(-np.where(scored, surprisal, -np.inf))[:min(most, int(scored.sum()))]:
             guess = piece(int(trace.top_ids_TxN[t, 0]))
-            lines.append(f"  {t:4d} {shown(trace.pieces[t])!s:>12}: {surprisal[t]:6.2f}  "
-                         f"(guess {shown(guess)!r}, p={math.exp(trace.top_logprobs_TxN[t, 0]):.2f})")
+            lines.append(f"  {t:4d} {shown(trace.pieces[t]):>12}: {surprisal[t]:6.2f}  "
+                         f"(guess '{shown(guess)}', p={math.exp(trace.top_logprobs_TxN[t, 0]):.2f})")
     return "\n".join(lines)
 
 
@@ -89,9 +89,9 @@ def attention_summary(trace: Trace, layers: Iterable[int], heads: Iterable[int])
 def lens_summary(trace: Trace, piece: Callable[[int], str]) -> str:
     """What each layer guesses after the last token, and where the actual next tokens first become the top guess."""
     L, T = trace.lens_top_ids_LxTxN.shape[:2]
-    lines = [f"after the last token {shown(trace.pieces[-1])!r}, each layer's top guesses:"]
+    lines = [f"after the last token '{shown(trace.pieces[-1])}', each layer's top guesses:"]
     for layer in range(L):
-        guesses = ", ".join(f"{shown(piece(int(i)))!r} {p:.2f}" for i, p in
+        guesses = ", ".join(f"'{shown(piece(int(i)))}' {p:.2f}" for i, p in
                             zip(trace.lens_top_ids_LxTxN[layer, T - 1], trace.lens_top_probs_LxTxN[layer, T - 1]))
         lines.append(f"  block {layer:2d}: {guesses}")
     if T > 1:
