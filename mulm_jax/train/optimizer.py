@@ -43,7 +43,11 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     elif cfg.optimizer == "lion":
         opt = optax.lion(lr, b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay, mask=decay_mask)
     elif cfg.optimizer == "adafactor":
-        opt = optax.adafactor(lr, weight_decay_rate=cfg.weight_decay or None, weight_decay_mask=decay_mask)
+        # optax adds adafactor's decay after its learning-rate scaling (a step would shrink kernels by weight_decay
+        # itself): scaled by the learning rate afterwards instead, the decay is lr * weight_decay, as for the others.
+        opt = optax.chain(
+            optax.adafactor(None, weight_decay_rate=cfg.weight_decay or None, weight_decay_mask=decay_mask),
+            optax.scale_by_learning_rate(lr, flip_sign=False))
     else:  # sgd with momentum beta1; weight decay added to the gradient
         opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
                           optax.sgd(lr, momentum=cfg.beta1))
