@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mulm_jax.config import Config, ModelConfig, config_from_dict
-from mulm_jax.data.tokenizer import CharTokenizer
+from mulm_jax.data.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer
 from mulm_jax.infer import LoadedModel
 from mulm_jax.models import build_model
 
@@ -66,15 +66,26 @@ def random_params(model, *inputs, seed: int = 0, **kwargs):
 ALPHABET = "".join(sorted("abcdefghijklmnopqrstuvwxyz .,!:\n"))  # 32 characters: ids 0..31, no end token
 
 
-def loaded(seed: int = 0, **overrides) -> LoadedModel:
-    """A tiny model with random weights and a 32-character tokenizer, as inference would load a run."""
+def loaded(seed: int = 0, tokenizer: Tokenizer | None = None, **overrides) -> LoadedModel:
+    """A tiny model with random weights and a tokenizer (default: 32 characters), as inference would load a run."""
     cfg = tiny_model(**overrides)
     model = build_model(cfg)
     dummy = jnp.zeros((1, 4), jnp.int32)
     params = random_params(model, *((dummy, dummy) if cfg.architecture == "encoder_decoder" else (dummy,)),
                            seed=seed)["params"]
-    return LoadedModel(model=model, params=params, tokenizer=CharTokenizer(list(ALPHABET)),
+    return LoadedModel(model=model, params=params, tokenizer=tokenizer or CharTokenizer(list(ALPHABET)),
                        config=Config(model=cfg), step=0, run_dir=None)
+
+
+SP_CORPUS = ("The history of the city is the history of its people. The title of the book was known to all, and the "
+             "people of the town read it in the evening. In the morning they went to the market, where the traders "
+             "sold bread, fish and wine. ")
+
+
+def sentencepiece_tokenizer(model_type: str = "bpe") -> SentencePieceTokenizer:
+    """310 pieces trained as the project trains them (byte fallback: other characters become byte pieces)."""
+    docs = [SP_CORPUS.replace("the", word) for word in ("the", "a", "this", "that", "each", "one", "every")]
+    return SentencePieceTokenizer.train(docs, model_type, 310)
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:

@@ -1,9 +1,10 @@
 """Continuous batching: requests wait in a bounded queue, are prefilled into free slots, and advance
 together, one compiled decode step for all slots, until each meets its stop condition and frees its slot.
 
-One background thread owns the device state. Submission, cancellation and reading results are thread-safe;
-results stream as TokenEvents (per-token callback, blocking iterator, or async iterator) and end with a
-Completion.
+One background thread owns the device state and dispatches the steps; a second one turns tokens into text
+(infer.detokenize), so that a step never waits for it. Submission, cancellation and reading results are
+thread-safe; results stream as TokenEvents (per-token callback, blocking iterator, or async iterator) and end
+with a Completion.
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import queue
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterator, Optional, Sequence
+from typing import Any, AsyncIterator, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
 
 from mulm_jax.infer.decoding import SlotSteps, host_output, prompt_buckets
+from mulm_jax.infer.detokenize import CompletionText
 from mulm_jax.infer.loading import InferenceError, LoadedModel
 from mulm_jax.infer.layout import to_serving_layout
 from mulm_jax.infer.quantize import dequantize, quantize_params
@@ -36,8 +39,9 @@ class QueueFullError(InferenceError):
 @dataclass(frozen=True)
 class TokenLogprob:
     token_id: int
+    text: str  # the token's share of the completion's text (see infer.detokenize; "" inside a character)
     logprob: float
-    top: tuple[tuple[int, float], ...]  # the most likely alternatives (id, log-probability), best first
+    top: tuple[tuple[int, str, float], ...]  # the most likely tokens (id, text in this place, log-probability)
 
 
 @dataclass(frozen=True)
@@ -45,14 +49,14 @@ class TokenEvent:
     request_id: str
     index: int  # of the token among the generated ones
     token_id: int
-    text: str  # the new text this token completes ("" while a stop string or a character is still open)
+    text: str  # the new text shown ("" while a stop string or a character is still open)
     logprob: Optional[TokenLogprob]
 
 
 @dataclass(frozen=True)
 class Completion:
     request_id: str
-    text: str
+    text: str  # decode(prompt + output) beyond decode(prompt), up to a stop string or a stop token
     token_ids: tuple[int, ...]
     finish_reason: str  # "stop" (end token, stop token or stop string), "length" or "cancelled"
     prompt_tokens: int
@@ -73,11 +77,13 @@ class Request:
         self.id, self.prompt_ids, self.params, self.seed, self.on_token = request_id, prompt_ids, params, seed, on_token
         self.submitted = time.monotonic()
         self.cancelled = False
-        self.token_ids: list[int] = []
-        self.logprobs: list[TokenLogprob] = []
-        self.emitted_text = ""
+        self.token_ids: list[int] = []  # generated (a step or two may follow a stop string: see Completion)
         self.first_token_at: Optional[float] = None
         self.completion: Optional[Completion] = None
+        self._ended = False  # the engine generates no more for it
+        self._text: Optional[CompletionText] = None  # this and the next two: the delivery thread's
+        self._ids: list[int] = []
+        self._logprobs: list[TokenLogprob] = []
         self._events: list[TokenEvent] = []
         self._cond = threading.Condition()
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -137,6 +143,16 @@ class Request:
             yield event
 
 
+class _Result(NamedTuple):
+    """What a step gave one request, passed from the loop to the delivery thread."""
+
+    request: Request
+    token_id: Optional[int]  # None: the request ended without a new token (cancelled)
+    logprobs: Optional[tuple[float, list[int], list[float]]]  # the token's, the top ids and theirs
+    in_text: bool  # False for a stop token, whose text is not part of the completion
+    finish: Optional[str]  # the Completion's finish_reason when the loop ended the request here
+
+
 @dataclass
 class EngineStats:
     slots: int
@@ -175,13 +191,17 @@ class Engine:
         self._seeds = np.random.default_rng(seed)
         self._generated = 0
         self._thread: Optional[threading.Thread] = None
+        self._delivery: Optional[threading.Thread] = None
+        self._results: queue.SimpleQueue[Optional[list[_Result]]] = queue.SimpleQueue()
         self._stopping = False
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> "Engine":
         if self._thread is None:
             self._stopping = False
+            self._delivery = threading.Thread(target=self._deliver, name="mulm-delivery", daemon=True)
             self._thread = threading.Thread(target=self._run, name="mulm-engine", daemon=True)
+            self._delivery.start()
             self._thread.start()
         return self
 
@@ -191,7 +211,9 @@ class Engine:
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join()
-            self._thread = None
+            self._results.put(None)  # after the loop's last results
+            self._delivery.join()
+            self._thread = self._delivery = None
 
     def __enter__(self) -> "Engine":
         return self.start()
@@ -298,15 +320,16 @@ class Engine:
             requests = [r for r in self._slots if r is not None] + list(self._waiting)
             self._waiting.clear()
             self._slots = [None] * len(self._slots)
-        for r in requests:
-            self._finish(r, "cancelled")
+            for r in requests:
+                r._ended = True
+        self._results.put([_Result(r, None, None, False, "cancelled") for r in requests])
 
     def _admit(self) -> None:
         while True:
             with self._lock:
                 free = [b for b, r in enumerate(self._slots) if r is None]
                 while self._waiting and self._waiting[0].cancelled:
-                    self._finish(self._waiting.popleft(), "cancelled")
+                    self._results.put([_Result(self._waiting.popleft(), None, None, False, "cancelled")])
                 if not free or not self._waiting:
                     return
                 request = self._waiting.popleft()
@@ -337,12 +360,14 @@ class Engine:
         return out
 
     def _accept(self, out: dict[str, np.ndarray], ran: list[tuple[int, Request]]) -> None:
-        """Take each running request's new token: emit its text, and finish those that are done."""
+        """Take each running request's new token, end those that are done, and hand the tokens to delivery."""
+        results = []
         for row, request in ran:
-            if request.done:
-                continue  # finished while this step was in flight: its token is one too many
+            if request._ended:
+                continue  # ended while this step was in flight: its token is one too many
             if request.cancelled:
-                self._finish(request, "cancelled")
+                self._end(request)
+                results.append(_Result(request, None, None, False, "cancelled"))
                 continue
             token = int(out["tokens"][row])
             p = request.params
@@ -350,51 +375,68 @@ class Engine:
                 request.first_token_at = time.monotonic()
             request.token_ids.append(token)
             self._generated += 1
-            logprob = None
+            logprobs = None
             if p.logprobs is not None:
-                top = tuple((int(i), float(lp)) for i, lp in zip(out["top_ids"][row][:p.logprobs],
-                                                               out["top_logprobs"][row][:p.logprobs]))
-                logprob = TokenLogprob(token, float(out["logprobs"][row]), top)
-                request.logprobs.append(logprob)
+                logprobs = (float(out["logprobs"][row]), out["top_ids"][row][:p.logprobs].tolist(),
+                            out["top_logprobs"][row][:p.logprobs].tolist())
             stop_token = not p.ignore_eos and token == self.tokenizer.eos_id or token in p.stop_token_ids
-            out_of_tokens = not stop_token and len(request.token_ids) >= p.max_tokens
-            text_ids = request.token_ids[:-1] if stop_token else request.token_ids
-            text, stopped_by_string = self._visible_text(text_ids, p.stop, final=stop_token or out_of_tokens)
-            delta = text[len(request.emitted_text):]
-            request.emitted_text = text
-            request._publish(TokenEvent(request.id, len(request.token_ids) - 1, token, delta, logprob))
-            if stop_token or stopped_by_string:
-                self._finish(request, "stop")
-            elif out_of_tokens:
-                self._finish(request, "length")
+            finish = "stop" if stop_token else "length" if len(request.token_ids) >= p.max_tokens else None
+            if finish is not None:
+                self._end(request)
+            results.append(_Result(request, token, logprobs, not stop_token, finish))
+        if results:
+            self._results.put(results)
 
-    def _visible_text(self, ids: list[int], stops: tuple[str, ...], final: bool) -> tuple[str, bool]:
-        """The text that may be shown so far, and whether a stop string ended it.
+    def _end(self, request: Request) -> None:
+        """Generate no more for `request` and free its slot (from either thread)."""
+        with self._lock:
+            request._ended = True
+            self._slots = [None if r is request else r for r in self._slots]
 
-        Held back: a trailing part that could still grow into a stop string, and an unfinished character.
-        """
-        text = self.tokenizer.decode(ids)
-        cut = [i for i in (text.find(s) for s in stops) if i >= 0]
-        if cut:
-            return text[:min(cut)], True
-        if final:
-            return text, False
-        keep = len(text) - (1 if text.endswith("\ufffd") else 0)
-        for s in stops:
-            for k in range(min(len(s) - 1, len(text)), 0, -1):
-                if text.endswith(s[:k]):
-                    keep = min(keep, len(text) - k)
-                    break
-        return text[:keep], False
+    # ---- delivery ----------------------------------------------------------------------------------------
+    def _deliver(self) -> None:
+        """The delivery thread: each accepted token's text, event and, at the end, the request's Completion."""
+        while (results := self._results.get()) is not None:
+            for result in results:
+                try:
+                    self._deliver_one(result)
+                except Exception:  # end this request rather than leave its caller waiting, and go on
+                    log.exception("delivering a token of request %s failed; cancelling it", result.request.id)
+                    self._end(result.request)
+                    self._complete(result.request, "cancelled")
 
-    def _finish(self, request: Request, reason: str) -> None:
+    def _deliver_one(self, result: _Result) -> None:
+        request, token = result.request, result.token_id
+        if request.done:
+            return  # a stop string ended it; the loop had generated further
+        if token is not None:
+            text = request._text = request._text or CompletionText(self.tokenizer, request.prompt_ids,
+                                                                   request.params.stop)
+            top_ids = result.logprobs[1] if result.logprobs is not None else []
+            if result.in_text:
+                own, others, shown = text.add(token, top_ids, final=result.finish is not None)
+            else:
+                own, others, shown = text.stop_token(token, top_ids)
+            logprob = None
+            if result.logprobs is not None:
+                chosen, _, top_logprobs = result.logprobs
+                logprob = TokenLogprob(token, own, chosen, tuple(zip(top_ids, others, top_logprobs)))
+                request._logprobs.append(logprob)
+            request._ids.append(token)
+            request._publish(TokenEvent(request.id, len(request._ids) - 1, token, shown, logprob))
+            if text.stopped:
+                self._end(request)
+                self._complete(request, "stop")
+                return
+        if result.finish is not None:
+            self._complete(request, result.finish)
+
+    def _complete(self, request: Request, reason: str) -> None:
         if request.done:
             return
-        with self._lock:
-            self._slots = [None if r is request else r for r in self._slots]
         first = None if request.first_token_at is None else request.first_token_at - request.submitted
         request._publish(completion=Completion(
-            request_id=request.id, text=request.emitted_text, token_ids=tuple(request.token_ids),
-            finish_reason=reason, prompt_tokens=len(request.prompt_ids),
-            logprobs=tuple(request.logprobs) if request.params.logprobs is not None else None,
+            request_id=request.id, text="" if request._text is None else request._text.text,
+            token_ids=tuple(request._ids), finish_reason=reason, prompt_tokens=len(request.prompt_ids),
+            logprobs=tuple(request._logprobs) if request.params.logprobs is not None else None,
             time_to_first_token_s=first))

@@ -228,8 +228,7 @@ def _cancelled_by_server() -> ApiError:
 
 def _logprobs(gen: Generation, logprobs: Sequence[TokenLogprob], offset: int) -> dict:
     """Log-probabilities in the route's format (chat or legacy completions); `offset`: of the first token's text."""
-    tokenizer = gen.served.loaded.tokenizer
-    return _chat_logprobs(tokenizer, logprobs) if gen.chat else _text_logprobs(tokenizer, logprobs, offset)
+    return _chat_logprobs(logprobs) if gen.chat else _text_logprobs(logprobs, offset)
 
 
 async def _whole(ctx, gen: Generation, request: Request, client: str) -> Response:
@@ -313,7 +312,8 @@ def _streamed(ctx, gen: Generation, client: str) -> Response:
                 if isinstance(item, TokenEvent):
                     if item.text or item.logprob is not None:
                         yield chunk([choice(index, item.text, item.logprob, None, offsets[index])])
-                        offsets[index] += len(item.text)
+                    if item.logprob is not None:
+                        offsets[index] += len(item.logprob.text)
                     continue
                 completions.append(item)
                 _account(ctx, gen, client, item)
@@ -334,28 +334,24 @@ def _streamed(ctx, gen: Generation, client: str) -> Response:
     return EventStream(events(), on_close)
 
 
-def _token_text(tokenizer, token_id: int) -> str:
-    return tokenizer.decode([token_id])
+def _text_logprobs(logprobs: Sequence[TokenLogprob], offset: int) -> dict:
+    """The legacy completions format: parallel lists of tokens, their log-probabilities and top alternatives.
 
-
-def _text_logprobs(tokenizer, logprobs: Sequence[TokenLogprob], offset: int) -> dict:
-    """The legacy completions format: parallel lists of tokens, their log-probabilities and top alternatives."""
-    tokens = [_token_text(tokenizer, lp.token_id) for lp in logprobs]
+    A token's text is its share of the completion's text (a word start with its space; "" for all but the last
+    byte piece of a character), so the tokens join into the text and `text_offset` indexes it."""
     offsets, at = [], offset
-    for t in tokens:
+    for lp in logprobs:
         offsets.append(at)
-        at += len(t)
-    return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in logprobs],
-            "top_logprobs": [{_token_text(tokenizer, i): v for i, v in lp.top} for lp in logprobs],
-            "text_offset": offsets}
+        at += len(lp.text)
+    return {"tokens": [lp.text for lp in logprobs], "token_logprobs": [lp.logprob for lp in logprobs],
+            "top_logprobs": [{text: v for _, text, v in lp.top} for lp in logprobs], "text_offset": offsets}
 
 
-def _chat_logprobs(tokenizer, logprobs: Sequence[TokenLogprob]) -> dict:
-    def entry(token_id: int, logprob: float) -> dict:
-        text = _token_text(tokenizer, token_id)
+def _chat_logprobs(logprobs: Sequence[TokenLogprob]) -> dict:
+    def entry(text: str, logprob: float) -> dict:
         return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
 
-    return {"content": [{**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(i, v) for i, v in lp.top]}
+    return {"content": [{**entry(lp.text, lp.logprob), "top_logprobs": [entry(text, v) for _, text, v in lp.top]}
                         for lp in logprobs]}
 
 
