@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -75,6 +76,16 @@ def loaded(seed: int = 0, tokenizer: Tokenizer | None = None, **overrides) -> Lo
                            seed=seed)["params"]
     return LoadedModel(model=model, params=params, tokenizer=tokenizer or CharTokenizer(list(ALPHABET)),
                        config=Config(model=cfg), step=0, run_dir=None)
+
+
+def favour(lm: LoadedModel, up: int, down: int, strength: float = 1000.0) -> LoadedModel:
+    """`lm` with the embedding rows of tokens `up` and `down` set to +-strength times one direction: with tied
+    embeddings, whatever the context, one of the two then has by far the largest logit."""
+    table = np.array(lm.params["embedder"]["token"]["embedding"])
+    direction = np.random.default_rng(0).normal(size=table.shape[1])
+    table[up], table[down] = strength * direction, -strength * direction
+    params = {**lm.params, "embedder": {**lm.params["embedder"], "token": {"embedding": jnp.asarray(table)}}}
+    return dataclasses.replace(lm, params=params)
 
 
 SP_CORPUS = ("The history of the city is the history of its people. The title of the book was known to all, and the "

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import loaded, tiny_model
+from conftest import ALPHABET, favour, loaded, tiny_model
 from mulm_jax.config import Config, dump_config
 from mulm_jax.infer import Engine, InferenceError, LoadedModel, QueueFullError, SamplingParams
 from mulm_jax.infer.quantize import Int8Weight, dequantize, quantize_params, weight_bytes
@@ -189,6 +189,25 @@ def test_nothing_recompiles_after_warmup():
         for r in requests:
             r.result(timeout=60)
     assert engine.stats().compilations == compiled
+
+
+def test_a_vocabulary_larger_than_the_tokenizers_never_yields_the_extra_ids():
+    # 40 embedding rows for 32 characters (a padded table); rows 32 and 33 would win every step unmasked.
+    lm = favour(loaded(vocab_size=40), 32, 33)
+    assert lm.tokenizer.vocab_size == len(ALPHABET) == 32
+    settings = [SamplingParams(temperature=0.0), SamplingParams(temperature=1.0, seed=1),
+                SamplingParams(temperature=1.0, top_k=5, seed=2), SamplingParams(temperature=0.7, top_p=0.9, seed=3),
+                SamplingParams(temperature=1.5, min_p=0.01, seed=4), SamplingParams(temperature=0.0,
+                                                                                   repetition_penalty=1.3)]
+    with Engine(lm, slots=2) as engine:
+        assert engine.vocab_size == 32
+        results = [engine.generate("the", p.replace(max_tokens=8, logprobs=5)) for p in settings]
+        with pytest.raises(InferenceError, match=r"prompt token id 35 is outside the vocabulary \[0, 32\)"):
+            engine.submit([1, 35], SamplingParams())
+    for result in results:
+        assert max(result.token_ids) < 32
+        assert all(i < 32 and np.isfinite(lp) for step in result.logprobs for i, _, lp in step.top)
+        assert result.text == lm.tokenizer.decode(result.token_ids)
 
 
 def test_int8_weights_are_a_quarter_the_size_and_close():

@@ -15,7 +15,7 @@ import numpy as np
 from jax import lax
 
 from mulm_jax.infer.layout import serving_layout
-from mulm_jax.infer.sampling import SamplingArrays, apply_penalties, choose_tokens, token_logprobs
+from mulm_jax.infer.sampling import SamplingArrays, apply_penalties, choose_tokens, mask_vocab, token_logprobs
 from mulm_jax.nn.attention import KVCache
 
 # XLA:CPU otherwise copies every cache buffer that a step both reads and updates in place.
@@ -62,8 +62,9 @@ class SlotSteps:
     """
 
     def __init__(self, model: nn.Module, slots: int, max_len: int, num_logprobs: int = 5,
-                 unpack_params: Callable[[Any], Any] = lambda params: params):
+                 unpack_params: Callable[[Any], Any] = lambda params: params, vocab: Optional[int] = None):
         self.model, self.cfg, self.unpack_params = model, model.cfg, unpack_params
+        self.vocab = vocab or self.cfg.vocab_size  # ids from here on are never chosen (see sampling.mask_vocab)
         self.slots, self.max_len, self.num_logprobs = slots, max_len, num_logprobs
         self.encoder_decoder = self.cfg.architecture == "encoder_decoder"
         self.traces = 0
@@ -86,6 +87,7 @@ class SlotSteps:
             prompt_mask_BxV=jnp.zeros((B, V), bool))
 
     def _pick(self, logits_BxV, sampling, counts_BxV, prompt_mask_BxV, new_pos_B, want_logprobs) -> StepOutput:
+        logits_BxV = mask_vocab(logits_BxV, self.vocab)
         penalized = lax.cond(
             jnp.any((sampling.repetition_B != 1) | (sampling.presence_B != 0) | (sampling.frequency_B != 0)),
             lambda: apply_penalties(logits_BxV, sampling, counts_BxV, prompt_mask_BxV), lambda: logits_BxV)

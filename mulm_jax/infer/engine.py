@@ -168,6 +168,8 @@ class Engine:
 
     max_len: positions per slot (default: the model's context). max_queue: requests allowed to wait for a
     slot before submit() raises QueueFullError. int8: serve with weight-only int8 kernels (see quantize).
+    `vocab_size`: the ids both the model and the tokenizer know; a padded embedding table's further rows are
+    never generated.
     """
 
     def __init__(self, loaded: LoadedModel, *, slots: int = 4, max_len: Optional[int] = None, max_queue: int = 64,
@@ -175,12 +177,13 @@ class Engine:
         cfg = loaded.config.model
         self.loaded, self.tokenizer = loaded, loaded.tokenizer
         self.max_len = min(max_len or cfg.max_seq_len, cfg.max_seq_len)
+        self.vocab_size = min(cfg.vocab_size, self.tokenizer.vocab_size)
         if slots < 1 or max_queue < 0:
             raise InferenceError(f"slots={slots} and max_queue={max_queue}: expected slots >= 1 and max_queue >= 0")
         params = to_serving_layout(loaded.model, loaded.params)  # dense kernels [out, in]: see infer.layout
         self.params = jax.device_put(quantize_params(params) if int8 else params)
         self.steps = SlotSteps(loaded.model, slots, self.max_len, num_logprobs,
-                               unpack_params=dequantize if int8 else (lambda p: p))
+                               unpack_params=dequantize if int8 else (lambda p: p), vocab=self.vocab_size)
         self.buckets = prompt_buckets(cfg.max_seq_len if self.steps.encoder_decoder else self.max_len)
         self.max_queue, self.num_logprobs = max_queue, num_logprobs
         self._state = self.steps.init_state()
@@ -243,10 +246,9 @@ class Engine:
                 raise InferenceError("the prompt is empty: expected at least one token (this tokenizer has no "
                                      "beginning-of-text token to start from)")
             ids = [self.tokenizer.bos_id]
-        V = self.loaded.config.model.vocab_size
-        bad = [i for i in ids if not 0 <= i < V]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise InferenceError(f"prompt token id {bad[0]} is outside the vocabulary [0, {V})")
+            raise InferenceError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
         return ids
 
     def encode_prompt(self, prompt: str | Sequence[int], max_tokens: int, truncate: bool = False) -> list[int]:

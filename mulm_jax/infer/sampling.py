@@ -108,6 +108,13 @@ def apply_penalties(logits_BxV: jax.Array, s: SamplingArrays, output_counts_BxV:
     return logits_BxV - s.presence_B[:, None] * (counts > 0) - s.frequency_B[:, None] * counts
 
 
+def mask_vocab(logits_BxV: jax.Array, vocab: int) -> jax.Array:
+    """Logits with the ids from `vocab` on set to -inf: rows of a padded embedding table that no tokenizer piece
+    has are never chosen, and never listed among the likeliest tokens."""
+    V = logits_BxV.shape[-1]
+    return logits_BxV if vocab >= V else jnp.where(jnp.arange(V) < vocab, logits_BxV, -jnp.inf)
+
+
 def filter_logits(logits_BxV: jax.Array, s: SamplingArrays) -> jax.Array:
     """Tempered logits with the tokens removed by top-k, top-p (nucleus) and min-p set to -inf.
 

@@ -54,7 +54,7 @@ def _sampling(body: Body, served: ServedModel, *, max_tokens: int, stop: tuple[s
         max_tokens=max_tokens,
         temperature=body.number("temperature", 1.0, lo=0.0, hi=2.0),
         top_p=body.number("top_p", 1.0, lo=0.0, hi=1.0),
-        top_k=body.integer("top_k", 0, lo=0, hi=served.loaded.config.model.vocab_size),
+        top_k=body.integer("top_k", 0, lo=0, hi=served.engine.vocab_size),
         min_p=body.number("min_p", 0.0, lo=0.0, hi=1.0),
         repetition_penalty=body.number("repetition_penalty", 1.0, lo=0.0, hi=10.0),
         presence_penalty=body.number("presence_penalty", 0.0, lo=-2.0, hi=2.0),

@@ -62,7 +62,7 @@ def routes(ctx) -> list[Route]:
         """
         body = (await read_json(request, ctx.settings.max_body_bytes)).only(("model", "tokens"))
         served = ctx.models.get(body.string("model"))
-        ids = _token_ids(body.raw("tokens"), "tokens", served.loaded.config.model.vocab_size)
+        ids = _token_ids(body.raw("tokens"), "tokens", served.engine.vocab_size)
         return JSONResponse({"model": served.id, "prompt": served.loaded.tokenizer.decode(ids)})
 
     async def embeddings(request: Request) -> JSONResponse:
@@ -84,7 +84,7 @@ def routes(ctx) -> list[Route]:
         served = ctx.models.get(body.string("model"))
         body.string("encoding_format", "float", choices=("float",))
         raw = body.raw("input")
-        vocab = served.loaded.config.model.vocab_size
+        vocab = served.engine.vocab_size
         if isinstance(raw, str) or (isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw)):
             raw = [raw]
         if not isinstance(raw, list) or not raw or len(raw) > MAX_INPUTS:
