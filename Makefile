@@ -6,7 +6,7 @@ STAMP := $(VENV)/.requirements-installed
 # The development/CI mirror of the public corpora (see ../shared/data/README.md).
 export MULM_DATA_MIRROR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: demo test test-slow venv clean
+.PHONY: demo test test-slow venv chromium clean
 
 venv: $(STAMP)
 
@@ -18,7 +18,8 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 # Assembles Tiny Shakespeare (on first use), trains nanoGPT's CPU recipe on it (running it again resumes or finds
-# the run finished), shows a sample, then serves the model on http://127.0.0.1:8000 (OpenAI-compatible; Ctrl-C stops).
+# the run finished), shows a sample, then serves the model on http://127.0.0.1:8000 (OpenAI-compatible; the web
+# lab at http://127.0.0.1:8000/; Ctrl-C stops).
 demo: $(STAMP)
 	$(PY) -m mulm_jax info --config configs/shakespeare_char.yaml
 	$(PY) train.py --config configs/shakespeare_char.yaml --workdir runs/shakespeare
@@ -27,6 +28,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow"
+
+# The web lab's browser tests (tests/test_lab_browser.py, run by `make test` when it is there) drive Debian's
+# Chromium headless; this installs it when it is missing (as root).
+chromium:
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m slow

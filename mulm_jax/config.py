@@ -218,7 +218,7 @@ class ServeConfig:
     slots: int = 8  # sequences decoded together per model
     max_queue: int = 64  # requests waiting for a slot, per model, before 429
     int8: bool = False  # weight-only int8 kernels
-    api_keys: tuple[str, ...] = ()  # when any is set, every route but /healthz and /readyz needs one
+    api_keys: tuple[str, ...] = ()  # when any is set, every route but the probes and the web lab's files needs one
     api_keys_file: Optional[str] = None  # one key per line (blank lines and # comments skipped)
     requests_per_minute: int = 0  # per API key (or per client address without keys); 0: no limit
     tokens_per_minute: int = 0  # generated tokens per API key per minute; 0: no limit

@@ -23,7 +23,6 @@ export const app = {
     $("model").replaceChildren(...app.models.map((m) => new Option(m.id, m.id)));
     if (!app.models.length) $("model").append(new Option("(no model served)", ""));
     if (app.models.some((m) => m.id === previous)) $("model").value = previous;
-    $("model").dispatchEvent(new Event("change"));
     return app.models;
   },
 
@@ -59,14 +58,18 @@ function currentView() {
   return name in VIEWS ? name : "playground";
 }
 
+// Shows the view the URL names; body[data-shown] names it once its data is loaded.
 function show() {
   const name = currentView();
+  delete document.body.dataset.shown;
   for (const view of Object.keys(VIEWS)) $(`view-${view}`).hidden = view !== name;
   for (const link of document.querySelectorAll("#tabs a")) {
     if (link.hash === `#${name}`) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  app.run(() => VIEWS[name].show());
+  app.run(() => VIEWS[name].show()).then(() => {
+    document.body.dataset.shown = name;
+  });
 }
 
 function askForKey(message) {

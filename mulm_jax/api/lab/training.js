@@ -33,6 +33,7 @@ export function init(lab) {
 }
 
 export async function show() {
+  drawChart();  // at the width the view has now
   const [datasets, listed] = await Promise.all([get("/v1/datasets"), get("/v1/training/jobs")]);
   const picked = $("tr-dataset").value;
   $("tr-dataset").replaceChildren(new Option("(the config's own data)", ""),
