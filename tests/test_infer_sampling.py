@@ -19,24 +19,35 @@ def arrays(*rows: SamplingParams, seeds=None) -> SamplingArrays:
 
 
 def reference_kept(logits: np.ndarray, p: SamplingParams) -> np.ndarray:
-    """Which tokens survive temperature, top-k, top-p and min-p, worked out directly from the definitions."""
+    """Which tokens survive, from the documented semantics of Hugging Face's warpers (as vLLM applies them): each
+    filter in turn on what the one before kept, renormalised. Temperature; top-k keeps the k most likely (and
+    ties with the k-th); top-p keeps the most likely tokens until their probability reaches top_p (and ties with
+    the last); min-p keeps tokens at least min_p times as likely as the most likely."""
     x = logits / p.temperature
-    probs = np.exp(x - x.max())
-    probs /= probs.sum()
     keep = np.ones_like(x, bool)
+
+    def probs() -> np.ndarray:  # the distribution over the tokens kept so far
+        e = np.where(keep, np.exp(x - x[keep].max()), 0.0)
+        return e / e.sum()
+
     if p.top_k:
         keep &= x >= np.sort(x)[::-1][p.top_k - 1]
-    order = np.argsort(-x, kind="stable")
-    mass, nucleus = 0.0, np.zeros_like(keep)
-    for i in order:  # add tokens from the most likely until their mass reaches top_p
-        nucleus[i] = True
-        mass += probs[i]
-        if mass >= p.top_p:
-            break
-    keep &= x >= x[nucleus].min()
+    if p.top_p < 1:
+        q, mass, last = probs(), 0.0, None
+        for i in np.argsort(-x, kind="stable"):
+            last, mass = i, mass + q[i]
+            if mass >= p.top_p:
+                break
+        keep &= x >= x[last]
     if p.min_p:
-        keep &= probs >= p.min_p * probs.max()
+        q = probs()
+        keep &= q >= p.min_p * q.max()
     return keep
+
+
+def kept_by(p: SamplingParams, logits: np.ndarray) -> np.ndarray:
+    filtered = np.asarray(jax.jit(filter_logits)(jnp.asarray(logits, jnp.float32), arrays(*[p] * len(logits))))
+    return np.isfinite(filtered)
 
 
 @pytest.mark.parametrize("p", [
@@ -44,6 +55,11 @@ def reference_kept(logits: np.ndarray, p: SamplingParams) -> np.ndarray:
     SamplingParams(temperature=0.7, top_k=5),
     SamplingParams(temperature=1.3, top_p=0.6),
     SamplingParams(temperature=1.0, min_p=0.2),
+    SamplingParams(temperature=2.0, min_p=0.3),
+    SamplingParams(temperature=0.9, top_k=12, top_p=0.8),
+    SamplingParams(temperature=1.0, top_k=6, top_p=0.5),
+    SamplingParams(temperature=1.0, top_k=8, min_p=0.1),
+    SamplingParams(temperature=0.8, top_p=0.7, min_p=0.1),
     SamplingParams(temperature=0.9, top_k=12, top_p=0.8, min_p=0.05),
     SamplingParams(temperature=1.0, top_k=1),
     SamplingParams(temperature=1.0, top_p=1e-6),
@@ -55,6 +71,19 @@ def test_filters_keep_the_same_tokens_as_the_reference(p):
         kept = np.isfinite(filtered[row])
         np.testing.assert_array_equal(kept, reference_kept(logits[row], p))
         np.testing.assert_allclose(filtered[row][kept], logits[row][kept] / p.temperature, rtol=1e-6)
+
+
+def test_top_p_takes_its_nucleus_from_the_top_k_distribution():
+    logits = np.log([[0.30, 0.25, 0.20, 0.10, 0.08, 0.07]])
+    # top-k 3 leaves 0.40, 0.33, 0.27: the first two reach 0.6; from the whole distribution it would take three
+    assert kept_by(SamplingParams(top_k=3, top_p=0.6), logits)[0].tolist() == [True, True, False, False, False, False]
+    assert kept_by(SamplingParams(top_p=0.6), logits)[0].tolist() == [True, True, True, False, False, False]
+
+
+def test_min_p_applies_after_temperature_relative_to_the_likeliest():
+    logits = np.log([[0.30, 0.25, 0.20, 0.10, 0.08, 0.07]])
+    assert kept_by(SamplingParams(min_p=0.5), logits)[0].sum() == 3  # p >= 0.15
+    assert kept_by(SamplingParams(temperature=2.0, min_p=0.5), logits)[0].sum() == 5  # sqrt(p / 0.30) >= 0.5
 
 
 def test_rows_with_different_settings_are_filtered_independently():

@@ -3,7 +3,9 @@
 Every sequence in a batch carries its own temperature, filters, penalties and seed as rows of
 `SamplingArrays`, so sequences with different settings share one compiled decode step. Greedy rows
 (temperature 0) take the argmax of the penalized logits; the others sample from the penalized, tempered
-and filtered distribution with a key derived from their seed and position (same seed, same text).
+and filtered distribution with a key derived from their seed and position (same seed, same text). The filters
+follow Hugging Face's warpers (and vLLM): temperature, then top-k, then top-p over the top-k distribution
+renormalised, then min-p relative to the most likely token.
 """
 
 from __future__ import annotations
@@ -118,20 +120,23 @@ def mask_vocab(logits_BxV: jax.Array, vocab: int) -> jax.Array:
 def filter_logits(logits_BxV: jax.Array, s: SamplingArrays) -> jax.Array:
     """Tempered logits with the tokens removed by top-k, top-p (nucleus) and min-p set to -inf.
 
-    Ties at a top-k or top-p boundary are kept (a token is removed only when strictly less likely than the
-    last one kept), so the result does not depend on how the sort orders equal logits.
+    Each filter sees what the one before kept, renormalised: the nucleus is the smallest set of the top-k tokens
+    whose top-k probability reaches top_p; min-p keeps tokens at least min_p times as likely as the likeliest.
+    Ties at a top-k or top-p boundary are kept (a token is removed only when strictly less likely than the last
+    one kept), so the result does not depend on how the sort orders equal logits.
     """
     V = logits_BxV.shape[-1]
     scaled_BxV = logits_BxV / jnp.maximum(s.temperature_B, 1e-6)[:, None]
     sorted_BxV = -jnp.sort(-scaled_BxV, axis=-1)  # descending
     k_B = jnp.where(s.top_k_B > 0, jnp.minimum(s.top_k_B, V), V)
     kth_B = jnp.take_along_axis(sorted_BxV, (k_B - 1)[:, None], axis=-1)[:, 0]
-    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    top_k_BxV = jnp.where(sorted_BxV >= kth_B[:, None], sorted_BxV, -jnp.inf)
+    probs_BxV = jax.nn.softmax(top_k_BxV, axis=-1)  # the top-k distribution
     mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV  # mass of the more likely tokens
     # nucleus: the smallest prefix whose mass reaches top_p; its last token is the first with mass_before < p
-    in_nucleus_BxV = mass_before_BxV < s.top_p_B[:, None]
-    last_in_nucleus_B = jnp.sum(in_nucleus_BxV, axis=-1) - 1
+    last_in_nucleus_B = jnp.sum(mass_before_BxV < s.top_p_B[:, None], axis=-1) - 1
     nucleus_min_B = jnp.take_along_axis(sorted_BxV, last_in_nucleus_B[:, None], axis=-1)[:, 0]
+    nucleus_min_B = jnp.where(s.top_p_B < 1, nucleus_min_B, -jnp.inf)  # top_p 1 keeps even what rounds to no mass
     min_p_floor_B = sorted_BxV[:, 0] + jnp.log(jnp.maximum(s.min_p_B, 1e-30))  # p >= min_p * p_max
     floor_B = jnp.maximum(jnp.maximum(kth_B, nucleus_min_B), jnp.where(s.min_p_B > 0, min_p_floor_B, -jnp.inf))
     return jnp.where(scaled_BxV >= floor_B[:, None], scaled_BxV, -jnp.inf)
