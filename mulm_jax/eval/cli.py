@@ -50,7 +50,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="evaluate under another setting, e.g. model.max_seq_len=1024 model.rope_scaling.type=yarn "
                              "model.rope_scaling.factor=8")
-    parser.add_argument("--batch", type=int, default=8, help="windows per forward pass (default 8)")
+    parser.add_argument("--batch", type=int, default=4, help="windows per forward pass (default 4)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 

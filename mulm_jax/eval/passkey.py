@@ -50,7 +50,7 @@ def answer_hits(greedy_NxT: np.ndarray, sequences_NxT1: np.ndarray, answer_start
 
 
 def passkey_accuracy(score: Scorer, tokenizer: Tokenizer, lengths: Sequence[int], depths: Sequence[float],
-                     trials: int, *, seed: int = 0, batch: int = 8) -> dict:
+                     trials: int, *, seed: int = 0, batch: int = 4) -> dict:
     """Exact-match accuracy of `trials` random keys at each length and depth:
     {"lengths", "depths", "trials", "accuracy": [[per depth] per length], "by_length": [...]}."""
     passkey.check_covers(tokenizer)

@@ -42,7 +42,7 @@ def window_plan(num_tokens: int, context: int, stride: int) -> tuple[list[Window
 
 
 def sliding_perplexity(score: Scorer, tokens: np.ndarray, context: int, stride: int | None = None, *,
-                       batch: int = 8, buckets: int = 8) -> dict:
+                       batch: int = 4, buckets: int = 8) -> dict:
     """Mean next-token loss over `tokens` scored in sliding windows (stride default context / 2), its perplexity,
     and the mean loss of each of `buckets` equal spans of window positions:
     {"context", "stride", "tokens", "loss", "ppl", "by_position": [{"start", "end", "tokens", "loss"}, ...]}.

@@ -16,6 +16,7 @@ from mulm_jax.config import ModelConfig, config_from_dict
 from mulm_jax.infer.loading import LoadedModel, load_model
 from mulm_jax.models import build_model
 from mulm_jax.models.info import param_shapes
+from mulm_jax.nn.positional import TABLES
 from mulm_jax.train.init_from import POSITION_TABLE, flat_params, param_differences
 
 
@@ -66,7 +67,7 @@ def check_context(cfg: ModelConfig, context: int) -> None:
         raise EvalError(f"context={context} must be a positive number of tokens")
     if cfg.positional == "learned" and context > cfg.max_seq_len:
         raise EvalError(_table_message(cfg.max_seq_len, context))
-    if cfg.positional == "sinusoidal" and context > cfg.max_seq_len:
+    if cfg.positional in TABLES and context > cfg.max_seq_len:
         raise EvalError(f"the sinusoidal table has model.max_seq_len={cfg.max_seq_len} rows, fewer than the context "
                         f"{context}; it has no trained values, so --set model.max_seq_len={context} extends it")
 

@@ -17,6 +17,7 @@ from jax import lax
 from mulm_jax.infer.layout import serving_layout
 from mulm_jax.infer.sampling import SamplingArrays, apply_penalties, choose_tokens, mask_vocab, token_logprobs
 from mulm_jax.nn.attention import KVCache
+from mulm_jax.nn.positional import TABLES
 
 # XLA:CPU otherwise copies every cache buffer that a step both reads and updates in place.
 COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
@@ -67,6 +68,12 @@ class SlotSteps:
         self.vocab = vocab or self.cfg.vocab_size  # ids from here on are never chosen (see sampling.mask_vocab)
         self.slots, self.max_len, self.num_logprobs = slots, max_len, num_logprobs
         self.encoder_decoder = self.cfg.architecture == "encoder_decoder"
+        # A sliding-window decoder keeps a ring of its window's positions per slot (see KVCache) and, unless its
+        # positions come from a table, goes on past max_len: `position_limit` bounds a slot's positions.
+        sliding = self.cfg.attention == "sliding_window" and not self.encoder_decoder
+        self.window = self.cfg.sliding_window if sliding else None
+        self.unbounded = sliding and self.cfg.positional not in TABLES
+        self.position_limit = 2**31 - 1 if self.unbounded else max_len
         self.traces = 0
         compile_ = lambda step: jax.jit(serving_layout()(step), donate_argnums=(1,),  # noqa: E731
                                         compiler_options=COMPILER_OPTIONS)
@@ -75,11 +82,11 @@ class SlotSteps:
     def init_state(self) -> SlotState:
         cfg, B = self.cfg, self.slots
         dtype = jnp.dtype(cfg.dtype)
-        cache = lambda n, length: tuple(  # noqa: E731
-            KVCache.zeros(B, length, cfg.kv_heads, cfg.head_dim, dtype) for _ in range(n))
+        cache = lambda n, length, ring=False: tuple(  # noqa: E731
+            KVCache.zeros(B, length, cfg.kv_heads, cfg.head_dim, dtype, ring) for _ in range(n))
         V = cfg.vocab_size
         return SlotState(
-            caches=cache(cfg.decoder_layers, self.max_len),
+            caches=cache(cfg.decoder_layers, self.window or self.max_len, ring=self.window is not None),
             cross_caches=cache(cfg.decoder_layers, cfg.max_seq_len) if self.encoder_decoder else None,
             src_valid_BxS=jnp.zeros((B, cfg.max_seq_len), bool) if self.encoder_decoder else None,
             tokens_B=jnp.zeros((B,), jnp.int32), pos_B=jnp.zeros((B,), jnp.int32),
@@ -118,6 +125,8 @@ class SlotSteps:
         else:
             logits_1xLxV, new_caches = self.model.apply(variables, ids_1xL, pos_BxT=pos_1xL, valid_BxT=valid_1xL,
                                                         caches=fresh)
+        if self.window:
+            new_caches = tuple(c.as_ring(jnp.reshape(length, (1,)), self.window) for c in new_caches)
         put = lambda buf, row: lax.dynamic_update_slice(buf, row.astype(buf.dtype), (slot,) + (0,) * (buf.ndim - 1))  # noqa: E731,E501
         caches = jax.tree.map(put, state.caches, new_caches)
         cross_caches, src_valid = state.cross_caches, state.src_valid_BxS
@@ -150,7 +159,7 @@ class SlotSteps:
         variables = {"params": self.unpack_params(params)}
         # Inactive slots compute at position 0: they then read no cache (see nn.attention.cached_attention),
         # and what they write to their slot 0 the next prefill into that slot overwrites.
-        pos_B = jnp.where(active_B, jnp.minimum(state.pos_B, self.max_len - 1), 0)
+        pos_B = jnp.where(active_B, jnp.minimum(state.pos_B, self.position_limit - 1), 0)
         ids_Bx1, pos_Bx1 = state.tokens_B[:, None], pos_B[:, None]
         if self.encoder_decoder:
             logits_Bx1xV, caches, _ = self.model.apply(
@@ -165,7 +174,7 @@ class SlotSteps:
         return state.replace(
             caches=caches,
             tokens_B=jnp.where(active_B, out.tokens_B, state.tokens_B),
-            pos_B=jnp.minimum(state.pos_B + step_B, self.max_len),
+            pos_B=jnp.minimum(state.pos_B + step_B, self.position_limit),
             counts_BxV=state.counts_BxV + jax.nn.one_hot(out.tokens_B, V, dtype=jnp.int32) * step_B[:, None],
         ), out
 

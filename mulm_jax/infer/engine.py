@@ -254,7 +254,7 @@ class Engine:
     def encode_prompt(self, prompt: str | Sequence[int], max_tokens: int, truncate: bool = False) -> list[int]:
         """Prompt ids, checked against the context: prompt + max_tokens must fit in max_len positions."""
         ids = self.tokenize(prompt)
-        room = self.max_len - max_tokens
+        room = self.max_len - (0 if self.steps.unbounded else max_tokens)  # a ring cache decodes past max_len
         if len(ids) > room:
             if not truncate or room < 1:
                 raise InferenceError(

@@ -64,7 +64,7 @@ class DecoderLM(nn.Module):
         if caches is None:
             k_pos_BxS, k_valid_BxS = q_pos_BxT, valid_BxT
         else:
-            k_pos_BxS, k_valid_BxS = cached_key_positions(q_pos_BxT, caches[0].max_len, valid_BxT)
+            k_pos_BxS, k_valid_BxS = cached_key_positions(q_pos_BxT, caches[0].max_len, valid_BxT, caches[0].ring)
         mask, bias = self_attention_mask_and_bias(self.cfg, q_pos_BxT, k_pos_BxS, causal=True,
                                                   k_valid_BxS=k_valid_BxS)
         # Each sequence's length so far, padding not counted: some RoPE scalings depend on it.

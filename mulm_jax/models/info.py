@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from mulm_jax.config import ModelConfig, add_config_arguments, config_from_args
 from mulm_jax.models import build_model
+from mulm_jax.nn.positional import TABLES
 
 PARTS = ("embedding", "positional", "attention", "cross_attention", "ffn", "norm", "head")
 
@@ -50,6 +51,7 @@ def describe(cfg: ModelConfig) -> dict[str, Any]:
     total = sum(counts.values())
     kv_dtype_bytes = jnp.dtype(cfg.dtype).itemsize
     kv_per_token = 2 * cfg.decoder_layers * cfg.kv_heads * cfg.head_dim * kv_dtype_bytes
+    kv_positions = cfg.sliding_window if _ring_cache(cfg) else cfg.max_seq_len
     return {
         "parameters": total,
         "parameters_by_part": dict(counts),
@@ -57,7 +59,23 @@ def describe(cfg: ModelConfig) -> dict[str, Any]:
         "weights_bytes_bfloat16": total * 2,
         "kv_cache_bytes_per_token": kv_per_token,
         "kv_cache_bytes_full_context": kv_per_token * cfg.max_seq_len,
+        "kv_cache_positions": kv_positions,  # per sequence: a sliding window's decoder keeps only its window
+        "kv_cache_bytes_per_sequence": kv_per_token * kv_positions,
     }
+
+
+def _ring_cache(cfg: ModelConfig) -> bool:
+    return cfg.attention == "sliding_window" and cfg.architecture == "decoder"
+
+
+def kv_cache_line(cfg: ModelConfig, info: dict[str, Any]) -> str:
+    """The KV-cache figures of `describe` in words."""
+    line = f"KV cache: {_size(info['kv_cache_bytes_per_token'])} per token ({cfg.dtype}), "
+    if not _ring_cache(cfg):
+        return line + f"{_size(info['kv_cache_bytes_full_context'])} per sequence at full context {cfg.max_seq_len}"
+    reach = f"up to the context {cfg.max_seq_len}" if cfg.positional in TABLES else "at any length"
+    return (line + f"{_size(info['kv_cache_bytes_per_sequence'])} per sequence: a ring of the sliding window's "
+            f"{cfg.sliding_window} positions, {reach}")
 
 
 def _size(n: int) -> str:
@@ -94,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
         if n:
             print(f"  {part:<16} {n:>14,}  {100 * n / info['parameters']:5.1f}%")
     print(f"weights: {_size(info['weights_bytes_float32'])} float32, {_size(info['weights_bytes_bfloat16'])} bfloat16")
-    print(f"KV cache: {_size(info['kv_cache_bytes_per_token'])} per token ({cfg.dtype}), "
-          f"{_size(info['kv_cache_bytes_full_context'])} per sequence at full context {cfg.max_seq_len}")
+    print(kv_cache_line(cfg, info))
     return 0
 
 

@@ -33,16 +33,20 @@ def self_attention_mask_and_bias(
     return mask, bias
 
 
-def cached_key_positions(q_pos_BxT: jax.Array, max_len: int,
-                         valid_BxT: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+def cached_key_positions(q_pos_BxT: jax.Array, max_len: int, valid_BxT: Optional[jax.Array] = None,
+                         ring: bool = False) -> tuple[jax.Array, jax.Array]:
     """Key positions and validity [B, S_max + T] for queries attending over a cache and then themselves.
 
-    Cache slot s holds position s; slots at or past each sequence's first new position are stale (the new
-    keys are written there only after attention), so they are marked invalid. `valid_BxT`: False marks
-    padding among the new tokens.
+    Cache slot s holds position s (of a `ring` cache: the newest position before the new tokens that is s modulo
+    S_max); slots at or past each sequence's first new position are stale (the new keys are written there only
+    after attention), and so are a ring's slots not yet written: both are marked invalid. `valid_BxT`: False
+    marks padding among the new tokens.
     """
     B, T = q_pos_BxT.shape
-    slots_BxS = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (B, max_len))
+    first_Bx1 = q_pos_BxT[:, :1]
+    pos_BxS = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (B, max_len))
+    if ring:
+        pos_BxS = pos_BxS + max_len * jnp.floor_divide(first_Bx1 - 1 - pos_BxS, max_len)
     new_valid_BxT = jnp.ones((B, T), bool) if valid_BxT is None else valid_BxT
-    return (jnp.concatenate([slots_BxS, q_pos_BxT], axis=1),
-            jnp.concatenate([slots_BxS < q_pos_BxT[:, :1], new_valid_BxT], axis=1))
+    return (jnp.concatenate([pos_BxS, q_pos_BxT], axis=1),
+            jnp.concatenate([(pos_BxS >= 0) & (pos_BxS < first_Bx1), new_valid_BxT], axis=1))

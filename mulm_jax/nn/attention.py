@@ -19,6 +19,9 @@ from mulm_jax.nn.positional import apply_rope, rope_frequencies
 class KVCache:
     """One layer's keys and values, static shape [B, K, S_max, Dh]: slot s of each kv head holds position s.
 
+    A `ring` cache (a sliding window's, S_max = the window) holds instead, in slot s, the newest position p
+    written with p % S_max == s: its memory is the window's, however long the sequence grows.
+
     The kv-head axis comes before the positions so that attention over the cache is one batched matmul over
     B * K matrices that lie contiguous in memory; with positions first, XLA:CPU copies the whole cache
     transposed on every decode step (bench/bench_decode.py: 2x slower for GPT-2 small at 1024 positions).
@@ -26,15 +29,17 @@ class KVCache:
 
     k_BxKxSxDh: jax.Array
     v_BxKxSxDh: jax.Array
+    ring: bool = flax.struct.field(pytree_node=False, default=False)
 
     @property
     def max_len(self) -> int:
         return self.k_BxKxSxDh.shape[2]
 
     @classmethod
-    def zeros(cls, batch: int, max_len: int, num_kv_heads: int, head_dim: int, dtype: Any = jnp.float32) -> "KVCache":
+    def zeros(cls, batch: int, max_len: int, num_kv_heads: int, head_dim: int, dtype: Any = jnp.float32,
+              ring: bool = False) -> "KVCache":
         shape = (batch, num_kv_heads, max_len, head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), ring)
 
     @classmethod
     def of(cls, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Array) -> "KVCache":
@@ -42,14 +47,30 @@ class KVCache:
         return cls(k_BxSxKxDh.transpose(0, 2, 1, 3), v_BxSxKxDh.transpose(0, 2, 1, 3))
 
     def write(self, k_BxTxKxDh: jax.Array, v_BxTxKxDh: jax.Array, start_B: jax.Array) -> "KVCache":
-        """Write T new keys/values per sequence at that sequence's own start position, in place under jit."""
+        """Write T new keys/values per sequence at that sequence's own start position, in place under jit (a ring
+        cache takes one position a step, at its slot start % S_max)."""
+        if self.ring:
+            if k_BxTxKxDh.shape[1] != 1:
+                raise ValueError(f"a ring cache is written one position a step, not {k_BxTxKxDh.shape[1]}: prefill "
+                                 "a cache of slot s = position s and convert it with as_ring")
+            start_B = start_B % self.max_len
 
         def put(buf_KxSxDh, new_TxKxDh, start):
             new_KxTxDh = new_TxKxDh.transpose(1, 0, 2).astype(buf_KxSxDh.dtype)
             return lax.dynamic_update_slice(buf_KxSxDh, new_KxTxDh, (0, start, 0))
 
         return KVCache(jax.vmap(put)(self.k_BxKxSxDh, k_BxTxKxDh, start_B),
-                       jax.vmap(put)(self.v_BxKxSxDh, v_BxTxKxDh, start_B))
+                       jax.vmap(put)(self.v_BxKxSxDh, v_BxTxKxDh, start_B), self.ring)
+
+    def as_ring(self, length_B: jax.Array, window: int) -> "KVCache":
+        """This cache (slot s = position s, positions below length_B written) as a ring of `window` slots that
+        holds the newest `window` of them; slots with no position yet hold anything (masked, see
+        models.masks.cached_key_positions)."""
+        slots_W = jnp.arange(window)
+        pos_BxW = slots_W + window * jnp.floor_divide(length_B[:, None] - 1 - slots_W, window)
+        index_Bx1xWx1 = jnp.clip(pos_BxW, 0, self.max_len - 1)[:, None, :, None]
+        take = lambda buf: jnp.take_along_axis(buf, index_Bx1xWx1, axis=2)  # noqa: E731
+        return KVCache(take(self.k_BxKxSxDh), take(self.v_BxKxSxDh), ring=True)
 
 
 def attention_mask(

@@ -12,6 +12,10 @@ import numpy as np
 
 from mulm_jax.config import RopeScaling
 
+# Positional encodings looked up in a table of max_seq_len rows: no position can go past it. The others (rope,
+# alibi, none) compute any position.
+TABLES = ("sinusoidal", "learned")
+
 
 def sinusoidal_table(num_positions: int, d_model: int) -> jax.Array:
     """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d)); odd d drops the last cos."""
