@@ -5,70 +5,13 @@ a client that leaves mid-stream frees its slots; job records survive a server re
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from conftest import ROOT, wait_for
-
-KEY = "sk-e2e-0123456789"
-CORPUS = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
-          "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
-TINY = {"model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2, "model.d_ff": 64,
-        "model.vocab_size": 64, "train.steps": 30, "train.batch_size": 8, "train.warmup_steps": 5,
-        "train.eval_every": 15, "train.eval_batches": 2, "train.checkpoint_every": 15, "train.log_every": 5}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, root: Path, *extra: str):
-        self.root, self.port = root, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(root / f"server-{self.port}.log", "w")
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "serve.py"), "--port", str(self.port), "--api-key", KEY,
-             "--state-dir", str(root / "state"), "--runs-root", str(root / "runs"),
-             "--datasets-dir", str(root / "datasets"), "--data-root", str(root / "data"),
-             "--configs-dir", str(ROOT / "configs"), *extra],
-            cwd=root, stdout=self.log, stderr=subprocess.STDOUT)
-        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-        wait_for(self._ready, "the server to be ready", 90)
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"serve.py exited: {(self.root / self.log.name).read_text()[-2000:]}")
-        try:
-            return self.http.get("/readyz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def metric(self, name: str) -> float:
-        for line in self.http.get("/metrics").text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        self.process.send_signal(sig)
-        self.process.wait(30)
-        self.http.close()
-        self.log.close()
-
-
-def finished_job(server: Server, path: str) -> dict:
-    job = wait_for(lambda: (j := server.http.get(path).json())["state"] != "running" and j, f"{path} to finish", 180)
-    assert job["state"] == "succeeded", job
-    return job
+from conftest import CORPUS, TINY, Server, finished_job, wait_for
+from conftest import SERVER_KEY as KEY
 
 
 @pytest.fixture(scope="module")
