@@ -3,12 +3,12 @@
 
 const KEY_ITEM = "mulm-lab-api-key";
 
-export class ApiError extends Error {
+// An error answer of the API: the server's message, the HTTP status and the error's type.
+class ApiError extends Error {
   constructor(status, error) {
     super(error.message || `HTTP ${status}`);
     this.status = status;
     this.type = error.type || null;
-    this.param = error.param || null;
   }
 }
 
@@ -65,7 +65,7 @@ export async function stream(method, path, body, onEvent, signal) {
     while ((end = buffer.indexOf("\n\n")) >= 0) {
       const parsed = parseEvent(buffer.slice(0, end));
       buffer = buffer.slice(end + 2);
-      if (parsed.data && parsed.data.error) throw new ApiError(response.status, parsed.data.error);
+      if (parsed.data && parsed.data.error) throw new ApiError(null, parsed.data.error);  // no status of its own
       onEvent(parsed);
     }
   }

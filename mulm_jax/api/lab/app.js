@@ -27,8 +27,8 @@ export const app = {
   },
 
   showError(error) {
-    const where = error.status ? `${error.status}${error.type ? " " + error.type : ""}: ` : "";
-    $("notice").textContent = where + error.message;
+    const where = [error.status, error.type].filter((part) => part).join(" ");
+    $("notice").textContent = (where ? `${where}: ` : "") + error.message;
     $("notice").hidden = false;
   },
 
