@@ -4,6 +4,7 @@ render the same text; runs export back to folders transformers loads, and round 
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -18,7 +19,9 @@ tokenizers = pytest.importorskip("tokenizers")
 from flax import traverse_util  # noqa: E402
 from conftest import random_params  # noqa: E402
 
-from mulm_jax.config import Config, config_from_dict, dump_config  # noqa: E402
+from mulm_jax.config import Config, DataConfig, config_from_dict, dump_config  # noqa: E402
+from mulm_jax.data.assemble import assemble  # noqa: E402
+from mulm_jax.data.loader import load_tokens  # noqa: E402
 from mulm_jax.data.tokenizer import CharTokenizer, HFTokenizer, Tokenizer  # noqa: E402
 from mulm_jax.infer import Engine, SamplingParams, load_model  # noqa: E402
 from mulm_jax.infer.chat import ChatTemplate, JinjaChatTemplate  # noqa: E402
@@ -99,8 +102,17 @@ def hf_logits(model, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].float().numpy()
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(model, params, ids_1xL, valid_1xL):
+    return model.apply({"params": params}, ids_1xL, valid_BxT=valid_1xL)
+
+
 def our_logits(lm, ids: list[int]) -> np.ndarray:
-    return np.asarray(lm.model.apply({"params": lm.params}, jnp.asarray([ids], jnp.int32)))[0]
+    """The full forward, padded to one length per model so that one compilation serves every prompt."""
+    L = min(lm.config.model.max_seq_len, 48)
+    ids_1xL = np.zeros((1, L), np.int32)
+    ids_1xL[0, :len(ids)] = ids
+    return np.asarray(_forward(lm.model, lm.params, ids_1xL, np.arange(L)[None] < len(ids)))[0, :len(ids)]
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +137,9 @@ def test_imported_logits_equal_transformers(folders, name):
         np.testing.assert_allclose(our_logits(lm, ids), hf_logits(model, ids)[:, :V], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "phi3"])
+# Each engine compiles its prefill and decode steps (~12 s of CPU): one architecture in the fast suite.
+@pytest.mark.parametrize("name", ["mistral", *(pytest.param(n, marks=pytest.mark.slow) for n in ("gpt2", "llama",
+                                                                                                   "phi3"))])
 def test_engine_greedy_tokens_equal_transformers_generate_and_the_full_forward(folders, name):
     """20 greedy tokens; ids past the tokenizer's vocabulary (the padded rows) are never chosen, in either."""
     model, lm = folders[name]
@@ -182,7 +196,8 @@ ROPE = {  # name -> (architecture, config changes): each run past its original c
 }
 
 
-@pytest.mark.parametrize("kind", list(ROPE))
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k in ("linear", "yarn") else k
+                                  for k in ROPE])  # the fast suite: the scalings added for this interop
 def test_rope_scalings_equal_transformers_past_the_original_context(kind, tmp_path):
     name, changes = ROPE[kind]
     model = hf_model(name, **changes)
@@ -207,6 +222,18 @@ def test_tokenizer_ids_and_text_equal_transformers(make, tmp_path):
         assert ours.encode(text) == ids, text
         assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True), text
     assert [a.tolist() for a in ours.encode_documents(TRICKY)] == [theirs.encode(t) for t in TRICKY]
+
+
+def test_data_set_assembled_with_a_model_folders_tokenizer_for_fine_tuning(tmp_path):
+    llama_style_tokenizer(tmp_path / "model")
+    text = "The quick brown fox.\n\nHello world, Ünïcödé!\n\n" * 20
+    (tmp_path / "text.txt").write_text(text)
+    result = assemble(DataConfig(sources=(str(tmp_path / "text.txt"),), tokenizer=str(tmp_path / "model"),
+                                 out_dir=str(tmp_path / "datasets"), dedup="none", val_fraction=0.0))
+    assert result.manifest["tokenizer"]["kind"] == "tokenizer_folder"
+    assert Tokenizer.load(result.path).serialize() == Tokenizer.load(tmp_path / "model").serialize()
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "model")
+    assert load_tokens(result.path, "train")[:6].tolist() == theirs.encode(text)[:6]
 
 
 @pytest.mark.parametrize("make", [byte_level_tokenizer, llama_style_tokenizer])

@@ -159,7 +159,9 @@ def _settings(cfg: DataConfig) -> dict:
 
 
 def _tokenizer_kind(cfg: DataConfig) -> str:
-    return cfg.tokenizer if cfg.tokenizer in TRAINED_TOKENIZERS else "sentencepiece_model"
+    if cfg.tokenizer in TRAINED_TOKENIZERS:
+        return cfg.tokenizer
+    return "tokenizer_folder" if Path(cfg.tokenizer).is_dir() else "sentencepiece_model"
 
 
 def check_settings(cfg: DataConfig) -> None:
@@ -186,16 +188,18 @@ def check_settings(cfg: DataConfig) -> None:
         raise DataError(f"vocab_size={cfg.vocab_size} must be a positive integer")
 
 
-def _given_tokenizer(cfg: DataConfig) -> SentencePieceTokenizer | None:
+def _given_tokenizer(cfg: DataConfig) -> Tokenizer | None:
     if cfg.tokenizer in TRAINED_TOKENIZERS:
         return None
     path = Path(cfg.tokenizer)
     if path.is_file():
         return SentencePieceTokenizer.from_file(path)
+    if path.is_dir():  # a run's or a Hugging Face model's folder: its tokenizer, to fine-tune that model
+        return Tokenizer.load(path)
     if path.suffix or os.sep in cfg.tokenizer:
         raise DataError(f"tokenizer file {cfg.tokenizer!r} does not exist")
     raise DataError(f"unknown tokenizer {cfg.tokenizer!r}: expected {', '.join(TRAINED_TOKENIZERS)} "
-                    "or the path of a SentencePiece .model file")
+                    "or the path of a SentencePiece .model file or of a folder holding a tokenizer (a run)")
 
 
 def _train_tokenizer(cfg: DataConfig, train: list[str], val: list[str]) -> Tokenizer:

@@ -35,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     f"Generated: {', '.join(f'{n} ({about})' for n, about in GENERATED_SOURCES.items())}.")
     asm.add_argument("--source", action="append", metavar="SRC",
                      help="a named source, file (.txt, .jsonl, optionally .gz), folder or glob; repeatable")
-    asm.add_argument("--tokenizer", metavar="TOK", help=f"char, bpe, unigram or a SentencePiece .model file "
-                                                        f"(default {d.tokenizer})")
+    asm.add_argument("--tokenizer", metavar="TOK", help=f"char, bpe, unigram, a SentencePiece .model file or a "
+                                                        f"run folder (its tokenizer; default {d.tokenizer})")
     asm.add_argument("--vocab-size", type=int, metavar="N", help="vocabulary size for bpe / unigram")
     asm.add_argument("--val-fraction", type=float, metavar="F",
                      help=f"share of text held out for validation (default {d.val_fraction})")

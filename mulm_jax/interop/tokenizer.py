@@ -1,9 +1,8 @@
-"""Tokenizer files between a Hugging Face folder and a run folder: tokenizer.json, tokenizer_config.json and the
-chat template; a run's char tokenizer is exported as an equivalent `tokenizers` one."""
+"""Tokenizers between a Hugging Face folder and a run folder: tokenizer.json and tokenizer_config.json (holding the
+chat template); a run's char tokenizer is exported as an equivalent `tokenizers` one."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -17,24 +16,22 @@ EOS_TOKEN, UNK_TOKEN = "<|endoftext|>", "<unk>"  # the names a char tokenizer's 
 
 
 def read_hf_tokenizer(src: Path) -> HFTokenizer:
+    """The tokenizer of a transformers folder, its chat template (from chat_template.jinja, where transformers 5
+    saves it) kept in tokenizer_config.json, so that the run's tokenizer files carry it to every run made from it."""
     missing = [name for name in (HF_FILE, HF_CONFIG_FILE) if not (src / name).is_file()]
     if missing:
         raise InteropError(f"{src} has no {' or '.join(missing)}: a model is imported with its tokenizer in the "
                            "`tokenizers` format (a folder written by transformers' save_pretrained)")
-    return HFTokenizer.from_folder(src)
+    tokenizer = HFTokenizer.from_folder(src)
+    if "chat_template" not in tokenizer.config and (src / JINJA_FILE).is_file():
+        tokenizer.config["chat_template"] = (src / JINJA_FILE).read_text(encoding="utf-8")
+    return tokenizer
 
 
-def save_tokenizer(tokenizer: HFTokenizer, src: Path, out: Path) -> None:
-    """The tokenizer's files in `out`, with the chat template file beside them when `src` has one."""
-    tokenizer.save(out)
-    if (src / JINJA_FILE).is_file():
-        shutil.copyfile(src / JINJA_FILE, out / JINJA_FILE)
-
-
-def export_tokenizer(tokenizer: Tokenizer, run_dir: Path, out: Path) -> Optional[str]:
+def export_tokenizer(tokenizer: Tokenizer, out: Path) -> Optional[str]:
     """Write the run's tokenizer for transformers into `out`; a note when it cannot be (SentencePiece)."""
     if isinstance(tokenizer, HFTokenizer):
-        save_tokenizer(tokenizer, run_dir, out)
+        tokenizer.save(out)
     elif isinstance(tokenizer, CharTokenizer):
         char_as_hf(tokenizer).save(out)
     else:
