@@ -3,6 +3,7 @@ rate limits, queue bound, tokens and embeddings, metrics, OpenAPI, extra routes 
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 
@@ -272,6 +273,17 @@ def test_embeddings_are_mean_pooled_final_hidden_states(client):
         hidden, _ = served.loaded.model.apply({"params": served.loaded.params}, ids, method="hidden")
         chex.assert_shape(np.asarray(item["embedding"]), (16,))
         np.testing.assert_allclose(item["embedding"], np.asarray(hidden[0]).mean(0), atol=1e-5)
+
+
+def test_embeddings_in_base64_are_the_little_endian_float32_bytes(client):
+    ask = {"model": "tiny", "input": ["hello", "a longer input text"]}
+    floats = client.post("/v1/embeddings", json=ask).json()["data"]
+    packed = client.post("/v1/embeddings", json={**ask, "encoding_format": "base64"}).json()["data"]
+    for f, b in zip(floats, packed):
+        vector = np.frombuffer(base64.b64decode(b["embedding"]), "<f4")
+        np.testing.assert_array_equal(vector, np.asarray(f["embedding"], np.float32))
+    assert_error(client.post("/v1/embeddings", json={**ask, "encoding_format": "int8"}), 400, "encoding_format",
+                 "invalid_value")
 
 
 def test_models_are_listed_and_run_folders_are_confined_to_the_runs_root(client, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
@@ -60,6 +61,17 @@ def test_the_openai_client_completes_chats_and_streams(served):
     assert refused.value.body["param"] == "max_tokens"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server.url + "/v1", api_key="wrong").models.list()
+
+
+def test_the_openai_client_gets_embeddings_with_its_default_arguments(served):
+    server, _ = served
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY)
+    texts = ["First", "Speak, speak."]
+    got = client.embeddings.create(model="tiny", input=texts)  # asks for base64 unless told otherwise
+    floats = server.http.post("/v1/embeddings", json={"model": "tiny", "input": texts}).json()["data"]
+    assert [e.index for e in got.data] == [0, 1] and got.usage.prompt_tokens == 5 + 13
+    for item, reference in zip(got.data, floats):
+        np.testing.assert_array_equal(np.asarray(item.embedding, np.float32), reference["embedding"])
 
 
 @pytest.mark.parametrize("stream", [True, False])

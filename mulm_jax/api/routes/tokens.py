@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+
 import anyio
+import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -29,6 +32,13 @@ def _encode(served, text: str, param: str) -> list[int]:
         return served.loaded.tokenizer.encode(text)
     except ValueError as e:  # the tokenizer's DataError: a character it does not know
         raise ApiError(400, f"{param}: {e}", param=param, code="invalid_value") from None
+
+
+def _encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    """An embedding as OpenAI sends it: a list of numbers, or base64 of its little-endian float32 bytes."""
+    if encoding_format == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
 
 
 def routes(ctx) -> list[Route]:
@@ -77,12 +87,13 @@ def routes(ctx) -> list[Route]:
                 properties:
                   model: {type: string}
                   input: {oneOf: [{type: string}, {type: array}]}
-                  encoding_format: {type: string, enum: [float]}
+                  encoding_format: {type: string, enum: [float, base64], default: float,
+                                    description: "base64: little-endian float32 bytes (the openai client's default)"}
         """
         body = (await read_json(request, ctx.settings.max_body_bytes)).only(
             ("model", "input", "encoding_format", "user"))
         served = ctx.models.get(body.string("model"))
-        body.string("encoding_format", "float", choices=("float",))
+        encoding_format = body.string("encoding_format", "float", choices=("float", "base64"))
         raw = body.raw("input")
         vocab = served.engine.vocab_size
         if isinstance(raw, str) or (isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw)):
@@ -98,7 +109,7 @@ def routes(ctx) -> list[Route]:
             raise ApiError(400, str(e), param="input", code="invalid_value") from None
         tokens = sum(len(ids) for ids in inputs)
         return JSONResponse({"object": "list", "model": served.id,
-                             "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
+                             "data": [{"object": "embedding", "index": i, "embedding": _encoded(v, encoding_format)}
                                       for i, v in enumerate(vectors)],
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
