@@ -10,17 +10,19 @@ import sys
 from pathlib import Path
 
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT, tiny_model
+from conftest import ROOT, random_params, tiny_model
 from mulm_jax.config import TrainConfig, dump_config, load_config
 from mulm_jax.models import build_model
 from mulm_jax.train.loop import TrainingError, train
 from mulm_jax.train.optimizer import decay_mask, make_optimizer, make_schedule
+from mulm_jax.train.sample import greedy_sampler
 from mulm_jax.train.step import TrainState, pmapped_steps, replicate, token_loss_sums
 
 CORPUS = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
@@ -221,6 +223,49 @@ def test_a_finished_run_trains_further_with_more_steps_and_a_recomputed_schedule
     lr_of = {r["step"]: r["lr"] for r in rows}  # a row's lr is the one its step used: schedule(step - 1)
     np.testing.assert_allclose([lr_of[12], lr_of[20]], [make_schedule(longer.train)(11),
                                                         make_schedule(longer.train)(19)], rtol=1e-6)
+    # each start reports its start-up (until its first step is done) and each evaluation its time
+    startups = [r for r in read_metrics(tmp_path / "run") if "startup_s" in r]
+    assert [r["step"] for r in startups] == [1, 11]
+    assert all(r["startup_s"] > r["first_step_s"] > 0 for r in startups)
+    assert all(r["eval_s"] > 0 for r in read_metrics(tmp_path / "run") if "val_loss" in r)
+
+
+def test_greedy_sample_is_the_argmax_of_the_window_rerun_per_token_and_compiles_once(caplog):
+    model = build_model(tiny_model(max_seq_len=8))
+
+    def params(seed: int):  # weights scaled up so that each next id depends on the context
+        return jax.tree.map(lambda x: 3 * x, random_params(model, np.zeros((1, 4), np.int32), seed=seed)["params"])
+
+    logits_fn = jax.jit(lambda params, window_1xT: model.apply({"params": params}, window_1xT))
+
+    def naive(params, prompt: list[int]) -> list[int]:  # the last max_seq_len ids re-run for each new id
+        ids = list(prompt)
+        for _ in range(12):
+            context = ids[-8:]
+            logits_1xTxV = logits_fn(params, np.pad([context], ((0, 0), (0, 8 - len(context)))).astype(np.int32))
+            ids.append(int(np.argmax(logits_1xTxV[0, len(context) - 1])))
+        return ids[len(prompt):]
+
+    cases = [(1, [5, 9, 2]), (2, [7]), (2, list(range(10)))]  # the last one is longer than the context
+    sample = greedy_sampler(model, 12, 32)
+    with jax.log_compiles():
+        got = [sample(params(seed), prompt) for seed, prompt in cases]
+    assert got == [naive(params(seed), prompt) for seed, prompt in cases]
+    assert len(set(got[0])) > 3  # the window slides: a test that could fail
+    assert sum("Compiling jit(continuation)" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_greedy_sample_draws_only_ids_the_tokenizer_can_decode():
+    model = build_model(tiny_model(tie_embeddings=False))
+    flat = flax.traverse_util.flatten_dict(random_params(model, np.zeros((1, 4), np.int32))["params"], sep="/")
+    # the final norm outputs ones, and the head scores ids 20.. (past a 20-id tokenizer) above all others
+    flat["decoder/final_norm/scale"] = jnp.zeros_like(flat["decoder/final_norm/scale"])
+    flat["decoder/final_norm/bias"] = jnp.ones_like(flat["decoder/final_norm/bias"])
+    flat["embedder/head/kernel"] = flat["embedder/head/kernel"].at[:, 20:].set(1.0)
+    logits_V = np.ones(16) @ np.asarray(flat["embedder/head/kernel"])
+    assert np.argmax(logits_V) == 20  # the model's choice: an id the tokenizer does not have
+    sample = greedy_sampler(model, 4, 20)(flax.traverse_util.unflatten_dict(flat, sep="/"), [1])
+    assert sample == [int(np.argmax(logits_V[:20]))] * 4
 
 
 def test_rows_of_a_run_killed_before_its_first_checkpoint_are_not_kept_beside_the_new_ones(tmp_path):

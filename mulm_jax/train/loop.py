@@ -23,7 +23,7 @@ from mulm_jax.train.checkpoint import Checkpoints
 from mulm_jax.train.init_from import RECORD, start_from
 from mulm_jax.train.metrics import MetricsWriter, Progress
 from mulm_jax.train.optimizer import make_optimizer, make_schedule
-from mulm_jax.train.sample import greedy_continuation
+from mulm_jax.train.sample import greedy_sampler
 from mulm_jax.train.step import TrainState, pmapped_steps, replicate
 
 
@@ -192,17 +192,20 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
     step = int(state.step)
     del state
 
+    sample = greedy_sampler(model, 64, tokenizer.vocab_size) if lead and cfg.model.architecture == "decoder" \
+        else None
+
     def evaluate() -> dict[str, Any]:
+        t_eval = time.time()
         sums = {"loss_sum": 0.0, "count": 0.0}
         for batch in evaluation:
             out = jax.device_get(_unreplicate(eval_step(replicated.params, _shard(batch, devices))))
             sums = {k: sums[k] + float(out[k]) for k in sums}
         val_loss = sums["loss_sum"] / max(sums["count"], 1.0)
         row = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
-        if lead and cfg.model.architecture == "decoder":
-            params = jax.device_get(_unreplicate(replicated.params))
-            prompt = tokenizer.encode("\n")[:1]
-            row["sample"] = tokenizer.decode(greedy_continuation(model, params, prompt, 64))
+        if sample is not None:
+            row["sample"] = tokenizer.decode(sample(_unreplicate(replicated.params), tokenizer.encode("\n")[:1]))
+        row["eval_s"] = time.time() - t_eval
         return row
 
     def save(val_loss: Optional[float] = None) -> None:
@@ -218,13 +221,21 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
     pending: list[dict[str, Any]] = []
     t_interval, steps_in_interval = time.time(), 0
     if lead and step == 0:
-        progress.message(f"start-up {time.time() - t_start:.1f}s; training {tc.steps} steps of "
+        progress.message(f"set up in {time.time() - t_start:.1f}s; training {tc.steps} steps of "
                          f"{tc.batch_size}x{seq_len} tokens on {jax.process_count()} process(es) x {devices} device(s)")
+    t_loop, startup_s = time.time(), None
     with _StopSignal() as stop:
         while step < tc.steps:
             batch = _shard(next(loader), devices)
             replicated, step_metrics = train_step(replicated, batch)
             step += 1
+            if startup_s is None:  # the first step compiles the step: start-up lasts until it is done
+                jax.block_until_ready(step_metrics)
+                now = time.time()
+                startup_s = now - t_start
+                metrics.write({"step": step, "startup_s": startup_s, "first_step_s": now - t_loop})
+                progress.message(f"step {step} done {startup_s:.1f}s after start ({now - t_loop:.1f}s of it compiling "
+                                 f"and running that step)")
             steps_in_interval += 1
             pending.append(step_metrics)
             at_eval = step % tc.eval_every == 0 or step == tc.steps
@@ -251,7 +262,8 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
                 last_eval = evaluate()
                 val_loss = last_eval["val_loss"]
                 metrics.write({k: v for k, v in last_eval.items() if k != "sample"})
-                progress.message(f"step {step}: val_loss {val_loss:.4f}  val_ppl {last_eval['val_ppl']:.2f}"
+                progress.message(f"step {step}: val_loss {val_loss:.4f}  val_ppl {last_eval['val_ppl']:.2f}  "
+                                 f"({last_eval['eval_s']:.1f}s)"
                                  + (f"\n  sample: {last_eval['sample']!r}" if "sample" in last_eval else ""))
             if at_checkpoint:
                 save(val_loss)

@@ -1,8 +1,8 @@
-"""A short greedy continuation for evaluation logs: the whole window re-run per token, one compiled shape."""
+"""A short greedy continuation for evaluation logs: compiled once per model, the parameters passed in each call."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -10,19 +10,32 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def greedy_continuation(model: nn.Module, params: Any, prompt_ids: list[int], num_tokens: int) -> list[int]:
-    """Greedy next tokens of a decoder model; the context is the last max_seq_len tokens."""
+def greedy_sampler(model: nn.Module, num_tokens: int, vocab_size: int) -> Callable[[Any, list[int]], list[int]]:
+    """(params, prompt ids) -> the next `num_tokens` greedy ids of a decoder model, all below `vocab_size`.
+
+    `vocab_size` is the tokenizer's: a model's vocabulary may be padded past it, and an id beyond it cannot be
+    decoded. The context is the last max_seq_len ids, the whole window re-run per token; all tokens come from one
+    compiled call, whose shapes do not depend on the prompt or the parameters' values.
+    """
     T = model.cfg.max_seq_len
 
     @jax.jit
-    def next_token(window_1xT, length):
-        logits_1xTxV = model.apply({"params": params}, window_1xT)
-        return jnp.argmax(logits_1xTxV[0, length - 1])
+    def continuation(params, window_1xT, length):
+        def next_id(carry, _):
+            window_1xT, length = carry
+            logits_1xTxV = model.apply({"params": params}, window_1xT)
+            token = jnp.argmax(logits_1xTxV[0, length - 1, :vocab_size]).astype(jnp.int32)
+            window_1xT = jnp.where(length == T, jnp.roll(window_1xT, -1, axis=1), window_1xT)  # full: slide by one
+            window_1xT = window_1xT.at[0, jnp.minimum(length, T - 1)].set(token)
+            return (window_1xT, jnp.minimum(length + 1, T)), token
 
-    ids = list(prompt_ids) or [0]
-    for _ in range(num_tokens):
-        context = ids[-T:]
-        window = np.zeros((1, T), np.int32)
-        window[0, :len(context)] = context
-        ids.append(int(next_token(window, len(context))))
-    return ids[len(prompt_ids):]
+        _, ids = jax.lax.scan(next_id, (window_1xT, length), None, length=num_tokens)
+        return ids
+
+    def sample(params: Any, prompt_ids: list[int]) -> list[int]:
+        context = (list(prompt_ids) or [0])[-T:]
+        window_1xT = np.zeros((1, T), np.int32)
+        window_1xT[0, :len(context)] = context
+        return [int(i) for i in jax.device_get(continuation(params, window_1xT, np.int32(len(context))))]
+
+    return sample
