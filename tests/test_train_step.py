@@ -1,0 +1,132 @@
+"""The train step's gradient: the mean over every non-pad target whatever the devices, clipped; encoder-decoder steps."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from conftest import ROOT, random_ids, random_params, tiny_model
+from mulm_jax.config import TrainConfig
+from mulm_jax.models import build_model
+from mulm_jax.train.optimizer import make_optimizer, make_schedule
+from mulm_jax.train.step import AXIS, TrainState, pmapped_steps, replicate, train_step
+
+PAD = 0
+
+
+def sgd(**settings) -> TrainConfig:
+    """Plain SGD at learning rate 1: a step moves the parameters by minus the (clipped) gradient."""
+    return TrainConfig(**{"optimizer": "sgd", "lr": 1.0, "beta1": 0.0, "warmup_steps": 0, "schedule": "constant",
+                          "weight_decay": 0.0, "grad_clip": 0.0, **settings})
+
+
+def padded_batch() -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and targets [4, 8]; the rows hold 2, 8, 5 and 8 real targets, so each device's share has its own count."""
+    ids = random_ids(4, 9, seed=3)
+    ids[ids == PAD] = 1
+    targets = ids[:, 1:].copy()
+    for row, real in enumerate((2, 8, 5, 8)):
+        targets[row, real:] = PAD
+    return ids[:, :-1], targets
+
+
+def reference_gradient(model, params, inputs, targets) -> tuple[float, dict]:
+    """The mean next-token loss over the non-pad targets of the whole batch, and its gradient, on one device."""
+
+    def loss(p):
+        log_probs = jax.nn.log_softmax(model.apply({"params": p}, inputs), axis=-1)
+        nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+        real = targets != PAD
+        return jnp.sum(jnp.where(real, nll, 0.0)) / jnp.sum(real)
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    return float(value), grads
+
+
+def one_step(cfg: TrainConfig, model, params, inputs, targets, devices: int = 1):
+    """(parameter change, metrics) of one pmapped train step, the batch split evenly over `devices`."""
+    tx = make_optimizer(cfg)
+    state = TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
+                       rng=jax.random.key_data(jax.random.key(1)))
+    train_step, _ = pmapped_steps(model, tx, cfg.grad_accum_steps, PAD, make_schedule(cfg))
+    shard = lambda x: x.reshape(devices, x.shape[0] // devices, *x.shape[1:])  # noqa: E731
+    new_state, metrics = train_step(replicate(state, devices), {"inputs": shard(inputs), "targets": shard(targets)})
+    first = lambda tree: jax.tree.map(lambda x: np.asarray(x[0]), jax.device_get(tree))  # noqa: E731
+    return jax.tree.map(np.subtract, first(new_state.params), params), first(metrics)
+
+
+def global_norm(tree) -> float:
+    return float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree))))
+
+
+def device_errors() -> dict:
+    """Run with two host devices: how far one SGD step's update and grad_norm are from the one-device gradient,
+    without and with gradient accumulation."""
+    model = build_model(tiny_model())
+    inputs, targets = padded_batch()
+    params = random_params(model, inputs)["params"]
+    loss, grads = reference_gradient(model, params, inputs, targets)
+    out = {"devices": jax.local_device_count(), "norm": global_norm(grads)}
+    for accum in (1, 2):
+        delta, metrics = one_step(sgd(grad_accum_steps=accum), model, params, inputs, targets, devices=2)
+        error = jax.tree.map(lambda d, g: float(np.max(np.abs(d + g))), delta, grads)
+        out[f"accum{accum}"] = {"update_error": max(jax.tree.leaves(error)), "grad_norm": float(metrics["grad_norm"]),
+                                "loss": float(metrics["loss"]), "reference_loss": loss}
+    return out
+
+
+def test_two_devices_average_gradients_to_the_one_device_gradient_of_the_mean_loss():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    script = (f"import json, sys; sys.path[:0] = [{str(ROOT / 'tests')!r}, {str(ROOT)!r}]; import test_train_step; "
+              "print(json.dumps(test_train_step.device_errors()))")
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.splitlines()[-1])
+    assert out["devices"] == 2
+    for accum in ("accum1", "accum2"):
+        assert out[accum]["update_error"] < 1e-6, out
+        np.testing.assert_allclose(out[accum]["grad_norm"], out["norm"], rtol=1e-5, err_msg=accum)
+        np.testing.assert_allclose(out[accum]["loss"], out[accum]["reference_loss"], rtol=1e-6, err_msg=accum)
+
+
+def test_a_clipped_step_moves_along_the_gradient_by_the_clip_norm_and_reports_the_norm_before_clipping():
+    model = build_model(tiny_model())
+    inputs, targets = padded_batch()
+    params = random_params(model, inputs)["params"]
+    _, grads = reference_gradient(model, params, inputs, targets)
+    norm = global_norm(grads)
+    delta, metrics = one_step(sgd(grad_clip=0.5 * norm), model, params, inputs, targets)
+    jax.tree.map(lambda d, g: np.testing.assert_allclose(d, -0.5 * np.asarray(g), atol=1e-6), delta, grads)
+    np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-5)
+
+
+def test_an_encoder_decoder_step_predicts_the_second_half_of_each_window_from_the_first():
+    cfg = tiny_model(architecture="encoder_decoder", positional="sinusoidal", norm_position="post", ffn="relu",
+                     scale_embeddings=True)
+    model = build_model(cfg)
+    ids = random_ids(4, 13, seed=5)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    params = random_params(model, inputs[:, :6], inputs[:, 6:])["params"]
+    logits = jax.jit(model.apply)({"params": params}, inputs[:, :6], inputs[:, 6:])  # source: 0-5; target: 6-11
+    first_loss = float(optax.softmax_cross_entropy_with_integer_labels(logits, targets[:, 6:]).mean())
+    tc = TrainConfig(lr=1e-2, warmup_steps=0, schedule="constant", steps=20)
+    tx = make_optimizer(tc)
+    state = replicate(TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
+                                 rng=jax.random.key_data(jax.random.key(1))), 1)
+    # the step vmapped over a device axis of one: pmap would compile it twice (numpy, then device arrays)
+    step = jax.jit(jax.vmap(functools.partial(train_step, model=model, tx=tx, accum_steps=1, pad_id=None,
+                                              lr_schedule=make_schedule(tc)), axis_name=AXIS))
+    losses = []
+    for _ in range(20):  # the same batch again and again: a model that learns fits it
+        state, metrics = step(state, {"inputs": inputs[None], "targets": targets[None]})
+        losses.append(float(metrics["loss"][0]))
+    np.testing.assert_allclose(losses[0], first_loss, rtol=1e-5)
+    assert losses[-1] < 0.5 * losses[0], losses
