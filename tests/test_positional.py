@@ -110,6 +110,21 @@ def test_apply_rope_preserves_norms():
                                jnp.linalg.norm(x, axis=-1), rtol=1e-5)
 
 
+def test_rope_turns_each_pair_counterclockwise_by_position_times_frequency():
+    # RoFormer: pair (x_j, x_{j+F}) read as the complex number x_j + i x_{j+F} is multiplied by e^{i p theta_j}.
+    # At position 1 the first pair (theta_0 = 1) turns (1, 0) to (cos 1, sin 1) and (0, 1) to (-sin 1, cos 1).
+    inv_freq, _ = rope_frequencies(2, 10000.0, None, 64)
+    turned = apply_rope(jnp.eye(2, dtype=jnp.float32)[None, :, None, :], jnp.ones((1, 2), jnp.int32), inv_freq)
+    np.testing.assert_allclose(turned[0, :, 0], [[math.cos(1), math.sin(1)], [-math.sin(1), math.cos(1)]],
+                               atol=1e-6)
+    x = np.random.default_rng(4).normal(size=(1, 3, 1, HEAD_DIM))
+    pos = np.array([[2, 7, 30]])
+    inv_freq, _ = rope_frequencies(HEAD_DIM, 10000.0, None, 64)
+    z = (x[..., :HEAD_DIM // 2] + 1j * x[..., HEAD_DIM // 2:]) * np.exp(1j * pos[..., None, None] * inv_freq)
+    out = np.asarray(apply_rope(jnp.asarray(x, jnp.float32), jnp.asarray(pos), inv_freq))
+    np.testing.assert_allclose(out, np.concatenate([z.real, z.imag], axis=-1), atol=1e-5)
+
+
 @pytest.mark.parametrize("scaling", SCALINGS, ids=lambda s: "none" if s is None else s.type)
 def test_rope_dot_product_depends_only_on_relative_offset(scaling):
     inv_freq, attention_factor = rope_frequencies(HEAD_DIM, 10000.0, scaling, 256)
