@@ -29,9 +29,11 @@ _LIST_FLAGS = {"checkpoint": "checkpoints", "api_key": "api_keys", "data_root": 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from mulm_jax.config import add_config_arguments
+    from mulm_jax.startup import add_startup_arguments
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p)
+    add_startup_arguments(p)
     p.add_argument("--checkpoint", action="append", metavar="[ID=]RUN_DIR",
                    help="a run folder to serve (repeatable); the model id is ID or the folder's name")
     p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
@@ -53,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--configs-dir", metavar="DIR", help="configs training jobs may name")
     p.add_argument("--extra-routes", action="append", metavar="MODULE", help="a module with routes(ctx) to add")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--verbose", action="store_true", help="print the wall time of each start-up phase (each "
+                                                          "model's load and warm-up are logged at info level)")
     return p.parse_args(argv)
 
 
@@ -83,22 +87,34 @@ def check_settings(settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mulm_jax.startup import Phases, start
+
+    phases = Phases()
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(max(logging.WARNING, logging.getLogger().level))  # orbax's per-restore chatter
+    # orbax's per-restore chatter, and jax's INFO line for each backend it cannot start ("Unable to initialize backend
+    # 'tpu'" on a machine without one): neither is the user's concern
+    for chatty in ("absl", "jax._src.xla_bridge"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     from mulm_jax.config import ConfigError
 
     try:
         settings = settings_from_args(args)
         check_settings(settings)
+        phases.mark("settings")
+        start(args)  # the compilation cache and the backend's process settings
+        phases.mark("backend")
         import uvicorn
 
         from mulm_jax.api import create_app
 
         app = create_app(settings)
+        phases.mark("app")
     except (ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.verbose:
+        print(f"start-up: {phases.line()}; the models load and warm up in the background", flush=True)
     address = f"http://{f'[{settings.host}]' if ':' in settings.host else settings.host}:{settings.port}"
     print(f"API: {address}/v1    web lab: {address}/    (Ctrl-C stops)", flush=True)
     # Our access log (mulm_jax.api.access, JSON lines) replaces uvicorn's.

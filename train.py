@@ -11,10 +11,14 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mulm_jax.startup import Phases, add_startup_arguments, start
+
+    phases = Phases()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from mulm_jax.config import ConfigError, add_config_arguments, config_from_args
 
     add_config_arguments(parser)
+    add_startup_arguments(parser)
     parser.add_argument("--workdir", required=True, help="run folder: config, tokenizer, checkpoints, metrics")
     parser.add_argument("--coordinator", help="HOST:PORT of process 0, for a multi-process run")
     parser.add_argument("--num-processes", type=int)
@@ -24,22 +28,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="start a new run from this run's parameters (newest checkpoint, or STEP's)")
     parser.add_argument("--extend-positions", action="store_true",
                         help="with --init-from: extend a learned position table to a longer max_seq_len")
+    parser.add_argument("--verbose", action="store_true", help="print the wall time of each start-up phase")
     args = parser.parse_args(argv)
     if args.extend_positions and not args.init_from:
         parser.error("--extend-positions applies only with --init-from")
 
-    from mulm_jax.train.xla_cpu import configure_cpu
-
-    configure_cpu()
     from mulm_jax.train import distributed
 
     try:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        start(args)  # the compilation cache and the backend's process settings
+        phases.mark("backend")
         from mulm_jax.data import DataError
         from mulm_jax.train.loop import TrainingError, train
 
+        phases.mark("imports")
         cfg = config_from_args(args)
-        train(cfg, args.workdir, quiet=args.quiet, init_from=args.init_from, extend_positions=args.extend_positions)
+        phases.mark("config")
+        train(cfg, args.workdir, quiet=args.quiet, init_from=args.init_from, extend_positions=args.extend_positions,
+              phases=phases if args.verbose else None)
     except (ConfigError, DataError, TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from mulm_jax.infer.layout import times_transposed
-from mulm_jax.train.xla_cpu import configure_cpu
+from mulm_jax.platform import configure_process
 
 
 def median_ms(fn, *args, repeats: int = 31) -> float:
@@ -44,7 +44,7 @@ def stack(product):
 
 
 def main() -> None:
-    configure_cpu()
+    configure_process()
     key = jax.random.key(0)
     ways = {
         "x @ W[in,out]": (stack(lambda x, w: x @ w), False),

@@ -21,7 +21,7 @@ import numpy as np
 from mulm_jax.config import load_config
 from mulm_jax.infer.cli import random_model
 from mulm_jax.inspect import Tracer
-from mulm_jax.train.xla_cpu import configure_cpu
+from mulm_jax.platform import configure_process
 
 
 def timed(fn, repeats: int) -> float:
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    configure_cpu()
+    configure_process()
     loaded = random_model(load_config(args.config))
     tracer = Tracer(loaded)
     vocab = loaded.config.model.vocab_size

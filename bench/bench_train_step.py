@@ -5,7 +5,7 @@
 
 Our step is one jitted optimizer step (forward, backward, clip_by_global_norm 1.0, AdamW with a warm-up + cosine
 schedule and weight decay on dense kernels only) with params and optimizer state donated, under the trainer's
-process settings (mulm_jax.train.xla_cpu.configure_cpu; --plain leaves them out). The reference is
+process settings (mulm_jax.platform.configure_process; --plain leaves them out). The reference is
 bench/reference_nanogpt.py in a process of its own, so that neither runtime's settings or threads touch the other;
 the two take turns round by round, and each figure is the median over all rounds. Prints compile time, forward,
 forward+backward and full-step medians, tokens/s and the ratio nanoGPT ms / our ms; with --check, exits 1 when
@@ -105,16 +105,16 @@ def main() -> int:
     parser.add_argument("--config", default=str(ROOT / "configs" / "shakespeare_char.yaml"))
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round, for each of the five timings")
-    parser.add_argument("--plain", action="store_true", help="leave out configure_cpu(): XLA's defaults")
+    parser.add_argument("--plain", action="store_true", help="leave out configure_process(): XLA's defaults")
     parser.add_argument("--no-reference", action="store_true", help="time ours only (no PyTorch needed)")
     parser.add_argument("--check", action="store_true", help="exit 1 below --min-ratio")
     parser.add_argument("--min-ratio", type=float, default=MIN_RATIO)
     args = parser.parse_args()
 
     if not args.plain:
-        from mulm_jax.train.xla_cpu import configure_cpu
+        from mulm_jax.platform import configure_process
 
-        configure_cpu()
+        configure_process()
     import jax
 
     run = build(args.config)
@@ -152,7 +152,7 @@ def main() -> int:
     model_cfg = run["cfg"].model
     print(f"{args.config}: {model_cfg.num_layers} layers x {model_cfg.d_model}, {model_cfg.num_heads} heads, "
           f"{tokens} tokens/step; {args.rounds} rounds x {args.steps} steps, medians")
-    print(f"settings: {'XLA defaults (--plain)' if args.plain else 'configure_cpu()'}; "
+    print(f"settings: {'XLA defaults (--plain)' if args.plain else 'configure_process()'}; "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"compile + first step {compile_s:.1f} s; start-up to first step done {startup_s:.1f} s")
     for name in ("forward", "forward_backward"):

@@ -10,6 +10,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from mulm_jax import startup
+
 PASSKEY_DEPTHS = "0,0.25,0.5,0.75,1"
 
 
@@ -52,6 +54,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "model.rope_scaling.factor=8")
     parser.add_argument("--batch", type=int, default=4, help="windows per forward pass (default 4)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    startup.add_startup_arguments(parser)
 
 
 def _numbers(text: str, kind: type, flag: str) -> list:
@@ -86,9 +89,7 @@ def eval_tokens(loaded: Any, data: Optional[str], text_file: Optional[str]) -> n
 
 
 def run_perplexity(args: argparse.Namespace) -> int:
-    from mulm_jax.train.xla_cpu import configure_cpu
-
-    configure_cpu()
+    startup.start(args)
     from mulm_jax.eval.perplexity import sliding_perplexity
     from mulm_jax.eval.scoring import WindowScorer, check_context, load_for_eval
 
@@ -117,9 +118,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
 
 
 def run_passkey(args: argparse.Namespace) -> int:
-    from mulm_jax.train.xla_cpu import configure_cpu
-
-    configure_cpu()
+    startup.start(args)
     from mulm_jax.eval.passkey import passkey_accuracy
     from mulm_jax.eval.scoring import WindowScorer, check_context, load_for_eval
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from mulm_jax import startup
 from mulm_jax.config import add_config_arguments, config_from_args
 
 
@@ -28,6 +29,7 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--seed", type=int)
     gen.add_argument("--stop", action="append", default=[], metavar="STR", help="stop before this text (repeatable)")
     gen.add_argument("--int8", action="store_true", help="int8 weights")
+    startup.add_startup_arguments(gen)
     gen.set_defaults(func=run_generate)
 
     bench = subparsers.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
@@ -42,13 +44,12 @@ def register(subparsers: Any) -> None:
                                                   "keeps the model's whole context)")
     dec.add_argument("--int8", action="store_true")
     dec.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    startup.add_startup_arguments(dec)
     dec.set_defaults(func=run_bench_decode)
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from mulm_jax.train.xla_cpu import configure_cpu
-
-    configure_cpu()
+    startup.start(args)
     from mulm_jax.infer import Engine, SamplingParams, load_model
 
     loaded = load_model(args.checkpoint, args.step)
@@ -110,11 +111,10 @@ def measure_decode(engine: Any, batch: int, prompt_len: int, new_tokens: int, re
 
 
 def run_bench_decode(args: argparse.Namespace) -> int:
-    from mulm_jax.train.xla_cpu import configure_cpu
-
-    configure_cpu()
+    startup.start(args)
     import jax
 
+    from mulm_jax import platform
     from mulm_jax.infer import Engine, load_model
     from mulm_jax.infer.quantize import weight_bytes
 
@@ -139,6 +139,7 @@ def run_bench_decode(args: argparse.Namespace) -> int:
               "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "int8": args.int8,
               **{k: round(v, 3) for k, v in figures.items()}, "compilations": compilations,
               "warmup_s": round(compile_s, 2), "weight_bytes": weight_bytes(engine.params),
+              "serving_dtype": str(engine.steps.cfg.dtype), "peak_device_memory_bytes": platform.peak_device_memory(),
               "device": jax.devices()[0].device_kind}
     if not args.json:
         print(f"decode {result['model']}: batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens: "

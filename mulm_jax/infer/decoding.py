@@ -14,13 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mulm_jax import platform
 from mulm_jax.infer.layout import serving_layout
 from mulm_jax.infer.sampling import SamplingArrays, apply_penalties, choose_tokens, mask_vocab, token_logprobs
 from mulm_jax.nn.attention import KVCache
 from mulm_jax.nn.positional import TABLES
-
-# XLA:CPU otherwise copies every cache buffer that a step both reads and updates in place.
-COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 @flax.struct.dataclass
@@ -57,13 +55,15 @@ class SlotSteps:
 
     Each step also picks the next tokens (SamplingArrays per slot) and, when asked, their log-probabilities
     and the `num_logprobs` most likely alternatives. `unpack_params` maps the params as stored (int8 weights,
-    say) to the params the model takes, inside the compiled steps; these may hold their dense kernels in the
-    serving layout (infer.layout), which the steps are traced under. `traces` counts compilations (one per
-    prompt bucket for prefill, one for decode).
+    say) to the params the model takes, inside the compiled steps; with `weight_first` these hold their dense
+    kernels in the serving layout (infer.layout), which the steps are then traced under. The steps are compiled
+    with the backend's options (platform.compiler_options). `traces` counts compilations (one per prompt
+    bucket for prefill, one for decode).
     """
 
     def __init__(self, model: nn.Module, slots: int, max_len: int, num_logprobs: int = 5,
-                 unpack_params: Callable[[Any], Any] = lambda params: params, vocab: Optional[int] = None):
+                 unpack_params: Callable[[Any], Any] = lambda params: params, vocab: Optional[int] = None,
+                 weight_first: bool = False):
         self.model, self.cfg, self.unpack_params = model, model.cfg, unpack_params
         self.vocab = vocab or self.cfg.vocab_size  # ids from here on are never chosen (see sampling.mask_vocab)
         self.slots, self.max_len, self.num_logprobs = slots, max_len, num_logprobs
@@ -75,8 +75,9 @@ class SlotSteps:
         self.unbounded = sliding and self.cfg.positional not in TABLES
         self.position_limit = 2**31 - 1 if self.unbounded else max_len
         self.traces = 0
-        compile_ = lambda step: jax.jit(serving_layout()(step), donate_argnums=(1,),  # noqa: E731
-                                        compiler_options=COMPILER_OPTIONS)
+        options = platform.compiler_options()
+        compile_ = lambda step: jax.jit(serving_layout()(step) if weight_first else step,  # noqa: E731
+                                        donate_argnums=(1,), compiler_options=options)
         self.prefill, self.decode = compile_(self._prefill), compile_(self._decode)
 
     def init_state(self) -> SlotState:

@@ -25,9 +25,8 @@ import numpy as np
 from mulm_jax.infer.decoding import SlotSteps, host_output, prompt_buckets
 from mulm_jax.infer.detokenize import CompletionText
 from mulm_jax.infer.loading import InferenceError, LoadedModel
-from mulm_jax.infer.layout import to_serving_layout
-from mulm_jax.infer.quantize import dequantize, quantize_params
 from mulm_jax.infer.sampling import SamplingArrays, SamplingParams
+from mulm_jax.infer.serving import serving_weights
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +179,10 @@ class Engine:
         self.vocab_size = min(cfg.vocab_size, self.tokenizer.vocab_size)
         if slots < 1 or max_queue < 0:
             raise InferenceError(f"slots={slots} and max_queue={max_queue}: expected slots >= 1 and max_queue >= 0")
-        params = to_serving_layout(loaded.model, loaded.params)  # dense kernels [out, in]: see infer.layout
-        self.params = jax.device_put(quantize_params(params) if int8 else params)
-        self.steps = SlotSteps(loaded.model, slots, self.max_len, num_logprobs,
-                               unpack_params=dequantize if int8 else (lambda p: p), vocab=self.vocab_size)
+        served = serving_weights(loaded, int8)  # this backend's dtype and layout: see infer.serving
+        self.params = served.params
+        self.steps = SlotSteps(served.model, slots, self.max_len, num_logprobs, unpack_params=served.unpack,
+                               vocab=self.vocab_size, weight_first=served.weight_first)
         self.buckets = prompt_buckets(cfg.max_seq_len if self.steps.encoder_decoder else self.max_len)
         self.max_queue, self.num_logprobs = max_queue, num_logprobs
         self._state = self.steps.init_state()

@@ -1,7 +1,8 @@
 """Weight-only int8: each weight matrix stored as int8 with one float32 scale per output channel.
 
 Kernels and embedding tables become `Int8Weight`s (4x smaller at rest); biases and norm scales stay float.
-Inside the compiled steps `dequantize` turns them back into float32 (q * scale) right before use.
+Inside the compiled steps `dequantize` turns them back into the serving dtype (q * scale), each one feeding its
+matmul directly, so that a GPU compiler can fuse the conversion into the product (infer.serving).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mulm_jax import startup
+
 VIEWS = {
     "attention": "attention heatmaps: one per head of --layer (default: the last), or just --head; and a grid "
                  "of every head of every layer",
@@ -40,6 +42,7 @@ def register(subparsers: Any) -> None:
                         help="positions: validation windows of the model's context to average over (default 256)")
     parser.add_argument("--out", type=Path, help="folder for the PNG pictures (default: RUN_DIR/inspect)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a summary")
+    startup.add_startup_arguments(parser)
     parser.set_defaults(func=run_inspect)
 
     plot = subparsers.add_parser("plot", help="training and validation loss curves of runs side by side, with a "
@@ -76,9 +79,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     from mulm_jax.inspect.heads import head_roles
     from mulm_jax.inspect.trace import Tracer
     from mulm_jax.infer import load_model
-    from mulm_jax.train.xla_cpu import configure_cpu
-
-    configure_cpu()
+    startup.start(args)
     loaded = load_model(args.checkpoint, args.step)
     cfg = loaded.config.model
     layers, heads = _layers_heads(args, cfg.decoder_layers, cfg.num_heads)

@@ -19,6 +19,7 @@ import yaml
 from mulm_jax.config import Config, TrainConfig, config_from_dict, dump_config
 from mulm_jax.data import Tokenizer, eval_batches, make_loader, prepare_dataset
 from mulm_jax.models import build_model
+from mulm_jax.startup import Phases
 from mulm_jax.train.checkpoint import Checkpoints
 from mulm_jax.train.init_from import RECORD, start_from
 from mulm_jax.train.metrics import MetricsWriter, Progress
@@ -125,13 +126,18 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
+FIRST_STEP = "first step (compile and run)"  # the last start-up phase: the step compiles on its first call
+
+
 def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: Optional[str] = None,
-          extend_positions: bool = False) -> RunResult:
+          extend_positions: bool = False, phases: Optional[Phases] = None) -> RunResult:
     """Train (or resume) the run in `workdir` up to train.steps (or a stop signal).
 
     init_from: `RUN[@STEP]`, a run whose parameters a new run starts from (see train.init_from); a run that
-    resumes from its own checkpoint ignores it.
+    resumes from its own checkpoint ignores it. phases: the start-up phases so far, to which this adds its own
+    and which it prints once the first step is done.
     """
+    timing = phases if phases is not None else Phases()
     workdir = Path(workdir)
     t_start = time.time()
     lead = jax.process_index() == 0
@@ -147,6 +153,7 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
     if lead:
         tokenizer.save(workdir)
         _write_text_atomically(workdir / "config.yaml", dump_config(cfg))
+    timing.mark("data preparation")
 
     seq_len = tc.seq_len or cfg.model.max_seq_len
     if seq_len > cfg.model.max_seq_len:
@@ -164,10 +171,13 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
     init_args = (dummy[:, : seq_len // 2], dummy[:, seq_len // 2:]) if cfg.model.architecture == "encoder_decoder" \
         else (dummy,)
     params = jax.jit(model.init)(init_key, *init_args)["params"]
+    timing.mark("model init", params)
     state = TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
                        rng=jax.random.key_data(state_key))
+    timing.mark("optimizer init", state.opt_state)
 
     loader = make_loader(dataset_dir, "train", process_batch, seq_len, tc.seed)
+    timing.mark("data loader")
     checkpoints = Checkpoints(workdir, tc.keep_checkpoints)
     metrics = MetricsWriter(workdir, enabled=lead)
     progress = Progress(tc.steps, enabled=lead, bar=not quiet)
@@ -184,11 +194,14 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
         if lead:
             _write_text_atomically(workdir / RECORD, json.dumps(record, indent=1) + "\n")
         progress.message(f"initialised from {record['run']} at step {record['step']}")
+    timing.mark("checkpoint restore", state)
     metrics.drop_rows_after(int(state.step))  # rows of a killed run past its checkpoint (all rows, if none restored)
     evaluation = eval_batches(dataset_dir, process_batch, seq_len, tc.eval_batches)
+    timing.mark("evaluation batches")
 
     train_step, eval_step = pmapped_steps(model, tx, tc.grad_accum_steps, tokenizer.pad_id, schedule)
     replicated = replicate(jax.device_get(state), devices)
+    timing.mark("state to the host")
     step = int(state.step)
     del state
 
@@ -229,6 +242,10 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
             batch = _shard(next(loader), devices)
             replicated, step_metrics = train_step(replicated, batch)
             step += 1
+            if FIRST_STEP not in timing.seconds:
+                timing.mark(FIRST_STEP, step_metrics)
+                if phases is not None:
+                    progress.message(f"start-up: {phases.line()}")
             if startup_s is None:  # the first step compiles the step: start-up lasts until it is done
                 jax.block_until_ready(step_metrics)
                 now = time.time()

@@ -1,0 +1,76 @@
+"""The choices that depend on the backend that runs (CPU, GPU, TPU), made in one place for training and serving.
+
+On the CPU backend (XLA:CPU on small machines): glibc keeps the memory XLA frees mapped (`keep_freed_memory`),
+the decode steps get XLA:CPU compiler options, serving holds each dense kernel [out, in] and multiplies a few
+rows weight-first behind an optimization barrier (infer.layout), and weights are served in float32 whatever the
+config's dtype, since XLA:CPU has no fast bfloat16 arithmetic. On any other backend none of these apply: the
+natural Flax layout, no compiler options, weights stored and computed in the config's dtype.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Optional
+
+import jax
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+
+# XLA:CPU otherwise copies every cache buffer that a decode step both reads and updates in place.
+CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+def backend() -> str:
+    """The platform of the default backend: 'cpu', 'gpu' or 'tpu'. Every choice below asks this."""
+    return jax.default_backend()
+
+
+def on_cpu() -> bool:
+    return backend() == "cpu"
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep memory that XLA frees instead of handing it back to the kernel; False where there is no mallopt.
+
+    Each XLA:CPU step allocates and frees its temporary buffers. By default glibc unmaps freed per-thread heaps
+    and trims the main one, so the next step touches fresh pages: about 10,000 page faults and a third of the
+    time of a shakespeare_char step. A 64 MiB top pad keeps each heap mapped (a heap is at most 64 MiB), and a
+    fixed 32 MiB mmap threshold (glibc's largest) serves buffers below it from those heaps from the first step.
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    return all(mallopt(param, value) == 1 for param, value in (
+        (_M_MMAP_THRESHOLD, 32 << 20), (_M_TOP_PAD, 64 << 20), (_M_TRIM_THRESHOLD, 1 << 30)))
+
+
+def configure_process() -> bool:
+    """The process settings for the backend: keep_freed_memory() on the CPU, nothing elsewhere. Call it before the
+    first steps (after jax.distributed.initialize, since it asks for the backend); True when a setting was made."""
+    return on_cpu() and keep_freed_memory()
+
+
+def compiler_options() -> Optional[dict[str, Any]]:
+    """XLA compiler options for the decode steps: CPU_COMPILER_OPTIONS on the CPU, none elsewhere."""
+    return dict(CPU_COMPILER_OPTIONS) if on_cpu() else None
+
+
+def weight_first_serving() -> bool:
+    """Whether serving holds dense kernels [out, in] and multiplies a few rows weight-first (infer.layout): on the
+    CPU only. Elsewhere the natural [in, out] kernels, which a GPU's matmul libraries take as they are."""
+    return on_cpu()
+
+
+def serving_dtype(dtype: str) -> str:
+    """The dtype weights are served in (stored and computed), for a model configured with `dtype`: that dtype,
+    except float32 on the CPU, where bfloat16 arithmetic is widened op by op (about 10x slower decode)."""
+    return "float32" if on_cpu() else dtype
+
+
+def peak_device_memory() -> Optional[int]:
+    """Peak bytes in use on the first local device so far, where the backend reports it (GPU, TPU); else None."""
+    stats = jax.local_devices()[0].memory_stats()
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None

@@ -1,0 +1,79 @@
+"""Start-up: where the compilation cache lives (flag, environment, default, off), a second process reusing the steps
+the first compiled, and train.py --verbose naming its start-up phases."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import train as train_cli
+from conftest import ROOT
+from mulm_jax.startup import CACHE_ENV, cache_dir, default_cache_dir
+from test_train import tiny_run
+
+
+def test_the_cache_folder_comes_from_the_flag_then_the_environment_then_the_user_cache(tmp_path):
+    home = {"HOME": str(tmp_path)}
+    assert default_cache_dir({"XDG_CACHE_HOME": "/x"}) == Path("/x/mulm_jax/xla")
+    assert cache_dir(None, False, {}) == default_cache_dir({})
+    assert cache_dir(None, False, {CACHE_ENV: "/env/xla", **home}) == Path("/env/xla")
+    assert cache_dir("/flag/xla", False, {CACHE_ENV: "/env/xla"}) == Path("/flag/xla")
+    assert cache_dir("/flag/xla", True, {}) is None
+    assert cache_dir(None, False, {CACHE_ENV: "off"}) is None
+    assert cache_dir("/flag/xla", False, {CACHE_ENV: "off"}) == Path("/flag/xla")  # the flag wins
+
+
+# bench decode in a fresh process, reporting the modules that JAX loaded from its persistent cache.
+HITS = """
+import json, logging, sys
+hits = []
+class Hits(logging.Handler):
+    def emit(self, record):
+        if record.getMessage().startswith("Persistent compilation cache hit for"):
+            hits.append(record.getMessage().split("'")[1])
+log = logging.getLogger("jax._src.compiler")
+log.addHandler(Hits())
+log.setLevel(logging.DEBUG)
+from mulm_jax.__main__ import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "hits": hits}))
+"""
+
+
+def test_a_second_start_with_the_same_shapes_loads_the_steps_from_the_compilation_cache(tmp_path):
+    cache = tmp_path / "xla"
+    args = ["bench", "decode", "--config", str(ROOT / "configs/shakespeare_char.yaml"), "--set", "model.d_model=16",
+            "model.num_layers=1", "model.num_heads=2", "model.d_ff=32", "model.max_seq_len=16", "--prompt-len", "4",
+            "--new-tokens", "2", "--repeats", "1", "--json", "--compilation-cache", str(cache)]
+
+    def start() -> dict:
+        out = subprocess.run([sys.executable, "-c", HITS, *args], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        lines = out.stdout.strip().splitlines()
+        return {**json.loads(lines[-1]), "bench": json.loads(lines[-2])}
+
+    first = start()
+    assert first["code"] == 0 and first["hits"] == []
+    written = {p.name for p in cache.iterdir()}
+    assert len(written) >= first["bench"]["compilations"]  # prefill per bucket, decode, and smaller programs
+    second = start()
+    assert {"jit__prefill", "jit__decode"} <= set(second["hits"])
+    assert second["bench"]["compilations"] == first["bench"]["compilations"]  # traced again, not compiled
+
+
+def test_train_verbose_prints_each_start_up_phase(tmp_path, capsys):
+    args = ["--config", str(ROOT / "configs/shakespeare_char.yaml"), "--workdir", str(tmp_path / "run"), "--quiet",
+            "--verbose", "--set", *tiny_run(tmp_path, "train.steps=2", "train.eval_every=2")]
+    assert train_cli.main(args) == 0
+    line = next(text for text in capsys.readouterr().err.splitlines() if text.startswith("start-up: "))
+    listed, total = re.fullmatch(r"start-up: (.*) \(total (\d+\.\d) s\)", line).groups()
+    phases = re.findall(r"([a-z][a-z ()]+?) (\d+\.\d) s", listed)
+    names = [name.strip(", ") for name, _ in phases]
+    assert names == ["backend", "imports", "config", "data preparation", "model init", "optimizer init",
+                     "data loader", "checkpoint restore", "evaluation batches", "state to the host",
+                     "first step (compile and run)"], line
+    assert abs(sum(float(s) for _, s in phases) - float(total)) < 0.1 * len(phases)
