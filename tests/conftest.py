@@ -26,6 +26,14 @@ from mulm_jax.models import build_model
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# The tests check algorithms against references, not a device's arithmetic: float32 matmuls run at full float32
+# precision on every backend (a GPU's default is TF32, 10 mantissa bits: 80-95% of attention outputs then miss
+# atol 1e-5), here and in the processes the tests start. A test of a device's tolerance would say so and set its own.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+jax.config.update("jax_default_matmul_precision", os.environ["JAX_DEFAULT_MATMUL_PRECISION"])
+# No persistent compilation cache unless a test asks for one: tests stay independent of each other and of ~/.cache.
+os.environ.setdefault("MULM_COMPILATION_CACHE", "off")
+
 
 def tiny_model(**overrides) -> ModelConfig:
     """A model small enough to compile in a fraction of a second."""
