@@ -15,6 +15,7 @@ that ratio is below --min-ratio (1.25).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -110,6 +111,9 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 below --min-ratio")
     parser.add_argument("--min-ratio", type=float, default=MIN_RATIO)
     args = parser.parse_args()
+    if not args.no_reference and importlib.util.find_spec("torch") is None:  # the reference's child would crash
+        parser.error("the nanoGPT reference needs PyTorch: install it with `.venv/bin/pip install -r "
+                     "bench/requirements.txt`, or pass --no-reference to time ours alone")
 
     if not args.plain:
         from mulm_jax.platform import configure_process
