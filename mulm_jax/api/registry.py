@@ -17,6 +17,7 @@ from mulm_jax.config import ServeConfig
 from mulm_jax.infer import Engine, LoadedModel, load_model
 from mulm_jax.infer.chat import ChatTemplate
 from mulm_jax.infer.embeddings import MeanPooledEmbeddings
+from mulm_jax.startup import Phases
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +83,13 @@ class ModelRegistry:
         """Load a run (its newest checkpoint, or `step`) and serve it as `model_id`."""
         self._reserve(model_id)
         try:
+            phases = Phases()
             try:
                 loaded = load_model(run_dir, step)
             except (ValueError, FileNotFoundError) as e:  # InferenceError and config errors are ValueErrors
                 raise ApiError(400, str(e), param="run_dir", code="invalid_run") from None
-            return self._serve(model_id, loaded)
+            phases.mark("load")
+            return self._serve(model_id, loaded, phases)
         finally:
             self._release(model_id)
 
@@ -108,19 +111,21 @@ class ModelRegistry:
         with self._lock:
             self._loading.discard(model_id)
 
-    def _serve(self, model_id: str, loaded: LoadedModel) -> ServedModel:
-        """Compile the engine for every prompt bucket, start it, and list the model."""
-        start = time.perf_counter()
+    def _serve(self, model_id: str, loaded: LoadedModel, phases: Optional[Phases] = None) -> ServedModel:
+        """Compile the engine for every prompt bucket, start it, and list the model; log how long each part took
+        (`phases`: those before, e.g. loading the checkpoint)."""
+        phases = phases or Phases()
         try:
             chat = ChatTemplate.load(loaded.run_dir)
         except ValueError as e:
             raise ApiError(400, str(e), param="run_dir", code="invalid_run") from None
         engine = Engine(loaded, slots=self.settings.slots, max_queue=self.settings.max_queue, int8=self.settings.int8)
+        phases.mark("weights to the device", engine.params)
         engine.warmup()
+        phases.mark(f"warm-up ({engine.stats().compilations} compilations)")
         engine.start()
         served = ServedModel(model_id, loaded, engine, chat, MeanPooledEmbeddings(loaded), int(time.time()))
-        log.info("serving %s from %s (step %d), compiled in %.1f s", model_id, loaded.run_dir, loaded.step,
-                 time.perf_counter() - start)
+        log.info("serving %s from %s (step %d): %s", model_id, loaded.run_dir, loaded.step, phases.line())
         with self._lock:
             self._models[model_id] = served
         return served
