@@ -43,8 +43,9 @@ def build_source(folder: Path) -> None:
 
 
 def mulm(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "mulm_jax", *args], cwd=ROOT, check=True, capture_output=True,
-                         text=True)
+    out = subprocess.run([sys.executable, "-m", "mulm_jax", *args], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"python -m mulm_jax {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-2000:]}")
     return out.stdout
 
 
@@ -68,8 +69,10 @@ def main() -> int:
     start = time.perf_counter()
     mulm("convert", "from-hf", str(src), "--out", str(run))
     import_s = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    print(f"import: {import_s:.1f} s for a {size / 1e6:.0f} MB checkpoint (limit {IMPORT_LIMIT_S:.0f} s), "
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak, cpu_s = child.ru_maxrss * 1024, child.ru_utime + child.ru_stime
+    print(f"import: {import_s:.1f} s ({cpu_s:.1f} s of CPU; load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores) for a {size / 1e6:.0f} MB checkpoint (limit {IMPORT_LIMIT_S:.0f} s), "
           f"peak memory {peak / 1e6:.0f} MB = {peak / size:.2f}x the checkpoint")
 
     imported = decode_ms("--checkpoint", str(run), new_tokens=args.new_tokens)
