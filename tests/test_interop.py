@@ -11,23 +11,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tokenizers
+import torch  # pinned in requirements.txt: a missing one fails these tests rather than skipping them
+import transformers
+from flax import traverse_util
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
-
-from flax import traverse_util  # noqa: E402
-from conftest import random_params  # noqa: E402
-
-from mulm_jax.config import Config, DataConfig, config_from_dict, dump_config  # noqa: E402
-from mulm_jax.data.assemble import assemble  # noqa: E402
-from mulm_jax.data.loader import load_tokens  # noqa: E402
-from mulm_jax.data.tokenizer import CharTokenizer, HFTokenizer, Tokenizer  # noqa: E402
-from mulm_jax.infer import Engine, SamplingParams, load_model  # noqa: E402
-from mulm_jax.infer.chat import ChatTemplate, JinjaChatTemplate  # noqa: E402
-from mulm_jax.interop.convert import from_hf, save_params, to_hf  # noqa: E402
-from mulm_jax.interop.mapping import InteropError  # noqa: E402
-from mulm_jax.models import build_model  # noqa: E402
+from conftest import random_params
+from mulm_jax.config import Config, DataConfig, config_from_dict, dump_config
+from mulm_jax.data.assemble import assemble
+from mulm_jax.data.loader import load_tokens
+from mulm_jax.data.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
+from mulm_jax.infer import Engine, SamplingParams, load_model
+from mulm_jax.infer.chat import ChatTemplate, JinjaChatTemplate
+from mulm_jax.interop.convert import from_hf, save_params, to_hf
+from mulm_jax.interop.mapping import InteropError
+from mulm_jax.models import build_model
 
 V = 320  # the models' vocabulary: the tokenizer's ~300 tokens padded, as Llama / Qwen checkpoints pad theirs
 SMALL = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
