@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 
 import chex
 import jax.numpy as jnp
@@ -13,10 +14,11 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import loaded
+from conftest import loaded, wait_for
 from mulm_jax.api import create_app
 from mulm_jax.api.ratelimit import RateLimiter
 from mulm_jax.config import ServeConfig
+from mulm_jax.infer import Engine, InferenceError
 
 KEY = "sk-test-secret-0123456789"
 
@@ -294,6 +296,41 @@ def test_models_are_listed_and_run_folders_are_confined_to_the_runs_root(client,
     for outside in ("../elsewhere", "/etc", str(tmp_path)):
         assert_error(client.post("/v1/models", json={"run_dir": outside}), 403, "run_dir", "path_not_allowed")
     assert_error(client.post("/v1/models", json={"run_dir": "missing"}), 400, "run_dir", "invalid_run")
+
+
+def test_models_loading_at_start_up_are_listed_with_their_state_and_answer_503(tmp_path, monkeypatch):
+    read, compiled = threading.Event(), threading.Event()  # hold the models in loading, then in compiling
+
+    def load_model(run_dir, step=None):
+        read.wait(60)
+        if run_dir.endswith("second"):
+            raise InferenceError(f"{run_dir!r} is not a run folder")
+        return loaded()
+
+    warmup = Engine.warmup
+    monkeypatch.setattr("mulm_jax.api.registry.load_model", load_model)
+    monkeypatch.setattr(Engine, "warmup", lambda engine: compiled.wait(60) and warmup(engine))
+    settings = ServeConfig(state_dir=str(tmp_path / "state"), runs_root=str(tmp_path / "runs"), slots=1,
+                           checkpoints=("first=runs/first", "second=runs/second"))
+    ask = {"model": "first", "prompt": "x", "max_tokens": 2}
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        def states() -> dict:
+            return {m["id"]: m["state"] for m in c.get("/v1/models").json()["data"]}
+
+        assert states() == {"first": "loading", "second": "loading"}  # both listed from the start
+        r = c.post("/v1/completions", json=ask)
+        assert "still loading" in assert_error(r, 503, "model", "model_loading")["message"]
+        assert r.headers["retry-after"] == "5"
+        assert c.get("/v1/models/second").json()["state"] == "loading" and c.get("/readyz").status_code == 503
+        read.set()
+        wait_for(lambda: states() == {"first": "compiling", "second": "loading"}, "the first to compile", 30)
+        assert_error(c.post("/v1/tokenize", json={"model": "first", "prompt": "x"}), 503, code="model_loading")
+        compiled.set()
+        wait_for(lambda: states() == {"first": "ready"}, "the first to be ready and the second to fail", 120)
+        assert c.post("/v1/completions", json=ask).status_code == 200
+        assert_error(c.post("/v1/completions", json={**ask, "model": "second"}), 404, "model", "model_not_found")
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "not a run folder" in ready.json()["errors"][0]
 
 
 # ---- operations and extensibility ----------------------------------------------------------------------

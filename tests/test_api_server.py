@@ -5,6 +5,7 @@ a client that leaves mid-stream frees its slots; job records survive a server re
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -42,6 +43,8 @@ def served(tmp_path_factory):
 
 def test_the_openai_client_completes_chats_and_streams(served):
     server, _ = served
+    log = Path(server.log.name).read_text()
+    assert "mulm_jax.api.registry" in log and "Unable to initialize backend" not in log  # info, not jax's probing
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY)
     assert [m.id for m in client.models.list().data] == ["tiny"]
     whole = client.completions.create(model="tiny", prompt="First", max_tokens=20, temperature=0)

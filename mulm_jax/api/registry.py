@@ -1,12 +1,12 @@
 """The models a server holds: each a loaded run with its engine (started and warmed up), chat template and
-embedding function, under a model id."""
+embedding function, under a model id; while a run loads and compiles, its id is listed with that state."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +20,7 @@ from mulm_jax.infer.embeddings import MeanPooledEmbeddings
 from mulm_jax.startup import Phases
 
 log = logging.getLogger(__name__)
+RETRY_AFTER_S = 5  # what a request for a model still loading is told to wait
 
 
 @dataclass
@@ -33,10 +34,24 @@ class ServedModel:
 
     def describe(self) -> dict:
         cfg = self.loaded.config.model
-        return {"id": self.id, "object": "model", "created": self.created, "owned_by": "mulm_jax",
+        return {"id": self.id, "object": "model", "created": self.created, "owned_by": "mulm_jax", "state": "ready",
                 "run_dir": str(self.loaded.run_dir), "step": self.loaded.step, "context_length": cfg.max_seq_len,
                 "architecture": cfg.architecture, "vocab_size": cfg.vocab_size,
                 "parameters": sum(int(leaf.size) for leaf in jax.tree.leaves(self.loaded.params))}
+
+
+@dataclass
+class LoadingModel:
+    """A model id reserved while its run folder is read ("loading") and its engine compiles ("compiling")."""
+
+    id: str
+    run_dir: str
+    state: str = "loading"
+    since: float = field(default_factory=time.time)
+
+    def describe(self) -> dict:
+        return {"id": self.id, "object": "model", "created": int(self.since), "owned_by": "mulm_jax",
+                "state": self.state, "run_dir": self.run_dir}
 
 
 def parse_checkpoint(spec: str) -> tuple[str, str]:
@@ -51,29 +66,41 @@ def parse_checkpoint(spec: str) -> tuple[str, str]:
 
 
 class ModelRegistry:
-    """Thread-safe map of model id -> ServedModel. `ready` once every model named at start-up is loaded."""
+    """Thread-safe map of model id -> ServedModel, and of the ids still loading. `ready` once every model named at
+    start-up is loaded."""
 
     def __init__(self, settings: ServeConfig):
         self.settings = settings
         self._models: dict[str, ServedModel] = {}
-        self._loading: set[str] = set()
+        self._loading: dict[str, LoadingModel] = {}
         self._lock = threading.Lock()
         self.startup_done = threading.Event()
         self.startup_errors: list[str] = []
 
     def load_startup_models(self) -> None:
-        """Load every `settings.checkpoints` entry (in the calling thread); failures are kept for /readyz."""
+        """Load every `settings.checkpoints` entry (in the calling thread), all listed as loading from the start;
+        failures are kept for /readyz."""
         try:
+            reserved = []
             for spec in self.settings.checkpoints:
                 try:
                     model_id, path = parse_checkpoint(spec)
-                    self.add(model_id, path)
+                    self._reserve(model_id, path)
+                    reserved.append((spec, model_id, path))
                 except (ValueError, ApiError) as e:
-                    message = getattr(e, "message", str(e))
-                    log.error("could not load %s: %s", spec, message)
-                    self.startup_errors.append(f"{spec}: {message}")
+                    self._startup_error(spec, e)
+            for spec, model_id, path in reserved:
+                try:
+                    self._load(model_id, path)
+                except ApiError as e:
+                    self._startup_error(spec, e)
         finally:
             self.startup_done.set()
+
+    def _startup_error(self, spec: str, e: Exception) -> None:
+        message = getattr(e, "message", str(e))
+        log.error("could not load %s: %s", spec, message)
+        self.startup_errors.append(f"{spec}: {message}")
 
     @property
     def ready(self) -> bool:
@@ -81,7 +108,11 @@ class ModelRegistry:
 
     def add(self, model_id: str, run_dir: str | Path, step: Optional[int] = None) -> ServedModel:
         """Load a run (its newest checkpoint, or `step`) and serve it as `model_id`."""
-        self._reserve(model_id)
+        self._reserve(model_id, run_dir)
+        return self._load(model_id, run_dir, step)
+
+    def _load(self, model_id: str, run_dir: str | Path, step: Optional[int] = None) -> ServedModel:
+        """Load and serve a run under an id reserved for it; the reservation ends either way."""
         try:
             phases = Phases()
             try:
@@ -95,21 +126,22 @@ class ModelRegistry:
 
     def serve(self, model_id: str, loaded: LoadedModel) -> ServedModel:
         """Serve a model already in memory as `model_id`."""
-        self._reserve(model_id)
+        self._reserve(model_id, loaded.run_dir)
         try:
             return self._serve(model_id, loaded)
         finally:
             self._release(model_id)
 
-    def _reserve(self, model_id: str) -> None:
+    def _reserve(self, model_id: str, run_dir: str | Path | None) -> None:
+        """List `model_id` as loading; 409 when it is served or loading already."""
         with self._lock:
             if model_id in self._models or model_id in self._loading:
                 raise ApiError(409, f"model id {model_id!r} is already served", param="id", code="model_exists")
-            self._loading.add(model_id)
+            self._loading[model_id] = LoadingModel(model_id, str(run_dir))
 
     def _release(self, model_id: str) -> None:
         with self._lock:
-            self._loading.discard(model_id)
+            self._loading.pop(model_id, None)
 
     def _serve(self, model_id: str, loaded: LoadedModel, phases: Optional[Phases] = None) -> ServedModel:
         """Compile the engine for every prompt bucket, start it, and list the model; log how long each part took
@@ -119,6 +151,8 @@ class ModelRegistry:
             chat = ChatTemplate.load(loaded.run_dir)
         except ValueError as e:
             raise ApiError(400, str(e), param="run_dir", code="invalid_run") from None
+        with self._lock:
+            self._loading[model_id].state = "compiling"
         engine = Engine(loaded, slots=self.settings.slots, max_queue=self.settings.max_queue, int8=self.settings.int8)
         phases.mark("weights to the device", engine.params)
         engine.warmup()
@@ -131,9 +165,14 @@ class ModelRegistry:
         return served
 
     def get(self, model_id: str) -> ServedModel:
+        """The model, ready to serve: 503 with Retry-After while it loads, 404 when no such id is known."""
         with self._lock:
-            served = self._models.get(model_id)
+            served, loading = self._models.get(model_id), self._loading.get(model_id)
             known = sorted(self._models)
+        if loading is not None:
+            raise ApiError(503, f"model {model_id!r} is still {loading.state} ({time.time() - loading.since:.0f} s "
+                                f"so far); retry in a few seconds", type="server_error", param="model",
+                           code="model_loading", headers={"Retry-After": str(RETRY_AFTER_S)})
         if served is None:
             raise ApiError(404, f"model {model_id!r} is not served here; served models: "
                                 f"{', '.join(known) or 'none'}", type="not_found_error", param="model",
@@ -143,6 +182,17 @@ class ModelRegistry:
     def all(self) -> list[ServedModel]:
         with self._lock:
             return list(self._models.values())
+
+    def describe_all(self) -> list[dict]:
+        """Every model served or loading, as /v1/models lists them (with a `state`)."""
+        with self._lock:
+            listed = list(self._models.values()) + list(self._loading.values())
+        return [m.describe() for m in listed]
+
+    def describe(self, model_id: str) -> dict:
+        with self._lock:
+            loading = self._loading.get(model_id)
+        return loading.describe() if loading is not None else self.get(model_id).describe()
 
     def close(self) -> None:
         for served in self.all():

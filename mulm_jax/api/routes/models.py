@@ -1,4 +1,4 @@
-"""The served models: list them, describe one, and load a trained run folder as a new one."""
+"""The served models and those still loading: list them, describe one, and load a trained run folder as a new one."""
 
 from __future__ import annotations
 
@@ -18,15 +18,17 @@ MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 def routes(ctx) -> list[Route]:
     async def list_models(request: Request) -> JSONResponse:
-        """The models this server serves."""
-        return JSONResponse({"object": "list", "data": [m.describe() for m in ctx.models.all()]})
+        """The models this server serves, and those still loading (`state`: loading, compiling or ready)."""
+        return JSONResponse({"object": "list", "data": ctx.models.describe_all()})
 
     async def get_model(request: Request) -> JSONResponse:
-        """One served model."""
-        return JSONResponse(ctx.models.get(request.path_params["model"]).describe())
+        """One served (or loading) model."""
+        return JSONResponse(ctx.models.describe(request.path_params["model"]))
 
     async def load(request: Request) -> JSONResponse:
         """Serve a trained run folder (under the server's runs root) as a new model; answers once it is compiled.
+
+        Until then GET /v1/models lists it as loading or compiling, and requests for it get 503.
         ---
         requestBody:
           required: true
