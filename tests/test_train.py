@@ -247,8 +247,8 @@ def test_greedy_sample_is_the_argmax_of_the_window_rerun_per_token_and_compiles_
         return ids[len(prompt):]
 
     cases = [(1, [5, 9, 2]), (2, [7]), (2, list(range(10)))]  # the last one is longer than the context
-    sample = greedy_sampler(model, 12, 32)
     with jax.log_compiles():
+        sample = greedy_sampler(model, 12, 32, params(0))
         got = [sample(params(seed), prompt) for seed, prompt in cases]
     assert got == [naive(params(seed), prompt) for seed, prompt in cases]
     assert len(set(got[0])) > 3  # the window slides: a test that could fail
@@ -264,7 +264,8 @@ def test_greedy_sample_draws_only_ids_the_tokenizer_can_decode():
     flat["embedder/head/kernel"] = flat["embedder/head/kernel"].at[:, 20:].set(1.0)
     logits_V = np.ones(16) @ np.asarray(flat["embedder/head/kernel"])
     assert np.argmax(logits_V) == 20  # the model's choice: an id the tokenizer does not have
-    sample = greedy_sampler(model, 4, 20)(flax.traverse_util.unflatten_dict(flat, sep="/"), [1])
+    params = flax.traverse_util.unflatten_dict(flat, sep="/")
+    sample = greedy_sampler(model, 4, 20, params)(params, [1])
     assert sample == [int(np.argmax(logits_V[:20]))] * 4
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import difflib
 import json
@@ -205,14 +206,25 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
     step = int(state.step)
     del state
 
-    sample = greedy_sampler(model, 64, tokenizer.vocab_size) if lead and cfg.model.architecture == "decoder" \
-        else None
+    def compile_evaluation(params_like: Any) -> tuple[Any, Any]:
+        """The evaluation's programs: its step for these batches, and the sampler on process 0 of a decoder."""
+        step_fn = eval_step.lower(params_like, _shard(evaluation[0], devices)).compile() if evaluation else eval_step
+        sample = greedy_sampler(model, 64, tokenizer.vocab_size, _unreplicate(params_like)) \
+            if lead and cfg.model.architecture == "decoder" else None
+        return step_fn, sample
+
+    # Compiled beside the first training step (an XLA compilation releases the GIL): start-up then holds all
+    # compilation, and no evaluation stops the run to compile.
+    compiler = concurrent.futures.ThreadPoolExecutor(1)
+    evaluation_programs = compiler.submit(compile_evaluation, replicated.params)
+    compiler.shutdown(wait=False)
 
     def evaluate() -> dict[str, Any]:
         t_eval = time.time()
+        eval_fn, sample = evaluation_programs.result()
         sums = {"loss_sum": 0.0, "count": 0.0}
         for batch in evaluation:
-            out = jax.device_get(_unreplicate(eval_step(replicated.params, _shard(batch, devices))))
+            out = jax.device_get(_unreplicate(eval_fn(replicated.params, _shard(batch, devices))))
             sums = {k: sums[k] + float(out[k]) for k in sums}
         val_loss = sums["loss_sum"] / max(sums["count"], 1.0)
         row = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
@@ -246,8 +258,9 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
                 timing.mark(FIRST_STEP, step_metrics)
                 if phases is not None:
                     progress.message(f"start-up: {phases.line()}")
-            if startup_s is None:  # the first step compiles the step: start-up lasts until it is done
+            if startup_s is None:  # start-up ends with the first step (compiling it) and the evaluation's compiling
                 jax.block_until_ready(step_metrics)
+                evaluation_programs.result()
                 now = time.time()
                 startup_s = now - t_start
                 metrics.write({"step": step, "startup_s": startup_s, "first_step_s": now - t_loop})

@@ -10,16 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def greedy_sampler(model: nn.Module, num_tokens: int, vocab_size: int) -> Callable[[Any, list[int]], list[int]]:
+def greedy_sampler(model: nn.Module, num_tokens: int, vocab_size: int, params_like: Any
+                   ) -> Callable[[Any, list[int]], list[int]]:
     """(params, prompt ids) -> the next `num_tokens` greedy ids of a decoder model, all below `vocab_size`.
 
     `vocab_size` is the tokenizer's: a model's vocabulary may be padded past it, and an id beyond it cannot be
     decoded. The context is the last max_seq_len ids, the whole window re-run per token; all tokens come from one
-    compiled call, whose shapes do not depend on the prompt or the parameters' values.
+    call of one program, compiled here for parameters shaped like `params_like` (arrays or ShapeDtypeStructs).
     """
     T = model.cfg.max_seq_len
 
-    @jax.jit
     def continuation(params, window_1xT, length):
         def next_id(carry, _):
             window_1xT, length = carry
@@ -32,10 +32,13 @@ def greedy_sampler(model: nn.Module, num_tokens: int, vocab_size: int) -> Callab
         _, ids = jax.lax.scan(next_id, (window_1xT, length), None, length=num_tokens)
         return ids
 
+    compiled = jax.jit(continuation).lower(params_like, jax.ShapeDtypeStruct((1, T), jnp.int32),
+                                          jax.ShapeDtypeStruct((), jnp.int32)).compile()
+
     def sample(params: Any, prompt_ids: list[int]) -> list[int]:
         context = (list(prompt_ids) or [0])[-T:]
         window_1xT = np.zeros((1, T), np.int32)
         window_1xT[0, :len(context)] = context
-        return [int(i) for i in jax.device_get(continuation(params, window_1xT, np.int32(len(context))))]
+        return [int(i) for i in jax.device_get(compiled(params, window_1xT, np.int32(len(context))))]
 
     return sample
