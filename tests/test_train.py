@@ -230,6 +230,17 @@ def test_a_finished_run_trains_further_with_more_steps_and_a_recomputed_schedule
     assert all(r["eval_s"] > 0 for r in read_metrics(tmp_path / "run") if "val_loss" in r)
 
 
+def test_metrics_writer_keeps_pytorch_out_of_the_training_process(tmp_path):
+    # tensorboardX imports torch when it is installed: seconds of every start-up, for tensors never written
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from mulm_jax.train.metrics import MetricsWriter; "
+              f"w = MetricsWriter({str(tmp_path)!r}); w.write({{'step': 1, 'loss': 2.0}}); w.close(); "
+              f"print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False"]
+    assert read_metrics(tmp_path)[0]["loss"] == 2.0 and list((tmp_path / "tensorboard").glob("events.out.*"))
+
+
 def test_greedy_sample_is_the_argmax_of_the_window_rerun_per_token_and_compiles_once(caplog):
     model = build_model(tiny_model(max_seq_len=8))
 

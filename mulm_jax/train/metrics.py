@@ -11,6 +11,21 @@ from pathlib import Path
 from typing import Any
 
 
+def _summary_writer() -> type:
+    """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch whenever it is installed
+    (for torch tensors, which are never written here), and that import alone costs a start-up about 3 s of CPU."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     """Appends one JSON object per line to DIR/metrics.jsonl and mirrors scalars to TensorBoard in DIR/tensorboard."""
 
@@ -19,9 +34,7 @@ class MetricsWriter:
         self.path = Path(workdir) / "metrics.jsonl"
         self._tb = None
         if enabled:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"), flush_secs=10)
+            self._tb = _summary_writer()(str(Path(workdir) / "tensorboard"), flush_secs=10)
 
     def drop_rows_after(self, step: int) -> None:
         """Forget rows a killed run wrote past the checkpoint this run starts from (step 0: all), so each step
