@@ -1,5 +1,6 @@
 """Backend choices: the CPU's tricks (glibc setting, XLA:CPU options, weight-first layout, float32 serving) apply
-under the CPU backend only; elsewhere the natural layout and the config's dtype (the backend query patched)."""
+under the CPU backend only; elsewhere the natural layout and the config's dtype. The backend query is patched
+either way, so that each test checks the same choice on a CPU and on a GPU machine."""
 
 from __future__ import annotations
 
@@ -18,8 +19,14 @@ from mulm_jax.infer.quantize import Int8Weight
 
 
 @pytest.fixture
+def cpu_backend(monkeypatch):
+    """Every choice made as on the CPU, whichever device computes."""
+    monkeypatch.setattr(platform, "backend", lambda: "cpu")
+
+
+@pytest.fixture
 def gpu_backend(monkeypatch):
-    """Every choice made as on a GPU; the computations themselves still run on the CPU."""
+    """Every choice made as on a GPU, whichever device computes."""
     monkeypatch.setattr(platform, "backend", lambda: "gpu")
 
 
@@ -37,8 +44,7 @@ def decode_hlo(engine: Engine) -> str:
     return engine.steps.decode.lower(engine.params, engine.steps.init_state(), active, np.bool_(False)).as_text()
 
 
-def test_the_cpu_tricks_are_on_under_the_cpu_backend():
-    assert platform.backend() == "cpu"
+def test_the_cpu_tricks_are_on_under_the_cpu_backend(cpu_backend):
     assert platform.compiler_options() == platform.CPU_COMPILER_OPTIONS
     assert platform.weight_first_serving()
     assert platform.serving_dtype("bfloat16") == "float32"
@@ -54,7 +60,7 @@ def test_the_cpu_tricks_are_off_when_the_backend_is_not_the_cpu(gpu_backend, mon
     assert platform.serving_dtype("float32") == "float32"
 
 
-def test_a_bfloat16_config_is_served_in_float32_on_the_cpu(caplog):
+def test_a_bfloat16_config_is_served_in_float32_on_the_cpu(cpu_backend, caplog):
     bf16 = loaded(seed=1, dtype="bfloat16")
     with caplog.at_level(logging.WARNING, logger="mulm_jax.infer.serving"):
         engine = Engine(bf16, slots=4)
