@@ -42,6 +42,52 @@ def test_weight_decay_shrinks_kernels_by_lr_times_rate_and_nothing_else(name):
             "decoder/layer_0/ffn/up/bias", "decoder/layer_0/ffn_norm/scale", "decoder/final_norm/bias"} <= names
 
 
+def by_hand(name: str, grads: list[dict], params: dict, lr: float, b1: float, b2: float, wd: float) -> list[dict]:
+    """The updates of AdamW, Lion and SGD with momentum, step by step from their papers' formulas (kernels decayed)."""
+    decay = {path: wd if path.endswith("kernel") else 0.0 for path in params}
+    m = {path: np.zeros_like(p) for path, p in params.items()}
+    v = {path: np.zeros_like(p) for path, p in params.items()}
+    updates = []
+    for t, g in enumerate(grads, start=1):
+        step = {}
+        for path, p in params.items():
+            if name == "adamw":
+                m[path] = b1 * m[path] + (1 - b1) * g[path]
+                v[path] = b2 * v[path] + (1 - b2) * g[path] ** 2
+                adam = m[path] / (1 - b1**t) / (np.sqrt(v[path] / (1 - b2**t)) + 1e-8)
+                step[path] = -lr * (adam + decay[path] * p)
+            elif name == "lion":
+                step[path] = -lr * (np.sign(b1 * m[path] + (1 - b1) * g[path]) + decay[path] * p)
+                m[path] = b2 * m[path] + (1 - b2) * g[path]
+            else:  # sgd: the decay joins the gradient, momentum accumulates both
+                m[path] = b1 * m[path] + g[path] + decay[path] * p
+                step[path] = -lr * m[path]
+        updates.append(step)
+    return updates
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_each_optimizer_follows_its_update_rule_with_the_configured_betas(name):
+    rng = np.random.default_rng(1)
+    params = {"w": {"kernel": rng.normal(size=(4, 3)).astype(np.float32)}, "b": {"bias": np.ones(3, np.float32)}}
+    grads = [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params) for _ in range(3)]
+    wd = 0.0 if name == "adafactor" else 0.1  # adafactor's decay: the test above
+    tx = optimizer(name, beta1=0.8, beta2=0.95, weight_decay=wd)
+    if name == "adafactor":  # factored second moments: optax's own adafactor is the reference
+        reference, ref_state = optax.adafactor(0.01), optax.adafactor(0.01).init(params)
+        expected = []
+        for g in grads:
+            update, ref_state = reference.update(g, ref_state, params)
+            expected.append(flat(update))
+    else:
+        expected = by_hand(name, [flat(g) for g in grads], flat(params), 0.01, 0.8, 0.95, wd)
+    state = tx.init(params)
+    for g, want in zip(grads, expected):
+        got, state = tx.update(g, state, params)
+        for path, value in flat(got).items():
+            np.testing.assert_allclose(value, want[path], rtol=1e-4, atol=1e-7, err_msg=path)
+
+
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_clipping_gives_the_updates_of_gradients_scaled_down_to_the_clip_norm(name):
     params = {"w": {"kernel": jnp.ones((4, 3))}, "b": {"bias": jnp.ones(3)}}

@@ -29,8 +29,7 @@ def decay_mask(params: Any) -> Any:
     """True for the weight matrices of dense layers; False for norms, biases and embeddings (token and position)."""
 
     def is_matrix(path, leaf) -> bool:
-        names = [getattr(k, "key", str(k)) for k in path]
-        return names[-1] == "kernel" and leaf.ndim >= 2
+        return path[-1].key == "kernel" and leaf.ndim >= 2  # a Flax parameter's path: dictionary keys only
 
     return jax.tree_util.tree_map_with_path(is_matrix, params)
 
