@@ -13,8 +13,10 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import sys
 from pathlib import Path
+from typing import Optional
 
 # flag -> ServeConfig field, for flags whose value is that field.
 _FIELD_FLAGS = {
@@ -37,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", action="append", metavar="[ID=]RUN_DIR",
                    help="a run folder to serve (repeatable); the model id is ID or the folder's name")
     p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, help="default 8000")
+    p.add_argument("--port", type=int, help="default 8000; 0: a free port, named in the line printed at start")
     p.add_argument("--api-key", action="append", metavar="KEY", help="accept this key (repeatable)")
     p.add_argument("--api-keys-file", metavar="PATH", help="accept the keys in this file, one per line")
     p.add_argument("--slots", type=int, help="sequences decoded together per model (default 8)")
@@ -115,12 +117,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.verbose:
         print(f"start-up: {phases.line()}; the models load and warm up in the background", flush=True)
-    address = f"http://{f'[{settings.host}]' if ':' in settings.host else settings.host}:{settings.port}"
-    print(f"API: {address}/v1    web lab: {address}/    (Ctrl-C stops)", flush=True)
     # Our access log (mulm_jax.api.access, JSON lines) replaces uvicorn's.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False,
-                timeout_graceful_shutdown=10)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False,
+                            timeout_graceful_shutdown=10)
+    sock = config.bind_socket()  # bound here so that the line below names the port (--port 0: one the OS picked)
+    address = f"http://{f'[{settings.host}]' if ':' in settings.host else settings.host}:{sock.getsockname()[1]}"
+    print(f"API: {address}/v1    web lab: {address}/    (Ctrl-C stops)", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def address_in(output: str) -> Optional[str]:
+    """The base URL (`http://HOST:PORT`) that the line above names in serve.py's `output`; None before it is printed."""
+    match = re.search(r"^API: (\S+)/v1 ", output, re.MULTILINE)
+    return match.group(1) if match else None
 
 
 if __name__ == "__main__":

@@ -17,24 +17,20 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
+from serve import address_in  # run from the root as `python -m bench.bench_serve`, beside serve.py
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["ROMEO:", "JULIET:\nO Romeo", "First Citizen:\n", "GLOUCESTER:\nNow is the winter",
            "HAMLET:\nTo be", "MENENIUS:\nWhat work's", "All:\nSpeak, speak.", "LADY MACBETH:\n"]  # <= 32 chars
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -134,21 +130,22 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line at the end")
     args = parser.parse_args()
 
-    port = free_port()
+    log = tempfile.NamedTemporaryFile("w", prefix="bench_serve-", suffix=".log")  # the server's output
     server = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--checkpoint", f"bench={args.checkpoint}",
-                               "--port", str(port), "--slots", str(args.slots), "--max-queue", str(args.clients * 2),
-                               "--log-level", "warning"], cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
+                               "--port", "0", "--slots", str(args.slots), "--max-queue", str(args.clients * 2),
+                               "--log-level", "warning"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = None
     try:
         deadline = time.monotonic() + 180
         while True:
+            url = url or address_in(Path(log.name).read_text())  # the port serve.py bound, once it says so
             try:
-                if httpx.get(url + "/readyz").status_code == 200:
+                if url and httpx.get(url + "/readyz").status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("serve.py did not become ready")
+                raise SystemExit(f"serve.py did not become ready:\n{Path(log.name).read_text()[-2000:]}")
             time.sleep(0.5)
         server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
         stats = asyncio.run(load(url, args.clients, args.seconds, args.new_tokens))

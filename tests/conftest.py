@@ -25,6 +25,7 @@ from mulm_jax.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from serve import address_in  # noqa: E402  (serve.py lies in ROOT)
 
 # The tests check algorithms against references, not a device's arithmetic: float32 matmuls run at full float32
 # precision on every backend (a GPU's default is TF32, 10 mantissa bits: 80-95% of attention outputs then miss
@@ -49,10 +50,12 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")  # session-wide, so module fixtures that assemble a named corpus can use it too
 def mirror() -> Path:
-    """The folder of mirrored corpora (MULM_DATA_MIRROR); tests that need it skip without it."""
+    """The folder of mirrored corpora (MULM_DATA_MIRROR); a test that needs it fails without it, never skips."""
     path = os.environ.get("MULM_DATA_MIRROR")
     if not path or not Path(path).is_dir():
-        pytest.skip("MULM_DATA_MIRROR is not set to the corpus mirror (../shared/data)")
+        pytest.fail(f"this test reads the corpus mirror, but MULM_DATA_MIRROR={path!r} is not a folder: set it to a "
+                    "folder holding tinyshakespeare.txt, wikitext-2-valid.txt, wikitext-2-test.txt and "
+                    "sp-cc-32000.model (`make test` sets it to ../shared/data when that exists)", pytrace=False)
     return Path(path)
 
 
@@ -131,31 +134,39 @@ TINY = {"model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2, "model
 
 
 def free_port() -> int:
+    """A port free now, for a process that must be told its port before it starts (a jax.distributed coordinator);
+    a server that can print the port it bound (serve.py --port 0) is better off with that."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 class Server:
-    """`serve.py` in its own process on a free port, with its folders under `root` and the key SERVER_KEY."""
+    """`serve.py` in its own process on the port the OS gives it (--port 0, read back from the line it prints), with
+    its folders under `root` and the key SERVER_KEY."""
 
     def __init__(self, root: Path, *extra: str):
-        self.root, self.port = root, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(root / f"server-{self.port}.log", "w")
+        self.root = root
+        self.log = open(root / f"server-{len(list(root.glob('server-*.log')))}.log", "w")
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "serve.py"), "--port", str(self.port), "--api-key", SERVER_KEY,
+            [sys.executable, str(ROOT / "serve.py"), "--port", "0", "--api-key", SERVER_KEY,
              "--state-dir", str(root / "state"), "--runs-root", str(root / "runs"),
              "--datasets-dir", str(root / "datasets"), "--data-root", str(root / "data"),
              "--configs-dir", str(ROOT / "configs"), *extra],
             cwd=root, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = wait_for(lambda: self._running() and address_in(Path(self.log.name).read_text()),
+                            "serve.py to bind its port", 90)
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {SERVER_KEY}"},
                                  timeout=180)  # POST /v1/models answers once compiled: a minute on a busy machine
         wait_for(self._ready, "the server to be ready", 90)
 
-    def _ready(self) -> bool:
+    def _running(self) -> bool:
         if self.process.poll() is not None:
-            raise RuntimeError(f"serve.py exited: {(self.root / self.log.name).read_text()[-2000:]}")
+            raise RuntimeError(f"serve.py exited: {Path(self.log.name).read_text()[-2000:]}")
+        return True
+
+    def _ready(self) -> bool:
+        self._running()
         try:
             return self.http.get("/readyz").status_code == 200
         except httpx.TransportError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import sys
 import time
@@ -213,8 +214,15 @@ def test_cancelled_job_is_interrupted_by_a_restart_and_resumes_from_its_checkpoi
     metrics = Path(job["workdir"]) / "metrics.jsonl"
     with ThreadPoolExecutor(1) as pool:
         events = pool.submit(client.get, f"{url}/events")  # opened before the first row: it follows the file
-        wait_for(lambda: metrics.exists() and metrics.read_text(), "the first metrics row")
-        assert client.post(f"{url}/cancel").status_code == 200
+        # the first row of training figures (step 10; a start-up row may come before it)
+        wait_for(lambda: metrics.exists() and '"loss"' in metrics.read_text(), "the first training row")
+        with sqlite3.connect(Path(settings.state_dir) / "mulm.sqlite3") as db:
+            (pid,), = db.execute("SELECT pid FROM jobs WHERE id = ?", (job["id"],))
+        os.killpg(pid, signal.SIGSTOP)  # the trainer frozen mid-run: however fast it is, the cancel comes first
+        try:
+            assert client.post(f"{url}/cancel").status_code == 200
+        finally:
+            os.killpg(pid, signal.SIGCONT)
         streamed = events.result(timeout=120).text
     cancelled = wait_finished(client, url)
     assert cancelled["state"] == "cancelled"

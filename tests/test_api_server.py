@@ -4,8 +4,11 @@ a client that leaves mid-stream frees its slots; job records survive a server re
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -87,11 +90,15 @@ def test_a_client_that_leaves_frees_its_slots_at_once(served, stream):
         with httpx.stream("POST", server.url + "/v1/completions", json=ask, timeout=30, headers=headers) as r:
             assert r.status_code == 200
             next(r.iter_lines())
-    else:
-        with pytest.raises(httpx.ReadTimeout):  # gives up waiting and closes the connection
-            httpx.post(server.url + "/v1/completions", json=ask, timeout=0.3, headers=headers)
+    else:  # the request sent, the client hangs up once the generation has started
+        body = json.dumps(ask).encode()
+        with socket.create_connection((urlsplit(server.url).hostname, urlsplit(server.url).port)) as client:
+            client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                           + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            wait_for(lambda: server.metric('mulm_active_slots{model="tiny"}') > 0, "the generation to start", 60)
     wait_for(lambda: server.metric('mulm_active_slots{model="tiny"}') == 0
-             and server.metric('mulm_queue_depth{model="tiny"}') == 0, "the slots to be freed", 5)
+             and server.metric('mulm_queue_depth{model="tiny"}') == 0, "the slots to be freed", 60)
+    # freed at once, not when done: well under half of the tokens asked for were generated
     assert server.metric('mulm_generated_tokens_total{model="tiny"}') - before < 3712 / 2
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from test_train import read_metrics, tiny_run
 
 
@@ -89,12 +88,6 @@ digest = hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in jax.tree.leave
 print(json.dumps({{"process": jax.process_index(), "devices": jax.device_count(), "step": result.step,
                   "params": digest, "val_loss": result.last_eval["val_loss"]}}))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow  # two jax.distributed processes, about 30 s: `make test-slow`
