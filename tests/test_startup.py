@@ -1,5 +1,5 @@
 """Start-up: where the compilation cache lives (flag, environment, default, off), a second process reusing the steps
-the first compiled, and train.py --verbose naming its start-up phases."""
+the first compiled, train.py --verbose naming its start-up phases, and a fresh run's cheap look for checkpoints."""
 
 from __future__ import annotations
 
@@ -9,9 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
+import pytest
+
 import train as train_cli
 from conftest import ROOT
 from mulm_jax.startup import CACHE_ENV, cache_dir, default_cache_dir
+from mulm_jax.train import checkpoint
+from mulm_jax.train.checkpoint import Checkpoints
+from mulm_jax.train.step import TrainState
 from test_train import tiny_run
 
 
@@ -77,3 +84,12 @@ def test_train_verbose_prints_each_start_up_phase(tmp_path, capsys):
                      "data loader", "checkpoint restore", "evaluation batches", "state to the host",
                      "first step (compile and run)"], line
     assert abs(sum(float(s) for _, s in phases) - float(total)) < 0.1 * len(phases)
+
+
+def test_a_run_without_checkpoints_copies_nothing_from_the_device_to_look_for_one(tmp_path, monkeypatch):
+    like = TrainState(step=np.int32(0), params={"w": jax.numpy.ones((4, 3))}, opt_state={"m": jax.numpy.zeros(3)},
+                      rng=np.zeros(2, np.uint32))
+    monkeypatch.setattr(checkpoint.jax, "device_get", lambda tree: pytest.fail("the state was copied to the host"))
+    checkpoints = Checkpoints(tmp_path, keep=1)
+    assert checkpoints.restore_latest(like) is None
+    checkpoints.close()
