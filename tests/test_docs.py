@@ -162,11 +162,11 @@ class DocServer:
 
     def __init__(self, block: Block, workspace: dict):
         self.port = free_port()
-        log = open(workspace["dir"] / f"serve-{self.port}.log", "w")
-        self.process = subprocess.Popen(["bash", "-c", f"{block.code.strip()} --port {self.port}"],
-                                        cwd=workspace["dir"], env=workspace["env"], stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        self.log = Path(log.name)
+        self.log = workspace["dir"] / f"serve-{self.port}.log"
+        with open(self.log, "w") as log:  # the server writes to its own copy of the descriptor
+            self.process = subprocess.Popen(["bash", "-c", f"{block.code.strip()} --port {self.port}"],
+                                            cwd=workspace["dir"], env=workspace["env"], stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(self.ready, f"{block.where} to serve", 300)
 
     def ready(self) -> bool:
