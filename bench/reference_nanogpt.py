@@ -1,17 +1,22 @@
-"""nanoGPT's model and training iteration in PyTorch (CPU, no compile): the reference bench_train_step times against.
+"""nanoGPT's model and training iteration in PyTorch: the reference bench_train_step (CPU) and the device check time.
 
     .venv/bin/python -m bench.reference_nanogpt            # this reference alone
     .venv/bin/python -m bench.reference_nanogpt --serve    # read a step count per stdin line, answer its step times
+    python -m bench.reference_nanogpt --config configs/shakespeare_char_6x384.yaml --device cuda --steps 300 --json
 
 
 A minimal, faithful copy of karpathy/nanoGPT model.py (GPT-2 style, no bias, tied weights, SDPA causal attention)
 and of train.py's iteration (forward, backward, clip_grad_norm 1.0, AdamW with weight decay on >= 2-D parameters,
-zero_grad), at the shakespeare_char CPU recipe: 4 layers, 4 heads, width 128, context 64, vocab 65, batch 12.
+zero_grad), by default at the shakespeare_char CPU recipe: 4 layers, 4 heads, width 128, context 64, vocab 65,
+batch 12; --config takes the sizes, dropout and batch from one of our configs instead. On a GPU it runs as
+nanoGPT's train.py does there: bfloat16 autocast, TF32 matmuls, fused AdamW, and torch.compile with --compile
+(train.py's default; its compilation takes a while). Batches are random tokens drawn on the device.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -23,6 +28,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from mulm_jax.config import ModelConfig, load_config
 
 
 @dataclass
@@ -135,11 +142,11 @@ class GPT(nn.Module):
         return logits, loss
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float,
-                             betas: tuple[float, float]) -> torch.optim.AdamW:
+                             betas: tuple[float, float], fused: bool = False) -> torch.optim.AdamW:
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=False)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
 
 def get_lr(it: int, learning_rate: float = 1e-3, min_lr: float = 1e-4, warmup_iters: int = 100,
@@ -153,29 +160,43 @@ def get_lr(it: int, learning_rate: float = 1e-3, min_lr: float = 1e-4, warmup_it
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
-def make_train_iteration(batch_size: int = 12, seed: int = 1337) -> Callable[[], float]:
-    """One call = one nanoGPT training iteration on a fresh random batch; returns the loss."""
+def gpt_config(cfg: ModelConfig) -> GPTConfig:
+    """nanoGPT's config at the sizes of one of ours (a GPT-2-shaped one: learned positions, LayerNorm, GELU)."""
+    return GPTConfig(block_size=cfg.max_seq_len, vocab_size=cfg.vocab_size, n_layer=cfg.num_layers,
+                     n_head=cfg.num_heads, n_embd=cfg.d_model, dropout=cfg.dropout, bias=cfg.use_bias)
+
+
+def make_train_iteration(batch_size: int = 12, seed: int = 1337, config: GPTConfig = GPTConfig(),
+                         device: str = "cpu", compile: bool = False) -> Callable[[], torch.Tensor]:
+    """One call = one nanoGPT training iteration on a fresh random batch; returns the loss (a tensor: on a GPU,
+    reading it waits for the iteration)."""
     torch.manual_seed(seed)
-    config = GPTConfig()
-    model = GPT(config)
+    cuda = device.startswith("cuda")
+    if cuda:  # as nanoGPT's train.py sets up a GPU
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = GPT(config).to(device)
     model.train()
-    optimizer = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.99))
+    optimizer = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.99), fused=cuda)
+    forward = torch.compile(model) if compile else model
+    autocast = torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     shape = (batch_size, config.block_size)
     iter_num = 0
 
-    def train_iteration() -> float:
+    def train_iteration() -> torch.Tensor:
         nonlocal iter_num
-        x_BxT = torch.randint(config.vocab_size, shape)
-        y_BxT = torch.randint(config.vocab_size, shape)
+        x_BxT = torch.randint(config.vocab_size, shape, device=device)
+        y_BxT = torch.randint(config.vocab_size, shape, device=device)
         for group in optimizer.param_groups:
             group["lr"] = get_lr(iter_num)
-        _, loss = model(x_BxT, y_BxT)
+        with autocast:
+            _, loss = forward(x_BxT, y_BxT)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         iter_num += 1
-        return loss.item()
+        return loss.detach()
 
     return train_iteration
 
@@ -197,20 +218,48 @@ def serve(step: Callable[[], object]) -> None:
         print(json.dumps(time_steps(step, int(line))), flush=True)
 
 
+def time_run(step: Callable[[], torch.Tensor], steps: int) -> float:
+    """Wall seconds of `steps` calls in a row, waiting only for the last (as nanoGPT's loop reads its loss rarely)."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    loss.item()
+    return time.perf_counter() - start
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, help="default: 12, or the config's train.batch_size")
+    parser.add_argument("--config", help="take the model's sizes, dropout and batch from this config of ours")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides of --config")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (nanoGPT's GPU default)")
+    parser.add_argument("--json", action="store_true", help="one JSON line: the whole run's time per iteration")
     parser.add_argument("--serve", action="store_true", help="answer step-time requests on stdin (see serve)")
     args = parser.parse_args()
-    step = make_train_iteration(args.batch_size)
+    cfg = load_config(args.config, args.overrides) if args.config else None
+    config = gpt_config(cfg.model) if cfg else GPTConfig()
+    batch_size = args.batch_size or (cfg.train.batch_size if cfg else 12)
+    step = make_train_iteration(batch_size, config=config, device=args.device, compile=args.compile)
     if args.serve:
         serve(step)
         return 0
+    tokens = batch_size * config.block_size
+    if args.json:
+        start = time.perf_counter()
+        time_run(step, args.warmup)
+        warmup_s = time.perf_counter() - start
+        seconds = time_run(step, args.steps)
+        print(json.dumps({"impl": "nanoGPT", "torch": torch.__version__, "device": args.device,
+                          "compile": args.compile, "batch": batch_size, "seq_len": config.block_size,
+                          "steps": args.steps, "ms_per_iter": seconds / args.steps * 1e3,
+                          "tokens_per_sec": tokens * args.steps / seconds, "warmup_s": warmup_s}))
+        return 0
     time_steps(step, args.warmup)
     median_s = statistics.median(time_steps(step, args.steps))
-    tokens = args.batch_size * GPTConfig.block_size
     print(f"nanoGPT (PyTorch {torch.__version__}, {torch.get_num_threads()} threads): "
           f"{median_s * 1e3:.1f} ms/step median, {tokens / median_s:,.0f} tokens/s")
     return 0
