@@ -11,7 +11,7 @@ import pytest
 from conftest import random_params, tiny_model
 from mulm_jax.config import TrainConfig
 from mulm_jax.models import build_model
-from mulm_jax.train.optimizer import make_optimizer
+from mulm_jax.train.optimizer import make_optimizer, make_schedule
 
 OPTIMIZERS = ["adamw", "lion", "adafactor", "sgd"]
 
@@ -103,3 +103,10 @@ def test_clipping_gives_the_updates_of_gradients_scaled_down_to_the_clip_norm(na
         got, clipped_state = clipped_update(g, clipped_state, params)
         want, plain_state = plain_update(by_hand, plain_state, params)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), got, want)
+
+
+@pytest.mark.parametrize("warmup", [0, 1, 3])
+def test_the_warmup_climbs_from_zero_to_lr_in_warmup_steps(warmup):
+    lr = make_schedule(TrainConfig(lr=0.01, warmup_steps=warmup, steps=100, schedule="constant"))
+    np.testing.assert_allclose([float(lr(step)) for step in range(warmup + 2)],
+                               [0.01 * step / warmup for step in range(warmup)] + [0.01, 0.01], rtol=1e-6)

@@ -1,4 +1,4 @@
-"""Whole models against forward passes written in numpy from the papers' formulas: GPT-2, Llama, the 2017 Transformer."""
+"""Whole models against forward passes written in numpy from the formulas: GPT-2, Llama, the 2017 Transformer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The train step's gradient: the mean over every non-pad target whatever the devices, clipped; encoder-decoder steps."""
+"""The train step's gradient: the mean over every non-pad target on any devices, clipped; encoder-decoder steps."""
 
 from __future__ import annotations
 

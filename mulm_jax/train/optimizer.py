@@ -12,7 +12,6 @@ from mulm_jax.config import TrainConfig
 
 def make_schedule(cfg: TrainConfig) -> optax.Schedule:
     """Linear warm-up from 0 to lr over warmup_steps, then cosine / linear decay to min_lr at `steps`, or constant."""
-    warmup = optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
     decay_steps = max(cfg.steps - cfg.warmup_steps, 1)
     if cfg.schedule == "cosine":
         decay = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=cfg.min_lr / cfg.lr)
@@ -22,6 +21,7 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
         decay = optax.constant_schedule(cfg.lr)
     if cfg.warmup_steps <= 0:
         return decay
+    warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
     return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
@@ -43,10 +43,9 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
         opt = optax.lion(lr, b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay, mask=decay_mask)
     elif cfg.optimizer == "adafactor":
         # optax adds adafactor's decay after its learning-rate scaling (a step would shrink kernels by weight_decay
-        # itself): scaled by the learning rate afterwards instead, the decay is lr * weight_decay, as for the others.
-        opt = optax.chain(
-            optax.adafactor(None, weight_decay_rate=cfg.weight_decay or None, weight_decay_mask=decay_mask),
-            optax.scale_by_learning_rate(lr, flip_sign=False))
+        # itself): given no learning rate, and scaled by it afterwards, the decay is lr * weight_decay like the others'.
+        opt = optax.chain(optax.adafactor(weight_decay_rate=cfg.weight_decay or None, weight_decay_mask=decay_mask),
+                          optax.scale_by_schedule(lr))
     else:  # sgd with momentum beta1; weight decay added to the gradient
         opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
                           optax.sgd(lr, momentum=cfg.beta1))
