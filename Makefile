@@ -6,7 +6,7 @@ STAMP := $(VENV)/.requirements-installed
 # The development/CI mirror of the public corpora (see ../shared/data/README.md).
 export MULM_DATA_MIRROR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: demo test test-slow venv chromium clean
+.PHONY: demo test test-slow mutation venv chromium clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,12 @@ chromium:
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m slow
+
+# mutmut over the core modules, each against its own tests (docs/mutation.md); one module: make mutation
+# MODULES=positional. mutmut is a development tool, pinned apart in requirements-dev.txt.
+mutation: $(STAMP)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) tests/mutation.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
