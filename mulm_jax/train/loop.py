@@ -104,6 +104,7 @@ def _shard(batch: dict[str, np.ndarray], devices: int) -> dict[str, np.ndarray]:
 
 
 def _unreplicate(tree: Any) -> Any:
+    # Cheapest on fetched (host) arrays: on a device array, [0] is a program of its own, one dispatch per leaf.
     return jax.tree.map(lambda x: x[0], tree)
 
 
@@ -224,7 +225,7 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
         eval_fn, sample = evaluation_programs.result()
         sums = {"loss_sum": 0.0, "count": 0.0}
         for batch in evaluation:
-            out = jax.device_get(_unreplicate(eval_fn(replicated.params, _shard(batch, devices))))
+            out = _unreplicate(jax.device_get(eval_fn(replicated.params, _shard(batch, devices))))
             sums = {k: sums[k] + float(out[k]) for k in sums}
         val_loss = sums["loss_sum"] / max(sums["count"], 1.0)
         row = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
@@ -237,7 +238,7 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
         # A stop signal arriving mid-write is held until the checkpoint is complete, then handled as usual.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
-            checkpoints.save(_unreplicate(replicated), loader.get_state(), val_loss)
+            checkpoints.save(_unreplicate(jax.device_get(replicated)), loader.get_state(), val_loss)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
@@ -272,7 +273,7 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
             stopping = stop.received is not None  # read once: a signal may land anywhere in this iteration
             at_checkpoint = step % tc.checkpoint_every == 0 or step == tc.steps or stopping
             if step % tc.log_every == 0 or at_eval or at_checkpoint:
-                rows = jax.device_get([_unreplicate(m) for m in pending])
+                rows = [_unreplicate(m) for m in jax.device_get(pending)]
                 pending.clear()
                 elapsed = time.time() - t_interval
                 tokens_per_sec = tokens_per_step * steps_in_interval / max(elapsed, 1e-9)
@@ -304,4 +305,4 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
                 break
     checkpoints.close()
     metrics.close()
-    return RunResult(step, last_eval, jax.device_get(_unreplicate(replicated.params)))
+    return RunResult(step, last_eval, _unreplicate(jax.device_get(replicated.params)))
