@@ -16,7 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from conftest import ROOT, free_port, wait_for
+from conftest import ROOT, wait_for
+from serve import address_in
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # A fence's info string: `text` (output, layouts: never run), or a language and what the test does with the block
@@ -147,8 +148,8 @@ def run(command: list[str], cwd: Path, env: dict, timeout: float = 600) -> subpr
                           timeout=timeout)
 
 
-def run_block(block: Block, workspace: dict, port: int | None = None) -> None:
-    code = DOC_PORT.sub(f"127.0.0.1:{port}", block.code) if port else block.code
+def run_block(block: Block, workspace: dict, url: str | None = None) -> None:
+    code = DOC_PORT.sub(url.removeprefix("http://"), block.code) if url else block.code
     command = ["bash", "-e", "-o", "pipefail", "-c", code] if block.mark["lang"] == "bash" else ["python", "-c", code]
     started, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
     done = run(command, workspace["dir"], workspace["env"])
@@ -158,22 +159,26 @@ def run_block(block: Block, workspace: dict, port: int | None = None) -> None:
 
 
 class DocServer:
-    """The docs' `serve` block, run in the workspace on a free port until stop()."""
+    """The docs' `serve` block, run in the workspace on the port the OS gives it (--port 0) until stop()."""
 
     def __init__(self, block: Block, workspace: dict):
-        self.port = free_port()
-        self.log = workspace["dir"] / f"serve-{self.port}.log"
+        self.log = workspace["dir"] / "serve.log"
         with open(self.log, "w") as log:  # the server writes to its own copy of the descriptor
-            self.process = subprocess.Popen(["bash", "-c", f"{block.code.strip()} --port {self.port}"],
-                                            cwd=workspace["dir"], env=workspace["env"], stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(["bash", "-c", f"{block.code.strip()} --port 0"], cwd=workspace["dir"],
+                                            env=workspace["env"], stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        self.url = wait_for(lambda: self.running() and address_in(self.log.read_text()), f"{block.where} to bind", 300)
         wait_for(self.ready, f"{block.where} to serve", 300)
 
-    def ready(self) -> bool:
+    def running(self) -> bool:
         if self.process.poll() is not None:
             raise RuntimeError(f"the serve block exited: {self.log.read_text()[-3000:]}")
+        return True
+
+    def ready(self) -> bool:
+        self.running()
         try:
-            return httpx.get(f"http://127.0.0.1:{self.port}/readyz").status_code == 200
+            return httpx.get(f"{self.url}/readyz").status_code == 200
         except httpx.TransportError:
             return False
 
@@ -195,7 +200,7 @@ def run_blocks(workspace: dict, subtests, slow: bool) -> None:
         try:
             for block in served:
                 with subtests.test(block.where):
-                    run_block(block, workspace, server.port)
+                    run_block(block, workspace, server.url)
         finally:
             server.stop()
 
