@@ -33,7 +33,7 @@ def test_the_cache_folder_comes_from_the_flag_then_the_environment_then_the_user
     assert cache_dir("/flag/xla", False, {CACHE_ENV: "off"}) == Path("/flag/xla")  # the flag wins
 
 
-# bench decode in a fresh process, reporting the modules that JAX loaded from its persistent cache.
+# A fresh process that records the modules JAX loads from its persistent cache, then runs the code given.
 HITS = """
 import json, logging, sys
 hits = []
@@ -44,12 +44,39 @@ class Hits(logging.Handler):
 log = logging.getLogger("jax._src.compiler")
 log.addHandler(Hits())
 log.setLevel(logging.DEBUG)
+"""
+BENCH = HITS + """
 from mulm_jax.__main__ import main
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "hits": hits}))
 """
+# A step that compiles in milliseconds, which JAX's own thresholds (1 s) would not keep.
+SMALL_STEP = HITS + """
+import argparse, jax, jax.numpy as jnp
+from mulm_jax import startup
+parser = argparse.ArgumentParser()
+startup.add_startup_arguments(parser)
+startup.start(parser.parse_args(sys.argv[1:]))
+def small_step(x):
+    return jnp.tanh(x @ x.T).sum()
+jax.block_until_ready(jax.jit(small_step)(jnp.ones((8, 8))))
+print(json.dumps({"hits": hits}))
+"""
 
 
+def test_a_step_compiled_by_one_process_is_loaded_by_the_next(tmp_path):
+    def start() -> list[str]:
+        out = subprocess.run([sys.executable, "-c", SMALL_STEP, "--compilation-cache", str(tmp_path / "xla")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])["hits"]
+
+    assert "jit_small_step" not in start()
+    assert any(p.is_file() for p in (tmp_path / "xla").iterdir())
+    assert "jit_small_step" in start()
+
+
+@pytest.mark.slow  # two starts of bench decode, about 25 s
 def test_a_second_start_with_the_same_shapes_loads_the_steps_from_the_compilation_cache(tmp_path):
     cache = tmp_path / "xla"
     args = ["bench", "decode", "--config", str(ROOT / "configs/shakespeare_char.yaml"), "--set", "model.d_model=16",
@@ -57,7 +84,7 @@ def test_a_second_start_with_the_same_shapes_loads_the_steps_from_the_compilatio
             "--new-tokens", "2", "--repeats", "1", "--json", "--compilation-cache", str(cache)]
 
     def start() -> dict:
-        out = subprocess.run([sys.executable, "-c", HITS, *args], cwd=ROOT, capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-c", BENCH, *args], cwd=ROOT, capture_output=True, text=True,
                              timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
         lines = out.stdout.strip().splitlines()
@@ -72,6 +99,7 @@ def test_a_second_start_with_the_same_shapes_loads_the_steps_from_the_compilatio
     assert second["bench"]["compilations"] == first["bench"]["compilations"]  # traced again, not compiled
 
 
+@pytest.mark.slow  # a whole tiny run: the first step, then the evaluation, sample and checkpoint at its end
 def test_train_verbose_prints_each_start_up_phase(tmp_path, capsys):
     args = ["--config", str(ROOT / "configs/shakespeare_char.yaml"), "--workdir", str(tmp_path / "run"), "--quiet",
             "--verbose", "--set", *tiny_run(tmp_path, "train.steps=2", "train.eval_every=2")]
