@@ -196,12 +196,17 @@ class Tracer:
 def _predictions(logits_LxV: jax.Array, next_ids_L: jax.Array, top_k: int, decodable: int, prefix: str) -> dict:
     """Top-k of each position's distribution (among the ids the tokenizer can decode), and the log-probability
     and rank of the token that actually comes next."""
-    logp_LxV = jax.nn.log_softmax(logits_LxV.astype(jnp.float32), axis=-1)
-    top_logprobs_LxN, top_ids_LxN = lax.top_k(logp_LxV[:, :decodable], top_k)
-    next_logprob_L = jnp.take_along_axis(logp_LxV, next_ids_L[:, None], axis=-1)[:, 0]
-    return {f"{prefix}_top_ids": top_ids_LxN.astype(jnp.int32), f"{prefix}_top_logprobs": top_logprobs_LxN,
-            f"{prefix}_next_logprob": next_logprob_L,
-            f"{prefix}_next_rank": jnp.sum(logp_LxV > next_logprob_L[:, None], axis=-1)}
+    # Top-k, the next token's value and its rank are read from the logits themselves (the same order as the
+    # log-probabilities) and only the picked values are normalised: no [L, V] log-softmax is materialised, which
+    # halves the logit lens's time (12 layers x L x 50,257 for GPT-2 small).
+    logits_LxV = logits_LxV.astype(jnp.float32)
+    logsumexp_Lx1 = jax.nn.logsumexp(logits_LxV, axis=-1, keepdims=True)
+    top_logits_LxN, top_ids_LxN = lax.top_k(logits_LxV[:, :decodable], top_k)
+    next_logit_L = jnp.take_along_axis(logits_LxV, next_ids_L[:, None], axis=-1)[:, 0]
+    return {f"{prefix}_top_ids": top_ids_LxN.astype(jnp.int32),
+            f"{prefix}_top_logprobs": top_logits_LxN - logsumexp_Lx1,
+            f"{prefix}_next_logprob": next_logit_L - logsumexp_Lx1[:, 0],
+            f"{prefix}_next_rank": jnp.sum(logits_LxV > next_logit_L[:, None], axis=-1)}
 
 
 def trace(loaded: LoadedModel, prompt: str | Sequence[int], *, top_k: int = 5, lens: bool = True,
