@@ -63,7 +63,10 @@ class ModelConfig:
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_position: Literal["pre", "post"] = "pre"
     norm_eps: float = 1e-5
-    ffn: Literal["relu", "gelu", "swiglu"] = "gelu"
+    ffn: Literal["relu", "relu2", "gelu", "swiglu"] = "gelu"  # relu2: relu(x)^2 (Primer; modded-nanogpt)
+    qk_norm: bool = False  # RMSNorm (a learnt scale per head dimension) on each head's queries and keys
+    logit_softcap: Optional[float] = None  # logits = c * tanh(logits / c) (Gemma 2; modded-nanogpt); None: none
+    zero_init_outputs: bool = False  # attention and feed-forward output projections (and an untied head) start at 0
     dropout: float = 0.0
     tie_embeddings: bool = True
     scale_embeddings: bool = False  # multiply token vectors by sqrt(d_model), as the 2017 Transformer does
@@ -134,6 +137,8 @@ class ModelConfig:
                 raise ConfigError(
                     f"model.rope_scaling: low_freq_factor={s.low_freq_factor} and high_freq_factor="
                     f"{s.high_freq_factor}: expected 0 < low_freq_factor < high_freq_factor")
+        if self.logit_softcap is not None and self.logit_softcap <= 0:
+            raise ConfigError(f"model.logit_softcap={self.logit_softcap} must be a positive number (or null: none)")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
         if self.attention == "sliding_window":
@@ -191,8 +196,14 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    optimizer: Literal["adamw", "adafactor", "lion", "sgd"] = "adamw"
+    # wsd: warm-up, then lr held until the last cooldown_frac of the steps, then a straight line to min_lr.
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    cooldown_frac: float = 0.2
+    # muon: Muon (orthogonalised momentum) for the hidden layers' weight matrices at muon_lr, AdamW at lr for the
+    # rest (embeddings, head, norms, biases); both follow the schedule's shape.
+    optimizer: Literal["adamw", "adafactor", "lion", "sgd", "muon"] = "adamw"
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -241,6 +252,8 @@ class Config:
 
     def validate(self) -> None:
         self.model.validate()
+        if not 0.0 <= self.train.cooldown_frac <= 1.0:
+            raise ConfigError(f"train.cooldown_frac={self.train.cooldown_frac} must be in [0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts and lists, as YAML or JSON would hold them."""

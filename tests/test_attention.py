@@ -149,6 +149,25 @@ def test_attention_module_shapes_and_kv_projection_sizes():
     assert cache is None
 
 
+def test_qk_norm_rms_normalises_each_heads_queries_and_keys_before_the_dot_product():
+    attn = make_attention(num_kv_heads=4, use_bias=False, qk_norm=True, norm_eps=1e-6)
+    x = 3.0 * jax.random.normal(jax.random.key(0), (2, 5, 12))
+    pos = positions(5, 2)
+    params = attn.init(jax.random.key(1), x, q_pos_BxT=pos, k_pos_BxS=pos)
+    p = jax.tree.map(np.asarray, params["params"])
+    chex.assert_shape([p["query_norm"]["scale"], p["key_norm"]["scale"]], (4,))  # a scale per head dimension
+    p["query_norm"]["scale"], p["key_norm"]["scale"] = np.linspace(0.5, 2.0, 4), np.linspace(2.0, 1.0, 4)
+    y, _ = jax.jit(attn.apply)({"params": p}, x, q_pos_BxT=pos, mask=attention_mask(pos, pos, causal=True),
+                               k_pos_BxS=pos)
+    xs = np.asarray(x, np.float64)
+    rms = lambda a, scale: a / np.sqrt(np.mean(a**2, -1, keepdims=True) + 1e-6) * scale  # noqa: E731
+    q = rms(np.einsum("btd,dhk->bthk", xs, p["query"]["kernel"]), p["query_norm"]["scale"])
+    k = rms(np.einsum("btd,dhk->bthk", xs, p["key"]["kernel"]), p["key_norm"]["scale"])
+    v = np.einsum("btd,dhk->bthk", xs, p["value"]["kernel"])
+    out = naive_attention(q, k, v, np.tril(np.ones((5, 5), bool))[None].repeat(2, 0))
+    np.testing.assert_allclose(y, np.einsum("bthk,hkd->btd", out, p["out"]["kernel"]), atol=1e-4)
+
+
 def test_cross_attention_reads_keys_from_the_memory():
     attn = make_attention(cross=True)
     x, memory = jnp.ones((1, 3, 12)), jax.random.normal(jax.random.key(0), (1, 7, 12))

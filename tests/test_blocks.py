@@ -17,7 +17,7 @@ def gelu_tanh(x):
     return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu", "swiglu"])
+@pytest.mark.parametrize("activation", ["relu", "relu2", "gelu", "swiglu"])
 def test_feedforward_matches_its_formula(activation):
     ffn = FeedForward(d_model=6, d_ff=10, activation=activation)
     x = np.random.default_rng(0).normal(size=(2, 3, 6)).astype(np.float32)
@@ -31,7 +31,7 @@ def test_feedforward_matches_its_formula(activation):
         h = g / (1 + np.exp(-g)) * dense("up", x)
     else:
         h = dense("up", x)
-        h = np.maximum(h, 0) if activation == "relu" else gelu_tanh(h)
+        h = {"relu": np.maximum(h, 0), "relu2": np.maximum(h, 0) ** 2}.get(activation, gelu_tanh(h))
     np.testing.assert_allclose(y, dense("down", h), atol=1e-4)
     assert ("gate" in p) == (activation == "swiglu")
 

@@ -34,7 +34,10 @@ def test_yaml_exponent_without_dot_is_read_as_float():
 @pytest.mark.parametrize("override, message", [
     ("model.num_layer=2", r"unknown config key 'model.num_layer' \(did you mean model.num_layers\?\)"),
     ("modle.d_model=2", r"unknown config key 'modle' \(did you mean model\?\)"),
-    ("model.ffn=tanh", r"model.ffn='tanh' is not valid: expected one of 'relu', 'gelu', 'swiglu'"),
+    ("model.ffn=tanh", r"model.ffn='tanh' is not valid: expected one of 'relu', 'relu2', 'gelu', 'swiglu'"),
+    ("model.logit_softcap=0", r"model.logit_softcap=0.0 must be a positive number"),
+    ("train.cooldown_frac=1.5", r"train.cooldown_frac=1.5 must be in \[0, 1\]"),
+    ("train.optimizer=muon2", r"train.optimizer='muon2' is not valid: expected one of .*'muon'"),
     ("model.num_layers=2.5", r"model.num_layers=2.5 is not valid: expected int"),
     ("model.use_bias=maybe", r"model.use_bias='maybe' is not valid: expected bool"),
     ("train.lr=fast", r"train.lr='fast' is not valid: expected float"),

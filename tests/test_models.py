@@ -144,6 +144,7 @@ def test_untied_head_has_its_own_matrix_and_tied_has_none():
     {"positional": "rope", "num_kv_heads": 1, "rope_scaling": {"type": "yarn", "factor": 2.0,
                                                               "original_max_seq_len": 8}},
     {"positional": "alibi"},
+    {"positional": "rope", "qk_norm": True, "ffn": "relu2", "logit_softcap": 2.0, "tie_embeddings": False},
     {"positional": "sinusoidal", "attention": "sliding_window", "sliding_window": 4},
     {"positional": "none", "attention": "block_sparse", "block_size": 4, "num_global_tokens": 2},
 ])
@@ -166,7 +167,7 @@ def hand_count(cfg) -> int:
     """Parameters worked out from the architecture, term by term."""
     D, F, V, H, K, Dh = cfg.d_model, cfg.ff_dim, cfg.vocab_size, cfg.num_heads, cfg.kv_heads, cfg.head_dim
     b = cfg.use_bias
-    attention = D * H * Dh + 2 * D * K * Dh + H * Dh * D + b * (H * Dh + 2 * K * Dh + D)
+    attention = D * H * Dh + 2 * D * K * Dh + H * Dh * D + b * (H * Dh + 2 * K * Dh + D) + cfg.qk_norm * 2 * Dh
     ffn = (3 * D * F + b * (2 * F + D)) if cfg.ffn == "swiglu" else (2 * D * F + b * (F + D))
     norm = D * (2 if cfg.norm == "layernorm" and b else 1)
     embeddings = V * D + (0 if cfg.tie_embeddings else V * D)
@@ -187,6 +188,7 @@ def hand_count(cfg) -> int:
     ("llama_tiny", 6_916_352),
     ("transformer_base", 63_082_496),  # the paper's "65M" counts a few details differently
     ("mulm_1gb", 246_187_008),         # 0.98 GB of float32 weights
+    ("shakespeare_char_speedrun", 804_480),  # the untied head's 8,320 and the QK-norms' 256 over no positions
 ])
 def test_every_config_builds_with_its_hand_counted_parameters(repo_root, name, expected):
     from mulm_jax.models.info import describe
@@ -199,7 +201,7 @@ def test_every_config_builds_with_its_hand_counted_parameters(repo_root, name, e
 def test_every_config_in_the_folder_is_covered(repo_root):
     names = {p.stem for p in (repo_root / "configs").glob("*.yaml")}
     assert names == {"shakespeare_char", "shakespeare_char_6x384", "gpt2_small", "llama_tiny", "transformer_base",
-                     "mulm_1gb"}
+                     "mulm_1gb", "shakespeare_char_speedrun"}
 
 
 def test_residual_output_projections_start_smaller_as_in_gpt2():
@@ -209,3 +211,25 @@ def test_residual_output_projections_start_smaller_as_in_gpt2():
     assert std(params["self_attention"]["query"]) == pytest.approx(0.02, rel=0.1)
     assert std(params["self_attention"]["out"]) == pytest.approx(0.02 / 2, rel=0.1)  # 0.02 / sqrt(2 * 2)
     assert std(params["ffn"]["down"]) == pytest.approx(0.02 / 2, rel=0.1)
+
+
+def test_logit_softcap_squashes_the_uncapped_logits_through_tanh():
+    x = ids(2, 8)
+    _, params, capped = init_and_apply(tiny_model(logit_softcap=0.5), x)
+    plain = jax.jit(build_model(tiny_model()).apply)(params, x)  # the same parameters: the cap adds none
+    chex.assert_shape(capped, (2, 8, 32))
+    assert np.abs(plain).max() > 0.5  # the cap bites
+    np.testing.assert_allclose(capped, 0.5 * np.tanh(np.asarray(plain) / 0.5), atol=1e-5)
+
+
+def test_zero_initialised_outputs_start_every_residual_branch_and_the_head_at_zero():
+    cfg = tiny_model(num_layers=2, tie_embeddings=False, zero_init_outputs=True)
+    model = build_model(cfg)
+    params = jax.jit(model.init)(jax.random.key(0), ids(1, 4))["params"]
+    for layer in ("layer_0", "layer_1"):
+        for path in (("self_attention", "out"), ("ffn", "down")):
+            kernel = params["decoder"][layer][path[0]][path[1]]["kernel"]
+            np.testing.assert_array_equal(kernel, np.zeros_like(kernel))
+        assert np.std(params["decoder"][layer]["self_attention"]["query"]["kernel"]) > 0.01  # the rest as before
+    np.testing.assert_array_equal(params["embedder"]["head"]["kernel"], 0.0)
+    np.testing.assert_array_equal(model.apply({"params": params}, ids(2, 4)), np.zeros((2, 4, 32)))

@@ -11,7 +11,7 @@ import pytest
 from conftest import random_params, tiny_model
 from mulm_jax.config import TrainConfig
 from mulm_jax.models import build_model
-from mulm_jax.train.optimizer import make_optimizer, make_schedule
+from mulm_jax.train.optimizer import make_optimizer, make_schedule, muon_dimension_numbers
 
 OPTIMIZERS = ["adamw", "lion", "adafactor", "sgd"]
 
@@ -20,6 +20,12 @@ def optimizer(name: str, **settings) -> optax.GradientTransformation:
     """`name` at a constant learning rate, with no decay or clipping unless `settings` ask for them."""
     return make_optimizer(TrainConfig(**{"optimizer": name, "lr": 0.01, "warmup_steps": 0, "schedule": "constant",
                                          "weight_decay": 0.0, "grad_clip": 0.0, **settings}))
+
+
+def flat_with_none(tree) -> dict[str, object]:
+    """Leaves by path, None and Muon's (input axes, output axes) pairs kept as leaves."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None or isinstance(x, tuple))[0]
+    return {"/".join(k.key for k in path): v for path, v in leaves}
 
 
 def flat(tree) -> dict[str, np.ndarray]:
@@ -110,3 +116,56 @@ def test_the_warmup_climbs_from_zero_to_lr_in_warmup_steps(warmup):
     lr = make_schedule(TrainConfig(lr=0.01, warmup_steps=warmup, steps=100, schedule="constant"))
     np.testing.assert_allclose([float(lr(step)) for step in range(warmup + 2)],
                                [0.01 * step / warmup for step in range(warmup)] + [0.01, 0.01], rtol=1e-6)
+
+
+def test_wsd_holds_lr_after_the_warmup_then_cools_down_linearly_over_the_last_fraction():
+    lr = make_schedule(TrainConfig(lr=0.01, min_lr=0.001, warmup_steps=2, steps=12, schedule="wsd", cooldown_frac=0.25))
+    np.testing.assert_allclose([float(lr(step)) for step in range(13)],
+                               [0.0, 0.005] + [0.01] * 8 + [0.007, 0.004, 0.001], rtol=1e-5)
+    muon_lr = make_schedule(TrainConfig(lr=0.01, min_lr=0.001, warmup_steps=2, steps=12, schedule="wsd"), peak=0.04)
+    np.testing.assert_allclose([float(muon_lr(s)) for s in (1, 5, 12)], [0.02, 0.04, 0.004], rtol=1e-5)
+
+
+def newton_schulz(g: np.ndarray, steps: int = 5) -> np.ndarray:
+    """Muon's quintic Newton-Schulz iteration (Keller Jordan's coefficients) towards the nearest orthogonal matrix."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g / (np.linalg.norm(g) + 1e-8)
+    wide = x.shape[0] <= x.shape[1]
+    x = x if wide else x.T
+    for _ in range(steps):
+        A = x @ x.T
+        x = a * x + (b * A + c * A @ A) @ x
+    return x if wide else x.T
+
+
+def test_muon_takes_exactly_the_hidden_weight_matrices_and_adamw_the_rest():
+    model = build_model(tiny_model(num_layers=2, use_bias=True, positional="learned", tie_embeddings=False,
+                                   qk_norm=True))
+    params = random_params(model, jnp.zeros((1, 4), jnp.int32))["params"]
+    labels = {path: dims for path, dims in flat_with_none(muon_dimension_numbers(params)).items()}
+    hidden = {f"decoder/layer_{i}/{name}/kernel" for i in range(2) for name in
+              ("self_attention/query", "self_attention/key", "self_attention/value", "self_attention/out", "ffn/up",
+               "ffn/down")}
+    assert {path for path, dims in labels.items() if dims is not None} == hidden
+    assert set(labels) == set(flat(params))  # embeddings, head, norms (QK-norms too) and biases: AdamW
+    assert labels["decoder/layer_0/self_attention/query/kernel"] == ((0,), (1, 2))  # [D, H, Dh] as D x H*Dh
+    assert labels["decoder/layer_0/self_attention/out/kernel"] == ((0, 1), (2,))  # [H, Dh, D] as H*Dh x D
+
+
+def test_muon_first_update_of_a_matrix_is_its_orthogonalised_gradient_and_adamw_moves_the_rest():
+    model = build_model(tiny_model(use_bias=False, tie_embeddings=False, positional="learned"))
+    params = random_params(model, jnp.zeros((1, 4), jnp.int32))["params"]
+    grads = random_params(model, jnp.zeros((1, 4), jnp.int32), seed=1)["params"]
+    tx = optimizer("muon", muon_lr=0.05)
+    updates = flat(jax.jit(tx.update)(grads, tx.init(params), params)[0])
+    g = flat(grads)
+    for path, (rows, cols) in {"decoder/layer_0/ffn/up/kernel": (16, 32), "decoder/layer_0/ffn/down/kernel": (32, 16),
+                               "decoder/layer_0/self_attention/query/kernel": (16, 16),
+                               "decoder/layer_0/self_attention/out/kernel": (16, 16)}.items():
+        shape_scale = max(1.0, cols / rows) ** 0.5  # optax's width scaling: sqrt(fan_out / fan_in) when above 1
+        want = -0.05 * shape_scale * newton_schulz(g[path].reshape(rows, cols).astype(np.float64))
+        np.testing.assert_allclose(updates[path].reshape(rows, cols), want, atol=2e-4, err_msg=path)
+    for path in ("embedder/token/embedding", "embedder/head/kernel", "decoder/layer_0/ffn_norm/scale"):
+        nesterov = 1 + 0.9 * 0.1 / (1 - 0.9**2)  # Nesterov Adam's first step: this times lr * sign(g) (b1 = 0.9)
+        adam = -0.01 * nesterov * np.sign(g[path])
+        np.testing.assert_allclose(updates[path], adam, rtol=2e-3, atol=1e-6, err_msg=path)

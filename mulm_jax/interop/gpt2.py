@@ -38,7 +38,7 @@ def model_config(hf: dict[str, Any], architecture: str, **overrides: Any) -> Mod
 def export_problems(cfg: ModelConfig) -> list[str]:
     """The settings of `cfg` that GPT-2 cannot express (empty: it maps onto GPT-2)."""
     wanted = {"positional": "learned", "norm": "layernorm", "norm_position": "pre", "attention": "full",
-              "use_bias": True, "scale_embeddings": False}
+              "use_bias": True, "scale_embeddings": False, "qk_norm": False, "logit_softcap": None}
     problems = [f"model.{k}={getattr(cfg, k)!r} (GPT-2: {v!r})" for k, v in wanted.items() if getattr(cfg, k) != v]
     if cfg.ffn not in ("gelu", "relu"):
         problems.append(f"model.ffn={cfg.ffn!r} (GPT-2: 'gelu' or 'relu')")

@@ -116,7 +116,7 @@ def model_config(hf: dict[str, Any], architecture: str, **overrides: Any) -> Mod
 def export_problems(cfg: ModelConfig) -> list[str]:
     """The settings of `cfg` that Llama cannot express (empty: it maps onto LlamaForCausalLM)."""
     wanted = {"positional": "rope", "norm": "rmsnorm", "norm_position": "pre", "ffn": "swiglu", "attention": "full",
-              "use_bias": False, "scale_embeddings": False}
+              "use_bias": False, "scale_embeddings": False, "qk_norm": False, "logit_softcap": None}
     problems = [f"model.{k}={getattr(cfg, k)!r} (Llama: {v!r})" for k, v in wanted.items() if getattr(cfg, k) != v]
     if cfg.qkv_bias:
         problems.append("model.qkv_bias=true (Llama's attention_bias also puts a bias on the output projection)")

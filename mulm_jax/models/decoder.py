@@ -17,7 +17,8 @@ from mulm_jax.nn.embedding import Embedder
 
 def embedder_for(cfg: ModelConfig) -> Embedder:
     return Embedder(cfg.vocab_size, cfg.d_model, cfg.max_seq_len, cfg.positional, cfg.tie_embeddings,
-                    scale=cfg.scale_embeddings, dtype=jnp.dtype(cfg.dtype), name="embedder")
+                    scale=cfg.scale_embeddings, softcap=cfg.logit_softcap, zero_head=cfg.zero_init_outputs,
+                    dtype=jnp.dtype(cfg.dtype), name="embedder")
 
 
 def default_positions(ids_BxT: jax.Array) -> jax.Array:

@@ -256,6 +256,9 @@ class Attention(nn.Module):
     keys, so the mask is [B, 1, T, S_max + T] with the slots at or past `q_pos_BxT[:, 0]` hidden (see
     models.masks.cached_key_positions); the new keys/values are then written at `q_pos_BxT[:, 0]` onwards.
 
+    qk_norm: each head's queries and keys are RMS-normalised (with a learnt scale per head dimension) before RoPE
+    and the dot product, which bounds the attention logits (OLMo 2, modded-nanogpt).
+
     Cross-attention (`cross=True`): keys and values are projected from the encoder output `kv_BxSxD`, and
     returned as a cache; given that cache instead, later decode steps skip the projection.
 
@@ -271,8 +274,10 @@ class Attention(nn.Module):
     rope_theta: Optional[float] = None
     rope_scaling: Optional[RopeScaling] = None
     max_seq_len: int = 0
-    out_init_std: float = 0.02  # GPT-2 scales residual-branch outputs down by sqrt(2 * layers)
+    out_init_std: float = 0.02  # GPT-2 scales residual-branch outputs down by sqrt(2 * layers); 0: zeros
     cross: bool = False
+    qk_norm: bool = False
+    norm_eps: float = 1e-6
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -296,16 +301,19 @@ class Attention(nn.Module):
         dense = lambda feats, name, axis=-1, std=0.02, bias=self.use_bias: nn.DenseGeneral(  # noqa: E731
             feats, axis=axis, use_bias=bias, dtype=self.dtype, name=name,
             kernel_init=nn.initializers.normal(std))
+        qk_normed = lambda x, name: (nn.RMSNorm(epsilon=self.norm_eps, dtype=self.dtype, name=name)(x)  # noqa: E731
+                                     if self.qk_norm else x)
 
         def keys_values(source_BxSxD):
             # Projections over tokens flattened to one axis, as in FeedForward: XLA:CPU then takes the kernel
             # gradients without first copying the activations transposed.
             Bs, S, Ds = source_BxSxD.shape
             source_MxD = source_BxSxD.reshape(Bs * S, Ds)
-            return (dense((K, Dh), "key", bias=qkv_bias)(source_MxD).reshape(Bs, S, K, Dh),
+            return (qk_normed(dense((K, Dh), "key", bias=qkv_bias)(source_MxD).reshape(Bs, S, K, Dh), "key_norm"),
                     dense((K, Dh), "value", bias=qkv_bias)(source_MxD).reshape(Bs, S, K, Dh))
 
-        q_BxTxHxDh = dense((H, Dh), "query", bias=qkv_bias)(x_BxTxD.reshape(B * T, D)).reshape(B, T, H, Dh)
+        q_BxTxHxDh = qk_normed(dense((H, Dh), "query", bias=qkv_bias)(x_BxTxD.reshape(B * T, D)).reshape(B, T, H, Dh),
+                               "query_norm")
         if self.cross:
             if cache is None:
                 if kv_BxSxD is None:

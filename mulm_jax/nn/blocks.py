@@ -30,6 +30,7 @@ class Block(nn.Module):
     cfg: ModelConfig
     cross_attention: bool = False
     num_stack_layers: int = 1  # layers in this block's stack: residual outputs start at 0.02 / sqrt(2 * that)
+    # (at zero with cfg.zero_init_outputs)
     deterministic: bool = True  # attributes, not arguments, so that nn.remat sees them as static
     return_weights: bool = False
 
@@ -53,12 +54,13 @@ class Block(nn.Module):
         cfg = self.cfg
         deterministic, return_weights = self.deterministic, self.return_weights
         dtype = jnp.dtype(cfg.dtype)
-        out_std = 0.02 / (2 * self.num_stack_layers) ** 0.5
+        out_std = 0.0 if cfg.zero_init_outputs else 0.02 / (2 * self.num_stack_layers) ** 0.5
         attention = lambda name, rope, cross=False: Attention(  # noqa: E731
             num_heads=cfg.num_heads, num_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
             use_bias=cfg.use_bias, qkv_bias=cfg.qkv_bias, dropout=cfg.dropout,
             rope_theta=cfg.rope_theta if rope else None, rope_scaling=cfg.rope_scaling,
-            max_seq_len=cfg.max_seq_len, out_init_std=out_std, cross=cross, dtype=dtype, name=name)
+            max_seq_len=cfg.max_seq_len, out_init_std=out_std, cross=cross, qk_norm=cfg.qk_norm,
+            norm_eps=cfg.norm_eps, dtype=dtype, name=name)
         residual_dropout = nn.Dropout(cfg.dropout)
 
         def sublayer(x, name: str, f):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -15,6 +15,8 @@ class Embedder(nn.Module):
     """ids -> vectors (with sinusoidal or learned positions added), and vectors -> logits.
 
     scale: multiply token vectors by sqrt(D), as the 2017 Transformer does. tie: logits = x @ E^T.
+    softcap: logits = softcap * tanh(logits / softcap), which keeps them within +-softcap. zero_head: an untied
+    head starts at zero (every logit 0 at first).
     """
 
     vocab_size: int
@@ -23,6 +25,8 @@ class Embedder(nn.Module):
     positional: str = "none"  # only "sinusoidal" and "learned" add anything here
     tie: bool = True
     scale: bool = False
+    softcap: Optional[float] = None
+    zero_head: bool = False
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
@@ -32,7 +36,8 @@ class Embedder(nn.Module):
             self.position = LearnedPositionalEmbedding(self.max_seq_len, self.d_model, dtype=self.dtype,
                                                        name="position")
         if not self.tie:
-            self.head = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, kernel_init=init, name="head")
+            self.head = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, name="head",
+                                 kernel_init=nn.initializers.zeros if self.zero_head else init)
 
     def embed(self, ids_BxT: jax.Array, pos_BxT: jax.Array) -> jax.Array:
         x_BxTxD = self.token(ids_BxT)
@@ -46,5 +51,7 @@ class Embedder(nn.Module):
 
     def logits(self, x_BxTxD: jax.Array) -> jax.Array:
         """Logits in float32 whatever the compute dtype, for a stable softmax and loss."""
-        logits_BxTxV = self.token.attend(x_BxTxD) if self.tie else self.head(x_BxTxD)
-        return logits_BxTxV.astype(jnp.float32)
+        logits_BxTxV = (self.token.attend(x_BxTxD) if self.tie else self.head(x_BxTxD)).astype(jnp.float32)
+        if self.softcap is not None:
+            logits_BxTxV = self.softcap * jnp.tanh(logits_BxTxV / self.softcap)
+        return logits_BxTxV

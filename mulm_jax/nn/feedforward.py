@@ -1,4 +1,4 @@
-"""Position-wise feed-forward networks: ReLU (the 2017 original), GELU (GPT-2), SwiGLU (Llama)."""
+"""Position-wise feed-forward networks: ReLU (the 2017 original), its square (Primer), GELU (GPT-2), SwiGLU (Llama)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu}
+ACTIVATIONS = {"relu": nn.relu, "relu2": lambda x: jnp.square(nn.relu(x)), "gelu": nn.gelu}
 
 
 class FeedForward(nn.Module):
@@ -16,7 +16,7 @@ class FeedForward(nn.Module):
 
     d_model: int
     d_ff: int
-    activation: Literal["relu", "gelu", "swiglu"] = "gelu"
+    activation: Literal["relu", "relu2", "gelu", "swiglu"] = "gelu"
     use_bias: bool = True
     out_init_std: float = 0.02  # GPT-2 scales residual-branch outputs down by sqrt(2 * layers)
     dtype: Any = jnp.float32
@@ -34,5 +34,5 @@ class FeedForward(nn.Module):
         elif self.activation in ACTIVATIONS:
             h_NxF = ACTIVATIONS[self.activation](dense(self.d_ff, "up")(x_NxD))
         else:
-            raise ValueError(f"feed-forward activation {self.activation!r} is not one of relu, gelu, swiglu")
+            raise ValueError(f"feed-forward activation {self.activation!r} is not one of relu, relu2, gelu, swiglu")
         return dense(self.d_model, "down", self.out_init_std)(h_NxF).reshape(*x_BxTxD.shape[:-1], self.d_model)
