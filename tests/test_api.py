@@ -117,6 +117,34 @@ def test_streamed_text_equals_the_whole_response_for_greedy(client, route, ask):
     assert usage["completion_tokens"] == 12
 
 
+def test_tokens_pending_together_go_out_in_one_chunk_that_the_openai_client_reassembles(client, monkeypatch):
+    import asyncio
+
+    import openai
+
+    from mulm_jax.infer import Request as EngineRequest
+
+    async def all_at_once(request):  # a reader that fell behind: every token is pending at its first wake-up
+        while not request.done:
+            await asyncio.sleep(0.005)
+        yield list(request._events)
+
+    ask = {"model": "tiny", "prompt": "the quick", "max_tokens": 12, "temperature": 0, "logprobs": 2}
+    whole = client.post("/v1/completions", json=ask).json()["choices"][0]
+    monkeypatch.setattr(EngineRequest, "batches", all_at_once)
+    events = sse_events(client.post("/v1/completions", json={**ask, "stream": True}))
+    assert [len(e["choices"][0]["logprobs"]["tokens"]) for e in events[:-2]] == [12]
+    api = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="unused", http_client=client)
+    chunks = [c.choices[0] for c in api.completions.create(**ask, stream=True)]
+    assert "".join(c.text for c in chunks) == whole["text"]
+    assert chunks[0].logprobs.tokens == whole["logprobs"]["tokens"]
+    assert chunks[0].logprobs.text_offset == whole["logprobs"]["text_offset"]
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 12, "temperature": 0}
+    reply = client.post("/v1/chat/completions", json=chat).json()["choices"][0]["message"]["content"]
+    deltas = [c.choices[0].delta.content or "" for c in api.chat.completions.create(**chat, stream=True)]
+    assert "".join(deltas) == reply and len([d for d in deltas if d]) <= 1
+
+
 def test_chat_uses_the_template_and_its_stop_strings(client):
     served = client.app.state.ctx.models.get("tiny")
     ask = {"model": "tiny", "messages": [{"role": "system", "content": "be brief"},

@@ -68,8 +68,8 @@ class Completion:
 
 
 class Request:
-    """One submitted generation. Iterate it (or `async for` over `.stream()`) for TokenEvents; `.result()`
-    waits for the Completion; `.cancel()` stops it and frees its slot."""
+    """One submitted generation. Iterate it (or `async for` over `.stream()`, or `.batches()` for what is pending at
+    each wake-up) for TokenEvents; `.result()` waits for the Completion; `.cancel()` stops it and frees its slot."""
 
     def __init__(self, request_id: str, prompt_ids: list[int], params: SamplingParams, seed: int,
                  on_token: Optional[Callable[[TokenEvent], None]]):
@@ -127,19 +127,28 @@ class Request:
             yield event
 
     async def stream(self) -> AsyncIterator[TokenEvent]:
+        async for events in self.batches():
+            for event in events:
+                yield event
+
+    async def batches(self) -> AsyncIterator[list[TokenEvent]]:
+        """The TokenEvents in order, all those that arrived since the last wake-up in one list: a reader that falls
+        behind the engine catches up in one go instead of one await per token."""
         loop = asyncio.get_running_loop()
-        for i in itertools.count():
-            while True:
-                with self._cond:
-                    if len(self._events) > i:
-                        event = self._events[i]
-                        break
+        seen = 0
+        while True:
+            with self._cond:
+                events = self._events[seen:]
+                seen += len(events)
+                if not events:
                     if self.completion is not None:
                         return
                     ready = asyncio.Event()
                     self._async_waiters.append((loop, ready))
+            if events:
+                yield events
+            else:
                 await ready.wait()
-            yield event
 
 
 class _Result(NamedTuple):

@@ -235,7 +235,7 @@ async def _whole(ctx, gen: Generation, request: Request, client: str) -> Respons
     requests = submit_all(ctx, gen, client)
 
     async def finished(r: EngineRequest) -> Completion:
-        async for _ in r.stream():
+        async for _ in r.batches():
             pass
         return r.completion
 
@@ -282,10 +282,10 @@ def _streamed(ctx, gen: Generation, client: str) -> Response:
         return event({"id": gen.id, "object": chunk_object, "created": gen.created, "model": gen.served.id,
                       "system_fingerprint": None, "choices": choices, **extra})
 
-    def choice(index: int, text: Optional[str], logprob: Optional[TokenLogprob], finish: Optional[str],
+    def choice(index: int, text: Optional[str], logprobs: list[TokenLogprob], finish: Optional[str],
                offset: int) -> dict:
         out: dict = {"index": index, "finish_reason": finish,
-                     "logprobs": None if logprob is None else _logprobs(gen, [logprob], offset)}
+                     "logprobs": _logprobs(gen, logprobs, offset) if logprobs else None}
         if gen.chat:
             out["delta"] = {} if text is None else {"content": text}
         else:
@@ -296,8 +296,8 @@ def _streamed(ctx, gen: Generation, client: str) -> Response:
         queue: asyncio.Queue = asyncio.Queue()
 
         async def forward(index: int, r: EngineRequest) -> None:
-            async for e in r.stream():
-                queue.put_nowait((index, e))
+            async for batch in r.batches():
+                queue.put_nowait((index, batch))
             queue.put_nowait((index, r.completion))
 
         tasks = [asyncio.ensure_future(forward(i, r)) for i, r in enumerate(requests)]
@@ -307,20 +307,38 @@ def _streamed(ctx, gen: Generation, client: str) -> Response:
                               "finish_reason": None} for i in range(len(requests))])
             offsets = [0] * len(requests)
             completions: list[Completion] = []
+
+            def tokens(index: int, batch: list[TokenEvent]) -> str:
+                """One chunk for all the tokens a sequence has pending (OpenAI clients take several per chunk)."""
+                text = "".join(e.text for e in batch)
+                logprobs = [e.logprob for e in batch if e.logprob is not None]
+                if not text and not logprobs:
+                    return ""
+                out = chunk([choice(index, text, logprobs, None, offsets[index])])
+                offsets[index] += sum(len(lp.text) for lp in logprobs)
+                return out
+
             while len(completions) < len(requests):
-                index, item = await queue.get()
-                if isinstance(item, TokenEvent):
-                    if item.text or item.logprob is not None:
-                        yield chunk([choice(index, item.text, item.logprob, None, offsets[index])])
-                    if item.logprob is not None:
-                        offsets[index] += len(item.logprob.text)
-                    continue
-                completions.append(item)
-                _account(ctx, gen, client, item)
-                if item.finish_reason == "cancelled":
-                    yield event(_cancelled_by_server().body())
-                    return
-                yield chunk([choice(index, None if gen.chat else "", None, item.finish_reason, offsets[index])])
+                items = [await queue.get()]
+                while not queue.empty():  # everything pending goes out in one write
+                    items.append(queue.get_nowait())
+                pending: dict[int, list[TokenEvent]] = {}
+                out = []
+                for index, item in items:
+                    if isinstance(item, list):
+                        pending.setdefault(index, []).extend(item)
+                        continue
+                    out.append(tokens(index, pending.pop(index, [])))
+                    completions.append(item)
+                    _account(ctx, gen, client, item)
+                    if item.finish_reason == "cancelled":
+                        yield "".join(out) + event(_cancelled_by_server().body())
+                        return
+                    out.append(chunk([choice(index, None if gen.chat else "", [], item.finish_reason,
+                                             offsets[index])]))
+                out.extend(tokens(index, batch) for index, batch in pending.items())
+                if any(out):
+                    yield "".join(out)
             if gen.include_usage:
                 yield chunk([], usage=_usage(gen, completions))
             yield event("[DONE]")
