@@ -1,4 +1,5 @@
-"""Command line: `python -m mulm_jax COMMAND ...`; each command lives in the module that owns its concept."""
+"""Command line: `mulm COMMAND ...` (the installed console script) or `python -m mulm_jax COMMAND ...`; each command
+lives in the module that owns its concept."""
 
 from __future__ import annotations
 
@@ -8,21 +9,30 @@ import sys
 
 from mulm_jax.config import ConfigError
 
-# command name -> module exposing `register(subparsers)`, which adds a parser whose `func(args)` runs it.
+# command name -> module exposing `register(subparsers)`, which adds the parsers of the commands it maps to here,
+# each with a `func(args)` that runs it.
 COMMANDS = {
+    "train": "mulm_jax.train.cli",
+    "serve": "mulm_jax.api.cli",
     "info": "mulm_jax.models.info",
     "data": "mulm_jax.data.cli",
-    "generate": "mulm_jax.infer.cli",  # also registers `bench`
+    "generate": "mulm_jax.infer.cli",
+    "bench": "mulm_jax.infer.cli",
     "eval": "mulm_jax.eval.cli",
-    "inspect": "mulm_jax.inspect.cli",  # also registers `plot`
+    "inspect": "mulm_jax.inspect.cli",
+    "plot": "mulm_jax.inspect.cli",
     "convert": "mulm_jax.interop.cli",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mulm_jax", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="mulm", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS.values():
+    # Only the named command's module is imported (a training job starts as fast as train.py); --help, or a name
+    # that is none of them, lists them all.
+    named = [COMMANDS[argv[0]]] if argv and argv[0] in COMMANDS else COMMANDS.values()
+    for module in dict.fromkeys(named):
         importlib.import_module(module).register(subparsers)
     args = parser.parse_args(argv)
     try:

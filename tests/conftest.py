@@ -18,14 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mulm_jax.api.cli import address_in
 from mulm_jax.config import Config, ModelConfig, config_from_dict
 from mulm_jax.data.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer
 from mulm_jax.infer import LoadedModel
 from mulm_jax.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from serve import address_in  # noqa: E402  (serve.py lies in ROOT)
 
 # The tests check algorithms against references, not a device's arithmetic: float32 matmuls run at full float32
 # precision on every backend (a GPU's default is TF32, 10 mantissa bits: 80-95% of attention outputs then miss

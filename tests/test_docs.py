@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, wait_for
-from serve import address_in
+from mulm_jax.api.cli import address_in
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # A fence's info string: `text` (output, layouts: never run), or a language and what the test does with the block

@@ -13,10 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-import train as train_cli
 from conftest import ROOT
 from mulm_jax.startup import CACHE_ENV, cache_dir, default_cache_dir
 from mulm_jax.train import checkpoint
+from mulm_jax.train import cli as train_cli
 from mulm_jax.train.checkpoint import Checkpoints
 from mulm_jax.train.step import TrainState
 from test_train import tiny_run

@@ -127,12 +127,10 @@ def test_gradient_accumulation_equals_one_large_batch():
 TWO_DEVICE_SCRIPT = """
 import json, sys
 import jax, numpy as np
-sys.path.insert(0, {root!r})
 from mulm_jax.config import TrainConfig
 from mulm_jax.models import build_model
 from mulm_jax.train.optimizer import make_optimizer, make_schedule
 from mulm_jax.train.step import TrainState, pmapped_steps, replicate
-sys.path.insert(0, {tests!r})
 from conftest import tiny_model
 n = jax.local_device_count()
 model = build_model(tiny_model(num_layers=2))
@@ -146,16 +144,16 @@ losses = []
 for i in range(3):
     batch = np.random.default_rng(i).integers(0, 32, (4, 9), dtype=np.int32)
     shard = lambda x: x.reshape(n, 4 // n, *x.shape[1:])
-    state, metrics = train_step(state, {{"inputs": shard(batch[:, :-1]), "targets": shard(batch[:, 1:])}})
+    state, metrics = train_step(state, {"inputs": shard(batch[:, :-1]), "targets": shard(batch[:, 1:])})
     losses.append(float(metrics["loss"][0]))
-print(json.dumps({{"devices": n, "losses": losses}}))
+print(json.dumps({"devices": n, "losses": losses}))
 """
 
 
 def run_with_devices(count: int) -> dict:
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", "JAX_PLATFORMS": "cpu"}
-    script = TWO_DEVICE_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests"))
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", TWO_DEVICE_SCRIPT], cwd=ROOT / "tests", env=env, capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])
 
@@ -232,7 +230,7 @@ def test_a_finished_run_trains_further_with_more_steps_and_a_recomputed_schedule
 
 def test_metrics_writer_keeps_pytorch_out_of_the_training_process(tmp_path):
     # tensorboardX imports torch when it is installed: seconds of every start-up, for tensors never written
-    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from mulm_jax.train.metrics import MetricsWriter; "
+    script = ("import sys; from mulm_jax.train.metrics import MetricsWriter; "
               f"w = MetricsWriter({str(tmp_path)!r}); w.write({{'step': 1, 'loss': 2.0}}); w.close(); "
               f"print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

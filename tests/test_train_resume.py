@@ -73,7 +73,6 @@ def test_interrupted_runs_resume_to_the_same_losses_as_an_uninterrupted_one(tmp_
 
 WORKER = """
 import hashlib, json, sys
-sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 from mulm_jax.train import distributed
 distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 import jax, numpy as np
@@ -93,12 +92,12 @@ print(json.dumps({{"process": jax.process_index(), "devices": jax.device_count()
 @pytest.mark.slow  # two jax.distributed processes, about 30 s: `make test-slow`
 def test_two_processes_train_together_and_end_with_identical_parameters(tmp_path):
     tiny_run(tmp_path)  # writes the corpus
-    script = WORKER.format(root=str(ROOT), tests=str(ROOT / "tests"), config=str(ROOT / "configs/shakespeare_char.yaml"),
-                           tmp=str(tmp_path), workdir=str(tmp_path / "run"))
+    script = WORKER.format(config=str(ROOT / "configs/shakespeare_char.yaml"), tmp=str(tmp_path),
+                           workdir=str(tmp_path / "run"))
     address = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     procs = [subprocess.Popen([sys.executable, "-c", script, address, str(i)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT / "tests", env=env) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err

@@ -14,11 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import mulm_jax
 from mulm_jax.api.errors import ApiError
 from mulm_jax.config import ServeConfig
-
-REPO_ROOT = Path(mulm_jax.__file__).resolve().parent.parent
 
 KINDS = ("dataset", "training")
 STATES = ("running", "succeeded", "failed", "cancelled", "interrupted")
@@ -234,11 +231,8 @@ def _public(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def _child_env() -> dict[str, str]:
-    """The server's environment, plus: the repository on the path (so `python -m mulm_jax` works from any
-    folder) and unbuffered output (so a job's log reads in the order things happened)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    return env
+    """The server's environment, with unbuffered output (so a job's log reads in the order things happened)."""
+    return dict(os.environ, PYTHONUNBUFFERED="1")
 
 
 def _runs(pid: int, command: list[str]) -> bool:

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError
-from mulm_jax.api.jobs import REPO_ROOT, new_job_id
+from mulm_jax.api.jobs import new_job_id
 from mulm_jax.api.paths import confine, confine_source
 from mulm_jax.api.routes.datasets import plain_name, version_folder
 from mulm_jax.api.schemas import Body, read_json
@@ -175,7 +175,7 @@ def routes(ctx) -> list[Route]:
         configs_written.mkdir(parents=True, exist_ok=True)
         config_file = configs_written / f"{job_id}.yaml"
         config_file.write_text(dump_config(config))
-        command = [sys.executable, str(REPO_ROOT / "train.py"), "--config", str(config_file),
+        command = [sys.executable, "-m", "mulm_jax", "train", "--config", str(config_file),
                    "--workdir", str(workdir), "--quiet"]
         try:
             job = ctx.jobs.start("training", command, workdir=str(workdir), request=body.data, job_id=job_id)
