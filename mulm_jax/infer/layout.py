@@ -7,7 +7,9 @@ stack at 8 rows took 15-20 ms that way against 39-47 ms as x @ W[in, out] on the
 layer's `kernel` by `kernel_t`; inside the compiled steps, under `serving_layout()`, every nn.Dense /
 nn.DenseGeneral that finds a `kernel_t` makes that product instead of its own, and so does the tied output
 layer (nn.Embed.attend). Modules without one (the params as trained) run as usual, so the same model code
-serves both.
+serves both. Projections of one input (self-attention's query, key and value; SwiGLU's gate and up) are held as
+one matrix, which the modules use when they find it: at batch 1 a decode step's fixed cost per product, not the
+bytes it reads, dominates a small model's step.
 """
 
 from __future__ import annotations
@@ -97,30 +99,51 @@ def serving_layout() -> Iterator[None]:
         yield
 
 
-def dense_input_ndims(model: nn.Module, params: Any, *sample_inputs: Any) -> dict[tuple[str, ...], int]:
-    """For each dense layer that `model.apply` on `sample_inputs` calls and that can use the serving layout:
-    its module path -> how many leading kernel axes are input axes. Traced abstractly: nothing is computed."""
-    found: dict[tuple[str, ...], int] = {}
+def _dense_layers(model: nn.Module, params: Any, *sample_inputs: Any
+                  ) -> tuple[dict[tuple[str, ...], int], dict[tuple[str, ...], dict[str, tuple[str, ...]]]]:
+    """What `model.apply` on `sample_inputs` calls, traced abstractly (nothing is computed): for each dense layer that
+    can use the serving layout, its module path -> how many leading kernel axes are input axes; and for each module
+    with projections that may be held as one (its `fused_projections`), its path -> that table."""
+    in_ndims: dict[tuple[str, ...], int] = {}
+    fusions: dict[tuple[str, ...], dict[str, tuple[str, ...]]] = {}
 
     def record(next_fun, args, kwargs, context):
         module = context.module
         if context.method_name == "__call__" and isinstance(module, (nn.Dense, nn.DenseGeneral)) and args:
             in_ndim = _input_ndim(module, jnp.ndim(args[0]))
             if in_ndim is not None:
-                found[tuple(module.path)] = in_ndim
+                in_ndims[tuple(module.path)] = in_ndim
+        elif context.method_name == "__call__" and hasattr(module, "fused_projections"):
+            fusions[tuple(module.path)] = module.fused_projections()
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):
         jax.eval_shape(lambda p: model.apply({"params": p}, *sample_inputs), params)
-    return found
+    return in_ndims, fusions
+
+
+def _fuse(flat: dict[tuple[str, ...], Any], fusions: dict[tuple[str, ...], dict[str, tuple[str, ...]]]) -> None:
+    """In `flat` (serving-layout leaves by path), each group of projections of one input becomes one `kernel_t`
+    (and bias) with their output rows concatenated, where every member holds a `kernel_t`."""
+    for module_path, table in fusions.items():
+        for fused, members in table.items():
+            paths = [(*module_path, name) for name in members]
+            if not all((*path, KERNEL_T) in flat for path in paths):
+                continue
+            flat[(*module_path, fused, KERNEL_T)] = np.concatenate([flat.pop((*path, KERNEL_T)) for path in paths])
+            biases = [flat.pop((*path, "bias"), None) for path in paths]
+            if any(b is not None for b in biases):
+                flat[(*module_path, fused, "bias")] = np.concatenate([np.asarray(b).reshape(-1) for b in biases])
 
 
 def to_serving_layout(model: nn.Module, params: Any) -> Any:
     """The params with each dense kernel [in..., out...] replaced by `kernel_t`, [prod(out), prod(in)], on the
-    host. Other leaves (embeddings, norms, biases) are unchanged."""
+    host, and the projections of one input that a module lists in its `fused_projections` (self-attention's query,
+    key and value; SwiGLU's gate and up) held as one such matrix, so that a decode step makes one product for them
+    instead of several. Other leaves (embeddings, norms, other biases) are unchanged."""
     ids = np.zeros((1, 1), np.int32)
     sample = (ids, ids) if getattr(model.cfg, "architecture", "decoder") == "encoder_decoder" else (ids,)
-    in_ndims = dense_input_ndims(model, params, *sample)
+    in_ndims, fusions = _dense_layers(model, params, *sample)
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
     out = {}
     for path, leaf in flat.items():
@@ -132,4 +155,5 @@ def to_serving_layout(model: nn.Module, params: Any) -> Any:
         kernel = np.asarray(leaf)
         inputs = math.prod(kernel.shape[:in_ndim])
         out[(*module_path, KERNEL_T)] = np.ascontiguousarray(kernel.reshape(inputs, -1).T)
+    _fuse(out, fusions)
     return flax.traverse_util.unflatten_dict(out)

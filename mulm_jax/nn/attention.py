@@ -263,6 +263,9 @@ class Attention(nn.Module):
     returned as a cache; given that cache instead, later decode steps skip the projection.
 
     Returns (output [B, T, D], the updated cache: None for self-attention without one).
+
+    Params that hold a `qkv` projection instead of `query`, `key` and `value` (self-attention in the serving
+    layout, infer.layout, which concatenates them as `fused_projections` says) make one product for all three.
     """
 
     num_heads: int
@@ -279,6 +282,10 @@ class Attention(nn.Module):
     qk_norm: bool = False
     norm_eps: float = 1e-6
     dtype: Any = jnp.float32
+
+    def fused_projections(self) -> dict[str, tuple[str, ...]]:
+        """Projections of one input that may be held as one (their output features concatenated in this order)."""
+        return {} if self.cross else {"qkv": ("query", "key", "value")}
 
     @nn.compact
     def __call__(
@@ -312,8 +319,15 @@ class Attention(nn.Module):
             return (qk_normed(dense((K, Dh), "key", bias=qkv_bias)(source_MxD).reshape(Bs, S, K, Dh), "key_norm"),
                     dense((K, Dh), "value", bias=qkv_bias)(source_MxD).reshape(Bs, S, K, Dh))
 
-        q_BxTxHxDh = qk_normed(dense((H, Dh), "query", bias=qkv_bias)(x_BxTxD.reshape(B * T, D)).reshape(B, T, H, Dh),
-                               "query_norm")
+        fused = self.has_variable("params", "qkv")  # the serving layout's one projection (see fused_projections)
+        if fused:
+            qkv_NxCxDh = dense((H + 2 * K, Dh), "qkv", bias=qkv_bias)(x_BxTxD.reshape(B * T, D))
+            q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh = (
+                part.reshape(B, T, -1, Dh) for part in jnp.split(qkv_NxCxDh, (H, H + K), axis=1))
+            k_BxTxKxDh = qk_normed(k_BxTxKxDh, "key_norm")
+        else:
+            q_BxTxHxDh = dense((H, Dh), "query", bias=qkv_bias)(x_BxTxD.reshape(B * T, D)).reshape(B, T, H, Dh)
+        q_BxTxHxDh = qk_normed(q_BxTxHxDh, "query_norm")
         if self.cross:
             if cache is None:
                 if kv_BxSxD is None:
@@ -321,7 +335,8 @@ class Attention(nn.Module):
                 cache = KVCache.of(*keys_values(kv_BxSxD))
             keys = cache
         else:
-            k_BxTxKxDh, v_BxTxKxDh = keys_values(x_BxTxD)
+            if not fused:
+                k_BxTxKxDh, v_BxTxKxDh = keys_values(x_BxTxD)
             if self.rope_theta is not None:
                 if rope_len_B is None:
                     rope_len_B = jnp.max(q_pos_BxT, axis=1) + 1
