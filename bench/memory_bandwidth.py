@@ -1,6 +1,9 @@
-"""Main-memory bandwidth with numpy, STREAM-style: the ceiling a memory-bound decode step runs against.
+"""Memory bandwidth, the ceiling a memory-bound decode step runs against: a jitted GEMV, and numpy STREAM-style.
 
     .venv/bin/python -m bench.memory_bandwidth
+
+The decode targets (issue 17) use `gemv_bandwidth_gb_s`: XLA reading a 512 MB float32 matrix once per product,
+as a decode step reads its weights. A numpy copy shows less (it writes as much as it reads).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import time
 from typing import Callable
 
 import numpy as np
+
+from mulm_jax.infer.cli import gemv_bandwidth_gb_s
 
 
 def _median_s(op: Callable[[], object], repeats: int) -> float:
@@ -37,5 +42,6 @@ def read_bandwidth_gb_s(size_mb: int = 256, repeats: int = 9) -> float:
 
 
 if __name__ == "__main__":
+    print(f"gemv: {gemv_bandwidth_gb_s():.1f} GB/s (jitted x @ W, 512 MB float32 W read)")
     print(f"copy: {copy_bandwidth_gb_s():.1f} GB/s (read + write)")
     print(f"read: {read_bandwidth_gb_s():.1f} GB/s")

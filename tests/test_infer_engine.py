@@ -252,10 +252,13 @@ def run_bench_decode(repo_root, tmp_path, *args):
 
 def test_bench_decode_prints_its_figures_as_json(repo_root, tmp_path):
     done = run_bench_decode(repo_root, tmp_path, "--batch", "2", "--prompt-len", "4", "--new-tokens", "6",
-                            "--repeats", "1", "--max-len", "32", "--json")
+                            "--repeats", "1", "--max-len", "32", "--bandwidth-mb", "16", "--json")
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["batch"] == 2 and figures["tokens_per_sec"] > 0 and figures["ms_per_step"] > 0
+    limit = 2 * figures["bandwidth_gb_s"] * 1e9 / figures["weight_bytes"]  # two sequences per read of the weights
+    assert figures["limit_tokens_per_sec"] == pytest.approx(limit, rel=0.01)
+    assert figures["fraction_of_limit"] == pytest.approx(figures["tokens_per_sec"] / limit, rel=0.01)
     assert figures["compilations"] == 3  # prefill buckets 16 and 32, and decode: none after warm-up
     assert "Unable to initialize backend" not in done.stderr  # jax's probe of backends absent here stays quiet
 

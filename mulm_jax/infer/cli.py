@@ -43,6 +43,8 @@ def register(subparsers: Any) -> None:
     dec.add_argument("--max-len", type=int, help="positions per slot (default: prompt + new tokens; a server "
                                                   "keeps the model's whole context)")
     dec.add_argument("--int8", action="store_true")
+    dec.add_argument("--bandwidth-mb", type=int, default=512, help="size of the matrix whose jitted GEMV measures "
+                                                                   "the read bandwidth, the limit (0: skip it)")
     dec.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     startup.add_startup_arguments(dec)
     dec.set_defaults(func=run_bench_decode)
@@ -85,6 +87,25 @@ def random_model(config: Any, seed: int = 0) -> Any:
                           param_shapes(config.model))
     tokenizer = CharTokenizer([chr(0x100 + i) for i in range(config.model.vocab_size)])
     return LoadedModel(model=model, params=params, tokenizer=tokenizer, config=config, step=0, run_dir=None)
+
+
+def gemv_bandwidth_gb_s(size_mb: int = 512, repeats: int = 9) -> float:
+    """Read bandwidth, GB/s: the median over `repeats` of a jitted x @ W over a size_mb float32 W [size_mb * 2**20 /
+    16384, 4096] (bytes of W over seconds), after a warm-up. A decode step that reads its weights once can go no
+    faster than their bytes at this rate."""
+    import jax
+    import jax.numpy as jnp
+
+    w_IxO = jnp.ones((size_mb * 2**20 // 4 // 4096, 4096), jnp.float32)
+    x_1xI = jnp.ones((1, w_IxO.shape[0]), jnp.float32)
+    product = jax.jit(lambda x, w: x @ w)
+    product(x_1xI, w_IxO).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(x_1xI, w_IxO).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return w_IxO.nbytes / statistics.median(times) / 1e9
 
 
 def measure_decode(engine: Any, batch: int, prompt_len: int, new_tokens: int, repeats: int,
@@ -141,9 +162,16 @@ def run_bench_decode(args: argparse.Namespace) -> int:
               "warmup_s": round(compile_s, 2), "weight_bytes": weight_bytes(engine.params),
               "serving_dtype": str(engine.steps.cfg.dtype), "peak_device_memory_bytes": platform.peak_device_memory(),
               "device": jax.devices()[0].device_kind}
+    if args.bandwidth_mb:  # after the engine has stopped, so that the two never share the memory bus
+        bandwidth = gemv_bandwidth_gb_s(args.bandwidth_mb)
+        limit = args.batch * bandwidth * 1e9 / result["weight_bytes"]  # every step reads every weight once
+        result.update(bandwidth_gb_s=round(bandwidth, 2), limit_tokens_per_sec=round(limit, 1),
+                      fraction_of_limit=result["tokens_per_sec"] / limit)
     if not args.json:
+        limit = (f", {result['fraction_of_limit']:.0%} of the bandwidth limit ({result['limit_tokens_per_sec']:.0f} "
+                 f"tokens/s at {result['bandwidth_gb_s']:.1f} GB/s)") if args.bandwidth_mb else ""
         print(f"decode {result['model']}: batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens: "
               f"{result['tokens_per_sec']:.1f} tokens/s, {result['ms_per_step']:.2f} ms/step, "
-              f"first token {result['time_to_first_token_ms']:.1f} ms, {compilations} compilations")
+              f"first token {result['time_to_first_token_ms']:.1f} ms, {compilations} compilations{limit}")
     print(json.dumps(result))
     return 0
