@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from serve import address_in  # run from the root as `python -m bench.bench_serve`, beside serve.py
+from mulm_jax.api.cli import address_in
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["ROMEO:", "JULIET:\nO Romeo", "First Citizen:\n", "GLOUCESTER:\nNow is the winter",
