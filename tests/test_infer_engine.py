@@ -3,6 +3,7 @@ stops, seeds, cancellation, queue bound and compilations; int8 weights; loading 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -17,8 +18,10 @@ from mulm_jax.config import Config, dump_config
 from mulm_jax.infer import Engine, InferenceError, LoadedModel, QueueFullError, SamplingParams
 from mulm_jax.infer.quantize import Int8Weight, dequantize, quantize_params, weight_bytes
 
-def naive_greedy(lm: LoadedModel, prompt: list[int], n: int) -> tuple[list[int], list[float]]:
-    """Greedy tokens and their log-probabilities from re-running the whole sequence, no cache.
+def naive_greedy(lm: LoadedModel, prompt: list[int], n: int,
+                 penalties: SamplingParams = SamplingParams()) -> tuple[list[int], list[float]]:
+    """Greedy tokens and their log-probabilities from re-running the whole sequence, no cache; `penalties`' repetition,
+    presence and frequency penalties applied in numpy, from their definitions, to the logits each token is chosen by.
 
     The sequence is padded to the context so that one compilation serves every length (the model is causal:
     the padding after a position does not change its logits)."""
@@ -38,9 +41,19 @@ def naive_greedy(lm: LoadedModel, prompt: list[int], n: int) -> tuple[list[int],
         padded[0, :len(seq)] = seq
         logits = np.asarray(apply(jnp.asarray(padded)))[0, len(seq) - 1]
         logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
-        seq.append(int(np.argmax(logits)))
+        seq.append(int(np.argmax(penalized(logits, prompt, seq[start:], penalties))))
         logprobs.append(float(logp[seq[-1]]))
     return seq[start:], logprobs
+
+
+def penalized(logits_V: np.ndarray, prompt: list[int], output: list[int], p: SamplingParams) -> np.ndarray:
+    """The repetition penalty (CTRL's) on every token of the prompt or the output, then OpenAI's presence and
+    frequency penalties on the output's tokens."""
+    counts_V = np.bincount(output, minlength=len(logits_V)).astype(np.float32)
+    seen_V = np.isin(np.arange(len(logits_V)), prompt) | (counts_V > 0)
+    r = p.repetition_penalty
+    logits_V = np.where(seen_V, np.where(logits_V > 0, logits_V / r, logits_V * r), logits_V)
+    return logits_V - p.presence_penalty * (counts_V > 0) - p.frequency_penalty * counts_V
 
 
 def assert_greedy_decoding_equals_rerunning(lm: LoadedModel, prompts: list[list[int]], n: int) -> None:
@@ -150,14 +163,56 @@ def test_more_requests_than_slots_all_finish_through_reused_slots(engine):
     assert [r.result(timeout=60).token_ids for r in requests] == alone
 
 
-def test_cancel_frees_the_slot(engine):
-    long = SamplingParams(max_tokens=14, temperature=0.0)
-    requests = [engine.submit("x", long) for _ in range(2)]
-    for r in requests:
-        r.cancel()
-    assert {r.result(timeout=60).finish_reason for r in requests} <= {"cancelled", "length"}
-    assert engine.generate("y", SamplingParams(max_tokens=3, temperature=0.0)).completion_tokens == 3
-    assert engine.stats().active == 0
+def test_the_end_token_stops_generation_unless_ignore_eos():
+    lm = loaded(num_layers=1, max_seq_len=32)
+    prompt = lm.tokenizer.encode("abc")
+    ids, _ = naive_greedy(lm, prompt, 12)
+    first = next(i for i in range(1, len(ids)) if ids[i] not in ids[:i])  # a token's first appearance, not the first
+    lm.tokenizer.eos_id = ids[first]  # a tokenizer whose end-of-text token is that one
+    greedy = SamplingParams(max_tokens=12, temperature=0.0)
+    with Engine(lm, slots=1) as engine:
+        stopped, ignored = engine.generate(prompt, greedy), engine.generate(prompt, greedy.replace(ignore_eos=True))
+    assert stopped.finish_reason == "stop" and list(stopped.token_ids) == ids[:first + 1]
+    assert stopped.text == lm.tokenizer.decode(ids[:first])  # the end token's text is not part of the completion
+    assert ignored.finish_reason == "length" and list(ignored.token_ids) == ids
+
+
+def test_cancel_ends_a_running_generation_within_a_step_and_a_waiting_one_at_once():
+    engine = Engine(loaded(num_layers=1, max_seq_len=128), slots=1)
+    at_cancel = []
+
+    def cancel_at_first_token(event):
+        running.cancel()
+        at_cancel.append(len(running.token_ids))  # read after cancel(): the loop may accept one more, no further
+
+    long = SamplingParams(max_tokens=120, temperature=0.0)
+    running = engine.submit("x", long, on_token=cancel_at_first_token)  # submitted before start: `running` is set
+    waiting = engine.submit("y", long)
+    waiting.cancel()
+    with engine:
+        first, second = running.result(timeout=120), waiting.result(timeout=120)
+        assert engine.generate("z", SamplingParams(max_tokens=3, temperature=0.0)).completion_tokens == 3
+        assert engine.stats().active == 0
+    assert first.finish_reason == "cancelled" and len(running.token_ids) <= at_cancel[0] + 1 < long.max_tokens
+    assert first.token_ids == tuple(running.token_ids[:len(first.token_ids)])
+    assert second.finish_reason == "cancelled" and second.token_ids == () and waiting.token_ids == []
+
+
+def test_penalties_follow_each_requests_prompt_and_output_in_its_slot():
+    # Greedy decoding with penalties against the full forward pass penalized in numpy: the repetition penalty reaches
+    # the prompt's tokens and the output's, presence and frequency the output's counts; the third request takes a
+    # slot another held, whose prompt and counts must not carry over.
+    lm = loaded(num_layers=1, max_seq_len=32)
+    asks = [([1, 2, 3, 1, 2, 3], SamplingParams(repetition_penalty=3.0)),
+            ([5, 5, 5, 9], SamplingParams(presence_penalty=2.0, frequency_penalty=1.0)),
+            ([7, 8], SamplingParams(repetition_penalty=3.0, frequency_penalty=0.5))]
+    with Engine(lm, slots=2) as engine:
+        requests = [engine.submit(prompt, p.replace(max_tokens=12, temperature=0.0)) for prompt, p in asks]
+        results = [r.result(timeout=120) for r in requests]
+    for (prompt, p), result in zip(asks, results):
+        want, _ = naive_greedy(lm, prompt, 12, p)
+        assert list(result.token_ids) == want
+        assert want != naive_greedy(lm, prompt, 12)[0]  # the penalties changed the text: the check has teeth
 
 
 def test_prompts_longer_than_the_context_are_refused_or_truncated(engine):
@@ -230,11 +285,19 @@ def test_int8_weights_are_a_quarter_the_size_and_close():
     assert perplexity(dequantize(q)) == pytest.approx(perplexity(lm.params), rel=0.01)
 
 
-def test_int8_engine_generates_like_float32_when_greedy():
+def test_int8_engine_decodes_with_the_quantized_weights():
+    # Its greedy tokens and log-probabilities are those of the full forward pass with the weights rounded to int8,
+    # which differ measurably from float32's: int8 was applied, not only asked for.
     lm = loaded(num_layers=1)
-    greedy = SamplingParams(max_tokens=6, temperature=0.0)
-    with Engine(lm, slots=1) as f32, Engine(lm, slots=1, int8=True) as i8:
-        assert i8.generate("hello", greedy).token_ids == f32.generate("hello", greedy).token_ids
+    rounded = dataclasses.replace(lm, params=dequantize(quantize_params(lm.params)))
+    prompt = lm.tokenizer.encode("hello")
+    with Engine(lm, slots=1, int8=True) as engine:
+        result = engine.generate(prompt, SamplingParams(max_tokens=6, temperature=0.0, logprobs=0))
+    tokens, logprobs = naive_greedy(rounded, prompt, 6)
+    assert list(result.token_ids) == tokens
+    got = np.array([lp.logprob for lp in result.logprobs])
+    np.testing.assert_allclose(got, logprobs, atol=1e-5)
+    assert np.abs(got - naive_greedy(lm, prompt, 6)[1]).max() > 1e-3
 
 
 def test_load_model_reads_a_run_folder(tmp_path):
