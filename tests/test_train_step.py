@@ -130,3 +130,23 @@ def test_an_encoder_decoder_step_predicts_the_second_half_of_each_window_from_th
         losses.append(float(metrics["loss"][0]))
     np.testing.assert_allclose(losses[0], first_loss, rtol=1e-5)
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_the_train_step_compiles_once_and_the_evaluation_compiled_ahead_serves_every_later_call(caplog):
+    model = build_model(tiny_model())
+    inputs, targets = padded_batch()
+    params = random_params(model, inputs)["params"]
+    tc = sgd()
+    tx = make_optimizer(tc)
+    host = TrainState(step=np.int32(0), params=params, opt_state=tx.init(params), rng=np.zeros(2, np.uint32))
+    train, evaluate = pmapped_steps(model, tx, 1, PAD, make_schedule(tc))
+    batch = {"inputs": inputs[None], "targets": targets[None]}
+    with jax.log_compiles():
+        evaluate.lower(replicate(host.params, 1), batch).compile()  # as the loop does, beside the first step
+        state = replicate(host, 1)
+        for _ in range(3):
+            state, metrics = train(state, batch)
+        sums = evaluate(state.params, batch)
+    compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Finished XLA compilation")]
+    assert len(compiled) == 2, compiled  # one train step, one eval step
+    assert int(jax.device_get(state.step)[0]) == 3 and float(sums["count"][0]) == (targets != PAD).sum()

@@ -100,9 +100,25 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module, pad
     return jax.lax.psum(batch_sums(model, params, batch, pad_id), AXIS)
 
 
-def replicate(tree: Any, devices: int) -> Any:
-    """One copy per local device along a new leading axis, as pmap takes it."""
+def device_sharding(devices: int) -> jax.sharding.NamedSharding:
+    """Arrays split along their leading axis over the first `devices` local devices: where pmap puts its inputs
+    and outputs."""
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:devices]), (AXIS,))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+
+
+def replicate_on_host(tree: Any, devices: int) -> Any:
+    """One copy per local device along a new leading axis, as host (numpy) arrays: views, no copies."""
     return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (devices, *np.shape(x))), tree)
+
+
+def replicate(tree: Any, devices: int) -> Any:
+    """One copy per local device along a new leading axis, placed on the devices as pmap takes it.
+
+    Placed, not left as numpy arrays: a pmapped step called first with host arrays and then with its own
+    (device) outputs compiles twice.
+    """
+    return jax.device_put(replicate_on_host(tree, devices), device_sharding(devices))
 
 
 def pmapped_steps(model: nn.Module, tx: optax.GradientTransformation, accum_steps: int, pad_id: Optional[int],
