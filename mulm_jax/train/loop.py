@@ -5,13 +5,14 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -26,7 +27,7 @@ from mulm_jax.train.init_from import RECORD, start_from
 from mulm_jax.train.metrics import MetricsWriter, Progress
 from mulm_jax.train.optimizer import make_optimizer, make_schedule
 from mulm_jax.train.sample import greedy_sampler
-from mulm_jax.train.step import TrainState, pmapped_steps, replicate
+from mulm_jax.train.step import TrainState, pmapped_steps, replicate, replicate_on_host
 
 
 @dataclasses.dataclass
@@ -129,6 +130,218 @@ class _StopSignal:
 
 
 FIRST_STEP = "first step (compile and run)"  # the last start-up phase: the step compiles on its first call
+SAMPLE_TOKENS = 64  # the greedy continuation printed with each evaluation
+
+
+def _prepare_data(cfg: Config, workdir: Path, lead: bool) -> tuple[Path, Tokenizer]:
+    """The data set's folder (assembled if needed) and its tokenizer, checked against the model's vocabulary; process
+    0 copies the tokenizer and the config into the run folder."""
+    dataset_dir = prepare_dataset(cfg.data)
+    tokenizer = Tokenizer.load(dataset_dir)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise TrainingError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the data set's vocabulary "
+                            f"of {tokenizer.vocab_size} ({dataset_dir}); set model.vocab_size >= "
+                            f"{tokenizer.vocab_size}")
+    if lead:
+        tokenizer.save(workdir)
+        _write_text_atomically(workdir / "config.yaml", dump_config(cfg))
+    return dataset_dir, tokenizer
+
+
+def _sequence_length(cfg: Config) -> int:
+    """train.seq_len (default: the model's context), checked to fit the context."""
+    seq_len = cfg.train.seq_len or cfg.model.max_seq_len
+    if seq_len > cfg.model.max_seq_len:
+        raise TrainingError(f"train.seq_len={seq_len} is longer than the context model.max_seq_len="
+                            f"{cfg.model.max_seq_len}")
+    return seq_len
+
+
+def _initial_state(cfg: Config, model: Any, tx: Any, seq_len: int, timing: Phases) -> TrainState:
+    """Freshly initialised parameters and optimizer state at step 0."""
+    init_key, state_key = jax.random.split(jax.random.key(cfg.train.seed))
+    dummy = np.zeros((1, seq_len), np.int32)
+    init_args = (dummy[:, : seq_len // 2], dummy[:, seq_len // 2:]) if cfg.model.architecture == "encoder_decoder" \
+        else (dummy,)
+    params = jax.jit(model.init)(init_key, *init_args)["params"]
+    timing.mark("model init", params)
+    state = TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
+                       rng=jax.random.key_data(state_key))
+    timing.mark("optimizer init", state.opt_state)
+    return state
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the steps of a run share once it is set up."""
+
+    cfg: Config
+    workdir: Path
+    lead: bool
+    devices: int  # local devices
+    seq_len: int
+    model: Any
+    tokenizer: Tokenizer
+    loader: Any  # the train split's checkpointable iterator
+    evaluation: list[dict[str, np.ndarray]]  # the fixed evaluation batches of this process
+    checkpoints: Checkpoints
+    metrics: MetricsWriter
+    progress: Progress
+
+
+def _restore_or_start_from(run: _Run, state: TrainState, tx: Any, saved: Optional[Config],
+                           init_from: Optional[str], extend_positions: bool) -> TrainState:
+    """The run's newest checkpoint (with the data iterator's position) if it has one, else the parameters of
+    `init_from` if given, else `state`."""
+    restored = run.checkpoints.restore_latest(state)
+    if restored is not None:
+        state, data_state = restored
+        run.loader.set_state(data_state)
+        run.progress.message(f"resumed from step {int(state.step)} in {run.workdir}")
+        if saved is not None and (notice := resume_notice(saved.train, run.cfg.train, int(state.step))):
+            run.progress.message(notice)
+    elif init_from is not None:
+        params, record = start_from(init_from, state.params, run.tokenizer, extend_positions)
+        state = state.replace(params=params, opt_state=tx.init(params))
+        if run.lead:
+            _write_text_atomically(run.workdir / RECORD, json.dumps(record, indent=1) + "\n")
+        run.progress.message(f"initialised from {record['run']} at step {record['step']}")
+    return state
+
+
+def _compile_evaluation(run: _Run, eval_step: Any, params_host: Any) -> concurrent.futures.Future:
+    """Compile the evaluation's programs in a thread, beside the first training step (an XLA compilation releases
+    the GIL), so that start-up holds all compilation and no evaluation stops the run to compile: the eval step for
+    these batches (kept in JAX's cache, which its later calls find) and, on process 0 of a decoder, the sampler.
+    `params_host`: replicated host arrays, which no train step donates while this runs."""
+
+    def compile_all() -> Optional[Callable[[Any, list[int]], list[int]]]:
+        if run.evaluation:
+            eval_step.lower(params_host, _shard(run.evaluation[0], run.devices)).compile()
+        if run.lead and run.cfg.model.architecture == "decoder":
+            return greedy_sampler(run.model, SAMPLE_TOKENS, run.tokenizer.vocab_size, _unreplicate(params_host))
+        return None
+
+    compiler = concurrent.futures.ThreadPoolExecutor(1)
+    programs = compiler.submit(compile_all)
+    compiler.shutdown(wait=False)
+    return programs
+
+
+def _evaluate(run: _Run, eval_step: Any, sampler: Optional[Callable], params: Any, step: int) -> dict[str, Any]:
+    """The evaluation row at `step`: loss and perplexity over the evaluation batches of every process, a greedy
+    sample (process 0 of a decoder) and the seconds it took."""
+    t_eval = time.time()
+    sums = {"loss_sum": 0.0, "count": 0.0}
+    for batch in run.evaluation:
+        out = _unreplicate(jax.device_get(eval_step(params, _shard(batch, run.devices))))
+        sums = {k: sums[k] + float(out[k]) for k in sums}
+    val_loss = sums["loss_sum"] / max(sums["count"], 1.0)
+    row = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+    if sampler is not None:
+        row["sample"] = run.tokenizer.decode(sampler(_unreplicate(params), run.tokenizer.encode("\n")[:1]))
+    row["eval_s"] = time.time() - t_eval
+    return row
+
+
+def _save(run: _Run, replicated: TrainState, val_loss: Optional[float]) -> None:
+    """A checkpoint of the state and the data iterator's position; a stop signal arriving mid-write is held until
+    the checkpoint is complete, then handled as usual."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        run.checkpoints.save(_unreplicate(jax.device_get(replicated)), run.loader.get_state(), val_loss)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+class _Throughput:
+    """Tokens per second over the steps since the last reading; evaluation and saving are kept out by `restart`."""
+
+    def __init__(self, tokens_per_step: int):
+        self.tokens_per_step = tokens_per_step
+        self.restart()
+
+    def restart(self) -> None:
+        self.since, self.steps = time.time(), 0
+
+    def read(self) -> tuple[float, float]:
+        """(tokens per second, seconds per step) since the last reading or restart; then restarts."""
+        elapsed, steps = time.time() - self.since, self.steps
+        self.restart()
+        return self.tokens_per_step * steps / max(elapsed, 1e-9), elapsed / max(steps, 1)
+
+
+def _log_steps(run: _Run, pending: list[dict[str, Any]], step: int, throughput: _Throughput) -> None:
+    """Fetch the metrics of the steps since the last log (one transfer), stop on a non-finite loss, and write the
+    last step's row and progress line."""
+    rows = [_unreplicate(m) for m in jax.device_get(pending)]
+    pending.clear()
+    tokens_per_sec, sec_per_step = throughput.read()
+    last = rows[-1]
+    if not all(math.isfinite(float(r["loss"])) for r in rows):
+        raise TrainingError(
+            f"the training loss became {float(last['loss'])} at step {step}; stopping. The last good checkpoint is "
+            f"kept in {run.workdir / 'checkpoints'} (steps {run.checkpoints.steps()}). Try a lower train.lr, "
+            f"train.grad_clip > 0, or float32 compute.")
+    run.metrics.write({"step": step, "loss": float(last["loss"]), "accuracy": float(last["accuracy"]),
+                       "lr": float(last["lr"]), "grad_norm": float(last["grad_norm"]),
+                       "tokens_per_sec": tokens_per_sec})
+    run.progress.update(step, float(last["loss"]), tokens_per_sec, sec_per_step)
+
+
+def _end_start_up(run: _Run, evaluation_programs: concurrent.futures.Future, timing: Phases,
+                  phases: Optional[Phases], t_start: float, t_loop: float, step: int, first_metrics: Any) -> None:
+    """Start-up ends with the first step (compiling it) and the evaluation's compiling: write and print its time."""
+    timing.mark(FIRST_STEP, first_metrics)
+    evaluation_programs.result()
+    now = time.time()
+    run.metrics.write({"step": step, "startup_s": now - t_start, "first_step_s": now - t_loop})
+    run.progress.message(f"step {step} done {now - t_start:.1f}s after start ({now - t_loop:.1f}s of it compiling "
+                         f"that step's program and, beside it, the evaluation's)")
+    if phases is not None:
+        run.progress.message(f"start-up: {phases.line()}")
+
+
+def _train_steps(run: _Run, replicated: TrainState, step: int, train_step: Any, eval_step: Any,
+                 evaluation_programs: concurrent.futures.Future, end_start_up: Callable[[int, Any], None]
+                 ) -> tuple[TrainState, int, dict[str, Any]]:
+    """Steps from `step` to train.steps, with logging, evaluation and checkpoints at their cadence; a stop signal
+    saves and ends the run after the current step. Returns (state, step reached, last evaluation row)."""
+    tc = run.cfg.train
+    last_eval: dict[str, Any] = {}
+    pending: list[dict[str, Any]] = []  # metrics of the steps since the last log, left on the device till then
+    throughput = _Throughput(tc.batch_size * run.seq_len)
+    first = True
+    with _StopSignal() as stop:
+        while step < tc.steps:
+            replicated, step_metrics = train_step(replicated, _shard(next(run.loader), run.devices))
+            step += 1
+            if first:
+                end_start_up(step, step_metrics)
+                first = False
+            throughput.steps += 1
+            pending.append(step_metrics)
+            at_eval = step % tc.eval_every == 0 or step == tc.steps
+            stopping = stop.received is not None  # read once: a signal may land anywhere in this iteration
+            at_checkpoint = step % tc.checkpoint_every == 0 or step == tc.steps or stopping
+            if step % tc.log_every == 0 or at_eval or at_checkpoint:
+                _log_steps(run, pending, step, throughput)
+            val_loss = None
+            if at_eval:
+                last_eval = _evaluate(run, eval_step, evaluation_programs.result(), replicated.params, step)
+                val_loss = last_eval["val_loss"]
+                run.metrics.write({k: v for k, v in last_eval.items() if k != "sample"})
+                run.progress.message(f"step {step}: val_loss {val_loss:.4f}  val_ppl {last_eval['val_ppl']:.2f}  "
+                                     f"({last_eval['eval_s']:.1f}s)"
+                                     + (f"\n  sample: {last_eval['sample']!r}" if "sample" in last_eval else ""))
+            if at_checkpoint:
+                _save(run, replicated, val_loss)
+            if at_eval or at_checkpoint:  # keep evaluation and saving out of the next tokens/s figure
+                throughput.restart()
+            if stopping:
+                run.progress.message(f"stopped by signal {stop.received} at step {step}; checkpoint saved")
+                break
+    return replicated, step, last_eval
 
 
 def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: Optional[str] = None,
@@ -140,169 +353,46 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
     and which it prints once the first step is done.
     """
     timing = phases if phases is not None else Phases()
-    workdir = Path(workdir)
     t_start = time.time()
+    workdir = Path(workdir)
     lead = jax.process_index() == 0
     tc = cfg.train
     workdir.mkdir(parents=True, exist_ok=True)
     saved = check_run_config(workdir, cfg)
-
-    dataset_dir = prepare_dataset(cfg.data)
-    tokenizer = Tokenizer.load(dataset_dir)
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise TrainingError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the data set's vocabulary "
-                            f"of {tokenizer.vocab_size} ({dataset_dir}); set model.vocab_size >= {tokenizer.vocab_size}")
-    if lead:
-        tokenizer.save(workdir)
-        _write_text_atomically(workdir / "config.yaml", dump_config(cfg))
+    dataset_dir, tokenizer = _prepare_data(cfg, workdir, lead)
     timing.mark("data preparation")
 
-    seq_len = tc.seq_len or cfg.model.max_seq_len
-    if seq_len > cfg.model.max_seq_len:
-        raise TrainingError(f"train.seq_len={seq_len} is longer than the context model.max_seq_len="
-                            f"{cfg.model.max_seq_len}")
-    process_batch, device_batch = _per_device_batch(tc.batch_size, tc.grad_accum_steps)
+    seq_len = _sequence_length(cfg)
+    process_batch, _ = _per_device_batch(tc.batch_size, tc.grad_accum_steps)
     devices = jax.local_device_count()
-
     model = build_model(dataclasses.replace(cfg.model, dtype=tc.compute_dtype), remat=tc.remat)
     tx = make_optimizer(tc)
-    schedule = make_schedule(tc)
-    key = jax.random.key(tc.seed)
-    init_key, state_key = jax.random.split(key)
-    dummy = np.zeros((1, seq_len), np.int32)
-    init_args = (dummy[:, : seq_len // 2], dummy[:, seq_len // 2:]) if cfg.model.architecture == "encoder_decoder" \
-        else (dummy,)
-    params = jax.jit(model.init)(init_key, *init_args)["params"]
-    timing.mark("model init", params)
-    state = TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
-                       rng=jax.random.key_data(state_key))
-    timing.mark("optimizer init", state.opt_state)
-
+    state = _initial_state(cfg, model, tx, seq_len, timing)
     loader = make_loader(dataset_dir, "train", process_batch, seq_len, tc.seed)
     timing.mark("data loader")
-    checkpoints = Checkpoints(workdir, tc.keep_checkpoints)
-    metrics = MetricsWriter(workdir, enabled=lead)
-    progress = Progress(tc.steps, enabled=lead, bar=not quiet)
-    restored = checkpoints.restore_latest(state)
-    if restored is not None:
-        state, data_state = restored
-        loader.set_state(data_state)
-        progress.message(f"resumed from step {int(state.step)} in {workdir}")
-        if saved is not None and (notice := resume_notice(saved.train, tc, int(state.step))):
-            progress.message(notice)
-    elif init_from is not None:
-        params, record = start_from(init_from, state.params, tokenizer, extend_positions)
-        state = state.replace(params=params, opt_state=tx.init(params))
-        if lead:
-            _write_text_atomically(workdir / RECORD, json.dumps(record, indent=1) + "\n")
-        progress.message(f"initialised from {record['run']} at step {record['step']}")
+    run = _Run(cfg, workdir, lead, devices, seq_len, model, tokenizer, loader, [],
+               Checkpoints(workdir, tc.keep_checkpoints), MetricsWriter(workdir, enabled=lead),
+               Progress(tc.steps, enabled=lead, bar=not quiet))
+    state = _restore_or_start_from(run, state, tx, saved, init_from, extend_positions)
     timing.mark("checkpoint restore", state)
-    metrics.drop_rows_after(int(state.step))  # rows of a killed run past its checkpoint (all rows, if none restored)
-    evaluation = eval_batches(dataset_dir, process_batch, seq_len, tc.eval_batches)
+    run.metrics.drop_rows_after(int(state.step))  # rows of a killed run past its checkpoint (all, if none restored)
+    run.evaluation = eval_batches(dataset_dir, process_batch, seq_len, tc.eval_batches)
     timing.mark("evaluation batches")
 
-    train_step, eval_step = pmapped_steps(model, tx, tc.grad_accum_steps, tokenizer.pad_id, schedule)
-    replicated = replicate(jax.device_get(state), devices)
+    train_step, eval_step = pmapped_steps(model, tx, tc.grad_accum_steps, tokenizer.pad_id, make_schedule(tc))
+    host = jax.device_get(state)
+    evaluation_programs = _compile_evaluation(run, eval_step, replicate_on_host(host.params, devices))
+    replicated = replicate(host, devices)
     timing.mark("state to the host")
     step = int(state.step)
-    del state
-
-    def compile_evaluation(params_like: Any) -> tuple[Any, Any]:
-        """The evaluation's programs: its step for these batches, and the sampler on process 0 of a decoder."""
-        step_fn = eval_step.lower(params_like, _shard(evaluation[0], devices)).compile() if evaluation else eval_step
-        sample = greedy_sampler(model, 64, tokenizer.vocab_size, _unreplicate(params_like)) \
-            if lead and cfg.model.architecture == "decoder" else None
-        return step_fn, sample
-
-    # Compiled beside the first training step (an XLA compilation releases the GIL): start-up then holds all
-    # compilation, and no evaluation stops the run to compile.
-    compiler = concurrent.futures.ThreadPoolExecutor(1)
-    evaluation_programs = compiler.submit(compile_evaluation, replicated.params)
-    compiler.shutdown(wait=False)
-
-    def evaluate() -> dict[str, Any]:
-        t_eval = time.time()
-        eval_fn, sample = evaluation_programs.result()
-        sums = {"loss_sum": 0.0, "count": 0.0}
-        for batch in evaluation:
-            out = _unreplicate(jax.device_get(eval_fn(replicated.params, _shard(batch, devices))))
-            sums = {k: sums[k] + float(out[k]) for k in sums}
-        val_loss = sums["loss_sum"] / max(sums["count"], 1.0)
-        row = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
-        if sample is not None:
-            row["sample"] = tokenizer.decode(sample(_unreplicate(replicated.params), tokenizer.encode("\n")[:1]))
-        row["eval_s"] = time.time() - t_eval
-        return row
-
-    def save(val_loss: Optional[float] = None) -> None:
-        # A stop signal arriving mid-write is held until the checkpoint is complete, then handled as usual.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            checkpoints.save(_unreplicate(jax.device_get(replicated)), loader.get_state(), val_loss)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-
-    last_eval: dict[str, Any] = {}
-    tokens_per_step = tc.batch_size * seq_len
-    pending: list[dict[str, Any]] = []
-    t_interval, steps_in_interval = time.time(), 0
+    del state, host
     if lead and step == 0:
-        progress.message(f"set up in {time.time() - t_start:.1f}s; training {tc.steps} steps of "
-                         f"{tc.batch_size}x{seq_len} tokens on {jax.process_count()} process(es) x {devices} device(s)")
-    t_loop, startup_s = time.time(), None
-    with _StopSignal() as stop:
-        while step < tc.steps:
-            batch = _shard(next(loader), devices)
-            replicated, step_metrics = train_step(replicated, batch)
-            step += 1
-            if FIRST_STEP not in timing.seconds:
-                timing.mark(FIRST_STEP, step_metrics)
-                if phases is not None:
-                    progress.message(f"start-up: {phases.line()}")
-            if startup_s is None:  # start-up ends with the first step (compiling it) and the evaluation's compiling
-                jax.block_until_ready(step_metrics)
-                evaluation_programs.result()
-                now = time.time()
-                startup_s = now - t_start
-                metrics.write({"step": step, "startup_s": startup_s, "first_step_s": now - t_loop})
-                progress.message(f"step {step} done {startup_s:.1f}s after start ({now - t_loop:.1f}s of it compiling "
-                                 f"and running that step)")
-            steps_in_interval += 1
-            pending.append(step_metrics)
-            at_eval = step % tc.eval_every == 0 or step == tc.steps
-            stopping = stop.received is not None  # read once: a signal may land anywhere in this iteration
-            at_checkpoint = step % tc.checkpoint_every == 0 or step == tc.steps or stopping
-            if step % tc.log_every == 0 or at_eval or at_checkpoint:
-                rows = [_unreplicate(m) for m in jax.device_get(pending)]
-                pending.clear()
-                elapsed = time.time() - t_interval
-                tokens_per_sec = tokens_per_step * steps_in_interval / max(elapsed, 1e-9)
-                t_interval, steps_in_interval = time.time(), 0
-                last = rows[-1]
-                if not all(math.isfinite(float(r["loss"])) for r in rows):
-                    raise TrainingError(
-                        f"the training loss became {float(last['loss'])} at step {step}; stopping. The last good "
-                        f"checkpoint is kept in {workdir / 'checkpoints'} (steps {checkpoints.steps()}). Try a "
-                        f"lower train.lr, train.grad_clip > 0, or float32 compute.")
-                metrics.write({"step": step, "loss": float(last["loss"]), "accuracy": float(last["accuracy"]),
-                               "lr": float(last["lr"]), "grad_norm": float(last["grad_norm"]),
-                               "tokens_per_sec": tokens_per_sec})
-                progress.update(step, float(last["loss"]), tokens_per_sec, elapsed / max(len(rows), 1))
-            val_loss = None
-            if at_eval:
-                last_eval = evaluate()
-                val_loss = last_eval["val_loss"]
-                metrics.write({k: v for k, v in last_eval.items() if k != "sample"})
-                progress.message(f"step {step}: val_loss {val_loss:.4f}  val_ppl {last_eval['val_ppl']:.2f}  "
-                                 f"({last_eval['eval_s']:.1f}s)"
-                                 + (f"\n  sample: {last_eval['sample']!r}" if "sample" in last_eval else ""))
-            if at_checkpoint:
-                save(val_loss)
-            if at_eval or at_checkpoint:  # keep evaluation and saving out of the next tokens/s figure
-                t_interval = time.time()
-            if stopping:
-                progress.message(f"stopped by signal {stop.received} at step {step}; checkpoint saved")
-                break
-    checkpoints.close()
-    metrics.close()
+        run.progress.message(f"set up in {time.time() - t_start:.1f}s; training {tc.steps} steps of "
+                             f"{tc.batch_size}x{seq_len} tokens on {jax.process_count()} process(es) x {devices} "
+                             f"device(s)")
+    end_start_up = functools.partial(_end_start_up, run, evaluation_programs, timing, phases, t_start, time.time())
+    replicated, step, last_eval = _train_steps(run, replicated, step, train_step, eval_step, evaluation_programs,
+                                               end_start_up)
+    run.checkpoints.close()
+    run.metrics.close()
     return RunResult(step, last_eval, _unreplicate(jax.device_get(replicated.params)))
