@@ -50,6 +50,7 @@ class ApiContext:
     jobs: JobManager
     limiter: RateLimiter
     metrics: Metrics = field(default_factory=Metrics)
+    secured: bool = False  # the server has API keys: every route but the public ones needs one
 
     def client_id(self, request: Request) -> str:
         return request.scope.get("state", {}).get("client_id", "anonymous")
@@ -64,8 +65,9 @@ def api_keys(settings: ServeConfig) -> tuple[str, ...]:
 
 def create_app(settings: ServeConfig) -> Starlette:
     """The app; models named in `settings.checkpoints` load in the background at start-up (see /readyz)."""
+    keys = api_keys(settings)
     ctx = ApiContext(settings=settings, models=ModelRegistry(settings), jobs=JobManager(settings),
-                     limiter=RateLimiter(settings.requests_per_minute, settings.tokens_per_minute))
+                     limiter=RateLimiter(settings.requests_per_minute, settings.tokens_per_minute), secured=bool(keys))
     _register_collected(ctx)
     routes: list[Any] = []
     for name in CORE_ROUTES + tuple(settings.extra_routes):
@@ -89,7 +91,7 @@ def create_app(settings: ServeConfig) -> Starlette:
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS,
         middleware=[Middleware(TelemetryMiddleware, metrics=ctx.metrics, routes=lambda: app.routes),
-                    Middleware(AuthMiddleware, keys=api_keys(settings)),
+                    Middleware(AuthMiddleware, keys=keys),
                     Middleware(RequestRateMiddleware, limiter=ctx.limiter)])
     app.state.ctx = ctx
     return app

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 
 from mulm_jax.infer import InferenceError, QueueFullError
 
@@ -27,9 +29,22 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str]  # the request field at fault (`messages[0].content`), or null
+    code: Optional[str]
+
+
+class ErrorBody(BaseModel):
+    """Every error answer's body (OpenAI's shape)."""
+
+    error: ErrorDetail
+
+
 def error_body(message: str, *, type: str = "invalid_request_error", param: Optional[str] = None,
                code: Optional[str] = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return ErrorBody(error=ErrorDetail(message=message, type=type, param=param, code=code)).model_dump()
 
 
 def error_response(status: int, message: str, *, type: str = "invalid_request_error", param: Optional[str] = None,
@@ -55,8 +70,13 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    headers = exc.headers
+    if exc.status_code == 405:  # every method of the path, not only those of the first route that matched it
+        allowed = {m for route in request.app.routes if route.matches(request.scope)[0] != Match.NONE
+                   for m in getattr(route, "methods", None) or ()}
+        headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
     return error_response(exc.status_code, exc.detail or "error", type=_STATUS_TYPES.get(exc.status_code, "api_error"),
-                          headers=exc.headers)
+                          headers=headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

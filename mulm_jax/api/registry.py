@@ -21,6 +21,7 @@ from mulm_jax.startup import Phases
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5  # what a request for a model still loading is told to wait
+MODEL_ERRORS = (404, 503)  # what ModelRegistry.get answers: an unknown model, one still loading
 
 
 @dataclass

@@ -1,20 +1,56 @@
-"""Request bodies: JSON read under a size limit, and typed field access whose errors name the field."""
+"""Request bodies: JSON read under a size limit and validated by a pydantic model whose errors name the field."""
 
 from __future__ import annotations
 
 import json
-import math
-from typing import Any, Iterable, Optional
+from typing import Annotated, Any, TypeVar
 
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WrapValidator, model_validator
+from pydantic_core import PydanticCustomError
 from starlette.requests import Request
 
 from mulm_jax.api.errors import ApiError
 
-REQUIRED = object()
+
+class ApiModel(BaseModel):
+    """A request body (or a part of one): unknown fields refused, no type coercion but whole numbers as integers, a
+    JSON `null` taken as an absent field (its default; `None` for a field that may be left out), finite numbers
+    only. The OpenAPI description says what this accepts (see mulm_jax.api.openapi)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
-async def read_json(request: Request, max_bytes: int) -> "Body":
-    """The request's JSON object; 413 past `max_bytes` (read no further), 400 when it is not a JSON object."""
+Body = TypeVar("Body", bound=ApiModel)
+
+
+def _whole_number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def one_of(expected: str) -> WrapValidator:
+    """Validation of a union (or any type) whose failure is one error: `expected ...`, instead of one per branch."""
+    def validate(value: Any, handler: Any) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError("invalid_value", "expected {expected}", {"expected": expected}) from None
+
+    return WrapValidator(validate)
+
+
+Int = Annotated[int, BeforeValidator(_whole_number)]  # 3.0 is 3; true and "3" are not integers
+TokenId = Annotated[Int, Field(ge=0)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+Text = Annotated[str, Field(min_length=1)]
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request's JSON; 413 past `max_bytes` (read no further), 400 when it is not JSON."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, f"the request body has {declared} bytes: the limit is {max_bytes}", code="body_too_large")
@@ -25,112 +61,33 @@ async def read_json(request: Request, max_bytes: int) -> "Body":
             raise ApiError(413, f"the request body is over the limit of {max_bytes} bytes", code="body_too_large")
         chunks.append(chunk)
     try:
-        data = json.loads(b"".join(chunks))
+        return json.loads(b"".join(chunks))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+
+
+def validate(model: type[Body], data: Any) -> Body:
+    """`data` as `model`, or the 400 of its first error, naming the field (`messages[0].content`) and the value."""
     if not isinstance(data, dict):
-        raise ApiError(400, f"the request body must be a JSON object, got {type(data).__name__}",
-                       code="invalid_json")
-    return Body(data)
+        raise ApiError(400, f"the request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise _first_error(model, e.errors()[0]) from None
 
 
-class Body:
-    """Typed getters over a JSON object: each raises a 400 that names the field, the value and what it expects."""
-
-    def __init__(self, data: dict[str, Any]):
-        self.data = data
-
-    def only(self, allowed: Iterable[str]) -> "Body":
-        """Refuse fields this route does not know, rather than ignore what the caller meant to ask."""
-        allowed = set(allowed)
-        unknown = sorted(k for k in self.data if k not in allowed)
-        if unknown:
-            raise ApiError(400, f"unrecognized request field {unknown[0]!r}; this route accepts "
-                                f"{', '.join(sorted(allowed))}", param=unknown[0], code="unknown_field")
-        return self
-
-    def _get(self, name: str, default: Any) -> Any:
-        value = self.data.get(name)
-        if value is None:
-            if default is REQUIRED:
-                raise ApiError(400, f"{name!r} is required", param=name, code="missing_field")
-            return default
-        return value
-
-    def _bad(self, name: str, value: Any, expected: str) -> ApiError:
-        shown = json.dumps(value)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        return ApiError(400, f"{name}={shown} is not valid: expected {expected}", param=name, code="invalid_value")
-
-    def string(self, name: str, default: Any = REQUIRED, *, choices: Optional[Iterable[str]] = None) -> Any:
-        value = self._get(name, default)
-        if value is default:
-            return value
-        if not isinstance(value, str):
-            raise self._bad(name, value, "a string")
-        if choices is not None and value not in choices:
-            raise self._bad(name, value, "one of " + ", ".join(repr(c) for c in choices))
-        return value
-
-    def integer(self, name: str, default: Any = REQUIRED, *, lo: Optional[int] = None,
-                hi: Optional[int] = None) -> Any:
-        value = self._get(name, default)
-        if value is default:
-            return value
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._bad(name, value, "an integer")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise self._bad(name, value, _range("an integer", lo, hi))
-        return value
-
-    def number(self, name: str, default: Any = REQUIRED, *, lo: Optional[float] = None,
-               hi: Optional[float] = None) -> Any:
-        value = self._get(name, default)
-        if value is default:
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self._bad(name, value, "a number")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise self._bad(name, value, _range("a number", lo, hi))
-        return float(value)
-
-    def boolean(self, name: str, default: Any = REQUIRED) -> Any:
-        value = self._get(name, default)
-        if value is not default and not isinstance(value, bool):
-            raise self._bad(name, value, "true or false")
-        return value
-
-    def strings(self, name: str, default: Any = REQUIRED, *, max_items: Optional[int] = None) -> Any:
-        """A string or an array of strings, as a tuple."""
-        value = self._get(name, default)
-        if value is default:
-            return value
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
-            raise self._bad(name, value, "a string or an array of strings")
-        if max_items is not None and len(items) > max_items:
-            raise self._bad(name, value, f"at most {max_items} strings")
-        return tuple(items)
-
-    def object(self, name: str, default: Any = REQUIRED) -> Any:
-        value = self._get(name, default)
-        if value is not default and not isinstance(value, dict):
-            raise self._bad(name, value, "a JSON object")
-        return value
-
-    def array(self, name: str, default: Any = REQUIRED) -> Any:
-        value = self._get(name, default)
-        if value is not default and not isinstance(value, list):
-            raise self._bad(name, value, "an array")
-        return value
-
-    def raw(self, name: str, default: Any = REQUIRED) -> Any:
-        return self._get(name, default)
+def _first_error(model: type[ApiModel], error: dict) -> ApiError:
+    param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+    if error["type"] == "missing":
+        return ApiError(400, f"{param!r} is required", param=param, code="missing_field")
+    if error["type"] == "extra_forbidden":
+        accepted = f"; this route accepts {', '.join(sorted(model.model_fields))}" if len(error["loc"]) == 1 else ""
+        return ApiError(400, f"unrecognized request field {param!r}{accepted}", param=param, code="unknown_field")
+    return bad_value(param, error["input"], error["msg"][0].lower() + error["msg"][1:])
 
 
-def _range(kind: str, lo: Optional[float], hi: Optional[float]) -> str:
-    if lo is not None and hi is not None:
-        return f"{kind} between {lo} and {hi}"
-    return f"{kind} >= {lo}" if lo is not None else f"{kind} <= {hi}"
+def bad_value(param: str, value: Any, why: str) -> ApiError:
+    """The 400 for a field whose value is refused: `param=VALUE is not valid: expected ...` (`why`)."""
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return ApiError(400, f"{param}={shown} is not valid: {why}", param=param, code="invalid_value")

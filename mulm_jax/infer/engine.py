@@ -30,6 +30,8 @@ from mulm_jax.infer.serving import serving_weights
 
 log = logging.getLogger(__name__)
 
+NUM_LOGPROBS = 5  # alternatives a token's log-probabilities can list, by default (OpenAI's limit)
+
 
 class QueueFullError(InferenceError):
     """The waiting queue is at its bound; the caller should retry later."""
@@ -181,7 +183,7 @@ class Engine:
     """
 
     def __init__(self, loaded: LoadedModel, *, slots: int = 4, max_len: Optional[int] = None, max_queue: int = 64,
-                 num_logprobs: int = 5, int8: bool = False, seed: int = 0):
+                 num_logprobs: int = NUM_LOGPROBS, int8: bool = False, seed: int = 0):
         cfg = loaded.config.model
         self.loaded, self.tokenizer = loaded, loaded.tokenizer
         self.max_len = min(max_len or cfg.max_seq_len, cfg.max_seq_len)

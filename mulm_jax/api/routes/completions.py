@@ -6,24 +6,94 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional, Sequence
+from typing import Annotated, Any, AsyncIterator, Literal, Optional, Sequence, Union
 
+from pydantic import ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError, from_inference
-from mulm_jax.api.registry import ServedModel
-from mulm_jax.api.schemas import Body, read_json
+from mulm_jax.api.registry import MODEL_ERRORS, ServedModel
+from mulm_jax.api.openapi import endpoint
+from mulm_jax.api.schemas import ApiModel, Int, Text, TokenIds, bad_value, one_of
 from mulm_jax.api.sse import EventStream, event, until_disconnect
 from mulm_jax.infer import Completion, InferenceError, SamplingError, SamplingParams, TokenEvent, TokenLogprob
 from mulm_jax.infer import Request as EngineRequest
+from mulm_jax.infer.engine import NUM_LOGPROBS
 
 MAX_PROMPTS = 64  # prompts x n in one request
 MAX_STOPS = 4
-SAMPLING_FIELDS = ("model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "presence_penalty",
-                   "frequency_penalty", "stream", "stream_options", "top_k", "min_p", "repetition_penalty", "user")
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+STREAMED = ("application/json", "text/event-stream")  # the whole answer, or `stream: true`'s events
+
+
+class StreamOptions(ApiModel):
+    include_usage: bool = False
+
+
+class Sampling(ApiModel):
+    """What completions and chat completions share."""
+
+    model: str
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: Int = Field(0, ge=0, description="extension: keep the k likeliest tokens (0: all; at most the vocabulary)")
+    min_p: float = Field(0.0, ge=0.0, le=1.0, description="extension")
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="extension")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    n: Int = Field(1, ge=1, le=MAX_PROMPTS, description=f"samples per prompt (prompts x n at most {MAX_PROMPTS})")
+    stop: Annotated[Union[Text, Annotated[list[Text], Field(max_length=MAX_STOPS)]],
+                    one_of(f"a non-empty string or an array of at most {MAX_STOPS} of them")] = None
+    seed: Int = Field(None, ge=0, le=2**63 - 1 - MAX_PROMPTS)
+    stream: bool = Field(False, description="Server-Sent Events (OpenAI's chunks), ending with `data: [DONE]`")
+    stream_options: StreamOptions = Field(None, description="only with stream: true")
+    user: str = None
+
+
+class TextCompletion(Sampling):
+    prompt: Annotated[Union[Text, TokenIds, Annotated[list[Union[Text, TokenIds]], Field(min_length=1)]],
+                      one_of("a non-empty string, array of strings, array of token ids or array of arrays of token "
+                             "ids")]
+    max_tokens: Int = Field(16, ge=1)
+    logprobs: Int = Field(None, ge=0, le=NUM_LOGPROBS, description="alternatives listed per token")
+
+
+class TextPart(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal[tuple(CHAT_ROLES)]
+    content: Annotated[Union[str, list[TextPart]],
+                       one_of("a string or an array of text parts ({'type': 'text', 'text': ...}): only text is "
+                              "supported")]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_role(cls, data: Any) -> Any:
+        role = data.get("role") if isinstance(data, dict) else None
+        if not isinstance(role, str) or role not in CHAT_ROLES:  # the message is named, not its role
+            raise PydanticCustomError("invalid_value", "expected an object with a role among {roles}",
+                                      {"roles": ", ".join(CHAT_ROLES)})
+        return data
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
+class ChatCompletion(Sampling):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Int = Field(None, ge=1, description="default: all the context leaves")
+    max_completion_tokens: Int = Field(None, ge=1, description="max_tokens, by its newer name")
+    logprobs: bool = False
+    top_logprobs: Int = Field(None, ge=0, le=NUM_LOGPROBS, description="alternatives listed per token; needs "
+                                                                        "logprobs: true")
 
 
 @dataclass
@@ -47,20 +117,16 @@ class Generation:
 
 # ---- parsing -------------------------------------------------------------------------------------------
 
-def _sampling(body: Body, served: ServedModel, *, max_tokens: int, stop: tuple[str, ...],
+def _sampling(body: Sampling, served: ServedModel, *, max_tokens: int, stop: tuple[str, ...],
               logprobs: Optional[int]) -> SamplingParams:
     """The request's sampling settings; max_tokens is already checked against the context (see _fit)."""
+    vocab = served.engine.vocab_size
+    if body.top_k > vocab:
+        raise bad_value("top_k", body.top_k, f"an integer between 0 and the vocabulary's size, {vocab}")
     params = SamplingParams(
-        max_tokens=max_tokens,
-        temperature=body.number("temperature", 1.0, lo=0.0, hi=2.0),
-        top_p=body.number("top_p", 1.0, lo=0.0, hi=1.0),
-        top_k=body.integer("top_k", 0, lo=0, hi=served.engine.vocab_size),
-        min_p=body.number("min_p", 0.0, lo=0.0, hi=1.0),
-        repetition_penalty=body.number("repetition_penalty", 1.0, lo=0.0, hi=10.0),
-        presence_penalty=body.number("presence_penalty", 0.0, lo=-2.0, hi=2.0),
-        frequency_penalty=body.number("frequency_penalty", 0.0, lo=-2.0, hi=2.0),
-        seed=body.integer("seed", None, lo=0, hi=2**63 - 1 - MAX_PROMPTS),
-        stop=stop, logprobs=logprobs)
+        max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
+        repetition_penalty=body.repetition_penalty, presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty, seed=body.seed, stop=stop, logprobs=logprobs)
     try:
         params.validate(served.engine.num_logprobs)
     except SamplingError as e:
@@ -68,11 +134,8 @@ def _sampling(body: Body, served: ServedModel, *, max_tokens: int, stop: tuple[s
     return params
 
 
-def _stops(body: Body) -> tuple[str, ...]:
-    stops = body.strings("stop", (), max_items=MAX_STOPS)
-    if any(not s for s in stops):
-        raise ApiError(400, "stop strings must not be empty", param="stop", code="invalid_value")
-    return stops
+def _stops(body: Sampling) -> tuple[str, ...]:
+    return (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
 
 
 def _fit(served: ServedModel, ids: list[int], max_tokens: Optional[int], param: str) -> int:
@@ -97,95 +160,45 @@ def _encode(served: ServedModel, prompt: Any, param: str) -> list[int]:
         raise ApiError(400, str(e), param=param, code="invalid_value") from None
 
 
-def _text_prompts(body: Body) -> list[Any]:
-    """`prompt`: a string, an array of strings, an array of token ids, or an array of arrays of token ids."""
-    prompt = body.raw("prompt")
-    expected = "a string, an array of strings, an array of token ids or an array of arrays of token ids"
-    if isinstance(prompt, str):
-        prompts = [prompt]
-    elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        prompts = [prompt]
-    elif isinstance(prompt, list) and prompt and all(
-            isinstance(p, str) or (isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool)
-                                                               for t in p)) for p in prompt):
-        prompts = list(prompt)
-    else:
-        raise ApiError(400, f"prompt is not valid: expected {expected}", param="prompt", code="invalid_value")
-    return prompts
+def _chat_prompt(body: ChatCompletion, served: ServedModel) -> str:
+    messages = [{"role": CHAT_ROLES[m.role], "content": m.text()} for m in body.messages]
+    try:
+        return served.chat.render(messages)
+    except InferenceError as e:  # the template refused them (a Jinja template's raise_exception, or a failure)
+        raise ApiError(400, str(e), param="messages", code="chat_template_error") from None
 
 
-def _chat_prompt(body: Body, served: ServedModel) -> str:
-    messages = body.array("messages")
-    if not messages:
-        raise ApiError(400, "messages must hold at least one message", param="messages", code="invalid_value")
-    rendered = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES:
-            raise ApiError(400, f"{where} must be an object with a role among {', '.join(CHAT_ROLES)}",
-                           param=where, code="invalid_value")
-        content = m.get("content")
-        if isinstance(content, list):  # content parts: only text ones
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise ApiError(400, f"{where}.content: only text parts ({{'type': 'text', 'text': ...}}) are "
-                                    "supported", param=f"{where}.content", code="invalid_value")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise ApiError(400, f"{where}.content must be a string or an array of text parts",
-                           param=f"{where}.content", code="invalid_value")
-        rendered.append({"role": CHAT_ROLES[m["role"]], "content": content})
-    return served.chat.render(rendered)
-
-
-def _include_usage(body: Body, stream: bool) -> bool:
-    options = body.object("stream_options", None)
-    if options is None:
-        return False
-    if not stream:
-        raise ApiError(400, "stream_options is only allowed with stream: true", param="stream_options",
-                       code="invalid_value")
-    return Body(options).only(("include_usage",)).boolean("include_usage", False)
-
-
-async def parse_completion(ctx, request: Request) -> Generation:
-    body = (await read_json(request, ctx.settings.max_body_bytes)).only(SAMPLING_FIELDS + ("prompt", "logprobs"))
-    served = ctx.models.get(body.string("model"))
-    stream = body.boolean("stream", False)
-    max_tokens = body.integer("max_tokens", 16, lo=1)
-    logprobs = body.integer("logprobs", None, lo=0, hi=served.engine.num_logprobs)
-    prompts = [_encode(served, p, "prompt") for p in _text_prompts(body)]
+def parse_completion(ctx, body: TextCompletion) -> Generation:
+    served = ctx.models.get(body.model)
+    is_one_prompt = isinstance(body.prompt, str) or all(isinstance(t, int) for t in body.prompt)
+    prompts = [_encode(served, p, "prompt") for p in ([body.prompt] if is_one_prompt else body.prompt)]
     for ids in prompts:
-        _fit(served, ids, max_tokens, "prompt")
-    params = _sampling(body, served, max_tokens=max_tokens, stop=_stops(body), logprobs=logprobs)
-    return _generation(body, served, prompts, params, stream, chat=False, prefix="cmpl")
+        _fit(served, ids, body.max_tokens, "prompt")
+    params = _sampling(body, served, max_tokens=body.max_tokens, stop=_stops(body), logprobs=body.logprobs)
+    return _generation(body, served, prompts, params, chat=False, prefix="cmpl")
 
 
-async def parse_chat(ctx, request: Request) -> Generation:
-    body = (await read_json(request, ctx.settings.max_body_bytes)).only(
-        SAMPLING_FIELDS + ("messages", "logprobs", "top_logprobs", "max_completion_tokens"))
-    served = ctx.models.get(body.string("model"))
-    stream = body.boolean("stream", False)
-    max_tokens = body.integer("max_completion_tokens", None, lo=1)
-    max_tokens = body.integer("max_tokens", max_tokens, lo=1)
-    want_logprobs = body.boolean("logprobs", False)
-    top = body.integer("top_logprobs", None, lo=0, hi=served.engine.num_logprobs)
-    if top is not None and not want_logprobs:
+def parse_chat(ctx, body: ChatCompletion) -> Generation:
+    served = ctx.models.get(body.model)
+    if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
     ids = _encode(served, _chat_prompt(body, served), "messages")
-    max_tokens = _fit(served, ids, max_tokens, "messages")
+    max_tokens = _fit(served, ids, body.max_tokens or body.max_completion_tokens, "messages")
     params = _sampling(body, served, max_tokens=max_tokens, stop=served.chat.stop + _stops(body),
-                       logprobs=(top or 0) if want_logprobs else None)
-    return _generation(body, served, [ids], params, stream, chat=True, prefix="chatcmpl")
+                       logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+    return _generation(body, served, [ids], params, chat=True, prefix="chatcmpl")
 
 
-def _generation(body: Body, served: ServedModel, prompts: list[list[int]], params: SamplingParams, stream: bool,
-                *, chat: bool, prefix: str) -> Generation:
-    n = body.integer("n", 1, lo=1, hi=MAX_PROMPTS)
-    if n * len(prompts) > MAX_PROMPTS:
-        raise ApiError(400, f"{len(prompts)} prompts x n={n} is more than {MAX_PROMPTS} sequences in one request",
+def _generation(body: Sampling, served: ServedModel, prompts: list[list[int]], params: SamplingParams, *,
+                chat: bool, prefix: str) -> Generation:
+    if body.n * len(prompts) > MAX_PROMPTS:
+        raise ApiError(400, f"{len(prompts)} prompts x n={body.n} is more than {MAX_PROMPTS} sequences in one request",
                        param="n", code="invalid_value")
-    return Generation(served, prompts, params, n, stream, _include_usage(body, stream), chat,
+    if body.stream_options is not None and not body.stream:
+        raise ApiError(400, "stream_options is only allowed with stream: true", param="stream_options",
+                       code="invalid_value")
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    return Generation(served, prompts, params, body.n, body.stream, include_usage, chat,
                       f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time()))
 
 
@@ -380,60 +393,15 @@ def routes(ctx) -> list[Route]:
         client = ctx.client_id(request)
         return _streamed(ctx, gen, client) if gen.stream else await _whole(ctx, gen, request, client)
 
-    async def completions(request: Request) -> Response:
-        """Complete one or more prompts (OpenAI's completions API; `stream: true` for Server-Sent Events).
-        ---
-        requestBody:
-          required: true
-          content:
-            application/json:
-              schema:
-                type: object
-                required: [model, prompt]
-                properties:
-                  model: {type: string}
-                  prompt: {oneOf: [{type: string}, {type: array}]}
-                  max_tokens: {type: integer, minimum: 1, default: 16}
-                  temperature: {type: number, minimum: 0, maximum: 2, default: 1}
-                  top_p: {type: number, minimum: 0, maximum: 1}
-                  top_k: {type: integer, minimum: 0, description: "extension: 0 keeps every token"}
-                  min_p: {type: number, minimum: 0, maximum: 1, description: extension}
-                  repetition_penalty: {type: number, description: extension}
-                  presence_penalty: {type: number, minimum: -2, maximum: 2}
-                  frequency_penalty: {type: number, minimum: -2, maximum: 2}
-                  n: {type: integer, minimum: 1}
-                  stop: {oneOf: [{type: string}, {type: array, items: {type: string}, maxItems: 4}]}
-                  seed: {type: integer}
-                  logprobs: {type: integer, minimum: 0, maximum: 5}
-                  stream: {type: boolean}
-        """
-        return await run(request, await parse_completion(ctx, request))
+    @endpoint(body=TextCompletion, media_types=STREAMED, errors=MODEL_ERRORS)
+    async def completions(request: Request, body: TextCompletion) -> Response:
+        """Complete one or more prompts (OpenAI's completions API; `stream: true` for Server-Sent Events)."""
+        return await run(request, parse_completion(ctx, body))
 
-    async def chat_completions(request: Request) -> Response:
-        """Reply to a conversation, rendered by the model's chat template (OpenAI's chat completions API).
-        ---
-        requestBody:
-          required: true
-          content:
-            application/json:
-              schema:
-                type: object
-                required: [model, messages]
-                properties:
-                  model: {type: string}
-                  messages:
-                    type: array
-                    items:
-                      type: object
-                      properties:
-                        role: {type: string, enum: [system, developer, user, assistant]}
-                        content: {type: string}
-                  max_tokens: {type: integer, minimum: 1}
-                  logprobs: {type: boolean}
-                  top_logprobs: {type: integer, minimum: 0, maximum: 5}
-                  stream: {type: boolean}
-        """
-        return await run(request, await parse_chat(ctx, request))
+    @endpoint(body=ChatCompletion, media_types=STREAMED, errors=MODEL_ERRORS)
+    async def chat_completions(request: Request, body: ChatCompletion) -> Response:
+        """Reply to a conversation, rendered by the model's chat template (OpenAI's chat completions API)."""
+        return await run(request, parse_chat(ctx, body))
 
     return [Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"])]

@@ -7,14 +7,17 @@ import re
 import sys
 import typing
 from pathlib import Path
+from typing import Annotated, Literal, Union
 
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError
+from mulm_jax.api.openapi import endpoint
 from mulm_jax.api.paths import confine, confine_source
-from mulm_jax.api.schemas import Body, read_json
+from mulm_jax.api.schemas import ApiModel, Int, Text, one_of
 from mulm_jax.config import DataConfig, ServeConfig
 from mulm_jax.data.assemble import MANIFEST, TRAINED_TOKENIZERS, check_settings, list_versions, read_manifest
 from mulm_jax.data.errors import DataError
@@ -22,11 +25,28 @@ from mulm_jax.data.clean import SPLIT_MODES
 from mulm_jax.data.dedup import DedupMode
 from mulm_jax.data.sources import InvalidUtf8
 
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# The request fields of POST /v1/datasets: the `data assemble` flags, with underscores.
-ASSEMBLE_FIELDS = ("source", "tokenizer", "vocab_size", "val_fraction", "seq_len", "text_field", "invalid_utf8",
-                   "fold_whitespace", "min_doc_chars", "max_doc_chars", "split_documents", "dedup",
-                   "near_dup_threshold")
+PLAIN_NAME = "^[A-Za-z0-9][A-Za-z0-9._-]*$"  # a file or folder named directly: no separators, no `..`, not hidden
+_PLAIN_NAME = re.compile(PLAIN_NAME)
+
+
+class AssembleDataset(ApiModel):
+    """POST /v1/datasets: the `data assemble` flags, with underscores."""
+
+    source: Annotated[Union[Text, Annotated[list[Text], Field(min_length=1)]],
+                      one_of("a source or a non-empty array of them")] = Field(
+        description="named sources, or files, folders or globs inside the data roots")
+    tokenizer: Text = Field(None, description=f"{', '.join(TRAINED_TOKENIZERS)} or a SentencePiece .model file")
+    vocab_size: Int = Field(None, ge=1, description="for the trained tokenizers but char")
+    val_fraction: float = Field(None, ge=0.0, le=1.0)
+    seq_len: Int = Field(None, ge=1)
+    text_field: str = None
+    invalid_utf8: Literal[typing.get_args(InvalidUtf8)] = None
+    fold_whitespace: bool = None
+    min_doc_chars: Int = Field(None, ge=1)
+    max_doc_chars: Int = Field(None, ge=1)
+    split_documents: Literal[SPLIT_MODES] = None
+    dedup: Literal[typing.get_args(DedupMode)] = None
+    near_dup_threshold: float = Field(None, ge=0.0, le=1.0)
 
 
 def plain_name(value: str, param: str) -> str:
@@ -46,31 +66,14 @@ def version_folder(settings: ServeConfig, version: str, param: str) -> Path:
     return folder
 
 
-def assemble_flags(body: Body, settings: ServeConfig) -> list[str]:
+def assemble_flags(body: AssembleDataset, settings: ServeConfig) -> list[str]:
     """The `data assemble` flags for a request body, with the paths it names confined to the data roots and the
     settings checked together (as the command would) so that a bad combination is a 400, not a failed job."""
-    sources = body.strings("source")
-    if not sources:
-        raise ApiError(400, "'source' must name at least one source", param="source", code="invalid_value")
+    sources = (body.source,) if isinstance(body.source, str) else body.source
     sources = tuple(confine_source(source, settings.data_roots, param="source") for source in sources)
-    tokenizer = body.string("tokenizer", None)
-    if tokenizer is not None and tokenizer not in TRAINED_TOKENIZERS:
-        tokenizer = str(confine(tokenizer, settings.data_roots, param="tokenizer"))
-    values = {
-        "tokenizer": tokenizer,
-        "vocab_size": body.integer("vocab_size", None, lo=1),
-        "val_fraction": body.number("val_fraction", None, lo=0.0, hi=1.0),
-        "seq_len": body.integer("seq_len", None, lo=1),
-        "text_field": body.string("text_field", None),
-        "invalid_utf8": body.string("invalid_utf8", None, choices=typing.get_args(InvalidUtf8)),
-        "min_doc_chars": body.integer("min_doc_chars", None, lo=1),
-        "max_doc_chars": body.integer("max_doc_chars", None, lo=1),
-        "split_documents": body.string("split_documents", None, choices=SPLIT_MODES),
-        "dedup": body.string("dedup", None, choices=typing.get_args(DedupMode)),
-        "near_dup_threshold": body.number("near_dup_threshold", None, lo=0.0, hi=1.0),
-        "fold_whitespace": body.boolean("fold_whitespace", None),
-    }
-    given = {name: value for name, value in values.items() if value is not None}
+    given = body.model_dump(exclude={"source"}, exclude_none=True)
+    if body.tokenizer is not None and body.tokenizer not in TRAINED_TOKENIZERS:
+        given["tokenizer"] = str(confine(body.tokenizer, settings.data_roots, param="tokenizer"))
     try:
         check_settings(dataclasses.replace(DataConfig(), sources=sources, **given))
     except DataError as e:
@@ -88,55 +91,33 @@ def assemble_flags(body: Body, settings: ServeConfig) -> list[str]:
 def routes(ctx) -> list[Route]:
     settings: ServeConfig = ctx.settings
 
-    async def create_dataset(request: Request) -> JSONResponse:
-        """Assemble a data set version from sources, as a background job (202 with the job).
-        ---
-        requestBody:
-          required: true
-          content:
-            application/json:
-              schema:
-                type: object
-                required: [source]
-                properties:
-                  source: {oneOf: [{type: string}, {type: array, items: {type: string}}],
-                           description: "named sources, or files, folders or globs inside the data roots"}
-                  tokenizer: {type: string, description: "char, bpe, unigram or a SentencePiece .model file"}
-                  vocab_size: {type: integer, description: "for bpe / unigram"}
-                  val_fraction: {type: number}
-                  seq_len: {type: integer}
-                  text_field: {type: string}
-                  invalid_utf8: {type: string, enum: [replace, reject]}
-                  fold_whitespace: {type: boolean}
-                  min_doc_chars: {type: integer}
-                  max_doc_chars: {type: integer}
-                  split_documents: {type: string, enum: [none, paragraphs, headings]}
-                  dedup: {type: string, enum: [none, exact, near]}
-                  near_dup_threshold: {type: number}
-        responses:
-          "202": {description: "the job, running"}
-        """
-        body = (await read_json(request, settings.max_body_bytes)).only(ASSEMBLE_FIELDS)
+    @endpoint(body=AssembleDataset, status=202, errors=(403,))
+    async def create_dataset(request: Request, body: AssembleDataset) -> JSONResponse:
+        """Assemble a data set version from sources, as a background job (202 with the job)."""
         flags = assemble_flags(body, settings)
         out_dir = str(Path(settings.datasets_dir).resolve())
         command = [sys.executable, "-m", "mulm_jax", "data", "assemble", "--json", "--out", out_dir, *flags]
-        job = ctx.jobs.start("dataset", command, workdir=None, request=body.data)
+        job = ctx.jobs.start("dataset", command, workdir=None, request=body.model_dump(exclude_unset=True))
         return JSONResponse(job, status_code=202)
 
+    @endpoint()
     async def list_jobs(request: Request) -> JSONResponse:
         """Data set jobs, newest first."""
         return JSONResponse({"object": "list", "data": ctx.jobs.list("dataset")})
 
+    @endpoint(errors=(404,))
     async def get_job(request: Request) -> JSONResponse:
         """One data set job: its state and, once it succeeded, the manifest of the version it made."""
         return JSONResponse(ctx.jobs.get(request.path_params["id"], "dataset"))
 
+    @endpoint()
     async def list_datasets(request: Request) -> JSONResponse:
         """The assembled data set versions, each as its manifest."""
         folder = Path(settings.datasets_dir)
         manifests = list_versions(folder) if folder.is_dir() else []
         return JSONResponse({"object": "list", "data": manifests})
 
+    @endpoint(errors=(400, 404), params={"version": PLAIN_NAME})
     async def get_dataset(request: Request) -> JSONResponse:
         """One data set version's manifest: sources, settings, tokenizer, token counts."""
         return JSONResponse(read_manifest(version_folder(settings, request.path_params["version"], "version")))

@@ -4,19 +4,32 @@ and head roles as JSON (what the web lab draws, and `inspect --json` prints)."""
 from __future__ import annotations
 
 import threading
+from typing import Annotated, Literal, Union
 
 import anyio
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError
-from mulm_jax.api.schemas import read_json
+from mulm_jax.api.openapi import endpoint
+from mulm_jax.api.registry import MODEL_ERRORS
+from mulm_jax.api.schemas import ApiModel, Int, Text, TokenIds, one_of
 from mulm_jax.inspect.heads import head_roles
 from mulm_jax.inspect.report import PARTS, trace_json
 from mulm_jax.inspect.trace import InspectError, Tracer
 
 MAX_TOP_K = 20
+Part = Literal[PARTS]
+
+
+class Inspect(ApiModel):
+    model: str
+    prompt: Annotated[Union[Text, TokenIds], one_of("a non-empty string or an array of token ids")]
+    include: Annotated[Union[Part, Annotated[list[Part], Field(min_length=1)]],
+                       one_of(f"some of {', '.join(PARTS)}")] = Field(None, description="the parts (default: all)")
+    top_k: Int = Field(5, ge=1, le=MAX_TOP_K, description="alternatives per position")
 
 
 def routes(ctx) -> list[Route]:
@@ -30,43 +43,16 @@ def routes(ctx) -> list[Route]:
                 tracers[key] = Tracer(served.loaded)
             return tracers[key]
 
-    async def inspect(request: Request) -> JSONResponse:
+    @endpoint(body=Inspect, errors=MODEL_ERRORS)
+    async def inspect(request: Request, body: Inspect) -> JSONResponse:
         """Trace a prompt through a model: tokens with log-probabilities and alternatives, attention weights
-        [layers][heads][T][T], the logit lens and head roles.
-        ---
-        requestBody:
-          required: true
-          content:
-            application/json:
-              schema:
-                type: object
-                required: [model, prompt]
-                properties:
-                  model: {type: string}
-                  prompt: {oneOf: [{type: string, minLength: 1}, {type: array, items: {type: integer}, minItems: 1}]}
-                  include: {type: array, items: {type: string, enum: [tokens, attention, lens, heads]},
-                            description: "the parts to return (default: all)"}
-                  top_k: {type: integer, minimum: 1, maximum: 20, description: "alternatives per position"}
-        responses:
-          "200": {description: "the trace"}
-        """
+        [layers][heads][T][T], the logit lens and head roles."""
         settings = ctx.settings
-        body = (await read_json(request, settings.max_body_bytes)).only(("model", "prompt", "include", "top_k"))
-        served = ctx.models.get(body.string("model"))
-        include = body.strings("include", list(PARTS))
-        unknown = [part for part in include if part not in PARTS]
-        if unknown or not include:
-            raise ApiError(400, f"include={include!r}: expected some of {', '.join(PARTS)}", param="include",
-                           code="invalid_value")
-        top_k = body.integer("top_k", 5, lo=1, hi=MAX_TOP_K)
-        prompt = body.raw("prompt")
-        if not isinstance(prompt, str) and not (isinstance(prompt, list) and all(
-                isinstance(t, int) and not isinstance(t, bool) for t in prompt)):
-            raise ApiError(400, "prompt must be a string or an array of token ids", param="prompt",
-                           code="invalid_value")
+        served = ctx.models.get(body.model)
+        include = (body.include,) if isinstance(body.include, str) else tuple(body.include or PARTS)
         tracer = tracer_for(served)
         try:
-            ids = tracer.encode(prompt)
+            ids = tracer.encode(body.prompt)
         except ValueError as e:  # InspectError, or the tokenizer's DataError for a character it does not know
             raise ApiError(400, str(e), param="prompt", code="invalid_value") from None
         if len(ids) > settings.inspect_max_tokens:
@@ -75,7 +61,7 @@ def routes(ctx) -> list[Route]:
                            code="prompt_too_long")
 
         def run() -> dict:
-            trace = tracer.trace(ids, top_k=top_k, lens="lens" in include)
+            trace = tracer.trace(ids, top_k=body.top_k, lens="lens" in include)
             roles = head_roles(tracer, trace.attention_LxHxTxT) if "heads" in include else None
             return trace_json(trace, served.loaded.tokenizer.piece, include, roles)
 

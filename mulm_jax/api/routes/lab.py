@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError
+from mulm_jax.api.openapi import endpoint
 
 LAB_DIR = Path(__file__).resolve().parent.parent / "lab"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
@@ -52,20 +53,16 @@ def file_response(request: Request, path: Path) -> Response:
 
 
 def routes(ctx) -> list[Route]:
+    @endpoint(media_types=("text/html",))
     def index(request: Request) -> Response:
         """The web lab: a page over this API (playground, inspection, data sets, training, models).
-        ---
-        security: []
-        responses:
-          "200": {description: "the page (HTML); it asks for an API key when a route it calls answers 401"}
-        """
+
+        It asks for an API key when a route it calls answers 401."""
         return file_response(request, LAB_DIR / "index.html")
 
+    @endpoint(media_types=(), errors=(404,))
     def asset(request: Request) -> Response:
-        """A static file of the web lab (script, style sheet, picture); 404 for anything outside its folder.
-        ---
-        security: []
-        """
+        """A static file of the web lab (script, style sheet, picture); 404 for anything outside its folder."""
         relative = request.path_params["path"]
         path = lab_file(relative)
         if path is None:

@@ -3,53 +3,51 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 import anyio
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mulm_jax.api.errors import ApiError
+from mulm_jax.api.openapi import endpoint
 from mulm_jax.api.paths import confine
-from mulm_jax.api.schemas import read_json
+from mulm_jax.api.schemas import ApiModel, Int, Text, bad_value, one_of
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+MODEL_ID_RULE = "letters, digits, '.', '_', ':' or '-' (at most 128), starting with a letter or digit"
+
+
+class LoadModel(ApiModel):
+    run_dir: Text = Field(description="a run folder, relative to the runs root")
+    id: Annotated[str, Field(pattern=MODEL_ID.pattern), one_of(MODEL_ID_RULE)] = Field(
+        None, description="the model's id (default: the run folder's name)")
+    step: Int = Field(None, ge=0, description="a checkpoint step (default: the newest)")
 
 
 def routes(ctx) -> list[Route]:
+    @endpoint()
     async def list_models(request: Request) -> JSONResponse:
         """The models this server serves, and those still loading (`state`: loading, compiling or ready)."""
         return JSONResponse({"object": "list", "data": ctx.models.describe_all()})
 
+    @endpoint(errors=(404,))
     async def get_model(request: Request) -> JSONResponse:
         """One served (or loading) model."""
         return JSONResponse(ctx.models.describe(request.path_params["model"]))
 
-    async def load(request: Request) -> JSONResponse:
+    @endpoint(body=LoadModel, status=201, errors=(403, 409))
+    async def load(request: Request, body: LoadModel) -> JSONResponse:
         """Serve a trained run folder (under the server's runs root) as a new model; answers once it is compiled.
 
         Until then GET /v1/models lists it as loading or compiling, and requests for it get 503.
-        ---
-        requestBody:
-          required: true
-          content:
-            application/json:
-              schema:
-                type: object
-                required: [run_dir]
-                properties:
-                  run_dir: {type: string, description: "a run folder, relative to the runs root"}
-                  id: {type: string, description: "model id (default: the folder's name)"}
-                  step: {type: integer, description: "a checkpoint step (default: the newest)"}
         """
-        body = (await read_json(request, ctx.settings.max_body_bytes)).only(("run_dir", "id", "step"))
-        run_dir = confine(body.string("run_dir"), [ctx.settings.runs_root], param="run_dir")
-        model_id = body.string("id", run_dir.name)
+        run_dir = confine(body.run_dir, [ctx.settings.runs_root], param="run_dir")
+        model_id = body.id or run_dir.name
         if not MODEL_ID.match(model_id):
-            raise ApiError(400, f"id={model_id!r} is not valid: expected letters, digits, '.', '_', ':' or '-' "
-                                "(at most 128)", param="id", code="invalid_value")
-        step = body.integer("step", None, lo=0)
-        served = await anyio.to_thread.run_sync(ctx.models.add, model_id, run_dir, step)
+            raise bad_value("id", model_id, f"{MODEL_ID_RULE} (the run folder's name is not one: give an id)")
+        served = await anyio.to_thread.run_sync(ctx.models.add, model_id, run_dir, body.step)
         return JSONResponse(served.describe(), status_code=201)
 
     return [Route("/v1/models", list_models, methods=["GET"]), Route("/v1/models", load, methods=["POST"]),

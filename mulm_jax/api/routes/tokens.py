@@ -3,23 +3,58 @@
 from __future__ import annotations
 
 import base64
+from typing import Annotated, Literal, Union
 
 import anyio
 import numpy as np
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError
-from mulm_jax.api.schemas import read_json
+from mulm_jax.api.openapi import endpoint
+from mulm_jax.api.registry import MODEL_ERRORS
+from mulm_jax.api.schemas import ApiModel, Text, TokenId, TokenIds, one_of
 from mulm_jax.infer import InferenceError
 
 MAX_INPUTS = 256
+EMBEDDING_INPUT = f"a string, an array of token ids, or an array of 1 to {MAX_INPUTS} of either"
 
 
-def _token_ids(value, param: str, vocab: int) -> list[int]:
-    if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        raise ApiError(400, f"{param} must be an array of token ids", param=param, code="invalid_value")
+class Tokenize(ApiModel):
+    model: str
+    prompt: str
+
+
+class Tokenized(BaseModel):
+    model: str
+    tokens: list[int]
+    count: int
+    max_model_len: int  # the model's context, in tokens
+
+
+class Detokenize(ApiModel):
+    model: str
+    tokens: list[TokenId]
+
+
+class Detokenized(BaseModel):
+    model: str
+    prompt: str
+
+
+class Embed(ApiModel):
+    model: str
+    input: Annotated[Union[Text, TokenIds, Annotated[list[Union[Text, TokenIds]], Field(min_length=1,
+                                                                                          max_length=MAX_INPUTS)]],
+                     one_of(EMBEDDING_INPUT)]
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64: little-endian float32 bytes (the openai client's default)")
+    user: str = None
+
+
+def _token_ids(value: list[int], param: str, vocab: int) -> list[int]:
     bad = [t for t in value if not 0 <= t < vocab]
     if bad:
         raise ApiError(400, f"{param}: token id {bad[0]} is outside the vocabulary [0, {vocab})", param=param,
@@ -42,65 +77,29 @@ def _encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:
 
 
 def routes(ctx) -> list[Route]:
-    async def tokenize(request: Request) -> JSONResponse:
-        """Text to token ids with a model's tokenizer.
-        ---
-        requestBody:
-          content:
-            application/json:
-              schema:
-                type: object
-                required: [model, prompt]
-                properties: {model: {type: string}, prompt: {type: string}}
-        """
-        body = (await read_json(request, ctx.settings.max_body_bytes)).only(("model", "prompt"))
-        served = ctx.models.get(body.string("model"))
-        ids = _encode(served, body.string("prompt"), "prompt")
-        return JSONResponse({"model": served.id, "tokens": ids, "count": len(ids),
-                             "max_model_len": served.engine.max_len})
+    @endpoint(body=Tokenize, response=Tokenized, errors=MODEL_ERRORS)
+    async def tokenize(request: Request, body: Tokenize) -> JSONResponse:
+        """Text to token ids with a model's tokenizer."""
+        served = ctx.models.get(body.model)
+        ids = _encode(served, body.prompt, "prompt")
+        return JSONResponse(Tokenized(model=served.id, tokens=ids, count=len(ids),
+                                      max_model_len=served.engine.max_len).model_dump())
 
-    async def detokenize(request: Request) -> JSONResponse:
-        """Token ids to text with a model's tokenizer.
-        ---
-        requestBody:
-          content:
-            application/json:
-              schema:
-                type: object
-                required: [model, tokens]
-                properties: {model: {type: string}, tokens: {type: array, items: {type: integer}}}
-        """
-        body = (await read_json(request, ctx.settings.max_body_bytes)).only(("model", "tokens"))
-        served = ctx.models.get(body.string("model"))
-        ids = _token_ids(body.raw("tokens"), "tokens", served.engine.vocab_size)
-        return JSONResponse({"model": served.id, "prompt": served.loaded.tokenizer.decode(ids)})
+    @endpoint(body=Detokenize, response=Detokenized, errors=MODEL_ERRORS)
+    async def detokenize(request: Request, body: Detokenize) -> JSONResponse:
+        """Token ids to text with a model's tokenizer."""
+        served = ctx.models.get(body.model)
+        ids = _token_ids(body.tokens, "tokens", served.engine.vocab_size)
+        return JSONResponse(Detokenized(model=served.id, prompt=served.loaded.tokenizer.decode(ids)).model_dump())
 
-    async def embeddings(request: Request) -> JSONResponse:
-        """Embeddings of texts or token ids: the model's final hidden states, mean-pooled (OpenAI's format).
-        ---
-        requestBody:
-          content:
-            application/json:
-              schema:
-                type: object
-                required: [model, input]
-                properties:
-                  model: {type: string}
-                  input: {oneOf: [{type: string}, {type: array}]}
-                  encoding_format: {type: string, enum: [float, base64], default: float,
-                                    description: "base64: little-endian float32 bytes (the openai client's default)"}
-        """
-        body = (await read_json(request, ctx.settings.max_body_bytes)).only(
-            ("model", "input", "encoding_format", "user"))
-        served = ctx.models.get(body.string("model"))
-        encoding_format = body.string("encoding_format", "float", choices=("float", "base64"))
-        raw = body.raw("input")
+    @endpoint(body=Embed, errors=MODEL_ERRORS)
+    async def embeddings(request: Request, body: Embed) -> JSONResponse:
+        """Embeddings of texts or token ids: the model's final hidden states, mean-pooled (OpenAI's format)."""
+        served = ctx.models.get(body.model)
         vocab = served.engine.vocab_size
-        if isinstance(raw, str) or (isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw)):
+        raw = body.input
+        if isinstance(raw, str) or all(isinstance(t, int) for t in raw):
             raw = [raw]
-        if not isinstance(raw, list) or not raw or len(raw) > MAX_INPUTS:
-            raise ApiError(400, f"input must be a string, an array of token ids, or an array of 1 to {MAX_INPUTS} "
-                                "of either", param="input", code="invalid_value")
         inputs = [_encode(served, x, f"input[{i}]") if isinstance(x, str) else _token_ids(x, f"input[{i}]", vocab)
                   for i, x in enumerate(raw)]
         try:
@@ -109,7 +108,8 @@ def routes(ctx) -> list[Route]:
             raise ApiError(400, str(e), param="input", code="invalid_value") from None
         tokens = sum(len(ids) for ids in inputs)
         return JSONResponse({"object": "list", "model": served.id,
-                             "data": [{"object": "embedding", "index": i, "embedding": _encoded(v, encoding_format)}
+                             "data": [{"object": "embedding", "index": i,
+                                       "embedding": _encoded(v, body.encoding_format)}
                                       for i, v in enumerate(vectors)],
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 

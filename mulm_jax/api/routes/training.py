@@ -8,8 +8,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Annotated, Any, AsyncIterator, Optional, Union
 
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -17,13 +18,24 @@ from starlette.routing import Route
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.jobs import new_job_id
 from mulm_jax.api.paths import confine, confine_source
-from mulm_jax.api.routes.datasets import plain_name, version_folder
-from mulm_jax.api.schemas import Body, read_json
+from mulm_jax.api.routes.datasets import PLAIN_NAME, plain_name, version_folder
+from mulm_jax.api.openapi import endpoint
+from mulm_jax.api.schemas import ApiModel, Text, one_of
 from mulm_jax.api.sse import EventStream, event
 from mulm_jax.config import Config, ConfigError, DataConfig, ServeConfig, config_from_dict, dump_config, load_config
 from mulm_jax.data.assemble import MANIFEST, TRAINED_TOKENIZERS
 
-TRAIN_FIELDS = ("config", "dataset", "overrides", "name")
+
+
+class StartTraining(ApiModel):
+    config: Annotated[Union[Annotated[str, Field(pattern=PLAIN_NAME)], dict[str, Any]],
+                      one_of("the name of a config file or a config object")] = Field(
+        description="a config file of the configs folder (with or without .yaml), or a config")
+    dataset: Annotated[str, Field(pattern=PLAIN_NAME)] = Field(
+        None, description="an assembled data set version to train on")
+    overrides: Annotated[Union[str, list[str], dict[str, Any]],
+                         one_of("section.key=value strings, or an object {section.key: value}")] = None
+    name: Text = Field(None, description="the run folder inside the runs folder (default: the job id)")
 EVENTS_POLL_S = 0.25  # how often /events looks for new metrics rows
 
 
@@ -71,13 +83,10 @@ def training_view(job: dict) -> dict:
     return {**job, "step": train["step"] if train else None, "latest_metrics": {"train": train, "eval": evaluation}}
 
 
-def base_config(value: Any, settings: ServeConfig) -> Path | dict:
+def base_config(value: str | dict, settings: ServeConfig) -> Path | dict:
     """The request's `config`: a YAML file named in `settings.configs_dir`, or an inline config object."""
     if isinstance(value, dict):
         return value
-    if not isinstance(value, str):
-        raise ApiError(400, f"config={json.dumps(value)[:60]} is not valid: expected the name of a config file "
-                            "or a config object", param="config", code="invalid_value")
     configs_dir = Path(settings.configs_dir)
     path = configs_dir / f"{plain_name(value.removesuffix('.yaml'), 'config')}.yaml"
     if not path.is_file():
@@ -87,12 +96,11 @@ def base_config(value: Any, settings: ServeConfig) -> Path | dict:
     return path
 
 
-def override_list(body: Body) -> list[str]:
+def override_list(overrides: str | list[str] | dict[str, Any] | None) -> list[str]:
     """`overrides` as `key=value` strings: given so, or as an object {dotted key: value}."""
-    value = body.raw("overrides", None)
-    if isinstance(value, dict):
-        return [f"{key}={json.dumps(item)}" for key, item in value.items()]
-    return list(body.strings("overrides", ()))
+    if isinstance(overrides, dict):
+        return [f"{key}={json.dumps(item)}" for key, item in overrides.items()]
+    return [overrides] if isinstance(overrides, str) else list(overrides or ())
 
 
 def build_config(base: Path | dict, overrides: list[str]) -> Config:
@@ -142,33 +150,14 @@ def routes(ctx) -> list[Route]:
     settings: ServeConfig = ctx.settings
     configs_written = Path(settings.state_dir).resolve() / "jobs"
 
-    async def create_job(request: Request) -> JSONResponse:
-        """Start a training run as a background job (202 with the job).
-        ---
-        requestBody:
-          required: true
-          content:
-            application/json:
-              schema:
-                type: object
-                required: [config]
-                properties:
-                  config: {oneOf: [{type: string}, {type: object}],
-                           description: "a config file of the configs folder (with or without .yaml), or a config"}
-                  dataset: {type: string, description: "an assembled data set version to train on"}
-                  overrides: {oneOf: [{type: array, items: {type: string}}, {type: object}],
-                              description: "section.key=value strings, or an object {section.key: value}"}
-                  name: {type: string, description: "the run folder inside the runs folder (default: the job id)"}
-        responses:
-          "202": {description: "the job, running"}
-        """
-        body = (await read_json(request, settings.max_body_bytes)).only(TRAIN_FIELDS)
-        base = base_config(body.raw("config"), settings)
-        overrides = override_list(body)
-        dataset_version = body.string("dataset", None)
-        dataset = version_folder(settings, dataset_version, "dataset") if dataset_version is not None else None
+    @endpoint(body=StartTraining, status=202, errors=(403, 404, 409))
+    async def create_job(request: Request, body: StartTraining) -> JSONResponse:
+        """Start a training run as a background job (202 with the job)."""
+        base = base_config(body.config, settings)
+        overrides = override_list(body.overrides)
+        dataset = version_folder(settings, body.dataset, "dataset") if body.dataset is not None else None
         job_id = new_job_id()
-        workdir = run_folder(body.string("name", job_id), settings)
+        workdir = run_folder(body.name or job_id, settings)
         config = build_config(base, overrides)
         config = dataclasses.replace(config, data=confine_data(config.data, settings, dataset))
 
@@ -178,20 +167,24 @@ def routes(ctx) -> list[Route]:
         command = [sys.executable, "-m", "mulm_jax", "train", "--config", str(config_file),
                    "--workdir", str(workdir), "--quiet"]
         try:
-            job = ctx.jobs.start("training", command, workdir=str(workdir), request=body.data, job_id=job_id)
+            job = ctx.jobs.start("training", command, workdir=str(workdir),
+                                 request=body.model_dump(exclude_unset=True), job_id=job_id)
         except ApiError:
             config_file.unlink()
             raise
         return JSONResponse(job, status_code=202)
 
+    @endpoint()
     async def list_jobs(request: Request) -> JSONResponse:
         """Training jobs, newest first."""
         return JSONResponse({"object": "list", "data": ctx.jobs.list("training")})
 
+    @endpoint(errors=(404,))
     async def get_job(request: Request) -> JSONResponse:
         """One training job, with its latest step and its latest training and evaluation metrics."""
         return JSONResponse(training_view(ctx.jobs.get(request.path_params["id"], "training")))
 
+    @endpoint(media_types=("text/event-stream",), errors=(404,))
     async def job_events(request: Request) -> EventStream:
         """The run's metrics rows as server-sent events, as they are written, then an `end` event with the job."""
         job_id = request.path_params["id"]
@@ -210,10 +203,12 @@ def routes(ctx) -> list[Route]:
 
         return EventStream(events())  # ends the generator as soon as the client leaves
 
+    @endpoint(errors=(404, 409))
     async def cancel_job(request: Request) -> JSONResponse:
         """Stop a running training job; the trainer saves a checkpoint first, and the job can be resumed."""
         return JSONResponse(ctx.jobs.cancel(request.path_params["id"], "training"))
 
+    @endpoint(errors=(404, 409))
     async def resume_job(request: Request) -> JSONResponse:
         """Relaunch an interrupted, cancelled or failed training job; it continues from its latest checkpoint."""
         return JSONResponse(ctx.jobs.resume(request.path_params["id"]))
