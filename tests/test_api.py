@@ -19,6 +19,7 @@ from mulm_jax.api import create_app
 from mulm_jax.api.ratelimit import RateLimiter
 from mulm_jax.config import ServeConfig
 from mulm_jax.infer import Engine, InferenceError
+from mulm_jax.infer.chat import JinjaChatTemplate
 
 KEY = "sk-test-secret-0123456789"
 
@@ -199,6 +200,17 @@ def test_invalid_completion_requests_name_the_field(client, body, status, param,
 ])
 def test_invalid_chat_messages_name_the_message(client, messages, param):
     assert_error(client.post("/v1/chat/completions", json={"model": "tiny", "messages": messages}), 400, param)
+
+
+@pytest.mark.parametrize("source,needle", [
+    ("{{ raise_exception('only user turns, please') }}", "only user turns, please"),
+    ("{{ messages | length / 0 }}", "ZeroDivisionError"),
+])
+def test_a_chat_template_that_raises_is_a_400_naming_its_error(client, monkeypatch, source, needle):
+    monkeypatch.setattr(client.app.state.ctx.models.get("tiny"), "chat", JinjaChatTemplate(source, {}))
+    ask = {"model": "tiny", "messages": [{"role": "system", "content": "be brief"}], "max_tokens": 2}
+    error = assert_error(client.post("/v1/chat/completions", json=ask), 400, "messages", "chat_template_error")
+    assert needle in error["message"] and "chat template" in error["message"]
 
 
 def test_malformed_json_and_non_objects_are_400(client):
@@ -384,6 +396,33 @@ def test_openapi_describes_every_route(client):
             assert method.lower() in spec["paths"][route.path.replace(":path}", "}")], route.path
     body = spec["paths"]["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"model", "prompt", "stream", "top_k"} <= set(body["properties"])
+
+
+def test_openapi_declares_errors_security_and_the_constraints_the_code_enforces(tmp_path):
+    def spec(**settings) -> dict:
+        with TestClient(create_app(ServeConfig(state_dir=str(tmp_path / "state"), **settings))) as c:
+            return c.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
+
+    keyed = spec(api_keys=(KEY,))
+    assert keyed["security"] == [{"bearer": []}]
+    for public in ("/healthz", "/readyz", "/", "/lab/{path}"):
+        operation = keyed["paths"][public]["get"]
+        assert operation["security"] == [] and "401" not in operation["responses"], public
+    chat = keyed["paths"]["/v1/chat/completions"]["post"]
+    assert {"400", "401", "404", "413", "429", "503"} <= set(chat["responses"]) and "security" not in chat
+    error_body = chat["responses"]["404"]["content"]["application/json"]["schema"]
+    assert error_body == {"$ref": "#/components/schemas/ErrorBody"}
+    assert set(keyed["paths"]["/v1/training/jobs/{id}/cancel"]["post"]["responses"]) >= {"404", "409"}
+    schemas = keyed["components"]["schemas"]
+    messages = chat["requestBody"]["content"]["application/json"]["schema"]["properties"]["messages"]
+    assert messages["minItems"] == 1
+    content = schemas["ChatMessage"]["properties"]["content"]["anyOf"]
+    assert [c["type"] for c in content] == ["string", "array"]
+    body = keyed["paths"]["/v1/datasets"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert [c.get("minLength") or c.get("minItems") for c in body["properties"]["source"]["anyOf"]] == [1, 1]
+    assert body["properties"]["seq_len"]["anyOf"] == [{"minimum": 1, "type": "integer"}, {"type": "null"}]
+    open_ = spec()
+    assert "security" not in open_ and "401" not in open_["paths"]["/v1/models"]["get"]["responses"]
 
 
 EXTRA_ROUTES = '''

@@ -78,6 +78,8 @@ class JinjaChatTemplate:
                                          add_generation_prompt=True, **self.special_tokens)
         except jinja2.TemplateError as e:
             raise InferenceError(f"the chat template refused these messages: {e}") from None
+        except Exception as e:  # a template is code: what it raises (1 / 0, a bad call) is its error, not ours
+            raise InferenceError(f"the chat template failed on these messages: {type(e).__name__}: {e}") from None
 
     @classmethod
     def load(cls, run_dir: Path) -> Optional["JinjaChatTemplate"]:
