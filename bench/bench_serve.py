@@ -111,13 +111,13 @@ def reference(checkpoint: str, clients: int, seconds: float, new_tokens: int, sl
                     counts["requests"] += 1
                     counts["tokens"] += result.completion_tokens
 
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.process_time()
         threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        counts["elapsed"] = time.monotonic() - start
+        counts["elapsed"], counts["cpu"] = time.monotonic() - start, time.process_time() - cpu
     return counts
 
 
@@ -168,6 +168,10 @@ def main() -> int:
         "server_cores": server_cpu / stats["elapsed"], "client_cores": client_cpu / stats["elapsed"],
     }
     figures["http_vs_engine"] = figures["tokens_per_sec"] / figures["engine_tokens_per_sec"]
+    # CPU per generated token, server against engine (its client threads included): steadier than tokens/s on a
+    # shared machine, and what bounds the throughput when the cores are the limit
+    figures["server_cpu_ms_per_token"] = server_cpu / max(stats["tokens"], 1) * 1e3
+    figures["engine_cpu_ms_per_token"] = ref["cpu"] / max(ref["tokens"], 1) * 1e3
     print(f"{args.clients} streaming clients for {figures['seconds']} s against {args.checkpoint} "
           f"({args.slots} slots, {args.new_tokens} new tokens per request):")
     print(f"  {figures['requests_per_sec']:.2f} requests/s, {figures['tokens_per_sec']:.0f} generated tokens/s, "
@@ -178,6 +182,9 @@ def main() -> int:
           "cores (of 2)")
     print(f"  engine alone (same load, no HTTP): {figures['engine_tokens_per_sec']:.0f} tokens/s -> HTTP serves "
           f"{figures['http_vs_engine']:.2f}x of it")
+    cpu_ratio = figures["engine_cpu_ms_per_token"] / figures["server_cpu_ms_per_token"]
+    print(f"  CPU per generated token: server {figures['server_cpu_ms_per_token']:.3f} ms, engine alone "
+          f"{figures['engine_cpu_ms_per_token']:.3f} ms ({cpu_ratio:.2f}x)")
     if args.json:
         print(json.dumps(figures))
     return 0 if errors_5xx == 0 and stats["incomplete"] == 0 and not stats["errors"] else 1
