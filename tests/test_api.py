@@ -4,6 +4,7 @@ rate limits, queue bound, tokens and embeddings, metrics, OpenAPI, extra routes 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import threading
@@ -16,10 +17,12 @@ from starlette.testclient import TestClient
 
 from conftest import loaded, wait_for
 from mulm_jax.api import create_app
+from mulm_jax.api.errors import ApiError
 from mulm_jax.api.ratelimit import RateLimiter
 from mulm_jax.config import ServeConfig
-from mulm_jax.infer import Engine, InferenceError
+from mulm_jax.infer import Engine, InferenceError, SamplingParams
 from mulm_jax.infer.chat import JinjaChatTemplate
+from mulm_jax.infer.quantize import weight_bytes
 
 KEY = "sk-test-secret-0123456789"
 
@@ -158,6 +161,30 @@ def test_chat_uses_the_template_and_its_stop_strings(client):
     assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
 
 
+def test_a_runs_own_chat_template_renders_the_prompt_and_its_stop_strings_end_the_reply(client, tmp_path):
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    prompt = "system! be brief\n\nuser! hi\n\nreply:"
+    greedy = SamplingParams(max_tokens=12, temperature=0.0)
+    full = client.app.state.ctx.models.get("tiny").engine.generate(prompt, greedy).text  # the same weights
+    stop = full[4:6]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "chat_template.json").write_text(json.dumps(
+        {"message": "{role}! {content}\n\n", "generation_prompt": "reply:", "stop": [stop]}))
+    custom = make_client(tmp_path, model=dataclasses.replace(loaded(max_seq_len=64), run_dir=run))
+    try:
+        body = custom.post("/v1/chat/completions", json={"model": "tiny", "messages": messages, "max_tokens": 12,
+                                                          "temperature": 0}).json()
+        (run / "chat_template.json").write_text(json.dumps({"message": "{role}: {content}", "stops": []}))
+        with pytest.raises(ApiError, match="chat_template.json: not a chat template \\(unknown keys \\['stops'\\]"):
+            custom.app.state.ctx.models.serve("bad", dataclasses.replace(loaded(), run_dir=run))
+    finally:
+        custom.__exit__(None, None, None)
+    assert body["usage"]["prompt_tokens"] == len(prompt)  # one character a token
+    assert body["choices"][0]["message"]["content"] == full[:full.find(stop)]
+    assert body["choices"][0]["finish_reason"] == "stop"
+
+
 def test_logprobs_in_both_formats_match_the_engine(client):
     ask = {"model": "tiny", "prompt": "hello", "max_tokens": 3, "temperature": 0, "logprobs": 2}
     lp = client.post("/v1/completions", json=ask).json()["choices"][0]["logprobs"]
@@ -239,6 +266,41 @@ def test_a_full_waiting_queue_answers_429_instead_of_growing(tmp_path):
         full.__exit__(None, None, None)
 
 
+def test_generations_cancelled_by_a_stopping_server_answer_503(tmp_path):
+    stopping = make_client(tmp_path, model=loaded())
+    engine = stopping.app.state.ctx.models.get("tiny").engine
+    gate, decode = threading.Event(), engine.steps.decode
+
+    def held_decode(*args):  # no step finishes until the engine is told to stop
+        gate.wait(60)
+        return decode(*args)
+
+    engine.steps.decode = held_decode
+    answers = {}
+
+    def ask(stream: bool) -> None:
+        answers[stream] = stopping.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 8,
+                                                                 "stream": stream})
+
+    asking = [threading.Thread(target=ask, args=(stream,)) for stream in (False, True)]
+    try:
+        for thread in asking:
+            thread.start()
+        wait_for(lambda: (s := engine.stats()).active + s.waiting == 2, "both requests to reach the engine", 60)
+        stopper = threading.Thread(target=engine.stop)
+        stopper.start()
+        wait_for(lambda: engine._stopping, "the engine to be stopping", 60)
+        gate.set()
+        for thread in (stopper, *asking):
+            thread.join(60)
+    finally:
+        gate.set()
+        stopping.__exit__(None, None, None)
+    assert "cancelled because the server is stopping" in assert_error(answers[False], 503, code="cancelled")["message"]
+    events = sse_events(answers[True])
+    assert events[-1]["error"]["code"] == "cancelled" and "[DONE]" not in events
+
+
 # ---- auth and rate limits ------------------------------------------------------------------------------
 
 def test_api_keys_guard_every_route_but_the_probes_and_are_never_logged(tmp_path, caplog):
@@ -259,6 +321,29 @@ def test_api_keys_guard_every_route_but_the_probes_and_are_never_logged(tmp_path
         assert 'mulm_http_requests_total{route="/v1/completions",method="POST",status="401"} 1' in metrics
     finally:
         guarded.__exit__(None, None, None)
+
+
+def test_serve_takes_keys_from_its_flags_the_environment_and_a_file_and_int8_from_its_flag(tmp_path, monkeypatch,
+                                                                                          capsys):
+    import serve
+
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# the operators' key\nsk-from-file-0123\n\n")
+    monkeypatch.setenv("MULM_API_KEYS", "sk-env-one-0123, sk-env-two-0123,")
+    settings = serve.settings_from_args(serve.parse_args([
+        "--api-key", "sk-flag-0123", "--api-keys-file", str(keys_file), "--int8", "--state-dir", str(tmp_path / "s"),
+        "--runs-root", str(tmp_path / "runs"), "--slots", "1"]))
+    assert settings.api_keys == ("sk-flag-0123", "sk-env-one-0123", "sk-env-two-0123") and settings.int8
+    assert not serve.settings_from_args(serve.parse_args([])).int8
+    lm = loaded(num_layers=2, d_model=32, d_ff=64)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        served = c.app.state.ctx.models.serve("tiny", lm)
+        for key in ("sk-flag-0123", "sk-env-one-0123", "sk-env-two-0123", "sk-from-file-0123"):
+            assert c.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200, key
+        assert_error(c.get("/v1/models", headers={"Authorization": "Bearer # the operators' key"}), 401)
+    assert weight_bytes(served.engine.params) < 0.35 * weight_bytes(lm.params)  # int8 kernels
+    assert serve.main(["--api-keys-file", str(tmp_path / "missing")]) == 2
+    assert f"error: --api-keys-file {str(tmp_path / 'missing')!r} does not exist" in capsys.readouterr().err
 
 
 def test_token_bucket_refuses_over_the_limit_and_refills_with_time():
@@ -336,6 +421,7 @@ def test_models_are_listed_and_run_folders_are_confined_to_the_runs_root(client,
     for outside in ("../elsewhere", "/etc", str(tmp_path)):
         assert_error(client.post("/v1/models", json={"run_dir": outside}), 403, "run_dir", "path_not_allowed")
     assert_error(client.post("/v1/models", json={"run_dir": "missing"}), 400, "run_dir", "invalid_run")
+    assert_error(client.post("/v1/models", json={"run_dir": "missing", "id": "tiny"}), 409, "id", "model_exists")
 
 
 def test_models_loading_at_start_up_are_listed_with_their_state_and_answer_503(tmp_path, monkeypatch):
@@ -362,6 +448,7 @@ def test_models_loading_at_start_up_are_listed_with_their_state_and_answer_503(t
         assert "still loading" in assert_error(r, 503, "model", "model_loading")["message"]
         assert r.headers["retry-after"] == "5"
         assert c.get("/v1/models/second").json()["state"] == "loading" and c.get("/readyz").status_code == 503
+        assert_error(c.post("/v1/models", json={"run_dir": "other", "id": "second"}), 409, "id", "model_exists")
         read.set()
         wait_for(lambda: states() == {"first": "compiling", "second": "loading"}, "the first to compile", 30)
         assert_error(c.post("/v1/tokenize", json={"model": "first", "prompt": "x"}), 503, code="model_loading")
