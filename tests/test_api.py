@@ -16,7 +16,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from conftest import loaded, wait_for
-from mulm_jax.api import create_app
+from mulm_jax.api import cli, create_app
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.ratelimit import RateLimiter
 from mulm_jax.config import ServeConfig
@@ -325,16 +325,14 @@ def test_api_keys_guard_every_route_but_the_probes_and_are_never_logged(tmp_path
 
 def test_serve_takes_keys_from_its_flags_the_environment_and_a_file_and_int8_from_its_flag(tmp_path, monkeypatch,
                                                                                           capsys):
-    import serve
-
     keys_file = tmp_path / "keys"
     keys_file.write_text("# the operators' key\nsk-from-file-0123\n\n")
     monkeypatch.setenv("MULM_API_KEYS", "sk-env-one-0123, sk-env-two-0123,")
-    settings = serve.settings_from_args(serve.parse_args([
+    settings = cli.settings_from_args(cli.parse_args([
         "--api-key", "sk-flag-0123", "--api-keys-file", str(keys_file), "--int8", "--state-dir", str(tmp_path / "s"),
         "--runs-root", str(tmp_path / "runs"), "--slots", "1"]))
     assert settings.api_keys == ("sk-flag-0123", "sk-env-one-0123", "sk-env-two-0123") and settings.int8
-    assert not serve.settings_from_args(serve.parse_args([])).int8
+    assert not cli.settings_from_args(cli.parse_args([])).int8
     lm = loaded(num_layers=2, d_model=32, d_ff=64)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         served = c.app.state.ctx.models.serve("tiny", lm)
@@ -342,7 +340,7 @@ def test_serve_takes_keys_from_its_flags_the_environment_and_a_file_and_int8_fro
             assert c.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200, key
         assert_error(c.get("/v1/models", headers={"Authorization": "Bearer # the operators' key"}), 401)
     assert weight_bytes(served.engine.params) < 0.35 * weight_bytes(lm.params)  # int8 kernels
-    assert serve.main(["--api-keys-file", str(tmp_path / "missing")]) == 2
+    assert cli.main(["--api-keys-file", str(tmp_path / "missing")]) == 2
     assert f"error: --api-keys-file {str(tmp_path / 'missing')!r} does not exist" in capsys.readouterr().err
 
 
