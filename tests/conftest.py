@@ -42,6 +42,16 @@ def tiny_model(**overrides) -> ModelConfig:
     return config_from_dict({"model": base}).model
 
 
+@pytest.fixture(autouse=True)
+def trace_afresh_under_mutmut_stats():
+    """`make mutation` (mutmut) learns which tests reach a function from the calls it sees while the tests run once,
+    and a jitted function is called only when it is traced: without this, only the first test to trace a function
+    would be run against its mutants (tests/mutation.py)."""
+    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        jax.clear_caches()
+    yield
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT

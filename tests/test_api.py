@@ -3,6 +3,7 @@ rate limits, queue bound, tokens and embeddings, metrics, OpenAPI, extra routes 
 
 from __future__ import annotations
 
+import argparse
 import base64
 import dataclasses
 import json
@@ -325,16 +326,20 @@ def test_api_keys_guard_every_route_but_the_probes_and_are_never_logged(tmp_path
 
 def test_serve_takes_keys_from_its_flags_the_environment_and_a_file_and_int8_from_its_flag(tmp_path, monkeypatch,
                                                                                           capsys):
+    def settings(*flags: str) -> ServeConfig:
+        parser = argparse.ArgumentParser()
+        cli.add_arguments(parser)
+        return cli.settings_from_args(parser.parse_args(flags))
+
     keys_file = tmp_path / "keys"
     keys_file.write_text("# the operators' key\nsk-from-file-0123\n\n")
     monkeypatch.setenv("MULM_API_KEYS", "sk-env-one-0123, sk-env-two-0123,")
-    settings = cli.settings_from_args(cli.parse_args([
-        "--api-key", "sk-flag-0123", "--api-keys-file", str(keys_file), "--int8", "--state-dir", str(tmp_path / "s"),
-        "--runs-root", str(tmp_path / "runs"), "--slots", "1"]))
-    assert settings.api_keys == ("sk-flag-0123", "sk-env-one-0123", "sk-env-two-0123") and settings.int8
-    assert not cli.settings_from_args(cli.parse_args([])).int8
+    given = settings("--api-key", "sk-flag-0123", "--api-keys-file", str(keys_file), "--int8", "--state-dir",
+                     str(tmp_path / "s"), "--runs-root", str(tmp_path / "runs"), "--slots", "1")
+    assert given.api_keys == ("sk-flag-0123", "sk-env-one-0123", "sk-env-two-0123") and given.int8
+    assert not settings().int8
     lm = loaded(num_layers=2, d_model=32, d_ff=64)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+    with TestClient(create_app(given), raise_server_exceptions=False) as c:
         served = c.app.state.ctx.models.serve("tiny", lm)
         for key in ("sk-flag-0123", "sk-env-one-0123", "sk-env-two-0123", "sk-from-file-0123"):
             assert c.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200, key

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mulm_jax.infer.sampling import (SamplingArrays, SamplingError, SamplingParams, apply_penalties, choose_tokens,
-                                     filter_logits, token_logprobs)
+                                     filter_logits, mask_vocab, token_logprobs)
 
 
 def arrays(*rows: SamplingParams, seeds=None) -> SamplingArrays:
@@ -136,14 +136,63 @@ def test_logprobs_of_chosen_and_top_tokens():
     np.testing.assert_allclose(top_lp, np.sort(logp, axis=-1)[:, ::-1][:, :4], rtol=1e-5)
 
 
-@pytest.mark.parametrize("field, value, expected", [
-    ("temperature", -0.5, "temperature=-0.5 is out of range: expected between 0 and 100"),
-    ("top_p", 0.0, r"top_p=0.0 is out of range: expected in \(0, 1\]"),
-    ("top_k", -1, "top_k=-1 is out of range"),
-    ("max_tokens", 0, "max_tokens=0 is out of range: expected an integer >= 1"),
-    ("logprobs", 9, "logprobs=9 is out of range: expected an integer between 0 and 5"),
-    ("stop", ("",), r"stop=\('',\) is out of range: expected non-empty strings"),
+@pytest.mark.parametrize("field, allowed, refused, expected", [  # the extreme values allowed, and just outside them
+    ("max_tokens", [1], [0], "an integer >= 1"),
+    ("temperature", [0.0, 100.0], [-0.01, 100.01], "between 0 and 100"),
+    ("top_k", [0], [-1], "an integer >= 0 (0: no top-k filter)"),
+    ("top_p", [1e-9, 1.0], [0.0, 1.01], "in (0, 1]"),
+    ("min_p", [0.0, 1.0], [-0.01, 1.01], "in [0, 1]"),
+    ("repetition_penalty", [1e-9, 10.0], [0.0, 10.01], "in (0, 10]"),
+    ("presence_penalty", [-2.0, 2.0], [-2.01, 2.01], "between -2 and 2"),
+    ("frequency_penalty", [-2.0, 2.0], [-2.01, 2.01], "between -2 and 2"),
+    ("seed", [None, 0, 2**63 - 1], [-1, 2**63], "an integer in [0, 2^63)"),
+    ("logprobs", [None, 0, 5], [-1, 6], "an integer between 0 and 5"),
+    ("stop", [(), ("a", "\n")], [("",), ("a", 1)], "non-empty strings"),
 ])
-def test_settings_out_of_range_are_named(field, value, expected):
-    with pytest.raises(SamplingError, match=expected):
+def test_each_setting_is_checked_at_its_bounds_and_named_with_what_is_expected(field, allowed, refused, expected):
+    for value in allowed:
         SamplingParams(**{field: value}).validate(max_logprobs=5)
+    for value in refused:
+        with pytest.raises(SamplingError) as refusal:
+            SamplingParams(**{field: value}).validate(max_logprobs=5)
+        assert str(refusal.value) == f"{field}={value!r} is out of range: expected {expected}"
+
+
+def test_replace_changes_only_the_settings_named():
+    p = SamplingParams(temperature=0.5, top_k=3)
+    assert p.replace(top_k=7) == SamplingParams(temperature=0.5, top_k=7) and p.top_k == 3
+
+
+def test_a_row_holds_the_settings_in_their_dtypes_and_the_seeds_key():
+    seed = 2**40 + 12345  # both 32-bit halves matter
+    p = SamplingParams(temperature=0.7, top_k=5, top_p=0.9, min_p=0.1, repetition_penalty=1.2, presence_penalty=0.3,
+                       frequency_penalty=0.4)
+    row = SamplingArrays.row(p, seed)
+    values = [row.temperature_B, row.top_k_B, row.top_p_B, row.min_p_B, row.repetition_B, row.presence_B,
+              row.frequency_B]
+    assert [v.dtype for v in values] == [np.float32, np.int32] + [np.float32] * 5
+    np.testing.assert_allclose(np.concatenate(values), [0.7, 5, 0.9, 0.1, 1.2, 0.3, 0.4], rtol=1e-6)
+    np.testing.assert_array_equal(row.key_Bx2, [[2**8, 12345]])  # PRNGKey(seed)'s with 64-bit integers enabled
+    below_2_32 = SamplingArrays.row(p, 12345).key_Bx2
+    np.testing.assert_array_equal(below_2_32, jax.random.key_data(jax.random.PRNGKey(12345))[None])
+    assert row.key_Bx2.dtype == np.uint32
+
+
+def test_empty_slots_hold_greedy_settings_that_filter_and_penalize_nothing():
+    zeros = SamplingArrays.zeros(3)
+    chex.assert_shape(zeros.key_Bx2, (3, 2))
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), zeros) == jax.tree.map(
+        lambda x: ((3, *x.shape[1:]), x.dtype), arrays(SamplingParams(), SamplingParams()))
+    want = SamplingArrays.row(SamplingParams(temperature=0.0), 0)
+    jax.tree.map(lambda z, w: np.testing.assert_array_equal(z, np.repeat(w, 3, axis=0)), zeros, want)
+    buffers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(zeros)]
+    assert len(set(buffers)) == len(buffers)  # distinct: the decode step donates each
+
+
+def test_ids_past_the_vocabulary_are_masked_and_the_rest_kept():
+    logits = jnp.asarray(np.random.default_rng(6).normal(0, 1, (2, 10)).astype(np.float32))
+    masked = np.asarray(mask_vocab(logits, 7))
+    np.testing.assert_array_equal(masked[:, :7], np.asarray(logits)[:, :7])
+    assert np.all(masked[:, 7:] == -np.inf)
+    np.testing.assert_array_equal(np.asarray(mask_vocab(logits, 10)), np.asarray(logits))
+    np.testing.assert_array_equal(np.asarray(mask_vocab(logits, 12)), np.asarray(logits))
