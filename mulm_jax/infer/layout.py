@@ -136,11 +136,12 @@ def _fuse(flat: dict[tuple[str, ...], Any], fusions: dict[tuple[str, ...], dict[
                 flat[(*module_path, fused, "bias")] = np.concatenate([np.asarray(b).reshape(-1) for b in biases])
 
 
-def to_serving_layout(model: nn.Module, params: Any) -> Any:
+def to_serving_layout(model: nn.Module, params: Any, fuse: bool = True) -> Any:
     """The params with each dense kernel [in..., out...] replaced by `kernel_t`, [prod(out), prod(in)], on the
     host, and the projections of one input that a module lists in its `fused_projections` (self-attention's query,
     key and value; SwiGLU's gate and up) held as one such matrix, so that a decode step makes one product for them
-    instead of several. Other leaves (embeddings, norms, other biases) are unchanged."""
+    instead of several (unless not `fuse`: bench/bench_fused_layout.py compares the two). Other leaves (embeddings,
+    norms, other biases) are unchanged."""
     ids = np.zeros((1, 1), np.int32)
     sample = (ids, ids) if getattr(model.cfg, "architecture", "decoder") == "encoder_decoder" else (ids,)
     in_ndims, fusions = _dense_layers(model, params, *sample)
@@ -155,5 +156,6 @@ def to_serving_layout(model: nn.Module, params: Any) -> Any:
         kernel = np.asarray(leaf)
         inputs = math.prod(kernel.shape[:in_ndim])
         out[(*module_path, KERNEL_T)] = np.ascontiguousarray(kernel.reshape(inputs, -1).T)
-    _fuse(out, fusions)
+    if fuse:
+        _fuse(out, fusions)
     return flax.traverse_util.unflatten_dict(out)
