@@ -66,10 +66,10 @@ def main() -> int:
         rows[(config.stem, batch)] = (mine, ref)
         ratio = f"{mine['tokens_per_sec'] / ref['tokens_per_sec']:5.2f}x HF ({ref['tokens_per_sec']:7.1f} tok/s)" \
             if ref else ""
-        print(f"{config.stem:24s} batch {batch}: {mine['tokens_per_sec']:7.1f} tok/s, {mine['ms_per_step']:6.2f} ms/step, "
-              f"first token {mine['time_to_first_token_ms']:6.1f} ms, {mine['fraction_of_limit']:4.0%} of the limit "
-              f"{mine['limit_tokens_per_sec']:7.0f} tok/s ({mine['weight_bytes'] / 1e6:.1f} MB at "
-              f"{mine['bandwidth_gb_s']:.1f} GB/s)  {ratio}")
+        print(f"{config.stem:24s} batch {batch}: {mine['tokens_per_sec']:7.1f} tok/s, "
+              f"{mine['ms_per_step']:6.2f} ms/step, first token {mine['time_to_first_token_ms']:6.1f} ms, "
+              f"{mine['fraction_of_limit']:4.0%} of the limit {mine['limit_tokens_per_sec']:7.0f} tok/s "
+              f"({mine['weight_bytes'] / 1e6:.1f} MB at {mine['bandwidth_gb_s']:.1f} GB/s)  {ratio}")
     for config, _ in CASES[::2]:
         name = config.stem
         one, ref = rows[(name, 1)]
