@@ -95,9 +95,8 @@ def loaded(seed: int = 0, tokenizer: Tokenizer | None = None, **overrides) -> Lo
     """A tiny model with random weights and a tokenizer (default: 32 characters), as inference would load a run."""
     cfg = tiny_model(**overrides)
     model = build_model(cfg)
-    dummy = jnp.zeros((1, 4), jnp.int32)
-    params = random_params(model, *((dummy, dummy) if cfg.architecture == "encoder_decoder" else (dummy,)),
-                           seed=seed)["params"]
+    inputs, _ = model.window_inputs(jnp.zeros((1, 4), jnp.int32))
+    params = random_params(model, *inputs, seed=seed)["params"]
     return LoadedModel(model=model, params=params, tokenizer=tokenizer or CharTokenizer(list(ALPHABET)),
                        config=Config(model=cfg), step=0, run_dir=None)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +16,7 @@ from jax import lax
 from mulm_jax import platform
 from mulm_jax.infer.layout import serving_layout
 from mulm_jax.infer.sampling import SamplingArrays, apply_penalties, choose_tokens, mask_vocab, token_logprobs
+from mulm_jax.models import LanguageModel
 from mulm_jax.nn.attention import KVCache
 from mulm_jax.nn.positional import TABLES
 
@@ -24,8 +24,7 @@ from mulm_jax.nn.positional import TABLES
 @flax.struct.dataclass
 class SlotState:
     caches: tuple[KVCache, ...]  # self-attention, one per layer, [B, K, max_len, Dh]
-    cross_caches: Optional[tuple[KVCache, ...]]  # encoder-decoder: the source's keys/values per layer
-    src_valid_BxS: Optional[jax.Array]  # encoder-decoder: which source positions are real
+    source: Any  # what the model's prefill keeps of a prompt beside the caches (see its `empty_source`)
     tokens_B: jax.Array  # int32: each slot's newest token, the input of its next step
     pos_B: jax.Array  # int32: the position that token sits at
     sampling: SamplingArrays
@@ -61,18 +60,16 @@ class SlotSteps:
     bucket for prefill, one for decode).
     """
 
-    def __init__(self, model: nn.Module, slots: int, max_len: int, num_logprobs: int = 5,
+    def __init__(self, model: LanguageModel, slots: int, max_len: int, num_logprobs: int = 5,
                  unpack_params: Callable[[Any], Any] = lambda params: params, vocab: Optional[int] = None,
                  weight_first: bool = False):
         self.model, self.cfg, self.unpack_params = model, model.cfg, unpack_params
         self.vocab = vocab or self.cfg.vocab_size  # ids from here on are never chosen (see sampling.mask_vocab)
         self.slots, self.max_len, self.num_logprobs = slots, max_len, num_logprobs
-        self.encoder_decoder = self.cfg.architecture == "encoder_decoder"
         # A sliding-window decoder keeps a ring of its window's positions per slot (see KVCache) and, unless its
         # positions come from a table, goes on past max_len: `position_limit` bounds a slot's positions.
-        sliding = self.cfg.attention == "sliding_window" and not self.encoder_decoder
-        self.window = self.cfg.sliding_window if sliding else None
-        self.unbounded = sliding and self.cfg.positional not in TABLES
+        self.window = model.cache_window()
+        self.unbounded = self.window is not None and self.cfg.positional not in TABLES
         self.position_limit = 2**31 - 1 if self.unbounded else max_len
         self.traces = 0
         options = platform.compiler_options()
@@ -83,13 +80,11 @@ class SlotSteps:
     def init_state(self) -> SlotState:
         cfg, B = self.cfg, self.slots
         dtype = jnp.dtype(cfg.dtype)
-        cache = lambda n, length, ring=False: tuple(  # noqa: E731
-            KVCache.zeros(B, length, cfg.kv_heads, cfg.head_dim, dtype, ring) for _ in range(n))
+        caches = tuple(KVCache.zeros(B, self.window or self.max_len, cfg.kv_heads, cfg.head_dim, dtype,
+                                     self.window is not None) for _ in range(cfg.decoder_layers))
         V = cfg.vocab_size
         return SlotState(
-            caches=cache(cfg.decoder_layers, self.window or self.max_len, ring=self.window is not None),
-            cross_caches=cache(cfg.decoder_layers, cfg.max_seq_len) if self.encoder_decoder else None,
-            src_valid_BxS=jnp.zeros((B, cfg.max_seq_len), bool) if self.encoder_decoder else None,
+            caches=caches, source=self.model.empty_source(B),
             tokens_B=jnp.zeros((B,), jnp.int32), pos_B=jnp.zeros((B,), jnp.int32),
             sampling=SamplingArrays.zeros(B), counts_BxV=jnp.zeros((B, V), jnp.int32),
             prompt_mask_BxV=jnp.zeros((B, V), bool))
@@ -106,41 +101,29 @@ class SlotSteps:
         return StepOutput(tokens_B, *logprobs)
 
     def _prefill(self, params: Any, state: SlotState, slot: jax.Array, ids_1xL: jax.Array, length: jax.Array,
-                 sampling_row: SamplingArrays, want_logprobs: jax.Array,
-                 src_1xS: Optional[jax.Array] = None, src_length: Optional[jax.Array] = None
+                 sampling_row: SamplingArrays, want_logprobs: jax.Array, *source: jax.Array
                  ) -> tuple[SlotState, StepOutput]:
-        """Run a prompt (ids_1xL, `length` real tokens then padding) into `slot`; choose its first new token."""
+        """Run a prompt (ids_1xL, `length` real tokens then padding, and the `source` arrays of an encoder-decoder:
+        the model's `prompt_arrays`) into `slot`; choose its first new token."""
         self.traces += 1
         cfg, L = self.cfg, ids_1xL.shape[1]
         dtype = jnp.dtype(cfg.dtype)
         fresh = tuple(KVCache.zeros(1, L, cfg.kv_heads, cfg.head_dim, dtype) for _ in range(cfg.decoder_layers))
-        pos_1xL = jnp.arange(L, dtype=jnp.int32)[None]
-        valid_1xL = pos_1xL < length
+        valid_1xL = jnp.arange(L, dtype=jnp.int32)[None] < length
         variables = {"params": self.unpack_params(params)}
-        if self.encoder_decoder:
-            src_valid_1xS = jnp.arange(src_1xS.shape[1])[None] < src_length
-            memory = self.model.apply(variables, src_1xS, src_valid_BxS=src_valid_1xS, method="encode")
-            logits_1xLxV, new_caches, cross = self.model.apply(
-                variables, ids_1xL, memory, src_valid_BxS=src_valid_1xS, pos_BxT=pos_1xL, caches=fresh,
-                method="decode")
-        else:
-            logits_1xLxV, new_caches = self.model.apply(variables, ids_1xL, pos_BxT=pos_1xL, valid_BxT=valid_1xL,
-                                                        caches=fresh)
+        logits_1xLxV, new_caches, new_source = self.model.apply(variables, ids_1xL, length, *source, caches=fresh,
+                                                                method="prefill")
         if self.window:
             new_caches = tuple(c.as_ring(jnp.reshape(length, (1,)), self.window) for c in new_caches)
         put = lambda buf, row: lax.dynamic_update_slice(buf, row.astype(buf.dtype), (slot,) + (0,) * (buf.ndim - 1))  # noqa: E731,E501
         caches = jax.tree.map(put, state.caches, new_caches)
-        cross_caches, src_valid = state.cross_caches, state.src_valid_BxS
-        if self.encoder_decoder:
-            cross_caches = jax.tree.map(put, cross_caches, cross)
-            src_valid = put(src_valid, jnp.arange(src_valid.shape[1])[None] < src_length)
         V = cfg.vocab_size
         prompt_mask_1xV = jnp.zeros((1, V), bool).at[0, jnp.where(valid_1xL[0], ids_1xL[0], V)].set(True, mode="drop")
         logits_1xV = lax.dynamic_index_in_dim(logits_1xLxV[0], length - 1, keepdims=True)
         out = self._pick(logits_1xV, sampling_row, jnp.zeros((1, V), jnp.int32), prompt_mask_1xV,
                          jnp.reshape(length, (1,)), want_logprobs)
         state = SlotState(
-            caches=caches, cross_caches=cross_caches, src_valid_BxS=src_valid,
+            caches=caches, source=jax.tree.map(put, state.source, new_source),
             tokens_B=state.tokens_B.at[slot].set(out.tokens_B[0]), pos_B=state.pos_B.at[slot].set(length),
             sampling=jax.tree.map(put, state.sampling, sampling_row),
             counts_BxV=put(state.counts_BxV, jax.nn.one_hot(out.tokens_B, V, dtype=jnp.int32)),
@@ -161,13 +144,8 @@ class SlotSteps:
         # Inactive slots compute at position 0: they then read no cache (see nn.attention.cached_attention),
         # and what they write to their slot 0 the next prefill into that slot overwrites.
         pos_B = jnp.where(active_B, jnp.minimum(state.pos_B, self.position_limit - 1), 0)
-        ids_Bx1, pos_Bx1 = state.tokens_B[:, None], pos_B[:, None]
-        if self.encoder_decoder:
-            logits_Bx1xV, caches, _ = self.model.apply(
-                variables, ids_Bx1, None, src_valid_BxS=state.src_valid_BxS, pos_BxT=pos_Bx1, caches=state.caches,
-                cross_caches=state.cross_caches, method="decode")
-        else:
-            logits_Bx1xV, caches = self.model.apply(variables, ids_Bx1, pos_BxT=pos_Bx1, caches=state.caches)
+        logits_Bx1xV, caches = self.model.apply(variables, state.tokens_B[:, None], pos_B[:, None], state.caches,
+                                                state.source, method="decode_step")
         out = self._pick(logits_Bx1xV[:, 0], state.sampling, state.counts_BxV, state.prompt_mask_BxV,
                          state.pos_B + 1, want_logprobs)
         step_B = active_B.astype(jnp.int32)

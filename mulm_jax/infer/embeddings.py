@@ -25,13 +25,9 @@ class MeanPooledEmbeddings:
         self.dim = loaded.config.model.d_model
         self._lock = threading.Lock()
         model = loaded.model
-        encoder_decoder = loaded.config.model.architecture == "encoder_decoder"
 
         def pooled(params, ids_1xL, valid_1xL):
-            if encoder_decoder:
-                hidden_1xLxD = model.apply({"params": params}, ids_1xL, src_valid_BxS=valid_1xL, method="encode")
-            else:
-                hidden_1xLxD, _ = model.apply({"params": params}, ids_1xL, valid_BxT=valid_1xL, method="hidden")
+            hidden_1xLxD = model.apply({"params": params}, ids_1xL, valid_1xL, method="features")
             weights_1xL = valid_1xL.astype(jnp.float32)
             total_1xD = jnp.einsum("bl,bld->bd", weights_1xL, hidden_1xLxD.astype(jnp.float32))
             return total_1xD[0] / weights_1xL.sum()

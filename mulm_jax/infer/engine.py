@@ -194,7 +194,7 @@ class Engine:
         self.params = served.params
         self.steps = SlotSteps(served.model, slots, self.max_len, num_logprobs, unpack_params=served.unpack,
                                vocab=self.vocab_size, weight_first=served.weight_first)
-        self.buckets = prompt_buckets(cfg.max_seq_len if self.steps.encoder_decoder else self.max_len)
+        self.buckets = prompt_buckets(self.max_len)  # an encoder-decoder's source is shorter than its prompt
         self.max_queue, self.num_logprobs = max_queue, num_logprobs
         self._state = self.steps.init_state()
         self._slots: list[Optional[Request]] = [None] * slots  # the request each slot holds
@@ -240,8 +240,8 @@ class Engine:
         if self._thread is not None:
             raise InferenceError("warmup() must run before start()")
         row = SamplingArrays.row(SamplingParams(), 0)
-        for n in self.buckets:  # a prompt filling each bucket (an encoder-decoder's source: all but one token)
-            self._run_prefill(0, [0] * (n + self.steps.encoder_decoder), row, want_logprobs=False)
+        for n in self.buckets:  # a prompt of n tokens, its padded part padded to n
+            self._run_prefill(0, [0] * n, row, want_logprobs=False, bucket=n)
         active = np.zeros((len(self._slots),), bool)
         self._state, out = self.steps.decode(self.params, self._state, active, np.bool_(False))
         jax.block_until_ready(out)
@@ -353,22 +353,19 @@ class Engine:
                                 want_logprobs=request.params.logprobs is not None)
         self._accept(host_output(out), [(0, request)])
 
-    def _run_prefill(self, slot: int, ids: list[int], row: SamplingArrays, want_logprobs: bool) -> Any:
-        """Prefill `ids` into `slot`, padded to its bucket; returns the step output (the first new token)."""
+    def _run_prefill(self, slot: int, ids: list[int], row: SamplingArrays, want_logprobs: bool,
+                     bucket: Optional[int] = None) -> Any:
+        """Prefill `ids` into `slot`, the part the model pads (see its `prompt_arrays`) padded to its bucket (or to
+        `bucket`); returns the step output (the first new token)."""
 
         def padded(tokens: list[int]) -> np.ndarray:
-            bucket = next(n for n in self.buckets if n >= max(len(tokens), 1))
-            out = np.zeros((1, bucket), np.int32)
+            out = np.zeros((1, bucket or next(n for n in self.buckets if n >= max(len(tokens), 1))), np.int32)
             out[0, :len(tokens)] = tokens
             return out
 
-        if self.steps.encoder_decoder:  # the source is all but the last prompt token, which starts the decoder
-            src, ids = ids[:-1], ids[-1:]
-            ids_1xL, extra = np.asarray([ids], np.int32), (padded(src), np.int32(len(src)))
-        else:
-            ids_1xL, extra = padded(ids), ()
-        self._state, out = self.steps.prefill(self.params, self._state, np.int32(slot), ids_1xL,
-                                              np.int32(len(ids)), row, np.bool_(want_logprobs), *extra)
+        ids_1xL, length, *source = self.steps.model.prompt_arrays(ids, padded)
+        self._state, out = self.steps.prefill(self.params, self._state, np.int32(slot), ids_1xL, length, row,
+                                              np.bool_(want_logprobs), *source)
         return out
 
     def _accept(self, out: dict[str, np.ndarray], ran: list[tuple[int, Request]]) -> None:

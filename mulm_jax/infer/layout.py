@@ -142,8 +142,7 @@ def to_serving_layout(model: nn.Module, params: Any, fuse: bool = True) -> Any:
     key and value; SwiGLU's gate and up) held as one such matrix, so that a decode step makes one product for them
     instead of several (unless not `fuse`: bench/bench_fused_layout.py compares the two). Other leaves (embeddings,
     norms, other biases) are unchanged."""
-    ids = np.zeros((1, 1), np.int32)
-    sample = (ids, ids) if getattr(model.cfg, "architecture", "decoder") == "encoder_decoder" else (ids,)
+    sample, _ = model.window_inputs(np.zeros((1, 2), np.int32))
     in_ndims, fusions = _dense_layers(model, params, *sample)
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
     out = {}

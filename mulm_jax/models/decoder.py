@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mulm_jax.config import ModelConfig
 from mulm_jax.models.masks import cached_key_positions, self_attention_mask_and_bias
@@ -57,6 +58,48 @@ class DecoderLM(nn.Module):
                                                deterministic=deterministic, return_weights=return_weights)
         logits_BxTxV = self.embedder.logits(hidden_BxTxD)
         return logits_BxTxV if caches is None else (logits_BxTxV, new_caches)
+
+    # The interface both model classes implement (see models.LanguageModel).
+    @nn.nowrap
+    def window_inputs(self, inputs_BxT: jax.Array) -> tuple[tuple[jax.Array, ...], slice]:
+        """A training window as the model's inputs, and the target positions the logits predict: all of them."""
+        return (inputs_BxT,), slice(None)
+
+    @nn.nowrap
+    def cache_window(self) -> Optional[int]:
+        """The positions a sequence's self-attention cache keeps: a sliding window's (a ring, see KVCache), or
+        None: every position up to the cache's length."""
+        return self.cfg.sliding_window if self.cfg.attention == "sliding_window" else None
+
+    @nn.nowrap
+    def layers_line(self) -> str:
+        return f"{self.cfg.num_layers} layers"
+
+    @nn.nowrap
+    def prompt_arrays(self, ids: Sequence[int], pad: Callable[[Sequence[int]], np.ndarray]) -> tuple[np.ndarray, ...]:
+        """`prefill`'s arguments for a generation prompt: the prompt padded by `pad` ([1, L]), and its length."""
+        return pad(ids), np.int32(len(ids))
+
+    @nn.nowrap
+    def empty_source(self, batch: int) -> None:
+        """What `prefill` keeps of a prompt beside the caches, for `batch` sequences: nothing."""
+        return None
+
+    def prefill(self, ids_1xL: jax.Array, length: jax.Array, *, caches: tuple[KVCache, ...]
+                ) -> tuple[jax.Array, tuple[KVCache, ...], None]:
+        """A prompt (`length` tokens, then padding) run into fresh caches: logits [1, L, V], the caches, no source."""
+        pos_1xL = default_positions(ids_1xL)
+        logits_1xLxV, new_caches = self(ids_1xL, pos_BxT=pos_1xL, valid_BxT=pos_1xL < length, caches=caches)
+        return logits_1xLxV, new_caches, None
+
+    def decode_step(self, ids_Bx1: jax.Array, pos_Bx1: jax.Array, caches: tuple[KVCache, ...], source: None
+                    ) -> tuple[jax.Array, tuple[KVCache, ...]]:
+        """One new token per sequence at `pos_Bx1`: logits [B, 1, V] and the updated caches."""
+        return self(ids_Bx1, pos_BxT=pos_Bx1, caches=caches)
+
+    def features(self, ids_BxT: jax.Array, valid_BxT: jax.Array) -> jax.Array:
+        """The hidden states [B, T, D] text embeddings pool: the final (normed) ones."""
+        return self.hidden(ids_BxT, valid_BxT=valid_BxT)[0]
 
     def hidden(self, ids_BxT, *, pos_BxT=None, valid_BxT=None, caches=None, deterministic=True,
                return_weights=False) -> tuple[jax.Array, Optional[tuple[KVCache, ...]]]:

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mulm_jax.config import ModelConfig
 from mulm_jax.models.decoder import default_positions, embedder_for
 from mulm_jax.models.masks import cached_key_positions, self_attention_mask_and_bias
 from mulm_jax.nn.attention import KVCache, attention_mask
 from mulm_jax.nn.blocks import BlockStack
+
+
+@flax.struct.dataclass
+class SourceCache:
+    """What generation keeps of each sequence's source: its keys / values in every decoder layer's
+    cross-attention ([B, K, S_max, Dh] each) and which of its positions are real ([B, S_max])."""
+
+    cross_caches: tuple[KVCache, ...]
+    src_valid_BxS: jax.Array
 
 
 class EncoderDecoderLM(nn.Module):
@@ -85,3 +96,59 @@ class EncoderDecoderLM(nn.Module):
             return_weights=return_weights)
         logits_BxTxV = self.embedder.logits(hidden_BxTxD)
         return logits_BxTxV if caches is None else (logits_BxTxV, new_caches, new_cross_caches)
+
+    # The interface both model classes implement (see models.LanguageModel).
+    @nn.nowrap
+    def window_inputs(self, inputs_BxT: jax.Array) -> tuple[tuple[jax.Array, ...], slice]:
+        """A training window as the model's inputs, and the target positions the logits predict: the first half
+        of each window is the source, the logits predict the second half."""
+        half = inputs_BxT.shape[1] // 2
+        return (inputs_BxT[:, :half], inputs_BxT[:, half:]), slice(half, None)
+
+    @nn.nowrap
+    def cache_window(self) -> None:
+        """The decoder's self-attention cache keeps every position, whatever the attention pattern."""
+        return None
+
+    @nn.nowrap
+    def layers_line(self) -> str:
+        return f"{self.cfg.encoder_layers}+{self.cfg.decoder_layers} layers (encoder+decoder)"
+
+    @nn.nowrap
+    def prompt_arrays(self, ids: Sequence[int], pad: Callable[[Sequence[int]], np.ndarray]) -> tuple[np.ndarray, ...]:
+        """`prefill`'s arguments for a generation prompt: the last token starts the decoder ([1, 1], length 1);
+        the tokens before it are the source, padded by `pad` ([1, S]), and its length."""
+        source = list(ids[:-1])
+        return np.asarray([ids[-1:]], np.int32), np.int32(1), pad(source), np.int32(len(source))
+
+    @nn.nowrap
+    def empty_source(self, batch: int) -> SourceCache:
+        """What `prefill` keeps of a prompt beside the caches, for `batch` sequences: room for a source of up to
+        the context."""
+        cfg, S = self.cfg, self.cfg.max_seq_len
+        cross = tuple(KVCache.zeros(batch, S, cfg.kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype))
+                      for _ in range(cfg.decoder_layers))
+        return SourceCache(cross_caches=cross, src_valid_BxS=jnp.zeros((batch, S), bool))
+
+    def prefill(self, ids_1xL: jax.Array, length: jax.Array, src_1xS: jax.Array, src_length: jax.Array, *,
+                caches: tuple[KVCache, ...]) -> tuple[jax.Array, tuple[KVCache, ...], SourceCache]:
+        """The source (`src_length` tokens, then padding) encoded, and the decoder's unpadded start (`length` is
+        its width) run into fresh caches: logits [1, L, V], the caches, and the source's cross caches."""
+        src_valid_1xS = jnp.arange(src_1xS.shape[1])[None] < src_length
+        memory_1xSxD = self.encode(src_1xS, src_valid_BxS=src_valid_1xS)
+        logits_1xLxV, new_caches, cross = self.decode(ids_1xL, memory_1xSxD, src_valid_BxS=src_valid_1xS,
+                                                      pos_BxT=default_positions(ids_1xL), caches=caches)
+        valid_1xSmax = jnp.arange(self.cfg.max_seq_len)[None] < src_length
+        return logits_1xLxV, new_caches, SourceCache(cross_caches=cross, src_valid_BxS=valid_1xSmax)
+
+    def decode_step(self, ids_Bx1: jax.Array, pos_Bx1: jax.Array, caches: tuple[KVCache, ...], source: SourceCache
+                    ) -> tuple[jax.Array, tuple[KVCache, ...]]:
+        """One new token per sequence at `pos_Bx1`, reading each one's source: logits [B, 1, V] and the updated
+        caches."""
+        logits_Bx1xV, new_caches, _ = self.decode(ids_Bx1, None, src_valid_BxS=source.src_valid_BxS, pos_BxT=pos_Bx1,
+                                                  caches=caches, cross_caches=source.cross_caches)
+        return logits_Bx1xV, new_caches
+
+    def features(self, ids_BxT: jax.Array, valid_BxT: jax.Array) -> jax.Array:
+        """The hidden states [B, T, D] text embeddings pool: the encoder output."""
+        return self.encode(ids_BxT, src_valid_BxS=valid_BxT)

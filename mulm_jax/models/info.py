@@ -38,9 +38,8 @@ def _part(path: tuple[str, ...]) -> str:
 def param_shapes(cfg: ModelConfig) -> Any:
     """The parameter tree as ShapeDtypeStructs, without allocating or computing anything."""
     model = build_model(cfg)
-    ids = jnp.zeros((1, 1), jnp.int32)
-    args = (ids, ids) if cfg.architecture == "encoder_decoder" else (ids,)
-    return jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
+    inputs, _ = model.window_inputs(jnp.zeros((1, 2), jnp.int32))
+    return jax.eval_shape(model.init, jax.random.key(0), *inputs)["params"]
 
 
 def describe(cfg: ModelConfig) -> dict[str, Any]:
@@ -65,7 +64,7 @@ def describe(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def _ring_cache(cfg: ModelConfig) -> bool:
-    return cfg.attention == "sliding_window" and cfg.architecture == "decoder"
+    return build_model(cfg).cache_window() is not None
 
 
 def kv_cache_line(cfg: ModelConfig, info: dict[str, Any]) -> str:
@@ -86,10 +85,7 @@ def _size(n: int) -> str:
 
 
 def architecture_line(cfg: ModelConfig) -> str:
-    if cfg.architecture == "encoder_decoder":
-        layers = f"{cfg.encoder_layers}+{cfg.decoder_layers} layers (encoder+decoder)"
-    else:
-        layers = f"{cfg.num_layers} layers"
+    layers = build_model(cfg).layers_line()
     attn = {cfg.num_heads: "multi-head", 1: "multi-query"}.get(cfg.kv_heads, "grouped-query")
     pattern = {"full": "full", "sliding_window": f"sliding window {cfg.sliding_window}",
                "block_sparse": f"block-sparse {cfg.block_size} + {cfg.num_global_tokens} global"}[cfg.attention]

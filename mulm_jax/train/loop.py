@@ -160,10 +160,8 @@ def _sequence_length(cfg: Config) -> int:
 def _initial_state(cfg: Config, model: Any, tx: Any, seq_len: int, timing: Phases) -> TrainState:
     """Freshly initialised parameters and optimizer state at step 0."""
     init_key, state_key = jax.random.split(jax.random.key(cfg.train.seed))
-    dummy = np.zeros((1, seq_len), np.int32)
-    init_args = (dummy[:, : seq_len // 2], dummy[:, seq_len // 2:]) if cfg.model.architecture == "encoder_decoder" \
-        else (dummy,)
-    params = jax.jit(model.init)(init_key, *init_args)["params"]
+    init_inputs, _ = model.window_inputs(np.zeros((1, seq_len), np.int32))
+    params = jax.jit(model.init)(init_key, *init_inputs)["params"]
     timing.mark("model init", params)
     state = TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
                        rng=jax.random.key_data(state_key))

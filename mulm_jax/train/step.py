@@ -36,17 +36,11 @@ def token_loss_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, pad_id: Opt
 
 def model_logits(model: nn.Module, params: Any, inputs_BxT: jax.Array, *, rng: Optional[jax.Array],
                  deterministic: bool) -> tuple[jax.Array, slice]:
-    """Logits, and which target positions they predict.
-
-    An encoder-decoder model reads the first half of each window as its source and predicts the second half.
-    """
+    """Logits, and which target positions they predict (the model's `window_inputs`: an encoder-decoder model
+    reads the first half of each window as its source and predicts the second half)."""
     rngs = {"dropout": rng} if rng is not None else {}
-    if getattr(model.cfg, "architecture", "decoder") == "encoder_decoder":
-        half = inputs_BxT.shape[1] // 2
-        logits = model.apply({"params": params}, inputs_BxT[:, :half], inputs_BxT[:, half:],
-                             deterministic=deterministic, rngs=rngs)
-        return logits, slice(half, None)
-    return model.apply({"params": params}, inputs_BxT, deterministic=deterministic, rngs=rngs), slice(None)
+    inputs, predicted = model.window_inputs(inputs_BxT)
+    return model.apply({"params": params}, *inputs, deterministic=deterministic, rngs=rngs), predicted
 
 
 def batch_sums(model: nn.Module, params: Any, batch: dict[str, jax.Array], pad_id: Optional[int],
