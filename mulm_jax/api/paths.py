@@ -1,13 +1,20 @@
-"""Paths named in requests are confined to configured roots: resolved (links and `..` followed), then checked."""
+"""Paths named in requests are confined to configured roots: resolved (links and `..` followed), then checked;
+names that must be plain (no separators), and data set versions, are checked here too."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterable
 
 from mulm_jax.api.errors import ApiError
+from mulm_jax.config import ServeConfig
+from mulm_jax.data.assemble import MANIFEST
 from mulm_jax.data.errors import DataError
 from mulm_jax.data.sources import NAMED_SOURCES, local_paths
+
+PLAIN_NAME = "^[A-Za-z0-9][A-Za-z0-9._-]*$"  # a file or folder named directly: no separators, no `..`, not hidden
+_PLAIN_NAME = re.compile(PLAIN_NAME)
 
 
 def confine(path: str, roots: Iterable[str | Path], *, param: str) -> Path:
@@ -54,3 +61,20 @@ def _inside(resolved: Path, roots: list[Path]) -> bool:
 def _outside(what: str, roots: list[Path], param: str) -> ApiError:
     return ApiError(403, f"{what} the folders this server may use ({', '.join(str(r) for r in roots)})",
                     type="permission_error", param=param, code="path_not_allowed")
+
+
+def plain_name(value: str, param: str) -> str:
+    """`value` when it names a folder or file directly (no separators, no `..`, not hidden); else 400."""
+    if not _PLAIN_NAME.fullmatch(value):
+        raise ApiError(400, f"{param}={value!r} is not a plain name: expected letters, digits, '.', '_' or '-', "
+                            "starting with a letter or digit", param=param, code="invalid_value")
+    return value
+
+
+def version_folder(settings: ServeConfig, version: str, param: str) -> Path:
+    """The folder of an assembled data set version in `settings.datasets_dir`; 404 when there is none."""
+    folder = Path(settings.datasets_dir).resolve() / plain_name(version, param)
+    if not (folder / MANIFEST).is_file():
+        raise ApiError(404, f"no data set version {version!r} in the data set folder", type="not_found_error",
+                       param=param, code="dataset_not_found")
+    return folder

@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 
@@ -39,6 +39,16 @@ class ServedModel:
                 "run_dir": str(self.loaded.run_dir), "step": self.loaded.step, "context_length": cfg.max_seq_len,
                 "architecture": cfg.architecture, "vocab_size": cfg.vocab_size,
                 "parameters": sum(int(leaf.size) for leaf in jax.tree.leaves(self.loaded.params))}
+
+    def encode(self, value: str | Sequence[int], param: str, *, prompt: bool = False) -> list[int]:
+        """Token ids of a text as the tokenizer reads it or, with `prompt`, of a generation prompt as the engine
+        reads it (text or ids; an empty one starts from the beginning-of-text token; ids are checked against the
+        vocabulary). What the tokenizer or engine refuses (a character it does not know, say) is a 400 naming
+        `param`."""
+        try:
+            return self.engine.tokenize(value) if prompt else self.loaded.tokenizer.encode(value)
+        except ValueError as e:  # the tokenizer's DataError, or the engine's InferenceError
+            raise ApiError(400, f"{param}: {e}", param=param, code="invalid_value") from None
 
 
 @dataclass

@@ -153,13 +153,6 @@ def _fit(served: ServedModel, ids: list[int], max_tokens: Optional[int], param: 
     return max_tokens
 
 
-def _encode(served: ServedModel, prompt: Any, param: str) -> list[int]:
-    try:
-        return served.engine.tokenize(prompt)
-    except ValueError as e:  # InferenceError, or the tokenizer's DataError (a character it does not know)
-        raise ApiError(400, str(e), param=param, code="invalid_value") from None
-
-
 def _chat_prompt(body: ChatCompletion, served: ServedModel) -> str:
     messages = [{"role": CHAT_ROLES[m.role], "content": m.text()} for m in body.messages]
     try:
@@ -171,7 +164,7 @@ def _chat_prompt(body: ChatCompletion, served: ServedModel) -> str:
 def parse_completion(ctx, body: TextCompletion) -> Generation:
     served = ctx.models.get(body.model)
     is_one_prompt = isinstance(body.prompt, str) or all(isinstance(t, int) for t in body.prompt)
-    prompts = [_encode(served, p, "prompt") for p in ([body.prompt] if is_one_prompt else body.prompt)]
+    prompts = [served.encode(p, "prompt", prompt=True) for p in ([body.prompt] if is_one_prompt else body.prompt)]
     for ids in prompts:
         _fit(served, ids, body.max_tokens, "prompt")
     params = _sampling(body, served, max_tokens=body.max_tokens, stop=_stops(body), logprobs=body.logprobs)
@@ -182,7 +175,7 @@ def parse_chat(ctx, body: ChatCompletion) -> Generation:
     served = ctx.models.get(body.model)
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
-    ids = _encode(served, _chat_prompt(body, served), "messages")
+    ids = served.encode(_chat_prompt(body, served), "messages", prompt=True)
     max_tokens = _fit(served, ids, body.max_tokens or body.max_completion_tokens, "messages")
     params = _sampling(body, served, max_tokens=max_tokens, stop=served.chat.stop + _stops(body),
                        logprobs=(body.top_logprobs or 0) if body.logprobs else None)

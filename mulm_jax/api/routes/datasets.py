@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import sys
 import typing
 from pathlib import Path
@@ -16,18 +15,14 @@ from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.openapi import endpoint
-from mulm_jax.api.paths import confine, confine_source
+from mulm_jax.api.paths import PLAIN_NAME, confine, confine_source, version_folder
 from mulm_jax.api.schemas import ApiModel, Int, Text, one_of
 from mulm_jax.config import DataConfig, ServeConfig
-from mulm_jax.data.assemble import MANIFEST, TRAINED_TOKENIZERS, check_settings, list_versions, read_manifest
+from mulm_jax.data.assemble import TRAINED_TOKENIZERS, check_settings, list_versions, read_manifest
 from mulm_jax.data.errors import DataError
 from mulm_jax.data.clean import SPLIT_MODES
 from mulm_jax.data.dedup import DedupMode
 from mulm_jax.data.sources import InvalidUtf8
-
-PLAIN_NAME = "^[A-Za-z0-9][A-Za-z0-9._-]*$"  # a file or folder named directly: no separators, no `..`, not hidden
-_PLAIN_NAME = re.compile(PLAIN_NAME)
-
 
 class AssembleDataset(ApiModel):
     """POST /v1/datasets: the `data assemble` flags, with underscores."""
@@ -47,23 +42,6 @@ class AssembleDataset(ApiModel):
     split_documents: Literal[SPLIT_MODES] = None
     dedup: Literal[typing.get_args(DedupMode)] = None
     near_dup_threshold: float = Field(None, ge=0.0, le=1.0)
-
-
-def plain_name(value: str, param: str) -> str:
-    """`value` when it names a folder or file directly (no separators, no `..`, not hidden); else 400."""
-    if not _PLAIN_NAME.fullmatch(value):
-        raise ApiError(400, f"{param}={value!r} is not a plain name: expected letters, digits, '.', '_' or '-', "
-                            "starting with a letter or digit", param=param, code="invalid_value")
-    return value
-
-
-def version_folder(settings: ServeConfig, version: str, param: str) -> Path:
-    """The folder of an assembled data set version in `settings.datasets_dir`; 404 when there is none."""
-    folder = Path(settings.datasets_dir).resolve() / plain_name(version, param)
-    if not (folder / MANIFEST).is_file():
-        raise ApiError(404, f"no data set version {version!r} in the data set folder", type="not_found_error",
-                       param=param, code="dataset_not_found")
-    return folder
 
 
 def assemble_flags(body: AssembleDataset, settings: ServeConfig) -> list[str]:

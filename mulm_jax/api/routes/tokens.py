@@ -62,13 +62,6 @@ def _token_ids(value: list[int], param: str, vocab: int) -> list[int]:
     return value
 
 
-def _encode(served, text: str, param: str) -> list[int]:
-    try:
-        return served.loaded.tokenizer.encode(text)
-    except ValueError as e:  # the tokenizer's DataError: a character it does not know
-        raise ApiError(400, f"{param}: {e}", param=param, code="invalid_value") from None
-
-
 def _encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     """An embedding as OpenAI sends it: a list of numbers, or base64 of its little-endian float32 bytes."""
     if encoding_format == "base64":
@@ -81,7 +74,7 @@ def routes(ctx) -> list[Route]:
     async def tokenize(request: Request, body: Tokenize) -> JSONResponse:
         """Text to token ids with a model's tokenizer."""
         served = ctx.models.get(body.model)
-        ids = _encode(served, body.prompt, "prompt")
+        ids = served.encode(body.prompt, "prompt")
         return JSONResponse(Tokenized(model=served.id, tokens=ids, count=len(ids),
                                       max_model_len=served.engine.max_len).model_dump())
 
@@ -100,7 +93,7 @@ def routes(ctx) -> list[Route]:
         raw = body.input
         if isinstance(raw, str) or all(isinstance(t, int) for t in raw):
             raw = [raw]
-        inputs = [_encode(served, x, f"input[{i}]") if isinstance(x, str) else _token_ids(x, f"input[{i}]", vocab)
+        inputs = [served.encode(x, f"input[{i}]") if isinstance(x, str) else _token_ids(x, f"input[{i}]", vocab)
                   for i, x in enumerate(raw)]
         try:
             vectors = await anyio.to_thread.run_sync(lambda: [served.embeddings.embed(ids) for ids in inputs])

@@ -17,8 +17,7 @@ from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.jobs import new_job_id
-from mulm_jax.api.paths import confine, confine_source
-from mulm_jax.api.routes.datasets import PLAIN_NAME, plain_name, version_folder
+from mulm_jax.api.paths import PLAIN_NAME, confine, confine_source, plain_name, version_folder
 from mulm_jax.api.openapi import endpoint
 from mulm_jax.api.schemas import ApiModel, Text, one_of
 from mulm_jax.api.sse import EventStream, event
