@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ from conftest import ROOT, random_ids, random_params, tiny_model
 from mulm_jax.config import TrainConfig
 from mulm_jax.models import build_model
 from mulm_jax.train.optimizer import make_optimizer, make_schedule
-from mulm_jax.train.step import AXIS, TrainState, pmapped_steps, replicate, train_step
+from mulm_jax.train.step import TrainState, pmapped_steps, replicate
 
 PAD = 0
 
@@ -121,9 +120,7 @@ def test_an_encoder_decoder_step_predicts_the_second_half_of_each_window_from_th
     tx = make_optimizer(tc)
     state = replicate(TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
                                  rng=jax.random.key_data(jax.random.key(1))), 1)
-    # the step vmapped over a device axis of one: pmap would compile it twice (numpy, then device arrays)
-    step = jax.jit(jax.vmap(functools.partial(train_step, model=model, tx=tx, accum_steps=1, pad_id=None,
-                                              lr_schedule=make_schedule(tc)), axis_name=AXIS))
+    step, _ = pmapped_steps(model, tx, 1, None, make_schedule(tc))
     losses = []
     for _ in range(20):  # the same batch again and again: a model that learns fits it
         state, metrics = step(state, {"inputs": inputs[None], "targets": targets[None]})
