@@ -40,8 +40,9 @@ B, T = 12, 64
 ITER_LINE = re.compile(r"^iter (\d+): loss [-\d.naninf]+, time ([\d.]+)ms")
 
 
-def nanogpt_worker(dataset: Path, steps: int, out_dir: Path) -> None:
-    """nanoGPT's train.py loop (CPU, float32, no DDP, no compile), printing its log lines; `steps` = max_iters."""
+def nanogpt_worker(dataset: Path, steps: int, out_dir: Path, save_final: bool = False) -> None:
+    """nanoGPT's train.py loop (CPU, float32, no DDP, no compile), printing its log lines; `steps` = max_iters.
+    save_final: also write the model as it ends to out_dir / final.pt (for bench.speedrun to score)."""
     import numpy as np
     import torch
 
@@ -99,13 +100,15 @@ def nanogpt_worker(dataset: Path, steps: int, out_dir: Path) -> None:
         print(f"iter {iter_num}: loss {loss.item():.4f}, time {dt * 1000:.2f}ms", flush=iter_num == 0)
         if iter_num == 0:
             print(f"first iteration done at {t1}", flush=True)
+    if save_final:
+        torch.save(model.state_dict(), out_dir / "final.pt")
 
 
-def run_nanogpt(dataset: Path, steps: int, folder: Path) -> dict:
+def run_nanogpt(dataset: Path, steps: int, folder: Path, save_final: bool = False) -> dict:
     start = time.time()
     out = subprocess.run([sys.executable, "-m", "bench.bench_train_e2e", "--nanogpt-worker", str(dataset),
-                          "--steps", str(steps), "--out", str(folder)], cwd=ROOT, capture_output=True, text=True,
-                         check=True)
+                          "--steps", str(steps), "--out", str(folder), *(["--save-final"] if save_final else [])],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
     wall = time.time() - start
     lines = out.stdout.splitlines()
     dt_ms = {int(m[1]): float(m[2]) for m in map(ITER_LINE.match, lines) if m}
@@ -143,11 +146,12 @@ def main() -> int:
     parser.add_argument("--min-ratio", type=float, default=MIN_RATIO)
     parser.add_argument("--nanogpt-worker", metavar="DATASET", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--save-final", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.steps <= SKIP + 10:
         parser.error(f"--steps must be above {SKIP + 10}")
     if args.nanogpt_worker:
-        nanogpt_worker(Path(args.nanogpt_worker), args.steps, Path(args.out))
+        nanogpt_worker(Path(args.nanogpt_worker), args.steps, Path(args.out), args.save_final)
         return 0
 
     from mulm_jax.config import load_config

@@ -36,13 +36,14 @@ def windows(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return tokens[:n * T].reshape(n, T), tokens[1:n * T + 1].reshape(n, T)
 
 
-def ours_full_val(run: str, val: np.ndarray) -> float:
+def ours_full_val(run: str | Path, val: np.ndarray, step: int | None = None) -> float:
+    """Our run's mean loss per token over the whole split `val`, at its newest checkpoint (or `step`'s)."""
     import jax
     import jax.numpy as jnp
 
     from mulm_jax.infer import load_model
 
-    lm = load_model(run)
+    lm = load_model(run, step)
     logits_fn = jax.jit(lambda params, x: lm.model.apply({"params": params}, x))
     x, y = windows(val)
     total = 0.0
@@ -54,7 +55,6 @@ def ours_full_val(run: str, val: np.ndarray) -> float:
 
 def nanogpt(seed: int, train: np.ndarray, val: np.ndarray) -> dict:
     import torch
-    from torch.nn import functional as F
 
     from bench.reference_nanogpt import GPT, GPTConfig, get_lr
 
@@ -81,14 +81,24 @@ def nanogpt(seed: int, train: np.ndarray, val: np.ndarray) -> dict:
     model.eval()
     with torch.no_grad():
         estimate = statistics.mean(float(model(*batch(val_t))[1]) for _ in range(20))
-        x, y = windows(val)
-        total = 0.0
+    return {"seed": seed, "estimate_20_batches": estimate, "full_val": nanogpt_full_val(model, val),
+            "ms_per_iter": seconds / STEPS * 1e3}
+
+
+def nanogpt_full_val(model, val: np.ndarray) -> float:
+    """A bench.reference_nanogpt model's mean loss per token over the whole split `val`."""
+    import torch
+    from torch.nn import functional as F
+
+    model.eval()
+    x, y = windows(val)
+    total = 0.0
+    with torch.no_grad():
         for i in range(0, len(x), 256):
             logits, _ = model(torch.from_numpy(x[i:i + 256]), torch.from_numpy(y[i:i + 256]))
             total += float(F.cross_entropy(logits.view(-1, logits.size(-1)), torch.from_numpy(y[i:i + 256]).view(-1),
                                            reduction="sum"))
-    return {"seed": seed, "estimate_20_batches": estimate, "full_val": total / y.size,
-            "ms_per_iter": seconds / STEPS * 1e3}
+    return total / y.size
 
 
 def main() -> int:

@@ -89,10 +89,10 @@ def test_schedule_warms_up_then_decays_to_min_lr():
     assert float(make_schedule(dataclasses.replace(cfg, schedule="linear"))(550)) == pytest.approx(5.5e-4)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "lion", "adafactor", "sgd"])
+@pytest.mark.parametrize("optimizer", ["adamw", "lion", "adafactor", "sgd", "muon"])
 def test_each_optimizer_descends_on_a_quadratic(optimizer):
-    tx = make_optimizer(TrainConfig(optimizer=optimizer, lr=0.1, warmup_steps=0, steps=50, schedule="constant",
-                                    weight_decay=0.0))
+    tx = make_optimizer(TrainConfig(optimizer=optimizer, lr=0.1, muon_lr=0.1, warmup_steps=0, steps=50,
+                                    schedule="constant", weight_decay=0.0))
     params = {"w": {"kernel": jnp.ones((4, 4))}}
     state = tx.init(params)
     loss = lambda p: jnp.sum(p["w"]["kernel"] ** 2)  # noqa: E731
