@@ -8,9 +8,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import jax
+from pydantic import BaseModel
 
 from mulm_jax.api.errors import ApiError
 from mulm_jax.config import ServeConfig
@@ -24,6 +25,30 @@ RETRY_AFTER_S = 5  # what a request for a model still loading is told to wait
 MODEL_ERRORS = (404, 503)  # what ModelRegistry.get answers: an unknown model, one still loading
 
 
+class ModelCard(BaseModel):
+    """A model as GET /v1/models lists it; one still loading or compiling has no step, size or architecture yet."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int  # unix seconds: when the server loaded it, or began to
+    owned_by: Literal["mulm_jax"] = "mulm_jax"
+    state: Literal["loading", "compiling", "ready"]
+    run_dir: str
+    step: Optional[int] = None
+    context_length: Optional[int] = None
+    architecture: Optional[str] = None
+    vocab_size: Optional[int] = None
+    parameters: Optional[int] = None
+
+    def body(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
 @dataclass
 class ServedModel:
     id: str
@@ -33,12 +58,12 @@ class ServedModel:
     embeddings: MeanPooledEmbeddings
     created: int  # unix seconds, when the server loaded it
 
-    def describe(self) -> dict:
+    def describe(self) -> ModelCard:
         cfg = self.loaded.config.model
-        return {"id": self.id, "object": "model", "created": self.created, "owned_by": "mulm_jax", "state": "ready",
-                "run_dir": str(self.loaded.run_dir), "step": self.loaded.step, "context_length": cfg.max_seq_len,
-                "architecture": cfg.architecture, "vocab_size": cfg.vocab_size,
-                "parameters": sum(int(leaf.size) for leaf in jax.tree.leaves(self.loaded.params))}
+        return ModelCard(id=self.id, created=self.created, state="ready", run_dir=str(self.loaded.run_dir),
+                         step=self.loaded.step, context_length=cfg.max_seq_len, architecture=cfg.architecture,
+                         vocab_size=cfg.vocab_size,
+                         parameters=sum(int(leaf.size) for leaf in jax.tree.leaves(self.loaded.params)))
 
     def encode(self, value: str | Sequence[int], param: str, *, prompt: bool = False) -> list[int]:
         """Token ids of a text as the tokenizer reads it or, with `prompt`, of a generation prompt as the engine
@@ -60,9 +85,8 @@ class LoadingModel:
     state: str = "loading"
     since: float = field(default_factory=time.time)
 
-    def describe(self) -> dict:
-        return {"id": self.id, "object": "model", "created": int(self.since), "owned_by": "mulm_jax",
-                "state": self.state, "run_dir": self.run_dir}
+    def describe(self) -> ModelCard:
+        return ModelCard(id=self.id, created=int(self.since), state=self.state, run_dir=self.run_dir)
 
 
 def parse_checkpoint(spec: str) -> tuple[str, str]:
@@ -194,13 +218,13 @@ class ModelRegistry:
         with self._lock:
             return list(self._models.values())
 
-    def describe_all(self) -> list[dict]:
+    def describe_all(self) -> list[ModelCard]:
         """Every model served or loading, as /v1/models lists them (with a `state`)."""
         with self._lock:
             listed = list(self._models.values()) + list(self._loading.values())
         return [m.describe() for m in listed]
 
-    def describe(self, model_id: str) -> dict:
+    def describe(self, model_id: str) -> ModelCard:
         with self._lock:
             loading = self._loading.get(model_id)
         return loading.describe() if loading is not None else self.get(model_id).describe()

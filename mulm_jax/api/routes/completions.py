@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, AsyncIterator, Literal, Optional, Sequence, Union
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -96,6 +96,51 @@ class ChatCompletion(Sampling):
                                                                         "logprobs: true")
 
 
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TextChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: Optional[dict[str, Any]]  # tokens, token_logprobs, top_logprobs, text_offset (when asked for)
+    finish_reason: str
+
+
+class ChatReply(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatReply
+    logprobs: Optional[dict[str, Any]]  # content: one entry per token (when asked for)
+    finish_reason: str
+
+
+class Answer(BaseModel):
+    """A whole (not streamed) answer; streamed, the same fields come in chunks."""
+
+    id: str
+    created: int  # unix seconds
+    model: str
+    system_fingerprint: None = None
+    usage: Usage
+
+
+class TextAnswer(Answer):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[TextChoice]
+
+
+class ChatAnswer(Answer):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
+
+
 @dataclass
 class Generation:
     """One HTTP request's work: prompts (token ids) x n samples with one set of sampling parameters."""
@@ -109,10 +154,6 @@ class Generation:
     chat: bool
     id: str
     created: int
-
-    @property
-    def object(self) -> str:
-        return "chat.completion" if self.chat else "text_completion"
 
 
 # ---- parsing -------------------------------------------------------------------------------------------
@@ -261,23 +302,19 @@ async def _whole(ctx, gen: Generation, request: Request, client: str) -> Respons
         _account(ctx, gen, client, c)
         if c.finish_reason == "cancelled":
             raise _cancelled_by_server()
-    choices = []
-    for index, c in enumerate(completions):
-        logprobs = None if c.logprobs is None else _logprobs(gen, c.logprobs, 0)
-        choice = {"index": index, "logprobs": logprobs, "finish_reason": c.finish_reason}
-        if gen.chat:
-            choice["message"] = {"role": "assistant", "content": c.text}
-        else:
-            choice["text"] = c.text
-        choices.append(choice)
-    return JSONResponse({"id": gen.id, "object": gen.object, "created": gen.created, "model": gen.served.id,
-                         "system_fingerprint": None, "choices": choices, "usage": _usage(gen, completions)})
+    choices = [{"index": index, "finish_reason": c.finish_reason,
+                "logprobs": None if c.logprobs is None else _logprobs(gen, c.logprobs, 0),
+                **({"message": ChatReply(content=c.text)} if gen.chat else {"text": c.text})}
+               for index, c in enumerate(completions)]
+    answer = (ChatAnswer if gen.chat else TextAnswer)(id=gen.id, created=gen.created, model=gen.served.id,
+                                                      choices=choices, usage=_usage(gen, completions))
+    return JSONResponse(answer.model_dump(mode="json"))
 
 
-def _usage(gen: Generation, completions: Sequence[Completion]) -> dict:
+def _usage(gen: Generation, completions: Sequence[Completion]) -> Usage:
     prompt = sum(len(ids) for ids in gen.prompts)
     generated = sum(c.completion_tokens for c in completions)
-    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+    return Usage(prompt_tokens=prompt, completion_tokens=generated, total_tokens=prompt + generated)
 
 
 def _streamed(ctx, gen: Generation, client: str) -> Response:
@@ -346,7 +383,7 @@ def _streamed(ctx, gen: Generation, client: str) -> Response:
                 if any(out):
                     yield "".join(out)
             if gen.include_usage:
-                yield chunk([], usage=_usage(gen, completions))
+                yield chunk([], usage=_usage(gen, completions).model_dump())
             yield event("[DONE]")
         finally:
             for t in tasks:
@@ -386,12 +423,12 @@ def routes(ctx) -> list[Route]:
         client = ctx.client_id(request)
         return _streamed(ctx, gen, client) if gen.stream else await _whole(ctx, gen, request, client)
 
-    @endpoint(body=TextCompletion, media_types=STREAMED, errors=MODEL_ERRORS)
+    @endpoint(body=TextCompletion, response=TextAnswer, media_types=STREAMED, errors=MODEL_ERRORS)
     async def completions(request: Request, body: TextCompletion) -> Response:
         """Complete one or more prompts (OpenAI's completions API; `stream: true` for Server-Sent Events)."""
         return await run(request, parse_completion(ctx, body))
 
-    @endpoint(body=ChatCompletion, media_types=STREAMED, errors=MODEL_ERRORS)
+    @endpoint(body=ChatCompletion, response=ChatAnswer, media_types=STREAMED, errors=MODEL_ERRORS)
     async def chat_completions(request: Request, body: ChatCompletion) -> Response:
         """Reply to a conversation, rendered by the model's chat template (OpenAI's chat completions API)."""
         return await run(request, parse_chat(ctx, body))

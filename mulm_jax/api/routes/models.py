@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from mulm_jax.api.openapi import endpoint
 from mulm_jax.api.paths import confine
+from mulm_jax.api.registry import ModelCard, ModelList
 from mulm_jax.api.schemas import ApiModel, Int, Text, bad_value, one_of
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -27,17 +28,17 @@ class LoadModel(ApiModel):
 
 
 def routes(ctx) -> list[Route]:
-    @endpoint()
+    @endpoint(response=ModelList)
     async def list_models(request: Request) -> JSONResponse:
         """The models this server serves, and those still loading (`state`: loading, compiling or ready)."""
-        return JSONResponse({"object": "list", "data": ctx.models.describe_all()})
+        return JSONResponse(ModelList(data=ctx.models.describe_all()).model_dump(exclude_none=True))
 
-    @endpoint(errors=(404,))
+    @endpoint(response=ModelCard, errors=(404,))
     async def get_model(request: Request) -> JSONResponse:
         """One served (or loading) model."""
-        return JSONResponse(ctx.models.describe(request.path_params["model"]))
+        return JSONResponse(ctx.models.describe(request.path_params["model"]).body())
 
-    @endpoint(body=LoadModel, status=201, errors=(403, 409))
+    @endpoint(body=LoadModel, status=201, response=ModelCard, errors=(403, 409))
     async def load(request: Request, body: LoadModel) -> JSONResponse:
         """Serve a trained run folder (under the server's runs root) as a new model; answers once it is compiled.
 
@@ -48,7 +49,7 @@ def routes(ctx) -> list[Route]:
         if not MODEL_ID.match(model_id):
             raise bad_value("id", model_id, f"{MODEL_ID_RULE} (the run folder's name is not one: give an id)")
         served = await anyio.to_thread.run_sync(ctx.models.add, model_id, run_dir, body.step)
-        return JSONResponse(served.describe(), status_code=201)
+        return JSONResponse(served.describe().body(), status_code=201)
 
     return [Route("/v1/models", list_models, methods=["GET"]), Route("/v1/models", load, methods=["POST"]),
             Route("/v1/models/{model:path}", get_model, methods=["GET"])]

@@ -54,6 +54,24 @@ class Embed(ApiModel):
     user: str = None
 
 
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[list[float], str]  # base64: of little-endian float32 bytes
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class Embeddings(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Embedding]
+    usage: EmbeddingUsage
+
+
 def _token_ids(value: list[int], param: str, vocab: int) -> list[int]:
     bad = [t for t in value if not 0 <= t < vocab]
     if bad:
@@ -85,7 +103,7 @@ def routes(ctx) -> list[Route]:
         ids = _token_ids(body.tokens, "tokens", served.engine.vocab_size)
         return JSONResponse(Detokenized(model=served.id, prompt=served.loaded.tokenizer.decode(ids)).model_dump())
 
-    @endpoint(body=Embed, errors=MODEL_ERRORS)
+    @endpoint(body=Embed, response=Embeddings, errors=MODEL_ERRORS)
     async def embeddings(request: Request, body: Embed) -> JSONResponse:
         """Embeddings of texts or token ids: the model's final hidden states, mean-pooled (OpenAI's format)."""
         served = ctx.models.get(body.model)
@@ -100,11 +118,9 @@ def routes(ctx) -> list[Route]:
         except InferenceError as e:
             raise ApiError(400, str(e), param="input", code="invalid_value") from None
         tokens = sum(len(ids) for ids in inputs)
-        return JSONResponse({"object": "list", "model": served.id,
-                             "data": [{"object": "embedding", "index": i,
-                                       "embedding": _encoded(v, body.encoding_format)}
-                                      for i, v in enumerate(vectors)],
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        data = [Embedding(index=i, embedding=_encoded(v, body.encoding_format)) for i, v in enumerate(vectors)]
+        return JSONResponse(Embeddings(model=served.id, data=data, usage=EmbeddingUsage(
+            prompt_tokens=tokens, total_tokens=tokens)).model_dump())
 
     return [Route("/v1/tokenize", tokenize, methods=["POST"]), Route("/v1/detokenize", detokenize, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"])]
