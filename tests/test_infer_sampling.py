@@ -71,6 +71,19 @@ def test_filters_keep_the_same_tokens_as_the_reference(p):
         kept = np.isfinite(filtered[row])
         np.testing.assert_array_equal(kept, reference_kept(logits[row], p))
         np.testing.assert_allclose(filtered[row][kept], logits[row][kept] / p.temperature, rtol=1e-6)
+        assert np.all(filtered[row][~kept] == -np.inf)
+
+
+def test_no_filter_set_keeps_even_tokens_whose_probability_rounds_to_nothing():
+    # exp(-50) and exp(-80) vanish beside 1 in float32: a nucleus of top_p 1, or a min-p floor of 0, would drop them
+    assert kept_by(SamplingParams(), np.array([[0.0, -50.0, -80.0]]))[0].all()
+
+
+def test_greedy_rows_take_the_argmax_even_beside_sampled_rows_and_near_ties():
+    logits = jnp.asarray([[1.0, 1.0 - 1e-6, 0.0]] * 2)  # a near tie: tempered to ~0 it would still be a coin toss
+    s = arrays(SamplingParams(temperature=0.0), SamplingParams(temperature=1.0))
+    tokens = [int(choose_tokens(logits, s, jnp.array([pos, pos]))[0]) for pos in range(8)]
+    assert tokens == [0] * 8
 
 
 def test_top_p_takes_its_nucleus_from_the_top_k_distribution():
