@@ -92,7 +92,9 @@ def run(args: argparse.Namespace, phases: Optional[Any] = None) -> int:
     from mulm_jax.startup import Phases, start
 
     phases = phases or Phases()
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: importing orbax (through absl) has already given the root logger a bare handler of its own
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=True)
     # orbax's per-restore chatter, and jax's INFO line for each backend it cannot start ("Unable to initialize backend
     # 'tpu'" on a machine without one): neither is the user's concern
     for chatty in ("absl", "jax._src.xla_bridge"):
