@@ -10,16 +10,16 @@ from mulm_jax.data.errors import DataError
 from mulm_jax.data.tokenizer import Tokenizer
 
 FILLER = ("The grass is green. ", "The sky is blue. ", "The sun is yellow. ", "Here we go. ", "There and back again. ")
-QUESTION = "What is the pass key? The pass key is "
+QUESTION = "What is the pass key? The pass key is ["  # "[" opens the key alone: one token to look back for
 DIGITS = "0123456789"
 KEY_DIGITS = 5
 ALONE_CHARS = 1_000_000  # characters generated when passkey is the only source
 MAX_FILLER = 3  # filler sentences before the key line, and again after it, in a training document
-FORMAT = 1  # bump when the documents change
+FORMAT = 4  # bump when the documents change
 
 
 def key_line(key: str) -> str:
-    return f"The pass key is {key}. Remember it. "
+    return f"The pass key is [{key}]. Remember it. [{key}] is the pass key. "
 
 
 def filler(start: int, count: int) -> str:
@@ -39,7 +39,7 @@ def documents(num_chars: int, seed: int = 0) -> list[str]:
     while total < num_chars:
         key = random_key(rng)
         before, after, start = rng.integers(0, MAX_FILLER + 1, 2).tolist() + [int(rng.integers(len(FILLER)))]
-        doc = filler(start, before) + key_line(key) + filler(start + before, after) + QUESTION + key + "."
+        doc = filler(start, before) + key_line(key) + filler(start + before, after) + QUESTION + key + "]."
         docs.append(doc)
         total += len(doc)
     return docs
@@ -50,7 +50,7 @@ def fingerprint() -> str:
     return hashlib.sha256("\n".join(documents(4096) + [str(FORMAT)]).encode()).hexdigest()
 
 
-def check_covers(tokenizer: Tokenizer, text: str = "".join(FILLER) + QUESTION + DIGITS) -> None:
+def check_covers(tokenizer: Tokenizer, text: str = "".join(FILLER) + key_line(DIGITS) + QUESTION) -> None:
     """DataError naming the characters of passkey text that the tokenizer cannot encode and decode back."""
     missing = []
     for char in sorted(set(text)):
