@@ -67,16 +67,16 @@ function sampling() {
   };
 }
 
-// {text, logprob, top: [{text, logprob}]} of one streamed token, from either route's logprobs format.
-function tokenInfo(logprobs) {
-  if (!logprobs) return null;
+// [{text, logprob, top: [{text, logprob}]}], one per token of a streamed chunk (a chunk carries every token the
+// server had pending), from either route's logprobs format.
+function tokenInfos(logprobs) {
+  if (!logprobs) return [];
   if (logprobs.content) {
-    const [entry] = logprobs.content;
-    return entry && {text: entry.token, logprob: entry.logprob,
-                     top: entry.top_logprobs.map((t) => ({text: t.token, logprob: t.logprob}))};
+    return logprobs.content.map((entry) => ({text: entry.token, logprob: entry.logprob,
+                                             top: entry.top_logprobs.map((t) => ({text: t.token, logprob: t.logprob}))}));
   }
-  return {text: logprobs.tokens[0], logprob: logprobs.token_logprobs[0],
-          top: Object.entries(logprobs.top_logprobs[0]).map(([text, logprob]) => ({text, logprob}))};
+  return logprobs.tokens.map((text, i) => ({text, logprob: logprobs.token_logprobs[i],
+    top: Object.entries(logprobs.top_logprobs[i]).map(([t, logprob]) => ({text: t, logprob}))}));
 }
 
 function chatEntry(role, text) {
@@ -133,11 +133,16 @@ async function generate() {
       const choice = data.choices && data.choices[0];
       if (!choice) return;  // [DONE], or the usage chunk
       const text = (chat ? choice.delta.content : choice.text) || "";
-      const info = tokenInfo(choice.logprobs);
-      if (info) {
-        const p = Math.exp(info.logprob);
-        out.append(tokenElement(text, 1 - p, info, `p = ${(100 * p).toFixed(1)}%`));
-        tokens += 1;
+      const infos = tokenInfos(choice.logprobs);
+      if (infos.length) {
+        // each token shows its own piece; should the pieces not spell the chunk's text, the last shows it whole
+        const spelled = infos.map((info) => info.text).join("") === text;
+        infos.forEach((info, i) => {
+          const p = Math.exp(info.logprob);
+          const piece = spelled ? info.text : i === infos.length - 1 ? text : "";
+          out.append(tokenElement(piece, 1 - p, info, `p = ${(100 * p).toFixed(1)}%`));
+        });
+        tokens += infos.length;
       } else if (text) {
         out.append(text);
       }
