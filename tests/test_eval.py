@@ -191,11 +191,11 @@ def test_eval_commands_print_json(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert (result["context"], result["stride"], result["tokens"]) == (32, 16, len(text.read_text()) - 1)
     assert [b["start"] for b in result["by_position"]] == [0, 16] and result["ppl"] > 1
-    assert cli(["eval", "passkey", "--checkpoint", str(run), "--lengths", "96,128", "--depths", "0,1",
+    assert cli(["eval", "passkey", "--checkpoint", str(run), "--lengths", "112,128", "--depths", "0,1",
                 "--trials", "2", "--set", "model.max_seq_len=128", "model.rope_scaling.type=linear",
                 "model.rope_scaling.factor=8", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["lengths"] == [96, 128] and np.shape(result["accuracy"]) == (2, 2)
+    assert result["lengths"] == [112, 128] and np.shape(result["accuracy"]) == (2, 2)
     learned = fake_run(tmp_path / "learned", positional="learned")
     assert cli(["eval", "passkey", "--checkpoint", str(learned), "--lengths", "16,64"]) == 2
     assert "cannot score a context of 64" in capsys.readouterr().err
