@@ -154,7 +154,13 @@ def test_the_lab_from_a_data_set_to_a_trained_model_served_completed_and_inspect
 
     # One click serves the cancelled run (its checkpoint) and opens it in the playground.
     page.click("#tr-serve")
-    lab.until("location.hash === '#playground' && document.querySelector('#model').value === 'lab'", timeout=180_000)
+    lab.until("location.hash === '#playground' && document.querySelector('#model').value === 'lab' "
+              "&& document.body.dataset.shown === 'playground'", timeout=180_000)
+
+    # The field's default (64 tokens) is cut to half the served model's context, so Generate as it opens can work.
+    context = next(m["context_length"] for m in server.http.get("/v1/models").json()["data"] if m["id"] == "lab")
+    assert int(page.input_value("#pg-max-tokens")) == min(64, context // 2)
+    assert page.get_attribute("#pg-max-tokens", "max") == str(context - 1)
 
     # Playground, keyboard only: a greedy completion streams in and equals the API's answer to the same request.
     page.focus("#pg-prompt")

@@ -26,6 +26,7 @@ export function init(lab) {
   $("pg-cancel").addEventListener("click", () => controller && controller.abort());
   $("pg-clear").addEventListener("click", clear);
   for (const radio of document.querySelectorAll("input[name=pg-mode]")) radio.addEventListener("change", clear);
+  $("model").addEventListener("change", fitMaxTokens);
   for (const container of [$("pg-output"), $("pg-chat")]) {
     onTokenPick(container, (info) => showAlternatives(
       $("pg-detail"), `“${visible(info.text)}”: p = ${(100 * Math.exp(info.logprob)).toFixed(1)}% ` +
@@ -34,7 +35,20 @@ export function init(lab) {
   }
 }
 
-export function show() {}
+export function show() {
+  fitMaxTokens();
+}
+
+// The prompt and its completion share the model's context: max tokens is kept to half of it (the demo model's
+// context is 64 tokens, less than the field's default), so that Generate with the defaults is a request it can take.
+function fitMaxTokens() {
+  const model = app.models.find((m) => m.id === app.model());
+  if (!model) return;
+  const field = $("pg-max-tokens");
+  field.max = String(model.context_length - 1);
+  const half = Math.max(1, Math.floor(model.context_length / 2));
+  if (Number(field.value) > half) field.value = String(half);
+}
 
 function chatMode() {
   return document.querySelector("input[name=pg-mode]:checked").value === "chat";
