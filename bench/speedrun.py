@@ -48,7 +48,7 @@ TECHNIQUES = {
     "zero_init": ["model.zero_init_outputs=false"],
     "untied_head": ["model.tie_embeddings=true"],
     "softcap": ["model.logit_softcap=null"],
-    "wsd": ["train.schedule=cosine"],
+    "cosine": ["train.schedule=wsd", "train.cooldown_frac=0.4"],  # the recipe until 30 Nov: hold, then cool down
 }
 
 
