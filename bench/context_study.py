@@ -153,8 +153,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     data = assemble(DataConfig(sources=("tinyshakespeare", f"passkey:{args.share}"), tokenizer="char",
                                out_dir=str(out / "datasets")))
     tokens = load_tokens(data.path, "val")[:args.eval_tokens + 1]  # Tiny Shakespeare's val text comes first
-    eos = json.loads((data.path / "manifest.json").read_text())["tokenizer"]["eos_id"]
-    if eos in set(tokens.tolist()):
+    if data.manifest["tokenizer"]["eos_id"] in set(tokens.tolist()):
         raise SystemExit(f"--eval-tokens {args.eval_tokens} reaches past Tiny Shakespeare's validation text")
     config = ROOT / "configs" / "shakespeare_char.yaml"
     timings: dict[str, float] = {}
@@ -204,7 +203,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     row("learned", f"extended to {length}, fine-tuned", tuned["learned"], True)
     timings["evaluate"] = round(time.perf_counter() - t, 1)
     timings["total"] = round(time.perf_counter() - start, 1)
-    timings["cpu"] = round(time.process_time(), 1)  # every thread of this process: the wall time a quiet machine needs
+    timings["cpu"] = round(time.process_time(), 1)  # every thread of this process: steadier than wall time under load
     timings["load_average_1min"] = os.getloadavg()[0]
 
     print(table(rows))
