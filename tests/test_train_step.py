@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from conftest import ROOT, random_ids, random_params, tiny_model
+from conftest import ROOT, random_ids, random_params, tiny_model, xla_flags
 from mulm_jax.config import TrainConfig
 from mulm_jax.models import build_model
 from mulm_jax.train.optimizer import make_optimizer, make_schedule
@@ -83,7 +83,7 @@ def device_errors() -> dict:
 
 
 def test_two_devices_average_gradients_to_the_one_device_gradient_of_the_mean_loss():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=2"), "JAX_PLATFORMS": "cpu"}
     script = "import json, test_train_step; print(json.dumps(test_train_step.device_errors()))"
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT / "tests", env=env, capture_output=True, text=True,
                          timeout=300)
