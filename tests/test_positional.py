@@ -220,6 +220,113 @@ def test_rope_frequencies_rejects_unknown_type_and_odd_head_dim():
         rope_frequencies(7, 10000.0, None, 64)
 
 
+def hf_rope(kind: str, head_dim: int, theta: float, max_positions: int, seq_len: int | None = None, **parameters):
+    """transformers' (inv_freq, attention_factor) for RoPE type `kind` (its ROPE_INIT_FUNCTIONS, what HF models
+    rotate by), for one head of `head_dim`; seq_len: the length a dynamic or longrope model has reached."""
+    import transformers
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    config = transformers.LlamaConfig(hidden_size=head_dim, num_attention_heads=1, head_dim=head_dim,
+                                      max_position_embeddings=max_positions,
+                                      rope_parameters={"rope_type": kind, "rope_theta": theta, **parameters})
+    inv_freq, attention_factor = ROPE_INIT_FUNCTIONS[kind](config, "cpu", seq_len)
+    return inv_freq.numpy(), attention_factor
+
+
+@pytest.mark.parametrize("theta,original,factor,betas,truncate,attention_factor", [
+    (10000.0, 64, 8.0, (32.0, 1.0), True, 0.0),        # the fast end's correction dim < 0: clamped to 0
+    (10000.0, 2048, 4.0, (32.0, 1.0), False, 0.0),     # a ramp between fractional dims
+    (10.0, 2048, 1.5, (32.0, 1.0), True, 0.0),         # the slow end past head_dim - 1: clamped there
+    (10000.0, 512, 4.0, (4.0, 4.0), False, 0.0),       # both ends at one dim: the ramp's width is 0.001
+    (10000.0, 512, 1.0, (32.0, 1.0), True, 0.0),       # factor 1: no attention scaling
+    (10000.0, 512, 0.5, (32.0, 1.0), True, 0.0),       # factor < 1 (a shrink): no attention scaling either
+    (10000.0, 512, 4.0, (32.0, 1.0), True, 1.25),      # an attention factor given
+])
+def test_yarn_equals_transformers(theta, original, factor, betas, truncate, attention_factor):
+    scaling = RopeScaling(type="yarn", factor=factor, original_max_seq_len=original, beta_fast=betas[0],
+                          beta_slow=betas[1], truncate=truncate, attention_factor=attention_factor)
+    ours, our_factor = rope_frequencies(HEAD_DIM, theta, scaling, original * 4)
+    hf, hf_factor = hf_rope("yarn", HEAD_DIM, theta, original * 4, factor=factor, beta_fast=betas[0],
+                            beta_slow=betas[1], truncate=truncate, original_max_position_embeddings=original,
+                            **({"attention_factor": attention_factor} if attention_factor else {}))
+    np.testing.assert_allclose(ours, hf, rtol=1e-6)
+    assert our_factor == pytest.approx(hf_factor, rel=1e-9)
+
+
+@pytest.mark.parametrize("theta,original,factor,low,high", [
+    (10000.0, 64, 8.0, 1.0, 4.0),     # head_dim 16: one frequency kept, two smoothed, five divided by 8
+    (500000.0, 8192, 8.0, 1.0, 4.0),  # Llama 3.1's own settings
+    (10000.0, 256, 4.0, 2.0, 8.0),
+])
+def test_llama3_scaling_equals_transformers(theta, original, factor, low, high):
+    scaling = RopeScaling(type="llama3", factor=factor, original_max_seq_len=original, low_freq_factor=low,
+                          high_freq_factor=high)
+    ours, our_factor = rope_frequencies(HEAD_DIM, theta, scaling, original * 4)
+    hf, hf_factor = hf_rope("llama3", HEAD_DIM, theta, original * 4, factor=factor, low_freq_factor=low,
+                            high_freq_factor=high, original_max_position_embeddings=original)
+    np.testing.assert_allclose(ours, hf, rtol=1e-6)
+    assert our_factor == hf_factor == 1.0
+    base = _base_inv_freq(HEAD_DIM, theta)
+    kept = 2 * np.pi / base < original / high  # short wavelengths
+    np.testing.assert_allclose(ours[kept], base[kept], rtol=1e-6)
+    assert np.all(ours[~kept] < base[~kept] * (1 - 1e-3))
+
+
+def test_dynamic_ntk_stretches_each_sequence_by_its_own_length_as_transformers_does():
+    scaling = RopeScaling(type="dynamic", factor=4.0, original_max_seq_len=64)
+    reached = [10, 64, 65, 200]
+    ours, our_factor = rope_frequencies(HEAD_DIM, 10000.0, scaling, 256, jnp.asarray(reached, jnp.int32))
+    chex.assert_shape(ours, (4, HEAD_DIM // 2))
+    chex.assert_type(ours, jnp.float32)
+    for row, length in zip(np.asarray(ours), reached):
+        hf, hf_factor = hf_rope("dynamic", HEAD_DIM, 10000.0, 64, seq_len=length, factor=4.0)
+        np.testing.assert_allclose(row, hf, rtol=1e-6, err_msg=f"length {length}")
+        assert our_factor == hf_factor == 1.0
+    np.testing.assert_allclose(ours[0], _base_inv_freq(HEAD_DIM), rtol=1e-6)  # within the original: unstretched
+    assert np.all(np.asarray(ours[3]) <= np.asarray(ours[2])) and np.any(ours[3] < ours[2])
+    # Without lengths (a model's frequencies before any sequence): the unstretched ones.
+    unstretched, factor = rope_frequencies(HEAD_DIM, 10000.0, scaling, 256)
+    np.testing.assert_allclose(unstretched, _base_inv_freq(HEAD_DIM), rtol=1e-6)
+    assert factor == 1.0
+
+
+@pytest.mark.parametrize("max_seq_len", [256, 96, 64, 32])  # stretch 4, 1.5, 1 (none), 0.5 (a shrink)
+def test_longrope_equals_transformers_for_each_sequence_length(max_seq_len):
+    long_factor = tuple(1.0 + i for i in range(HEAD_DIM // 2))
+    short_factor = tuple(1.0 + 0.1 * i for i in range(HEAD_DIM // 2))
+    scaling = RopeScaling(type="longrope", original_max_seq_len=64, long_factor=long_factor, short_factor=short_factor)
+    parameters = dict(long_factor=list(long_factor), short_factor=list(short_factor),
+                      original_max_position_embeddings=64)
+    reached = [10, 64, 65, 200]  # up to the original length: the short factors; past it: the long ones
+    ours, our_factor = rope_frequencies(HEAD_DIM, 10000.0, scaling, max_seq_len, jnp.asarray(reached, jnp.int32))
+    chex.assert_shape(ours, (4, HEAD_DIM // 2))
+    for row, length in zip(np.asarray(ours), reached):
+        hf, hf_factor = hf_rope("longrope", HEAD_DIM, 10000.0, max_seq_len, seq_len=length, **parameters)
+        np.testing.assert_allclose(row, hf, rtol=1e-6, err_msg=f"length {length}")
+        assert our_factor == pytest.approx(hf_factor, rel=1e-9)
+    whole, _ = rope_frequencies(HEAD_DIM, 10000.0, scaling, max_seq_len)  # no lengths: chosen by max_seq_len
+    np.testing.assert_allclose(whole, hf_rope("longrope", HEAD_DIM, 10000.0, max_seq_len, seq_len=max_seq_len,
+                                              **parameters)[0], rtol=1e-6)
+
+
+def test_smallest_legal_sizes_work_and_the_first_illegal_ones_raise():
+    chex.assert_shape(sinusoidal_table(0, 4), (0, 4))
+    np.testing.assert_allclose(sinusoidal_table(3, 1), [[0.0], [math.sin(1.0)], [math.sin(2.0)]], atol=1e-7)
+    for positions, width in ((5, 0), (-1, 4)):
+        with pytest.raises(ValueError, match=rf"num_positions >= 0 and d_model > 0, got {positions} and {width}"):
+            sinusoidal_table(positions, width)
+    np.testing.assert_allclose(rope_frequencies(2, 10000.0, None, 8)[0], [1.0])
+    with pytest.raises(ValueError, match=r"positive even head_dim, got 0"):
+        rope_frequencies(0, 10000.0, None, 64)
+    for kind in ("ntk", "dynamic"):  # base ** (d / (d - 2)) needs d > 2
+        chex.assert_shape(rope_frequencies(4, 10000.0, RopeScaling(type=kind, factor=2.0), 8)[0], (2,))
+        with pytest.raises(ValueError, match=rf"{kind} RoPE scaling needs head_dim > 2, got 2"):
+            rope_frequencies(2, 10000.0, RopeScaling(type=kind, factor=2.0), 8)
+    np.testing.assert_allclose(alibi_slopes(1), [2.0 ** -8])
+    with pytest.raises(ValueError, match=r"alibi_slopes needs num_heads > 0, got 0"):
+        alibi_slopes(0)
+
+
 def _official_get_slopes(n):
     # ofirpress/attention_with_linear_biases, fairseq/models/transformer.py
     def get_slopes_power_of_2(n):
