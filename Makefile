@@ -7,7 +7,7 @@ STAMP := $(VENV)/.requirements-installed
 # The development/CI mirror of the public corpora (see ../shared/data/README.md).
 export MULM_DATA_MIRROR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: demo test test-slow test-ci-slow mutation venv chromium clean
+.PHONY: demo test test-slow mutation venv chromium clean
 
 venv: $(STAMP)
 
@@ -37,11 +37,6 @@ chromium:
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m slow
-
-# The slow tests CI runs after the fast suite (.ci/run): a run resumed after SIGTERM and kill -9 to the same losses, and
-# two processes joined by jax.distributed; the other slow tests (docs, Hugging Face, bench) stay in test-slow.
-test-ci-slow: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m slow tests/test_train_resume.py
 
 # mutmut over the core modules, each against its own tests (docs/mutation.md); one module: make mutation
 # MODULES=positional. mutmut is a development tool, pinned apart in requirements-dev.txt.
