@@ -107,6 +107,36 @@ def test_a_clipped_step_moves_along_the_gradient_by_the_clip_norm_and_reports_th
     np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-5)
 
 
+def test_dropout_draws_a_new_mask_each_step_and_micro_batch_and_evaluation_draws_none():
+    model = build_model(tiny_model(dropout=0.5))
+    inputs, targets = padded_batch()
+    params = random_params(model, inputs)["params"]
+    row, pad_row = (inputs[1:2], targets[1:2]), (inputs[1:2], np.full_like(targets[1:2], PAD))
+    tx = make_optimizer(sgd())
+    train_step, eval_step = pmapped_steps(model, tx, 2, PAD, make_schedule(sgd()))
+    train_once, _ = pmapped_steps(model, tx, 1, PAD, make_schedule(sgd()))
+
+    def loss(step, accum, *rows) -> float:
+        state = TrainState(step=np.int32(step), params=params, opt_state=tx.init(params),
+                           rng=jax.random.key_data(jax.random.key(1)))
+        batch = {"inputs": np.concatenate([r[0] for r in rows])[None],
+                 "targets": np.concatenate([r[1] for r in rows])[None]}
+        _, metrics = (train_step if accum == 2 else train_once)(replicate(state, 1), batch)
+        return float(metrics["loss"][0])
+
+    sums = eval_step(replicate(params, 1), {"inputs": row[0][None], "targets": row[1][None]})
+    evaluated = float(sums["loss_sum"][0] / sums["count"][0])
+    np.testing.assert_allclose(evaluated, reference_gradient(model, params, *row)[0], rtol=1e-6)  # no dropout
+    first = loss(0, 1, row)
+    assert abs(first - evaluated) > 1e-3  # training drops activations
+    assert loss(0, 1, row) == first  # the mask is a function of the state: the same step draws it again
+    assert abs(loss(1, 1, row) - first) > 1e-3  # the next step draws another
+    # Two micro-batches: the first (this row) draws the one-micro-batch step's mask, the second (the same row,
+    # so the same loss under the same mask) another: the all-pad second row adds nothing, the real one does.
+    np.testing.assert_allclose(loss(0, 2, row, pad_row), first, rtol=1e-6)
+    assert abs(loss(0, 2, row, row) - first) > 1e-3
+
+
 def test_an_encoder_decoder_step_predicts_the_second_half_of_each_window_from_the_first():
     cfg = tiny_model(architecture="encoder_decoder", positional="sinusoidal", norm_position="post", ffn="relu",
                      scale_embeddings=True)
