@@ -1,12 +1,15 @@
 """`make mutation`: mutmut over the core modules, each against its own test files, and the score of each.
 
-    .venv/bin/python tests/mutation.py [positional optimizer ...]   (default: every module below)
+    .venv/bin/python tests/mutation.py [--recheck] [positional optimizer ...]   (default: every module below)
 
 Each module is mutated in a folder of its own, $TMPDIR/mulm_jax-mutation/NAME (a copy of the package and the tests,
 so the checkout is never touched), and only the module's test files run against its mutants. mutmut remembers what it
 has checked there: a second run tests only the functions that changed. A message of a raised error or a log line
 is not mutated (the tests match a message by a part of it, so "XX"-wrapped text would pass them all). Prints each
 module's score (mutants caught / mutants); exits 1 when one is below TARGET. docs/mutation.md lists the survivors.
+
+mutmut keeps a verdict until the function it mutated changes, so a survivor stays one after a test that kills it is
+added: --recheck runs the last run's survivors again, against the tests as they are now.
 """
 
 from __future__ import annotations
@@ -50,7 +53,18 @@ def setup_cfg(module: str, tests: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(name: str) -> dict:
+def survivors(work: Path, env: dict) -> list[str]:
+    """The mutants of the last run in `work` that no test failed on."""
+    lines = subprocess.run([mutmut_command(), "results"], cwd=work, env=env, check=True, capture_output=True,
+                           text=True).stdout.splitlines()
+    return [line.strip().rsplit(": ", 1)[0] for line in lines if line.strip().endswith(": survived")]
+
+
+def mutmut_command() -> str:
+    return str(Path(sys.executable).parent / "mutmut")
+
+
+def run(name: str, recheck: bool = False) -> dict:
     module, tests = MODULES[name]
     work = WORK / name
     work.mkdir(parents=True, exist_ok=True)
@@ -64,28 +78,30 @@ def run(name: str) -> dict:
     # Every mutant's process compiles the same unchanged functions: a compilation cache shared by them spares that.
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(work / "jax-cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    mutmut = str(Path(sys.executable).parent / "mutmut")
+    mutmut = mutmut_command()
     start = time.monotonic()
+    again = survivors(work, env) if recheck and (work / "mutants").is_dir() else []
     subprocess.run([mutmut, "run"], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
+    if again:
+        subprocess.run([mutmut, "run", *again], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
     subprocess.run([mutmut, "export-cicd-stats"], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
     stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
-    lines = subprocess.run([mutmut, "results"], cwd=work, env=env, check=True, capture_output=True,
-                           text=True).stdout.splitlines()
-    survivors = [line.strip().rsplit(": ", 1)[0] for line in lines if line.strip().endswith(": survived")]
     # a mutant that hangs the tests or crashes the process is caught as surely as one that fails them
     caught = stats["killed"] + stats["timeout"] + stats["segfault"]
     return {"module": module, **stats, "caught": caught, "score": caught / max(stats["total"], 1),
-            "minutes": (time.monotonic() - start) / 60, "survivors": survivors}
+            "minutes": (time.monotonic() - start) / 60, "survivors": survivors(work, env)}
 
 
-def main(names: list[str]) -> int:
+def main(args: list[str]) -> int:
+    recheck = "--recheck" in args
+    names = [a for a in args if a != "--recheck"]
     unknown = sorted(set(names) - set(MODULES))
     if unknown:
         print(f"unknown module(s) {unknown}; expected some of {list(MODULES)}", file=sys.stderr)
         return 2
     results = []
     for name in names or list(MODULES):
-        r = run(name)
+        r = run(name, recheck)
         results.append(r)
         print(f"{r['module']}: {r['caught']}/{r['total']} mutants caught ({100 * r['score']:.1f}%; {r['timeout']} of "
               f"them by a timeout), {r['survived']} survived, {r['no_tests']} not reached by its tests; "

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import transformers  # pinned in requirements.txt: the reference for RoPE's scalings
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from mulm_jax.config import RopeScaling
 from mulm_jax.nn.positional import (
@@ -223,9 +225,6 @@ def test_rope_frequencies_rejects_unknown_type_and_odd_head_dim():
 def hf_rope(kind: str, head_dim: int, theta: float, max_positions: int, seq_len: int | None = None, **parameters):
     """transformers' (inv_freq, attention_factor) for RoPE type `kind` (its ROPE_INIT_FUNCTIONS, what HF models
     rotate by), for one head of `head_dim`; seq_len: the length a dynamic or longrope model has reached."""
-    import transformers
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
     config = transformers.LlamaConfig(hidden_size=head_dim, num_attention_heads=1, head_dim=head_dim,
                                       max_position_embeddings=max_positions,
                                       rope_parameters={"rope_type": kind, "rope_theta": theta, **parameters})

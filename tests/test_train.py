@@ -48,13 +48,15 @@ def test_loss_is_mean_cross_entropy_over_non_pad_targets():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 3, 5)).astype(np.float32)
     targets = np.array([[1, 0, 4], [2, 2, 0]], np.int32)
+    for b, t, v in ((0, 0, 1), (0, 1, 0), (0, 2, 4), (1, 0, 2), (1, 1, 3)):  # 3 of the 4 real targets predicted
+        logits[b, t, v] += 10.0                                             # (and one pad, which does not count)
     sums = token_loss_sums(jnp.asarray(logits), jnp.asarray(targets), pad_id=0)
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     nll = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
     keep = targets != 0
     np.testing.assert_allclose(sums["loss_sum"], nll[keep].sum(), rtol=1e-5)
     assert sums["count"] == keep.sum()
-    assert sums["correct_sum"] == (logits.argmax(-1) == targets)[keep].sum()
+    assert sums["correct_sum"] == (logits.argmax(-1) == targets)[keep].sum() == 3
     assert token_loss_sums(jnp.asarray(logits), jnp.asarray(targets), pad_id=None)["count"] == 6
 
 

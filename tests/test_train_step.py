@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,6 +106,35 @@ def test_a_clipped_step_moves_along_the_gradient_by_the_clip_norm_and_reports_th
     delta, metrics = one_step(sgd(grad_clip=0.5 * norm), model, params, inputs, targets)
     jax.tree.map(lambda d, g: np.testing.assert_allclose(d, -0.5 * np.asarray(g), atol=1e-6), delta, grads)
     np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-5)
+
+
+def test_a_step_reports_loss_accuracy_and_learning_rate_and_advances_and_donates_its_state():
+    model = build_model(tiny_model())
+    inputs, targets = padded_batch()
+    one_target = np.full_like(targets, PAD)
+    one_target[0, 0] = targets[0, 0]  # the loss is this target's loss, not half of it
+    params = random_params(model, inputs)["params"]
+    cfg = TrainConfig(lr=1e-2, warmup_steps=10, weight_decay=0.0)
+    tx = make_optimizer(cfg)
+    train_step, _ = pmapped_steps(model, tx, 1, PAD, make_schedule(cfg))
+    start = lambda: replicate(TrainState(step=np.int32(3), params=params, opt_state=tx.init(params),  # noqa: E731
+                                         rng=jax.random.key_data(jax.random.key(1))), 1)
+    predicted = np.asarray(model.apply({"params": params}, inputs)).argmax(-1)
+    for batch_targets in (targets, one_target):
+        state = start()
+        new_state, metrics = train_step(state, {"inputs": inputs[None], "targets": batch_targets[None]})
+        loss, grads = reference_gradient(model, params, inputs, batch_targets)
+        real = batch_targets != PAD
+        np.testing.assert_allclose(metrics["loss"][0], loss, rtol=1e-6)
+        np.testing.assert_allclose(metrics["accuracy"][0], (predicted == batch_targets)[real].mean(), rtol=1e-6)
+        np.testing.assert_allclose(metrics["lr"][0], make_schedule(cfg)(3), rtol=1e-7)  # the step's own, mid warm-up
+        assert int(new_state.step[0]) == 4
+        # The optimizer's state moved on with the parameters (AdamW's moments now hold this gradient) ...
+        _, expected_opt_state = tx.update(grads, tx.init(params), params)
+        chex.assert_trees_all_close(jax.tree.map(lambda x: x[0], new_state.opt_state), expected_opt_state, atol=1e-6)
+        # ... and the old state's buffers were donated to the new one (the step holds one copy of the model).
+        assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state.params))
+    assert 0.0 < (predicted == targets)[targets != PAD].mean() < 1.0  # some predictions right, some wrong
 
 
 def test_dropout_draws_a_new_mask_each_step_and_micro_batch_and_evaluation_draws_none():
