@@ -235,7 +235,7 @@ def hf_rope(kind: str, head_dim: int, theta: float, max_positions: int, seq_len:
 @pytest.mark.parametrize("theta,original,factor,betas,truncate,attention_factor", [
     (10000.0, 64, 8.0, (32.0, 1.0), True, 0.0),        # the fast end's correction dim < 0: clamped to 0
     (10000.0, 2048, 4.0, (32.0, 1.0), False, 0.0),     # a ramp between fractional dims
-    (10.0, 2048, 1.5, (32.0, 1.0), True, 0.0),         # the slow end past head_dim - 1: clamped there
+    (10.0, 2048, 1.5, (64.0, 1.0), True, 0.0),         # the slow end (dim 21) clamped to head_dim - 1
     (10000.0, 512, 4.0, (4.0, 4.0), False, 0.0),       # both ends at one dim: the ramp's width is 0.001
     (10000.0, 512, 1.0, (32.0, 1.0), True, 0.0),       # factor 1: no attention scaling
     (10000.0, 512, 0.5, (32.0, 1.0), True, 0.0),       # factor < 1 (a shrink): no attention scaling either
