@@ -137,6 +137,22 @@ def test_a_step_reports_loss_accuracy_and_learning_rate_and_advances_and_donates
     assert 0.0 < (predicted == targets)[targets != PAD].mean() < 1.0  # some predictions right, some wrong
 
 
+def test_gradient_accumulation_shrinks_the_steps_working_memory():
+    # Micro-batches are there so that a batch too large for the device still trains: the compiled step's scratch
+    # memory (XLA's own account of it) falls with their count. The same batch of 32 windows of 64 tokens:
+    model = build_model(tiny_model(max_seq_len=64))
+    batch = {"inputs": np.ones((1, 32, 64), np.int32), "targets": np.ones((1, 32, 64), np.int32)}
+    params = random_params(model, batch["inputs"][0, :1])["params"]
+    scratch = {}
+    for accum in (1, 2, 4):
+        tx = make_optimizer(sgd(grad_accum_steps=accum))
+        train_step, _ = pmapped_steps(model, tx, accum, PAD, make_schedule(sgd()))
+        state = replicate(TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
+                                     rng=jax.random.key_data(jax.random.key(1))), 1)
+        scratch[accum] = train_step.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
+    assert scratch[2] < 0.7 * scratch[1] and scratch[4] < 0.7 * scratch[2], scratch
+
+
 def test_dropout_draws_a_new_mask_each_step_and_micro_batch_and_evaluation_draws_none():
     model = build_model(tiny_model(dropout=0.5))
     inputs, targets = padded_batch()
