@@ -229,8 +229,9 @@ def test_cached_attention_step_by_step_equals_full_causal_attention():
 
 
 @pytest.mark.parametrize("heads,kv_heads,window,alibi,T", [(4, 4, None, False, 1), (4, 2, None, True, 1),
-                                                           (4, 1, 40, False, 1), (2, 2, None, False, 3)],
-                         ids=["mha", "gqa-alibi", "mqa-window", "three-new"])
+                                                           (4, 1, 40, False, 1), (2, 2, None, False, 2),
+                                                           (2, 2, None, False, 3)],
+                         ids=["mha", "gqa-alibi", "mqa-window", "two-new", "three-new"])
 def test_attention_over_a_long_cache_reads_only_the_chunks_a_query_may_see(heads, kv_heads, window, alibi, T):
     # A 384-slot cache is three chunks; the queries sit at 200 and 180 (the second chunk), so the third chunk
     # (and with a window of 40, the first) is never read: filled with NaN there, it must not reach the output.
@@ -273,3 +274,56 @@ def test_attention_over_a_cache_nobody_may_see_yet_reads_none_of_it():
                                                  cached=nan_cache, with_weights=False)
     causal = np.tril(np.ones((4, 4), bool))[None]
     np.testing.assert_allclose(out, naive_attention(q, k_new, v_new, causal), atol=1e-5)
+
+
+def test_attention_over_a_cache_without_a_mask_reads_every_slot():
+    # No mask: every cache slot and every new key is seen, in each chunk of the loop.
+    q, k_new, v_new = random_qkv(B=2, T=2, S=2, H=4, K=2, seed=4)
+    _, k_old, v_old = random_qkv(B=2, T=1, S=2 * attention_lib.CACHE_CHUNK, H=4, K=2, seed=5)
+    cache = KVCache.of(k_old, v_old)
+    kv_new = (k_new.transpose(0, 2, 1, 3), v_new.transpose(0, 2, 1, 3))
+    chunked, _ = attention_lib.dot_product_attention(q, *kv_new, cached=cache, with_weights=False)
+    whole = naive_attention(q, jnp.repeat(jnp.concatenate([k_old, k_new], 1), 2, axis=2),
+                            jnp.repeat(jnp.concatenate([v_old, v_new], 1), 2, axis=2))
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
+
+
+def test_a_bfloat16_cache_holds_what_is_written_in_bfloat16():
+    cache = KVCache.zeros(batch=1, max_len=4, num_kv_heads=2, head_dim=3, dtype=jnp.bfloat16)
+    chex.assert_type([cache.k_BxKxSxDh, cache.v_BxKxSxDh], jnp.bfloat16)
+    k, v = (jax.random.normal(jax.random.key(i), (1, 2, 2, 3)) for i in (0, 1))  # float32, two positions
+    cache = cache.write(k, v, jnp.array([1]))
+    chex.assert_type([cache.k_BxKxSxDh, cache.v_BxKxSxDh], jnp.bfloat16)
+    np.testing.assert_array_equal(cache.k_BxKxSxDh[0, :, 1:3], k[0].transpose(1, 0, 2).astype(jnp.bfloat16))
+    np.testing.assert_array_equal(cache.v_BxKxSxDh[0, :, 1:3], v[0].transpose(1, 0, 2).astype(jnp.bfloat16))
+
+
+@pytest.mark.parametrize("length", [2, 5, 8])  # fewer positions than the window, more, the whole cache
+def test_a_cache_turned_into_a_ring_holds_the_newest_window_of_positions(length):
+    # Slot s of a ring of W slots holds the newest position p < length with p % W == s.
+    W, S = 3, 8
+    values = jnp.broadcast_to(jnp.arange(S, dtype=jnp.float32)[None, None, :, None], (1, 1, S, 2))
+    ring = KVCache(values, -values).as_ring(jnp.array([length]), W)
+    assert ring.ring and ring.max_len == W
+    for slot in range(W):
+        held = [p for p in range(length) if p % W == slot]
+        if held:
+            assert float(ring.k_BxKxSxDh[0, 0, slot, 0]) == held[-1] == -float(ring.v_BxKxSxDh[0, 0, slot, 1])
+
+
+def test_fused_qkv_params_in_the_order_the_module_declares_compute_the_same_attention():
+    # The serving layout (infer.layout) concatenates the projections as fused_projections() names them.
+    attn = make_attention()
+    x = jax.random.normal(jax.random.key(0), (2, 5, 12))
+    pos = positions(5, 2)
+    mask = attention_mask(pos, pos, causal=True)
+    params = attn.init(jax.random.key(1), x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos)["params"]
+    (fused_name, parts), = attn.fused_projections().items()
+    fused = {name: p for name, p in params.items() if name not in parts}
+    fused[fused_name] = {"kernel": jnp.concatenate([params[n]["kernel"] for n in parts], axis=1),
+                         "bias": jnp.concatenate([params[n]["bias"] for n in parts], axis=0)}
+    apply = jax.jit(attn.apply)
+    expected, _ = apply({"params": params}, x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos)
+    np.testing.assert_allclose(apply({"params": fused}, x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos)[0], expected,
+                               atol=1e-5)
+    assert make_attention(cross=True).fused_projections() == {}  # its keys and values come from another input
