@@ -113,6 +113,14 @@ def test_block_sparse_mask_is_local_blocks_plus_global_tokens():
     np.testing.assert_array_equal(mask, expected)
     causal = attention_mask(positions(8), positions(8), causal=True, block_size=3, num_global=1)[0, 0]
     np.testing.assert_array_equal(causal, expected & np.tril(np.ones((8, 8), bool)))
+    local = attention_mask(positions(8), positions(8), causal=False, block_size=3)[0, 0]  # no global tokens
+    np.testing.assert_array_equal(local, np.equal.outer(np.arange(8) // 3, np.arange(8) // 3))
+
+
+def test_a_mask_without_constraints_lets_every_query_see_every_key():
+    mask = attention_mask(positions(3, 2), positions(5, 2), causal=False)
+    chex.assert_shape(mask, (2, 1, 3, 5))
+    assert mask.dtype == bool and bool(mask.all())
 
 
 def test_padding_keys_are_masked_for_every_query():
@@ -327,3 +335,28 @@ def test_fused_qkv_params_in_the_order_the_module_declares_compute_the_same_atte
     np.testing.assert_allclose(apply({"params": fused}, x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos)[0], expected,
                                atol=1e-5)
     assert make_attention(cross=True).fused_projections() == {}  # its keys and values come from another input
+
+
+def test_a_bias_is_added_to_the_scaled_scores_before_the_softmax():
+    q, k, v = random_qkv(B=1, T=3, S=4, H=2, K=2, seed=6)
+    bias_BxHxTxS = jax.random.normal(jax.random.key(7), (1, 2, 3, 4))
+    out, probs = attention_lib.dot_product_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+                                                     bias=bias_BxHxTxS)
+    scores = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(8) + np.asarray(bias_BxHxTxS)
+    expected = np.exp(scores - scores.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    np.testing.assert_allclose(out, np.einsum("bhts,bshd->bthd", expected, v), atol=1e-5)
+
+
+def test_attention_dropout_zeroes_weights_and_scales_the_kept_ones_up_by_one_over_the_keep_rate():
+    # With value vectors one-hot per key, each output row is the dropped-out weights themselves.
+    B, T, S, H, rate = 1, 4, 6, 2, 0.25
+    q, k, _ = random_qkv(B=B, T=T, S=S, H=H, K=H, Dh=S, seed=8)
+    one_hot = jnp.broadcast_to(jnp.eye(S)[None, None], (B, H, S, S))
+    out, probs = attention_lib.dot_product_attention(q, k.transpose(0, 2, 1, 3), one_hot, dropout_rate=rate,
+                                                     dropout_rng=jax.random.key(9))
+    used = np.asarray(out).transpose(0, 2, 1, 3)  # [B, H, T, S]
+    kept = used != 0
+    assert 0 < kept.mean() < 1
+    np.testing.assert_allclose(used[kept], np.asarray(probs)[kept] / (1 - rate), rtol=1e-5)
