@@ -94,6 +94,23 @@ def test_each_optimizer_follows_its_update_rule_with_the_configured_betas(name):
             np.testing.assert_allclose(value, want[path], rtol=1e-4, atol=1e-7, err_msg=path)
 
 
+def test_muon_takes_its_momentum_weight_decay_and_adam_betas_from_the_config():
+    # optax's Muon with every setting spelled out is the reference; each value differs from optax's default
+    # (momentum 0.95, decay 0, Adam betas 0.9 / 0.999), so a setting not passed on shows.
+    rng = np.random.default_rng(2)
+    params = {"w": {"kernel": rng.normal(size=(4, 3)).astype(np.float32)}, "b": {"bias": np.ones(3, np.float32)}}
+    grads = [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params) for _ in range(3)]
+    tx = optimizer("muon", muon_lr=0.02, muon_momentum=0.8, beta1=0.7, beta2=0.9, weight_decay=0.1)
+    reference = optax.contrib.muon(0.02, beta=0.8, weight_decay=0.1, adam_b1=0.7, adam_b2=0.9,
+                                   adam_learning_rate=0.01, muon_weight_dimension_numbers=muon_dimension_numbers)
+    state, ref_state = tx.init(params), reference.init(params)
+    for g in grads:
+        got, state = tx.update(g, state, params)
+        want, ref_state = reference.update(g, ref_state, params)
+        for path, value in flat(got).items():
+            np.testing.assert_allclose(value, flat(want)[path], rtol=1e-5, atol=1e-8, err_msg=path)
+
+
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_clipping_gives_the_updates_of_gradients_scaled_down_to_the_clip_norm(name):
     params = {"w": {"kernel": jnp.ones((4, 3))}, "b": {"bias": jnp.ones(3)}}
