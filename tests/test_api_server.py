@@ -102,6 +102,7 @@ def test_a_client_that_leaves_frees_its_slots_at_once(served, stream):
     assert server.metric('mulm_generated_tokens_total{model="tiny"}') - before < 3712 / 2
 
 
+@pytest.mark.slow  # 35 s; test_api_jobs resumes a job interrupted by a restart in the fast suite
 def test_a_job_running_when_the_server_dies_is_interrupted_and_resumes_from_its_checkpoint(served):
     server, trained = served
     root = server.root

@@ -79,9 +79,13 @@ VARIANTS = {
     "post-norm-rmsnorm-swiglu": dict(norm_position="post", norm="rmsnorm", ffn="swiglu"),
     "encoder-decoder": dict(architecture="encoder_decoder", positional="sinusoidal"),
 }
+# Each variant compiles an engine (8 s): the fast suite keeps one per kind of cache and position (a table, RoPE with
+# grouped heads, a bias, the encoder-decoder's cross-attention); `make test-slow` (and CI) runs the rest too.
+FAST_VARIANTS = ("learned", "rope-gqa", "alibi", "encoder-decoder")
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", [v if v in FAST_VARIANTS else pytest.param(v, marks=pytest.mark.slow)
+                                     for v in VARIANTS])
 def test_cached_greedy_decoding_equals_rerunning_the_whole_sequence(variant):
     lm = loaded(num_layers=2, **VARIANTS[variant])
     prompts = [[1, 2, 3, 4, 5], [7, 3, 9]]
