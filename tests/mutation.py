@@ -39,6 +39,7 @@ MODULES = {
     "attention": ("mulm_jax/nn/attention.py", ["tests/test_attention.py", "tests/test_ring_cache.py"]),
 }
 WORK = Path(tempfile.gettempdir()) / "mulm_jax-mutation"
+MUTMUT = str(Path(sys.executable).parent / "mutmut")
 COPIED = ["mulm_jax", "tests", "configs", "serve.py", "pytest.ini"]
 
 
@@ -55,13 +56,9 @@ def setup_cfg(module: str, tests: list[str]) -> str:
 
 def survivors(work: Path, env: dict) -> list[str]:
     """The mutants of the last run in `work` that no test failed on."""
-    lines = subprocess.run([mutmut_command(), "results"], cwd=work, env=env, check=True, capture_output=True,
+    lines = subprocess.run([MUTMUT, "results"], cwd=work, env=env, check=True, capture_output=True,
                            text=True).stdout.splitlines()
     return [line.strip().rsplit(": ", 1)[0] for line in lines if line.strip().endswith(": survived")]
-
-
-def mutmut_command() -> str:
-    return str(Path(sys.executable).parent / "mutmut")
 
 
 def run(name: str, recheck: bool = False) -> dict:
@@ -78,13 +75,12 @@ def run(name: str, recheck: bool = False) -> dict:
     # Every mutant's process compiles the same unchanged functions: a compilation cache shared by them spares that.
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(work / "jax-cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    mutmut = mutmut_command()
     start = time.monotonic()
     again = survivors(work, env) if recheck and (work / "mutants").is_dir() else []
-    subprocess.run([mutmut, "run"], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([MUTMUT, "run"], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
     if again:
-        subprocess.run([mutmut, "run", *again], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([mutmut, "export-cicd-stats"], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([MUTMUT, "run", *again], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([MUTMUT, "export-cicd-stats"], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
     stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
     # a mutant that hangs the tests or crashes the process is caught as surely as one that fails them
     caught = stats["killed"] + stats["timeout"] + stats["segfault"]

@@ -51,11 +51,16 @@ def reference_gradient(model, params, inputs, targets) -> tuple[float, dict]:
     return float(value), grads
 
 
+def fresh_state(tx: optax.GradientTransformation, params, step: int = 0) -> TrainState:
+    """A train state at `step` with `params` and `tx`'s initial optimizer state (dropout key 1), on the host."""
+    return TrainState(step=np.int32(step), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(jax.random.key(1)))
+
+
 def one_step(cfg: TrainConfig, model, params, inputs, targets, devices: int = 1):
     """(parameter change, metrics) of one pmapped train step, the batch split evenly over `devices`."""
     tx = make_optimizer(cfg)
-    state = TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
-                       rng=jax.random.key_data(jax.random.key(1)))
+    state = fresh_state(tx, params)
     train_step, _ = pmapped_steps(model, tx, cfg.grad_accum_steps, PAD, make_schedule(cfg))
     shard = lambda x: x.reshape(devices, x.shape[0] // devices, *x.shape[1:])  # noqa: E731
     new_state, metrics = train_step(replicate(state, devices), {"inputs": shard(inputs), "targets": shard(targets)})
@@ -115,19 +120,17 @@ def test_a_step_reports_loss_accuracy_and_learning_rate_and_advances_and_donates
     one_target[0, 0] = targets[0, 0]  # the loss is this target's loss, not half of it
     params = random_params(model, inputs)["params"]
     cfg = TrainConfig(lr=1e-2, warmup_steps=10, weight_decay=0.0)
-    tx = make_optimizer(cfg)
-    train_step, _ = pmapped_steps(model, tx, 1, PAD, make_schedule(cfg))
-    start = lambda: replicate(TrainState(step=np.int32(3), params=params, opt_state=tx.init(params),  # noqa: E731
-                                         rng=jax.random.key_data(jax.random.key(1))), 1)
+    tx, schedule = make_optimizer(cfg), make_schedule(cfg)
+    train_step, _ = pmapped_steps(model, tx, 1, PAD, schedule)
     predicted = np.asarray(model.apply({"params": params}, inputs)).argmax(-1)
     for batch_targets in (targets, one_target):
-        state = start()
+        state = replicate(fresh_state(tx, params, step=3), 1)
         new_state, metrics = train_step(state, {"inputs": inputs[None], "targets": batch_targets[None]})
         loss, grads = reference_gradient(model, params, inputs, batch_targets)
         real = batch_targets != PAD
         np.testing.assert_allclose(metrics["loss"][0], loss, rtol=1e-6)
         np.testing.assert_allclose(metrics["accuracy"][0], (predicted == batch_targets)[real].mean(), rtol=1e-6)
-        np.testing.assert_allclose(metrics["lr"][0], make_schedule(cfg)(3), rtol=1e-7)  # the step's own, mid warm-up
+        np.testing.assert_allclose(metrics["lr"][0], schedule(3), rtol=1e-7)  # the step's own, mid warm-up
         assert int(new_state.step[0]) == 4
         # The optimizer's state moved on with the parameters (AdamW's moments now hold this gradient) ...
         _, expected_opt_state = tx.update(grads, tx.init(params), params)
@@ -147,8 +150,7 @@ def test_gradient_accumulation_shrinks_the_steps_working_memory():
     for accum in (1, 2, 4):
         tx = make_optimizer(sgd(grad_accum_steps=accum))
         train_step, _ = pmapped_steps(model, tx, accum, PAD, make_schedule(sgd()))
-        state = replicate(TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
-                                     rng=jax.random.key_data(jax.random.key(1))), 1)
+        state = replicate(fresh_state(tx, params), 1)
         scratch[accum] = train_step.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
     assert scratch[2] < 0.7 * scratch[1] and scratch[4] < 0.7 * scratch[2], scratch
 
@@ -163,8 +165,7 @@ def test_dropout_draws_a_new_mask_each_step_and_micro_batch_and_evaluation_draws
     train_once, _ = pmapped_steps(model, tx, 1, PAD, make_schedule(sgd()))
 
     def loss(step, accum, *rows) -> float:
-        state = TrainState(step=np.int32(step), params=params, opt_state=tx.init(params),
-                           rng=jax.random.key_data(jax.random.key(1)))
+        state = fresh_state(tx, params, step)
         batch = {"inputs": np.concatenate([r[0] for r in rows])[None],
                  "targets": np.concatenate([r[1] for r in rows])[None]}
         _, metrics = (train_step if accum == 2 else train_once)(replicate(state, 1), batch)
@@ -194,8 +195,7 @@ def test_an_encoder_decoder_step_predicts_the_second_half_of_each_window_from_th
     first_loss = float(optax.softmax_cross_entropy_with_integer_labels(logits, targets[:, 6:]).mean())
     tc = TrainConfig(lr=1e-2, warmup_steps=0, schedule="constant", steps=20)
     tx = make_optimizer(tc)
-    state = replicate(TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
-                                 rng=jax.random.key_data(jax.random.key(1))), 1)
+    state = replicate(fresh_state(tx, params), 1)
     step, _ = pmapped_steps(model, tx, 1, None, make_schedule(tc))
     losses = []
     for _ in range(20):  # the same batch again and again: a model that learns fits it
