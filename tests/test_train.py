@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +18,10 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT, random_params, tiny_model
+from conftest import ROOT, random_params, tiny_model, xla_flags
 from mulm_jax.config import TrainConfig, dump_config, load_config
 from mulm_jax.models import build_model
+from mulm_jax.train import loop
 from mulm_jax.train.loop import TrainingError, train
 from mulm_jax.train.optimizer import decay_mask, make_optimizer, make_schedule
 from mulm_jax.train.sample import greedy_sampler
@@ -247,6 +250,43 @@ def test_rows_of_a_run_killed_before_its_first_checkpoint_are_not_kept_beside_th
     train(cfg, run, quiet=True)
     rows = [r for r in read_metrics(run) if "loss" in r]
     assert [r["step"] for r in rows] == [5, 10] and all(r["loss"] != 9.0 for r in rows)
+
+
+def test_the_steps_and_the_evaluation_compile_during_start_up_and_never_after(tmp_path, monkeypatch, caplog):
+    end_start_up = loop._end_start_up
+
+    def marked(*args):
+        end_start_up(*args)
+        logging.getLogger(__name__).warning("start-up over")
+
+    monkeypatch.setattr(loop, "_end_start_up", marked)
+    cfg = load_config(ROOT / "configs/shakespeare_char.yaml",
+                      tiny_run(tmp_path, "train.steps=4", "train.eval_every=2", "train.log_every=2"))
+    jax.config.update("jax_log_compiles", True)  # for every thread: the evaluation compiles in one of its own
+    try:
+        train(cfg, tmp_path / "run", quiet=True)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    messages = [r.getMessage() for r in caplog.records]
+    over = messages.index("start-up over")
+    steps = ("Compiling jit(_fun)", "Compiling jit(continuation)")  # pmapped train / eval step, the sampler
+    assert sum(m.startswith(steps) for m in messages[:over]) == 3, messages[:over]
+    assert not [m for m in messages[over:] if m.startswith(steps)]  # two evaluations, no compilation
+
+
+@pytest.mark.slow  # 30 s: a run in this process and one in a process of its own
+def test_a_run_on_two_local_devices_evaluates_samples_and_matches_one_device(tmp_path):
+    overrides = tiny_run(tmp_path, "train.steps=4", "train.eval_every=2", "train.log_every=2")
+    one = train(load_config(ROOT / "configs/shakespeare_char.yaml", overrides), tmp_path / "one", quiet=True)
+    env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=2"), "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "train.py", "--config", "configs/shakespeare_char.yaml", "--workdir",
+                          str(tmp_path / "two"), "--no-compilation-cache", "--set", *overrides],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "on 1 process(es) x 2 device(s)" in out.stderr
+    evaluations = [r for r in read_metrics(tmp_path / "two") if "val_loss" in r]
+    assert [r["step"] for r in evaluations] == [2, 4] and out.stderr.count("sample: ") == 2
+    np.testing.assert_allclose(evaluations[-1]["val_loss"], one.last_eval["val_loss"], rtol=1e-4)
 
 
 def test_model_vocabulary_smaller_than_the_data_is_refused(tmp_path):

@@ -17,7 +17,7 @@ from conftest import ROOT, random_ids, random_params, tiny_model, xla_flags
 from mulm_jax.config import TrainConfig
 from mulm_jax.models import build_model
 from mulm_jax.train.optimizer import make_optimizer, make_schedule
-from mulm_jax.train.step import TrainState, pmapped_steps, replicate
+from mulm_jax.train.step import TrainState, pmapped_steps, replicate, replicated_like
 
 PAD = 0
 
@@ -215,7 +215,7 @@ def test_the_train_step_compiles_once_and_the_evaluation_compiled_ahead_serves_e
     train, evaluate = pmapped_steps(model, tx, 1, PAD, make_schedule(tc))
     batch = {"inputs": inputs[None], "targets": targets[None]}
     with jax.log_compiles():
-        evaluate.lower(replicate(host.params, 1), batch).compile()  # as the loop does, beside the first step
+        evaluate.lower(replicated_like(params, 1), batch).compile()  # as the loop does, beside the first step
         state = replicate(host, 1)
         for _ in range(3):
             state, metrics = train(state, batch)

@@ -27,7 +27,7 @@ from mulm_jax.train.init_from import RECORD, start_from
 from mulm_jax.train.metrics import MetricsWriter, Progress
 from mulm_jax.train.optimizer import make_optimizer, make_schedule
 from mulm_jax.train.sample import greedy_sampler
-from mulm_jax.train.step import TrainState, pmapped_steps, replicate, replicate_on_host
+from mulm_jax.train.step import TrainState, pmapped_steps, replicate, replicated_like
 
 
 @dataclasses.dataclass
@@ -207,17 +207,27 @@ def _restore_or_start_from(run: _Run, state: TrainState, tx: Any, saved: Optiona
     return state
 
 
-def _compile_evaluation(run: _Run, eval_step: Any, params_host: Any) -> concurrent.futures.Future:
+def _on_first_device(tree: Any) -> Any:
+    """The first local device's copy of each replicated array, as an array of that device alone: what the sampler
+    is compiled for. (Indexing the replicated array itself gives an array on every device, which it refuses.)"""
+    device = jax.local_devices()[0]
+    return jax.tree.map(lambda x: next(s.data for s in x.addressable_shards if s.device == device)[0], tree)
+
+
+def _compile_evaluation(run: _Run, eval_step: Any, params: Any) -> concurrent.futures.Future:
     """Compile the evaluation's programs in a thread, beside the first training step (an XLA compilation releases
     the GIL), so that start-up holds all compilation and no evaluation stops the run to compile: the eval step for
-    these batches (kept in JAX's cache, which its later calls find) and, on process 0 of a decoder, the sampler.
-    `params_host`: replicated host arrays, which no train step donates while this runs."""
+    these batches (compiled for replicated device arrays, as the evaluation passes them, so JAX's cache serves its
+    later calls) and, on process 0 of a decoder, the sampler. `params`: one copy, only shapes and dtypes are read."""
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.result_type(x)), params)
 
     def compile_all() -> Optional[Callable[[Any, list[int]], list[int]]]:
         if run.evaluation:
-            eval_step.lower(params_host, _shard(run.evaluation[0], run.devices)).compile()
+            eval_step.lower(replicated_like(shapes, run.devices), _shard(run.evaluation[0], run.devices)).compile()
         if run.lead and run.cfg.model.architecture == "decoder":
-            return greedy_sampler(run.model, SAMPLE_TOKENS, run.tokenizer.vocab_size, _unreplicate(params_host))
+            on_first_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            return greedy_sampler(run.model, SAMPLE_TOKENS, run.tokenizer.vocab_size,
+                                  jax.tree.map(lambda x: x.update(sharding=on_first_device), shapes))
         return None
 
     compiler = concurrent.futures.ThreadPoolExecutor(1)
@@ -237,7 +247,7 @@ def _evaluate(run: _Run, eval_step: Any, sampler: Optional[Callable], params: An
     val_loss = sums["loss_sum"] / max(sums["count"], 1.0)
     row = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
     if sampler is not None:
-        row["sample"] = run.tokenizer.decode(sampler(_unreplicate(params), run.tokenizer.encode("\n")[:1]))
+        row["sample"] = run.tokenizer.decode(sampler(_on_first_device(params), run.tokenizer.encode("\n")[:1]))
     row["eval_s"] = time.time() - t_eval
     return row
 
@@ -379,7 +389,7 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
 
     train_step, eval_step = pmapped_steps(model, tx, tc.grad_accum_steps, tokenizer.pad_id, make_schedule(tc))
     host = jax.device_get(state)
-    evaluation_programs = _compile_evaluation(run, eval_step, replicate_on_host(host.params, devices))
+    evaluation_programs = _compile_evaluation(run, eval_step, host.params)
     replicated = replicate(host, devices)
     timing.mark("state to the host")
     step = int(state.step)

@@ -106,6 +106,14 @@ def replicate_on_host(tree: Any, devices: int) -> Any:
     return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (devices, *np.shape(x))), tree)
 
 
+def replicated_like(tree: Any, devices: int) -> Any:
+    """The shapes, dtypes and placement of replicate(tree, devices), without the arrays: what a pmapped step is
+    compiled ahead of time for (`.lower(...)`) so that its calls with replicated device arrays find that program."""
+    sharding = device_sharding(devices)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((devices, *np.shape(x)), np.result_type(x), sharding=sharding),
+                        tree)
+
+
 def replicate(tree: Any, devices: int) -> Any:
     """One copy per local device along a new leading axis, placed on the devices as pmap takes it.
 
