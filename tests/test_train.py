@@ -140,6 +140,7 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
             calls.append(1)
             return state, {**metrics, "loss": metrics["loss"] * (np.nan if len(calls) > 12 else 1.0)}
 
+        diverging.lower = train_step.lower  # the loop compiles the step ahead of its first call
         return diverging, eval_step
 
     monkeypatch.setattr(loop, "pmapped_steps", nan_after_twelve_steps)
@@ -225,6 +226,8 @@ def test_greedy_sample_is_the_argmax_of_the_window_rerun_per_token_and_compiles_
     assert got == [naive(params(seed), prompt) for seed, prompt in cases]
     assert len(set(got[0])) > 3  # the window slides: a test that could fail
     assert sum("Compiling jit(continuation)" in r.getMessage() for r in caplog.records) == 1
+    # a window that holds the prompt and the continuation: the same tokens, from 3 positions instead of 8
+    assert greedy_sampler(model, 2, 32, params(0), window=3)(params(1), [5]) == naive(params(1), [5])[:2]
 
 
 def test_greedy_sample_draws_only_ids_the_tokenizer_can_decode():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import yaml
 
@@ -27,7 +28,7 @@ from mulm_jax.train.init_from import RECORD, start_from
 from mulm_jax.train.metrics import MetricsWriter, Progress
 from mulm_jax.train.optimizer import make_optimizer, make_schedule
 from mulm_jax.train.sample import greedy_sampler
-from mulm_jax.train.step import TrainState, pmapped_steps, replicate, replicated_like
+from mulm_jax.train.step import TrainState, pmapped_steps, replicate, replicate_on_host, replicated_like
 
 
 @dataclasses.dataclass
@@ -129,8 +130,10 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-FIRST_STEP = "first step (compile and run)"  # the last start-up phase: the step compiles on its first call
-SAMPLE_TOKENS = 64  # the greedy continuation printed with each evaluation
+STEP_COMPILE = "train step compile (rest)"  # what is left of it once the phases it runs beside are done
+FIRST_STEP = "first step"  # the last start-up phase
+SAMPLE_PROMPT = "\n"  # each evaluation prints the greedy continuation of this text's first token,
+SAMPLE_TOKENS = 64  # this many tokens long
 
 
 def _prepare_data(cfg: Config, workdir: Path, lead: bool) -> tuple[Path, Tokenizer]:
@@ -157,16 +160,30 @@ def _sequence_length(cfg: Config) -> int:
     return seq_len
 
 
-def _initial_state(cfg: Config, model: Any, tx: Any, seq_len: int, timing: Phases) -> TrainState:
-    """Freshly initialised parameters and optimizer state at step 0."""
-    init_key, state_key = jax.random.split(jax.random.key(cfg.train.seed))
-    init_inputs, _ = model.window_inputs(np.zeros((1, seq_len), np.int32))
-    params = jax.jit(model.init)(init_key, *init_inputs)["params"]
-    timing.mark("model init", params)
-    state = TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
-                       rng=jax.random.key_data(state_key))
-    timing.mark("optimizer init", state.opt_state)
-    return state
+def _fresh_state(cfg: Config, model: Any, tx: Any, seq_len: int) -> Callable[[], TrainState]:
+    """The function of no arguments that makes the state at step 0: freshly initialised parameters and optimizer
+    state. Run jitted, one program; its jax.eval_shape is what the train step is compiled for."""
+
+    def fresh_state() -> TrainState:
+        init_key, state_key = jax.random.split(jax.random.key(cfg.train.seed))
+        init_inputs, _ = model.window_inputs(jnp.zeros((1, seq_len), jnp.int32))
+        params = model.init(init_key, *init_inputs)["params"]
+        return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+                          rng=jax.random.key_data(state_key))
+
+    return fresh_state
+
+
+def _compile_train_step(train_step: Any, state_shapes: TrainState, process_batch: int, seq_len: int,
+                        devices: int) -> None:
+    """Compile the pmapped train step for the replicated state and the sharded batches the loop will pass (the
+    loader's {"inputs", "targets"} int32 [batch, seq_len], split over the devices), so that its first call finds
+    the program in JAX's cache. Run beside model init and the rest of start-up, it needs only shapes. Across
+    processes pmap lowers only arrays (it makes them global), so there the first call compiles the step."""
+    if jax.process_count() > 1:
+        return
+    batch = jax.ShapeDtypeStruct((devices, process_batch // devices, seq_len), jnp.int32)
+    train_step.lower(replicated_like(state_shapes, devices), {"inputs": batch, "targets": batch}).compile()
 
 
 @dataclasses.dataclass
@@ -214,26 +231,28 @@ def _on_first_device(tree: Any) -> Any:
     return jax.tree.map(lambda x: next(s.data for s in x.addressable_shards if s.device == device)[0], tree)
 
 
-def _compile_evaluation(run: _Run, eval_step: Any, params: Any) -> concurrent.futures.Future:
-    """Compile the evaluation's programs in a thread, beside the first training step (an XLA compilation releases
-    the GIL), so that start-up holds all compilation and no evaluation stops the run to compile: the eval step for
-    these batches (compiled for replicated device arrays, as the evaluation passes them, so JAX's cache serves its
-    later calls) and, on process 0 of a decoder, the sampler. `params`: one copy, only shapes and dtypes are read."""
+def _compile_evaluation(run: _Run, compiler: concurrent.futures.Executor, eval_step: Any, params: Any
+                        ) -> concurrent.futures.Future:
+    """Compile the evaluation's programs on `compiler`'s thread, beside the first training step (an XLA
+    compilation releases the GIL), so that start-up holds all compilation and no evaluation stops the run to
+    compile: the eval step for these batches (compiled for replicated device arrays, as the evaluation passes
+    them, so JAX's cache serves its later calls) and, on process 0 of a decoder, the sampler. `params`: one copy
+    on the host, which no train step donates."""
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.result_type(x)), params)
 
     def compile_all() -> Optional[Callable[[Any, list[int]], list[int]]]:
         if run.evaluation:
-            eval_step.lower(replicated_like(shapes, run.devices), _shard(run.evaluation[0], run.devices)).compile()
+            replicated = (replicated_like(shapes, run.devices) if jax.process_count() == 1
+                          else replicate_on_host(params, run.devices))  # pmap lowers only arrays across processes
+            eval_step.lower(replicated, _shard(run.evaluation[0], run.devices)).compile()
         if run.lead and run.cfg.model.architecture == "decoder":
             on_first_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             return greedy_sampler(run.model, SAMPLE_TOKENS, run.tokenizer.vocab_size,
-                                  jax.tree.map(lambda x: x.update(sharding=on_first_device), shapes))
+                                  jax.tree.map(lambda x: x.update(sharding=on_first_device), shapes),
+                                  window=1 + SAMPLE_TOKENS)  # the prompt is one token
         return None
 
-    compiler = concurrent.futures.ThreadPoolExecutor(1)
-    programs = compiler.submit(compile_all)
-    compiler.shutdown(wait=False)
-    return programs
+    return compiler.submit(compile_all)
 
 
 def _evaluate(run: _Run, eval_step: Any, sampler: Optional[Callable], params: Any, step: int) -> dict[str, Any]:
@@ -247,7 +266,8 @@ def _evaluate(run: _Run, eval_step: Any, sampler: Optional[Callable], params: An
     val_loss = sums["loss_sum"] / max(sums["count"], 1.0)
     row = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
     if sampler is not None:
-        row["sample"] = run.tokenizer.decode(sampler(_on_first_device(params), run.tokenizer.encode("\n")[:1]))
+        prompt = run.tokenizer.encode(SAMPLE_PROMPT)[:1]
+        row["sample"] = run.tokenizer.decode(sampler(_on_first_device(params), prompt))
     row["eval_s"] = time.time() - t_eval
     return row
 
@@ -299,13 +319,13 @@ def _log_steps(run: _Run, pending: list[dict[str, Any]], step: int, throughput: 
 
 def _end_start_up(run: _Run, evaluation_programs: concurrent.futures.Future, timing: Phases,
                   phases: Optional[Phases], t_start: float, t_loop: float, step: int, first_metrics: Any) -> None:
-    """Start-up ends with the first step (compiling it) and the evaluation's compiling: write and print its time."""
+    """Start-up ends with the first step and the evaluation's compiling: write and print its time."""
     timing.mark(FIRST_STEP, first_metrics)
     evaluation_programs.result()
     now = time.time()
     run.metrics.write({"step": step, "startup_s": now - t_start, "first_step_s": now - t_loop})
-    run.progress.message(f"step {step} done {now - t_start:.1f}s after start ({now - t_loop:.1f}s of it compiling "
-                         f"that step's program and, beside it, the evaluation's)")
+    run.progress.message(f"step {step} done {now - t_start:.1f}s after start ({now - t_loop:.1f}s of it running that "
+                         f"step and, beside it, compiling the evaluation's programs)")
     if phases is not None:
         run.progress.message(f"start-up: {phases.line()}")
 
@@ -375,7 +395,13 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
     devices = jax.local_device_count()
     model = build_model(dataclasses.replace(cfg.model, dtype=tc.compute_dtype), remat=tc.remat)
     tx = make_optimizer(tc)
-    state = _initial_state(cfg, model, tx, seq_len, timing)
+    train_step, eval_step = pmapped_steps(model, tx, tc.grad_accum_steps, tokenizer.pad_id, make_schedule(tc))
+    fresh_state = _fresh_state(cfg, model, tx, seq_len)
+    compiler = concurrent.futures.ThreadPoolExecutor(1)  # one thread: the train step, then the evaluation
+    train_program = compiler.submit(_compile_train_step, train_step, jax.eval_shape(fresh_state), process_batch,
+                                    seq_len, devices)
+    state = jax.jit(fresh_state)()
+    timing.mark("model and optimizer init", state)
     loader = make_loader(dataset_dir, "train", process_batch, seq_len, tc.seed)
     timing.mark("data loader")
     run = _Run(cfg, workdir, lead, devices, seq_len, model, tokenizer, loader, [],
@@ -387,11 +413,13 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
     run.evaluation = eval_batches(dataset_dir, process_batch, seq_len, tc.eval_batches)
     timing.mark("evaluation batches")
 
-    train_step, eval_step = pmapped_steps(model, tx, tc.grad_accum_steps, tokenizer.pad_id, make_schedule(tc))
     host = jax.device_get(state)
-    evaluation_programs = _compile_evaluation(run, eval_step, host.params)
+    evaluation_programs = _compile_evaluation(run, compiler, eval_step, host.params)
+    compiler.shutdown(wait=False)
     replicated = replicate(host, devices)
     timing.mark("state to the host")
+    train_program.result()
+    timing.mark(STEP_COMPILE)
     step = int(state.step)
     del state, host
     if lead and step == 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -10,15 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def greedy_sampler(model: nn.Module, num_tokens: int, vocab_size: int, params_like: Any
-                   ) -> Callable[[Any, list[int]], list[int]]:
+def greedy_sampler(model: nn.Module, num_tokens: int, vocab_size: int, params_like: Any,
+                   window: Optional[int] = None) -> Callable[[Any, list[int]], list[int]]:
     """(params, prompt ids) -> the next `num_tokens` greedy ids of a decoder model, all below `vocab_size`.
 
     `vocab_size` is the tokenizer's: a model's vocabulary may be padded past it, and an id beyond it cannot be
-    decoded. The context is the last max_seq_len ids, the whole window re-run per token; all tokens come from one
-    call of one program, compiled here for parameters shaped like `params_like` (arrays or ShapeDtypeStructs).
+    decoded. The context is the last `window` ids (default and at most max_seq_len), the whole window re-run per
+    token: a prompt that leaves room in it for the `num_tokens` is continued as by the whole context, at the
+    cost of `window` positions per token. All tokens come from one call of one program, compiled here for
+    parameters shaped like `params_like` (arrays or ShapeDtypeStructs).
     """
-    T = model.cfg.max_seq_len
+    T = min(window or model.cfg.max_seq_len, model.cfg.max_seq_len)
 
     def continuation(params, window_1xT, length):
         def next_id(carry, _):
