@@ -41,6 +41,7 @@ def logits(run_params, loaded):
     return np.asarray(loaded.model.apply({"params": run_params}, ids))
 
 
+@pytest.mark.slow  # 17 s: a run started from another's parameters, compared logit by logit
 def test_a_new_run_starts_with_the_source_logits_and_records_where_it_came_from(source, tmp_path):
     tmp, _ = source
     result = train(config(source, "train.steps=0", "train.lr=3e-4"), tmp_path / "new", quiet=True,

@@ -166,6 +166,7 @@ def test_a_run_folder_of_another_config_is_refused_with_the_difference(tmp_path)
         train(other, tmp_path / "run", quiet=True)
 
 
+@pytest.mark.slow  # 19 s: two runs, the second starting where the first finished
 def test_a_finished_run_trains_further_with_more_steps_and_a_recomputed_schedule(tmp_path, capsys):
     first = load_config(ROOT / "configs/shakespeare_char.yaml", tiny_run(tmp_path, "train.steps=10"))
     train(first, tmp_path / "run", quiet=True)
@@ -255,6 +256,7 @@ def test_rows_of_a_run_killed_before_its_first_checkpoint_are_not_kept_beside_th
     assert [r["step"] for r in rows] == [5, 10] and all(r["loss"] != 9.0 for r in rows)
 
 
+@pytest.mark.slow  # 10 s: a whole run with two evaluations
 def test_the_steps_and_the_evaluation_compile_during_start_up_and_never_after(tmp_path, monkeypatch, caplog):
     end_start_up = loop._end_start_up
 

@@ -238,7 +238,7 @@ def _compile_evaluation(run: _Run, compiler: concurrent.futures.Executor, eval_s
     compile: the eval step for these batches (compiled for replicated device arrays, as the evaluation passes
     them, so JAX's cache serves its later calls) and, on process 0 of a decoder, the sampler. `params`: one copy
     on the host, which no train step donates."""
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.result_type(x)), params)
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
 
     def compile_all() -> Optional[Callable[[Any, list[int]], list[int]]]:
         if run.evaluation:

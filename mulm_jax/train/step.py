@@ -107,11 +107,11 @@ def replicate_on_host(tree: Any, devices: int) -> Any:
 
 
 def replicated_like(tree: Any, devices: int) -> Any:
-    """The shapes, dtypes and placement of replicate(tree, devices), without the arrays: what a pmapped step is
-    compiled ahead of time for (`.lower(...)`) so that its calls with replicated device arrays find that program."""
+    """The shapes, dtypes and placement of replicate(tree, devices) for a tree of arrays or ShapeDtypeStructs,
+    without the arrays: what a pmapped step is compiled ahead of time for (`.lower(...)`) so that its calls with
+    replicated device arrays find that program."""
     sharding = device_sharding(devices)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((devices, *np.shape(x)), np.result_type(x), sharding=sharding),
-                        tree)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((devices, *x.shape), x.dtype, sharding=sharding), tree)
 
 
 def replicate(tree: Any, devices: int) -> Any:
