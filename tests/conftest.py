@@ -23,6 +23,7 @@ from mulm_jax.config import Config, ModelConfig, config_from_dict
 from mulm_jax.data.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer
 from mulm_jax.infer import LoadedModel
 from mulm_jax.models import build_model
+from mulm_jax.train.step import TrainState
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,6 +83,12 @@ def mirror() -> Path:
 
 def random_ids(B: int, T: int, seed: int = 0, vocab: int = 32) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, (B, T), dtype=np.int32)
+
+
+def fresh_state(tx: Any, params: Any, step: int = 0) -> TrainState:
+    """A train state at `step` with `params` and `tx`'s initial optimizer state (dropout key 1), on the host."""
+    return TrainState(step=np.int32(step), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(jax.random.key(1)))
 
 
 def random_params(model, *inputs, seed: int = 0, **kwargs):

@@ -18,14 +18,14 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT, random_params, tiny_model, xla_flags
+from conftest import ROOT, fresh_state, random_params, tiny_model, xla_flags
 from mulm_jax.config import TrainConfig, dump_config, load_config
 from mulm_jax.models import build_model
 from mulm_jax.train import loop
 from mulm_jax.train.loop import TrainingError, train
 from mulm_jax.train.optimizer import decay_mask, make_optimizer, make_schedule
 from mulm_jax.train.sample import greedy_sampler
-from mulm_jax.train.step import TrainState, pmapped_steps, replicate, token_loss_sums
+from mulm_jax.train.step import pmapped_steps, replicate, token_loss_sums
 
 CORPUS = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
           "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 60
@@ -112,8 +112,7 @@ def one_step(accum_steps: int, optimizer: str = "adamw"):
     params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     tc = TrainConfig(lr=1e-2, warmup_steps=0, grad_accum_steps=accum_steps, optimizer=optimizer)
     tx = make_optimizer(tc)
-    state = TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
-                       rng=jax.random.key_data(jax.random.key(1)))
+    state = fresh_state(tx, params)
     train_step, _ = pmapped_steps(model, tx, accum_steps, None, make_schedule(tc))
     batch = np.random.default_rng(0).integers(0, 32, (1, 8, 9), dtype=np.int32)
     new_state, metrics = train_step(replicate(state, 1), {"inputs": batch[..., :-1], "targets": batch[..., 1:]})

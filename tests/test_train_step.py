@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from conftest import ROOT, random_ids, random_params, tiny_model, xla_flags
+from conftest import ROOT, fresh_state, random_ids, random_params, tiny_model, xla_flags
 from mulm_jax.config import TrainConfig
 from mulm_jax.models import build_model
 from mulm_jax.train.optimizer import make_optimizer, make_schedule
@@ -49,12 +49,6 @@ def reference_gradient(model, params, inputs, targets) -> tuple[float, dict]:
 
     value, grads = jax.jit(jax.value_and_grad(loss))(params)
     return float(value), grads
-
-
-def fresh_state(tx: optax.GradientTransformation, params, step: int = 0) -> TrainState:
-    """A train state at `step` with `params` and `tx`'s initial optimizer state (dropout key 1), on the host."""
-    return TrainState(step=np.int32(step), params=params, opt_state=tx.init(params),
-                      rng=jax.random.key_data(jax.random.key(1)))
 
 
 def one_step(cfg: TrainConfig, model, params, inputs, targets, devices: int = 1):

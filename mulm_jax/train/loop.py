@@ -238,17 +238,17 @@ def _compile_evaluation(run: _Run, compiler: concurrent.futures.Executor, eval_s
     compile: the eval step for these batches (compiled for replicated device arrays, as the evaluation passes
     them, so JAX's cache serves its later calls) and, on process 0 of a decoder, the sampler. `params`: one copy
     on the host, which no train step donates."""
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
 
     def compile_all() -> Optional[Callable[[Any, list[int]], list[int]]]:
         if run.evaluation:
-            replicated = (replicated_like(shapes, run.devices) if jax.process_count() == 1
+            replicated = (replicated_like(params, run.devices) if jax.process_count() == 1
                           else replicate_on_host(params, run.devices))  # pmap lowers only arrays across processes
             eval_step.lower(replicated, _shard(run.evaluation[0], run.devices)).compile()
         if run.lead and run.cfg.model.architecture == "decoder":
             on_first_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             return greedy_sampler(run.model, SAMPLE_TOKENS, run.tokenizer.vocab_size,
-                                  jax.tree.map(lambda x: x.update(sharding=on_first_device), shapes),
+                                  jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                              sharding=on_first_device), params),
                                   window=1 + SAMPLE_TOKENS)  # the prompt is one token
         return None
 
