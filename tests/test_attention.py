@@ -11,6 +11,7 @@ import pytest
 from mulm_jax.nn import attention as attention_lib
 from mulm_jax.models.masks import cached_key_positions
 from mulm_jax.nn.attention import Attention, KVCache, attention_mask
+from mulm_jax.nn.hooks import ACTIVATIONS, hooks, sown
 
 
 
@@ -187,18 +188,30 @@ def test_cross_attention_reads_keys_from_the_memory():
     assert not np.allclose(y1, y2)
 
 
-def test_attention_weights_are_returned_for_inspection():
+def test_attention_sows_its_pattern_at_its_hook_point_and_an_edit_replaces_it():
     attn = make_attention()
     x = jax.random.normal(jax.random.key(0), (1, 5, 12))
     pos = positions(5)
     mask = attention_mask(pos, pos, causal=True)
     params = attn.init(jax.random.key(1), x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos)
-    _, state = attn.apply(params, x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos, return_weights=True,
-                          mutable=["intermediates"])
-    (weights,) = state["intermediates"]["attention_weights"]
+    plain, _ = attn.apply(params, x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos)
+    with hooks(keep={"pattern"}):
+        (y, _), state = attn.apply(params, x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos, mutable=[ACTIVATIONS])
+    weights = sown(state[ACTIVATIONS])["pattern"]
     chex.assert_shape(weights, (1, 4, 5, 5))
     np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(weights[0, 0]) > 0, np.tril(np.ones((5, 5), bool)))
+    np.testing.assert_array_equal(y, plain)  # caching changes nothing
+    uniform = np.tril(np.ones((5, 5))) / np.arange(1, 6)[:, None]
+    with hooks(edits={"pattern": lambda p: jnp.broadcast_to(jnp.asarray(uniform, p.dtype), p.shape)}):
+        (edited, _), _ = attn.apply(params, x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos, mutable=[ACTIVATIONS])
+    assert not np.allclose(edited, plain)
+    with hooks(keep={"v"}):
+        _, state = attn.apply(params, x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos, mutable=[ACTIVATIONS])
+    v_TxHxDh = np.repeat(np.asarray(sown(state[ACTIVATIONS])["v"])[0], 2, axis=1)  # 2 query heads per kv head
+    w_out = np.asarray(params["params"]["out"]["kernel"])
+    expected = np.einsum("tk,khd,hdD->tD", uniform, v_TxHxDh, w_out) + np.asarray(params["params"]["out"]["bias"])
+    np.testing.assert_allclose(edited[0], expected, atol=1e-5)
 
 
 def test_attention_dropout_is_random_in_training_and_off_in_evaluation():

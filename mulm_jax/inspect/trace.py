@@ -1,12 +1,12 @@
-"""One forward pass of a loaded run, kept whole: tokens and their log-probabilities, attention weights, the
-residual stream after each block and the logit lens, all read from the model's own modules (sown attention
-weights and captured block outputs), never from a second copy of the forward pass."""
+"""Forward passes of a loaded run, read through the model's own hook points (nn.hooks), never a second copy of the
+forward pass: a trace (tokens and their log-probabilities, attention weights, the residual stream after each block,
+the logit lens) and any named activations (`run_with_cache`), with edits applied during the pass."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,9 @@ from jax import lax
 from mulm_jax.data.tokenizer import Tokenizer
 from mulm_jax.infer.decoding import prompt_buckets
 from mulm_jax.infer.loading import InferenceError, LoadedModel
-from mulm_jax.nn.blocks import Block, make_norm
+from mulm_jax.inspect.activations import ActivationCache, Edit, Layout
+from mulm_jax.nn import hooks
+from mulm_jax.nn.blocks import make_norm
 
 
 class InspectError(InferenceError):
@@ -82,9 +84,11 @@ class Tracer:
         self.encoder_decoder = self.cfg.architecture == "encoder_decoder"
         self.context = self.cfg.max_seq_len
         self.buckets = prompt_buckets(self.context)
+        self.names = hooks.vocabulary(self.cfg)  # every activation name, with its shape letters
         self.traces = 0  # compilations
         self._lock = threading.Lock()
         self._forward = jax.jit(self._forward_fn, static_argnames=("top_k", "with_lens"))
+        self._activations = jax.jit(self._activations_fn, static_argnames=("names", "logprobs_at"))
 
     def encode(self, prompt: str | Sequence[int], param: str = "prompt") -> list[int]:
         """Token ids of a text or of given ids, checked against the vocabulary and the context."""
@@ -108,17 +112,102 @@ class Tracer:
         (default: the source's last token, as the engine starts a generation)."""
         if not 1 <= top_k <= 100:
             raise InspectError(f"top_k={top_k} is out of range: expected 1 to 100")
-        ids = self.encode(prompt)
-        source = None
-        if self.encoder_decoder:
-            source, ids = ids, self.encode(target, "target") if target is not None else ids[-1:]
-        elif target is not None:
-            raise InspectError("target is for encoder-decoder models; this model is decoder-only")
+        ids, source = self.sequences(prompt, target)
         src_1xS = None if source is None else self._padded(source)
         with self._lock:  # one caller compiles a bucket; the others reuse it
             out = jax.device_get(self._forward(self.loaded.params, self._padded(ids), len(ids), src_1xS,
                                                len(source or ()), top_k=top_k, with_lens=lens))
         return self._trace_from(out, ids, source, top_k)
+
+    def run_with_cache(self, prompt: str | Sequence[int], names: Sequence[str] | None = None, *,
+                       target: str | Sequence[int] | None = None,
+                       edits: Optional[Mapping[str, Edit]] = None) -> ActivationCache:
+        """The activations `names` (exact names or globs, default: every one) of one forward pass over the prompt,
+        with `edits` (name -> Edit) applied during it; only the names asked for are kept in memory. Encoder-decoder
+        models read `prompt` as the source and `target` as the decoder's tokens (default: the source's last)."""
+        ids, source = self.sequences(prompt, target)
+        chosen = self.resolve(self.names if names is None else names)
+        rows = self.run_batch(ids, source, chosen, {} if edits is None else {n: [e] for n, e in edits.items()})
+        arrays = {name: value[0] for name, value in rows.items()}
+        return ActivationCache(arrays, {name: self.names[name] for name in chosen}, np.asarray(ids, np.int32),
+                               token_pieces(self.tokenizer, ids),
+                               None if source is None else np.asarray(source, np.int32),
+                               None if source is None else token_pieces(self.tokenizer, source))
+
+    def sequences(self, prompt: str | Sequence[int], target: str | Sequence[int] | None = None
+                  ) -> tuple[list[int], Optional[list[int]]]:
+        """The decoder's token ids and (encoder-decoder models) the source's, checked."""
+        ids = self.encode(prompt)
+        if self.encoder_decoder:
+            return (self.encode(target, "target") if target is not None else ids[-1:]), ids
+        if target is not None:
+            raise InspectError("target is for encoder-decoder models; this model is decoder-only")
+        return ids, None
+
+    def resolve(self, names: Sequence[str]) -> tuple[str, ...]:
+        """Activation names from exact names or globs, in forward order; an unknown one lists the valid names."""
+        if isinstance(names, str):
+            names = [names]
+        try:
+            return tuple(hooks.matching(names, self.names))
+        except ValueError as e:
+            raise InspectError(str(e)) from None
+
+    def layout(self, ids: Sequence[int], source: Optional[Sequence[int]]) -> Layout:
+        cfg = self.cfg
+        sizes = dict(D=cfg.d_model, H=cfg.num_heads, K=cfg.kv_heads, Dh=cfg.head_dim, F=cfg.ff_dim,
+                     V=cfg.vocab_size)
+        return Layout(len(ids), self._padded(ids).shape[1], len(source or ()),
+                      0 if source is None else self._padded(source).shape[1], sizes)
+
+    def run_batch(self, ids: Sequence[int], source: Optional[Sequence[int]], names: Sequence[str],
+                  edits: Mapping[str, Sequence[Edit]], logprobs_at: Optional[int] = None) -> dict[str, np.ndarray]:
+        """One forward pass over N copies of a sequence, row i edited by edits[name][i] (a list of one edit applies
+        to every row): the activations `names` as [N, ...] (unpadded), and with `logprobs_at` a position, the
+        next-token log-probabilities there as "logprobs" [N, V]. N is the longest list of edits."""
+        unknown = [n for n in edits if n not in self.names]
+        if unknown:
+            self.resolve(unknown)  # raises, listing the valid names
+        layout = self.layout(ids, source)
+        N = max([len(e) for e in edits.values()] + [1])
+        try:
+            arrays = {name: tuple(np.concatenate([layout.pad_edit(name, self.names[name], getattr(e, part), fill, N)
+                                                 for e in edit_list]) if len(edit_list) > 1 else
+                                  layout.pad_edit(name, self.names[name], getattr(edit_list[0], part), fill, N)
+                                  for part, fill in (("scale", 1.0), ("shift", 0.0)))
+                      for name, edit_list in edits.items()}
+        except ValueError as e:
+            raise InspectError(str(e)) from None
+        ids_NxL = np.repeat(self._padded(ids), N, axis=0)
+        src_NxS = None if source is None else np.repeat(self._padded(source), N, axis=0)
+        with self._lock:
+            out = jax.device_get(self._activations(self.loaded.params, ids_NxL, len(ids), src_NxS, len(source or ()),
+                                                   arrays, names=tuple(names), logprobs_at=logprobs_at))
+        result = {name: layout.unpad(np.asarray(out[name], np.float32), self.names[name]) for name in names}
+        if logprobs_at is not None:
+            result["logprobs"] = np.asarray(out["logprobs"], np.float32)
+        return result
+
+    def _apply(self, params, ids_NxL, length, src_NxS, src_length):
+        """The model over padded ids (and source): logits [N, L, V]; within a hooks block, the sown activations."""
+        variables = {"params": params}
+        if self.encoder_decoder:
+            src_valid_NxS = jnp.arange(src_NxS.shape[1])[None] < src_length
+            return self.loaded.model.apply(variables, src_NxS, ids_NxL, src_valid_BxS=src_valid_NxS,
+                                           mutable=[hooks.ACTIVATIONS])
+        return self.loaded.model.apply(variables, ids_NxL, mutable=[hooks.ACTIVATIONS])
+
+    def _activations_fn(self, params, ids_NxL, length, src_NxS, src_length, edit_arrays, *, names: tuple[str, ...],
+                        logprobs_at: Optional[int]) -> dict:
+        self.traces += 1
+        edits = {name: (lambda scale, shift: lambda x: (x * scale + shift).astype(x.dtype))(*arrays)
+                 for name, arrays in edit_arrays.items()}
+        with hooks.hooks(keep=set(names), edits=edits):
+            logits_NxLxV, state = self._apply(params, ids_NxL, length, src_NxS, src_length)
+        out = {name: value.astype(jnp.float32) for name, value in hooks.sown(state[hooks.ACTIVATIONS]).items()}
+        if logprobs_at is not None:
+            out["logprobs"] = jax.nn.log_softmax(logits_NxLxV[:, logprobs_at].astype(jnp.float32), axis=-1)
+        return out
 
     def _padded(self, ids: Sequence[int]) -> np.ndarray:
         bucket = next(n for n in self.buckets if n >= len(ids))
@@ -130,25 +219,20 @@ class Tracer:
         self.traces += 1
         model, cfg = self.loaded.model, self.cfg
         variables = {"params": params}
-        is_block = lambda module, method: isinstance(module, Block) and method == "__call__"  # noqa: E731
-        kwargs = dict(return_weights=True, capture_intermediates=is_block, mutable=["intermediates"])
-        if self.encoder_decoder:
-            src_valid_1xS = jnp.arange(src_1xS.shape[1])[None] < src_length
-            logits_1xLxV, state = model.apply(variables, src_1xS, ids_1xL, src_valid_BxS=src_valid_1xS, **kwargs)
-        else:
-            logits_1xLxV, state = model.apply(variables, ids_1xL, **kwargs)
-        seen = state["intermediates"]
-        layers = [seen["decoder"][f"layer_{i}"] for i in range(cfg.decoder_layers)]
-        # Per layer: a block's output (x, cache, cross cache) and its attention weights [1, H, L, L].
-        resid_layers_LxD = jnp.stack([layer["__call__"][0][0][0] for layer in layers]).astype(jnp.float32)
-        out = {"attention": jnp.stack([layer["self_attention"]["attention_weights"][0][0] for layer in layers]),
+        stacked = lambda name, layers, stack="": jnp.stack(  # noqa: E731
+            [seen[f"{stack}blocks.{i}.{name}"][0] for i in range(layers)]).astype(jnp.float32)
+        keep = {f"blocks.{i}.{name}" for i in range(cfg.decoder_layers) for name in
+                ("resid_post", "attn.pattern", "cross_attn.pattern")}
+        keep |= {f"encoder.blocks.{i}.attn.pattern" for i in range(cfg.encoder_layers)}
+        with hooks.hooks(keep=keep):
+            logits_1xLxV, state = self._apply(params, ids_1xL, length, src_1xS, src_length)
+        seen = hooks.sown(state[hooks.ACTIVATIONS])
+        resid_layers_LxD = stacked("resid_post", cfg.decoder_layers)
+        out = {"attention": stacked("attn.pattern", cfg.decoder_layers),
                "residual": resid_layers_LxD, "residual_norm": jnp.linalg.norm(resid_layers_LxD, axis=-1)}
         if self.encoder_decoder:
-            out["cross_attention"] = jnp.stack([layer["cross_attention"]["attention_weights"][0][0]
-                                                for layer in layers])
-            out["encoder_attention"] = jnp.stack(
-                [seen["encoder"][f"layer_{i}"]["self_attention"]["attention_weights"][0][0]
-                 for i in range(cfg.encoder_layers)])
+            out["cross_attention"] = stacked("cross_attn.pattern", cfg.decoder_layers)
+            out["encoder_attention"] = stacked("attn.pattern", cfg.encoder_layers, "encoder.")
         L = ids_1xL.shape[1]
         next_ids_L = jnp.where(jnp.arange(L) + 1 < length, jnp.roll(ids_1xL[0], -1), 0)
         out.update(_predictions(logits_1xLxV[0], next_ids_L, top_k, self.tokenizer.vocab_size, "model"))

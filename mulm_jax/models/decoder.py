@@ -14,6 +14,7 @@ from mulm_jax.models.masks import cached_key_positions, self_attention_mask_and_
 from mulm_jax.nn.attention import KVCache
 from mulm_jax.nn.blocks import BlockStack
 from mulm_jax.nn.embedding import Embedder
+from mulm_jax.nn.hooks import hook
 
 
 def embedder_for(cfg: ModelConfig) -> Embedder:
@@ -52,11 +53,10 @@ class DecoderLM(nn.Module):
         valid_BxT: Optional[jax.Array] = None,
         caches: Optional[tuple[KVCache, ...]] = None,
         deterministic: bool = True,
-        return_weights: bool = False,
     ) -> jax.Array | tuple[jax.Array, tuple[KVCache, ...]]:
         hidden_BxTxD, new_caches = self.hidden(ids_BxT, pos_BxT=pos_BxT, valid_BxT=valid_BxT, caches=caches,
-                                               deterministic=deterministic, return_weights=return_weights)
-        logits_BxTxV = self.embedder.logits(hidden_BxTxD)
+                                               deterministic=deterministic)
+        logits_BxTxV = hook(self, "logits", self.embedder.logits(hidden_BxTxD))
         return logits_BxTxV if caches is None else (logits_BxTxV, new_caches)
 
     # The interface both model classes implement (see models.LanguageModel).
@@ -101,8 +101,8 @@ class DecoderLM(nn.Module):
         """The hidden states [B, T, D] text embeddings pool: the final (normed) ones."""
         return self.hidden(ids_BxT, valid_BxT=valid_BxT)[0]
 
-    def hidden(self, ids_BxT, *, pos_BxT=None, valid_BxT=None, caches=None, deterministic=True,
-               return_weights=False) -> tuple[jax.Array, Optional[tuple[KVCache, ...]]]:
+    def hidden(self, ids_BxT, *, pos_BxT=None, valid_BxT=None, caches=None, deterministic=True
+               ) -> tuple[jax.Array, Optional[tuple[KVCache, ...]]]:
         """Final hidden states [B, T, D] (after the final norm), and the updated caches."""
         q_pos_BxT = default_positions(ids_BxT) if pos_BxT is None else pos_BxT
         if caches is None:
@@ -116,5 +116,5 @@ class DecoderLM(nn.Module):
         x_BxTxD = self.dropout(self.embedder.embed(ids_BxT, q_pos_BxT), deterministic=deterministic)
         hidden_BxTxD, new_caches, _ = self.stack(
             x_BxTxD, mask=mask, bias=bias, q_pos_BxT=q_pos_BxT, k_pos_BxS=k_pos_BxS, caches=caches,
-            rope_len_B=jnp.max(real_pos_BxT, axis=1) + 1, deterministic=deterministic, return_weights=return_weights)
+            rope_len_B=jnp.max(real_pos_BxT, axis=1) + 1, deterministic=deterministic)
         return hidden_BxTxD, new_caches

@@ -15,6 +15,7 @@ from mulm_jax.models.decoder import default_positions, embedder_for
 from mulm_jax.models.masks import cached_key_positions, self_attention_mask_and_bias
 from mulm_jax.nn.attention import KVCache, attention_mask
 from mulm_jax.nn.blocks import BlockStack
+from mulm_jax.nn.hooks import hook
 
 
 @flax.struct.dataclass
@@ -44,21 +45,19 @@ class EncoderDecoderLM(nn.Module):
         self.decoder = BlockStack(cfg, cfg.decoder_layers, cross_attention=True, remat=self.remat, name="decoder")
 
     def __call__(self, src_BxS: jax.Array, tgt_BxT: jax.Array, *, src_valid_BxS: Optional[jax.Array] = None,
-                 deterministic: bool = True, return_weights: bool = False) -> jax.Array:
-        memory_BxSxD = self.encode(src_BxS, src_valid_BxS=src_valid_BxS, deterministic=deterministic,
-                                   return_weights=return_weights)
-        return self.decode(tgt_BxT, memory_BxSxD, src_valid_BxS=src_valid_BxS, deterministic=deterministic,
-                           return_weights=return_weights)
+                 deterministic: bool = True) -> jax.Array:
+        memory_BxSxD = self.encode(src_BxS, src_valid_BxS=src_valid_BxS, deterministic=deterministic)
+        return self.decode(tgt_BxT, memory_BxSxD, src_valid_BxS=src_valid_BxS, deterministic=deterministic)
 
     def encode(self, src_BxS: jax.Array, *, src_valid_BxS: Optional[jax.Array] = None,
-               deterministic: bool = True, return_weights: bool = False) -> jax.Array:
+               deterministic: bool = True) -> jax.Array:
         """Encoder output [B, S, D]."""
         pos_BxS = default_positions(src_BxS)
         mask, bias = self_attention_mask_and_bias(self.cfg, pos_BxS, pos_BxS, causal=False,
                                                   k_valid_BxS=src_valid_BxS)
-        x_BxSxD = self.dropout(self.embedder.embed(src_BxS, pos_BxS), deterministic=deterministic)
+        x_BxSxD = self.dropout(self.embedder.embed(src_BxS, pos_BxS, "encoder."), deterministic=deterministic)
         memory_BxSxD, _, _ = self.encoder(x_BxSxD, mask=mask, bias=bias, q_pos_BxT=pos_BxS, k_pos_BxS=pos_BxS,
-                                       deterministic=deterministic, return_weights=return_weights)
+                                       deterministic=deterministic)
         return memory_BxSxD
 
     def decode(
@@ -71,7 +70,6 @@ class EncoderDecoderLM(nn.Module):
         caches: Optional[tuple[KVCache, ...]] = None,
         cross_caches: Optional[tuple[KVCache, ...]] = None,
         deterministic: bool = True,
-        return_weights: bool = False,
     ) -> jax.Array | tuple[jax.Array, tuple[KVCache, ...], tuple[KVCache, ...]]:
         """Target logits [B, T, V] given the encoder output.
 
@@ -92,9 +90,8 @@ class EncoderDecoderLM(nn.Module):
         x_BxTxD = self.dropout(self.embedder.embed(tgt_BxT, q_pos_BxT), deterministic=deterministic)
         hidden_BxTxD, new_caches, new_cross_caches = self.decoder(
             x_BxTxD, mask=mask, bias=bias, q_pos_BxT=q_pos_BxT, k_pos_BxS=k_pos_BxK, memory_BxSxD=memory_BxSxD,
-            memory_mask=memory_mask, caches=caches, cross_caches=cross_caches, deterministic=deterministic,
-            return_weights=return_weights)
-        logits_BxTxV = self.embedder.logits(hidden_BxTxD)
+            memory_mask=memory_mask, caches=caches, cross_caches=cross_caches, deterministic=deterministic)
+        logits_BxTxV = hook(self, "logits", self.embedder.logits(hidden_BxTxD))
         return logits_BxTxV if caches is None else (logits_BxTxV, new_caches, new_cross_caches)
 
     # The interface both model classes implement (see models.LanguageModel).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax
 import flax.linen as nn
@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from mulm_jax.config import RopeScaling
+from mulm_jax.nn import hooks
 from mulm_jax.nn.positional import apply_rope, rope_frequencies
 
 
@@ -115,6 +116,7 @@ def dot_product_attention(
     dropout_rng: Optional[jax.Array] = None,
     cached: Optional[KVCache] = None,
     with_weights: bool = True,
+    hook: Optional[Callable[[str, jax.Array], jax.Array]] = None,
 ) -> tuple[jax.Array, Optional[jax.Array]]:
     """softmax(q k^T / sqrt(Dh) + bias, masked) v, with each of K kv heads shared by H / K query heads.
 
@@ -123,6 +125,8 @@ def dot_product_attention(
     [B, H, T, S] (True = attend); bias: float broadcastable to the same. Returns the output [B, T, H, Dh]
     and the attention weights [B, H, T, S] (float32), or None for them when not `with_weights`: with a cache
     and no dropout, only the cache chunks that some query may see are then read (cached_attention).
+    `hook(name, value)`: the hook point of the scores (scaled, biased, before the mask) [B, H, T, S], the pattern
+    (the weights) and z (the output) [B, T, H, Dh], whose value it may replace (see nn.hooks).
     """
     B, T, H, Dh = q_BxTxHxDh.shape
     K = k_BxKxSxDh.shape[1]
@@ -142,8 +146,10 @@ def dot_product_attention(
     logits_BKxGTxS = jnp.concatenate(
         [jnp.matmul(q_BKxGTxDh, k.reshape(B * K, n, Dh).swapaxes(1, 2)) for (k, _), n in zip(chunks, lengths)],
         axis=-1)
-    logits_BxHxTxS = _biased_and_masked(logits_BKxGTxS.reshape(B, H, T, S).astype(jnp.float32), bias, mask)
-    probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
+    hook = hook or (lambda name, x: x)
+    scores_BxHxTxS = hook("scores", _biased_and_masked(logits_BKxGTxS.reshape(B, H, T, S).astype(jnp.float32), bias,
+                                                       None))
+    probs_BxHxTxS = hook("pattern", jax.nn.softmax(_biased_and_masked(scores_BxHxTxS, None, mask), axis=-1))
     used_BxHxTxS = probs_BxHxTxS
     if dropout_rate > 0.0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, used_BxHxTxS.shape)
@@ -152,7 +158,7 @@ def dot_product_attention(
     offsets = [0] + list(itertools.accumulate(lengths))
     out_BKxGTxDh = sum(jnp.matmul(used_BKxGTxS[..., start:start + n], v.reshape(B * K, n, Dh))
                        for (_, v), start, n in zip(chunks, offsets, lengths))
-    return out_BKxGTxDh.reshape(B, H, T, Dh).transpose(0, 2, 1, 3), probs_BxHxTxS
+    return hook("z", out_BKxGTxDh.reshape(B, H, T, Dh).transpose(0, 2, 1, 3)), probs_BxHxTxS
 
 
 CACHE_CHUNK = 128  # cache positions per step of cached_attention's loop
@@ -264,6 +270,10 @@ class Attention(nn.Module):
 
     Returns (output [B, T, D], the updated cache: None for self-attention without one).
 
+    Hook points (nn.hooks): q, k, v (k, v: projected from the keys' source, not read from a cache), rot_q, rot_k
+    (after RoPE), scores, pattern, z, head_out (each head's z_h W_O,h, [B, T, H, D], computed only when cached or
+    edited: the output is then their sum plus the bias) and out.
+
     Params that hold a `qkv` projection instead of `query`, `key` and `value` (self-attention in the serving
     layout, infer.layout, which concatenates them as `fused_projections` says) make one product for all three.
     """
@@ -300,7 +310,6 @@ class Attention(nn.Module):
         cache: Optional[KVCache] = None,
         rope_len_B: Optional[jax.Array] = None,
         deterministic: bool = True,
-        return_weights: bool = False,
     ) -> tuple[jax.Array, Optional[KVCache]]:
         B, T, D = x_BxTxD.shape
         H, K, Dh = self.num_heads, self.num_kv_heads, self.head_dim
@@ -316,18 +325,20 @@ class Attention(nn.Module):
             # gradients without first copying the activations transposed.
             Bs, S, Ds = source_BxSxD.shape
             source_MxD = source_BxSxD.reshape(Bs * S, Ds)
-            return (qk_normed(dense((K, Dh), "key", bias=qkv_bias)(source_MxD).reshape(Bs, S, K, Dh), "key_norm"),
-                    dense((K, Dh), "value", bias=qkv_bias)(source_MxD).reshape(Bs, S, K, Dh))
+            return (hooks.hook(self, "k", qk_normed(dense((K, Dh), "key", bias=qkv_bias)(source_MxD).reshape(
+                        Bs, S, K, Dh), "key_norm")),
+                    hooks.hook(self, "v", dense((K, Dh), "value", bias=qkv_bias)(source_MxD).reshape(Bs, S, K, Dh)))
 
         fused = self.has_variable("params", "qkv")  # the serving layout's one projection (see fused_projections)
         if fused:
             qkv_NxCxDh = dense((H + 2 * K, Dh), "qkv", bias=qkv_bias)(x_BxTxD.reshape(B * T, D))
             q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh = (
                 part.reshape(B, T, -1, Dh) for part in jnp.split(qkv_NxCxDh, (H, H + K), axis=1))
-            k_BxTxKxDh = qk_normed(k_BxTxKxDh, "key_norm")
+            k_BxTxKxDh = hooks.hook(self, "k", qk_normed(k_BxTxKxDh, "key_norm"))
+            v_BxTxKxDh = hooks.hook(self, "v", v_BxTxKxDh)
         else:
             q_BxTxHxDh = dense((H, Dh), "query", bias=qkv_bias)(x_BxTxD.reshape(B * T, D)).reshape(B, T, H, Dh)
-        q_BxTxHxDh = qk_normed(q_BxTxHxDh, "query_norm")
+        q_BxTxHxDh = hooks.hook(self, "q", qk_normed(q_BxTxHxDh, "query_norm"))
         if self.cross:
             if cache is None:
                 if kv_BxSxD is None:
@@ -342,21 +353,31 @@ class Attention(nn.Module):
                     rope_len_B = jnp.max(q_pos_BxT, axis=1) + 1
                 inv_freq, factor = rope_frequencies(Dh, self.rope_theta, self.rope_scaling, self.max_seq_len,
                                                     rope_len_B)
-                q_BxTxHxDh = apply_rope(q_BxTxHxDh, q_pos_BxT, inv_freq, factor)
-                k_BxTxKxDh = apply_rope(k_BxTxKxDh, k_pos_BxS if cache is None else q_pos_BxT, inv_freq, factor)
+                q_BxTxHxDh = hooks.hook(self, "rot_q", apply_rope(q_BxTxHxDh, q_pos_BxT, inv_freq, factor))
+                k_BxTxKxDh = hooks.hook(self, "rot_k", apply_rope(
+                    k_BxTxKxDh, k_pos_BxS if cache is None else q_pos_BxT, inv_freq, factor))
             keys = KVCache.of(k_BxTxKxDh, v_BxTxKxDh)
         # With a self-attention cache, the queries attend over the cache as it was (its stale slots masked) and
         # the new keys, and the new keys are written afterwards: the write is then the cache's last use, and
         # XLA updates the donated buffer in place (read after the write, it copies the whole cache each step).
         cached = cache if cache is not None and not self.cross else None
         use_dropout = self.dropout > 0.0 and not deterministic
-        out_BxTxHxDh, probs_BxHxTxS = dot_product_attention(
+        hooked = hooks.any_active()
+        z_BxTxHxDh, _ = dot_product_attention(
             q_BxTxHxDh, keys.k_BxKxSxDh.astype(self.dtype), keys.v_BxKxSxDh.astype(self.dtype), mask, bias,
             dropout_rate=self.dropout if use_dropout else 0.0,
-            dropout_rng=self.make_rng("dropout") if use_dropout else None, cached=cached, with_weights=return_weights)
+            dropout_rng=self.make_rng("dropout") if use_dropout else None, cached=cached, with_weights=hooked,
+            hook=(lambda name, x: hooks.hook(self, name, x)) if hooked else None)
         if cached is not None:
             cache = cache.write(k_BxTxKxDh, v_BxTxKxDh, q_pos_BxT[:, 0])
-        if return_weights:
-            self.sow("intermediates", "attention_weights", probs_BxHxTxS)
-        y_NxD = dense(D, "out", axis=(-2, -1), std=self.out_init_std)(out_BxTxHxDh.reshape(B * T, H, Dh))
-        return y_NxD.reshape(B, T, D), cache
+        out = dense(D, "out", axis=(-2, -1), std=self.out_init_std)
+        if hooks.active(self, "head_out") and self.has_variable("params", "out"):
+            w_O = self.variables["params"]["out"]
+            head_out_BxTxHxD = hooks.hook(self, "head_out", jnp.einsum(
+                "bthk,hkd->bthd", z_BxTxHxDh, w_O["kernel"].astype(self.dtype)))
+            y_BxTxD = head_out_BxTxHxD.sum(axis=2)
+            if "bias" in w_O:
+                y_BxTxD = y_BxTxD + w_O["bias"].astype(self.dtype)
+        else:
+            y_BxTxD = out(z_BxTxHxDh.reshape(B * T, H, Dh)).reshape(B, T, D)
+        return hooks.hook(self, "out", y_BxTxD), cache

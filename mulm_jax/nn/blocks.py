@@ -7,17 +7,45 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from mulm_jax.config import ModelConfig
 from mulm_jax.nn.attention import Attention, KVCache
 from mulm_jax.nn.feedforward import FeedForward
+from mulm_jax.nn.hooks import hook
 
 
-def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
+class Norm(nn.Module):
+    """LayerNorm ((x - mean) / std * scale + bias) or RMSNorm (x / rms * scale), statistics in float32, as Flax's
+    own (the same parameters, the same fast variance E[x^2] - E[x]^2), with its hook points: `scale_factor` (the
+    1 / std or 1 / rms each position is multiplied by, [..., 1]) and `out`."""
+
+    kind: str = "layernorm"  # or "rmsnorm"
+    epsilon: float = 1e-6
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        D = x_BxTxD.shape[-1]
+        x_BxTxD32 = x_BxTxD.astype(jnp.float32)
+        mean_sq_BxTx1 = jnp.mean(jnp.square(x_BxTxD32), axis=-1, keepdims=True)
+        if self.kind == "rmsnorm":
+            centred_BxTxD, var_BxTx1 = x_BxTxD32, mean_sq_BxTx1
+        else:
+            mean_BxTx1 = jnp.mean(x_BxTxD32, axis=-1, keepdims=True)
+            centred_BxTxD = x_BxTxD32 - mean_BxTx1
+            var_BxTx1 = jnp.maximum(mean_sq_BxTx1 - jnp.square(mean_BxTx1), 0.0)
+        factor_BxTx1 = hook(self, "scale_factor", lax.rsqrt(var_BxTx1 + self.epsilon))
+        y_BxTxD = centred_BxTxD * factor_BxTx1 * self.param("scale", nn.initializers.ones, (D,), jnp.float32)
+        if self.kind != "rmsnorm" and self.use_bias:
+            y_BxTxD = y_BxTxD + self.param("bias", nn.initializers.zeros, (D,), jnp.float32)
+        return hook(self, "out", y_BxTxD.astype(self.dtype))
+
+
+def make_norm(cfg: ModelConfig, name: str) -> Norm:
     """LayerNorm (with a bias when cfg.use_bias) or RMSNorm; statistics in float32."""
-    if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.dtype, name=name)
-    return nn.LayerNorm(epsilon=cfg.norm_eps, use_bias=cfg.use_bias, dtype=cfg.dtype, name=name)
+    return Norm(cfg.norm, cfg.norm_eps, cfg.use_bias, cfg.dtype, name=name)
 
 
 class Block(nn.Module):
@@ -31,8 +59,7 @@ class Block(nn.Module):
     cross_attention: bool = False
     num_stack_layers: int = 1  # layers in this block's stack: residual outputs start at 0.02 / sqrt(2 * that)
     # (at zero with cfg.zero_init_outputs)
-    deterministic: bool = True  # attributes, not arguments, so that nn.remat sees them as static
-    return_weights: bool = False
+    deterministic: bool = True  # an attribute, not an argument, so that nn.remat sees it as static
 
     @nn.compact
     def __call__(
@@ -52,7 +79,7 @@ class Block(nn.Module):
         """Returns the output, the updated self-attention cache, and the cross-attention keys/values (the
         encoder output projected; passing them back as `cross_cache` spares the projection and `memory`)."""
         cfg = self.cfg
-        deterministic, return_weights = self.deterministic, self.return_weights
+        deterministic = self.deterministic
         dtype = jnp.dtype(cfg.dtype)
         out_std = 0.0 if cfg.zero_init_outputs else 0.02 / (2 * self.num_stack_layers) ** 0.5
         attention = lambda name, rope, cross=False: Attention(  # noqa: E731
@@ -63,32 +90,34 @@ class Block(nn.Module):
             norm_eps=cfg.norm_eps, dtype=dtype, name=name)
         residual_dropout = nn.Dropout(cfg.dropout)
 
-        def sublayer(x, name: str, f):
+        def sublayer(x, name: str, f, resid: str):
             if cfg.norm_position == "pre":
-                return x + residual_dropout(f(make_norm(cfg, f"{name}_norm")(x)), deterministic=deterministic)
-            return make_norm(cfg, f"{name}_norm")(x + residual_dropout(f(x), deterministic=deterministic))
+                x = x + residual_dropout(f(make_norm(cfg, f"{name}_norm")(x)), deterministic=deterministic)
+            else:
+                x = make_norm(cfg, f"{name}_norm")(x + residual_dropout(f(x), deterministic=deterministic))
+            return hook(self, resid, x)
 
         def self_attend(h):
             nonlocal cache
             y, cache = attention("self_attention", cfg.positional == "rope")(
                 h, mask=mask, bias=bias, q_pos_BxT=q_pos_BxT, k_pos_BxS=k_pos_BxS, cache=cache,
-                rope_len_B=rope_len_B, deterministic=deterministic, return_weights=return_weights)
+                rope_len_B=rope_len_B, deterministic=deterministic)
             return y
 
-        x_BxTxD = sublayer(x_BxTxD, "self_attention", self_attend)
+        x_BxTxD = hook(self, "resid_pre", x_BxTxD)
+        x_BxTxD = sublayer(x_BxTxD, "self_attention", self_attend, "resid_mid")
         def cross_attend(h):
             nonlocal cross_cache
             y, cross_cache = attention("cross_attention", False, cross=True)(
-                h, memory_BxSxD, mask=memory_mask, cache=cross_cache, deterministic=deterministic,
-                return_weights=return_weights)
+                h, memory_BxSxD, mask=memory_mask, cache=cross_cache, deterministic=deterministic)
             return y
 
         if self.cross_attention:
             if memory_BxSxD is None and cross_cache is None:
                 raise ValueError("a decoder block with cross-attention needs the encoder output (memory_BxSxD)")
-            x_BxTxD = sublayer(x_BxTxD, "cross_attention", cross_attend)
+            x_BxTxD = sublayer(x_BxTxD, "cross_attention", cross_attend, "resid_mid_cross")
         ffn = FeedForward(cfg.d_model, cfg.ff_dim, cfg.ffn, cfg.use_bias, out_std, dtype, name="ffn")
-        x_BxTxD = sublayer(x_BxTxD, "ffn", ffn)
+        x_BxTxD = sublayer(x_BxTxD, "ffn", ffn, "resid_post")
         return x_BxTxD, cache, cross_cache
 
 
@@ -112,14 +141,13 @@ class BlockStack(nn.Module):
         caches: Optional[tuple[KVCache, ...]] = None,
         cross_caches: Optional[tuple[KVCache, ...]] = None,
         deterministic: bool = True,
-        return_weights: bool = False,
         **kwargs: Any,
     ) -> tuple[jax.Array, Optional[tuple[KVCache, ...]], Optional[tuple[KVCache, ...]]]:
         block_cls = nn.remat(Block) if self.remat else Block
         new_caches, new_cross_caches = [], []
         for i in range(self.num_layers):
             x_BxTxD, cache, cross_cache = block_cls(
-                self.cfg, self.cross_attention, self.num_layers, deterministic, return_weights, name=f"layer_{i}")(
+                self.cfg, self.cross_attention, self.num_layers, deterministic, name=f"layer_{i}")(
                 x_BxTxD, cache=None if caches is None else caches[i],
                 cross_cache=None if cross_caches is None else cross_caches[i], **kwargs)
             new_caches.append(cache)

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mulm_jax.nn.hooks import hook
 from mulm_jax.nn.positional import LearnedPositionalEmbedding, sinusoidal_table
 
 
@@ -39,15 +40,20 @@ class Embedder(nn.Module):
             self.head = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, name="head",
                                  kernel_init=nn.initializers.zeros if self.zero_head else init)
 
-    def embed(self, ids_BxT: jax.Array, pos_BxT: jax.Array) -> jax.Array:
+    def embed(self, ids_BxT: jax.Array, pos_BxT: jax.Array, stack: str = "") -> jax.Array:
+        """Token vectors plus position vectors; hook points `{stack}embed` (the token's, scaled) and
+        `{stack}pos_embed` (sinusoidal or learned), with stack "" (the decoder) or "encoder."."""
         x_BxTxD = self.token(ids_BxT)
         if self.scale:
             x_BxTxD = x_BxTxD * jnp.asarray(self.d_model**0.5, x_BxTxD.dtype)
+        x_BxTxD = hook(self, f"{stack}embed", x_BxTxD)
         if self.positional == "sinusoidal":
-            x_BxTxD = x_BxTxD + sinusoidal_table(self.max_seq_len, self.d_model)[pos_BxT].astype(x_BxTxD.dtype)
+            pos_BxTxD = sinusoidal_table(self.max_seq_len, self.d_model)[pos_BxT].astype(x_BxTxD.dtype)
         elif self.positional == "learned":
-            x_BxTxD = x_BxTxD + self.position(pos_BxT)
-        return x_BxTxD
+            pos_BxTxD = self.position(pos_BxT)
+        else:
+            return x_BxTxD
+        return x_BxTxD + hook(self, f"{stack}pos_embed", pos_BxTxD)
 
     def logits(self, x_BxTxD: jax.Array) -> jax.Array:
         """Logits in float32 whatever the compute dtype, for a stable softmax and loss."""
