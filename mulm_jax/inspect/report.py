@@ -8,9 +8,11 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from mulm_jax.inspect.activations import ActivationCache
 from mulm_jax.inspect.draw import shown
 from mulm_jax.inspect.heads import HeadRoles
-from mulm_jax.inspect.trace import Trace
+from mulm_jax.inspect.interventions import AblationTable, Attribution, PatchTable
+from mulm_jax.inspect.trace import Trace, Tracer, token_pieces
 
 PARTS = ("tokens", "attention", "lens", "heads")
 
@@ -56,6 +58,57 @@ def trace_json(trace: Trace, piece: Callable[[int], str], include: Iterable[str]
     if "heads" in include and roles is not None:
         out["heads"] = roles.rows()
     return out
+
+
+def significant(values: np.ndarray, digits: int = 6) -> list | float:
+    """Nested lists of floats to `digits` significant digits (NaN and infinities as null), for JSON."""
+    flat = [float(f"{v:.{digits}g}") if math.isfinite(v) else None for v in np.asarray(values, np.float64).ravel()]
+    return np.asarray(flat, object).reshape(np.shape(values)).tolist() if np.ndim(values) else flat[0]
+
+
+def activations_json(cache: ActivationCache, position: Optional[int] = None) -> dict:
+    """A cache as JSON: each name's shape letters, shape and values; with `position`, each name that has the
+    decoder's token axis T only at that token (its first T axis taken away: "HxTxT" becomes "HxT")."""
+    out = {}
+    for name, value in cache.items():
+        letters = cache.letters[name].split("x")
+        if position is not None and "T" in letters:
+            axis = letters.index("T")
+            value, letters = np.take(value, position, axis=axis), letters[:axis] + letters[axis + 1:]
+        out[name] = {"letters": "x".join(letters), "shape": list(value.shape), "values": significant(value)}
+    return out
+
+
+def tokens_json(cache: ActivationCache) -> dict:
+    """The tokens (and an encoder-decoder model's source tokens) a cache was made from."""
+    out = {"tokens": [{"id": int(i), "text": text} for i, text in zip(cache.ids_T, cache.pieces)]}
+    if cache.source_ids_S is not None:
+        out["source_tokens"] = [{"id": int(i), "text": text} for i, text in zip(cache.source_ids_S, cache.source_pieces)]
+    return out
+
+
+def _token(tracer: Tracer, token: int) -> dict:
+    return {"id": token, "text": tracer.tokenizer.piece(token)}
+
+
+def ablation_json(table: AblationTable, tracer: Tracer) -> dict:
+    return {"token": _token(tracer, table.token), "position": table.position, "mode": table.mode,
+            "logprob": _number(table.logprob), "delta_logprob": significant(table.delta_LxH)}
+
+
+def patch_json(table: PatchTable, tracer: Tracer) -> dict:
+    pieces = lambda ids: [{"id": int(i), "text": t} for i, t in zip(ids, token_pieces(tracer.tokenizer, ids))]  # noqa: E731
+    return {"token": _token(tracer, table.token), "clean_tokens": pieces(table.clean_ids_T),
+            "corrupt_tokens": pieces(table.corrupt_ids_T), "clean_logprob": _number(table.clean_logprob),
+            "corrupt_logprob": _number(table.corrupt_logprob), "patched_logprob": significant(table.patched_LxT),
+            "restored": significant(table.restored_LxT)}
+
+
+def attribution_json(attribution: Attribution, tracer: Tracer) -> dict:
+    return {"token": _token(tracer, attribution.token), "position": attribution.position,
+            "logit": _number(attribution.logit), "total": _number(attribution.total),
+            "components": [{"name": label, "logit": _number(value)}
+                           for label, value in zip(attribution.labels, attribution.values)]}
 
 
 def tokens_summary(trace: Trace, piece: Callable[[int], str], most: int = 8) -> str:

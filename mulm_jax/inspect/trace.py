@@ -170,11 +170,15 @@ class Tracer:
             self.resolve(unknown)  # raises, listing the valid names
         layout = self.layout(ids, source)
         N = max([len(e) for e in edits.values()] + [1])
+        def stacked(name: str, edit_list: Sequence[Edit], part: str, fill: float) -> np.ndarray:
+            rows = [layout.pad_edit(name, self.names[name], getattr(e, part), fill, N) for e in edit_list]
+            if len(rows) == 1:
+                return rows[0]
+            shape = np.broadcast_shapes(*(r.shape[1:] for r in rows))
+            return np.concatenate([np.broadcast_to(r, r.shape[:1] + shape) for r in rows])
+
         try:
-            arrays = {name: tuple(np.concatenate([layout.pad_edit(name, self.names[name], getattr(e, part), fill, N)
-                                                 for e in edit_list]) if len(edit_list) > 1 else
-                                  layout.pad_edit(name, self.names[name], getattr(edit_list[0], part), fill, N)
-                                  for part, fill in (("scale", 1.0), ("shift", 0.0)))
+            arrays = {name: (stacked(name, edit_list, "scale", 1.0), stacked(name, edit_list, "shift", 0.0))
                       for name, edit_list in edits.items()}
         except ValueError as e:
             raise InspectError(str(e)) from None
@@ -204,7 +208,7 @@ class Tracer:
                  for name, arrays in edit_arrays.items()}
         with hooks.hooks(keep=set(names), edits=edits):
             logits_NxLxV, state = self._apply(params, ids_NxL, length, src_NxS, src_length)
-        out = {name: value.astype(jnp.float32) for name, value in hooks.sown(state[hooks.ACTIVATIONS]).items()}
+        out = {name: value.astype(jnp.float32) for name, value in hooks.sown(state.get(hooks.ACTIVATIONS, {})).items()}
         if logprobs_at is not None:
             out["logprobs"] = jax.nn.log_softmax(logits_NxLxV[:, logprobs_at].astype(jnp.float32), axis=-1)
         return out

@@ -1,10 +1,11 @@
 """Inspection: POST /v1/inspect traces a prompt through a served model and returns its tokens, attention, logit lens
-and head roles as JSON (what the web lab draws, and `inspect --json` prints)."""
+and head roles as JSON (what the web lab draws, and `inspect --json` prints); /v1/inspect/activations returns named
+activations (with heads ablated), and /v1/inspect/ablate, /patch and /attribute the interventions' tables."""
 
 from __future__ import annotations
 
 import threading
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 import anyio
 from pydantic import Field
@@ -16,8 +17,10 @@ from mulm_jax.api.errors import ApiError
 from mulm_jax.api.openapi import endpoint
 from mulm_jax.api.registry import MODEL_ERRORS
 from mulm_jax.api.schemas import ApiModel, Int, Text, TokenIds, one_of
+from mulm_jax.inspect import interventions
 from mulm_jax.inspect.heads import head_roles
-from mulm_jax.inspect.report import PARTS, trace_json
+from mulm_jax.inspect.report import (PARTS, ablation_json, activations_json, attribution_json, patch_json,
+                                     tokens_json, trace_json)
 from mulm_jax.inspect.trace import InspectError, Tracer
 
 MAX_TOP_K = 20
@@ -32,6 +35,48 @@ class Inspect(ApiModel):
     top_k: Int = Field(5, ge=1, le=MAX_TOP_K, description="alternatives per position")
 
 
+Prompt = Annotated[Union[Text, TokenIds], one_of("a non-empty string or an array of token ids")]
+Answer = Annotated[Union[Text, Int], one_of("a string of one token or a token id")]
+
+
+class HeadRef(ApiModel):
+    layer: Int = Field(ge=0)
+    head: Int = Field(ge=0)
+
+
+class Activations(ApiModel):
+    model: str
+    prompt: Prompt
+    target: Optional[Prompt] = Field(None, description="encoder-decoder models: the decoder's tokens (default: the "
+                                                       "prompt's last)")
+    names: Annotated[list[Text], Field(min_length=1)] = Field(
+        None, description="activation names or globs (default: every one); the answer's `names` lists them all")
+    position: Int = Field(None, description="only this token of each name's T axis (negative: from the end)")
+    ablate: list[HeadRef] = Field([], description="self-attention heads to zero-ablate during the pass")
+
+
+class Ablate(ApiModel):
+    model: str
+    prompt: Prompt
+    token: Answer = Field(None, description="the token whose log-probability is followed (default: the prediction)")
+    position: Int = Field(-1, description="the position after which it is predicted (default: the last)")
+    mode: Literal[interventions.MODES] = Field("zero", description="zero, or the head's mean over the prompt")
+
+
+class Patch(ApiModel):
+    model: str
+    clean: Prompt
+    corrupt: Prompt
+    token: Answer = Field(None, description="the token followed (default: the clean run's prediction)")
+
+
+class Attribute(ApiModel):
+    model: str
+    prompt: Prompt
+    token: Answer = Field(None, description="the token whose logit is split (default: the prediction)")
+    position: Int = Field(-1, description="the position whose logit is split (default: the last)")
+
+
 def routes(ctx) -> list[Route]:
     tracers: dict[int, Tracer] = {}  # by id of the served model: one compiled tracer each, made on first use
     lock = threading.Lock()
@@ -43,34 +88,93 @@ def routes(ctx) -> list[Route]:
                 tracers[key] = Tracer(served.loaded)
             return tracers[key]
 
+    def checked(tracer: Tracer, prompt, param: str = "prompt") -> list[int]:
+        """A prompt's ids, within the server's inspection limit."""
+        try:
+            ids = tracer.encode(prompt, param)
+        except ValueError as e:  # InspectError, or the tokenizer's DataError for a character it does not know
+            raise ApiError(400, str(e), param=param, code="invalid_value") from None
+        limit = ctx.settings.inspect_max_tokens
+        if len(ids) > limit:
+            raise ApiError(400, f"{param} has {len(ids)} tokens; this server inspects at most {limit} "
+                                "(serve.inspect_max_tokens)", param=param, code="prompt_too_long")
+        return ids
+
+    async def answer(served, compute: Callable[[], dict], param: str, obj: str) -> JSONResponse:
+        try:
+            parts = await anyio.to_thread.run_sync(compute)
+        except InspectError as e:
+            raise ApiError(400, str(e), param=param, code="invalid_value") from None
+        cfg = served.loaded.config.model
+        return JSONResponse({"object": obj, "model": served.id, "architecture": cfg.architecture,
+                             "num_layers": cfg.decoder_layers, "num_heads": cfg.num_heads,
+                             "num_kv_heads": cfg.kv_heads, "context_length": cfg.max_seq_len, **parts})
+
     @endpoint(body=Inspect, errors=MODEL_ERRORS)
     async def inspect(request: Request, body: Inspect) -> JSONResponse:
         """Trace a prompt through a model: tokens with log-probabilities and alternatives, attention weights
         [layers][heads][T][T], the logit lens and head roles."""
-        settings = ctx.settings
         served = ctx.models.get(body.model)
         include = (body.include,) if isinstance(body.include, str) else tuple(body.include or PARTS)
         tracer = tracer_for(served)
-        try:
-            ids = tracer.encode(body.prompt)
-        except ValueError as e:  # InspectError, or the tokenizer's DataError for a character it does not know
-            raise ApiError(400, str(e), param="prompt", code="invalid_value") from None
-        if len(ids) > settings.inspect_max_tokens:
-            raise ApiError(400, f"prompt has {len(ids)} tokens; this server inspects at most "
-                                f"{settings.inspect_max_tokens} (serve.inspect_max_tokens)", param="prompt",
-                           code="prompt_too_long")
+        ids = checked(tracer, body.prompt)
 
         def run() -> dict:
             trace = tracer.trace(ids, top_k=body.top_k, lens="lens" in include)
             roles = head_roles(tracer, trace.attention_LxHxTxT) if "heads" in include else None
             return trace_json(trace, served.loaded.tokenizer.piece, include, roles)
 
-        try:
-            parts = await anyio.to_thread.run_sync(run)
-        except InspectError as e:
-            raise ApiError(400, str(e), param="prompt", code="invalid_value") from None
-        cfg = served.loaded.config.model
-        return JSONResponse({"object": "inspection", "model": served.id, "architecture": cfg.architecture,
-                             "num_kv_heads": cfg.kv_heads, "context_length": cfg.max_seq_len, **parts})
+        return await answer(served, run, "prompt", "inspection")
 
-    return [Route("/v1/inspect", inspect, methods=["POST"])]
+    @endpoint(body=Activations, errors=MODEL_ERRORS)
+    async def activations(request: Request, body: Activations) -> JSONResponse:
+        """Named activations of one forward pass (TransformerLens-style names: blocks.0.attn.pattern, ...), each
+        with its shape letters, shape and values; with `position`, one token's; with `ablate`, heads zeroed."""
+        served = ctx.models.get(body.model)
+        tracer = tracer_for(served)
+        ids = checked(tracer, body.prompt)
+        target = None if body.target is None else checked(tracer, body.target, "target")
+
+        def run() -> dict:
+            edits = interventions.head_edits(tracer, [(h.layer, h.head) for h in body.ablate])
+            cache = tracer.run_with_cache(ids, body.names, target=target, edits=edits)
+            position = None if body.position is None else interventions.check_position(body.position,
+                                                                                        len(cache.ids_T))
+            return {**tokens_json(cache), "position": position, "names": tracer.names,
+                    "activations": activations_json(cache, position)}
+
+        return await answer(served, run, "names", "activations")
+
+    @endpoint(body=Ablate, errors=MODEL_ERRORS)
+    async def ablate(request: Request, body: Ablate) -> JSONResponse:
+        """Each self-attention head ablated in turn: the change in the log-probability of the next token."""
+        served = ctx.models.get(body.model)
+        tracer = tracer_for(served)
+        ids = checked(tracer, body.prompt)
+        return await answer(served, lambda: ablation_json(interventions.ablate_each_head(
+            tracer, ids, token=body.token, position=body.position, mode=body.mode), tracer), "position", "ablation")
+
+    @endpoint(body=Patch, errors=MODEL_ERRORS)
+    async def patch(request: Request, body: Patch) -> JSONResponse:
+        """Activation patching: each layer's residual input at each position taken from the clean prompt's run into
+        the corrupt one's, and the log-probability of the clean prediction after the last token."""
+        served = ctx.models.get(body.model)
+        tracer = tracer_for(served)
+        clean, corrupt = checked(tracer, body.clean, "clean"), checked(tracer, body.corrupt, "corrupt")
+        return await answer(served, lambda: patch_json(interventions.patch_residual(
+            tracer, clean, corrupt, token=body.token), tracer), "corrupt", "patching")
+
+    @endpoint(body=Attribute, errors=MODEL_ERRORS)
+    async def attribute(request: Request, body: Attribute) -> JSONResponse:
+        """Direct logit attribution: each head's and MLP's share of one token's logit, through the final norm."""
+        served = ctx.models.get(body.model)
+        tracer = tracer_for(served)
+        ids = checked(tracer, body.prompt)
+        return await answer(served, lambda: attribution_json(interventions.logit_attribution(
+            tracer, ids, token=body.token, position=body.position), tracer), "position", "attribution")
+
+    return [Route("/v1/inspect", inspect, methods=["POST"]),
+            Route("/v1/inspect/activations", activations, methods=["POST"]),
+            Route("/v1/inspect/ablate", ablate, methods=["POST"]),
+            Route("/v1/inspect/patch", patch, methods=["POST"]),
+            Route("/v1/inspect/attribute", attribute, methods=["POST"])]
