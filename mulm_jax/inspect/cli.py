@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mulm_jax import startup
 
 VIEWS = {
@@ -20,7 +22,16 @@ VIEWS = {
               "surprising listed",
     "heads": "head roles: entropy, mean attention distance, previous-token and induction scores of every head",
     "positions": "mean validation loss at each position of the context (how prediction improves with context)",
+    "activations": "named activations of one forward pass (--names, globs allowed; --position: one token's); "
+                   "every name with its shape letters without --names",
+    "ablate": "each attention head ablated in turn (--mode zero or mean): the change in the log-probability of "
+              "the next token (--token, default the prediction) after --position, as a layer x head table",
+    "patch": "activation patching: each layer's residual input at each position taken from --clean's run into "
+             "--corrupt's, and how much of the clean prediction it restores",
+    "attribute": "direct logit attribution: each head's and MLP's share of the logit of --token (default the "
+                 "prediction) at --position, through the final norm",
 }
+INTERVENTIONS = ("ablate", "patch", "attribute")
 
 
 def register(subparsers: Any) -> None:
@@ -38,6 +49,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--layer", type=int, help="layer to draw (attention)")
     parser.add_argument("--head", type=int, help="head to draw (attention; needs --layer or takes the last)")
     parser.add_argument("--top-k", type=int, default=5, help="alternatives kept per position (default 5)")
+    parser.add_argument("--names", help="activations: comma-separated names or globs (default: list every name)")
+    parser.add_argument("--position", type=int,
+                        help="activations: only this token (negative: from the end); ablate, attribute: the "
+                             "position predicting --token (default: the last)")
+    parser.add_argument("--token", help="ablate, patch, attribute: the token followed, as its text (one token) or "
+                                        "#ID (default: the model's prediction)")
+    parser.add_argument("--mode", choices=["zero", "mean"], default="zero",
+                        help="ablate: set each head's output to zero or to its mean over the prompt (default zero)")
+    parser.add_argument("--clean", help="patch: the prompt whose activations are patched in")
+    parser.add_argument("--corrupt", help="patch: the prompt they are patched into (the same number of tokens)")
     parser.add_argument("--windows", type=int, default=256,
                         help="positions: validation windows of the model's context to average over (default 256)")
     parser.add_argument("--out", type=Path, help="folder for the PNG pictures (default: RUN_DIR/inspect)")
@@ -89,6 +110,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.view == "positions":
         return _positions(args, loaded, out_dir, name)
     tracer = Tracer(loaded)
+    if args.view == "activations":
+        return _activations(args, tracer)
+    if args.view in INTERVENTIONS:
+        return _intervention(args, tracer, out_dir, name)
     trace = tracer.trace(_prompt(args), top_k=args.top_k, lens=args.view == "lens")
     roles = head_roles(tracer, trace.attention_LxHxTxT) if args.view == "heads" else None
     if args.json:
@@ -117,6 +142,83 @@ def run_inspect(args: argparse.Namespace) -> int:
     if not args.json:
         print(summary)
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+def _activations(args: argparse.Namespace, tracer: Any) -> int:
+    from mulm_jax.inspect.interventions import check_position
+    from mulm_jax.inspect.report import activations_json, tokens_json
+
+    if args.names is None and not args.json:
+        for activation, letters in tracer.names.items():
+            print(f"{activation:36s} {letters}")
+        return 0
+    names = None if args.names is None else [n.strip() for n in args.names.split(",") if n.strip()]
+    cache = tracer.run_with_cache(_prompt(args), names)
+    position = None if args.position is None else check_position(args.position, len(cache.ids_T))
+    values = activations_json(cache, position)
+    if args.json:
+        print(json.dumps({**tokens_json(cache), "position": position, "activations": values}))
+        return 0
+    for activation, value in values.items():
+        array = np.asarray(value["values"], np.float64)
+        print(f"{activation:36s} {value['letters']:10s} {str(tuple(value['shape'])):16s} norm {np.linalg.norm(array):9.4f}"
+              f"  first {np.round(array.ravel()[:4], 4).tolist()}")
+    return 0
+
+
+def _token_arg(token: str | None) -> str | int | None:
+    """--token as the text of one token, or #ID as an id."""
+    if token is not None and token.startswith("#") and token[1:].isdigit():
+        return int(token[1:])
+    return token
+
+
+def _intervention(args: argparse.Namespace, tracer: Any, out_dir: Path, name: str) -> int:
+    from mulm_jax.inspect import draw, interventions
+    from mulm_jax.inspect.report import ablation_json, attribution_json, patch_json
+
+    token, position = _token_arg(args.token), -1 if args.position is None else args.position
+    piece = tracer.tokenizer.piece
+    if args.view == "ablate":
+        table = interventions.ablate_each_head(tracer, _prompt(args), token=token, position=position, mode=args.mode)
+        data = ablation_json(table, tracer)
+        L, H = table.delta_LxH.shape
+        worst = np.argsort(table.delta_LxH.ravel())[:5]
+        summary = (f"log p('{draw.shown(piece(table.token))}' after position {table.position}) = {table.logprob:.3f}; "
+                   f"{table.mode}-ablating one head changes it by {table.delta_LxH.min():+.3f} to "
+                   f"{table.delta_LxH.max():+.3f}\nmost harmful heads (layer.head): " + ", ".join(
+                       f"{i // H}.{i % H} ({table.delta_LxH.ravel()[i]:+.3f})" for i in worst))
+        path = draw.diverging_grid(table.delta_LxH, "layer", None, "change in log-probability",
+                                   f"{name}: {table.mode}-ablating each head, log p('{draw.shown(piece(table.token))}')",
+                                   out_dir / "ablate.png", "head")
+    elif args.view == "patch":
+        if args.clean is None or args.corrupt is None:
+            raise ValueError("inspect patch needs --clean TEXT and --corrupt TEXT (the same number of tokens)")
+        table = interventions.patch_residual(tracer, args.clean, args.corrupt, token=token)
+        data = patch_json(table, tracer)
+        restored = table.restored_LxT
+        layer, t = np.unravel_index(int(np.argmax(restored)), restored.shape)
+        summary = (f"log p('{draw.shown(piece(table.token))}'): clean {table.clean_logprob:.3f}, corrupt "
+                   f"{table.corrupt_logprob:.3f}; patching one place restores up to {restored.max():.2f} of the gap "
+                   f"(layer {layer}, position {t})")
+        path = draw.diverging_grid(restored, "layer (its residual input)",
+                                   [p for p in (d["text"] for d in data["corrupt_tokens"])],
+                                   "share of the clean log-probability restored",
+                                   f"{name}: patching the residual stream, clean -> corrupt", out_dir / "patch.png",
+                                   "position (corrupt prompt's token)")
+    else:
+        attribution = interventions.logit_attribution(tracer, _prompt(args), token=token, position=position)
+        data = attribution_json(attribution, tracer)
+        top = np.argsort(-np.abs(attribution.values))[:6]
+        summary = (f"logit of '{draw.shown(piece(attribution.token))}' at position {attribution.position}: "
+                   f"{attribution.logit:.4f} (sum of the components {attribution.total:.4f})\nlargest: " + ", ".join(
+                       f"{attribution.labels[i]} {attribution.values[i]:+.3f}" for i in top))
+        path = draw.attribution_bars(attribution.labels, attribution.values,
+                                     f"{name}: direct logit attribution of '{draw.shown(piece(attribution.token))}'",
+                                     out_dir / "attribute.png")
+    print(json.dumps(data) if args.json else summary)
+    print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

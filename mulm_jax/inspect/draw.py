@@ -170,3 +170,39 @@ def loss_by_position(losses: dict[str, np.ndarray], title: str, path: str | Path
     if len(losses) > 1:
         ax.legend()
     return save_figure(fig, path)
+
+
+def diverging_grid(values_RxC: np.ndarray, row_label: str, col_labels: Sequence[str] | None, colour_label: str,
+                   title: str, path: str | Path, col_axis: str) -> Path:
+    """A table of signed numbers (ablation's change per layer x head, patching's effect per layer x position):
+    red below zero, blue above, white at zero, with each cell's value written in when the table is small."""
+    R, C = values_RxC.shape
+    fig, ax = plt.subplots(figsize=(min(16.0, 2.5 + 0.45 * C), min(10.0, 1.5 + 0.45 * R)))
+    bound = max(float(np.nanmax(np.abs(values_RxC))), 1e-6)
+    image = ax.imshow(values_RxC, cmap="RdBu", vmin=-bound, vmax=bound, interpolation="nearest", aspect="auto")
+    ax.set_yticks(range(R))
+    ax.set_ylabel(row_label)
+    if col_labels is None:
+        ax.set_xticks(range(C))
+    else:
+        _token_ticks(ax, col_labels, "x")
+    ax.set_xlabel(col_axis)
+    if R * C <= 256:
+        for r in range(R):
+            for c in range(C):
+                ax.text(c, r, f"{values_RxC[r, c]:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=colour_label)
+    return save_figure(fig, path)
+
+
+def attribution_bars(labels: Sequence[str], values: np.ndarray, title: str, path: str | Path, most: int = 24) -> Path:
+    """Direct logit attribution: the components with the largest contributions (either sign), largest at the top."""
+    order = np.argsort(-np.abs(values))[:most][::-1]
+    fig, ax = plt.subplots(figsize=(7.5, 1.0 + 0.28 * len(order)))
+    ax.barh(range(len(order)), values[order], color=["#c0392b" if v < 0 else "#2e6fb5" for v in values[order]])
+    ax.set_yticks(range(len(order)), [labels[i] for i in order], fontsize=8)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("contribution to the logit")
+    ax.set_title(title)
+    return save_figure(fig, path)

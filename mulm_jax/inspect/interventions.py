@@ -20,23 +20,23 @@ def check_layer_head(tracer: Tracer, layer: int, head: Optional[int] = None) -> 
     """A layer (and head) of the decoder, or an error naming the range."""
     L, H = tracer.cfg.decoder_layers, tracer.cfg.num_heads
     if not 0 <= layer < L:
-        raise InspectError(f"layer {layer} is out of range: this model has layers 0 to {L - 1}")
+        raise InspectError(f"layer {layer} is out of range: this model has layers 0 to {L - 1}", "layer")
     if head is not None and not 0 <= head < H:
-        raise InspectError(f"head {head} is out of range: this model has heads 0 to {H - 1}")
+        raise InspectError(f"head {head} is out of range: this model has heads 0 to {H - 1}", "head")
 
 
 def check_position(position: int, length: int) -> int:
     """A position of a sequence of `length` tokens (negative: from the end), or an error naming the range."""
     if not -length <= position < length:
         raise InspectError(f"position {position} is out of range: the prompt has positions 0 to {length - 1} "
-                           f"(or -{length} to -1 from the end)")
+                           f"(or -{length} to -1 from the end)", "position")
     return position % length
 
 
 def _ablated(values_N: np.ndarray, mode: str, mean: Optional[np.ndarray]) -> Edit:
     """scale 0 where `values_N` (a 0/1 mask broadcastable to the activation) is 1; mean mode adds the mean back."""
     if mode not in MODES:
-        raise InspectError(f"ablation mode {mode!r} is not one of {', '.join(MODES)}")
+        raise InspectError(f"ablation mode {mode!r} is not one of {', '.join(MODES)}", "mode")
     if mode == "mean" and mean is None:
         raise InspectError("mean ablation needs the clean run's cache to take the mean from")
     return Edit(scale=1.0 - values_N, shift=0.0 if mode == "zero" else values_N * mean)
@@ -93,10 +93,12 @@ def _answer(tracer: Tracer, token: Optional[str | int], logprobs_V: np.ndarray) 
     if isinstance(token, str):
         ids = tracer.tokenizer.encode(token)
         if len(ids) != 1:
-            raise InspectError(f"token {token!r} is {len(ids)} tokens for this tokenizer: expected exactly one")
+            raise InspectError(f"token {token!r} is {len(ids)} tokens for this tokenizer: expected exactly one",
+                               "token")
         return ids[0]
     if not 0 <= token < tracer.tokenizer.vocab_size:
-        raise InspectError(f"token id {token} is outside the tokenizer's vocabulary [0, {tracer.tokenizer.vocab_size})")
+        raise InspectError(f"token id {token} is outside the tokenizer's vocabulary [0, {tracer.tokenizer.vocab_size})",
+                           "token")
     return int(token)
 
 
@@ -166,7 +168,8 @@ def patch_residual(tracer: Tracer, clean, corrupt, *, token: Optional[str | int]
     clean_ids, corrupt_ids = tracer.encode(clean, "clean"), tracer.encode(corrupt, "corrupt")
     if len(clean_ids) != len(corrupt_ids):
         raise InspectError(f"the clean prompt has {len(clean_ids)} tokens and the corrupt one {len(corrupt_ids)}: "
-                           "patching compares the same positions, so both must have the same number of tokens")
+                           "patching compares the same positions, so both must have the same number of tokens",
+                           "corrupt")
     T, L = len(clean_ids), tracer.cfg.decoder_layers
     clean_cache = tracer.run_with_cache(clean_ids, ["blocks.*.resid_pre"])
     rows = [{}] + [{f"blocks.{layer}.resid_pre": patch_edit(clean_cache, f"blocks.{layer}.resid_pre", [t])}

@@ -22,7 +22,12 @@ from mulm_jax.nn.blocks import make_norm
 
 
 class InspectError(InferenceError):
-    """A prompt, layer or head that inspection cannot use; the message names the value and the allowed range."""
+    """A prompt, layer or head that inspection cannot use; the message names the value and the allowed range, and
+    `param` the argument (or request field) it came from, where known."""
+
+    def __init__(self, message: str, param: Optional[str] = None):
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass(frozen=True)
@@ -94,16 +99,17 @@ class Tracer:
         """Token ids of a text or of given ids, checked against the vocabulary and the context."""
         if isinstance(prompt, str):
             if not prompt:
-                raise InspectError(f"{param} is empty: expected 1 to {self.context} tokens of text")
+                raise InspectError(f"{param} is empty: expected 1 to {self.context} tokens of text", param)
             ids = self.tokenizer.encode(prompt)
         else:
             ids = [int(i) for i in prompt]
             bad = [i for i in ids if not 0 <= i < self.tokenizer.vocab_size]
             if bad:
                 raise InspectError(f"{param}: token id {bad[0]} is outside the tokenizer's vocabulary "
-                                   f"[0, {self.tokenizer.vocab_size})")
+                                   f"[0, {self.tokenizer.vocab_size})", param)
         if not 1 <= len(ids) <= self.context:
-            raise InspectError(f"{param} has {len(ids)} tokens: expected 1 to {self.context} (the model's context)")
+            raise InspectError(f"{param} has {len(ids)} tokens: expected 1 to {self.context} (the model's context)",
+                               param)
         return ids
 
     def trace(self, prompt: str | Sequence[int], *, top_k: int = 5, lens: bool = True,
@@ -141,7 +147,7 @@ class Tracer:
         if self.encoder_decoder:
             return (self.encode(target, "target") if target is not None else ids[-1:]), ids
         if target is not None:
-            raise InspectError("target is for encoder-decoder models; this model is decoder-only")
+            raise InspectError("target is for encoder-decoder models; this model is decoder-only", "target")
         return ids, None
 
     def resolve(self, names: Sequence[str]) -> tuple[str, ...]:
@@ -151,7 +157,7 @@ class Tracer:
         try:
             return tuple(hooks.matching(names, self.names))
         except ValueError as e:
-            raise InspectError(str(e)) from None
+            raise InspectError(str(e), "names") from None
 
     def layout(self, ids: Sequence[int], source: Optional[Sequence[int]]) -> Layout:
         cfg = self.cfg
@@ -181,7 +187,7 @@ class Tracer:
             arrays = {name: (stacked(name, edit_list, "scale", 1.0), stacked(name, edit_list, "shift", 0.0))
                       for name, edit_list in edits.items()}
         except ValueError as e:
-            raise InspectError(str(e)) from None
+            raise InspectError(str(e), "edits") from None
         ids_NxL = np.repeat(self._padded(ids), N, axis=0)
         src_NxS = None if source is None else np.repeat(self._padded(source), N, axis=0)
         with self._lock:

@@ -104,7 +104,7 @@ def routes(ctx) -> list[Route]:
         try:
             parts = await anyio.to_thread.run_sync(compute)
         except InspectError as e:
-            raise ApiError(400, str(e), param=param, code="invalid_value") from None
+            raise ApiError(400, str(e), param=e.param or param, code="invalid_value") from None
         cfg = served.loaded.config.model
         return JSONResponse({"object": obj, "model": served.id, "architecture": cfg.architecture,
                              "num_layers": cfg.decoder_layers, "num_heads": cfg.num_heads,
@@ -136,7 +136,10 @@ def routes(ctx) -> list[Route]:
         target = None if body.target is None else checked(tracer, body.target, "target")
 
         def run() -> dict:
-            edits = interventions.head_edits(tracer, [(h.layer, h.head) for h in body.ablate])
+            try:
+                edits = interventions.head_edits(tracer, [(h.layer, h.head) for h in body.ablate])
+            except InspectError as e:
+                raise InspectError(str(e), f"ablate.{e.param}") from None
             cache = tracer.run_with_cache(ids, body.names, target=target, edits=edits)
             position = None if body.position is None else interventions.check_position(body.position,
                                                                                         len(cache.ids_T))
