@@ -22,6 +22,7 @@ from mulm_jax.data.tokenizer import SentencePieceTokenizer
 from mulm_jax.inspect import InspectError, Tracer, token_pieces
 from mulm_jax.eval.scoring import EvalError
 from mulm_jax.inspect.heads import attention_stats, induction_scores, induction_sequence
+from mulm_jax.inspect.interventions import head_edits
 from mulm_jax.inspect.positions import loss_by_position
 from mulm_jax.train.loop import train
 from test_train import tiny_run
@@ -329,7 +330,8 @@ def test_inspect_route_errors_name_the_field(client, body, param, needle):
 @pytest.mark.slow
 def test_a_two_layer_model_trained_on_repeated_sequences_grows_an_induction_head():
     """The classic finding (Olsson et al., 2022): two attention layers learn to copy what followed the previous
-    occurrence of the current token; a fresh model has no such head."""
+    occurrence of the current token; a fresh model has no such head, and ablating the trained one's induction heads
+    takes the copying away."""
     import optax
 
     from mulm_jax.config import Config
@@ -339,7 +341,7 @@ def test_a_two_layer_model_trained_on_repeated_sequences_grows_an_induction_head
     from mulm_jax.models import build_model
 
     cfg = load_config("configs/shakespeare_char.yaml", [
-        "model.vocab_size=64", "model.d_model=64", "model.num_layers=2", "model.num_heads=4", "model.d_ff=64",
+        "model.vocab_size=64", "model.d_model=64", "model.num_layers=2", "model.num_heads=2", "model.d_ff=64",
         "model.max_seq_len=32", "model.positional=rope"]).model
     model = build_model(cfg)
     tokenizer = CharTokenizer([chr(48 + i) for i in range(64)])
@@ -374,4 +376,125 @@ def test_a_two_layer_model_trained_on_repeated_sequences_grows_an_induction_head
 
     for _ in range(400):
         params, opt_state = step(params, opt_state, batch())
-    assert roles(params).max() > 0.5
+    induction = roles(params)
+    assert induction.max() > 0.5
+
+    # Ablating the heads the table marks as induction heads costs the repeated half its predictability, each of them
+    # more than any other head does; a random other head changes it by next to nothing. (Both heads of layer 1
+    # become induction heads and share the work, so one alone costs less than the two together.)
+    lm = LoadedModel(model=model, params=params, tokenizer=tokenizer, config=Config(model=cfg), step=0, run_dir=None)
+    tracer = Tracer(lm)
+    ids = induction_sequence(64, half, seed=7).tolist()
+
+    def repeated_half_logprob(heads) -> float:
+        logits = tracer.run_with_cache(ids, ["logits"], edits=head_edits(tracer, heads))["logits"]
+        logp = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)
+        return float(np.mean([logp[t - 1, ids[t]] for t in range(half + 1, 2 * half)]))
+
+    clean = repeated_half_logprob([])
+    marked = [(int(l), int(h)) for l, h in zip(*np.nonzero(induction > 0.5))]
+    others = [(l, h) for l in range(2) for h in range(2) if (l, h) not in marked]
+    drop = {head: clean - repeated_half_logprob([head]) for head in marked + others}
+    assert clean - repeated_half_logprob(marked) > 2.0, (clean, drop)
+    assert min(drop[h] for h in marked) > 5 * max(drop[h] for h in others), drop
+    other = others[np.random.default_rng(0).integers(len(others))]
+    assert abs(drop[other]) < 0.05, drop
+
+
+@pytest.mark.parametrize("view, args, picture, keys", [
+    ("ablate", ["--prompt", "To be, or not", "--mode", "mean"], "ablate.png", {"delta_logprob", "logprob", "token"}),
+    ("patch", ["--clean", "To be, or not", "--corrupt", "To see or not"], "patch.png", {"restored", "patched_logprob"}),
+    ("attribute", ["--prompt", "To be, or not", "--token", "t"], "attribute.png", {"components", "logit", "total"})])
+def test_intervention_views_draw_their_table_and_print_the_routes_json(run_dir, tmp_path, capsys, view, args,
+                                                                        picture, keys):
+    out = tmp_path / "out"
+    assert main(["inspect", view, "--checkpoint", str(run_dir), *args, "--out", str(out), "--json"]) == 0
+    numbers = json.loads(capsys.readouterr().out)
+    assert keys <= set(numbers)
+    assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if view == "ablate":
+        chex.assert_shape(np.asarray(numbers["delta_logprob"]), (2, 2))
+    elif view == "patch":
+        chex.assert_shape(np.asarray(numbers["restored"], np.float64), (2, 13))
+    else:
+        assert numbers["token"]["text"] == "t"
+        assert abs(sum(c["logit"] for c in numbers["components"]) - numbers["logit"]) < 1e-4
+
+
+def test_activations_view_prints_the_cached_values_at_a_position(run_dir, capsys):
+    from mulm_jax.infer import load_model
+
+    assert main(["inspect", "activations", "--checkpoint", str(run_dir)]) == 0
+    listed = capsys.readouterr().out
+    assert "blocks.1.attn.pattern" in listed and "HxTxT" in listed
+    assert main(["inspect", "activations", "--checkpoint", str(run_dir), "--prompt", "To be", "--names",
+                 "blocks.0.attn.q,blocks.*.attn.pattern", "--position", "-2", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["position"] == 3 and [t["text"] for t in printed["tokens"]] == list("To be")
+    values = printed["activations"]
+    assert list(values) == ["blocks.0.attn.q", "blocks.0.attn.pattern", "blocks.1.attn.pattern"]
+    cache = Tracer(load_model(run_dir)).run_with_cache("To be")
+    assert values["blocks.0.attn.q"]["letters"] == "HxDh" and values["blocks.1.attn.pattern"]["letters"] == "HxT"
+    np.testing.assert_allclose(values["blocks.0.attn.q"]["values"], cache["blocks.0.attn.q"][3], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(values["blocks.1.attn.pattern"]["values"], cache["blocks.1.attn.pattern"][:, 3],
+                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("view, args, message", [
+    ("activations", ["--prompt", "To be", "--names", "blocks.0.attn.qq"], "unknown activation name 'blocks.0.attn.qq'"),
+    ("activations", ["--prompt", "To be", "--names", "logits", "--position", "5"], "position 5 is out of range"),
+    ("patch", ["--clean", "To be"], "needs --clean TEXT and --corrupt TEXT"),
+    ("patch", ["--clean", "To be", "--corrupt", "To bee"], "the clean prompt has 5 tokens and the corrupt one 6"),
+    ("ablate", ["--prompt", "To be", "--token", "To"], "'To' is 2 tokens"),
+    ("attribute", ["--prompt", "To be", "--position", "-9"], "position -9 is out of range")])
+def test_bad_intervention_arguments_say_what_is_allowed_and_write_nothing(run_dir, tmp_path, capsys, view, args,
+                                                                           message):
+    out = tmp_path / "out"
+    assert main(["inspect", view, "--checkpoint", str(run_dir), "--out", str(out), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_activations_route_answers_names_at_a_position_and_with_heads_ablated(client):
+    body = {"model": "tiny", "prompt": "hello world", "names": ["blocks.1.attn.z", "logits"], "position": 4}
+    plain = client.post("/v1/inspect/activations", json=body).json()
+    assert plain["object"] == "activations" and plain["position"] == 4 and len(plain["tokens"]) == 11
+    assert plain["names"]["blocks.0.attn.scores"] == "HxTxT"
+    z = np.asarray(plain["activations"]["blocks.1.attn.z"]["values"])
+    chex.assert_shape(z, (4, 4))
+    assert plain["activations"]["logits"]["letters"] == "V"
+    ablated = client.post("/v1/inspect/activations", json={**body, "ablate": [{"layer": 1, "head": 2}]}).json()
+    z_ablated = np.asarray(ablated["activations"]["blocks.1.attn.z"]["values"])
+    np.testing.assert_array_equal(z_ablated[2], 0.0)
+    np.testing.assert_allclose(np.delete(z_ablated, 2, axis=0), np.delete(z, 2, axis=0), atol=1e-6)
+    assert not np.allclose(ablated["activations"]["logits"]["values"], plain["activations"]["logits"]["values"])
+
+
+def test_intervention_routes_answer_their_tables(client):
+    ablation = client.post("/v1/inspect/ablate", json={"model": "tiny", "prompt": "hello world"}).json()
+    chex.assert_shape(np.asarray(ablation["delta_logprob"]), (2, 4))
+    patching = client.post("/v1/inspect/patch", json={"model": "tiny", "clean": "hello world",
+                                                      "corrupt": "hello there"}).json()
+    restored = np.asarray(patching["restored"], np.float64)
+    chex.assert_shape(restored, (2, 11))
+    np.testing.assert_allclose(restored[:, :6], 0.0, atol=1e-5)  # the prompts agree there: patching changes nothing
+    attribution = client.post("/v1/inspect/attribute", json={"model": "tiny", "prompt": "hello", "token": 5}).json()
+    assert attribution["token"]["id"] == 5
+    assert abs(sum(c["logit"] for c in attribution["components"]) - attribution["logit"]) < 1e-4
+
+
+@pytest.mark.parametrize("path, body, param, needle", [
+    ("activations", {"prompt": "ab", "names": ["blocks.7.attn.q"]}, "names", "unknown activation name"),
+    ("activations", {"prompt": "ab", "position": 2}, "position", "positions 0 to 1"),
+    ("activations", {"prompt": "ab", "ablate": [{"layer": 0, "head": 4}]}, "ablate.head", "heads 0 to 3"),
+    ("ablate", {"prompt": "ab", "mode": "half"}, "mode", "zero"),
+    ("ablate", {"prompt": "ab", "token": "abc"}, "token", "3 tokens"),
+    ("patch", {"clean": "ab", "corrupt": "abc"}, "corrupt", "same number of tokens"),
+    ("patch", {"clean": "a" * 41, "corrupt": "ab"}, "clean", "at most 40"),
+    ("attribute", {"prompt": "ab", "position": -3}, "position", "out of range"),
+])
+def test_intervention_route_errors_name_the_field(client, path, body, param, needle):
+    response = client.post(f"/v1/inspect/{path}", json={"model": "tiny", **body})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and needle in error["message"], error

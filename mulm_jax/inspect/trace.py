@@ -205,7 +205,9 @@ class Tracer:
             src_valid_NxS = jnp.arange(src_NxS.shape[1])[None] < src_length
             return self.loaded.model.apply(variables, src_NxS, ids_NxL, src_valid_BxS=src_valid_NxS,
                                            mutable=[hooks.ACTIVATIONS])
-        return self.loaded.model.apply(variables, ids_NxL, mutable=[hooks.ACTIVATIONS])
+        # The padding marked, so that RoPE scalings that depend on the length see the prompt's, not the bucket's.
+        return self.loaded.model.apply(variables, ids_NxL, valid_BxT=jnp.arange(ids_NxL.shape[1])[None] < length,
+                                       mutable=[hooks.ACTIVATIONS])
 
     def _activations_fn(self, params, ids_NxL, length, src_NxS, src_length, edit_arrays, *, names: tuple[str, ...],
                         logprobs_at: Optional[int]) -> dict:
