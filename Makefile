@@ -7,7 +7,7 @@ STAMP := $(VENV)/.requirements-installed
 # The development/CI mirror of the public corpora (see ../shared/data/README.md).
 export MULM_DATA_MIRROR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: demo test test-slow mutation venv chromium clean
+.PHONY: demo test test-slow walkthrough mutation venv chromium clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,21 @@ chromium:
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m slow
+
+# The walkthrough, notebooks/walkthrough.ipynb (the demo model's forward pass rebuilt step by step in numpy): trains
+# runs/shakespeare as `make demo` does (resumed, or found finished), executes the notebook against it in place with
+# its outputs kept, and renders it as docs/walkthrough.md, its code cells marked as tests/test_docs.py requires and
+# its links made docs/'s. The preprocessor named on the command line runs after the execution: each cell's printed
+# lines become one output. tests/test_walkthrough.py (make test-slow) executes it against a freshly trained run.
+walkthrough: $(STAMP)
+	$(PY) train.py --config configs/shakespeare_char.yaml --workdir runs/shakespeare --quiet
+	MULM_WALKTHROUGH_RUN=runs/shakespeare $(PY) -m nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.record_timing=False \
+		--NotebookExporter.preprocessors=nbconvert.preprocessors.CoalesceStreamsPreprocessor \
+		notebooks/walkthrough.ipynb
+	$(PY) -m nbconvert --to markdown --output-dir docs --output walkthrough notebooks/walkthrough.ipynb
+	sed -i -e 's|^```python$$|```python norun: a cell of notebooks/walkthrough.ipynb, run in order by make walkthrough|' \
+		-e 's|](\.\./docs/|](|g' docs/walkthrough.md
 
 # mutmut over the core modules, each against its own tests (docs/mutation.md); one module: make mutation
 # MODULES=positional. mutmut is a development tool, pinned apart in requirements-dev.txt.
