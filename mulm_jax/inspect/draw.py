@@ -187,10 +187,12 @@ def diverging_grid(values_RxC: np.ndarray, row_label: str, col_labels: Sequence[
     else:
         _token_ticks(ax, col_labels, "x")
     ax.set_xlabel(col_axis)
-    if R * C <= 256:
+    if C <= 24 and R <= 24:
         for r in range(R):
             for c in range(C):
-                ax.text(c, r, f"{values_RxC[r, c]:.2f}", ha="center", va="center", fontsize=7)
+                dark = abs(values_RxC[r, c]) > 0.6 * bound
+                ax.text(c, r, f"{values_RxC[r, c]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label=colour_label)
     return save_figure(fig, path)
