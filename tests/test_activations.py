@@ -22,7 +22,7 @@ from mulm_jax.infer import LoadedModel
 from mulm_jax.inspect import InspectError, Tracer
 from mulm_jax.inspect.activations import Edit
 from mulm_jax.inspect.interventions import (ablate_each_head, check_position, head_edits, logit_attribution,
-                                            patch_edit, patch_residual)
+                                            neuron_edits, patch_edit, patch_residual)
 from mulm_jax.models import build_model
 
 PROMPT = "the cat sat."  # 12 characters (bucket 16)
@@ -378,6 +378,21 @@ def test_each_heads_ablation_equals_a_cached_run_with_that_head_alone_ablated(tr
             expected[layer, head] = np.asarray(jax.nn.log_softmax(ablated["logits"][-1]))[table.token] - table.logprob
     np.testing.assert_allclose(table.delta_LxH, expected, atol=1e-5)
     assert np.abs(table.delta_LxH).max() > 1e-3  # the heads matter, so the comparison means something
+
+
+def test_ablated_neurons_read_zero_or_their_mean_over_the_prompt_and_the_others_are_untouched(tracers, caches):
+    tracer, clean = tracers["llama"], caches["llama"]
+    name = "blocks.1.mlp.post"
+    zeroed = tracer.run_with_cache(PROMPT, [name], edits=neuron_edits(tracer, [(1, 3), (1, 7)]))[name]
+    np.testing.assert_array_equal(zeroed[:, [3, 7]], 0.0)
+    untouched = [n for n in range(tracer.cfg.ff_dim) if n not in (3, 7)]
+    np.testing.assert_allclose(zeroed[:, untouched], clean[name][:, untouched], atol=1e-6)
+    meaned = tracer.run_with_cache(PROMPT, [name], edits=neuron_edits(tracer, [(1, 3)], "mean", clean))[name]
+    np.testing.assert_allclose(meaned[:, 3], clean[name][:, 3].mean(), atol=1e-6)
+    with pytest.raises(InspectError, match="neurons 0 to 31"):
+        neuron_edits(tracer, [(0, 32)])
+    with pytest.raises(InspectError, match="needs the clean run's cache"):
+        neuron_edits(tracer, [(0, 1)], "mean")
 
 
 def test_patching_layer_0_where_the_prompts_differ_restores_the_clean_run_exactly(tracers):
