@@ -46,8 +46,8 @@ def cache_memory(config_path: str, tokens: int, names: tuple[str, ...]) -> int:
     tracer = Tracer(LoadedModel(build_model(config.model), structs, tokenizer, config, 0, None))
     names = tracer.resolve(names)
     ids = np.zeros((1, tokens), np.int32)
-    compiled = tracer._activations.lower(structs, ids, tokens, None, 0, {}, names=names,
-                                         logprobs_at=None).compile()
+    compiled = tracer._activations.lower(structs, ids, tokens, None, 0, {}, 0, names=names,
+                                         with_logprobs=False).compile()
     analysis = compiled.memory_analysis()
     return int(analysis.output_size_in_bytes + analysis.temp_size_in_bytes)
 

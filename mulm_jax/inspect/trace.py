@@ -93,7 +93,7 @@ class Tracer:
         self.traces = 0  # compilations
         self._lock = threading.Lock()
         self._forward = jax.jit(self._forward_fn, static_argnames=("top_k", "with_lens"))
-        self._activations = jax.jit(self._activations_fn, static_argnames=("names", "logprobs_at"))
+        self._activations = jax.jit(self._activations_fn, static_argnames=("names", "with_logprobs"))
 
     def encode(self, prompt: str | Sequence[int], param: str = "prompt") -> list[int]:
         """Token ids of a text or of given ids, checked against the vocabulary and the context."""
@@ -176,6 +176,7 @@ class Tracer:
             self.resolve(unknown)  # raises, listing the valid names
         layout = self.layout(ids, source)
         N = max([len(e) for e in edits.values()] + [1])
+
         def stacked(name: str, edit_list: Sequence[Edit], part: str, fill: float) -> np.ndarray:
             rows = [layout.pad_edit(name, self.names[name], getattr(e, part), fill, N) for e in edit_list]
             if len(rows) == 1:
@@ -192,7 +193,8 @@ class Tracer:
         src_NxS = None if source is None else np.repeat(self._padded(source), N, axis=0)
         with self._lock:
             out = jax.device_get(self._activations(self.loaded.params, ids_NxL, len(ids), src_NxS, len(source or ()),
-                                                   arrays, names=tuple(names), logprobs_at=logprobs_at))
+                                                   arrays, logprobs_at or 0, names=tuple(names),
+                                                   with_logprobs=logprobs_at is not None))
         result = {name: layout.unpad(np.asarray(out[name], np.float32), self.names[name]) for name in names}
         if logprobs_at is not None:
             result["logprobs"] = np.asarray(out["logprobs"], np.float32)
@@ -209,16 +211,17 @@ class Tracer:
         return self.loaded.model.apply(variables, ids_NxL, valid_BxT=jnp.arange(ids_NxL.shape[1])[None] < length,
                                        mutable=[hooks.ACTIVATIONS])
 
-    def _activations_fn(self, params, ids_NxL, length, src_NxS, src_length, edit_arrays, *, names: tuple[str, ...],
-                        logprobs_at: Optional[int]) -> dict:
+    def _activations_fn(self, params, ids_NxL, length, src_NxS, src_length, edit_arrays, logprobs_at, *,
+                        names: tuple[str, ...], with_logprobs: bool) -> dict:
         self.traces += 1
         edits = {name: (lambda scale, shift: lambda x: (x * scale + shift).astype(x.dtype))(*arrays)
                  for name, arrays in edit_arrays.items()}
         with hooks.hooks(keep=set(names), edits=edits):
             logits_NxLxV, state = self._apply(params, ids_NxL, length, src_NxS, src_length)
         out = {name: value.astype(jnp.float32) for name, value in hooks.sown(state.get(hooks.ACTIVATIONS, {})).items()}
-        if logprobs_at is not None:
-            out["logprobs"] = jax.nn.log_softmax(logits_NxLxV[:, logprobs_at].astype(jnp.float32), axis=-1)
+        if with_logprobs:  # the position is an argument: one compilation serves every position
+            out["logprobs"] = jax.nn.log_softmax(jnp.take(logits_NxLxV, logprobs_at, axis=1).astype(jnp.float32),
+                                                 axis=-1)
         return out
 
     def _padded(self, ids: Sequence[int]) -> np.ndarray:
