@@ -1,5 +1,5 @@
-# make demo / make test: both build .venv first, with the project installed in it (pip install -e .: the pins of
-# requirements.txt, mulm_jax importable from any folder, the `mulm` command).
+# make demo / make test: both build .venv first, with the project installed in it (pip install -e .[test]: the pins
+# of requirements.txt and requirements-test.txt, mulm_jax importable from any folder, the `mulm` command).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,11 +11,11 @@ export MULM_DATA_MIRROR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/d
 
 venv: $(STAMP)
 
-# Rebuilt whenever requirements.txt or pyproject.toml is newer than the last install.
-$(STAMP): requirements.txt pyproject.toml
+# Rebuilt whenever a requirements file or pyproject.toml is newer than the last install.
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
 # Assembles Tiny Shakespeare (on first use), trains nanoGPT's CPU recipe on it (running it again resumes or finds

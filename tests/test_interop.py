@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tokenizers
-import torch  # pinned in requirements.txt: a missing one fails these tests rather than skipping them
+import torch  # pinned in requirements-test.txt: a missing one fails these tests rather than skipping them
 import transformers
 from flax import traverse_util
 

@@ -36,7 +36,7 @@ def require_browser() -> None:
         try:
             import playwright.sync_api  # noqa: F401
         except ImportError:
-            missing = "the playwright package is not installed (requirements.txt)"
+            missing = "the playwright package is not installed (requirements-test.txt)"
     if missing and os.environ.get("MULM_REQUIRE_BROWSER") == "1":
         pytest.fail(f"MULM_REQUIRE_BROWSER=1 but {missing}")
     if missing:

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import transformers  # pinned in requirements.txt: the reference for RoPE's scalings
+import transformers  # pinned in requirements-test.txt: the reference for RoPE's scalings
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from mulm_jax.config import RopeScaling
