@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import jax
 import numpy as np
 
+from bench.harness import timed
 from mulm_jax.config import load_config
 from mulm_jax.data.tokenizer import CharTokenizer
 from mulm_jax.infer.cli import random_model
@@ -26,15 +26,6 @@ from mulm_jax.inspect import Tracer
 from mulm_jax.models import build_model
 from mulm_jax.models.info import param_shapes
 from mulm_jax.platform import configure_process
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def cache_memory(config_path: str, tokens: int, names: tuple[str, ...]) -> int:

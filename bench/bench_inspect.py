@@ -12,25 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import jax
 import numpy as np
 
+from bench.harness import timed
 from mulm_jax.config import load_config
 from mulm_jax.infer.cli import random_model
 from mulm_jax.inspect import Tracer
 from mulm_jax.platform import configure_process
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from mulm_jax.inspect.activations import Edit
 from mulm_jax.inspect.interventions import (ablate_each_head, check_position, head_edits, logit_attribution,
                                             neuron_edits, patch_edit, patch_residual)
 from mulm_jax.models import build_model
+from test_inspect import _rope
 
 PROMPT = "the cat sat."  # 12 characters (bucket 16)
 OTHER = "a dog ran on"  # another prompt of the same length
@@ -74,16 +75,6 @@ def _norm(x_TxD, p, cfg):
 def _dense(x, p):
     """x [..., D] times a kernel [D, ...] (Dense or DenseGeneral), plus its bias when it has one."""
     return np.tensordot(x, p["kernel"], axes=([-1], [0])) + p.get("bias", 0.0)
-
-
-def _rope(x_TxHxDh, theta):
-    """Rotate-half RoPE at positions 0..T-1."""
-    T, _, Dh = x_TxHxDh.shape
-    half = Dh // 2
-    angle_TxF = np.arange(T)[:, None] * theta ** (-np.arange(half) * 2.0 / Dh)[None, :]
-    cos, sin = np.cos(angle_TxF)[:, None, :], np.sin(angle_TxF)[:, None, :]
-    a, b = x_TxHxDh[..., :half], x_TxHxDh[..., half:]
-    return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
 
 
 def _sinusoids(T, D):
