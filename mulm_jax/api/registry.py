@@ -37,7 +37,8 @@ class ModelCard(BaseModel):
     step: Optional[int] = None
     context_length: Optional[int] = None
     architecture: Optional[str] = None
-    vocab_size: Optional[int] = None
+    vocab_size: Optional[int] = None  # the model's (its embedding table's rows)
+    tokenizer_vocab_size: Optional[int] = None  # the ids its tokenizer decodes: the ones generation can draw
     parameters: Optional[int] = None
 
     def body(self) -> dict:
@@ -62,7 +63,7 @@ class ServedModel:
         cfg = self.loaded.config.model
         return ModelCard(id=self.id, created=self.created, state="ready", run_dir=str(self.loaded.run_dir),
                          step=self.loaded.step, context_length=cfg.max_seq_len, architecture=cfg.architecture,
-                         vocab_size=cfg.vocab_size,
+                         vocab_size=cfg.vocab_size, tokenizer_vocab_size=self.loaded.tokenizer.vocab_size,
                          parameters=sum(int(leaf.size) for leaf in jax.tree.leaves(self.loaded.params)))
 
     def encode(self, value: str | Sequence[int], param: str, *, prompt: bool = False) -> list[int]:

@@ -114,8 +114,9 @@ class Tracer:
 
     def trace(self, prompt: str | Sequence[int], *, top_k: int = 5, lens: bool = True,
               target: str | Sequence[int] | None = None) -> Trace:
-        """Trace a prompt. Encoder-decoder models read `prompt` as the source and run the decoder over `target`
-        (default: the source's last token, as the engine starts a generation)."""
+        """Trace a prompt. Encoder-decoder models read `prompt` as the source and run the decoder over `target`; without
+        a target, as the engine reads a generation prompt: its last token starts the decoder, the others are the
+        source."""
         if not 1 <= top_k <= 100:
             raise InspectError(f"top_k={top_k} is out of range: expected 1 to 100")
         ids, source = self.sequences(prompt, target)
@@ -130,7 +131,7 @@ class Tracer:
                        edits: Optional[Mapping[str, Edit]] = None) -> ActivationCache:
         """The activations `names` (exact names or globs, default: every one) of one forward pass over the prompt,
         with `edits` (name -> Edit) applied during it; only the names asked for are kept in memory. Encoder-decoder
-        models read `prompt` as the source and `target` as the decoder's tokens (default: the source's last)."""
+        models read `prompt` and `target` as `trace` does."""
         ids, source = self.sequences(prompt, target)
         chosen = self.resolve(self.names if names is None else names)
         rows = self.run_batch(ids, source, chosen, {} if edits is None else {n: [e] for n, e in edits.items()})
@@ -145,7 +146,13 @@ class Tracer:
         """The decoder's token ids and (encoder-decoder models) the source's, checked."""
         ids = self.encode(prompt)
         if self.encoder_decoder:
-            return (self.encode(target, "target") if target is not None else ids[-1:]), ids
+            if target is not None:
+                return self.encode(target, "target"), ids
+            if len(ids) < 2:
+                raise InspectError("an encoder-decoder model reads a prompt as the engine does, its last token starting "
+                                   "the decoder and the ones before it the source: expected at least 2 tokens (or a "
+                                   "target)", "prompt")
+            return ids[-1:], ids[:-1]
         if target is not None:
             raise InspectError("target is for encoder-decoder models; this model is decoder-only", "target")
         return ids, None

@@ -6,8 +6,9 @@ import * as inspect from "./inspect.js";
 import * as models from "./models.js";
 import * as playground from "./playground.js";
 import * as training from "./training.js";
+import * as walkthrough from "./walkthrough.js";
 
-const VIEWS = {playground, inspect, datasets, training, models};
+const VIEWS = {playground, inspect, walkthrough, datasets, training, models};
 const $ = (id) => document.getElementById(id);
 
 export const app = {

@@ -181,3 +181,137 @@ export function lineChart(canvas, series, {width = 640, height = 280, xLabel = "
     legend += 24 + ctx.measureText(`${s.name} (${s.points.length})`).width;
   }
 }
+
+// A colour for value in [-1, 1]: blue below zero, white at zero, red above.
+export function diverging(value) {
+  const v = Math.min(1, Math.max(-1, value));
+  const end = v < 0 ? [33, 102, 172] : [178, 24, 43];
+  const rgb = [247, 247, 247].map((c, k) => Math.round(c + (end[k] - c) * Math.abs(v)));
+  return `rgb(${rgb.join(",")})`;
+}
+
+function largestMagnitude(values) {
+  let largest = 0;
+  for (const v of values) if (Number.isFinite(v) && Math.abs(v) > largest) largest = Math.abs(v);
+  return largest || 1;
+}
+
+// The shade of one value: diverging around 0 (signed) or white-to-blue from 0; null / infinite: grey.
+function shade(value, largest, signed) {
+  if (value === null || !Number.isFinite(value)) return "#c8cdd3";
+  return signed ? diverging(value / largest) : blue(value / largest);
+}
+
+// Draws a vector as a strip of cells wrapped to `width` px (at most `maxRows` rows: longer vectors are shown in
+// bins, each the value of largest magnitude within it); returns the geometry for stripIndex().
+export function strip(canvas, values, {width = 600, cell = 16, height = 14, signed = true, maxRows = 6} = {}) {
+  const n = values.length;
+  let size = Math.max(2, Math.min(cell, Math.floor(width / Math.max(1, n))));
+  let perRow = Math.max(1, Math.floor(width / size));
+  let bin = 1;
+  if (Math.ceil(n / perRow) > maxRows) {
+    size = 2;
+    perRow = Math.max(1, Math.floor(width / size));
+    bin = Math.ceil(n / (perRow * maxRows));
+  }
+  const cells = Math.ceil(n / bin);
+  const rows = Math.max(1, Math.ceil(cells / perRow));
+  const shown = [];
+  for (let c = 0; c < cells; c++) {
+    let pick = null;
+    for (let i = c * bin; i < Math.min(n, (c + 1) * bin); i++) {
+      if (pick === null || Math.abs(values[i]) > Math.abs(pick)) pick = values[i];
+    }
+    shown.push(pick);
+  }
+  const largest = largestMagnitude(values);
+  const ctx = prepare(canvas, Math.min(cells, perRow) * size, rows * height);
+  shown.forEach((v, c) => {
+    ctx.fillStyle = shade(v, largest, signed);
+    ctx.fillRect((c % perRow) * size, Math.floor(c / perRow) * height, size, height - 1);
+  });
+  return {size, perRow, height, bin, n, largest};
+}
+
+// The range [first, last] of the values under a mouse event on a strip, or null.
+export function stripIndex(geometry, canvas, event) {
+  const box = canvas.getBoundingClientRect();
+  const c = Math.floor((event.clientX - box.left) / geometry.size);
+  const r = Math.floor((event.clientY - box.top) / geometry.height);
+  if (c < 0 || c >= geometry.perRow || r < 0) return null;
+  const first = (r * geometry.perRow + c) * geometry.bin;
+  return first < geometry.n ? [first, Math.min(geometry.n, first + geometry.bin) - 1] : null;
+}
+
+// Draws rows of values (a matrix, e.g. one vector per token) as cells with labels at the left, shaded on one
+// scale; masked rows (a Set of row indices) are hatched. Returns the geometry for cellAt().
+export function matrix(canvas, rows, {rowLabels = [], cell = 10, signed = true, width = 600, masked = new Set(),
+                                      weights = null} = {}) {
+  const cols = rows.length ? rows[0].length : 0;
+  const left = weights ? 86 : 72;
+  const size = Math.max(2, Math.min(cell, Math.floor((width - left) / Math.max(1, cols))));
+  const height = Math.max(size, 12);
+  const largest = largestMagnitude(rows.flat());
+  const ctx = prepare(canvas, left + cols * size, rows.length * height);
+  ctx.textBaseline = "middle";
+  ctx.textAlign = "right";
+  const heaviest = weights ? Math.max(1e-9, ...weights) : 1;
+  rows.forEach((row, r) => {
+    ctx.fillStyle = masked.has(r) ? "#9aa3ad" : "#222";
+    ctx.fillText(clip(ctx, rowLabels[r] || "", left - 22), weights ? left - 18 : left - 4, (r + 0.5) * height);
+    if (weights) {
+      ctx.fillStyle = blue(weights[r] / heaviest);
+      ctx.fillRect(left - 14, r * height, 10, height - 1);
+    }
+    row.forEach((v, c) => {
+      ctx.fillStyle = masked.has(r) ? "#eceff2" : shade(v, largest, signed);
+      ctx.fillRect(left + c * size, r * height, size, height - 1);
+    });
+  });
+  return {left, top: 0, cellWidth: size, cellHeight: height, rows: rows.length, cols};
+}
+
+// Draws one row of values over tokens (a query's scores or weights over the keys): a cell per token with its text
+// above; masked cells (a Set of indices) crossed out. Returns the geometry for cellAt() (row 0).
+export function tokenRow(canvas, values, labels, {width = 600, signed = false, masked = new Set(), marked = -1} = {}) {
+  const n = values.length;
+  const cell = Math.max(4, Math.min(28, Math.floor(width / Math.max(1, n))));
+  const top = 56;
+  const height = 22;
+  const finite = values.filter((v, i) => !masked.has(i) && Number.isFinite(v));
+  const largest = signed ? largestMagnitude(finite) : Math.max(1e-9, ...finite);
+  const ctx = prepare(canvas, n * cell, top + height + 2);
+  ctx.textBaseline = "middle";
+  ctx.textAlign = "left";
+  const every = Math.max(1, Math.ceil(12 / cell));
+  for (let i = 0; i < n; i++) {
+    const x = i * cell;
+    if (i % every === 0) {
+      ctx.save();
+      ctx.translate(x + cell / 2, top - 4);
+      ctx.rotate(-Math.PI / 2);
+      ctx.fillStyle = i === marked ? "#0b5cad" : "#222";
+      ctx.fillText(clip(ctx, labels[i] || "", top - 6), 0, 0);
+      ctx.restore();
+    }
+    if (masked.has(i)) {
+      ctx.fillStyle = "#eceff2";
+      ctx.fillRect(x, top, cell - 1, height);
+      ctx.strokeStyle = "#9aa3ad";
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      ctx.moveTo(x + 1, top + 1);
+      ctx.lineTo(x + cell - 2, top + height - 1);
+      ctx.stroke();
+    } else {
+      ctx.fillStyle = shade(values[i], largest, signed);
+      ctx.fillRect(x, top, cell - 1, height);
+    }
+    if (i === marked) {
+      ctx.strokeStyle = "#ff7a00";
+      ctx.lineWidth = 2;
+      ctx.strokeRect(x + 1, top + 1, cell - 3, height - 2);
+    }
+  }
+  return {left: 0, top, cellWidth: cell, cellHeight: height, rows: 1, cols: n};
+}

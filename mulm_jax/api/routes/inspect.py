@@ -47,8 +47,9 @@ class HeadRef(ApiModel):
 class Activations(ApiModel):
     model: str
     prompt: Prompt
-    target: Optional[Prompt] = Field(None, description="encoder-decoder models: the decoder's tokens (default: the "
-                                                       "prompt's last)")
+    target: Optional[Prompt] = Field(None, description="encoder-decoder models: the decoder's tokens, the prompt being "
+                                                       "the source (default: as a completion reads the prompt, its "
+                                                       "last token the decoder's first)")
     names: Annotated[list[Text], Field(min_length=1)] = Field(
         None, description="activation names or globs (default: every one); the answer's `names` lists them all")
     position: Int = Field(None, description="only this token of each name's T axis (negative: from the end)")
