@@ -21,7 +21,7 @@ from mulm_jax.config import ServeConfig, load_config
 from mulm_jax.data.tokenizer import SentencePieceTokenizer
 from mulm_jax.inspect import InspectError, Tracer, token_pieces
 from mulm_jax.eval.scoring import EvalError
-from mulm_jax.inspect.heads import attention_stats, induction_scores, induction_sequence
+from mulm_jax.inspect.heads import attention_stats, head_roles, induction_scores, induction_sequence
 from mulm_jax.inspect.interventions import head_edits
 from mulm_jax.inspect.positions import loss_by_position
 from mulm_jax.train.loop import train
@@ -146,6 +146,15 @@ def test_encoder_decoder_trace_has_cross_and_encoder_attention():
     np.testing.assert_allclose(trace.cross_attention_LxHxTxS.sum(-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(trace.encoder_attention_LxHxSxS.sum(-1), 1.0, atol=1e-5)
     assert trace.source_pieces == list("hello there") and trace.pieces == list("abc")
+
+
+def test_head_roles_of_an_encoder_decoder_are_its_decoders_self_attention():
+    tracer = Tracer(loaded(architecture="encoder_decoder", num_layers=1, max_seq_len=32))
+    trace = tracer.trace("hello there")  # the engine's reading: "hello ther" the source, "e" the decoder's start
+    assert trace.source_pieces == list("hello ther") and trace.pieces == ["e"]
+    roles = head_roles(tracer, trace.attention_LxHxTxT)
+    chex.assert_shape(roles.induction_LxH, (1, 4))
+    assert np.all((roles.induction_LxH >= 0) & (roles.induction_LxH <= 1))
 
 
 def test_bad_prompts_name_the_value_and_the_allowed_range():
@@ -337,7 +346,6 @@ def test_a_two_layer_model_trained_on_repeated_sequences_grows_an_induction_head
     from mulm_jax.config import Config
     from mulm_jax.data.tokenizer import CharTokenizer
     from mulm_jax.infer import LoadedModel
-    from mulm_jax.inspect.heads import head_roles
     from mulm_jax.models import build_model
 
     cfg = load_config("configs/shakespeare_char.yaml", [

@@ -66,11 +66,14 @@ def induction_half(context: int) -> int:
 
 def head_roles(tracer: Tracer, attention_LxHxTxT: np.ndarray, seeds: int = 4) -> HeadRoles:
     """The roles of every head: statistics of the given prompt's attention, and induction scores averaged over
-    `seeds` repeated random sequences of the tokenizer's ordinary ids."""
+    `seeds` repeated random sequences of the tokenizer's ordinary ids (for an encoder-decoder, of its decoder's
+    self-attention)."""
     stats = attention_stats(attention_LxHxTxT)
     half = induction_half(tracer.context)
     vocab = tracer.tokenizer.vocab_size
-    scores = [induction_scores(tracer.trace(induction_sequence(vocab, half, seed).tolist(), top_k=1,
-                                            lens=False).attention_LxHxTxT, half) for seed in range(seeds)]
+    sequences = [induction_sequence(vocab, half, seed).tolist() for seed in range(seeds)]
+    # An encoder-decoder's decoder reads the repeated sequence as its target (the source: the same sequence).
+    scores = [induction_scores(tracer.trace(ids, top_k=1, lens=False, target=ids if tracer.encoder_decoder else None
+                                            ).attention_LxHxTxT, half) for ids in sequences]
     return HeadRoles(stats["entropy"], stats["mean_distance"], stats["previous_token"],
                      np.mean(scores, axis=0).astype(np.float32))
