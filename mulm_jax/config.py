@@ -218,6 +218,21 @@ class TrainConfig:
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     log_every: int = 10
 
+    def validate(self) -> None:
+        """Raise ConfigError for settings a run cannot train with (a zero lr divides the cosine schedule's floor, a
+        zero interval the step count)."""
+        _positive(self, "batch_size", "grad_accum_steps", "eval_every", "eval_batches", "checkpoint_every",
+                  "keep_checkpoints", "log_every", section="train")
+        _positive(self, "seq_len", optional=True, section="train")
+        for name in ("lr", "muon_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be a positive number")
+        for name in ("steps", "min_lr", "warmup_steps", "weight_decay", "grad_clip"):  # steps 0: save the start
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be zero or more")
+        if not 0.0 <= self.cooldown_frac <= 1.0:
+            raise ConfigError(f"train.cooldown_frac={self.cooldown_frac} must be in [0, 1]")
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -252,21 +267,20 @@ class Config:
 
     def validate(self) -> None:
         self.model.validate()
-        if not 0.0 <= self.train.cooldown_frac <= 1.0:
-            raise ConfigError(f"train.cooldown_frac={self.train.cooldown_frac} must be in [0, 1]")
+        self.train.validate()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts and lists, as YAML or JSON would hold them."""
         return _plain(dataclasses.asdict(self))
 
 
-def _positive(cfg: Any, *names: str, optional: bool = False) -> None:
+def _positive(cfg: Any, *names: str, optional: bool = False, section: str = "model") -> None:
     for name in names:
         value = getattr(cfg, name)
         if value is None and optional:
             continue
         if value <= 0:
-            raise ConfigError(f"model.{name}={value} must be a positive integer")
+            raise ConfigError(f"{section}.{name}={value} must be a positive integer")
 
 
 def _type_name(tp: Any) -> str:
