@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-from mulm_jax.config import ConfigError
+from mulm_jax.errors import MulmError
 
 # command name -> module exposing `register(subparsers)`, which adds the parsers of the commands it maps to here,
 # each with a `func(args)` that runs it.
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except MulmError as e:  # what the user got wrong: one line; anything else is a bug and shows its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -13,8 +13,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from mulm_jax.errors import MulmError
 
-class ConfigError(ValueError):
+
+class ConfigError(MulmError):
     """A configuration value that is unknown, of the wrong type, or describes an impossible model."""
 
 

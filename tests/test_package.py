@@ -39,3 +39,22 @@ def test_python_m_mulm_jax_runs_from_any_folder_and_imports_only_the_named_comma
     out = run(sys.executable, "-c", script, str(ROOT / "configs/shakespeare_char.yaml"), cwd=tmp_path)
     assert "parameters:" in out
     assert out.splitlines()[-1] == "[]"  # info's module is mulm_jax.models.info: no other command was imported
+
+
+def test_a_users_mistake_is_one_line_and_a_bug_shows_its_traceback(monkeypatch, capsys):
+    from mulm_jax.__main__ import main
+    from mulm_jax.config import ConfigError
+    from mulm_jax.errors import MulmError
+    from mulm_jax.models import info
+
+    assert issubclass(ConfigError, MulmError)
+    config = str(ROOT / "configs/shakespeare_char.yaml")
+    assert main(["info", "--config", config, "--set", "model.num_layers=0"]) == 2
+    assert capsys.readouterr().err == "error: model.num_layers=0 must be a positive integer\n"
+
+    def bug(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together")  # what a shape bug in JAX raises
+
+    monkeypatch.setattr(info, "describe", bug)
+    with pytest.raises(ValueError, match="could not be broadcast"):
+        main(["info", "--config", config])

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from mulm_jax.errors import MulmError
+
 # flag -> ServeConfig field, for flags whose value is that field.
 _FIELD_FLAGS = {
     "host": "host", "port": "port", "slots": "slots", "max_queue": "max_queue", "state_dir": "state_dir",
@@ -80,10 +82,10 @@ def check_settings(settings) -> None:
     for spec in settings.checkpoints:
         _, run_dir = parse_checkpoint(spec)
         if not (Path(run_dir) / "config.yaml").is_file():
-            raise ValueError(f"--checkpoint {spec!r}: {run_dir!r} is not a run folder (expected config.yaml in it; "
+            raise MulmError(f"--checkpoint {spec!r}: {run_dir!r} is not a run folder (expected config.yaml in it; "
                              "the --workdir of train.py)")
     if settings.api_keys_file and not Path(settings.api_keys_file).is_file():
-        raise ValueError(f"--api-keys-file {settings.api_keys_file!r} does not exist")
+        raise MulmError(f"--api-keys-file {settings.api_keys_file!r} does not exist")
 
 
 def run(args: argparse.Namespace, phases: Optional[Any] = None) -> int:
@@ -99,7 +101,6 @@ def run(args: argparse.Namespace, phases: Optional[Any] = None) -> int:
     # 'tpu'" on a machine without one): neither is the user's concern
     for chatty in ("absl", "jax._src.xla_bridge"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
-    from mulm_jax.config import ConfigError
 
     try:
         settings = settings_from_args(args)
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace, phases: Optional[Any] = None) -> int:
 
         app = create_app(settings)
         phases.mark("app")
-    except (ConfigError, ValueError, OSError) as e:
+    except (MulmError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.verbose:

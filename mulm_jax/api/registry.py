@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from mulm_jax.api.errors import ApiError
 from mulm_jax.config import ServeConfig
+from mulm_jax.errors import MulmError
 from mulm_jax.infer import Engine, LoadedModel, load_model
 from mulm_jax.infer.chat import ChatTemplate
 from mulm_jax.infer.embeddings import MeanPooledEmbeddings
@@ -97,7 +98,7 @@ def parse_checkpoint(spec: str) -> tuple[str, str]:
         path = spec
         model_id = Path(spec.rstrip("/")).name
     if not model_id or not path:
-        raise ValueError(f"checkpoint {spec!r}: expected RUN_DIR or ID=RUN_DIR")
+        raise MulmError(f"checkpoint {spec!r}: expected RUN_DIR or ID=RUN_DIR")
     return model_id, path
 
 

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import numpy as np
 
 from mulm_jax import startup
+from mulm_jax.errors import MulmError
 
 PASSKEY_DEPTHS = "0,0.25,0.5,0.75,1"
 
@@ -61,7 +62,7 @@ def _numbers(text: str, kind: type, flag: str) -> list:
     try:
         return [kind(part) for part in text.split(",")]
     except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated numbers, e.g. {PASSKEY_DEPTHS}") from None
+        raise MulmError(f"{flag} {text!r}: expected comma-separated numbers, e.g. {PASSKEY_DEPTHS}") from None
 
 
 def eval_tokens(loaded: Any, data: Optional[str], text_file: Optional[str]) -> np.ndarray:

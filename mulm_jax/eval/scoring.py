@@ -13,6 +13,7 @@ import numpy as np
 import optax
 
 from mulm_jax.config import ModelConfig, config_from_dict
+from mulm_jax.errors import MulmError
 from mulm_jax.infer.loading import LoadedModel, load_model
 from mulm_jax.models import build_model
 from mulm_jax.models.info import param_shapes
@@ -20,7 +21,7 @@ from mulm_jax.nn.positional import TABLES
 from mulm_jax.train.init_from import POSITION_TABLE, flat_params, param_differences
 
 
-class EvalError(ValueError):
+class EvalError(MulmError):
     """An evaluation that cannot run as asked; the message says what was expected."""
 
 

@@ -13,11 +13,12 @@ import orbax.checkpoint as ocp
 
 from mulm_jax.config import Config, ConfigError, load_config
 from mulm_jax.data.tokenizer import Tokenizer
+from mulm_jax.errors import MulmError
 from mulm_jax.models import build_model
 from mulm_jax.models.info import param_shapes
 
 
-class InferenceError(ValueError):
+class InferenceError(MulmError):
     """A request or run folder that inference cannot use; the message says what was expected."""
 
 

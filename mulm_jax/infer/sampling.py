@@ -20,8 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mulm_jax.errors import MulmError
 
-class SamplingError(ValueError):
+
+class SamplingError(MulmError):
     """A sampling setting out of range; the message names the setting, the value and what is allowed."""
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from mulm_jax import startup
+from mulm_jax.errors import MulmError
 
 VIEWS = {
     "attention": "attention heatmaps: one per head of --layer (default: the last), or just --head; and a grid "
@@ -79,18 +80,18 @@ def _prompt(args: argparse.Namespace) -> str:
         try:
             return args.text_file.read_text(encoding="utf-8")
         except OSError as e:
-            raise ValueError(f"--text-file {str(args.text_file)!r} cannot be read: {e.strerror}") from None
+            raise MulmError(f"--text-file {str(args.text_file)!r} cannot be read: {e.strerror}") from None
     if args.prompt is None:
-        raise ValueError(f"inspect {args.view} needs --prompt TEXT or --text-file F")
+        raise MulmError(f"inspect {args.view} needs --prompt TEXT or --text-file F")
     return args.prompt
 
 
 def _layers_heads(args: argparse.Namespace, L: int, H: int) -> tuple[list[int], list[int]]:
     """The layers and heads the flags choose, checked against the model before anything is computed."""
     if args.layer is not None and not 0 <= args.layer < L:
-        raise ValueError(f"--layer {args.layer} is out of range: this model has layers 0 to {L - 1}")
+        raise MulmError(f"--layer {args.layer} is out of range: this model has layers 0 to {L - 1}")
     if args.head is not None and not 0 <= args.head < H:
-        raise ValueError(f"--head {args.head} is out of range: this model has heads 0 to {H - 1}")
+        raise MulmError(f"--head {args.head} is out of range: this model has heads 0 to {H - 1}")
     layer = L - 1 if args.layer is None else args.layer
     return [layer], list(range(H)) if args.head is None else [args.head]
 
@@ -194,7 +195,7 @@ def _intervention(args: argparse.Namespace, tracer: Any, out_dir: Path, name: st
                                    out_dir / "ablate.png", "head")
     elif args.view == "patch":
         if args.clean is None or args.corrupt is None:
-            raise ValueError("inspect patch needs --clean TEXT and --corrupt TEXT (the same number of tokens)")
+            raise MulmError("inspect patch needs --clean TEXT and --corrupt TEXT (the same number of tokens)")
         table = interventions.patch_residual(tracer, args.clean, args.corrupt, token=token)
         data = patch_json(table, tracer)
         restored = table.restored_LxT

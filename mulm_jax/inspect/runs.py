@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from mulm_jax.config import Config, ConfigError, load_config
+from mulm_jax.errors import MulmError
 from mulm_jax.inspect.draw import plt, save_figure
 from mulm_jax.models.info import describe
 
@@ -26,12 +27,12 @@ def read_run(run_dir: Path) -> RunCurves:
     """A run folder's config and metrics rows; a clear error when it is not a run folder or has no metrics."""
     metrics = run_dir / "metrics.jsonl"
     if not (run_dir / "config.yaml").is_file() or not metrics.is_file():
-        raise ValueError(f"{str(run_dir)!r} is not a run folder with metrics: expected config.yaml and "
+        raise MulmError(f"{str(run_dir)!r} is not a run folder with metrics: expected config.yaml and "
                          "metrics.jsonl in it (the --workdir of train.py)")
     try:
         config = load_config(run_dir / "config.yaml")
     except ConfigError as e:
-        raise ValueError(f"{run_dir / 'config.yaml'}: {e}") from None
+        raise MulmError(f"{run_dir / 'config.yaml'}: {e}") from None
     rows = []
     for line in metrics.read_text().splitlines():
         try:

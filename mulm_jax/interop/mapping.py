@@ -8,8 +8,10 @@ from typing import Literal
 
 import numpy as np
 
+from mulm_jax.errors import MulmError
 
-class InteropError(ValueError):
+
+class InteropError(MulmError):
     """A Hugging Face folder or a run that cannot be converted; the message names the file, setting or tensor."""
 
 

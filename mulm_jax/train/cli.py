@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Any, Optional
 
+from mulm_jax.errors import MulmError
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mulm_jax.config import add_config_arguments
     from mulm_jax.startup import add_startup_arguments
@@ -30,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, phases: Optional[Any] = None) -> int:
     """Train as `args` say; `phases` (startup.Phases) times the start-up from the process's start where given."""
-    from mulm_jax.config import ConfigError, config_from_args
+    from mulm_jax.config import config_from_args
     from mulm_jax.startup import Phases, start
     from mulm_jax.train import distributed
 
@@ -39,15 +41,14 @@ def run(args: argparse.Namespace, phases: Optional[Any] = None) -> int:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         start(args)  # the compilation cache and the backend's process settings
         phases.mark("backend")
-        from mulm_jax.data import DataError
-        from mulm_jax.train.loop import TrainingError, train
+        from mulm_jax.train.loop import train
 
         phases.mark("imports")
         cfg = config_from_args(args)
         phases.mark("config")
         train(cfg, args.workdir, quiet=args.quiet, init_from=args.init_from, extend_positions=args.extend_positions,
               phases=phases if args.verbose else None)
-    except (ConfigError, DataError, TrainingError, ValueError) as e:
+    except MulmError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -7,6 +7,8 @@ from typing import Optional
 
 import jax
 
+from mulm_jax.errors import MulmError
+
 
 def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None) -> bool:
@@ -20,6 +22,6 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
     num_processes = num_processes if num_processes is not None else int(os.environ.get("JAX_NUM_PROCESSES", "1"))
     process_id = process_id if process_id is not None else int(os.environ.get("JAX_PROCESS_ID", "0"))
     if not 0 <= process_id < num_processes:
-        raise ValueError(f"process id {process_id} is not in [0, number of processes {num_processes})")
+        raise MulmError(f"process id {process_id} is not in [0, number of processes {num_processes})")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     return True

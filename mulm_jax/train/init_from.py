@@ -9,13 +9,14 @@ import numpy as np
 from flax import traverse_util
 
 from mulm_jax.data.tokenizer import Tokenizer
+from mulm_jax.errors import MulmError
 from mulm_jax.infer.loading import load_model
 
 RECORD = "init_from.json"  # in the new run folder: where its parameters came from
 POSITION_TABLE = "embedder/position/embedding"  # a learned position table, [max_seq_len, d_model]
 
 
-class InitFromError(ValueError):
+class InitFromError(MulmError):
     """A source run whose parameters cannot start the new model; the message names what differs."""
 
 

@@ -21,6 +21,7 @@ import yaml
 
 from mulm_jax.config import Config, TrainConfig, config_from_dict, dump_config
 from mulm_jax.data import Tokenizer, eval_batches, make_loader, prepare_dataset
+from mulm_jax.errors import MulmError
 from mulm_jax.models import build_model
 from mulm_jax.startup import Phases
 from mulm_jax.train.checkpoint import Checkpoints
@@ -38,7 +39,7 @@ class RunResult:
     params: Any  # the final parameters, on the host
 
 
-class TrainingError(RuntimeError):
+class TrainingError(MulmError):
     """A run that cannot start or must stop: a config mismatch, a diverged loss, an impossible batch split."""
 
 

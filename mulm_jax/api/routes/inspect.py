@@ -5,7 +5,7 @@ activations (with heads ablated), and /v1/inspect/ablate, /patch and /attribute 
 from __future__ import annotations
 
 import threading
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+from typing import Annotated, Callable, Literal, Optional, Union
 
 import anyio
 from pydantic import Field
