@@ -7,7 +7,7 @@ STAMP := $(VENV)/.requirements-installed
 # The development/CI mirror of the public corpora (see ../shared/data/README.md).
 export MULM_DATA_MIRROR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: demo test test-slow walkthrough mutation venv chromium clean
+.PHONY: demo test test-slow lint walkthrough mutation venv chromium clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,10 @@ chromium:
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m slow
+
+# ruff's default rules over the package, the tests, the benches and the scripts (pyproject.toml [tool.ruff]).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # The walkthrough, notebooks/walkthrough.ipynb (the demo model's forward pass rebuilt step by step in numpy): trains
 # runs/shakespeare as `make demo` does (resumed, or found finished), executes the notebook against it in place with

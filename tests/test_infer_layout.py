@@ -4,7 +4,6 @@ int8 scales follow the new layout."""
 
 from __future__ import annotations
 
-import chex
 import flax
 import jax
 import jax.numpy as jnp

@@ -317,7 +317,7 @@ def test_inspect_route_returns_the_trace_as_json(client):
     assert {row["layer"] for row in body["heads"]} == {0, 1} and len(body["heads"]) == 8
     only = client.post("/v1/inspect", json={"model": "tiny", "prompt": [1, 2, 3], "include": ["tokens"]}).json()
     assert "attention" not in only and "lens" not in only and [t["id"] for t in only["tokens"]] == [1, 2, 3]
-    assert f'route="/v1/inspect"' in client.get("/metrics").text
+    assert 'route="/v1/inspect"' in client.get("/metrics").text
 
 
 @pytest.mark.parametrize("body, param, needle", [
@@ -400,8 +400,8 @@ def test_a_two_layer_model_trained_on_repeated_sequences_grows_an_induction_head
         return float(np.mean([logp[t - 1, ids[t]] for t in range(half + 1, 2 * half)]))
 
     clean = repeated_half_logprob([])
-    marked = [(int(l), int(h)) for l, h in zip(*np.nonzero(induction > 0.5))]
-    others = [(l, h) for l in range(2) for h in range(2) if (l, h) not in marked]
+    marked = [(int(layer), int(head)) for layer, head in zip(*np.nonzero(induction > 0.5))]
+    others = [(layer, head) for layer in range(2) for head in range(2) if (layer, head) not in marked]
     drop = {head: clean - repeated_half_logprob([head]) for head in marked + others}
     assert clean - repeated_half_logprob(marked) > 2.0, (clean, drop)
     assert min(drop[h] for h in marked) > 5 * max(drop[h] for h in others), drop
