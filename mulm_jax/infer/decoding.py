@@ -5,7 +5,7 @@ counts) lives on the device and is donated through each step, so the caches are 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax
 import jax
@@ -47,6 +47,14 @@ def prompt_buckets(max_len: int, smallest: int = 16) -> tuple[int, ...]:
         sizes.append(n)
         n *= 2
     return tuple(sizes) + (max_len,)
+
+
+def padded_to_bucket(ids: Sequence[int], buckets: Sequence[int], bucket: Optional[int] = None) -> np.ndarray:
+    """Token ids as int32 [1, L], zero-padded to the smallest of `buckets` that holds them (at least one position),
+    or to `bucket`: a few compiled shapes serve every length."""
+    ids_1xL = np.zeros((1, bucket or next(n for n in buckets if n >= max(len(ids), 1))), np.int32)
+    ids_1xL[0, :len(ids)] = ids
+    return ids_1xL
 
 
 class SlotSteps:

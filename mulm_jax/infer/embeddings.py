@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mulm_jax.infer.decoding import prompt_buckets
+from mulm_jax.infer.decoding import padded_to_bucket, prompt_buckets
 from mulm_jax.infer.loading import InferenceError, LoadedModel
 
 
@@ -39,9 +39,7 @@ class MeanPooledEmbeddings:
         if not 1 <= len(ids) <= self.context:
             raise InferenceError(f"the input has {len(ids)} tokens: expected 1 to {self.context} (the model's "
                                  "context)")
-        bucket = next(n for n in self.buckets if n >= len(ids))
-        ids_1xL = np.zeros((1, bucket), np.int32)
-        ids_1xL[0, :len(ids)] = ids
-        valid_1xL = np.arange(bucket)[None, :] < len(ids)
+        ids_1xL = padded_to_bucket(ids, self.buckets)
+        valid_1xL = np.arange(ids_1xL.shape[1])[None, :] < len(ids)
         with self._lock:  # one caller compiles a bucket; the others reuse it
             return np.asarray(self._pooled(self.loaded.params, ids_1xL, valid_1xL))

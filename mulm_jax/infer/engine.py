@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, NamedTuple, Optional,
 import jax
 import numpy as np
 
-from mulm_jax.infer.decoding import SlotSteps, host_output, prompt_buckets
+from mulm_jax.infer.decoding import SlotSteps, host_output, padded_to_bucket, prompt_buckets
 from mulm_jax.infer.detokenize import CompletionText
 from mulm_jax.infer.loading import InferenceError, LoadedModel
 from mulm_jax.infer.sampling import SamplingArrays, SamplingParams
@@ -357,13 +357,8 @@ class Engine:
                      bucket: Optional[int] = None) -> Any:
         """Prefill `ids` into `slot`, the part the model pads (see its `prompt_arrays`) padded to its bucket (or to
         `bucket`); returns the step output (the first new token)."""
-
-        def padded(tokens: list[int]) -> np.ndarray:
-            out = np.zeros((1, bucket or next(n for n in self.buckets if n >= max(len(tokens), 1))), np.int32)
-            out[0, :len(tokens)] = tokens
-            return out
-
-        ids_1xL, length, *source = self.steps.model.prompt_arrays(ids, padded)
+        ids_1xL, length, *source = self.steps.model.prompt_arrays(
+            ids, lambda tokens: padded_to_bucket(tokens, self.buckets, bucket))
         self._state, out = self.steps.prefill(self.params, self._state, np.int32(slot), ids_1xL, length, row,
                                               np.bool_(want_logprobs), *source)
         return out

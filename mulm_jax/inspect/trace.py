@@ -14,7 +14,7 @@ import numpy as np
 from jax import lax
 
 from mulm_jax.data.tokenizer import Tokenizer
-from mulm_jax.infer.decoding import prompt_buckets
+from mulm_jax.infer.decoding import padded_to_bucket, prompt_buckets
 from mulm_jax.infer.loading import InferenceError, LoadedModel
 from mulm_jax.inspect.activations import ActivationCache, Edit, Layout
 from mulm_jax.nn import hooks
@@ -232,10 +232,7 @@ class Tracer:
         return out
 
     def _padded(self, ids: Sequence[int]) -> np.ndarray:
-        bucket = next(n for n in self.buckets if n >= len(ids))
-        ids_1xL = np.zeros((1, bucket), np.int32)
-        ids_1xL[0, :len(ids)] = ids
-        return ids_1xL
+        return padded_to_bucket(ids, self.buckets)
 
     def _forward_fn(self, params, ids_1xL, length, src_1xS, src_length, *, top_k: int, with_lens: bool) -> dict:
         self.traces += 1
