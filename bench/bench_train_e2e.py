@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mulm_jax.runs import read_metrics
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "shakespeare_char.yaml"
 MIN_RATIO = 1.25
@@ -125,7 +127,7 @@ def run_ours(train_py: Path, steps: int, folder: Path, overrides: list[str]) -> 
                         "--workdir", str(folder / "run"), "--set", f"train.steps={steps}", *overrides],
                        cwd=train_py.parent, stdout=log, stderr=subprocess.STDOUT, check=True)
     wall = time.time() - start
-    rows = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(folder / "run")
     at = {r["step"]: r["time"] for r in rows if "loss" in r}
     logged = sorted(s for s in at if s >= SKIP)
     per_row = [(at[b] - at[a]) / (b - a) * 1e3 for a, b in zip(logged, logged[1:])]

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mulm_jax.runs import read_metrics
+
 ROOT = Path(__file__).resolve().parent.parent
 T, BATCH, STEPS = 64, 12, 2000
 
@@ -115,7 +117,7 @@ def main() -> int:
     train, val = split_tokens(dataset, "train"), split_tokens(dataset, "val")
     print(f"data set {dataset}: train {len(train):,} tokens, val {len(val):,} tokens")
     for run in args.runs:
-        rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+        rows = read_metrics(Path(run))
         last_eval = [r for r in rows if "val_loss" in r][-1]
         print(f"ours {run}: step {last_eval['step']}, 20-batch val loss {last_eval['val_loss']:.4f}, "
               f"whole val split {ours_full_val(run, val):.4f}", flush=True)

@@ -21,6 +21,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Optional
 
+from mulm_jax.runs import read_metrics
+
 H200_BF16_TFLOPS = 989.0  # dense bfloat16 peak of an H100/H200 SXM, the vendor's datasheet
 
 
@@ -75,7 +77,7 @@ def train(args: list[str], peak_tflops: Optional[float]) -> dict:
         return {"code": code}
     workdir = Path(args[args.index("--workdir") + 1])
     cfg = config_from_dict(yaml.safe_load((workdir / "config.yaml").read_text()))
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(workdir)
     speeds = [r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r][1:]
     startup = next((r for r in rows if "startup_s" in r), {})
     tokens_per_sec = statistics.median(speeds) if speeds else None

@@ -21,7 +21,6 @@ before it included), not only its whole wall time when the last one is.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -34,6 +33,8 @@ from typing import Optional
 
 from bench.bench_train_e2e import run_nanogpt
 from bench.compare_val_loss import nanogpt_full_val, ours_full_val, split_tokens
+
+from mulm_jax.runs import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "shakespeare_char_speedrun.yaml"
@@ -85,7 +86,7 @@ def recipe_side(config: Path, folder: Path, overrides: list[str], curve: int) ->
                         "--quiet", "--no-compilation-cache", "--set", *overrides, *extra],
                        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
     wall, cpu = time.time() - start, children_cpu_s() - cpu
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(folder)
     elapsed = {r["step"]: r["time"] - start for r in rows if "loss" in r}
     return {"wall_s": wall, "cpu_s": cpu, "elapsed": elapsed, "steps": steps}
 

@@ -21,7 +21,8 @@ from mulm_jax.api.errors import ApiError
 from mulm_jax.api.jobs import JobManager
 from mulm_jax.api.routes.training import MetricsTail
 from mulm_jax.config import ServeConfig
-from test_train import CORPUS, read_metrics
+from mulm_jax.runs import read_metrics
+from test_train import CORPUS
 
 STEPS = 400
 # A run that trains in a few seconds; every run here shares it, so that the compiled steps are reused.

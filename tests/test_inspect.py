@@ -24,6 +24,7 @@ from mulm_jax.eval.scoring import EvalError
 from mulm_jax.inspect.heads import attention_stats, head_roles, induction_scores, induction_sequence
 from mulm_jax.inspect.interventions import head_edits
 from mulm_jax.inspect.positions import loss_by_position
+from mulm_jax.runs import read_metrics
 from mulm_jax.train.loop import train
 from test_train import tiny_run
 
@@ -285,7 +286,7 @@ def test_plot_draws_runs_side_by_side_with_their_table(run_dir, tmp_path, capsys
     assert main(["plot", str(run_dir), str(run_dir), "--out", str(out), "--json"]) == 0
     table = json.loads(capsys.readouterr().out)
     assert out.read_bytes()[:4] == b"\x89PNG"
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir)
     best = min((r for r in rows if "val_loss" in r), key=lambda r: r["val_loss"])
     assert table[0]["best_val_loss"] == best["val_loss"] and table[0]["best_val_step"] == best["step"]
     assert table[0]["steps"] == 4 and table[0]["params"] > 0

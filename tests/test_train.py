@@ -21,6 +21,7 @@ import pytest
 from conftest import ROOT, fresh_state, random_params, tiny_model, xla_flags
 from mulm_jax.config import TrainConfig, dump_config, load_config
 from mulm_jax.models import build_model
+from mulm_jax.runs import read_metrics
 from mulm_jax.train import loop
 from mulm_jax.train.loop import TrainingError, train
 from mulm_jax.train.optimizer import decay_mask, make_optimizer, make_schedule
@@ -41,10 +42,6 @@ def tiny_run(tmp_path: Path, *extra: str) -> list[str]:
             "model.d_ff=64", "model.max_seq_len=32", "train.seq_len=32", "train.batch_size=8", "train.steps=20",
             "train.warmup_steps=5", "train.eval_every=10", "train.eval_batches=2", "train.checkpoint_every=10",
             "train.log_every=5", *extra]
-
-
-def read_metrics(workdir: Path) -> list[dict]:
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_loss_is_mean_cross_entropy_over_non_pad_targets():

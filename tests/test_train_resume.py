@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, free_port
-from test_train import read_metrics, tiny_run
+from mulm_jax.runs import read_metrics
+from test_train import tiny_run
 
 
 def train_command(tmp_path: Path, workdir: Path, *extra: str) -> list[str]:

@@ -16,6 +16,7 @@ from mulm_jax.data.tokenizer import Tokenizer
 from mulm_jax.errors import MulmError
 from mulm_jax.models import build_model
 from mulm_jax.models.info import param_shapes
+from mulm_jax.runs import checkpoint_manager
 
 
 class InferenceError(MulmError):
@@ -49,7 +50,7 @@ def load_model(run_dir: str | Path, step: Optional[int] = None) -> LoadedModel:
     tokenizer = Tokenizer.load(run_dir)
     model = build_model(config.model)
     target = {"params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(config.model))}
-    manager = ocp.CheckpointManager(ckpt_dir.resolve(), item_names=("state", "data"))
+    manager = checkpoint_manager(run_dir)
     try:
         steps = sorted(manager.all_steps())
         if not steps:

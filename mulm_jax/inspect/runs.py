@@ -3,7 +3,6 @@ training speed and best validation loss (`python -m mulm_jax plot RUN ...`)."""
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from mulm_jax.config import Config, ConfigError, load_config
 from mulm_jax.errors import MulmError
 from mulm_jax.inspect.draw import plt, save_figure
 from mulm_jax.models.info import describe
+from mulm_jax.runs import metrics_path, read_metrics
 
 
 @dataclass(frozen=True)
@@ -25,20 +25,14 @@ class RunCurves:
 
 def read_run(run_dir: Path) -> RunCurves:
     """A run folder's config and metrics rows; a clear error when it is not a run folder or has no metrics."""
-    metrics = run_dir / "metrics.jsonl"
-    if not (run_dir / "config.yaml").is_file() or not metrics.is_file():
+    if not (run_dir / "config.yaml").is_file() or not metrics_path(run_dir).is_file():
         raise MulmError(f"{str(run_dir)!r} is not a run folder with metrics: expected config.yaml and "
                          "metrics.jsonl in it (the --workdir of train.py)")
     try:
         config = load_config(run_dir / "config.yaml")
     except ConfigError as e:
         raise MulmError(f"{run_dir / 'config.yaml'}: {e}") from None
-    rows = []
-    for line in metrics.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line still being written by a live run
+    rows = read_metrics(run_dir)
     return RunCurves(run_dir.name, config, [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r])
 
 

@@ -23,6 +23,7 @@ from mulm_jax.interop import gpt2, llama, phi3
 from mulm_jax.interop.mapping import InteropError
 from mulm_jax.interop.tokenizer import export_tokenizer, read_hf_tokenizer
 from mulm_jax.models.info import param_shapes
+from mulm_jax.runs import checkpoint_manager
 
 FAMILIES: dict[str, ModuleType] = {gpt2.ARCHITECTURE: gpt2, **{a: llama for a in llama.ARCHITECTURES},
                                    phi3.ARCHITECTURE: phi3}
@@ -116,8 +117,7 @@ def tensor_files(src: Path) -> dict[str, Path]:
 def save_params(run_dir: Path, params: Any) -> None:
     """The parameters as the run folder's checkpoint at step 0 (no optimizer state: a run starts from it with
     train.py --init-from)."""
-    manager = ocp.CheckpointManager((run_dir / "checkpoints").resolve(), item_names=("state", "data"),
-                                    options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False))
+    manager = checkpoint_manager(run_dir)
     try:
         manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"step": np.int32(0), "params": params}),
                                                 data=ocp.args.JsonSave({})))

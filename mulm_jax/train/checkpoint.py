@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policy
 
+from mulm_jax.runs import checkpoint_manager
 from mulm_jax.train.step import TrainState
 
 log = logging.getLogger(__name__)
@@ -25,10 +26,9 @@ class Checkpoints:
     """`DIR/checkpoints/<step>/{state,data}`; every process calls save/restore (orbax coordinates them)."""
 
     def __init__(self, workdir: Path, keep: int):
-        self.manager = ocp.CheckpointManager(
-            Path(workdir).resolve() / "checkpoints",
-            item_names=("state", "data"),
-            options=ocp.CheckpointManagerOptions(
+        self.manager = checkpoint_manager(
+            workdir,
+            ocp.CheckpointManagerOptions(
                 enable_async_checkpointing=False,
                 preservation_policy=policy.AnyPreservationPolicy([
                     policy.LatestN(n=keep),

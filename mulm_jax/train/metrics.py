@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mulm_jax.runs import metrics_path
+
 
 def _summary_writer() -> type:
     """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch whenever it is installed
@@ -31,7 +33,7 @@ class MetricsWriter:
 
     def __init__(self, workdir: Path, enabled: bool = True):
         self.enabled = enabled
-        self.path = Path(workdir) / "metrics.jsonl"
+        self.path = metrics_path(workdir)
         self._tb = None
         if enabled:
             self._tb = _summary_writer()(str(Path(workdir) / "tensorboard"), flush_secs=10)

@@ -23,6 +23,7 @@ from mulm_jax.api.schemas import ApiModel, Text, one_of
 from mulm_jax.api.sse import EventStream, event
 from mulm_jax.config import Config, ConfigError, DataConfig, ServeConfig, config_from_dict, dump_config, load_config
 from mulm_jax.data.assemble import MANIFEST, TRAINED_TOKENIZERS
+from mulm_jax.runs import metrics_path
 
 
 
@@ -76,7 +77,7 @@ class MetricsTail:
 def training_view(job: dict) -> dict:
     """The job with the run's progress: `step` (of the latest training row) and the latest training and
     evaluation rows of its metrics.jsonl."""
-    rows = MetricsTail(Path(job["workdir"]) / "metrics.jsonl").new_rows()
+    rows = MetricsTail(metrics_path(job["workdir"])).new_rows()
     train = next((r for r in reversed(rows) if "loss" in r), None)
     evaluation = next((r for r in reversed(rows) if "val_loss" in r), None)
     return {**job, "step": train["step"] if train else None, "latest_metrics": {"train": train, "eval": evaluation}}
@@ -187,7 +188,7 @@ def routes(ctx) -> list[Route]:
     async def job_events(request: Request) -> EventStream:
         """The run's metrics rows as server-sent events, as they are written, then an `end` event with the job."""
         job_id = request.path_params["id"]
-        tail = MetricsTail(Path(ctx.jobs.get(job_id, "training")["workdir"]) / "metrics.jsonl")
+        tail = MetricsTail(metrics_path(ctx.jobs.get(job_id, "training")["workdir"]))
 
         async def events() -> AsyncIterator[str]:
             while True:
