@@ -204,7 +204,7 @@ def _intervention(args: argparse.Namespace, tracer: Any, out_dir: Path, name: st
                    f"{table.corrupt_logprob:.3f}; patching one place restores up to {restored.max():.2f} of the gap "
                    f"(layer {layer}, position {t})")
         path = draw.diverging_grid(restored, "layer (its residual input)",
-                                   [p for p in (d["text"] for d in data["corrupt_tokens"])],
+                                   [token["text"] for token in data["corrupt_tokens"]],
                                    "share of the clean log-probability restored",
                                    f"{name}: patching the residual stream, clean -> corrupt", out_dir / "patch.png",
                                    "position (corrupt prompt's token)")

@@ -111,7 +111,7 @@ def _batched(tracer: Tracer, ids, source, edits_per_row: list[dict[str, Edit]], 
         chunk = edits_per_row[start:start + BATCH]
         chunk = chunk + [{}] * (BATCH - len(chunk))
         edits = {name: [row.get(name, Edit()) for row in chunk] for name in names}
-        rows.append(tracer.run_batch(ids, source, (), edits, logprobs_at=position)["logprobs"][:len(chunk)])
+        rows.append(tracer.run_batch(ids, source, (), edits, logprobs_at=position)["logprobs"])
     return np.concatenate(rows)[:len(edits_per_row)]
 
 

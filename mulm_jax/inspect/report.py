@@ -27,6 +27,11 @@ def _grid(values: np.ndarray, digits: int = 5) -> list:
     return np.where(np.isfinite(rounded), rounded, None).tolist()
 
 
+def token_list(ids: Iterable[int], pieces: Iterable[str]) -> list[dict]:
+    """Tokens as JSON: each one's id and its text."""
+    return [{"id": int(i), "text": text} for i, text in zip(ids, pieces)]
+
+
 def trace_json(trace: Trace, piece: Callable[[int], str], include: Iterable[str] = PARTS,
                roles: Optional[HeadRoles] = None) -> dict:
     """The parts of a trace asked for in `include`, as nested lists; `piece` gives an alternative token's text."""
@@ -44,8 +49,7 @@ def trace_json(trace: Trace, piece: Callable[[int], str], include: Iterable[str]
         out["attention"] = _grid(trace.attention_LxHxTxT)
         out["residual_norm"] = _grid(trace.residual_norm_LxT, 4)
         if trace.cross_attention_LxHxTxS is not None:
-            out["source_tokens"] = [{"id": int(i), "text": text}
-                                    for i, text in zip(trace.source_ids_S, trace.source_pieces)]
+            out["source_tokens"] = token_list(trace.source_ids_S, trace.source_pieces)
             out["cross_attention"] = _grid(trace.cross_attention_LxHxTxS)
             out["encoder_attention"] = _grid(trace.encoder_attention_LxHxSxS)
     if "lens" in include and trace.lens_top_ids_LxTxN is not None:
@@ -81,9 +85,9 @@ def activations_json(cache: ActivationCache, position: Optional[int] = None) -> 
 
 def tokens_json(cache: ActivationCache) -> dict:
     """The tokens (and an encoder-decoder model's source tokens) a cache was made from."""
-    out = {"tokens": [{"id": int(i), "text": text} for i, text in zip(cache.ids_T, cache.pieces)]}
+    out = {"tokens": token_list(cache.ids_T, cache.pieces)}
     if cache.source_ids_S is not None:
-        out["source_tokens"] = [{"id": int(i), "text": text} for i, text in zip(cache.source_ids_S, cache.source_pieces)]
+        out["source_tokens"] = token_list(cache.source_ids_S, cache.source_pieces)
     return out
 
 
@@ -97,9 +101,9 @@ def ablation_json(table: AblationTable, tracer: Tracer) -> dict:
 
 
 def patch_json(table: PatchTable, tracer: Tracer) -> dict:
-    pieces = lambda ids: [{"id": int(i), "text": t} for i, t in zip(ids, token_pieces(tracer.tokenizer, ids))]  # noqa: E731
-    return {"token": _token(tracer, table.token), "clean_tokens": pieces(table.clean_ids_T),
-            "corrupt_tokens": pieces(table.corrupt_ids_T), "clean_logprob": _number(table.clean_logprob),
+    tokens = lambda ids: token_list(ids, token_pieces(tracer.tokenizer, ids))  # noqa: E731
+    return {"token": _token(tracer, table.token), "clean_tokens": tokens(table.clean_ids_T),
+            "corrupt_tokens": tokens(table.corrupt_ids_T), "clean_logprob": _number(table.clean_logprob),
             "corrupt_logprob": _number(table.corrupt_logprob), "patched_logprob": significant(table.patched_LxT),
             "restored": significant(table.restored_LxT)}
 

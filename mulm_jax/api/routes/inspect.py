@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.openapi import endpoint
-from mulm_jax.api.registry import MODEL_ERRORS
+from mulm_jax.api.registry import MODEL_ERRORS, ServedModel
 from mulm_jax.api.schemas import ApiModel, Int, Text, TokenIds, one_of
 from mulm_jax.inspect import interventions
 from mulm_jax.inspect.heads import head_roles
@@ -82,12 +82,14 @@ def routes(ctx) -> list[Route]:
     tracers: dict[int, Tracer] = {}  # by id of the served model: one compiled tracer each, made on first use
     lock = threading.Lock()
 
-    def tracer_for(served) -> Tracer:
+    def opened(model: str) -> tuple[ServedModel, Tracer]:
+        """The served model of that id (404 otherwise) and its tracer, made on first use."""
+        served = ctx.models.get(model)
         with lock:
             key = id(served.loaded)
             if key not in tracers:
                 tracers[key] = Tracer(served.loaded)
-            return tracers[key]
+            return served, tracers[key]
 
     def checked(tracer: Tracer, prompt, param: str = "prompt") -> list[int]:
         """A prompt's ids, within the server's inspection limit."""
@@ -115,9 +117,8 @@ def routes(ctx) -> list[Route]:
     async def inspect(request: Request, body: Inspect) -> JSONResponse:
         """Trace a prompt through a model: tokens with log-probabilities and alternatives, attention weights
         [layers][heads][T][T], the logit lens and head roles."""
-        served = ctx.models.get(body.model)
+        served, tracer = opened(body.model)
         include = (body.include,) if isinstance(body.include, str) else tuple(body.include or PARTS)
-        tracer = tracer_for(served)
         ids = checked(tracer, body.prompt)
 
         def run() -> dict:
@@ -131,8 +132,7 @@ def routes(ctx) -> list[Route]:
     async def activations(request: Request, body: Activations) -> JSONResponse:
         """Named activations of one forward pass (TransformerLens-style names: blocks.0.attn.pattern, ...), each
         with its shape letters, shape and values; with `position`, one token's; with `ablate`, heads zeroed."""
-        served = ctx.models.get(body.model)
-        tracer = tracer_for(served)
+        served, tracer = opened(body.model)
         ids = checked(tracer, body.prompt)
         target = None if body.target is None else checked(tracer, body.target, "target")
 
@@ -152,8 +152,7 @@ def routes(ctx) -> list[Route]:
     @endpoint(body=Ablate, errors=MODEL_ERRORS)
     async def ablate(request: Request, body: Ablate) -> JSONResponse:
         """Each self-attention head ablated in turn: the change in the log-probability of the next token."""
-        served = ctx.models.get(body.model)
-        tracer = tracer_for(served)
+        served, tracer = opened(body.model)
         ids = checked(tracer, body.prompt)
         return await answer(served, lambda: ablation_json(interventions.ablate_each_head(
             tracer, ids, token=body.token, position=body.position, mode=body.mode), tracer), "position", "ablation")
@@ -162,8 +161,7 @@ def routes(ctx) -> list[Route]:
     async def patch(request: Request, body: Patch) -> JSONResponse:
         """Activation patching: each layer's residual input at each position taken from the clean prompt's run into
         the corrupt one's, and the log-probability of the clean prediction after the last token."""
-        served = ctx.models.get(body.model)
-        tracer = tracer_for(served)
+        served, tracer = opened(body.model)
         clean, corrupt = checked(tracer, body.clean, "clean"), checked(tracer, body.corrupt, "corrupt")
         return await answer(served, lambda: patch_json(interventions.patch_residual(
             tracer, clean, corrupt, token=body.token), tracer), "corrupt", "patching")
@@ -171,8 +169,7 @@ def routes(ctx) -> list[Route]:
     @endpoint(body=Attribute, errors=MODEL_ERRORS)
     async def attribute(request: Request, body: Attribute) -> JSONResponse:
         """Direct logit attribution: each head's and MLP's share of one token's logit, through the final norm."""
-        served = ctx.models.get(body.model)
-        tracer = tracer_for(served)
+        served, tracer = opened(body.model)
         ids = checked(tracer, body.prompt)
         return await answer(served, lambda: attribution_json(interventions.logit_attribution(
             tracer, ids, token=body.token, position=body.position), tracer), "position", "attribution")
