@@ -8,24 +8,18 @@ as a decode step reads its weights. A numpy copy shows less (it writes as much a
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Callable
 
 import numpy as np
 
+from bench.harness import timed
 from mulm_jax.infer.cli import gemv_bandwidth_gb_s
 
 
 def _median_s(op: Callable[[], object], repeats: int) -> float:
     """Median wall seconds of `repeats` calls of op, after one warm-up call."""
     op()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        op()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timed(op, repeats)
 
 
 def copy_bandwidth_gb_s(size_mb: int = 256, repeats: int = 9) -> float:
