@@ -78,6 +78,10 @@ class ModelConfig:
     # encoder_decoder only; None: num_layers.
     num_encoder_layers: Optional[int] = None
     num_decoder_layers: Optional[int] = None
+    # Run each stack's layers as one lax.scan over one Block (params stacked [num_layers, ...] under "layers"):
+    # one layer compiled, not num_layers. Training and full forward passes only; load_model gives the per-layer
+    # model (layer_0 ...) that generation and inspection use (models.layers converts between the two).
+    scan_layers: bool = False
 
     @property
     def kv_heads(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,6 +16,7 @@ from mulm_jax.data.tokenizer import Tokenizer
 from mulm_jax.errors import MulmError
 from mulm_jax.models import build_model
 from mulm_jax.models.info import param_shapes
+from mulm_jax.models.layers import per_layer
 from mulm_jax.runs import checkpoint_manager
 
 
@@ -36,7 +37,9 @@ class LoadedModel:
 def load_model(run_dir: str | Path, step: Optional[int] = None) -> LoadedModel:
     """The parameters of the newest checkpoint of a run folder (or of `step`), with its config and tokenizer.
 
-    Only the parameters are read from the checkpoint (not the optimizer state), as numpy arrays on the host.
+    Only the parameters are read from the checkpoint (not the optimizer state), as numpy arrays on the host. A run
+    trained with model.scan_layers comes back per layer (`layer_0` ...), its config's model.scan_layers false: the
+    engine, inspection, evaluation and export see one layout.
     """
     run_dir = Path(run_dir)
     config_path, ckpt_dir = run_dir / "config.yaml", run_dir / "checkpoints"
@@ -48,7 +51,6 @@ def load_model(run_dir: str | Path, step: Optional[int] = None) -> LoadedModel:
     except ConfigError as e:
         raise InferenceError(f"{config_path}: {e}") from e
     tokenizer = Tokenizer.load(run_dir)
-    model = build_model(config.model)
     target = {"params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(config.model))}
     manager = checkpoint_manager(run_dir)
     try:
@@ -63,5 +65,6 @@ def load_model(run_dir: str | Path, step: Optional[int] = None) -> LoadedModel:
             state=ocp.args.PyTreeRestore(item=target, partial_restore=True)))
     finally:
         manager.close()
-    return LoadedModel(model=model, params=restored["state"]["params"], tokenizer=tokenizer, config=config,
-                       step=int(step), run_dir=run_dir)
+    config = replace(config, model=replace(config.model, scan_layers=False))
+    return LoadedModel(model=build_model(config.model), params=per_layer(restored["state"]["params"]),
+                       tokenizer=tokenizer, config=config, step=int(step), run_dir=run_dir)

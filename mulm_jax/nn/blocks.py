@@ -10,9 +10,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from mulm_jax.config import ModelConfig
+from mulm_jax.errors import MulmError
 from mulm_jax.nn.attention import Attention, KVCache
 from mulm_jax.nn.feedforward import FeedForward
-from mulm_jax.nn.hooks import hook
+from mulm_jax.nn.hooks import any_active, hook
+
+STACKED = "layers"  # a scanned stack's one Block: each of its parameters stacked, [num_layers, ...]
 
 
 class Norm(nn.Module):
@@ -126,6 +129,9 @@ class BlockStack(nn.Module):
 
     `caches`: one self-attention KVCache per layer, or None; `cross_caches` likewise for the cross-attention
     keys/values of a decoder stack. Returns (output, updated caches or None, cross caches or None).
+
+    Unscanned, the blocks are modules `layer_0` ... `layer_{N-1}`; with cfg.scan_layers, one Block `layers` whose
+    parameters are stacked [num_layers, ...] runs under lax.scan (whole passes only: no caches, no hook points).
     """
 
     cfg: ModelConfig
@@ -143,16 +149,42 @@ class BlockStack(nn.Module):
         deterministic: bool = True,
         **kwargs: Any,
     ) -> tuple[jax.Array, Optional[tuple[KVCache, ...]], Optional[tuple[KVCache, ...]]]:
-        block_cls = nn.remat(Block) if self.remat else Block
-        new_caches, new_cross_caches = [], []
-        for i in range(self.num_layers):
-            x_BxTxD, cache, cross_cache = block_cls(
-                self.cfg, self.cross_attention, self.num_layers, deterministic, name=f"layer_{i}")(
-                x_BxTxD, cache=None if caches is None else caches[i],
-                cross_cache=None if cross_caches is None else cross_caches[i], **kwargs)
-            new_caches.append(cache)
-            new_cross_caches.append(cross_cache)
+        if self.cfg.scan_layers:
+            x_BxTxD = self._scanned(x_BxTxD, caches, cross_caches, deterministic, kwargs)
+            new_caches = new_cross_caches = None
+        else:
+            block_cls = nn.remat(Block) if self.remat else Block
+            new_caches, new_cross_caches = [], []
+            for i in range(self.num_layers):
+                x_BxTxD, cache, cross_cache = block_cls(
+                    self.cfg, self.cross_attention, self.num_layers, deterministic, name=f"layer_{i}")(
+                    x_BxTxD, cache=None if caches is None else caches[i],
+                    cross_cache=None if cross_caches is None else cross_caches[i], **kwargs)
+                new_caches.append(cache)
+                new_cross_caches.append(cross_cache)
         if self.cfg.norm_position == "pre":
             x_BxTxD = make_norm(self.cfg, "final_norm")(x_BxTxD)
         return (x_BxTxD, None if caches is None else tuple(new_caches),
-                tuple(new_cross_caches) if self.cross_attention else None)
+                tuple(new_cross_caches) if self.cross_attention and new_cross_caches is not None else None)
+
+    @nn.nowrap
+    def _scanned(self, x_BxTxD: jax.Array, caches: Any, cross_caches: Any, deterministic: bool,
+                 kwargs: dict[str, Any]) -> jax.Array:
+        """The layers as one lax.scan over one Block, remat'd per layer with self.remat (run within __call__)."""
+        if caches is not None or cross_caches is not None or any_active():
+            raise MulmError(
+                "a model with model.scan_layers=true runs whole passes only: KV caches (generation) and hook points "
+                "(inspection) need its layers one by one; load the run with mulm_jax.infer.load_model (it gives the "
+                "per-layer model), or convert the params with mulm_jax.models.layers.per_layer and build the model "
+                "with model.scan_layers=false")
+        # Inside scan, remat's CSE prevention is unnecessary and costs speed (the Flax docs' advice).
+        block_cls = nn.remat(Block, prevent_cse=False) if self.remat else Block
+        names = sorted(kwargs)
+
+        def body(block: Block, x_BxTxD: jax.Array, *args: Any) -> tuple[jax.Array, None]:
+            return block(x_BxTxD, **dict(zip(names, args)))[0], None
+
+        scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                       in_axes=(nn.broadcast,) * len(names), length=self.num_layers)
+        block = block_cls(self.cfg, self.cross_attention, self.num_layers, deterministic, name=STACKED)
+        return scan(block, x_BxTxD, *(kwargs[n] for n in names))[0]

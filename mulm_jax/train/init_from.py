@@ -11,6 +11,8 @@ from flax import traverse_util
 from mulm_jax.data.tokenizer import Tokenizer
 from mulm_jax.errors import MulmError
 from mulm_jax.infer.loading import load_model
+from mulm_jax.models.layers import per_layer, stacked
+from mulm_jax.nn.blocks import STACKED
 
 RECORD = "init_from.json"  # in the new run folder: where its parameters came from
 POSITION_TABLE = "embedder/position/embedding"  # a learned position table, [max_seq_len, d_model]
@@ -54,7 +56,8 @@ def start_from(spec: str, params: Any, tokenizer: Tokenizer, extend_positions: b
     """The parameters of run `spec` in place of the freshly initialised `params`, and a record of where they
     came from. Only parameters are taken (not the optimizer state, step or data position). A learned position
     table shorter than the new one is extended (its trained rows copied, the new rows kept from `params`) only
-    with `extend_positions`."""
+    with `extend_positions`. The source comes per layer (load_model); the result has the layout of `params`
+    (stacked when the new run has model.scan_layers), whichever layout the source run trained in."""
     run_dir, step = parse_spec(spec)
     source = load_model(run_dir, step)
     if source.tokenizer.serialize() != tokenizer.serialize():
@@ -62,7 +65,7 @@ def start_from(spec: str, params: Any, tokenizer: Tokenizer, extend_positions: b
             f"--init-from {spec}: the source run's tokenizer ({source.tokenizer.kind}, vocab "
             f"{source.tokenizer.vocab_size}) is not the data set's ({tokenizer.kind}, vocab {tokenizer.vocab_size}): "
             "the same ids would stand for other text; train on a data set made with the source run's tokenizer")
-    src, new = flat_params(source.params), flat_params(params)
+    src, new = flat_params(source.params), flat_params(per_layer(params))
     extended = None
     if POSITION_TABLE in src and POSITION_TABLE in new:
         (trained, width), (rows, new_width) = src[POSITION_TABLE].shape, new[POSITION_TABLE].shape
@@ -80,7 +83,8 @@ def start_from(spec: str, params: Any, tokenizer: Tokenizer, extend_positions: b
     if differences:
         raise InitFromError(f"--init-from {spec}: the source run's parameters do not match the new model by name "
                             f"and shape ({len(differences)} differ):\n  " + "\n  ".join(differences))
-    merged = {name: np.asarray(src[name], dtype=new[name].dtype) for name in new}
+    merged = traverse_util.unflatten_dict({name: np.asarray(src[name], dtype=new[name].dtype) for name in new}, sep="/")
+    scanned = any(STACKED in name.split("/") for name in flat_params(params))
     record = {"run": str(run_dir.resolve()), "step": source.step, "extended_positions": extended}
-    return traverse_util.unflatten_dict(merged, sep="/"), record
+    return stacked(merged) if scanned else merged, record
 
