@@ -20,6 +20,15 @@ class ConfigError(MulmError):
     """A configuration value that is unknown, of the wrong type, or describes an impossible model."""
 
 
+def setting(default: Any, help: str, *, alias: Optional[str] = None, **bounds: float) -> Any:
+    """A config field documented where it is declared: `help` is its command-line flag's and its API body field's
+    text, `alias` the name they use instead of the field's, `bounds` (ge, gt, le, lt) the range they accept (see
+    mulm_jax.config_schema)."""
+    if unknown := set(bounds) - {"ge", "gt", "le", "lt"}:
+        raise TypeError(f"setting() takes the bounds ge, gt, le and lt, not {', '.join(sorted(unknown))}")
+    return field(default=default, metadata={"help": help, "alias": alias, "bounds": bounds})
+
+
 @dataclass(frozen=True)
 class RopeScaling:
     """How RoPE is stretched past the context it was trained on."""
@@ -175,23 +184,27 @@ class ModelConfig:
 class DataConfig:
     """Which data set to train on: an assembled dataset folder, or sources to assemble one from."""
 
-    dataset: Optional[str] = None  # a dataset version folder; when set, the keys below are ignored
-    sources: tuple[str, ...] = ()  # named sources, files, folders or globs
-    tokenizer: str = "char"  # char | bpe | unigram | path to a SentencePiece .model
-    vocab_size: Optional[int] = None  # for bpe / unigram
-    val_fraction: float = 0.1
-    text_field: str = "text"  # for JSONL sources
-    out_dir: str = "datasets"  # where assembled versions are written
-    seq_len: Optional[int] = None  # when set, assembly checks that each split holds a window of seq_len + 1 tokens
-    invalid_utf8: Literal["replace", "reject"] = "replace"  # replace bad bytes with U+FFFD, or fail naming the offset
-    fold_whitespace: bool = False  # collapse runs of spaces, trim lines, at most one blank line in a row
-    min_doc_chars: int = 1  # documents shorter than this (after cleaning) are dropped
-    max_doc_chars: Optional[int] = None  # documents longer than this are dropped; None: no limit
-    # How sources' text is cut into documents: none (a file / JSONL record is one), blank-line paragraphs, or
-    # WikiText ` = Title = ` headings; None: each named source's own scheme (wikitext2: headings), else none.
-    split_documents: Optional[Literal["none", "paragraphs", "headings"]] = None
-    dedup: Literal["none", "exact", "near"] = "near"  # near: exact, then MinHash near-duplicates
-    near_dup_threshold: float = 0.8  # drop a document this similar to an earlier one (Jaccard, 5-word shingles)
+    dataset: Optional[str] = setting(None, "an assembled data set version folder; when set, the keys below are ignored")
+    sources: tuple[str, ...] = setting(
+        (), "a named source, file (.txt, .jsonl, optionally .gz), folder or glob", alias="source")
+    tokenizer: str = setting("char", "char, bpe, unigram, a SentencePiece .model file or a run folder (its tokenizer)")
+    vocab_size: Optional[int] = setting(None, "vocabulary size for bpe / unigram", ge=1)
+    val_fraction: float = setting(0.1, "share of the text held out for validation", ge=0.0, lt=1.0)
+    text_field: str = setting("text", "the JSONL field holding the text")
+    out_dir: str = setting("datasets", "the folder assembled versions are written to", alias="out")
+    seq_len: Optional[int] = setting(None, "check that each split holds a window of seq_len + 1 tokens", ge=1)
+    invalid_utf8: Literal["replace", "reject"] = setting(
+        "replace", "replace bad bytes with U+FFFD, or reject: fail naming the file and offset")
+    fold_whitespace: bool = setting(False, "collapse runs of spaces, trim lines, keep at most one blank line in a row")
+    min_doc_chars: int = setting(1, "documents shorter than this (after cleaning) are dropped", ge=1)
+    max_doc_chars: Optional[int] = setting(None, "documents longer than this are dropped (unset: no limit)", ge=1)
+    split_documents: Optional[Literal["none", "paragraphs", "headings"]] = setting(
+        None, "how sources' text is cut into documents: none (a file or JSONL record is one), blank-line paragraphs, "
+              "or WikiText ` = Title = ` headings (unset: each named source's own scheme, wikitext2's headings, "
+              "else none)")
+    dedup: Literal["none", "exact", "near"] = setting("near", "near: exact, then MinHash near-duplicates")
+    near_dup_threshold: float = setting(
+        0.8, "drop a document this similar to an earlier one (Jaccard, 5-word shingles)", gt=0.0, le=1.0)
 
 
 @dataclass(frozen=True)

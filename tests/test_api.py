@@ -8,7 +8,9 @@ import base64
 import dataclasses
 import json
 import logging
+import re
 import threading
+from pathlib import Path
 
 import chex
 import jax.numpy as jnp
@@ -21,9 +23,11 @@ from mulm_jax.api import cli, create_app
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.ratelimit import RateLimiter
 from mulm_jax.config import ServeConfig
-from mulm_jax.infer import Engine, InferenceError, SamplingParams
+from mulm_jax.api.routes.completions import MAX_PROMPTS
+from mulm_jax.infer import Engine, InferenceError, SamplingError, SamplingParams
 from mulm_jax.infer.chat import JinjaChatTemplate
 from mulm_jax.infer.quantize import weight_bytes
+from mulm_jax.infer.sampling import LIMITS
 
 KEY = "sk-test-secret-0123456789"
 
@@ -218,6 +222,60 @@ def test_logprobs_in_both_formats_match_the_engine(client):
 ])
 def test_invalid_completion_requests_name_the_field(client, body, status, param, code):
     assert_error(client.post("/v1/completions", json=body), status, param, code)
+
+
+def edges(limits: dict) -> tuple[list, list]:
+    """The values a LIMITS entry allows at its edges, and those just past them."""
+    step = 1 if all(isinstance(bound, int) for bound in limits.values()) else 0.01
+    inside, outside = [], []
+    for op, bound in limits.items():
+        sign = -1 if op in ("ge", "gt") else 1
+        inside.append(bound if op in ("ge", "le") else bound - sign * (step if step == 1 else 1e-6))
+        outside.append(bound + sign * step if op in ("ge", "le") else bound)
+    return inside, outside
+
+
+@pytest.mark.parametrize("field", sorted(LIMITS))
+def test_the_engine_and_the_api_refuse_the_same_sampling_values_naming_the_field(client, field):
+    inside, outside = edges(LIMITS[field])
+    if field == "seed":  # the API leaves room for seed + i, sample i's seed
+        inside = [seed for seed in inside if seed < LIMITS["seed"]["lt"] - MAX_PROMPTS]
+    for value in inside:
+        SamplingParams(**{field: value}).validate(max_logprobs=5)
+        answer = client.post("/v1/completions", json={"model": "tiny", "prompt": "ab", "max_tokens": 1, field: value})
+        assert answer.status_code == 200, (value, answer.text)
+    for value in outside:
+        with pytest.raises(SamplingError, match=f"^{field}="):
+            SamplingParams(**{field: value}).validate(max_logprobs=5)
+        answer = client.post("/v1/completions", json={"model": "tiny", "prompt": "ab", "max_tokens": 1, field: value})
+        assert field in assert_error(answer, 400, field, "invalid_value")["message"]
+
+
+def test_the_openapi_document_states_the_engines_sampling_limits(client):
+    keywords = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        for field, limits in LIMITS.items():
+            if field == "seed":
+                continue  # narrower (see above)
+            stated, null = body["properties"][field]["anyOf"]  # optional: null is taken as absent
+            assert {op: stated[keyword] for op, keyword in keywords.items() if keyword in stated} == limits, field
+
+
+def test_the_labs_sampling_fields_offer_the_engines_ranges():
+    """The lab's number fields (which explorer.js holds its settings to) end where the server's ranges end."""
+    page = (Path(__file__).parents[1] / "mulm_jax" / "api" / "lab" / "index.html").read_text()
+    fields = {"temperature": ["pg-temperature", "sx-temperature-n"], "top_p": ["pg-top-p", "sx-top-p-n"],
+              "min_p": ["pg-min-p", "sx-min-p-n"], "repetition_penalty": ["pg-repetition", "sx-repetition-n"],
+              "top_k": ["pg-top-k", "sx-top-k-n"], "max_tokens": ["pg-max-tokens"], "seed": ["pg-seed"]}
+    for field, ids in fields.items():
+        low = next((bound for op, bound in LIMITS[field].items() if op in ("ge", "gt")), None)
+        high = next((bound for op, bound in LIMITS[field].items() if op == "le"), None)
+        for id_ in ids:
+            attributes = dict(re.findall(r'(\w+)="([^"]*)"', re.search(f'<input id="{id_}"[^>]*>', page).group()))
+            assert attributes["type"] == "number" and float(attributes["min"]) >= low, id_
+            assert (float(attributes["max"]) if "max" in attributes else None) == high, id_
 
 
 @pytest.mark.parametrize("messages,param", [

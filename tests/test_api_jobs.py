@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,8 +20,10 @@ from conftest import ROOT, wait_for
 from mulm_jax.api.app import create_app
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.jobs import JobManager
+from mulm_jax.api.routes.datasets import AssembleDataset
 from mulm_jax.api.routes.training import MetricsTail
-from mulm_jax.config import ServeConfig
+from mulm_jax.config import DataConfig, ServeConfig, load_config
+from mulm_jax.config_schema import options
 from mulm_jax.runs import read_metrics
 from test_train import CORPUS
 
@@ -97,6 +100,16 @@ def test_dataset_job_assembles_a_version_that_is_listed(client, dataset_job, ver
     assert manifest["settings"]["dedup"] == "exact" and manifest["train_tokens"] > 0
     assert dataset_job["id"] in [job["id"] for job in client.get("/v1/datasets/jobs").json()["data"]]
 
+    # The job was handed the request as a config file, not as flags.
+    config_file = Path(settings.state_dir).resolve() / "jobs" / f"{dataset_job['id']}.yaml"
+    with sqlite3.connect(Path(settings.state_dir) / "mulm.sqlite3") as db:
+        (command,), = db.execute("SELECT command FROM jobs WHERE id = ?", (dataset_job["id"],))
+    assert json.loads(command)[3:] == ["data", "assemble", "--json", "--config", str(config_file)]
+    data = load_config(config_file).data
+    corpus = str(Path(settings.data_roots[0]).resolve() / "corpus.txt")
+    assert data == DataConfig(sources=(corpus,), tokenizer="char", dedup="exact",
+                              out_dir=str(Path(settings.datasets_dir).resolve()))
+
     missing = client.get("/v1/datasets/0123456789ab")
     assert missing.status_code == 404 and "'0123456789ab'" in error_of(missing)["message"]
     assert client.get("/v1/datasets/.hidden").status_code == 400
@@ -145,9 +158,21 @@ def test_sources_that_name_no_files_are_a_400_before_any_job(client):
     assert error_of(response)["param"] == "source"
 
 
+def test_the_dataset_body_has_a_field_for_each_data_config_field_but_where_the_server_decides():
+    """A field added to DataConfig reaches POST /v1/datasets (by its alias, else its name) with its default."""
+    body = AssembleDataset.model_fields
+    public = {option.name: option.public for option in options(DataConfig)}
+    assert set(body) == {public[f.name] for f in dataclasses.fields(DataConfig)} - {"dataset", "out"}
+    for f in dataclasses.fields(DataConfig):
+        if public[f.name] in body and f.name != "sources":  # sources: required
+            assert body[public[f.name]].default == f.default, f.name
+    assert body["source"].is_required()
+
+
 @pytest.mark.parametrize("field, value", [("vocab_size", "many"), ("fold_whitespace", "yes"),
-                                          ("source", 3), ("dedup", "fuzzy"), ("val_fraction", [0.1])])
-def test_dataset_field_of_a_wrong_type_is_a_400_naming_it(client, field, value):
+                                          ("source", 3), ("dedup", "fuzzy"), ("val_fraction", [0.1]),
+                                          ("val_fraction", 1.0), ("near_dup_threshold", 0), ("text_field", "")])
+def test_dataset_field_of_a_wrong_type_or_out_of_range_is_a_400_naming_it(client, field, value):
     response = client.post("/v1/datasets", json={"source": "corpus.txt", field: value})
     assert response.status_code == 400
     assert error_of(response)["param"] == field and field in error_of(response)["message"]

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 import yaml
 
-from mulm_jax.config import ConfigError, RopeScaling, config_from_dict, dump_config, load_config
+from mulm_jax.config import (ConfigError, DataConfig, RopeScaling, config_from_dict, dump_config, load_config,
+                             setting)
+from mulm_jax.config_schema import options
+from mulm_jax.data.assemble import check_settings
+from mulm_jax.data.errors import DataError
 
 
 def test_overrides_replace_yaml_values_and_parse_types(repo_root):
@@ -96,3 +102,39 @@ def test_cli_set_reports_bad_value_without_traceback(repo_root):
     assert result.returncode == 2
     assert "error: model.norm='batchnorm' is not valid: expected one of 'layernorm', 'rmsnorm'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@dataclass(frozen=True)
+class Inner:
+    x: int = setting(1, "an inner number")
+
+
+@dataclass(frozen=True)
+class Outer:
+    inner: Inner = setting(Inner(), "a nested section")
+    bare: int = 3
+
+
+def test_flags_and_bodies_are_made_only_of_documented_plain_fields():
+    with pytest.raises(TypeError, match="Outer.inner: no flag or body field carries"):
+        options(Outer)
+    with pytest.raises(TypeError, match="Outer.bare has no help text"):
+        options(Outer, exclude=("inner",))
+    assert options(Outer, exclude=("inner", "bare")) == []
+    with pytest.raises(ValueError, match="Outer has no field nope"):
+        options(Outer, exclude=("nope",))
+    with pytest.raises(TypeError, match="not gte"):
+        setting(1, "a number", gte=0)
+
+
+def test_the_data_bounds_declared_are_those_assembly_checks():
+    """DataConfig's bounds (the API body's, in /openapi.json) agree with check_settings at each edge."""
+    base = DataConfig(sources=("x",), tokenizer="bpe", vocab_size=100)
+    for option in options(DataConfig):
+        step = 1 if option.type is int else 0.01
+        for op, bound in option.bounds.items():
+            inside = {"ge": bound, "le": bound, "gt": bound + step, "lt": bound - step}[op]
+            outside = {"ge": bound - step, "le": bound + step, "gt": bound, "lt": bound}[op]
+            check_settings(dataclasses.replace(base, **{option.name: inside}))
+            with pytest.raises(DataError, match=option.name):
+                check_settings(dataclasses.replace(base, **{option.name: outside}))

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 
 from mulm_jax.__main__ import main
+from mulm_jax.config import DataConfig
+from mulm_jax.config_schema import options
+from mulm_jax.data import cli
 
 
 @pytest.fixture
@@ -50,6 +56,40 @@ def test_flags_set_the_data_config_fields(corpus, tmp_path, capsys):
     settings = json.loads(capsys.readouterr().out.splitlines()[-1])["settings"]
     assert (settings["val_fraction"], settings["fold_whitespace"], settings["dedup"], settings["min_doc_chars"]) == (
         0.25, False, "exact", 3)
+
+
+def assemble_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_every_data_config_field_but_dataset_has_a_flag_that_sets_it():
+    """A field added to DataConfig reaches `data assemble` as a flag (its alias, else its name) of its type."""
+    flags, expected = [], {}
+    for option in options(DataConfig, exclude=cli.NOT_FLAGS):
+        flag = "--" + option.public.replace("_", "-")
+        if option.type is bool:
+            flags.append(flag if not option.default else "--no-" + flag[2:])
+            value = not option.default
+        else:
+            choices = typing.get_args(option.type)
+            value = choices[-1] if choices else {int: 7, float: 0.5, str: "x"}[option.type]
+            flags += [flag, str(value)] * (2 if option.many else 1)
+        expected[option.name] = (value, value) if option.many else value
+    data = cli.data_config(assemble_parser().parse_args(["data", "assemble", *flags]))
+    assert data == DataConfig(**expected)
+    assert {f.name for f in dataclasses.fields(DataConfig)} - set(cli.NOT_FLAGS) == set(expected)
+
+
+def test_a_config_files_data_section_is_read_and_flags_win(corpus, tmp_path, capsys):
+    config = tmp_path / "recipe.yaml"
+    config.write_text(f"data:\n  sources: [{str(corpus)!r}]\n  dedup: exact\n  val_fraction: 0.25\n"
+                      f"  out_dir: {str(tmp_path / 'out')!r}\n")
+    assert main(["data", "assemble", "--config", str(config), "--val-fraction", "0.5", "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (manifest["settings"]["dedup"], manifest["settings"]["val_fraction"]) == ("exact", 0.5)
+    assert (tmp_path / "out" / manifest["version"]).is_dir()
 
 
 def test_list_shows_each_version(corpus, tmp_path, capsys):

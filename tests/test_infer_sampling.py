@@ -151,15 +151,15 @@ def test_logprobs_of_chosen_and_top_tokens():
 
 @pytest.mark.parametrize("field, allowed, refused, expected", [  # the extreme values allowed, and just outside them
     ("max_tokens", [1], [0], "an integer >= 1"),
-    ("temperature", [0.0, 100.0], [-0.01, 100.01], "between 0 and 100"),
-    ("top_k", [0], [-1], "an integer >= 0 (0: no top-k filter)"),
-    ("top_p", [1e-9, 1.0], [0.0, 1.01], "in (0, 1]"),
-    ("min_p", [0.0, 1.0], [-0.01, 1.01], "in [0, 1]"),
-    ("repetition_penalty", [1e-9, 10.0], [0.0, 10.01], "in (0, 10]"),
-    ("presence_penalty", [-2.0, 2.0], [-2.01, 2.01], "between -2 and 2"),
-    ("frequency_penalty", [-2.0, 2.0], [-2.01, 2.01], "between -2 and 2"),
-    ("seed", [None, 0, 2**63 - 1], [-1, 2**63], "an integer in [0, 2^63)"),
-    ("logprobs", [None, 0, 5], [-1, 6], "an integer between 0 and 5"),
+    ("temperature", [0.0, 2.0], [-0.01, 2.01], "a number in [0, 2]"),
+    ("top_k", [0], [-1], "an integer >= 0"),
+    ("top_p", [1e-9, 1.0], [0.0, 1.01], "a number in (0, 1]"),
+    ("min_p", [0.0, 1.0], [-0.01, 1.01], "a number in [0, 1]"),
+    ("repetition_penalty", [1e-9, 10.0], [0.0, 10.01], "a number in (0, 10]"),
+    ("presence_penalty", [-2.0, 2.0], [-2.01, 2.01], "a number in [-2, 2]"),
+    ("frequency_penalty", [-2.0, 2.0], [-2.01, 2.01], "a number in [-2, 2]"),
+    ("seed", [None, 0, 2**63 - 1], [-1, 2**63], "an integer in [0, 9223372036854775808)"),
+    ("logprobs", [None, 0, 5], [-1, 6], "an integer in [0, 5]"),
     ("stop", [(), ("a", "\n")], [("",), ("a", 1)], "non-empty strings"),
 ])
 def test_each_setting_is_checked_at_its_bounds_and_named_with_what_is_expected(field, allowed, refused, expected):

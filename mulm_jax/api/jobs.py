@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mulm_jax.api.errors import ApiError
-from mulm_jax.config import ServeConfig
+from mulm_jax.config import Config, ServeConfig, dump_config
 
 KINDS = ("dataset", "training")
 STATES = ("running", "succeeded", "failed", "cancelled", "interrupted")
@@ -54,13 +54,16 @@ def new_job_id() -> str:
 class JobManager:
     """Starts jobs, watches them to their end, and answers for their records; safe to call from any thread.
 
-    Records live in `state_dir/mulm.sqlite3`, logs (stdout and stderr together) in `state_dir/logs/<id>.log`.
+    Records live in `state_dir/mulm.sqlite3`, logs (stdout and stderr together) in `state_dir/logs/<id>.log`, the
+    configs that jobs are handed in `state_dir/jobs/<id>.yaml`.
     """
 
     def __init__(self, settings: ServeConfig):
         state_dir = Path(settings.state_dir).resolve()
         self.logs_dir = state_dir / "logs"
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.configs_dir = state_dir / "jobs"
+        for folder in (self.logs_dir, self.configs_dir):
+            folder.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(state_dir / "mulm.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
@@ -87,14 +90,17 @@ class JobManager:
             self._db.execute("UPDATE jobs SET state = 'interrupted', finished = ? WHERE id = ?", (_now(), row["id"]))
 
     def start(self, kind: str, command: list[str], *, workdir: Optional[str], request: dict,
-              job_id: Optional[str] = None) -> dict:
-        """Launch `command` as a new job (id: `job_id`, or a fresh one) and return its record."""
+              config: Optional[Config] = None, job_id: Optional[str] = None) -> dict:
+        """Launch `command` as a new job (id: `job_id`, or a fresh one) and return its record; with `config`, the
+        command is handed it as `--config FILE`."""
         if kind not in KINDS:
             raise ValueError(f"job kind {kind!r} is not one of {', '.join(KINDS)}")
         job_id = job_id or new_job_id()
         now = _now()
         with self._lock:
             self._check_workdir_free(workdir, job_id)
+            if config is not None:
+                command = [*command, "--config", str(self._write_config(job_id, config))]
             self._db.execute(
                 "INSERT INTO jobs (id, kind, state, created, started, request, command, workdir, log_path) "
                 "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
@@ -200,6 +206,14 @@ class JobManager:
             self._cancel_asked.discard(job_id)
             self._processes.pop(job_id, None)
             self._watchers.pop(job_id, None)
+
+    def _write_config(self, job_id: str, config: Config) -> Path:
+        """The job's config file, written whole or not at all (a temporary file, then renamed)."""
+        path = self.configs_dir / f"{job_id}.yaml"
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(dump_config(config))
+        os.replace(temporary, path)
+        return path
 
     def _check_workdir_free(self, workdir: Optional[str], job_id: str) -> None:
         if workdir is None:

@@ -1,15 +1,18 @@
-"""Request bodies: JSON read under a size limit and validated by a pydantic model whose errors name the field."""
+"""Request bodies: JSON read under a size limit and validated by a pydantic model whose errors name the field; the
+models of bodies that carry a config section are made from its dataclass (config_body)."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, Iterable, TypeVar, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WrapValidator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WrapValidator, create_model,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 from starlette.requests import Request
 
 from mulm_jax.api.errors import ApiError
+from mulm_jax.config_schema import Option, options
 
 
 class ApiModel(BaseModel):
@@ -47,6 +50,45 @@ Int = Annotated[int, BeforeValidator(_whole_number)]  # 3.0 is 3; true and "3" a
 TokenId = Annotated[Int, Field(ge=0)]
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 Text = Annotated[str, Field(min_length=1)]
+
+
+class ConfigBody(ApiModel):
+    """A request body made by config_body from a config dataclass's fields."""
+
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    def config_values(self) -> dict[str, Any]:
+        """The fields as keyword arguments of the config dataclass (a list field's value, or values, as a tuple)."""
+        values = {}
+        for option in self.options:
+            value = getattr(self, option.public)
+            values[option.name] = tuple(value if isinstance(value, (list, tuple)) else [value]) if option.many else value
+        return values
+
+
+def config_body(name: str, cls: type, *, doc: str, exclude: Iterable[str] = (),
+                required: Iterable[str] = ()) -> type[ConfigBody]:
+    """The request body of config dataclass `cls`'s fields (config_schema.options), each under its public name with
+    its type, default, bounds and help as `description`: a Literal as an enum, a string non-empty, a tuple as one
+    value or a non-empty array of them. The fields named in `required` have no default."""
+    fields = tuple(options(cls, exclude))
+    model = create_model(name, __base__=ConfigBody, __doc__=doc, **{
+        option.public: (_body_type(option), Field(... if option.name in required else option.default,
+                                                  description=option.help)) for option in fields})
+    model.options = fields
+    return model
+
+
+def _body_type(option: Option) -> Any:
+    item = Annotated[option.type, Field(**option.bounds)] if option.bounds else option.type
+    if option.type is int:
+        item = Annotated[item, BeforeValidator(_whole_number)]  # Int, with the bounds first (in the schema too)
+    elif option.type is str:
+        item = Annotated[item, Field(min_length=1)]
+    if not option.many:
+        return item
+    return Annotated[Union[item, Annotated[list[item], Field(min_length=1)]],
+                     one_of(f"one {option.public} or a non-empty array of them")]
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:

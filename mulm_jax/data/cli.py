@@ -6,21 +6,13 @@ import argparse
 import dataclasses
 import json
 import time
-import typing
 
 from mulm_jax.config import DataConfig, add_config_arguments, load_config
+from mulm_jax.config_schema import add_flags, flag_values
 from mulm_jax.data.assemble import assemble, list_versions
-from mulm_jax.data.clean import SPLIT_MODES
-from mulm_jax.data.dedup import DedupMode
-from mulm_jax.data.sources import GENERATED_SOURCES, NAMED_SOURCES, InvalidUtf8
+from mulm_jax.data.sources import GENERATED_SOURCES, NAMED_SOURCES
 
-# flag -> DataConfig field, for the flags whose value is a DataConfig field of the same meaning.
-_FIELD_FLAGS = {
-    "source": "sources", "tokenizer": "tokenizer", "vocab_size": "vocab_size", "val_fraction": "val_fraction",
-    "seq_len": "seq_len", "out": "out_dir", "text_field": "text_field", "invalid_utf8": "invalid_utf8",
-    "fold_whitespace": "fold_whitespace", "min_doc_chars": "min_doc_chars", "max_doc_chars": "max_doc_chars",
-    "split_documents": "split_documents", "dedup": "dedup", "near_dup_threshold": "near_dup_threshold",
-}
+NOT_FLAGS = ("dataset",)  # the DataConfig fields `data assemble` has no flag for: it makes a data set, it reads none
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,24 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Clean, dedup, split and tokenize sources into OUT/<version>/ (reused when it exists). "
                     f"Named sources: {', '.join(f'{n} ({s.about})' for n, s in NAMED_SOURCES.items())}. "
                     f"Generated: {', '.join(f'{n} ({about})' for n, about in GENERATED_SOURCES.items())}.")
-    asm.add_argument("--source", action="append", metavar="SRC",
-                     help="a named source, file (.txt, .jsonl, optionally .gz), folder or glob; repeatable")
-    asm.add_argument("--tokenizer", metavar="TOK", help=f"char, bpe, unigram, a SentencePiece .model file or a "
-                                                        f"run folder (its tokenizer; default {d.tokenizer})")
-    asm.add_argument("--vocab-size", type=int, metavar="N", help="vocabulary size for bpe / unigram")
-    asm.add_argument("--val-fraction", type=float, metavar="F",
-                     help=f"share of text held out for validation (default {d.val_fraction})")
-    asm.add_argument("--seq-len", type=int, metavar="L", help="check that each split holds a window of L + 1 tokens")
-    asm.add_argument("--out", metavar="DIR", help=f"folder of versions (default {d.out_dir})")
-    asm.add_argument("--text-field", metavar="NAME", help=f"JSONL field holding the text (default {d.text_field})")
-    asm.add_argument("--invalid-utf8", choices=typing.get_args(InvalidUtf8), help=f"default {d.invalid_utf8}")
-    asm.add_argument("--fold-whitespace", action=argparse.BooleanOptionalAction,
-                     help="collapse runs of spaces, trim lines, keep at most one blank line in a row")
-    asm.add_argument("--min-doc-chars", type=int, metavar="N", help=f"default {d.min_doc_chars}")
-    asm.add_argument("--max-doc-chars", type=int, metavar="N", help="default: no limit")
-    asm.add_argument("--split-documents", choices=SPLIT_MODES, help="default: the source's own scheme, else none")
-    asm.add_argument("--dedup", choices=typing.get_args(DedupMode), help=f"default {d.dedup}")
-    asm.add_argument("--near-dup-threshold", type=float, metavar="J", help=f"default {d.near_dup_threshold}")
+    add_flags(asm, DataConfig, exclude=NOT_FLAGS)
     asm.add_argument("--json", action="store_true", help="print the manifest as the last line of stdout")
     add_config_arguments(asm)
     asm.set_defaults(func=run_assemble)
@@ -64,10 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def data_config(args: argparse.Namespace) -> DataConfig:
     """The `data` section of --config / --set (defaults without), with the flags given on top."""
     base = load_config(args.config, args.overrides).data if args.config or args.overrides else DataConfig()
-    given = {field: getattr(args, flag) for flag, field in _FIELD_FLAGS.items() if getattr(args, flag) is not None}
-    if "sources" in given:
-        given["sources"] = tuple(given["sources"])
-    return dataclasses.replace(base, **given)
+    return dataclasses.replace(base, **flag_values(args, DataConfig, exclude=NOT_FLAGS))
 
 
 def run_assemble(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ renormalised, then min-p relative to the most likely token.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -25,6 +26,40 @@ from mulm_jax.errors import MulmError
 
 class SamplingError(MulmError):
     """A sampling setting out of range; the message names the setting, the value and what is allowed."""
+
+
+# The range of each setting, in pydantic's terms (ge, gt, le, lt; an integer setting's bounds written as integers):
+# SamplingParams.validate checks them, and the API's request bodies declare them (so /openapi.json states them).
+# temperature stops at 2, as in OpenAI's API: clients written against it send nothing higher, and past 2 a small
+# model's distribution is all but flat.
+LIMITS: dict[str, dict[str, float]] = {
+    "max_tokens": {"ge": 1},
+    "temperature": {"ge": 0.0, "le": 2.0},
+    "top_k": {"ge": 0},  # 0: no top-k filter
+    "top_p": {"gt": 0.0, "le": 1.0},
+    "min_p": {"ge": 0.0, "le": 1.0},
+    "repetition_penalty": {"gt": 0.0, "le": 10.0},
+    "presence_penalty": {"ge": -2.0, "le": 2.0},
+    "frequency_penalty": {"ge": -2.0, "le": 2.0},
+    "seed": {"ge": 0, "lt": 2**63},
+}
+_TESTS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
+
+
+def _within(value: float, limits: dict[str, float]) -> bool:
+    """Whether `value` lies in the range `limits` (a LIMITS entry) describes."""
+    return all(_TESTS[op][1](value, bound) for op, bound in limits.items())
+
+
+def _describe(limits: dict[str, float]) -> str:
+    """A LIMITS entry in words: `an integer in [0, 5)`, `a number in (0, 1]`, `an integer >= 1`."""
+    what = "an integer" if all(isinstance(bound, int) for bound in limits.values()) else "a number"
+    shown = {op: f"{bound:g}" if isinstance(bound, float) else str(bound) for op, bound in limits.items()}
+    low = next((op for op in ("ge", "gt") if op in limits), None)
+    high = next((op for op in ("le", "lt") if op in limits), None)
+    if low and high:
+        return f"{what} in {'[' if low == 'ge' else '('}{shown[low]}, {shown[high]}{']' if high == 'le' else ')'}"
+    return f"{what} {_TESTS[low or high][0]} {shown[low or high]}"
 
 
 @dataclass(frozen=True)
@@ -51,23 +86,13 @@ class SamplingParams:
     logprobs: Optional[int] = None  # None: no log-probabilities; n >= 0: the chosen token's and n alternatives
 
     def validate(self, max_logprobs: int) -> None:
-        checks = [
-            ("max_tokens", self.max_tokens >= 1, "an integer >= 1"),
-            ("temperature", 0.0 <= self.temperature <= 100.0, "between 0 and 100"),
-            ("top_k", self.top_k >= 0, "an integer >= 0 (0: no top-k filter)"),
-            ("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]"),
-            ("min_p", 0.0 <= self.min_p <= 1.0, "in [0, 1]"),
-            ("repetition_penalty", 0.0 < self.repetition_penalty <= 10.0, "in (0, 10]"),
-            ("presence_penalty", -2.0 <= self.presence_penalty <= 2.0, "between -2 and 2"),
-            ("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0, "between -2 and 2"),
-            ("seed", self.seed is None or 0 <= self.seed < 2**63, "an integer in [0, 2^63)"),
-            ("logprobs", self.logprobs is None or 0 <= self.logprobs <= max_logprobs,
-             f"an integer between 0 and {max_logprobs}"),
-            ("stop", all(isinstance(s, str) and s for s in self.stop), "non-empty strings"),
-        ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise SamplingError(f"{name}={getattr(self, name)!r} is out of range: expected {expected}")
+        """Raise SamplingError naming the first setting outside its range (LIMITS; logprobs: up to `max_logprobs`)."""
+        for name, allowed in {**LIMITS, "logprobs": {"ge": 0, "le": max_logprobs}}.items():
+            value = getattr(self, name)
+            if value is not None and not _within(value, allowed):
+                raise SamplingError(f"{name}={value!r} is out of range: expected {_describe(allowed)}")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise SamplingError(f"stop={self.stop!r} is out of range: expected non-empty strings")
 
     def replace(self, **changes) -> "SamplingParams":
         return dataclasses.replace(self, **changes)

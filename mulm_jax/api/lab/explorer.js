@@ -30,14 +30,17 @@ export function init() {
   });
 }
 
+// The settings, each held to its number field's min and max: the server's ranges (index.html; test_api checks them
+// against mulm_jax.infer.sampling.LIMITS), so that the page shows no choice the server would refuse.
 function settings() {
   const read = (id, fallback) => {
-    const value = Number($(`${id}-n`).value);
-    return $(`${id}-n`).value.trim() === "" || !Number.isFinite(value) ? fallback : value;
+    const field = $(`${id}-n`), value = Number(field.value);
+    if (field.value.trim() === "" || !Number.isFinite(value)) return fallback;
+    const low = field.min === "" ? -Infinity : Number(field.min), high = field.max === "" ? Infinity : Number(field.max);
+    return Math.min(high, Math.max(low, value));
   };
-  return {temperature: Math.max(0, read("sx-temperature", 1)), topK: Math.max(0, Math.round(read("sx-top-k", 0))),
-          topP: Math.min(1, read("sx-top-p", 1)), minP: Math.min(1, Math.max(0, read("sx-min-p", 0))),
-          repetition: read("sx-repetition", 1)};
+  return {temperature: read("sx-temperature", 1), topK: Math.round(read("sx-top-k", 0)), topP: read("sx-top-p", 1),
+          minP: read("sx-min-p", 0), repetition: read("sx-repetition", 1)};
 }
 
 // Shows the distribution of `logits` (the model's, [V]) at one position. `seen`: the ids the repetition penalty

@@ -22,6 +22,7 @@ from mulm_jax.api.sse import EventStream, event, until_disconnect
 from mulm_jax.infer import Completion, InferenceError, SamplingError, SamplingParams, TokenEvent, TokenLogprob
 from mulm_jax.infer import Request as EngineRequest
 from mulm_jax.infer.engine import NUM_LOGPROBS
+from mulm_jax.infer.sampling import LIMITS
 
 MAX_PROMPTS = 64  # prompts x n in one request
 MAX_STOPS = 4
@@ -33,21 +34,27 @@ class StreamOptions(ApiModel):
     include_usage: bool = False
 
 
+def setting(name: str, **annotations: Any) -> Any:
+    """A sampling field of a body: the engine's default and range for it (SamplingParams, sampling.LIMITS)."""
+    return Field(getattr(SamplingParams(), name), **LIMITS[name], **annotations)
+
+
 class Sampling(ApiModel):
     """What completions and chat completions share."""
 
     model: str
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: Int = Field(0, ge=0, description="extension: keep the k likeliest tokens (0: all; at most the vocabulary)")
-    min_p: float = Field(0.0, ge=0.0, le=1.0, description="extension")
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="extension")
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    temperature: float = setting("temperature")
+    top_p: float = setting("top_p")
+    top_k: Int = setting("top_k", description="extension: keep the k likeliest tokens (0: all; at most the vocabulary)")
+    min_p: float = setting("min_p", description="extension")
+    repetition_penalty: float = setting("repetition_penalty", description="extension")
+    presence_penalty: float = setting("presence_penalty")
+    frequency_penalty: float = setting("frequency_penalty")
     n: Int = Field(1, ge=1, le=MAX_PROMPTS, description=f"samples per prompt (prompts x n at most {MAX_PROMPTS})")
     stop: Annotated[Union[Text, Annotated[list[Text], Field(max_length=MAX_STOPS)]],
                     one_of(f"a non-empty string or an array of at most {MAX_STOPS} of them")] = None
-    seed: Int = Field(None, ge=0, le=2**63 - 1 - MAX_PROMPTS)
+    seed: Int = Field(None, ge=LIMITS["seed"]["ge"], lt=LIMITS["seed"]["lt"] - MAX_PROMPTS,
+                      description=f"sample i draws with seed + i (i < {MAX_PROMPTS}); none: a random seed")
     stream: bool = Field(False, description="Server-Sent Events (OpenAI's chunks), ending with `data: [DONE]`")
     stream_options: StreamOptions = Field(None, description="only with stream: true")
     user: str = None
@@ -57,7 +64,7 @@ class TextCompletion(Sampling):
     prompt: Annotated[Union[Text, TokenIds, Annotated[list[Union[Text, TokenIds]], Field(min_length=1)]],
                       one_of("a non-empty string, array of strings, array of token ids or array of arrays of token "
                              "ids")]
-    max_tokens: Int = Field(16, ge=1)
+    max_tokens: Int = setting("max_tokens")
     logprobs: Int = Field(None, ge=0, le=NUM_LOGPROBS, description="alternatives listed per token")
 
 
@@ -89,8 +96,8 @@ class ChatMessage(ApiModel):
 
 class ChatCompletion(Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Int = Field(None, ge=1, description="default: all the context leaves")
-    max_completion_tokens: Int = Field(None, ge=1, description="max_tokens, by its newer name")
+    max_tokens: Int = Field(None, **LIMITS["max_tokens"], description="default: all the context leaves")
+    max_completion_tokens: Int = Field(None, **LIMITS["max_tokens"], description="max_tokens, by its newer name")
     logprobs: bool = False
     top_logprobs: Int = Field(None, ge=0, le=NUM_LOGPROBS, description="alternatives listed per token; needs "
                                                                         "logprobs: true")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import typing
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Callable
 
-from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -16,54 +14,38 @@ from starlette.routing import Route
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.openapi import endpoint
 from mulm_jax.api.paths import PLAIN_NAME, confine, confine_source, version_folder
-from mulm_jax.api.schemas import ApiModel, Int, Text, one_of
-from mulm_jax.config import DataConfig, ServeConfig
+from mulm_jax.api.schemas import ConfigBody, config_body
+from mulm_jax.config import Config, DataConfig, ServeConfig
 from mulm_jax.data.assemble import TRAINED_TOKENIZERS, check_settings, list_versions, read_manifest
 from mulm_jax.data.errors import DataError
-from mulm_jax.data.clean import SPLIT_MODES
-from mulm_jax.data.dedup import DedupMode
-from mulm_jax.data.sources import InvalidUtf8
 
-class AssembleDataset(ApiModel):
-    """POST /v1/datasets: the `data assemble` flags, with underscores."""
-
-    source: Annotated[Union[Text, Annotated[list[Text], Field(min_length=1)]],
-                      one_of("a source or a non-empty array of them")] = Field(
-        description="named sources, or files, folders or globs inside the data roots")
-    tokenizer: Text = Field(None, description=f"{', '.join(TRAINED_TOKENIZERS)} or a SentencePiece .model file")
-    vocab_size: Int = Field(None, ge=1, description="for the trained tokenizers but char")
-    val_fraction: float = Field(None, ge=0.0, le=1.0)
-    seq_len: Int = Field(None, ge=1)
-    text_field: str = None
-    invalid_utf8: Literal[typing.get_args(InvalidUtf8)] = None
-    fold_whitespace: bool = None
-    min_doc_chars: Int = Field(None, ge=1)
-    max_doc_chars: Int = Field(None, ge=1)
-    split_documents: Literal[SPLIT_MODES] = None
-    dedup: Literal[typing.get_args(DedupMode)] = None
-    near_dup_threshold: float = Field(None, ge=0.0, le=1.0)
+AssembleDataset = config_body(
+    "AssembleDataset", DataConfig, exclude=("dataset", "out_dir"), required=("sources",),
+    doc="POST /v1/datasets: the data section of a config (`data assemble`'s flags, with underscores); its files "
+        "inside the data roots, its version written to the server's data set folder.")
 
 
-def assemble_flags(body: AssembleDataset, settings: ServeConfig) -> list[str]:
-    """The `data assemble` flags for a request body, with the paths it names confined to the data roots and the
-    settings checked together (as the command would) so that a bad combination is a 400, not a failed job."""
-    sources = (body.source,) if isinstance(body.source, str) else body.source
-    sources = tuple(confine_source(source, settings.data_roots, param="source") for source in sources)
-    given = body.model_dump(exclude={"source"}, exclude_none=True)
-    if body.tokenizer is not None and body.tokenizer not in TRAINED_TOKENIZERS:
-        given["tokenizer"] = str(confine(body.tokenizer, settings.data_roots, param="tokenizer"))
+def confine_data(data: DataConfig, settings: ServeConfig, param: Callable[[str], str]) -> DataConfig:
+    """The data section with its paths checked and resolved: sources and a tokenizer file inside the data roots, and
+    output to `datasets_dir`; `param(field)` names the request field an error blames."""
+    sources = tuple(confine_source(source, settings.data_roots, param=param("sources")) for source in data.sources)
+    tokenizer = data.tokenizer
+    if tokenizer not in TRAINED_TOKENIZERS:
+        tokenizer = str(confine(tokenizer, settings.data_roots, param=param("tokenizer")))
+    return dataclasses.replace(data, sources=sources, tokenizer=tokenizer,
+                               out_dir=str(Path(settings.datasets_dir).resolve()))
+
+
+def dataset_config(body: ConfigBody, settings: ServeConfig) -> DataConfig:
+    """The request as the data section of a config, confined (confine_data) and its settings checked together (as
+    `data assemble` would), so that a bad combination is a 400, not a failed job."""
+    public = {option.name: option.public for option in body.options}
+    data = confine_data(DataConfig(**body.config_values()), settings, param=public.get)
     try:
-        check_settings(dataclasses.replace(DataConfig(), sources=sources, **given))
+        check_settings(data)
     except DataError as e:
         raise ApiError(400, str(e), code="invalid_value") from None
-    flags = [flag for source in sources for flag in ("--source", source)]
-    for name, value in given.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag[2:])
-        else:
-            flags += [flag, str(value)]
-    return flags
+    return data
 
 
 def routes(ctx) -> list[Route]:
@@ -72,10 +54,10 @@ def routes(ctx) -> list[Route]:
     @endpoint(body=AssembleDataset, status=202, errors=(403,))
     async def create_dataset(request: Request, body: AssembleDataset) -> JSONResponse:
         """Assemble a data set version from sources, as a background job (202 with the job)."""
-        flags = assemble_flags(body, settings)
-        out_dir = str(Path(settings.datasets_dir).resolve())
-        command = [sys.executable, "-m", "mulm_jax", "data", "assemble", "--json", "--out", out_dir, *flags]
-        job = ctx.jobs.start("dataset", command, workdir=None, request=body.model_dump(exclude_unset=True))
+        config = Config(data=dataset_config(body, settings))
+        command = [sys.executable, "-m", "mulm_jax", "data", "assemble", "--json"]
+        job = ctx.jobs.start("dataset", command, config=config, workdir=None,
+                             request=body.model_dump(exclude_unset=True))
         return JSONResponse(job, status_code=202)
 
     @endpoint()

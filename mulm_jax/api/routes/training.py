@@ -17,12 +17,13 @@ from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.jobs import new_job_id
-from mulm_jax.api.paths import PLAIN_NAME, confine, confine_source, plain_name, version_folder
+from mulm_jax.api.paths import PLAIN_NAME, confine, plain_name, version_folder
 from mulm_jax.api.openapi import endpoint
+from mulm_jax.api.routes.datasets import confine_data
 from mulm_jax.api.schemas import ApiModel, Text, one_of
 from mulm_jax.api.sse import EventStream, event
-from mulm_jax.config import Config, ConfigError, DataConfig, ServeConfig, config_from_dict, dump_config, load_config
-from mulm_jax.data.assemble import MANIFEST, TRAINED_TOKENIZERS
+from mulm_jax.config import Config, ConfigError, DataConfig, ServeConfig, config_from_dict, load_config
+from mulm_jax.data.assemble import MANIFEST
 from mulm_jax.runs import metrics_path
 
 
@@ -120,21 +121,16 @@ def build_config(base: Path | dict, overrides: list[str]) -> Config:
         raise ApiError(400, str(error), param="overrides", code="invalid_config") from None
 
 
-def confine_data(data: DataConfig, settings: ServeConfig, dataset: Optional[Path]) -> DataConfig:
-    """The data section with its paths checked and resolved: a data set inside `datasets_dir` (`dataset` when
-    the request named one), sources and tokenizer files inside the data roots, and output to `datasets_dir`."""
-    datasets_dir = Path(settings.datasets_dir).resolve()
+def training_data(data: DataConfig, settings: ServeConfig, dataset: Optional[Path]) -> DataConfig:
+    """The data section with its paths checked and resolved: a data set inside `datasets_dir` (`dataset` when the
+    request named one), and the paths that confine_data checks."""
     if dataset is None and data.dataset:
-        dataset = confine(data.dataset, [datasets_dir], param="data.dataset")
+        dataset = confine(data.dataset, [settings.datasets_dir], param="data.dataset")
         if not (dataset / MANIFEST).is_file():
             raise ApiError(404, f"data.dataset={data.dataset!r} is not an assembled data set version",
                            type="not_found_error", param="data.dataset", code="dataset_not_found")
-    sources = tuple(confine_source(source, settings.data_roots, param="data.sources") for source in data.sources)
-    tokenizer = data.tokenizer
-    if tokenizer not in TRAINED_TOKENIZERS:
-        tokenizer = str(confine(tokenizer, settings.data_roots, param="data.tokenizer"))
-    return dataclasses.replace(data, dataset=str(dataset) if dataset else None, sources=sources,
-                               tokenizer=tokenizer, out_dir=str(datasets_dir))
+    data = dataclasses.replace(data, dataset=str(dataset) if dataset else None)
+    return confine_data(data, settings, param=lambda name: f"data.{name}")
 
 
 def run_folder(name: str, settings: ServeConfig) -> Path:
@@ -148,7 +144,6 @@ def run_folder(name: str, settings: ServeConfig) -> Path:
 
 def routes(ctx) -> list[Route]:
     settings: ServeConfig = ctx.settings
-    configs_written = Path(settings.state_dir).resolve() / "jobs"
 
     @endpoint(body=StartTraining, status=202, errors=(403, 404, 409))
     async def create_job(request: Request, body: StartTraining) -> JSONResponse:
@@ -159,19 +154,10 @@ def routes(ctx) -> list[Route]:
         job_id = new_job_id()
         workdir = run_folder(body.name or job_id, settings)
         config = build_config(base, overrides)
-        config = dataclasses.replace(config, data=confine_data(config.data, settings, dataset))
-
-        configs_written.mkdir(parents=True, exist_ok=True)
-        config_file = configs_written / f"{job_id}.yaml"
-        config_file.write_text(dump_config(config))
-        command = [sys.executable, "-m", "mulm_jax", "train", "--config", str(config_file),
-                   "--workdir", str(workdir), "--quiet"]
-        try:
-            job = ctx.jobs.start("training", command, workdir=str(workdir),
-                                 request=body.model_dump(exclude_unset=True), job_id=job_id)
-        except ApiError:
-            config_file.unlink()
-            raise
+        config = dataclasses.replace(config, data=training_data(config.data, settings, dataset))
+        command = [sys.executable, "-m", "mulm_jax", "train", "--workdir", str(workdir), "--quiet"]
+        job = ctx.jobs.start("training", command, config=config, workdir=str(workdir),
+                             request=body.model_dump(exclude_unset=True), job_id=job_id)
         return JSONResponse(job, status_code=202)
 
     @endpoint()
