@@ -208,6 +208,15 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class MeshConfig:
+    """How the devices of a run (every process's) form the training mesh: batch rows are split over all of them,
+    parameters and optimizer state are replicated over `data` and split over `fsdp`."""
+
+    data: int = 0  # 0: every device that fsdp leaves
+    fsdp: int = 1  # 1: parameters and optimizer state whole on every device
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = 2000
     batch_size: int = 12  # global, across all devices and hosts
@@ -236,6 +245,7 @@ class TrainConfig:
     remat: bool = False
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     log_every: int = 10
+    mesh: MeshConfig = MeshConfig()
 
     def validate(self) -> None:
         """Raise ConfigError for settings a run cannot train with (a zero lr divides the cosine schedule's floor, a
@@ -251,6 +261,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be zero or more")
         if not 0.0 <= self.cooldown_frac <= 1.0:
             raise ConfigError(f"train.cooldown_frac={self.cooldown_frac} must be in [0, 1]")
+        _positive(self.mesh, "fsdp", section="train.mesh")
+        if self.mesh.data < 0:
+            raise ConfigError(f"train.mesh.data={self.mesh.data} must be zero (every device fsdp leaves) or more")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ from mulm_jax.config import Config, ModelConfig, config_from_dict
 from mulm_jax.data.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer
 from mulm_jax.infer import LoadedModel
 from mulm_jax.models import build_model
-from mulm_jax.train.step import TrainState
+from mulm_jax.config import MeshConfig
+from mulm_jax.train.mesh import global_batch, make_mesh, on_mesh
+from mulm_jax.train.step import TrainState, mesh_steps, state_placement
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,6 +91,25 @@ def fresh_state(tx: Any, params: Any, step: int = 0) -> TrainState:
     """A train state at `step` with `params` and `tx`'s initial optimizer state (dropout key 1), on the host."""
     return TrainState(step=np.int32(step), params=params, opt_state=tx.init(params),
                       rng=jax.random.key_data(jax.random.key(1)))
+
+
+class MeshSteps:
+    """The run's own jitted train and eval steps over a mesh of this process's devices, for host states and
+    batches: `place` puts a host state (or parameters) where the steps take it, `batch` makes the global batch."""
+
+    def __init__(self, model, tx, accum_steps: int, pad_id, schedule, params, mesh: MeshConfig = MeshConfig()):
+        self.mesh = make_mesh(mesh)
+        self.placement = state_placement(fresh_state(tx, params), self.mesh)
+        self.train, self.evaluate = mesh_steps(model, tx, accum_steps, pad_id, schedule, self.mesh, self.placement)
+
+    def place(self, state: TrainState) -> TrainState:
+        return on_mesh(state, self.placement)
+
+    def place_params(self, params: Any) -> Any:
+        return on_mesh(params, self.placement.params)
+
+    def batch(self, inputs: np.ndarray, targets: np.ndarray) -> dict[str, jax.Array]:
+        return global_batch({"inputs": inputs, "targets": targets}, self.mesh)
 
 
 def random_params(model, *inputs, seed: int = 0, **kwargs):

@@ -109,7 +109,7 @@ def test_train_verbose_prints_each_start_up_phase(tmp_path, capsys):
     phases = re.findall(r"([a-z][a-z ()]+?) (\d+\.\d) s", listed)
     names = [name.strip(", ") for name, _ in phases]
     assert names == ["backend", "imports", "config", "data preparation", "model and optimizer init",
-                     "data loader", "checkpoint restore", "evaluation batches", "state to the host",
+                     "data loader", "checkpoint restore", "evaluation batches",
                      "train step compile (rest)", "first step"], line
     assert abs(sum(float(s) for _, s in phases) - float(total)) < 0.1 * len(phases)
 

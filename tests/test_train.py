@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT, fresh_state, random_params, tiny_model, xla_flags
+from conftest import ROOT, MeshSteps, fresh_state, random_params, tiny_model, xla_flags
 from mulm_jax.config import TrainConfig, dump_config, load_config
 from mulm_jax.models import build_model
 from mulm_jax.runs import read_metrics
@@ -26,7 +26,7 @@ from mulm_jax.train import loop
 from mulm_jax.train.loop import TrainingError, train
 from mulm_jax.train.optimizer import decay_mask, make_optimizer, make_schedule
 from mulm_jax.train.sample import greedy_sampler
-from mulm_jax.train.step import pmapped_steps, replicate, token_loss_sums
+from mulm_jax.train.step import token_loss_sums
 
 CORPUS = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
           "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 60
@@ -109,10 +109,9 @@ def one_step(accum_steps: int, optimizer: str = "adamw"):
     params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     tc = TrainConfig(lr=1e-2, warmup_steps=0, grad_accum_steps=accum_steps, optimizer=optimizer)
     tx = make_optimizer(tc)
-    state = fresh_state(tx, params)
-    train_step, _ = pmapped_steps(model, tx, accum_steps, None, make_schedule(tc))
-    batch = np.random.default_rng(0).integers(0, 32, (1, 8, 9), dtype=np.int32)
-    new_state, metrics = train_step(replicate(state, 1), {"inputs": batch[..., :-1], "targets": batch[..., 1:]})
+    steps = MeshSteps(model, tx, accum_steps, None, make_schedule(tc), params)
+    batch = np.random.default_rng(0).integers(0, 32, (8, 9), dtype=np.int32)
+    new_state, metrics = steps.train(steps.place(fresh_state(tx, params)), steps.batch(batch[:, :-1], batch[:, 1:]))
     return jax.device_get(new_state.params), jax.device_get(metrics)
 
 
@@ -127,8 +126,10 @@ def test_gradient_accumulation_equals_one_large_batch():
 def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from mulm_jax.train import loop
 
+    compile_train_step = loop._compile_train_step
+
     def nan_after_twelve_steps(*args, **kwargs):  # fault injection: the loss turns NaN from step 13 on
-        train_step, eval_step = pmapped_steps(*args, **kwargs)
+        train_step = compile_train_step(*args, **kwargs)
         calls = []
 
         def diverging(state, batch):
@@ -136,10 +137,9 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
             calls.append(1)
             return state, {**metrics, "loss": metrics["loss"] * (np.nan if len(calls) > 12 else 1.0)}
 
-        diverging.lower = train_step.lower  # the loop compiles the step ahead of its first call
-        return diverging, eval_step
+        return diverging
 
-    monkeypatch.setattr(loop, "pmapped_steps", nan_after_twelve_steps)
+    monkeypatch.setattr(loop, "_compile_train_step", nan_after_twelve_steps)
     cfg = load_config(ROOT / "configs/shakespeare_char.yaml", tiny_run(tmp_path, "train.checkpoint_every=5"))
     with pytest.raises(TrainingError, match=r"the training loss became nan at step 15; stopping. The last good "
                                             r"checkpoint is kept in .*checkpoints \(steps \[5, 10\]\)"):
@@ -270,7 +270,7 @@ def test_the_steps_and_the_evaluation_compile_during_start_up_and_never_after(tm
         jax.config.update("jax_log_compiles", False)
     messages = [r.getMessage() for r in caplog.records]
     over = messages.index("start-up over")
-    steps = ("Compiling jit(_fun)", "Compiling jit(continuation)")  # pmapped train / eval step, the sampler
+    steps = ("Compiling jit(train_step)", "Compiling jit(eval_step)", "Compiling jit(continuation)")
     assert sum(m.startswith(steps) for m in messages[:over]) == 3, messages[:over]
     assert not [m for m in messages[over:] if m.startswith(steps)]  # two evaluations, no compilation
 
@@ -284,7 +284,7 @@ def test_a_run_on_two_local_devices_evaluates_samples_and_matches_one_device(tmp
                           str(tmp_path / "two"), "--no-compilation-cache", "--set", *overrides],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "on 1 process(es) x 2 device(s)" in out.stderr
+    assert "on a data 2 x fsdp 1 mesh of 2 device(s) in 1 process(es)" in out.stderr
     evaluations = [r for r in read_metrics(tmp_path / "two") if "val_loss" in r]
     assert [r["step"] for r in evaluations] == [2, 4] and out.stderr.count("sample: ") == 2
     np.testing.assert_allclose(evaluations[-1]["val_loss"], one.last_eval["val_loss"], rtol=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -10,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from conftest import ROOT, free_port
+from mulm_jax.infer import load_model
 from mulm_jax.runs import read_metrics
 from test_train import tiny_run
 
@@ -89,7 +92,7 @@ from mulm_jax.config import load_config
 from mulm_jax.train.loop import train
 from test_train import tiny_run
 cfg = load_config({config!r}, tiny_run(Path({tmp!r}), "train.steps=6", "train.eval_every=6",
-                                       "train.checkpoint_every=3", "train.log_every=3"))
+                                       "train.checkpoint_every=3", "train.log_every=3", "train.mesh.fsdp={fsdp}"))
 result = train(cfg, {workdir!r}, quiet=True)
 digest = hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(result.params))).hexdigest()
 print(json.dumps({{"process": jax.process_index(), "devices": jax.device_count(), "step": result.step,
@@ -97,11 +100,12 @@ print(json.dumps({{"process": jax.process_index(), "devices": jax.device_count()
 """
 
 
-@pytest.mark.slow  # two jax.distributed processes, about 30 s: `make test-slow`
-def test_two_processes_train_together_and_end_with_identical_parameters(tmp_path):
+@pytest.mark.slow  # two jax.distributed processes, about 30 s each: `make test-slow`
+@pytest.mark.parametrize("fsdp", [1, 2])
+def test_two_processes_train_together_and_end_with_identical_parameters(tmp_path, fsdp):
     tiny_run(tmp_path)  # writes the corpus
     script = WORKER.format(config=str(ROOT / "configs/shakespeare_char.yaml"), tmp=str(tmp_path),
-                           workdir=str(tmp_path / "run"))
+                           workdir=str(tmp_path / "run"), fsdp=fsdp)
     address = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     procs = [subprocess.Popen([sys.executable, "-c", script, address, str(i)], stdout=subprocess.PIPE,
@@ -116,3 +120,16 @@ def test_two_processes_train_together_and_end_with_identical_parameters(tmp_path
     assert results[0]["val_loss"] == results[1]["val_loss"]
     assert sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
     assert [r["step"] for r in read_metrics(tmp_path / "run") if "loss" in r] == [3, 6]  # process 0 alone logs
+    if fsdp == 2:  # each process saved its half of the parameters: one device reads them whole ...
+        params = load_model(tmp_path / "run").params
+        digest = hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(params))).hexdigest()
+        assert digest == results[0]["params"]
+        # ... and the run goes on there, on another mesh, from its last checkpoint
+        more = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config",
+                               str(ROOT / "configs/shakespeare_char.yaml"), "--workdir", str(tmp_path / "run"),
+                               "--quiet", "--set", *tiny_run(tmp_path, "train.steps=9", "train.eval_every=6",
+                                                             "train.checkpoint_every=3", "train.log_every=3")],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert more.returncode == 0, more.stderr[-3000:]
+        assert "resumed from step 6" in more.stderr and "train.mesh: MeshConfig(data=0, fsdp=2) -> " in more.stderr
+        assert [r["step"] for r in read_metrics(tmp_path / "run") if "loss" in r] == [3, 6, 9]

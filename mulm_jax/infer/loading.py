@@ -61,8 +61,10 @@ def load_model(run_dir: str | Path, step: Optional[int] = None) -> LoadedModel:
             step = steps[-1]
         elif step not in steps:
             raise InferenceError(f"{ckpt_dir} has no checkpoint at step {step}; it has steps {steps}")
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=target, partial_restore=True)))
+        # numpy arrays, whatever mesh the run was saved from
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True)))
     finally:
         manager.close()
     config = replace(config, model=replace(config.model, scan_layers=False))

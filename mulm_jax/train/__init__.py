@@ -1,1 +1,1 @@
-"""Training: optimizer, pmapped steps, checkpoints, metrics and the run loop."""
+"""Training: optimizer, the steps on a device mesh, checkpoints, metrics and the run loop."""

@@ -22,6 +22,13 @@ def _to_saveable(state: TrainState) -> dict[str, Any]:
             "rng": state.rng}
 
 
+def _restore_target(x: Any) -> Any:
+    sharding = getattr(x, "sharding", None)
+    if sharding is None:
+        return np.zeros(x.shape, x.dtype)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+
 class Checkpoints:
     """`DIR/checkpoints/<step>/{state,data}`; every process calls save/restore (orbax coordinates them)."""
 
@@ -45,8 +52,7 @@ class Checkpoints:
         step = int(jax.device_get(state.step))
         if step in self.manager.all_steps():
             return
-        host_state = jax.device_get(_to_saveable(state))
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(state)),
                                                          data=ocp.args.JsonSave(data_state)),
                           metrics=None if val_loss is None else {"val_loss": float(val_loss)}, force=True)
         self.manager.wait_until_finished()
@@ -54,11 +60,13 @@ class Checkpoints:
     def restore_latest(self, like: TrainState) -> Optional[tuple[TrainState, dict]]:
         """The newest checkpoint that restores, as (state, data-iterator state); broken ones are skipped.
 
-        Only `like`'s shapes and dtypes are read: nothing is copied from the device (3 GB for mulm_1gb's state),
-        and a run without checkpoints allocates nothing.
+        Only `like`'s shapes, dtypes and shardings are read (arrays or ShapeDtypeStructs): the state is restored
+        where `like` lives, on whichever mesh the checkpoint was saved from; host (numpy) leaves restore as numpy.
+        Nothing is copied from the device (3 GB for mulm_1gb's state), and a run without checkpoints allocates
+        nothing.
         """
         steps = self.steps()
-        target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), _to_saveable(like)) if steps else None
+        target = jax.tree.map(_restore_target, _to_saveable(like)) if steps else None
         for step in reversed(steps):
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(

@@ -1,4 +1,4 @@
-"""The training run: data, model, pmapped steps, evaluation, metrics, checkpoints and exact resume in a run folder."""
+"""The training run: data, model, the steps on a device mesh, evaluation, metrics, checkpoints and exact resume in a run folder."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
+from jax.sharding import Mesh, NamedSharding
 
 from mulm_jax.config import Config, TrainConfig, config_from_dict, dump_config
 from mulm_jax.data import Tokenizer, eval_batches, make_loader, prepare_dataset
@@ -29,7 +30,8 @@ from mulm_jax.train.init_from import RECORD, start_from
 from mulm_jax.train.metrics import MetricsWriter, Progress
 from mulm_jax.train.optimizer import make_optimizer, make_schedule
 from mulm_jax.train.sample import greedy_sampler
-from mulm_jax.train.step import TrainState, pmapped_steps, replicate, replicate_on_host, replicated_like
+from mulm_jax.train.mesh import BATCH, global_batch, make_mesh, on_mesh, rows_per_device, shaped, to_host
+from mulm_jax.train.step import TrainState, mesh_steps, state_placement
 
 
 @dataclasses.dataclass
@@ -49,8 +51,9 @@ def _write_text_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-# train settings that set only the length and cadence of a run: a resumed run may change them
-RESUMABLE_CHANGES = ("steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every")
+# train settings that set only the length and cadence of a run, or where it runs: a resumed run may change them
+RESUMABLE_CHANGES = ("steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
+                     "mesh")
 
 
 def check_run_config(workdir: Path, cfg: Config) -> Optional[Config]:
@@ -89,26 +92,6 @@ def resume_notice(saved: TrainConfig, tc: TrainConfig, step: int) -> str:
     if step >= tc.steps:
         notice += f"\n  the run is already at step {step} >= train.steps={tc.steps}: nothing to train"
     return notice
-
-
-def _per_device_batch(global_batch: int, accum_steps: int) -> tuple[int, int]:
-    """(batch per process, batch per device), checking that the global batch splits evenly."""
-    processes, devices = jax.process_count(), jax.local_device_count()
-    parts = processes * devices * accum_steps
-    if global_batch % parts:
-        raise TrainingError(
-            f"train.batch_size={global_batch} does not split evenly over {processes} process(es) x {devices} "
-            f"device(s) x {accum_steps} accumulation step(s)")
-    return global_batch // processes, global_batch // (processes * devices)
-
-
-def _shard(batch: dict[str, np.ndarray], devices: int) -> dict[str, np.ndarray]:
-    return {k: v.reshape(devices, v.shape[0] // devices, *v.shape[1:]) for k, v in batch.items()}
-
-
-def _unreplicate(tree: Any) -> Any:
-    # Cheapest on fetched (host) arrays: on a device array, [0] is a program of its own, one dispatch per leaf.
-    return jax.tree.map(lambda x: x[0], tree)
 
 
 class _StopSignal:
@@ -161,30 +144,47 @@ def _sequence_length(cfg: Config) -> int:
     return seq_len
 
 
-def _fresh_state(cfg: Config, model: Any, tx: Any, seq_len: int) -> Callable[[], TrainState]:
-    """The function of no arguments that makes the state at step 0: freshly initialised parameters and optimizer
-    state. Run jitted, one program; its jax.eval_shape is what the train step is compiled for."""
+@dataclasses.dataclass(frozen=True)
+class RunSteps:
+    """A config's model, optimizer, mesh and jitted steps, as the run trains with them (and the benchmarks time)."""
+
+    mesh: Mesh
+    model: Any
+    tx: Any
+    fresh_state: Callable[[], TrainState]  # the state at step 0 (freshly initialised), jitted to `placement`
+    placement: TrainState  # where each array of the state lives on the mesh
+    state_shapes: TrainState  # the placed state's ShapeDtypeStructs: what the steps are compiled for
+    train_step: Any  # jitted (state, global batch) -> (state, metrics); the state donated
+    eval_step: Any  # jitted (params, global batch) -> token sums
+
+
+def run_steps(cfg: Config, pad_id: Optional[int], seq_len: int) -> RunSteps:
+    """The run's steps for `cfg` on the mesh of train.mesh (nothing compiled or allocated yet)."""
+    tc = cfg.train
+    mesh = make_mesh(tc.mesh)
+    model = build_model(dataclasses.replace(cfg.model, dtype=tc.compute_dtype), remat=tc.remat)
+    tx = make_optimizer(tc)
 
     def fresh_state() -> TrainState:
-        init_key, state_key = jax.random.split(jax.random.key(cfg.train.seed))
+        init_key, state_key = jax.random.split(jax.random.key(tc.seed))
         init_inputs, _ = model.window_inputs(jnp.zeros((1, seq_len), jnp.int32))
         params = model.init(init_key, *init_inputs)["params"]
         return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                           rng=jax.random.key_data(state_key))
 
-    return fresh_state
+    placement = state_placement(jax.eval_shape(fresh_state), mesh)
+    train_step, eval_step = mesh_steps(model, tx, tc.grad_accum_steps, pad_id, make_schedule(tc), mesh, placement)
+    return RunSteps(mesh, model, tx, jax.jit(fresh_state, out_shardings=placement), placement,
+                    shaped(jax.eval_shape(fresh_state), placement), train_step, eval_step)
 
 
-def _compile_train_step(train_step: Any, state_shapes: TrainState, process_batch: int, seq_len: int,
-                        devices: int) -> None:
-    """Compile the pmapped train step for the replicated state and the sharded batches the loop will pass (the
-    loader's {"inputs", "targets"} int32 [batch, seq_len], split over the devices), so that its first call finds
-    the program in JAX's cache. Run beside model init and the rest of start-up, it needs only shapes. Across
-    processes pmap lowers only arrays (it makes them global), so there the first call compiles the step."""
-    if jax.process_count() > 1:
-        return
-    batch = jax.ShapeDtypeStruct((devices, process_batch // devices, seq_len), jnp.int32)
-    train_step.lower(replicated_like(state_shapes, devices), {"inputs": batch, "targets": batch}).compile()
+def _compile_train_step(train_step: Any, state_shapes: TrainState, mesh: Mesh, batch_size: int, seq_len: int
+                        ) -> Any:
+    """The train step compiled for the placed state and the global batches the loop will pass (the loader's
+    {"inputs", "targets"} int32 [batch, seq_len], rows split over the mesh): run beside model init and the rest of
+    start-up, it needs only shapes. The loop calls this program itself, so nothing compiles on the first step."""
+    batch = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=NamedSharding(mesh, BATCH))
+    return train_step.lower(state_shapes, {"inputs": batch, "targets": batch}).compile()
 
 
 @dataclasses.dataclass
@@ -194,7 +194,7 @@ class _Run:
     cfg: Config
     workdir: Path
     lead: bool
-    devices: int  # local devices
+    mesh: Mesh
     seq_len: int
     model: Any
     tokenizer: Tokenizer
@@ -205,7 +205,7 @@ class _Run:
     progress: Progress
 
 
-def _restore_or_start_from(run: _Run, state: TrainState, tx: Any, saved: Optional[Config],
+def _restore_or_start_from(run: _Run, state: TrainState, tx: Any, placement: TrainState, saved: Optional[Config],
                            init_from: Optional[str], extend_positions: bool) -> TrainState:
     """The run's newest checkpoint (with the data iterator's position) if it has one, else the parameters of
     `init_from` if given, else `state`."""
@@ -217,68 +217,61 @@ def _restore_or_start_from(run: _Run, state: TrainState, tx: Any, saved: Optiona
         if saved is not None and (notice := resume_notice(saved.train, run.cfg.train, int(state.step))):
             run.progress.message(notice)
     elif init_from is not None:
-        params, record = start_from(init_from, state.params, run.tokenizer, extend_positions)
-        state = state.replace(params=params, opt_state=tx.init(params))
+        params, record = start_from(init_from, to_host(state.params), run.tokenizer, extend_positions)
+        params = on_mesh(params, placement.params)
+        state = state.replace(params=params, opt_state=jax.jit(tx.init, out_shardings=placement.opt_state)(params))
         if run.lead:
             _write_text_atomically(run.workdir / RECORD, json.dumps(record, indent=1) + "\n")
         run.progress.message(f"initialised from {record['run']} at step {record['step']}")
     return state
 
 
-def _on_first_device(tree: Any) -> Any:
-    """The first local device's copy of each replicated array, as an array of that device alone: what the sampler
-    is compiled for. (Indexing the replicated array itself gives an array on every device, which it refuses.)"""
-    device = jax.local_devices()[0]
-    return jax.tree.map(lambda x: next(s.data for s in x.addressable_shards if s.device == device)[0], tree)
-
-
 def _compile_evaluation(run: _Run, compiler: concurrent.futures.Executor, eval_step: Any, params: Any
                         ) -> concurrent.futures.Future:
     """Compile the evaluation's programs on `compiler`'s thread, beside the first training step (an XLA
     compilation releases the GIL), so that start-up holds all compilation and no evaluation stops the run to
-    compile: the eval step for these batches (compiled for replicated device arrays, as the evaluation passes
-    them, so JAX's cache serves its later calls) and, on process 0 of a decoder, the sampler. `params`: one copy
-    on the host, which no train step donates."""
+    compile: the eval step for these batches and, for a decoder, the sampler. `params`: the placed parameters'
+    ShapeDtypeStructs. Returns (eval program or None, sampler or None)."""
 
-    def compile_all() -> Optional[Callable[[Any, list[int]], list[int]]]:
+    def compile_all() -> tuple[Any, Optional[Callable[[Any, list[int]], list[int]]]]:
+        evaluate = None
         if run.evaluation:
-            replicated = (replicated_like(params, run.devices) if jax.process_count() == 1
-                          else replicate_on_host(params, run.devices))  # pmap lowers only arrays across processes
-            eval_step.lower(replicated, _shard(run.evaluation[0], run.devices)).compile()
-        if run.lead and run.cfg.model.architecture == "decoder":
-            on_first_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-            return greedy_sampler(run.model, SAMPLE_TOKENS, run.tokenizer.vocab_size,
-                                  jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                                              sharding=on_first_device), params),
-                                  window=1 + SAMPLE_TOKENS)  # the prompt is one token
-        return None
+            rows = run.evaluation[0]["inputs"].shape[0] * jax.process_count()
+            batch = jax.ShapeDtypeStruct((rows, run.seq_len), jnp.int32, sharding=NamedSharding(run.mesh, BATCH))
+            evaluate = eval_step.lower(params, {"inputs": batch, "targets": batch}).compile()
+        sampler = None
+        if run.cfg.model.architecture == "decoder":  # every process runs it: the parameters span them all
+            sampler = greedy_sampler(run.model, SAMPLE_TOKENS, run.tokenizer.vocab_size, params,
+                                     window=1 + SAMPLE_TOKENS)  # the prompt is one token
+        return evaluate, sampler
 
     return compiler.submit(compile_all)
 
 
-def _evaluate(run: _Run, eval_step: Any, sampler: Optional[Callable], params: Any, step: int) -> dict[str, Any]:
+def _evaluate(run: _Run, programs: tuple[Any, Optional[Callable]], params: Any, step: int) -> dict[str, Any]:
     """The evaluation row at `step`: loss and perplexity over the evaluation batches of every process, a greedy
-    sample (process 0 of a decoder) and the seconds it took."""
+    sample (of a decoder) and the seconds it took."""
+    evaluate, sampler = programs
     t_eval = time.time()
     sums = {"loss_sum": 0.0, "count": 0.0}
     for batch in run.evaluation:
-        out = _unreplicate(jax.device_get(eval_step(params, _shard(batch, run.devices))))
+        out = jax.device_get(evaluate(params, global_batch(batch, run.mesh)))
         sums = {k: sums[k] + float(out[k]) for k in sums}
     val_loss = sums["loss_sum"] / max(sums["count"], 1.0)
     row = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
     if sampler is not None:
         prompt = run.tokenizer.encode(SAMPLE_PROMPT)[:1]
-        row["sample"] = run.tokenizer.decode(sampler(_on_first_device(params), prompt))
+        row["sample"] = run.tokenizer.decode(sampler(params, prompt))
     row["eval_s"] = time.time() - t_eval
     return row
 
 
-def _save(run: _Run, replicated: TrainState, val_loss: Optional[float]) -> None:
+def _save(run: _Run, state: TrainState, val_loss: Optional[float]) -> None:
     """A checkpoint of the state and the data iterator's position; a stop signal arriving mid-write is held until
     the checkpoint is complete, then handled as usual."""
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        run.checkpoints.save(_unreplicate(jax.device_get(replicated)), run.loader.get_state(), val_loss)
+        run.checkpoints.save(state, run.loader.get_state(), val_loss)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
@@ -303,7 +296,7 @@ class _Throughput:
 def _log_steps(run: _Run, pending: list[dict[str, Any]], step: int, throughput: _Throughput) -> None:
     """Fetch the metrics of the steps since the last log (one transfer), stop on a non-finite loss, and write the
     last step's row and progress line."""
-    rows = [_unreplicate(m) for m in jax.device_get(pending)]
+    rows = jax.device_get(pending)
     pending.clear()
     tokens_per_sec, sec_per_step = throughput.read()
     last = rows[-1]
@@ -331,7 +324,7 @@ def _end_start_up(run: _Run, evaluation_programs: concurrent.futures.Future, tim
         run.progress.message(f"start-up: {phases.line()}")
 
 
-def _train_steps(run: _Run, replicated: TrainState, step: int, train_step: Any, eval_step: Any,
+def _train_steps(run: _Run, state: TrainState, step: int, train_step: Any,
                  evaluation_programs: concurrent.futures.Future, end_start_up: Callable[[int, Any], None]
                  ) -> tuple[TrainState, int, dict[str, Any]]:
     """Steps from `step` to train.steps, with logging, evaluation and checkpoints at their cadence; a stop signal
@@ -343,7 +336,7 @@ def _train_steps(run: _Run, replicated: TrainState, step: int, train_step: Any, 
     first = True
     with _StopSignal() as stop:
         while step < tc.steps:
-            replicated, step_metrics = train_step(replicated, _shard(next(run.loader), run.devices))
+            state, step_metrics = train_step(state, global_batch(next(run.loader), run.mesh))
             step += 1
             if first:
                 end_start_up(step, step_metrics)
@@ -357,20 +350,20 @@ def _train_steps(run: _Run, replicated: TrainState, step: int, train_step: Any, 
                 _log_steps(run, pending, step, throughput)
             val_loss = None
             if at_eval:
-                last_eval = _evaluate(run, eval_step, evaluation_programs.result(), replicated.params, step)
+                last_eval = _evaluate(run, evaluation_programs.result(), state.params, step)
                 val_loss = last_eval["val_loss"]
                 run.metrics.write({k: v for k, v in last_eval.items() if k != "sample"})
                 run.progress.message(f"step {step}: val_loss {val_loss:.4f}  val_ppl {last_eval['val_ppl']:.2f}  "
                                      f"({last_eval['eval_s']:.1f}s)"
                                      + (f"\n  sample: {last_eval['sample']!r}" if "sample" in last_eval else ""))
             if at_checkpoint:
-                _save(run, replicated, val_loss)
+                _save(run, state, val_loss)
             if at_eval or at_checkpoint:  # keep evaluation and saving out of the next tokens/s figure
                 throughput.restart()
             if stopping:
                 run.progress.message(f"stopped by signal {stop.received} at step {step}; checkpoint saved")
                 break
-    return replicated, step, last_eval
+    return state, step, last_eval
 
 
 def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: Optional[str] = None,
@@ -392,44 +385,38 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
     timing.mark("data preparation")
 
     seq_len = _sequence_length(cfg)
-    process_batch, _ = _per_device_batch(tc.batch_size, tc.grad_accum_steps)
-    devices = jax.local_device_count()
-    model = build_model(dataclasses.replace(cfg.model, dtype=tc.compute_dtype), remat=tc.remat)
-    tx = make_optimizer(tc)
-    train_step, eval_step = pmapped_steps(model, tx, tc.grad_accum_steps, tokenizer.pad_id, make_schedule(tc))
-    fresh_state = _fresh_state(cfg, model, tx, seq_len)
+    rows_per_device(tc.batch_size, tc.grad_accum_steps)  # the batch must split evenly: say so before any work
+    process_batch = tc.batch_size // jax.process_count()
+    steps = run_steps(cfg, tokenizer.pad_id, seq_len)
+    mesh = steps.mesh
     compiler = concurrent.futures.ThreadPoolExecutor(1)  # one thread: the train step, then the evaluation
-    train_program = compiler.submit(_compile_train_step, train_step, jax.eval_shape(fresh_state), process_batch,
-                                    seq_len, devices)
-    state = jax.jit(fresh_state)()
+    train_program = compiler.submit(_compile_train_step, steps.train_step, steps.state_shapes, mesh, tc.batch_size,
+                                    seq_len)
+    state = steps.fresh_state()
     timing.mark("model and optimizer init", state)
     loader = make_loader(dataset_dir, "train", process_batch, seq_len, tc.seed)
     timing.mark("data loader")
-    run = _Run(cfg, workdir, lead, devices, seq_len, model, tokenizer, loader, [],
+    run = _Run(cfg, workdir, lead, mesh, seq_len, steps.model, tokenizer, loader, [],
                Checkpoints(workdir, tc.keep_checkpoints), MetricsWriter(workdir, enabled=lead),
                Progress(tc.steps, enabled=lead, bar=not quiet))
-    state = _restore_or_start_from(run, state, tx, saved, init_from, extend_positions)
+    state = _restore_or_start_from(run, state, steps.tx, steps.placement, saved, init_from, extend_positions)
     timing.mark("checkpoint restore", state)
     run.metrics.drop_rows_after(int(state.step))  # rows of a killed run past its checkpoint (all, if none restored)
     run.evaluation = eval_batches(dataset_dir, process_batch, seq_len, tc.eval_batches)
     timing.mark("evaluation batches")
 
-    host = jax.device_get(state)
-    evaluation_programs = _compile_evaluation(run, compiler, eval_step, host.params)
+    evaluation_programs = _compile_evaluation(run, compiler, steps.eval_step, steps.state_shapes.params)
     compiler.shutdown(wait=False)
-    replicated = replicate(host, devices)
-    timing.mark("state to the host")
-    train_program.result()
+    train_step = train_program.result()
     timing.mark(STEP_COMPILE)
     step = int(state.step)
-    del state, host
     if lead and step == 0:
+        mesh_line = " x ".join(f"{name} {size}" for name, size in mesh.shape.items())
         run.progress.message(f"set up in {time.time() - t_start:.1f}s; training {tc.steps} steps of "
-                             f"{tc.batch_size}x{seq_len} tokens on {jax.process_count()} process(es) x {devices} "
-                             f"device(s)")
+                             f"{tc.batch_size}x{seq_len} tokens on a {mesh_line} mesh of {jax.device_count()} "
+                             f"device(s) in {jax.process_count()} process(es)")
     end_start_up = functools.partial(_end_start_up, run, evaluation_programs, timing, phases, t_start, time.time())
-    replicated, step, last_eval = _train_steps(run, replicated, step, train_step, eval_step, evaluation_programs,
-                                               end_start_up)
+    state, step, last_eval = _train_steps(run, state, step, train_step, evaluation_programs, end_start_up)
     run.checkpoints.close()
     run.metrics.close()
-    return RunResult(step, last_eval, _unreplicate(jax.device_get(replicated.params)))
+    return RunResult(step, last_eval, to_host(state.params))

@@ -9,6 +9,7 @@ import optax
 from optax.contrib import MuonDimensionNumbers, muon
 
 from mulm_jax.config import TrainConfig
+from mulm_jax.nn.blocks import STACKED
 
 
 def make_schedule(cfg: TrainConfig, peak: Optional[float] = None) -> optax.Schedule:
@@ -39,8 +40,8 @@ def make_schedule(cfg: TrainConfig, peak: Optional[float] = None) -> optax.Sched
 def decay_mask(params: Any) -> Any:
     """True for the weight matrices of dense layers; False for norms, biases and embeddings (token and position)."""
 
-    def is_matrix(path, leaf) -> bool:
-        return path[-1].key == "kernel" and leaf.ndim >= 2  # a Flax parameter's path: dictionary keys only
+    def is_matrix(path, leaf) -> bool:  # a Flax parameter's path: dictionary keys only
+        return path[-1].key == "kernel" and leaf.ndim - int(any(p.key == STACKED for p in path)) >= 2
 
     return jax.tree_util.tree_map_with_path(is_matrix, params)
 
@@ -52,14 +53,16 @@ _INPUT_AXES = {"out": (0, 1)}
 def muon_dimension_numbers(params: Any) -> Any:
     """Per parameter, how Muon sees it as a matrix (input axes x output axes), or None for AdamW: the kernels of
     the hidden layers (attention's [D, H, Dh] query and [H, Dh, D] output as D x H*Dh and H*Dh x D). Embeddings,
-    an untied head (all under "embedder"), norms and biases are left to AdamW, as modded-nanogpt does."""
+    an untied head (all under "embedder"), norms and biases are left to AdamW, as modded-nanogpt does. A scanned
+    stack's kernels (model.scan_layers: [layers, ...]) are one matrix per layer: the leading axis is a batch axis."""
 
     def dims(path, leaf) -> Optional[MuonDimensionNumbers]:
         keys = [p.key for p in path]
-        if keys[-1] != "kernel" or leaf.ndim < 2 or "embedder" in keys:
+        layer_axis = int(STACKED in keys)
+        if keys[-1] != "kernel" or leaf.ndim - layer_axis < 2 or "embedder" in keys:
             return None
-        inputs = _INPUT_AXES.get(keys[-2], (0,))
-        return MuonDimensionNumbers(inputs, tuple(range(len(inputs), leaf.ndim)))
+        inputs = tuple(layer_axis + i for i in _INPUT_AXES.get(keys[-2], (0,)))
+        return MuonDimensionNumbers(inputs, tuple(range(inputs[-1] + 1, leaf.ndim)))
 
     return jax.tree_util.tree_map_with_path(dims, params)
 

@@ -1,4 +1,4 @@
-"""The loss, and the train / eval steps: pure functions of (state, batch), pmapped over the local devices."""
+"""The loss, and the train / eval steps: one per-device program (shard_map) inside jit over the training mesh."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-AXIS = "devices"
+from mulm_jax.train.mesh import BATCH, DATA, FSDP, REPLICATED, param_specs, shardings
 
 
 @flax.struct.dataclass
@@ -49,36 +49,58 @@ def batch_sums(model: nn.Module, params: Any, batch: dict[str, jax.Array], pad_i
     return token_loss_sums(logits, batch["targets"][:, predicted], pad_id)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-               tx: optax.GradientTransformation, accum_steps: int, pad_id: Optional[int],
-               lr_schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on this device's share of the global batch, run inside pmap over AXIS.
+def _gather(x: jax.Array, spec: PartitionSpec) -> jax.Array:
+    """This device's part of a parameter split over fsdp, made whole (all-gathered along its split axis)."""
+    return x if FSDP not in spec else jax.lax.all_gather(x, FSDP, axis=spec.index(FSDP), tiled=True)
 
-    The per-device batch is cut into `accum_steps` micro-batches whose gradient sums are added up; gradient and
-    token sums are then averaged over all devices (lax.pmean), so the update is that of the mean loss over every
-    non-pad target of the global batch, whatever the device count or accumulation.
-    """
-    key = jax.random.wrap_key_data(state.rng)
-    rng = jax.random.fold_in(jax.random.fold_in(key, state.step), jax.lax.axis_index(AXIS))
+
+def _local_sums(params: Any, rng_data: jax.Array, step: jax.Array, batch: dict[str, jax.Array], *,
+                model: nn.Module, specs: Any, accum_steps: int, pad_id: Optional[int]
+                ) -> tuple[Any, dict[str, jax.Array]]:
+    """One device's program: the gradient of the summed loss over its rows of the batch (cut into `accum_steps`
+    micro-batches whose sums are added up), and the token sums, each summed over every device.
+
+    The gradient is taken with respect to this device's part of the parameters: shard_map's autodiff sums it over
+    the devices that share a part (the transpose of a replicated input's use, and of the all-gather), so no
+    collective is written here for it."""
+    key = jax.random.wrap_key_data(rng_data)
+    rng = jax.random.fold_in(jax.random.fold_in(key, step), jax.lax.axis_index((DATA, FSDP)))
 
     def accumulate(carry, inputs):
         i, mb = inputs
 
         def loss_sum(params):
-            sums = batch_sums(model, params, mb, pad_id, jax.random.fold_in(rng, i), deterministic=False)
+            sums = batch_sums(model, jax.tree.map(_gather, params, specs), mb, pad_id, jax.random.fold_in(rng, i), deterministic=False)
             return sums["loss_sum"], sums
 
-        (_, sums), grads = jax.value_and_grad(loss_sum, has_aux=True)(state.params)
+        (_, sums), grads = jax.value_and_grad(loss_sum, has_aux=True)(params)
         return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-    zero_grads = jax.tree.map(jnp.zeros_like, state.params)
-    zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct_sum", "count")}
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    # the token sums differ between devices (they are summed over them at the end), as scan's carry must say
+    zero_sums = {k: jax.lax.pcast(jnp.zeros((), jnp.float32), (DATA, FSDP), to="varying")
+                 for k in ("loss_sum", "correct_sum", "count")}
     if accum_steps == 1:  # no loop in the common case
         (grad_sum, sums), _ = accumulate((zero_grads, zero_sums), (0, batch))
     else:
         micro = jax.tree.map(lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch)
         (grad_sum, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_sums), (jnp.arange(accum_steps), micro))
-    grad_sum, sums = jax.lax.pmean((grad_sum, sums), AXIS)
+    return grad_sum, jax.lax.psum(sums, (DATA, FSDP))
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+               tx: optax.GradientTransformation, accum_steps: int, pad_id: Optional[int],
+               lr_schedule: optax.Schedule, mesh: Mesh) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on the global batch (its rows split over every device of `mesh`).
+
+    Each device takes the gradient of the summed loss over its rows (with parameters split over fsdp gathered
+    whole first); the sums over all devices give the gradient of the mean loss over every non-pad target of the
+    global batch, whatever the mesh or accumulation. The optimizer then updates each device's part of the state.
+    """
+    specs = param_specs(state.params, mesh)
+    local = functools.partial(_local_sums, model=model, specs=specs, accum_steps=accum_steps, pad_id=pad_id)
+    grad_sum, sums = jax.shard_map(local, mesh=mesh, in_specs=(specs, REPLICATED, REPLICATED, BATCH),
+                                   out_specs=(specs, REPLICATED))(state.params, state.rng, state.step, batch)
     count = jnp.maximum(sums["count"], 1.0)
     grads = jax.tree.map(lambda g: g / count, grad_sum)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -88,45 +110,34 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module, pad_id: Optional[int]
+def eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module, pad_id: Optional[int], mesh: Mesh
               ) -> dict[str, jax.Array]:
-    """Token sums over this device's share of an evaluation batch, summed over all devices."""
-    return jax.lax.psum(batch_sums(model, params, batch, pad_id), AXIS)
+    """Token sums over an evaluation batch (its rows split over every device of `mesh`)."""
+    specs = param_specs(params, mesh)
+
+    def local(params, batch):
+        return jax.lax.psum(batch_sums(model, jax.tree.map(_gather, params, specs), batch, pad_id), (DATA, FSDP))
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(specs, BATCH), out_specs=REPLICATED)(params, batch)
 
 
-def device_sharding(devices: int) -> jax.sharding.NamedSharding:
-    """Arrays split along their leading axis over the first `devices` local devices: where pmap puts its inputs
-    and outputs."""
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:devices]), (AXIS,))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+def state_placement(state: TrainState, mesh: Mesh) -> TrainState:
+    """Where each array of a train state (arrays or ShapeDtypeStructs) lives on `mesh`: the step and key on every
+    device, parameters and optimizer state by mesh.param_spec."""
+    return TrainState(step=NamedSharding(mesh, REPLICATED), rng=NamedSharding(mesh, REPLICATED),
+                      params=shardings(param_specs(state.params, mesh), mesh),
+                      opt_state=shardings(param_specs(state.opt_state, mesh), mesh))
 
 
-def replicate_on_host(tree: Any, devices: int) -> Any:
-    """One copy per local device along a new leading axis, as host (numpy) arrays: views, no copies."""
-    return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (devices, *np.shape(x))), tree)
-
-
-def replicated_like(tree: Any, devices: int) -> Any:
-    """The shapes, dtypes and placement of replicate(tree, devices) for a tree of arrays or ShapeDtypeStructs,
-    without the arrays: what a pmapped step is compiled ahead of time for (`.lower(...)`) so that its calls with
-    replicated device arrays find that program."""
-    sharding = device_sharding(devices)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((devices, *x.shape), x.dtype, sharding=sharding), tree)
-
-
-def replicate(tree: Any, devices: int) -> Any:
-    """One copy per local device along a new leading axis, placed on the devices as pmap takes it.
-
-    Placed, not left as numpy arrays: a pmapped step called first with host arrays and then with its own
-    (device) outputs compiles twice.
-    """
-    return jax.device_put(replicate_on_host(tree, devices), device_sharding(devices))
-
-
-def pmapped_steps(model: nn.Module, tx: optax.GradientTransformation, accum_steps: int, pad_id: Optional[int],
-                  lr_schedule: optax.Schedule) -> tuple[Any, Any]:
-    """(train_step, eval_step) pmapped over the local devices; the train state is donated."""
-    train = jax.pmap(functools.partial(train_step, model=model, tx=tx, accum_steps=accum_steps, pad_id=pad_id,
-                                       lr_schedule=lr_schedule), axis_name=AXIS, donate_argnums=(0,))
-    evaluate = jax.pmap(functools.partial(eval_step, model=model, pad_id=pad_id), axis_name=AXIS)
+def mesh_steps(model: nn.Module, tx: optax.GradientTransformation, accum_steps: int, pad_id: Optional[int],
+               lr_schedule: optax.Schedule, mesh: Mesh, placement: TrainState) -> tuple[Any, Any]:
+    """(train_step, eval_step) jitted over `mesh`, the state kept where `placement` puts it (and donated), the
+    metrics and sums on every device."""
+    everywhere = NamedSharding(mesh, REPLICATED)
+    batch = {"inputs": NamedSharding(mesh, BATCH), "targets": NamedSharding(mesh, BATCH)}
+    train = jax.jit(functools.partial(train_step, model=model, tx=tx, accum_steps=accum_steps, pad_id=pad_id,
+                                      lr_schedule=lr_schedule, mesh=mesh),
+                    in_shardings=(placement, batch), out_shardings=(placement, everywhere), donate_argnums=(0,))
+    evaluate = jax.jit(functools.partial(eval_step, model=model, pad_id=pad_id, mesh=mesh),
+                       in_shardings=(placement.params, batch), out_shardings=everywhere)
     return train, evaluate
