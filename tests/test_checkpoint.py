@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
 from pathlib import Path
 
 import jax
@@ -16,7 +18,8 @@ from mulm_jax.data.tokenizer import CharTokenizer
 from mulm_jax.infer import load_model
 from mulm_jax.infer.loading import InferenceError
 from mulm_jax.models import build_model
-from mulm_jax.train.checkpoint import Checkpoints
+from mulm_jax.train import checkpoint as checkpoint_module
+from mulm_jax.train.checkpoint import CheckpointError, Checkpoints
 from mulm_jax.train.step import TrainState
 
 
@@ -40,6 +43,63 @@ def test_the_newest_checkpoints_and_the_best_one_are_kept(tmp_path):
     assert checkpoints.steps() == [5, 6]
     checkpoints.close()
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [5, 6]
+
+
+def test_a_disk_without_room_for_the_checkpoint_is_refused_before_writing_with_the_sizes(tmp_path, monkeypatch):
+    checkpoints = save_steps(tmp_path, 5, {1: 2.0})
+    free = lambda path: shutil._ntuple_diskusage(100 * 2**20, 100 * 2**20 - 1000, 1000)  # noqa: E731
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", free)
+    big = state(2, {"w": np.zeros(1000, np.float32)})  # 4,000 bytes of parameters
+    with pytest.raises(CheckpointError, match=r"the checkpoint at step 2 could not be written to .*checkpoints: it "
+                                              r"needs about 0.0 MiB and 0.0 MiB are free. The earlier checkpoints "
+                                              r"\(steps \[1\]\) are kept; free some space and run the same command "
+                                              r"again to resume from step 1"):
+        checkpoints.save(big, {"position": 2})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+
+
+def test_a_write_that_fails_midway_is_one_error_and_its_unfinished_folder_is_removed(tmp_path, monkeypatch, capsys,
+                                                                                     caplog):
+    # As orbax fails on a full disk: a temporary step folder half written, the error logged and printed by each
+    # writing thread, then raised (seen on a 16 MB tmpfs).
+    checkpoints = save_steps(tmp_path, 5, {1: 2.0})
+
+    def full_disk(step, **kwargs):
+        unfinished = tmp_path / "checkpoints" / f"{step}.orbax-checkpoint-tmp-1234" / "state"
+        unfinished.mkdir(parents=True)
+        (unfinished / "part").write_bytes(b"\x00" * 100)
+        for _ in range(4):
+            logging.getLogger("absl").error("RESOURCE_EXHAUSTED: Error writing ... [os_error_code='28']")
+            print("Traceback (most recent call last):\nRuntimeError: Event loop is closed", file=sys.stderr)
+        raise ValueError("RESOURCE_EXHAUSTED: Error writing \"params.w\": Failed to write 4000 bytes to file 21: No "
+                         "space left on device [os_error_code='28']")
+
+    monkeypatch.setattr(checkpoints.manager, "save", full_disk)
+    capsys.readouterr()
+    with pytest.raises(CheckpointError) as raised:
+        checkpoints.save(state(2, {"w": np.zeros(3, np.float32)}), {"position": 2})
+    assert str(raised.value).startswith("the checkpoint at step 2 could not be written to ")
+    assert ": No space left on device; its unfinished folder was removed. The earlier checkpoints (steps [1])" in (
+        str(raised.value))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+    assert capsys.readouterr().err == "" and "RESOURCE_EXHAUSTED" not in caplog.text  # nothing but the error
+    restored, data = checkpoints.restore_latest(state(0, {"w": np.zeros(3, np.float32)}))
+    assert int(restored.step) == 1 and data == {"position": 1}
+
+
+def test_what_a_successful_save_prints_or_logs_is_not_lost(tmp_path, monkeypatch, capsys, caplog):
+    checkpoints = save_steps(tmp_path, 5, {1: 2.0})
+    save = checkpoints.manager.save
+
+    def noisy(*args, **kwargs):
+        logging.getLogger("absl").error("an error orbax logged but survived")
+        print("a line orbax printed", file=sys.stderr)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.manager, "save", noisy)
+    checkpoints.save(state(2, {"w": np.zeros(3, np.float32)}), {"position": 2})
+    assert checkpoints.steps() == [1, 2]
+    assert "a line orbax printed" in capsys.readouterr().err and "orbax logged but survived" in caplog.text
 
 
 def test_a_corrupt_newest_checkpoint_is_skipped_for_the_one_before_it(tmp_path, caplog):

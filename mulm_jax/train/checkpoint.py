@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
 import logging
+import re
+import shutil
+import sys
+import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policy
 
+from mulm_jax.errors import MulmError
 from mulm_jax.runs import checkpoint_manager
 from mulm_jax.train.step import TrainState
 
@@ -27,6 +35,57 @@ def _restore_target(x: Any) -> Any:
     if sharding is None:
         return np.zeros(x.shape, x.dtype)
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+
+class CheckpointError(MulmError):
+    """A checkpoint that could not be written (a full disk, ...); its unfinished folder is gone, the others kept."""
+
+
+def _state_bytes(state: TrainState) -> int:
+    return sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+
+
+def _reason(error: BaseException) -> str:
+    """The cause of a failed write in a few words: the OS's, when the message carries one."""
+    text = str(error)
+    os_error = re.search(r"(No space left on device|Permission denied|Read-only file system|Disk quota exceeded)",
+                         text)
+    if os_error:
+        return os_error.group(1)
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first if len(first) <= 200 else first[:197] + "..."
+
+
+@contextlib.contextmanager
+def _failures_held() -> Iterator[None]:
+    """While orbax writes: what it prints or logs at ERROR is held back, and given back if the save succeeds. When a
+    write fails, orbax logs it from every writing thread and its remaining writes end in tracebacks printed as they
+    finish, after its event loop has closed; the caller reports the failure once instead."""
+    held_records: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            held_records.append(record)
+            return False
+        return True
+
+    absl = logging.getLogger("absl")
+    absl.addFilter(hold)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            try:
+                yield
+            except BaseException:
+                time.sleep(0.5)  # the other writes fail and print in the meantime
+                gc.collect()  # their coroutines are collected now, not at exit
+                raise
+    finally:
+        absl.removeFilter(hold)
+    for record in held_records:  # a successful save: nothing held back is lost
+        absl.handle(record)
+    if printed.getvalue():
+        print(printed.getvalue(), end="", file=sys.stderr)
 
 
 class Checkpoints:
@@ -49,13 +108,34 @@ class Checkpoints:
         return sorted(self.manager.all_steps())
 
     def save(self, state: TrainState, data_state: dict, val_loss: Optional[float] = None) -> None:
+        """Write the checkpoint of `state` (and the data position); a CheckpointError if it cannot be written, before
+        writing anything when the disk plainly lacks the room, or once a write failed, its unfinished folder
+        removed."""
         step = int(jax.device_get(state.step))
-        if step in self.manager.all_steps():
+        kept = self.steps()
+        if step in kept:
             return
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(state)),
-                                                         data=ocp.args.JsonSave(data_state)),
-                          metrics=None if val_loss is None else {"val_loss": float(val_loss)}, force=True)
-        self.manager.wait_until_finished()
+        directory = Path(self.manager.directory)
+        needed, free = _state_bytes(state), shutil.disk_usage(directory).free
+        if free < needed:
+            raise self._error(step, kept, f"it needs about {needed / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are "
+                                          "free")
+        try:
+            with _failures_held():
+                self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(state)),
+                                                                 data=ocp.args.JsonSave(data_state)),
+                                  metrics=None if val_loss is None else {"val_loss": float(val_loss)}, force=True)
+                self.manager.wait_until_finished()
+        except Exception as e:
+            for unfinished in (directory / str(step), *directory.glob(f"{step}.orbax-checkpoint-tmp*")):
+                shutil.rmtree(unfinished, ignore_errors=True)
+            raise self._error(step, kept, _reason(e) + "; its unfinished folder was removed") from e
+
+    def _error(self, step: int, kept: list[int], why: str) -> CheckpointError:
+        resume = (f"run the same command again to resume from step {kept[-1]}" if kept
+                  else "run the same command again to start over")
+        return CheckpointError(f"the checkpoint at step {step} could not be written to {self.manager.directory}: "
+                               f"{why}. The earlier checkpoints (steps {kept}) are kept; free some space and {resume}")
 
     def restore_latest(self, like: TrainState) -> Optional[tuple[TrainState, dict]]:
         """The newest checkpoint that restores, as (state, data-iterator state); broken ones are skipped.
