@@ -25,13 +25,14 @@ from mulm_jax.infer.loading import LoadedModel
 from mulm_jax.inspect import Tracer
 from mulm_jax.models import build_model
 from mulm_jax.models.info import param_shapes
+from mulm_jax.models.layers import per_layer_config
 from mulm_jax.platform import configure_process
 
 
 def cache_memory(config_path: str, tokens: int, names: tuple[str, ...]) -> int:
     """Bytes of output and scratch memory of the compiled cached pass over `tokens` tokens (parameters abstract:
     nothing is initialised)."""
-    config = load_config(config_path)
+    config = per_layer_config(load_config(config_path))  # as load_model gives a run
     structs = param_shapes(config.model)
     tokenizer = CharTokenizer([chr(0x100 + i) for i in range(config.model.vocab_size)])
     tracer = Tracer(LoadedModel(build_model(config.model), structs, tokenizer, config, 0, None))

@@ -73,14 +73,17 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def random_model(config: Any, seed: int = 0) -> Any:
-    """A LoadedModel with randomly initialized weights and a tokenizer of one character per id."""
+    """A LoadedModel with randomly initialized weights (per layer, as a run loads) and a tokenizer of one character
+    per id."""
     import jax
 
     from mulm_jax.data.tokenizer import CharTokenizer
     from mulm_jax.infer.loading import LoadedModel
     from mulm_jax.models import build_model
     from mulm_jax.models.info import param_shapes
+    from mulm_jax.models.layers import per_layer_config
 
+    config = per_layer_config(config)
     model = build_model(config.model)
     rng = np.random.default_rng(seed)
     params = jax.tree.map(lambda s: (rng.standard_normal(s.shape, np.float32) * 0.02).astype(s.dtype),

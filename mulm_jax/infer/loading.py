@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,7 +16,7 @@ from mulm_jax.data.tokenizer import Tokenizer
 from mulm_jax.errors import MulmError
 from mulm_jax.models import build_model
 from mulm_jax.models.info import param_shapes
-from mulm_jax.models.layers import per_layer
+from mulm_jax.models.layers import per_layer, per_layer_config
 from mulm_jax.runs import checkpoint_manager
 
 
@@ -67,6 +67,6 @@ def load_model(run_dir: str | Path, step: Optional[int] = None) -> LoadedModel:
             item=target, restore_args=restore_args, partial_restore=True)))
     finally:
         manager.close()
-    config = replace(config, model=replace(config.model, scan_layers=False))
+    config = per_layer_config(config)
     return LoadedModel(model=build_model(config.model), params=per_layer(restored["state"]["params"]),
                        tokenizer=tokenizer, config=config, step=int(step), run_dir=run_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Callable, Mapping
 
@@ -9,9 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mulm_jax.config import Config
 from mulm_jax.nn.blocks import STACKED
 
 _LAYER = re.compile(r"layer_(\d+)")
+
+
+def per_layer_config(config: Config) -> Config:
+    """`config` as a model is run (generation, inspection, export): per layer, whichever layout it trains in."""
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, scan_layers=False))
 
 
 def per_layer(tree: Any) -> Any:
