@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Optional
 
-from mulm_jax.runs import read_metrics
+from mulm_jax.runs import read_config, read_metrics
 
 H200_BF16_TFLOPS = 989.0  # dense bfloat16 peak of an H100/H200 SXM, the vendor's datasheet
 
@@ -64,10 +64,8 @@ def train(args: list[str], peak_tflops: Optional[float]) -> dict:
     after the first, which holds the compilation), start-up, parameters, MFU (6 x parameters x tokens/s over
     `peak_tflops`), the peak device memory, and the start-up phases."""
     import train as train_cli
-    import yaml
 
     from mulm_jax import platform
-    from mulm_jax.config import config_from_dict
     from mulm_jax.models.info import describe
 
     err = io.StringIO()
@@ -76,7 +74,7 @@ def train(args: list[str], peak_tflops: Optional[float]) -> dict:
     if code != 0:
         return {"code": code}
     workdir = Path(args[args.index("--workdir") + 1])
-    cfg = config_from_dict(yaml.safe_load((workdir / "config.yaml").read_text()))
+    cfg = read_config(workdir)
     rows = read_metrics(workdir)
     speeds = [r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r][1:]
     startup = next((r for r in rows if "startup_s" in r), {})

@@ -34,7 +34,7 @@ from typing import Optional
 from bench.bench_train_e2e import run_nanogpt
 from bench.compare_val_loss import nanogpt_full_val, ours_full_val, split_tokens
 
-from mulm_jax.runs import read_metrics
+from mulm_jax.runs import checkpoint_steps, read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "shakespeare_char_speedrun.yaml"
@@ -94,7 +94,7 @@ def recipe_side(config: Path, folder: Path, overrides: list[str], curve: int) ->
 def score_recipe(folder: Path, run: dict, val, target: Optional[float]) -> dict:
     """The whole-split loss at each kept checkpoint; the time to `target`: the elapsed time at the first checkpoint
     at or below it, the whole wall time for the last step."""
-    kept = sorted(int(p.name) for p in (folder / "checkpoints").iterdir() if p.name.isdigit())
+    kept = checkpoint_steps(folder)
     losses = {step: ours_full_val(folder, val, step) for step in kept}
     final = losses[run["steps"]]
     reached = [s for s in sorted(losses) if target is not None and losses[s] <= target]

@@ -1,19 +1,62 @@
-"""The run folder's one owner: where its parts live (the config, the checkpoints, the metrics rows) and how they are
-opened, for training, inference, evaluation, inspection, the API, the benchmarks and the tests alike."""
+"""The run folder's one owner: where its parts live (the config, the tokenizer, the checkpoints, the metrics rows)
+and how they are written and opened, for training, inference, evaluation, inspection, the API, the benchmarks and
+the tests alike."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from mulm_jax.config import Config, ConfigError, dump_config, load_config
+from mulm_jax.errors import MulmError
+
 if TYPE_CHECKING:  # orbax is imported where a checkpoint is opened: reading metrics needs none of it
     import orbax.checkpoint as ocp
+
+    from mulm_jax.data.tokenizer import Tokenizer
 
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 ITEMS = ("state", "data")  # each checkpoint step: the train state (or the parameters alone) and the data position
+
+
+def config_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CONFIG
+
+
+def is_run(run_dir: str | Path) -> bool:
+    """Whether `run_dir` holds a run's config (a run folder, checkpointed or not yet)."""
+    return config_path(run_dir).is_file()
+
+
+def read_config(run_dir: str | Path) -> Config:
+    """The run's config; a MulmError naming the file when it is missing or not a valid config."""
+    path = config_path(run_dir)
+    if not path.is_file():
+        raise MulmError(f"{str(run_dir)!r} is not a run folder: expected {CONFIG} in it (the --workdir of train.py)")
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise MulmError(f"{path}: {e}") from None
+
+
+def write_run_files(run_dir: str | Path, config: Config, tokenizer: Tokenizer) -> None:
+    """The files that make a folder a run: its tokenizer and its config (written to a temporary file, then
+    renamed, so that a reader never sees half of it)."""
+    tokenizer.save(Path(run_dir))
+    path = config_path(run_dir)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dump_config(config))
+    os.replace(tmp, path)
+
+
+def checkpoint_steps(run_dir: str | Path) -> list[int]:
+    """The steps of the run's finished checkpoints, oldest first (none: [])."""
+    folder = Path(run_dir) / CHECKPOINTS
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
 
 
 def metrics_path(run_dir: str | Path) -> Path:

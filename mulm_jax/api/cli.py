@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mulm_jax.errors import MulmError
+from mulm_jax.runs import is_run
 
 # flag -> ServeConfig field, for flags whose value is that field.
 _FIELD_FLAGS = {
@@ -81,7 +82,7 @@ def check_settings(settings) -> None:
 
     for spec in settings.checkpoints:
         _, run_dir = parse_checkpoint(spec)
-        if not (Path(run_dir) / "config.yaml").is_file():
+        if not is_run(run_dir):
             raise MulmError(f"--checkpoint {spec!r}: {run_dir!r} is not a run folder (expected config.yaml in it; "
                              "the --workdir of train.py)")
     if settings.api_keys_file and not Path(settings.api_keys_file).is_file():

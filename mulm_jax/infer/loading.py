@@ -11,13 +11,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mulm_jax.config import Config, ConfigError, load_config
+from mulm_jax.config import Config
 from mulm_jax.data.tokenizer import Tokenizer
 from mulm_jax.errors import MulmError
 from mulm_jax.models import build_model
 from mulm_jax.models.info import param_shapes
 from mulm_jax.models.layers import per_layer, per_layer_config
-from mulm_jax.runs import checkpoint_manager
+from mulm_jax.runs import CHECKPOINTS, checkpoint_manager, is_run, read_config
 
 
 class InferenceError(MulmError):
@@ -42,14 +42,14 @@ def load_model(run_dir: str | Path, step: Optional[int] = None) -> LoadedModel:
     engine, inspection, evaluation and export see one layout.
     """
     run_dir = Path(run_dir)
-    config_path, ckpt_dir = run_dir / "config.yaml", run_dir / "checkpoints"
-    if not config_path.is_file() or not ckpt_dir.is_dir():
+    ckpt_dir = run_dir / CHECKPOINTS
+    if not is_run(run_dir) or not ckpt_dir.is_dir():
         raise InferenceError(f"{str(run_dir)!r} is not a run folder: expected config.yaml and checkpoints/ in it "
                              "(the --workdir of train.py)")
     try:
-        config = load_config(config_path)
-    except ConfigError as e:
-        raise InferenceError(f"{config_path}: {e}") from e
+        config = read_config(run_dir)
+    except MulmError as e:
+        raise InferenceError(str(e)) from e
     tokenizer = Tokenizer.load(run_dir)
     target = {"params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(config.model))}
     manager = checkpoint_manager(run_dir)

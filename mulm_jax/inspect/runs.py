@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from mulm_jax.config import Config, ConfigError, load_config
+from mulm_jax.config import Config
 from mulm_jax.errors import MulmError
 from mulm_jax.inspect.draw import plt, save_figure
 from mulm_jax.models.info import describe
-from mulm_jax.runs import metrics_path, read_metrics
+from mulm_jax.runs import is_run, metrics_path, read_config, read_metrics
 
 
 @dataclass(frozen=True)
@@ -25,13 +25,10 @@ class RunCurves:
 
 def read_run(run_dir: Path) -> RunCurves:
     """A run folder's config and metrics rows; a clear error when it is not a run folder or has no metrics."""
-    if not (run_dir / "config.yaml").is_file() or not metrics_path(run_dir).is_file():
+    if not is_run(run_dir) or not metrics_path(run_dir).is_file():
         raise MulmError(f"{str(run_dir)!r} is not a run folder with metrics: expected config.yaml and "
                          "metrics.jsonl in it (the --workdir of train.py)")
-    try:
-        config = load_config(run_dir / "config.yaml")
-    except ConfigError as e:
-        raise MulmError(f"{run_dir / 'config.yaml'}: {e}") from None
+    config = read_config(run_dir)
     rows = read_metrics(run_dir)
     return RunCurves(run_dir.name, config, [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r])
 

@@ -17,13 +17,13 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from mulm_jax.config import Config, ConfigError, ModelConfig, dump_config
+from mulm_jax.config import Config, ConfigError, ModelConfig
 from mulm_jax.infer.loading import load_model
 from mulm_jax.interop import gpt2, llama, phi3
 from mulm_jax.interop.mapping import InteropError
 from mulm_jax.interop.tokenizer import export_tokenizer, read_hf_tokenizer
 from mulm_jax.models.info import param_shapes
-from mulm_jax.runs import checkpoint_manager
+from mulm_jax.runs import checkpoint_manager, write_run_files
 
 FAMILIES: dict[str, ModuleType] = {gpt2.ARCHITECTURE: gpt2, **{a: llama for a in llama.ARCHITECTURES},
                                    phi3.ARCHITECTURE: phi3}
@@ -58,8 +58,7 @@ def from_hf(src: str | Path, out: str | Path, *, dtype: str = "float32", max_seq
                            f"vocab_size={cfg.vocab_size}")
     params = read_params(src, family, cfg)
     with _atomic_folder(out) as tmp:
-        tokenizer.save(tmp)
-        (tmp / "config.yaml").write_text(dump_config(Config(model=cfg)))
+        write_run_files(tmp, Config(model=cfg), tokenizer)
         (tmp / RECORD).write_text(json.dumps({"source": str(src.resolve()), "architecture": architecture}) + "\n")
         save_params(tmp, params)
     return out

@@ -24,6 +24,7 @@ from mulm_jax.config import Config, TrainConfig, config_from_dict, dump_config
 from mulm_jax.data import Tokenizer, eval_batches, make_loader, prepare_dataset
 from mulm_jax.errors import MulmError
 from mulm_jax.models import build_model
+from mulm_jax.runs import config_path, is_run, write_run_files
 from mulm_jax.startup import Phases
 from mulm_jax.train.checkpoint import Checkpoints
 from mulm_jax.train.init_from import RECORD, start_from
@@ -62,10 +63,9 @@ def check_run_config(workdir: Path, cfg: Config) -> Optional[Config]:
     A run folder belongs to one config: only RESUMABLE_CHANGES of its train section may change on resume; any
     other difference stops with that difference shown.
     """
-    path = workdir / "config.yaml"
-    if not path.exists():
+    if not is_run(workdir):
         return None
-    saved = config_from_dict(yaml.safe_load(path.read_text()))
+    saved = config_from_dict(yaml.safe_load(config_path(workdir).read_text()))
     cadence = {name: getattr(cfg.train, name) for name in RESUMABLE_CHANGES}
     same_cadence = dataclasses.replace(saved, train=dataclasses.replace(saved.train, **cadence))
     if any(getattr(same_cadence, part) != getattr(cfg, part) for part in ("model", "data", "train")):  # not `serve`
@@ -130,8 +130,7 @@ def _prepare_data(cfg: Config, workdir: Path, lead: bool) -> tuple[Path, Tokeniz
                             f"of {tokenizer.vocab_size} ({dataset_dir}); set model.vocab_size >= "
                             f"{tokenizer.vocab_size}")
     if lead:
-        tokenizer.save(workdir)
-        _write_text_atomically(workdir / "config.yaml", dump_config(cfg))
+        write_run_files(workdir, cfg, tokenizer)
     return dataset_dir, tokenizer
 
 
