@@ -11,25 +11,14 @@ the last.
 
 from __future__ import annotations
 
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from bench.harness import call_times, median_ms
 from mulm_jax.infer.layout import times_transposed
 from mulm_jax.platform import configure_process
-
-
-def median_ms(fn, *args, repeats: int = 31) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def stack(product):
@@ -57,7 +46,8 @@ def main() -> None:
         held = {False: (ups, downs), True: ([w.T.copy() for w in ups], [w.T.copy() for w in downs])}
         for batch in (1, 8):
             x = jnp.full((batch, d), 0.1)
-            times = {way: median_ms(fn, x, *held[out_in]) for way, (fn, out_in) in ways.items()}
+            times = {way: median_ms(call_times(lambda: fn(x, *held[out_in]), 31))
+                     for way, (fn, out_in) in ways.items()}
             first, last = times["x @ W[in,out]"], times["serving layout"]
             print(f"{name}: {layers} feed-forward layers {d}x{f}, batch {batch}: "
                   + ", ".join(f"{way} {ms:6.2f} ms" for way, ms in times.items()) + f" ({first / last:.2f}x)")

@@ -3,9 +3,9 @@
     .venv/bin/pip install -r bench/requirements.txt     # PyTorch, for the nanoGPT reference
     .venv/bin/python -m bench.bench_train_step [--check]
 
-Our step is one jitted optimizer step (forward, backward, clip_by_global_norm 1.0, AdamW with a warm-up + cosine
-schedule and weight decay on dense kernels only) with params and optimizer state donated, under the trainer's
-process settings (mulm_jax.platform.configure_process; --plain leaves them out). The reference is
+Our step is the trainer's own (mulm_jax.train.loop.run_steps: forward, backward, clip_by_global_norm 1.0, AdamW
+with a warm-up + cosine schedule and weight decay on dense kernels only, jitted over the train.mesh of this
+process's devices with the state donated), under the trainer's process settings (mulm_jax.platform.configure_process; --plain leaves them out). The reference is
 bench/reference_nanogpt.py in a process of its own, so that neither runtime's settings or threads touch the other;
 the two take turns round by round, and each figure is the median over all rounds. Prints compile time, forward,
 forward+backward and full-step medians, tokens/s and the ratio nanoGPT ms / our ms; with --check, exits 1 when
@@ -18,32 +18,16 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from bench.harness import call_times, median_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 MIN_RATIO = 1.25
-
-
-def median_ms(seconds: list[float]) -> float:
-    return statistics.median(seconds) * 1e3
-
-
-def time_calls(call: Callable[[], Any], count: int) -> list[float]:
-    """Wall seconds of each of `count` calls, each waited for; one untimed call first settles threads and caches."""
-    import jax
-
-    jax.block_until_ready(call())
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        jax.block_until_ready(call())
-        times.append(time.perf_counter() - start)
-    return times
 
 
 class Reference:
@@ -65,39 +49,30 @@ class Reference:
 
 
 def build(config_path: str) -> dict[str, Any]:
-    """Model, optimizer and jitted functions for the config's recipe, with random [B, T] int32 batches."""
+    """The run's own steps for the config's recipe, its state at step 0, and random [B, T] int32 global batches."""
     import jax
     import numpy as np
-    import optax
 
     from mulm_jax.config import load_config
-    from mulm_jax.models import build_model
+    from mulm_jax.train.loop import run_steps
+    from mulm_jax.train.mesh import global_batch
+    from mulm_jax.train.step import batch_sums
 
     cfg = load_config(config_path)
     tc = cfg.train
     B, T = tc.batch_size, tc.seq_len or cfg.model.max_seq_len
-    model = build_model(cfg.model)
+    steps = run_steps(cfg, None, T)
     rng = np.random.default_rng(tc.seed)
-    batches = [(rng.integers(0, cfg.model.vocab_size, (B, T), dtype=np.int32),
-                rng.integers(0, cfg.model.vocab_size, (B, T), dtype=np.int32)) for _ in range(8)]
-    params = model.init(jax.random.key(tc.seed), batches[0][0])["params"]
-    kernels = jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr)
-    tx = optax.chain(optax.clip_by_global_norm(tc.grad_clip),
-                     optax.adamw(schedule, b1=tc.beta1, b2=tc.beta2, weight_decay=tc.weight_decay, mask=kernels))
+    batches = [global_batch({"inputs": rng.integers(0, cfg.model.vocab_size, (B, T), dtype=np.int32),
+                             "targets": rng.integers(0, cfg.model.vocab_size, (B, T), dtype=np.int32)}, steps.mesh)
+               for _ in range(8)]
 
-    def loss_fn(params, inputs_BxT, targets_BxT):
-        logits_BxTxV = model.apply({"params": params}, inputs_BxT)
-        return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT).mean()
+    def loss_fn(params, batch):
+        sums = batch_sums(steps.model, params, batch, None)
+        return sums["loss_sum"] / sums["count"]
 
-    def train_step(params, opt_state, inputs_BxT, targets_BxT):
-        loss, grads = jax.value_and_grad(loss_fn)(params, inputs_BxT, targets_BxT)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return {"cfg": cfg, "tokens": B * T, "params": params, "opt_state": tx.init(params), "batches": batches,
-            "step": jax.jit(train_step, donate_argnums=(0, 1)), "forward": jax.jit(loss_fn),
-            "forward_backward": jax.jit(jax.value_and_grad(loss_fn))}
+    return {"cfg": cfg, "tokens": B * T, "state": steps.fresh_state(), "batches": batches, "step": steps.train_step,
+            "forward": jax.jit(loss_fn), "forward_backward": jax.jit(jax.value_and_grad(loss_fn))}
 
 
 def main() -> int:
@@ -123,21 +98,20 @@ def main() -> int:
 
     run = build(args.config)
     batches = run["batches"]
-    state = {"params": run["params"], "opt_state": run["opt_state"], "i": 0}
+    state = {"state": run["state"], "i": 0}
 
     def step():
-        inputs, targets = batches[state["i"] % len(batches)]
+        batch = batches[state["i"] % len(batches)]
         state["i"] += 1
-        state["params"], state["opt_state"], loss = run["step"](state["params"], state["opt_state"], inputs, targets)
-        return loss
+        state["state"], metrics = run["step"](state["state"], batch)
+        return metrics["loss"]
 
     compile_start = time.perf_counter()
     jax.block_until_ready(step())
     compile_s = time.perf_counter() - compile_start
     startup_s = time.perf_counter() - started
-    inputs, targets = batches[0]
-    forward = lambda: run["forward"](state["params"], inputs, targets)  # noqa: E731
-    forward_backward = lambda: run["forward_backward"](state["params"], inputs, targets)  # noqa: E731
+    forward = lambda: run["forward"](state["state"].params, batches[0])  # noqa: E731
+    forward_backward = lambda: run["forward_backward"](state["state"].params, batches[0])  # noqa: E731
 
     reference = None if args.no_reference else Reference()
     times: dict[str, list[float]] = {"forward": [], "forward_backward": [], "step": [], "nanogpt": []}
@@ -145,9 +119,9 @@ def main() -> int:
         for _ in range(args.rounds):
             if reference is not None:
                 times["nanogpt"] += reference.steps(args.steps)
-            times["step"] += time_calls(step, args.steps)
-            times["forward"] += time_calls(forward, args.steps)
-            times["forward_backward"] += time_calls(forward_backward, args.steps)
+            times["step"] += call_times(step, args.steps)
+            times["forward"] += call_times(forward, args.steps)
+            times["forward_backward"] += call_times(forward_backward, args.steps)
     finally:
         if reference is not None:
             reference.close()

@@ -5,14 +5,27 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """The median wall time of `repeats` calls of fn, in seconds."""
+def call_times(fn: Callable[[], Any], count: int) -> list[float]:
+    """Wall seconds of each of `count` calls of fn, each waited for (jax.block_until_ready on what it returns); one
+    untimed call first settles threads and caches."""
+    import jax
+
+    jax.block_until_ready(fn())
     times = []
-    for _ in range(repeats):
+    for _ in range(count):
         start = time.perf_counter()
-        fn()
+        jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_ms(seconds: list[float]) -> float:
+    return statistics.median(seconds) * 1e3
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> float:
+    """The median wall seconds of `repeats` calls of fn (each waited for, after one untimed call)."""
+    return statistics.median(call_times(fn, repeats))

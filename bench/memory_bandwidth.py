@@ -8,31 +8,23 @@ as a decode step reads its weights. A numpy copy shows less (it writes as much a
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from bench.harness import timed
 from mulm_jax.infer.cli import gemv_bandwidth_gb_s
 
 
-def _median_s(op: Callable[[], object], repeats: int) -> float:
-    """Median wall seconds of `repeats` calls of op, after one warm-up call."""
-    op()
-    return timed(op, repeats)
-
-
 def copy_bandwidth_gb_s(size_mb: int = 256, repeats: int = 9) -> float:
     """GB/s (bytes read + bytes written) of copying a size_mb float64 array into a preallocated one."""
     src = np.ones(size_mb * 2**20 // 8)
     dst = np.empty_like(src)
-    return 2 * src.nbytes / _median_s(lambda: np.copyto(dst, src), repeats) / 1e9
+    return 2 * src.nbytes / timed(lambda: np.copyto(dst, src), repeats) / 1e9
 
 
 def read_bandwidth_gb_s(size_mb: int = 256, repeats: int = 9) -> float:
     """GB/s (bytes read) of summing a size_mb float64 array."""
     src = np.ones(size_mb * 2**20 // 8)
-    return src.nbytes / _median_s(src.sum, repeats) / 1e9
+    return src.nbytes / timed(src.sum, repeats) / 1e9
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 
     MULM_DATA_MIRROR=../shared/data .venv/bin/python -m bench.profile_train_loop [--rounds 5] [--steps 50]
 
-Builds the trainer's own pieces for the config (build_model, make_optimizer, pmapped_steps, make_loader, the
+Builds the trainer's own pieces for the config (run_steps: model, optimizer, mesh and step; make_loader, the
 process settings train.py makes) and times loops of --steps steps, each variant once per round in turn, medians
 over rounds:
 
-  step, batch on the device   the pmapped step fed one batch already on the device: the floor for the loop
-  + batch from the host       a different numpy batch each step, copied in by the step's call
+  step, batch on the device   the step fed one global batch already on the devices: the floor for the loop
+  + batch from the host       a different numpy batch each step, made a global array (global_batch)
   + loader (1 thread)         next(loader) each step, as train.py reads it (grain, one prefetch thread)
   + loader (in this thread)   the same batches made in the main thread, between the step calls
   + metrics at log steps      + the loop's fetch of the pending metrics every log_every steps and its row
@@ -47,31 +47,25 @@ def main() -> int:
 
     from mulm_jax.config import load_config
     from mulm_jax.data import Tokenizer, make_loader, prepare_dataset
-    from mulm_jax.models import build_model
+    from mulm_jax.train.loop import run_steps
+    from mulm_jax.train.mesh import global_batch
     from mulm_jax.train.metrics import MetricsWriter
-    from mulm_jax.train.optimizer import make_optimizer, make_schedule
-    from mulm_jax.train.step import TrainState, pmapped_steps, replicate
 
     cfg = load_config(args.config)
     tc = cfg.train
     B, T = tc.batch_size, tc.seq_len or cfg.model.max_seq_len
-    devices = jax.local_device_count()
     dataset = prepare_dataset(cfg.data)
-    model = build_model(cfg.model)
-    tx = make_optimizer(tc)
-    params = jax.jit(model.init)(jax.random.key(tc.seed), np.zeros((1, T), np.int32))["params"]
-    state = TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
-                       rng=jax.random.key_data(jax.random.key(tc.seed)))
-    train_step, _ = pmapped_steps(model, tx, tc.grad_accum_steps, Tokenizer.load(dataset).pad_id, make_schedule(tc))
-    run = {"state": replicate(jax.device_get(state), devices)}
+    steps = run_steps(cfg, Tokenizer.load(dataset).pad_id, T)
+    train_step = steps.train_step
+    run = {"state": steps.fresh_state()}
 
-    def shard(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: v.reshape(devices, v.shape[0] // devices, *v.shape[1:]) for k, v in batch.items()}
+    def shard(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return global_batch(batch, steps.mesh)
 
     threaded = make_loader(dataset, "train", B, T, tc.seed)
     inline = make_loader(dataset, "train", B, T, tc.seed, num_threads=0)
-    host_batches = [shard(next(inline)) for _ in range(16)]
-    on_device = jax.device_put(host_batches[0])
+    host_batches = [next(inline) for _ in range(16)]
+    on_device = shard(host_batches[0])
     dispatch: list[float] = []
 
     def step(batch: Any) -> Any:
@@ -90,7 +84,7 @@ def main() -> int:
         def body(i: int) -> None:
             pending.append(step(shard(next(threaded))))
             if (i + 1) % every == 0:
-                rows = [jax.tree.map(lambda x: x[0], m) for m in jax.device_get(pending)]  # as the loop does
+                rows = jax.device_get(pending)  # as the loop does
                 pending.clear()
                 writer.write({"step": i, **{k: float(v) for k, v in rows[-1].items()}})
 
@@ -98,7 +92,7 @@ def main() -> int:
 
     variants: dict[str, Callable[[int], None]] = {
         "step, batch on the device": lambda i: step(on_device),
-        "+ batch from the host": lambda i: step(host_batches[i % len(host_batches)]),
+        "+ batch from the host": lambda i: step(shard(host_batches[i % len(host_batches)])),
         "+ loader (1 thread)": lambda i: step(shard(next(threaded))),
         "+ loader (in this thread)": lambda i: step(shard(next(inline))),
         f"+ metrics at log steps ({tc.log_every})": with_metrics(tc.log_every),
@@ -130,7 +124,7 @@ def main() -> int:
         loader_ms.append((time.perf_counter() - start) * 1e3)
 
     floor = statistics.median(ms["step, batch on the device"])
-    print(f"{args.config}: batch {B} x {T}, {devices} device(s); {args.rounds} rounds x {args.steps} steps, medians; "
+    print(f"{args.config}: batch {B} x {T}, {jax.device_count()} device(s); {args.rounds} rounds x {args.steps} steps, medians; "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"  {'':32s} {'wall':>7s}          {'':9s}            CPU ms/step: loop thread, process")
     for name, values in ms.items():
