@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from mulm_jax.config_schema import out_of_bounds
 from mulm_jax.errors import MulmError
 
 
@@ -20,13 +21,20 @@ class ConfigError(MulmError):
     """A configuration value that is unknown, of the wrong type, or describes an impossible model."""
 
 
-def setting(default: Any, help: str, *, alias: Optional[str] = None, **bounds: float) -> Any:
+def setting(default: Any, help: str, *, alias: Optional[str] = None, metavar: Optional[str] = None,
+            **bounds: float) -> Any:
     """A config field documented where it is declared: `help` is its command-line flag's and its API body field's
-    text, `alias` the name they use instead of the field's, `bounds` (ge, gt, le, lt) the range they accept (see
-    mulm_jax.config_schema)."""
+    text, `alias` the name they use instead of the field's, `metavar` the flag's value in --help (default: one from
+    the type), `bounds` (ge, gt, le, lt) the range they accept and validation checks (see mulm_jax.config_schema)."""
     if unknown := set(bounds) - {"ge", "gt", "le", "lt"}:
         raise TypeError(f"setting() takes the bounds ge, gt, le and lt, not {', '.join(sorted(unknown))}")
-    return field(default=default, metadata={"help": help, "alias": alias, "bounds": bounds})
+    return field(default=default, metadata={"help": help, "alias": alias, "metavar": metavar, "bounds": bounds})
+
+
+# The choices of DataConfig's Literal fields; the data modules that act on them take these types from here.
+InvalidUtf8 = Literal["replace", "reject"]
+SplitMode = Literal["none", "paragraphs", "headings"]
+DedupMode = Literal["none", "exact", "near"]
 
 
 @dataclass(frozen=True)
@@ -193,16 +201,16 @@ class DataConfig:
     text_field: str = setting("text", "the JSONL field holding the text")
     out_dir: str = setting("datasets", "the folder assembled versions are written to", alias="out")
     seq_len: Optional[int] = setting(None, "check that each split holds a window of seq_len + 1 tokens", ge=1)
-    invalid_utf8: Literal["replace", "reject"] = setting(
+    invalid_utf8: InvalidUtf8 = setting(
         "replace", "replace bad bytes with U+FFFD, or reject: fail naming the file and offset")
     fold_whitespace: bool = setting(False, "collapse runs of spaces, trim lines, keep at most one blank line in a row")
     min_doc_chars: int = setting(1, "documents shorter than this (after cleaning) are dropped", ge=1)
     max_doc_chars: Optional[int] = setting(None, "documents longer than this are dropped (unset: no limit)", ge=1)
-    split_documents: Optional[Literal["none", "paragraphs", "headings"]] = setting(
+    split_documents: Optional[SplitMode] = setting(
         None, "how sources' text is cut into documents: none (a file or JSONL record is one), blank-line paragraphs, "
               "or WikiText ` = Title = ` headings (unset: each named source's own scheme, wikitext2's headings, "
               "else none)")
-    dedup: Literal["none", "exact", "near"] = setting("near", "near: exact, then MinHash near-duplicates")
+    dedup: DedupMode = setting("near", "near: exact, then MinHash near-duplicates")
     near_dup_threshold: float = setting(
         0.8, "drop a document this similar to an earlier one (Jaccard, 5-word shingles)", gt=0.0, le=1.0)
 
@@ -270,24 +278,42 @@ class TrainConfig:
 class ServeConfig:
     """The HTTP API (serve.py): what it serves, where it may read and write, and its limits."""
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    checkpoints: tuple[str, ...] = ()  # run folders to serve, each RUN_DIR (model id: its folder name) or ID=RUN_DIR
-    slots: int = 8  # sequences decoded together per model
-    max_queue: int = 64  # requests waiting for a slot, per model, before 429
-    int8: bool = False  # weight-only int8 kernels
-    api_keys: tuple[str, ...] = ()  # when any is set, every route but the probes and the web lab's files needs one
-    api_keys_file: Optional[str] = None  # one key per line (blank lines and # comments skipped)
-    requests_per_minute: int = 0  # per API key (or per client address without keys); 0: no limit
-    tokens_per_minute: int = 0  # generated tokens per API key per minute; 0: no limit
-    max_body_bytes: int = 1_000_000  # larger request bodies are refused with 413
-    inspect_max_tokens: int = 512  # longest prompt POST /v1/inspect traces (its answer grows with the square)
-    state_dir: str = "state"  # SQLite records of jobs and data sets, job logs
-    runs_root: str = "runs"  # training jobs write their run folders here; models are loaded only from here
-    datasets_dir: str = "datasets"  # data set jobs write versions here; training reads them from here
-    data_roots: tuple[str, ...] = ("data",)  # folders whose files data set jobs may read (named sources always)
-    configs_dir: str = "configs"  # training jobs name their config as a file in here
-    extra_routes: tuple[str, ...] = ()  # modules with `routes(ctx)`, added to the app (see README)
+    checkpoints: tuple[str, ...] = setting(
+        (), "a run folder to serve; the model id is ID or the folder's name", alias="checkpoint",
+        metavar="[ID=]RUN_DIR")
+    host: str = setting("127.0.0.1", "address to bind; 127.0.0.1: this machine only, 0.0.0.0: every interface")
+    port: int = setting(8000, "port to bind; 0: a free port, named in the line printed at start", metavar="PORT",
+                        ge=0, le=65535)
+    api_keys: tuple[str, ...] = setting(
+        (), "accept this key; when any is set, every route but the probes and the web lab's files needs one",
+        alias="api_key", metavar="KEY")
+    api_keys_file: Optional[str] = setting(
+        None, "accept the keys in this file, one per line (blank lines and # comments skipped)", metavar="PATH")
+    slots: int = setting(8, "sequences decoded together per model", ge=1)
+    max_queue: int = setting(64, "requests waiting for a slot, per model, before 429", ge=0)
+    int8: bool = setting(False, "serve with weight-only int8 kernels")
+    state_dir: str = setting("state", "SQLite records of jobs and data sets, job logs", metavar="DIR")
+    requests_per_minute: int = setting(
+        0, "requests per API key (or per client address without keys) per minute; 0: no limit", ge=0)
+    tokens_per_minute: int = setting(0, "generated tokens per API key per minute; 0: no limit", ge=0)
+    max_body_bytes: int = setting(1_000_000, "larger request bodies are refused with 413", ge=1)
+    inspect_max_tokens: int = setting(
+        512, "longest prompt POST /v1/inspect traces; its answer grows with the square", ge=1)
+    runs_root: str = setting(
+        "runs", "training jobs write run folders here; POST /v1/models loads only from here", metavar="DIR")
+    datasets_dir: str = setting(
+        "datasets", "data set jobs write versions here; training jobs read them from here", metavar="DIR")
+    data_roots: tuple[str, ...] = setting(
+        ("data",), "a folder whose files data set jobs may read (named sources always)", alias="data_root",
+        metavar="DIR")
+    configs_dir: str = setting("configs", "training jobs name their config as a file in here", metavar="DIR")
+    extra_routes: tuple[str, ...] = setting(
+        (), "a module with routes(ctx) to add to the app (see docs/api.md)", metavar="MODULE")
+
+    def validate(self) -> None:
+        """Raise ConfigError for a value outside its declared range."""
+        if problem := out_of_bounds(self):
+            raise ConfigError(f"serve.{problem}")
 
 
 @dataclass(frozen=True)
@@ -300,6 +326,7 @@ class Config:
     def validate(self) -> None:
         self.model.validate()
         self.train.validate()
+        self.serve.validate()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts and lists, as YAML or JSON would hold them."""

@@ -1,10 +1,12 @@
-"""The config dataclasses as command-line flags (and, through mulm_jax.api.schemas, as request bodies): each field's
-type, default, help text and bounds are declared once, with `config.setting`, and read here."""
+"""The config dataclasses as command-line flags (and, through mulm_jax.api.schemas, as request bodies) and their
+range checks: each field's type, default, help text and bounds are declared once, with `config.setting`, and read
+here."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import operator
 import types
 import typing
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ class Option:
     default: Any
     help: str
     bounds: dict[str, float]  # ge, gt, le, lt: the range of the value (of each item, for a tuple field)
+    metavar: str | None  # the flag's value in --help; None: N, X or the public name, by type
 
 
 def options(cls: type, exclude: Iterable[str] = ()) -> list[Option]:
@@ -46,8 +49,36 @@ def options(cls: type, exclude: Iterable[str] = ()) -> list[Option]:
         if tp not in (bool, int, float, str) and typing.get_origin(tp) is not Literal:
             raise TypeError(f"{where}: no flag or body field carries a {tp!r}; exclude it")
         found.append(Option(f.name, f.metadata["alias"] or f.name, tp, many, optional, f.default, f.metadata["help"],
-                            f.metadata["bounds"]))
+                            f.metadata["bounds"], f.metadata["metavar"]))
     return found
+
+
+_TESTS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
+
+
+def within(value: float, bounds: dict[str, float]) -> bool:
+    """Whether `value` lies in the range `bounds` (ge, gt, le, lt) describe."""
+    return all(_TESTS[op][1](value, bound) for op, bound in bounds.items())
+
+
+def range_text(bounds: dict[str, float]) -> str:
+    """The range `bounds` (ge, gt, le, lt) describe, in words: `in [0, 1)`, `in (0, 1]`, `>= 1`."""
+    low = next((op for op in ("ge", "gt") if op in bounds), None)
+    high = next((op for op in ("le", "lt") if op in bounds), None)
+    if low and high:
+        return f"in {'[' if low == 'ge' else '('}{bounds[low]:g}, {bounds[high]:g}{']' if high == 'le' else ')'}"
+    return f"{_TESTS[low or high][0]} {bounds[low or high]:g}"
+
+
+def out_of_bounds(config: Any) -> str | None:
+    """`field=VALUE must be ...` for the first field of `config` (declared with config.setting) whose value, or one
+    of whose values, is outside its bounds; None when all are inside."""
+    for f in dataclasses.fields(config):
+        bounds, value = f.metadata.get("bounds"), getattr(config, f.name)
+        values = value if isinstance(value, tuple) else () if value is None else (value,)
+        if bounds and not all(within(v, bounds) for v in values):
+            return f"{f.name}={value} must be {range_text(bounds)}"
+    return None
 
 
 def _without_none(tp: Any) -> tuple[Any, bool]:
@@ -69,7 +100,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, exclude: Iterable[str]
         elif typing.get_origin(option.type) is Literal:
             kwargs["choices"] = typing.get_args(option.type)
         else:
-            kwargs.update(type=option.type, metavar={int: "N", float: "X"}.get(option.type, option.public.upper()))
+            kwargs.update(type=option.type,
+                          metavar=option.metavar or {int: "N", float: "X"}.get(option.type, option.public.upper()))
         if option.many:
             kwargs["action"] = "append"
         parser.add_argument("--" + option.public.replace("_", "-"), **kwargs)
@@ -79,7 +111,10 @@ def _flag_help(option: Option) -> str:
     text = option.help.replace("%", "%%") + ("; repeatable" if option.many else "")
     if isinstance(option.default, bool):
         return f"{text} (default {'on' if option.default else 'off'})"
-    return text if option.default in (None, ()) else f"{text} (default {option.default})"
+    if option.default in (None, ()):
+        return text
+    shown = ", ".join(map(str, option.default)) if option.many else option.default
+    return f"{text} (default {str(shown).replace('%', '%%')})"
 
 
 def flag_values(args: argparse.Namespace, cls: type, exclude: Iterable[str] = ()) -> dict[str, Any]:

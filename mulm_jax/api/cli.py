@@ -18,68 +18,37 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from mulm_jax.config import ServeConfig, add_config_arguments, load_config
+from mulm_jax.config_schema import add_flags, flag_values
 from mulm_jax.errors import MulmError
 from mulm_jax.runs import is_run
 
-# flag -> ServeConfig field, for flags whose value is that field.
-_FIELD_FLAGS = {
-    "host": "host", "port": "port", "slots": "slots", "max_queue": "max_queue", "state_dir": "state_dir",
-    "api_keys_file": "api_keys_file", "requests_per_minute": "requests_per_minute",
-    "tokens_per_minute": "tokens_per_minute", "max_body_bytes": "max_body_bytes", "runs_root": "runs_root",
-    "datasets_dir": "datasets_dir", "configs_dir": "configs_dir", "inspect_max_tokens": "inspect_max_tokens",
-}
-_LIST_FLAGS = {"checkpoint": "checkpoints", "api_key": "api_keys", "data_root": "data_roots",
-               "extra_routes": "extra_routes"}
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from mulm_jax.config import add_config_arguments
+    """--config / --set, the start-up flags, a flag per ServeConfig field (config_schema) and the logging flags."""
     from mulm_jax.startup import add_startup_arguments
 
     add_config_arguments(p)
     add_startup_arguments(p)
-    p.add_argument("--checkpoint", action="append", metavar="[ID=]RUN_DIR",
-                   help="a run folder to serve (repeatable); the model id is ID or the folder's name")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, help="default 8000; 0: a free port, named in the line printed at start")
-    p.add_argument("--api-key", action="append", metavar="KEY", help="accept this key (repeatable)")
-    p.add_argument("--api-keys-file", metavar="PATH", help="accept the keys in this file, one per line")
-    p.add_argument("--slots", type=int, help="sequences decoded together per model (default 8)")
-    p.add_argument("--max-queue", type=int, help="requests waiting per model before 429 (default 64)")
-    p.add_argument("--int8", action="store_true", default=None, help="serve with int8 weights")
-    p.add_argument("--state-dir", metavar="DIR", help="SQLite records of jobs and logs (default state)")
-    p.add_argument("--requests-per-minute", type=int, metavar="N", help="per key; 0: no limit (default)")
-    p.add_argument("--tokens-per-minute", type=int, metavar="N", help="generated, per key; 0: no limit (default)")
-    p.add_argument("--max-body-bytes", type=int, metavar="N", help="larger request bodies get 413")
-    p.add_argument("--inspect-max-tokens", type=int, metavar="N", help="longest prompt POST /v1/inspect traces "
-                                                                       "(default 512)")
-    p.add_argument("--runs-root", metavar="DIR", help="training jobs write here; POST /v1/models loads from here")
-    p.add_argument("--datasets-dir", metavar="DIR", help="data set jobs write versions here")
-    p.add_argument("--data-root", action="append", metavar="DIR", help="a folder data set jobs may read")
-    p.add_argument("--configs-dir", metavar="DIR", help="configs training jobs may name")
-    p.add_argument("--extra-routes", action="append", metavar="MODULE", help="a module with routes(ctx) to add")
+    add_flags(p, ServeConfig)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--verbose", action="store_true", help="print the wall time of each start-up phase (each "
                                                           "model's load and warm-up are logged at info level)")
 
 
-def settings_from_args(args: argparse.Namespace):
-    from mulm_jax.config import load_config
-
-    base = load_config(args.config, args.overrides).serve
-    given = {field: getattr(args, flag) for flag, field in _FIELD_FLAGS.items() if getattr(args, flag) is not None}
-    given.update({field: tuple(getattr(args, flag)) for flag, field in _LIST_FLAGS.items() if getattr(args, flag)})
-    if args.int8 is not None:
-        given["int8"] = args.int8
+def settings_from_args(args: argparse.Namespace) -> ServeConfig:
+    """The `serve` section of --config / --set, the flags given on top, then the keys of $MULM_API_KEYS added."""
+    settings = dataclasses.replace(load_config(args.config, args.overrides).serve, **flag_values(args, ServeConfig))
     env_keys = tuple(k.strip() for k in os.environ.get("MULM_API_KEYS", "").split(",") if k.strip())
-    settings = dataclasses.replace(base, **given)
     return dataclasses.replace(settings, api_keys=settings.api_keys + env_keys)
 
 
-def check_settings(settings) -> None:
-    """Fail before binding the port on what would only fail later: missing run folders or keys file."""
+def check_settings(settings: ServeConfig) -> None:
+    """Fail before binding the port on what would only fail later: a value out of its range (a flag's, which
+    load_config has not seen), missing run folders or keys file."""
     from mulm_jax.api.registry import parse_checkpoint
 
+    settings.validate()
     for spec in settings.checkpoints:
         _, run_dir = parse_checkpoint(spec)
         if not is_run(run_dir):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mulm_jax.config import DataConfig
+from mulm_jax.config_schema import out_of_bounds
 from mulm_jax.data.clean import CleanOptions, clean_documents, split_documents
 from mulm_jax.data import passkey
 from mulm_jax.data.dedup import dedup
@@ -168,24 +169,16 @@ def check_settings(cfg: DataConfig) -> None:
     """Refuse settings that cannot work together (DataError naming them), before any source is read."""
     if not cfg.sources:
         raise DataError("no sources: give at least one --source (a named source, file, folder or glob)")
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise DataError(f"val_fraction={cfg.val_fraction} must be in [0, 1)")
-    if cfg.min_doc_chars < 1:
-        raise DataError(f"min_doc_chars={cfg.min_doc_chars} must be at least 1")
+    if problem := out_of_bounds(cfg):  # the ranges DataConfig declares
+        raise DataError(problem)
     if cfg.max_doc_chars is not None and cfg.max_doc_chars < cfg.min_doc_chars:
         raise DataError(f"max_doc_chars={cfg.max_doc_chars} is below min_doc_chars={cfg.min_doc_chars}")
-    if not 0.0 < cfg.near_dup_threshold <= 1.0:
-        raise DataError(f"near_dup_threshold={cfg.near_dup_threshold} must be in (0, 1]")
-    if cfg.seq_len is not None and cfg.seq_len < 1:
-        raise DataError(f"seq_len={cfg.seq_len} must be a positive integer")
     trained_sp = cfg.tokenizer in ("bpe", "unigram")
     if trained_sp and cfg.vocab_size is None:
         raise DataError(f"tokenizer {cfg.tokenizer!r} needs vocab_size (--vocab-size)")
     if not trained_sp and cfg.vocab_size is not None:
         raise DataError(f"vocab_size={cfg.vocab_size} applies only to the bpe and unigram tokenizers, "
                         f"not to {cfg.tokenizer!r}, whose vocabulary is fixed by its data or model")
-    if trained_sp and cfg.vocab_size < 1:
-        raise DataError(f"vocab_size={cfg.vocab_size} must be a positive integer")
 
 
 def _given_tokenizer(cfg: DataConfig) -> Tokenizer | None:

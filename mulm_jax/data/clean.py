@@ -7,9 +7,9 @@ import typing
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
 
-SplitMode = Literal["none", "paragraphs", "headings"]
+from mulm_jax.config import SplitMode
+
 SPLIT_MODES: tuple[str, ...] = typing.get_args(SplitMode)
 
 # C0 / C1 control characters other than tab and newline, and lone surrogates (invalid in any encoding).
@@ -28,7 +28,7 @@ class CleanOptions:
     max_chars: int | None = None
 
 
-def split_documents(text: str, mode: str) -> list[str]:
+def split_documents(text: str, mode: SplitMode) -> list[str]:
     """Cut one long text into documents: `none` (keep whole), blank-line `paragraphs`, or WikiText ` = Title = `
     `headings`; pieces that are only whitespace are dropped."""
     if mode == "none":

@@ -6,11 +6,10 @@ import functools
 import hashlib
 import zlib
 from collections import Counter
-from typing import Literal
 
 import numpy as np
 
-DedupMode = Literal["none", "exact", "near"]
+from mulm_jax.config import DedupMode
 
 NUM_PERM = 128
 SHINGLE_WORDS = 5

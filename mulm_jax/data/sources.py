@@ -11,12 +11,12 @@ import shutil
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
+from mulm_jax.config import InvalidUtf8
 from mulm_jax.data import passkey
 from mulm_jax.data.errors import DataError
 
-InvalidUtf8 = Literal["replace", "reject"]
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".jsonl")  # read from folders, each optionally followed by .gz
 _REPLACEMENT_UTF8 = "\ufffd".encode()
 
