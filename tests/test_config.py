@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -10,8 +11,8 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
-from mulm_jax.config import (ConfigError, DataConfig, RopeScaling, config_from_dict, dump_config, load_config,
-                             setting)
+from mulm_jax.config import (ConfigError, DataConfig, RopeScaling, ServeConfig, config_from_dict, dump_config,
+                             load_config, setting)
 from mulm_jax.config_schema import options
 from mulm_jax.data.assemble import check_settings
 from mulm_jax.data.errors import DataError
@@ -127,14 +128,41 @@ def test_flags_and_bodies_are_made_only_of_documented_plain_fields():
         setting(1, "a number", gte=0)
 
 
-def test_the_data_bounds_declared_are_those_assembly_checks():
-    """DataConfig's bounds (the API body's, in /openapi.json) agree with check_settings at each edge."""
+def edges(option) -> tuple[list, list]:
+    """The values just inside each of `option`'s bounds, and those just past them."""
+    step = 1 if option.type is int else 0.01
+    inside = [{"ge": b, "le": b, "gt": b + step, "lt": b - step}[op] for op, b in option.bounds.items()]
+    outside = [{"ge": b - step, "le": b + step, "gt": b, "lt": b}[op] for op, b in option.bounds.items()]
+    return inside, outside
+
+
+def test_data_assembly_refuses_a_value_past_its_declared_bounds_naming_the_field_and_value():
+    """check_settings checks the bounds DataConfig declares (the API body's too, in /openapi.json), and only them."""
     base = DataConfig(sources=("x",), tokenizer="bpe", vocab_size=100)
     for option in options(DataConfig):
-        step = 1 if option.type is int else 0.01
-        for op, bound in option.bounds.items():
-            inside = {"ge": bound, "le": bound, "gt": bound + step, "lt": bound - step}[op]
-            outside = {"ge": bound - step, "le": bound + step, "gt": bound, "lt": bound}[op]
-            check_settings(dataclasses.replace(base, **{option.name: inside}))
-            with pytest.raises(DataError, match=option.name):
-                check_settings(dataclasses.replace(base, **{option.name: outside}))
+        inside, outside = edges(option)
+        for value in inside:
+            check_settings(dataclasses.replace(base, **{option.name: value}))
+        for value in outside:
+            with pytest.raises(DataError, match=rf"^{option.name}={re.escape(str(value))} must be "):
+                check_settings(dataclasses.replace(base, **{option.name: value}))
+
+
+def test_a_serve_setting_past_its_declared_bounds_is_refused_naming_the_key_and_value():
+    bounded = [option for option in options(ServeConfig) if option.bounds]
+    assert bounded
+    for option in bounded:
+        inside, outside = edges(option)
+        for value in inside:
+            assert getattr(load_config(None, [f"serve.{option.name}={value}"]).serve, option.name) == value
+        for value in outside:
+            with pytest.raises(ConfigError, match=rf"^serve\.{option.name}={re.escape(str(value))} must be "):
+                load_config(None, [f"serve.{option.name}={value}"])
+
+
+def test_the_config_imports_neither_jax_nor_the_data_modules_whose_choices_it_declares():
+    """DataConfig's Literal choices are declared in mulm_jax.config and taken from there by the data modules; reading
+    a config (serve.py --help, --config) stays light."""
+    script = "import sys, mulm_jax.config; print(sorted(m for m in sys.modules if m.startswith(('jax', 'mulm_jax.'))))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout == "['mulm_jax.config', 'mulm_jax.config_schema', 'mulm_jax.errors']\n", done.stderr
