@@ -5,7 +5,7 @@ counts) lives on the device and is donated through each step, so the caches are 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -14,6 +14,7 @@ import numpy as np
 from jax import lax
 
 from mulm_jax import platform
+from mulm_jax.infer.buckets import CompiledPerBucket
 from mulm_jax.infer.layout import serving_layout
 from mulm_jax.infer.sampling import SamplingArrays, apply_penalties, choose_tokens, mask_vocab, token_logprobs
 from mulm_jax.models import LanguageModel
@@ -40,23 +41,6 @@ class StepOutput:
     top_logprobs_BxN: jax.Array
 
 
-def prompt_buckets(max_len: int, smallest: int = 16) -> tuple[int, ...]:
-    """Padded prompt lengths: powers of two from `smallest` up to the context, and the context itself."""
-    sizes, n = [], min(smallest, max_len)
-    while n < max_len:
-        sizes.append(n)
-        n *= 2
-    return tuple(sizes) + (max_len,)
-
-
-def padded_to_bucket(ids: Sequence[int], buckets: Sequence[int], bucket: Optional[int] = None) -> np.ndarray:
-    """Token ids as int32 [1, L], zero-padded to the smallest of `buckets` that holds them (at least one position),
-    or to `bucket`: a few compiled shapes serve every length."""
-    ids_1xL = np.zeros((1, bucket or next(n for n in buckets if n >= max(len(ids), 1))), np.int32)
-    ids_1xL[0, :len(ids)] = ids
-    return ids_1xL
-
-
 class SlotSteps:
     """prefill and decode for `model` over `slots` sequences of up to `max_len` positions.
 
@@ -64,8 +48,8 @@ class SlotSteps:
     and the `num_logprobs` most likely alternatives. `unpack_params` maps the params as stored (int8 weights,
     say) to the params the model takes, inside the compiled steps; with `weight_first` these hold their dense
     kernels in the serving layout (infer.layout), which the steps are then traced under. The steps are compiled
-    with the backend's options (platform.compiler_options). `traces` counts compilations (one per prompt
-    bucket for prefill, one for decode).
+    with the backend's options (platform.compiler_options) over the prompt buckets of `compiled`, whose
+    `compilations` counts them: one per prompt bucket for prefill, one for decode.
     """
 
     def __init__(self, model: LanguageModel, slots: int, max_len: int, num_logprobs: int = 5,
@@ -79,10 +63,10 @@ class SlotSteps:
         self.window = model.cache_window()
         self.unbounded = self.window is not None and self.cfg.positional not in TABLES
         self.position_limit = 2**31 - 1 if self.unbounded else max_len
-        self.traces = 0
+        self.compiled = CompiledPerBucket(max_len)
         options = platform.compiler_options()
-        compile_ = lambda step: jax.jit(serving_layout()(step) if weight_first else step,  # noqa: E731
-                                        donate_argnums=(1,), compiler_options=options)
+        compile_ = lambda step: self.compiled.jit(serving_layout()(step) if weight_first else step,  # noqa: E731
+                                                  donate_argnums=(1,), compiler_options=options)
         self.prefill, self.decode = compile_(self._prefill), compile_(self._decode)
 
     def init_state(self) -> SlotState:
@@ -113,7 +97,6 @@ class SlotSteps:
                  ) -> tuple[SlotState, StepOutput]:
         """Run a prompt (ids_1xL, `length` real tokens then padding, and the `source` arrays of an encoder-decoder:
         the model's `prompt_arrays`) into `slot`; choose its first new token."""
-        self.traces += 1
         cfg, L = self.cfg, ids_1xL.shape[1]
         dtype = jnp.dtype(cfg.dtype)
         fresh = tuple(KVCache.zeros(1, L, cfg.kv_heads, cfg.head_dim, dtype) for _ in range(cfg.decoder_layers))
@@ -147,7 +130,6 @@ class SlotSteps:
         past the cache would be written nowhere, and a learned position table would give NaN there, which
         the slot's next request would then read through its masked cache entries (0 * NaN).
         """
-        self.traces += 1
         variables = {"params": self.unpack_params(params)}
         # Inactive slots compute at position 0: they then read no cache (see nn.attention.cached_attention),
         # and what they write to their slot 0 the next prefill into that slot overwrites.

@@ -6,14 +6,12 @@ Inputs are padded to the same power-of-two buckets as prompts, so a few shapes s
 
 from __future__ import annotations
 
-import threading
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mulm_jax.infer.decoding import padded_to_bucket, prompt_buckets
+from mulm_jax.infer.buckets import CompiledPerBucket
 from mulm_jax.infer.loading import InferenceError, LoadedModel
 
 
@@ -21,9 +19,8 @@ class MeanPooledEmbeddings:
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
         self.context = loaded.config.model.max_seq_len
-        self.buckets = prompt_buckets(self.context)
+        self.compiled = CompiledPerBucket(self.context)  # called from the server's threads
         self.dim = loaded.config.model.d_model
-        self._lock = threading.Lock()
         model = loaded.model
 
         def pooled(params, ids_1xL, valid_1xL):
@@ -32,14 +29,13 @@ class MeanPooledEmbeddings:
             total_1xD = jnp.einsum("bl,bld->bd", weights_1xL, hidden_1xLxD.astype(jnp.float32))
             return total_1xD[0] / weights_1xL.sum()
 
-        self._pooled = jax.jit(pooled)
+        self._pooled = self.compiled.jit(pooled)
 
     def embed(self, ids: Sequence[int]) -> np.ndarray:
         """[D] float32 embedding of one token sequence (1 to `context` tokens)."""
         if not 1 <= len(ids) <= self.context:
             raise InferenceError(f"the input has {len(ids)} tokens: expected 1 to {self.context} (the model's "
                                  "context)")
-        ids_1xL = padded_to_bucket(ids, self.buckets)
+        ids_1xL = self.compiled.pad(ids)
         valid_1xL = np.arange(ids_1xL.shape[1])[None, :] < len(ids)
-        with self._lock:  # one caller compiles a bucket; the others reuse it
-            return np.asarray(self._pooled(self.loaded.params, ids_1xL, valid_1xL))
+        return np.asarray(self._pooled(self.loaded.params, ids_1xL, valid_1xL))

@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, NamedTuple, Optional,
 import jax
 import numpy as np
 
-from mulm_jax.infer.decoding import SlotSteps, host_output, padded_to_bucket, prompt_buckets
+from mulm_jax.infer.decoding import SlotSteps, host_output
 from mulm_jax.infer.detokenize import CompletionText
 from mulm_jax.infer.loading import InferenceError, LoadedModel
 from mulm_jax.infer.sampling import SamplingArrays, SamplingParams
@@ -194,7 +194,6 @@ class Engine:
         self.params = served.params
         self.steps = SlotSteps(served.model, slots, self.max_len, num_logprobs, unpack_params=served.unpack,
                                vocab=self.vocab_size, weight_first=served.weight_first)
-        self.buckets = prompt_buckets(self.max_len)  # an encoder-decoder's source is shorter than its prompt
         self.max_queue, self.num_logprobs = max_queue, num_logprobs
         self._state = self.steps.init_state()
         self._slots: list[Optional[Request]] = [None] * slots  # the request each slot holds
@@ -240,7 +239,7 @@ class Engine:
         if self._thread is not None:
             raise InferenceError("warmup() must run before start()")
         row = SamplingArrays.row(SamplingParams(), 0)
-        for n in self.buckets:  # a prompt of n tokens, its padded part padded to n
+        for n in self.steps.compiled.buckets:  # a prompt of n tokens, its padded part padded to n
             self._run_prefill(0, [0] * n, row, want_logprobs=False, bucket=n)
         active = np.zeros((len(self._slots),), bool)
         self._state, out = self.steps.decode(self.params, self._state, active, np.bool_(False))
@@ -295,8 +294,8 @@ class Engine:
     def stats(self) -> EngineStats:
         with self._lock:
             return EngineStats(slots=len(self._slots), active=sum(r is not None for r in self._slots),
-                               waiting=len(self._waiting), compilations=self.steps.traces,
-                               generated_tokens=self._generated, buckets=self.buckets)
+                               waiting=len(self._waiting), compilations=self.steps.compiled.compilations,
+                               generated_tokens=self._generated, buckets=self.steps.compiled.buckets)
 
     # ---- the loop ----------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -358,7 +357,7 @@ class Engine:
         """Prefill `ids` into `slot`, the part the model pads (see its `prompt_arrays`) padded to its bucket (or to
         `bucket`); returns the step output (the first new token)."""
         ids_1xL, length, *source = self.steps.model.prompt_arrays(
-            ids, lambda tokens: padded_to_bucket(tokens, self.buckets, bucket))
+            ids, lambda tokens: self.steps.compiled.pad(tokens, bucket))
         self._state, out = self.steps.prefill(self.params, self._state, np.int32(slot), ids_1xL, length, row,
                                               np.bool_(want_logprobs), *source)
         return out

@@ -4,7 +4,6 @@ the logit lens) and any named activations (`run_with_cache`), with edits applied
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
@@ -14,7 +13,7 @@ import numpy as np
 from jax import lax
 
 from mulm_jax.data.tokenizer import Tokenizer
-from mulm_jax.infer.decoding import padded_to_bucket, prompt_buckets
+from mulm_jax.infer.buckets import CompiledPerBucket
 from mulm_jax.infer.loading import InferenceError, LoadedModel
 from mulm_jax.inspect.activations import ActivationCache, Edit, Layout
 from mulm_jax.nn import hooks
@@ -88,12 +87,15 @@ class Tracer:
         self.tokenizer = loaded.tokenizer
         self.encoder_decoder = self.cfg.architecture == "encoder_decoder"
         self.context = self.cfg.max_seq_len
-        self.buckets = prompt_buckets(self.context)
         self.names = hooks.vocabulary(self.cfg)  # every activation name, with its shape letters
-        self.traces = 0  # compilations
-        self._lock = threading.Lock()
-        self._forward = jax.jit(self._forward_fn, static_argnames=("top_k", "with_lens"))
-        self._activations = jax.jit(self._activations_fn, static_argnames=("names", "with_logprobs"))
+        self.compiled = CompiledPerBucket(self.context)  # called from the server's threads
+        self._forward = self.compiled.jit(self._forward_fn, static_argnames=("top_k", "with_lens"))
+        self._activations = self.compiled.jit(self._activations_fn, static_argnames=("names", "with_logprobs"))
+
+    @property
+    def traces(self) -> int:
+        """Compilations so far."""
+        return self.compiled.compilations
 
     def encode(self, prompt: str | Sequence[int], param: str = "prompt") -> list[int]:
         """Token ids of a text or of given ids, checked against the vocabulary and the context."""
@@ -120,10 +122,9 @@ class Tracer:
         if not 1 <= top_k <= 100:
             raise InspectError(f"top_k={top_k} is out of range: expected 1 to 100")
         ids, source = self.sequences(prompt, target)
-        src_1xS = None if source is None else self._padded(source)
-        with self._lock:  # one caller compiles a bucket; the others reuse it
-            out = jax.device_get(self._forward(self.loaded.params, self._padded(ids), len(ids), src_1xS,
-                                               len(source or ()), top_k=top_k, with_lens=lens))
+        src_1xS = None if source is None else self.compiled.pad(source)
+        out = jax.device_get(self._forward(self.loaded.params, self.compiled.pad(ids), len(ids), src_1xS,
+                                           len(source or ()), top_k=top_k, with_lens=lens))
         return self._trace_from(out, ids, source, top_k)
 
     def run_with_cache(self, prompt: str | Sequence[int], names: Sequence[str] | None = None, *,
@@ -170,8 +171,8 @@ class Tracer:
         cfg = self.cfg
         sizes = dict(D=cfg.d_model, H=cfg.num_heads, K=cfg.kv_heads, Dh=cfg.head_dim, F=cfg.ff_dim,
                      V=cfg.vocab_size)
-        return Layout(len(ids), self._padded(ids).shape[1], len(source or ()),
-                      0 if source is None else self._padded(source).shape[1], sizes)
+        return Layout(len(ids), self.compiled.pad(ids).shape[1], len(source or ()),
+                      0 if source is None else self.compiled.pad(source).shape[1], sizes)
 
     def run_batch(self, ids: Sequence[int], source: Optional[Sequence[int]], names: Sequence[str],
                   edits: Mapping[str, Sequence[Edit]], logprobs_at: Optional[int] = None) -> dict[str, np.ndarray]:
@@ -196,12 +197,11 @@ class Tracer:
                       for name, edit_list in edits.items()}
         except ValueError as e:
             raise InspectError(str(e), "edits") from None
-        ids_NxL = np.repeat(self._padded(ids), N, axis=0)
-        src_NxS = None if source is None else np.repeat(self._padded(source), N, axis=0)
-        with self._lock:
-            out = jax.device_get(self._activations(self.loaded.params, ids_NxL, len(ids), src_NxS, len(source or ()),
-                                                   arrays, logprobs_at or 0, names=tuple(names),
-                                                   with_logprobs=logprobs_at is not None))
+        ids_NxL = np.repeat(self.compiled.pad(ids), N, axis=0)
+        src_NxS = None if source is None else np.repeat(self.compiled.pad(source), N, axis=0)
+        out = jax.device_get(self._activations(self.loaded.params, ids_NxL, len(ids), src_NxS, len(source or ()),
+                                               arrays, logprobs_at or 0, names=tuple(names),
+                                               with_logprobs=logprobs_at is not None))
         result = {name: layout.unpad(np.asarray(out[name], np.float32), self.names[name]) for name in names}
         if logprobs_at is not None:
             result["logprobs"] = np.asarray(out["logprobs"], np.float32)
@@ -220,7 +220,6 @@ class Tracer:
 
     def _activations_fn(self, params, ids_NxL, length, src_NxS, src_length, edit_arrays, logprobs_at, *,
                         names: tuple[str, ...], with_logprobs: bool) -> dict:
-        self.traces += 1
         edits = {name: (lambda scale, shift: lambda x: (x * scale + shift).astype(x.dtype))(*arrays)
                  for name, arrays in edit_arrays.items()}
         with hooks.hooks(keep=set(names), edits=edits):
@@ -231,11 +230,7 @@ class Tracer:
                                                  axis=-1)
         return out
 
-    def _padded(self, ids: Sequence[int]) -> np.ndarray:
-        return padded_to_bucket(ids, self.buckets)
-
     def _forward_fn(self, params, ids_1xL, length, src_1xS, src_length, *, top_k: int, with_lens: bool) -> dict:
-        self.traces += 1
         model, cfg = self.loaded.model, self.cfg
         variables = {"params": params}
         stacked = lambda name, layers, stack="": jnp.stack(  # noqa: E731
