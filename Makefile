@@ -30,7 +30,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
-# The web lab's browser tests (tests/test_lab_browser.py, run by `make test` when it is there) drive Debian's
+# The web lab's browser tests (tests/api/test_lab_browser.py, run by `make test` when it is there) drive Debian's
 # Chromium headless; this installs it when it is missing (as root).
 chromium:
 	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)

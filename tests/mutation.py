@@ -27,16 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGET = 0.85
 # name -> (module, its tests): the tests of the whole training loop are left out, minutes for each mutant they reach
 MODULES = {
-    "sampling": ("mulm_jax/infer/sampling.py", ["tests/test_infer_sampling.py"]),
+    "sampling": ("mulm_jax/infer/sampling.py", ["tests/infer/test_infer_sampling.py"]),
     "optimizer": ("mulm_jax/train/optimizer.py", [
-        "tests/test_optimizer.py", "tests/test_train.py::test_schedule_warms_up_then_decays_to_min_lr",
-        "tests/test_train.py::test_each_optimizer_descends_on_a_quadratic"]),
+        "tests/train/test_optimizer.py", "tests/train/test_train.py::test_schedule_warms_up_then_decays_to_min_lr",
+        "tests/train/test_train.py::test_each_optimizer_descends_on_a_quadratic"]),
     "step": ("mulm_jax/train/step.py", [
-        "tests/test_train_step.py", "tests/test_train.py::test_loss_is_mean_cross_entropy_over_non_pad_targets",
-        "tests/test_train.py::test_gradient_accumulation_equals_one_large_batch",
-        "tests/test_train.py::test_remat_recomputes_to_the_same_gradients"]),
-    "positional": ("mulm_jax/nn/positional.py", ["tests/test_positional.py"]),
-    "attention": ("mulm_jax/nn/attention.py", ["tests/test_attention.py", "tests/test_ring_cache.py"]),
+        "tests/train/test_train_step.py",
+        "tests/train/test_train.py::test_loss_is_mean_cross_entropy_over_non_pad_targets",
+        "tests/train/test_train.py::test_gradient_accumulation_equals_one_large_batch",
+        "tests/train/test_train.py::test_remat_recomputes_to_the_same_gradients"]),
+    "positional": ("mulm_jax/nn/positional.py", ["tests/nn/test_positional.py"]),
+    "attention": ("mulm_jax/nn/attention.py", ["tests/nn/test_attention.py", "tests/infer/test_ring_cache.py"]),
 }
 WORK = Path(tempfile.gettempdir()) / "mulm_jax-mutation"
 MUTMUT = str(Path(sys.executable).parent / "mutmut")

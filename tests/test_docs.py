@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import ROOT, wait_for
+from support import ROOT, wait_for
 from mulm_jax.api.cli import address_in
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

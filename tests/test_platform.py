@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import loaded
+from support import loaded
 from mulm_jax import platform
 from mulm_jax.infer import Engine
 from mulm_jax.infer.layout import KERNEL_T

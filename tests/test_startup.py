@@ -13,13 +13,12 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from support import ROOT, tiny_run
 from mulm_jax.startup import CACHE_ENV, cache_dir, default_cache_dir
 from mulm_jax.train import checkpoint
 from mulm_jax.train import cli as train_cli
 from mulm_jax.train.checkpoint import Checkpoints
 from mulm_jax.train.step import TrainState
-from test_train import tiny_run
 
 
 def test_the_cache_folder_comes_from_the_flag_then_the_environment_then_the_user_cache(tmp_path):

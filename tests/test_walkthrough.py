@@ -11,7 +11,7 @@ import pytest
 import yaml
 from nbclient import NotebookClient
 
-from conftest import ROOT
+from support import ROOT
 from mulm_jax.config import load_config
 from mulm_jax.nn.hooks import vocabulary
 from mulm_jax.train.loop import train

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import loaded, wait_for
+from support import loaded, wait_for
 from mulm_jax.api import cli, create_app
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.ratelimit import RateLimiter
@@ -265,7 +265,7 @@ def test_the_openapi_document_states_the_engines_sampling_limits(client):
 
 def test_the_labs_sampling_fields_offer_the_engines_ranges():
     """The lab's number fields (which explorer.js holds its settings to) end where the server's ranges end."""
-    page = (Path(__file__).parents[1] / "mulm_jax" / "api" / "lab" / "index.html").read_text()
+    page = (Path(__file__).parents[2] / "mulm_jax" / "api" / "lab" / "index.html").read_text()
     fields = {"temperature": ["pg-temperature", "sx-temperature-n"], "top_p": ["pg-top-p", "sx-top-p-n"],
               "min_p": ["pg-min-p", "sx-min-p-n"], "repetition_penalty": ["pg-repetition", "sx-repetition-n"],
               "top_k": ["pg-top-k", "sx-top-k-n"], "max_tokens": ["pg-max-tokens"], "seed": ["pg-seed"]}

@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 import uvicorn
 
-from conftest import loaded, wait_for
+from support import loaded, wait_for
 from mulm_jax.api import create_app
 from mulm_jax.config import ServeConfig
 

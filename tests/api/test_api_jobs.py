@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import ROOT, wait_for
+from support import ROOT, RUN_CORPUS, wait_for
 from mulm_jax.api.app import create_app
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.jobs import JobManager
@@ -25,7 +25,6 @@ from mulm_jax.api.routes.training import MetricsTail
 from mulm_jax.config import DataConfig, ServeConfig, load_config
 from mulm_jax.config_schema import options
 from mulm_jax.runs import read_metrics
-from test_train import CORPUS
 
 STEPS = 400
 # A run that trains in a few seconds; every run here shares it, so that the compiled steps are reused.
@@ -47,7 +46,7 @@ def wait_finished(client: TestClient, url: str) -> dict:
 def settings(tmp_path_factory) -> Iterator[ServeConfig]:
     base = tmp_path_factory.mktemp("api")
     (base / "data").mkdir()
-    (base / "data" / "corpus.txt").write_text(CORPUS)
+    (base / "data" / "corpus.txt").write_text(RUN_CORPUS)
     with pytest.MonkeyPatch.context() as env:
         env.chdir(base)  # a server started outside the repository: its jobs still find the package
         # Job processes inherit the environment: the second and later runs load their compiled steps from here.

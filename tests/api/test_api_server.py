@@ -15,8 +15,8 @@ import numpy as np
 import openai
 import pytest
 
-from conftest import CORPUS, TINY, Server, finished_job, wait_for
-from conftest import SERVER_KEY as KEY
+from support import CORPUS, TINY, Server, finished_job, wait_for
+from support import SERVER_KEY as KEY
 
 
 @pytest.fixture(scope="module")

@@ -8,52 +8,15 @@ the tests skip, or fail when MULM_REQUIRE_BROWSER=1 (as in CI)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 
-from conftest import CORPUS, SERVER_KEY, TINY, Server
+from support import CORPUS, KEY_ITEM, SERVER_KEY, TINY, Lab, Server
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-# No network here: nothing in the background may try to reach one.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-KEY_ITEM = "mulm-lab-api-key"  # where the page keeps the key (api.js)
 LONG = {**TINY, "train.steps": 100000, "train.log_every": 2, "train.eval_every": 100000,
         "train.checkpoint_every": 100000}
-
-
-def require_browser() -> None:
-    """Skip without Chromium or playwright, unless MULM_REQUIRE_BROWSER=1 makes that a failure."""
-    missing = None
-    if not (Path(CHROMIUM).is_file() and shutil.which(CHROMIUM)):
-        missing = f"{CHROMIUM} is not installed (`make chromium` installs Debian's package)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            missing = "the playwright package is not installed (requirements-test.txt)"
-    if missing and os.environ.get("MULM_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"MULM_REQUIRE_BROWSER=1 but {missing}")
-    if missing:
-        pytest.skip(missing)
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900})
-        yield context
-        context.close()
 
 
 @pytest.fixture(scope="module")
@@ -64,40 +27,6 @@ def server(tmp_path_factory):
     server = Server(root, "--slots", "2")
     yield server
     server.stop()
-
-
-class Lab:
-    """A tab on the lab that records the console's errors and saves screenshots under `shots`."""
-
-    def __init__(self, browser, server: Server, shots: Path, key: str | None):
-        self.url, self.shots = server.url + "/", shots
-        self.page = browser.new_page()
-        self.page.set_default_timeout(60_000)
-        self.errors: list[str] = []
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
-        if key is not None:
-            self.page.add_init_script(f"sessionStorage.setItem({json.dumps(KEY_ITEM)}, {json.dumps(key)})")
-
-    def open(self, view: str) -> None:
-        self.page.goto(f"{self.url}#{view}")
-        self.page.wait_for_selector(f"body[data-shown={view}]")
-
-    def shot(self, name: str) -> None:
-        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
-
-    # Expressions go in as functions: the page's Content-Security-Policy forbids evaluating strings in it.
-    def value(self, expression: str):
-        return self.page.evaluate(f"() => ({expression})")
-
-    def until(self, expression: str, timeout: float = 60_000) -> None:
-        self.page.wait_for_function(f"() => ({expression})", timeout=timeout)
-
-    def call(self, function: str, arg=None):
-        return self.page.evaluate(function, arg)
-
-    def fits_the_window(self) -> bool:
-        return self.value("document.documentElement.scrollWidth <= window.innerWidth")
 
 
 @pytest.fixture

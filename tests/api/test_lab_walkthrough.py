@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ALPHABET, CORPUS, SERVER_KEY, Server, random_params, sentencepiece_tokenizer
+from support import (ALPHABET, CORPUS, SERVER_KEY, Lab, Server, byte_level_tokenizer, random_params,
+                     sentencepiece_tokenizer)
 from mulm_jax.config import Config, config_from_dict, dump_config
 from mulm_jax.data.tokenizer import CharTokenizer, Tokenizer
 from mulm_jax.interop.convert import from_hf, save_params
 from mulm_jax.models import build_model
-from test_lab_browser import Lab, browser  # noqa: F401  (browser: the module's one Chromium, a fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -84,8 +84,6 @@ def imported_gpt2(folder: Path) -> Path:
     import torch
     import transformers
 
-    from test_interop import byte_level_tokenizer
-
     torch.manual_seed(0)
     source = folder.with_name(folder.name + "-hf")
     transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2)).save_pretrained(source)
@@ -118,7 +116,7 @@ def serve(server: Server, name: str) -> Tokenizer:
 
 
 @pytest.fixture
-def lab(browser, server, tmp_path):  # noqa: F811
+def lab(browser, server, tmp_path):
     tab = Lab(browser, server, tmp_path, SERVER_KEY)
     tab.failed = []  # responses with an error status, by URL
     tab.page.on("response", lambda r: tab.failed.append((r.status, r.url)) if r.status >= 400 else None)
@@ -354,7 +352,7 @@ def walk(lab: Lab, server: Server, inspect_cli, name: str) -> None:
     assert lab.failed[failed:] == [] and lab.errors[errors:] == [], (lab.failed, lab.errors)
 
 
-def test_the_explorers_filters_keep_what_the_servers_keep_with_ties_and_padded_vocabularies(browser):  # noqa: F811
+def test_the_explorers_filters_keep_what_the_servers_keep_with_ties_and_padded_vocabularies(browser):
     """The page's port of the sampling rules (sampling.js) against mulm_jax.infer.sampling itself, on logits rounded
     to make ties at the top-k, top-p and min-p boundaries, with ids past the tokenizer's vocabulary and penalised
     prompt tokens. The module is loaded from the lab folder as it is (no server)."""

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import loaded, random_ids
+from support import loaded, random_ids
 from mulm_jax.__main__ import main as cli
 from mulm_jax.config import Config, DataConfig, dump_config
 from mulm_jax.data import DataError, Tokenizer, assemble

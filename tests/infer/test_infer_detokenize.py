@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import loaded, sentencepiece_tokenizer
+from support import loaded, sentencepiece_tokenizer
 from mulm_jax.data.tokenizer import SentencePieceTokenizer
 from mulm_jax.infer import Engine, SamplingParams
 from mulm_jax.infer.detokenize import CompletionText, IncrementalDecoder, StopStrings

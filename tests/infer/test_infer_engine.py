@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ALPHABET, favour, loaded, tiny_model
+from support import ALPHABET, favour, loaded, tiny_model
 from mulm_jax.config import Config, dump_config
 from mulm_jax.infer import Engine, InferenceError, LoadedModel, QueueFullError, SamplingParams
 from mulm_jax.infer.quantize import Int8Weight, dequantize, quantize_params, weight_bytes

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import loaded, random_ids
+from support import loaded, random_ids
 from mulm_jax.infer.layout import FEW_ROWS, KERNEL_T, serving_layout, to_serving_layout
 from mulm_jax.infer.quantize import Int8Weight, dequantize, quantize_params
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import loaded
+from support import loaded
 from mulm_jax.infer import Engine, InferenceError, LoadedModel, SamplingParams
 from mulm_jax.models.info import describe, kv_cache_line
 

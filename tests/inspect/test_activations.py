@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ALPHABET, ROOT, loaded, random_params
+from support import ALPHABET, ROOT, loaded, naive_rope, random_params
 from mulm_jax.config import load_config
 from mulm_jax.data.tokenizer import CharTokenizer
 from mulm_jax.infer import LoadedModel
@@ -24,7 +24,6 @@ from mulm_jax.inspect.activations import Edit
 from mulm_jax.inspect.interventions import (ablate_each_head, check_position, head_edits, logit_attribution,
                                             neuron_edits, patch_edit, patch_residual)
 from mulm_jax.models import build_model
-from test_inspect import _rope
 
 PROMPT = "the cat sat."  # 12 characters (bucket 16)
 OTHER = "a dog ran on"  # another prompt of the same length
@@ -127,8 +126,8 @@ class Recompute:
         k = self.check(f"{name}.k", _dense(source_SxD, p["key"]))
         v = self.check(f"{name}.v", _dense(source_SxD, p["value"]))
         if rope:
-            q = self.check(f"{name}.rot_q", _rope(q, cfg.rope_theta))
-            k = self.check(f"{name}.rot_k", _rope(k, cfg.rope_theta))
+            q = self.check(f"{name}.rot_q", naive_rope(q, cfg.rope_theta))
+            k = self.check(f"{name}.rot_k", naive_rope(k, cfg.rope_theta))
         # Each kv head serves H / K consecutive query heads.
         scores = self.check(f"{name}.scores",
                             np.einsum("thd,shd->hts", q, np.repeat(k, H // K, axis=1)) / math.sqrt(Dh))

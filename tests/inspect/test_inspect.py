@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import loaded
+from support import loaded, naive_rope, tiny_run
 from mulm_jax.__main__ import main
 from mulm_jax.api import create_app
 from mulm_jax.config import ServeConfig, load_config
@@ -26,7 +26,6 @@ from mulm_jax.inspect.interventions import head_edits
 from mulm_jax.inspect.positions import loss_by_position
 from mulm_jax.runs import read_metrics
 from mulm_jax.train.loop import train
-from test_train import tiny_run
 
 PROMPT = "the cat sat on the mat, the end."  # 32 characters: bucket 32
 
@@ -35,16 +34,6 @@ def _layer_norm(x, p, eps=1e-5):
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
     return (x - mean) / np.sqrt(var + eps) * np.asarray(p["scale"]) + np.asarray(p.get("bias", 0.0))
-
-
-def _rope(x_TxHxDh, theta=10000.0):
-    """Rotate-half RoPE at positions 0..T-1, written from the formula."""
-    T, _, Dh = x_TxHxDh.shape
-    half = Dh // 2
-    angle_TxF = np.arange(T)[:, None] * theta ** (-np.arange(half) * 2.0 / Dh)[None, :]
-    cos, sin = np.cos(angle_TxF)[:, None, :], np.sin(angle_TxF)[:, None, :]
-    a, b = x_TxHxDh[..., :half], x_TxHxDh[..., half:]
-    return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
 
 
 def naive_attention(cfg, layer_params, x_TxD):
@@ -57,7 +46,7 @@ def naive_attention(cfg, layer_params, x_TxD):
         attn[name]["bias"])
     q, k = project("query"), project("key")
     if cfg.positional == "rope":
-        q, k = _rope(q, cfg.rope_theta), _rope(k, cfg.rope_theta)
+        q, k = naive_rope(q, cfg.rope_theta), naive_rope(k, cfg.rope_theta)
     k = np.repeat(k, H // K, axis=1)  # each kv head serves H / K query heads
     logits_HxTxT = np.einsum("qhd,khd->hqk", q, k) / math.sqrt(Dh)
     qpos, kpos = np.arange(T)[:, None], np.arange(T)[None, :]

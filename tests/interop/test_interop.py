@@ -16,7 +16,7 @@ import torch  # pinned in requirements-test.txt: a missing one fails these tests
 import transformers
 from flax import traverse_util
 
-from conftest import random_params
+from support import CHAT_TEMPLATE, byte_level_tokenizer, hf_corpus, random_params
 from mulm_jax.config import Config, DataConfig, config_from_dict, dump_config
 from mulm_jax.data.assemble import assemble
 from mulm_jax.data.loader import load_tokens
@@ -41,31 +41,8 @@ CONFIGS = {  # name -> (config class, its settings)
 PROMPTS = [[5, 17, 200, 3, 99], [250, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 280]]  # ids the tokenizer has
 TRICKY = ["Hello world", "  leading and   inner   spaces\t\ttabs\n\n\nnewlines ", "Ünïcödé café naïve 日本語 🎉👍🏽",
           "<extra> between<extra>tokens <extra>", "", " ", "a\u00a0b\u200bc", "trailing space "]
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' and not loop.first %}"
-            "{{ raise_exception('system only first') }}{% endif %}<|{{ m['role'] }}|>\n{{ m['content'] | trim }}"
-            "{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  Hi there!  "},
             {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Unicode: ü 日本"}]
-
-
-def corpus() -> list[str]:
-    return ["The quick brown fox jumps over the lazy dog. " * 3, "Ünïcödé café naïve 日本語 🎉", "  spaces \t\n" * 4,
-            "Hello world, hello there; numbers 12345 67890."] * 5
-
-
-def byte_level_tokenizer(folder) -> None:
-    """GPT-2's kind: byte-level BPE, with an added token and a chat template."""
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = tokenizers.decoders.ByteLevel()
-    tok.train_from_iterator(corpus(), tokenizers.trainers.BpeTrainer(
-        vocab_size=290, special_tokens=["<|endoftext|>"],
-        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                                                eos_token="<|endoftext|>")
-    fast.add_tokens(["<extra>"])
-    fast.chat_template = TEMPLATE
-    fast.save_pretrained(folder)
 
 
 def llama_style_tokenizer(folder) -> None:
@@ -77,12 +54,12 @@ def llama_style_tokenizer(folder) -> None:
         tokenizers.decoders.Replace("▁", " "), tokenizers.decoders.ByteFallback(), tokenizers.decoders.Fuse(),
         tokenizers.decoders.Strip(" ", 1, 0)])
     bytes_ = [f"<0x{i:02X}>" for i in range(256)]
-    tok.train_from_iterator(corpus(), tokenizers.trainers.BpeTrainer(
+    tok.train_from_iterator(hf_corpus(), tokenizers.trainers.BpeTrainer(
         vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", *bytes_]))
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                                 unk_token="<unk>", add_bos_token=True)
     fast.add_tokens(["<extra>"])
-    fast.chat_template = TEMPLATE
+    fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)
 
 

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_ids as ids
-from conftest import random_params, tiny_model
+from support import random_ids as ids
+from support import random_params, tiny_model
 from mulm_jax.config import load_config
 from mulm_jax.models import DecoderLM, EncoderDecoderLM, build_model
 from mulm_jax.nn.attention import KVCache

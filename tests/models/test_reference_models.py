@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import random_ids, random_params, tiny_model
+from support import random_ids, random_params, tiny_model
 from mulm_jax.models import build_model
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from conftest import ALPHABET, ROOT, MeshSteps, fresh_state, random_ids, random_params, tiny_model
+from support import ALPHABET, ROOT, MeshSteps, fresh_state, random_ids, random_params, tiny_model
 from mulm_jax.config import Config, TrainConfig, dump_config, load_config
 from mulm_jax.data.tokenizer import CharTokenizer
 from mulm_jax.errors import MulmError
@@ -171,7 +171,7 @@ def test_a_scanned_checkpoint_loads_per_layer_for_the_engine_and_the_tracer(tmp_
 @pytest.mark.slow  # a 4-step training run, then generation, a trace, an export and --init-from: about 20 s
 def test_a_scanned_run_loads_per_layer_to_generate_inspect_export_and_start_runs(tmp_path):
     from mulm_jax.train.loop import train  # imported here: the other tests of this file do not need the run loop
-    from test_train import tiny_run
+    from support import tiny_run
 
     overrides = tiny_run(tmp_path, "train.steps=4", "train.checkpoint_every=2", "train.eval_every=4",
                          "model.scan_layers=true", "model.use_bias=true", "train.remat=true")

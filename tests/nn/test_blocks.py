@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import random_params, tiny_model
+from support import random_params, tiny_model
 from mulm_jax.nn.attention import Attention, attention_mask
 from mulm_jax.nn.blocks import Block, make_norm
 from mulm_jax.nn.feedforward import FeedForward

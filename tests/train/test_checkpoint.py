@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ALPHABET, random_params, tiny_model
+from support import ALPHABET, random_params, tiny_model
 from mulm_jax.__main__ import main
 from mulm_jax.config import Config, dump_config
 from mulm_jax.data.tokenizer import CharTokenizer

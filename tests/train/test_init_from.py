@@ -11,7 +11,7 @@ import chex
 import numpy as np
 import pytest
 
-from conftest import ROOT, random_ids, random_params
+from support import ROOT, random_ids, random_params, tiny_run
 from mulm_jax.config import load_config
 from mulm_jax.data.tokenizer import CharTokenizer, Tokenizer
 from mulm_jax.infer import load_model
@@ -19,7 +19,6 @@ from mulm_jax.models import build_model
 from mulm_jax.train import cli as train_cli
 from mulm_jax.train.init_from import InitFromError, parse_spec, start_from
 from mulm_jax.train.loop import train
-from test_train import tiny_run
 
 
 @pytest.fixture(scope="module")

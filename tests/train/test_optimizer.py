@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import random_params, tiny_model
+from support import random_params, tiny_model
 from mulm_jax.config import TrainConfig
 from mulm_jax.models import build_model
 from mulm_jax.train.optimizer import make_optimizer, make_schedule, muon_dimension_numbers

@@ -8,7 +8,6 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import chex
 import flax
@@ -18,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT, MeshSteps, fresh_state, random_params, tiny_model, xla_flags
+from support import ROOT, MeshSteps, fresh_state, random_params, tiny_model, tiny_run, xla_flags
 from mulm_jax.config import TrainConfig, dump_config, load_config
 from mulm_jax.models import build_model
 from mulm_jax.runs import read_metrics
@@ -27,22 +26,6 @@ from mulm_jax.train.loop import TrainingError, train
 from mulm_jax.train.optimizer import decay_mask, make_optimizer, make_schedule
 from mulm_jax.train.sample import greedy_sampler
 from mulm_jax.train.step import token_loss_sums
-
-CORPUS = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
-          "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 60
-
-
-def tiny_run(tmp_path: Path, *extra: str) -> list[str]:
-    """Overrides for a run that trains in seconds on a small character corpus written to tmp_path."""
-    corpus = tmp_path / "corpus.txt"
-    if not corpus.exists():
-        corpus.write_text(CORPUS)
-    return [f"data.sources=[{corpus}]", "data.tokenizer=char", f"data.out_dir={tmp_path / 'datasets'}",
-            "model.vocab_size=40", "model.d_model=32", "model.num_layers=2", "model.num_heads=2",
-            "model.d_ff=64", "model.max_seq_len=32", "train.seq_len=32", "train.batch_size=8", "train.steps=20",
-            "train.warmup_steps=5", "train.eval_every=10", "train.eval_batches=2", "train.checkpoint_every=10",
-            "train.log_every=5", *extra]
-
 
 def test_loss_is_mean_cross_entropy_over_non_pad_targets():
     rng = np.random.default_rng(0)

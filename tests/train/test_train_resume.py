@@ -15,10 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, free_port
+from support import ROOT, free_port, tiny_run
 from mulm_jax.infer import load_model
 from mulm_jax.runs import read_metrics
-from test_train import tiny_run
 
 
 def train_command(tmp_path: Path, workdir: Path, *extra: str) -> list[str]:
@@ -90,7 +89,7 @@ import jax, numpy as np
 from pathlib import Path
 from mulm_jax.config import load_config
 from mulm_jax.train.loop import train
-from test_train import tiny_run
+from support import tiny_run
 cfg = load_config({config!r}, tiny_run(Path({tmp!r}), "train.steps=6", "train.eval_every=6",
                                        "train.checkpoint_every=3", "train.log_every=3", "train.mesh.fsdp={fsdp}"))
 result = train(cfg, {workdir!r}, quiet=True)

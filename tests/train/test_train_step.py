@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import chex
 import jax
@@ -14,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT, MeshSteps, fresh_state, random_ids, random_params, tiny_model, xla_flags
+from support import ROOT, MeshSteps, fresh_state, random_ids, random_params, tiny_model, xla_flags
 from mulm_jax.config import MeshConfig, TrainConfig
 from mulm_jax.models import build_model
 from mulm_jax.train.optimizer import make_optimizer, make_schedule
@@ -94,10 +95,10 @@ def device_errors(meshes: list[tuple[int, int]]) -> dict:
 @pytest.mark.parametrize("devices, meshes", [(2, [(2, 1), (1, 2)]), (4, [(4, 1), (2, 2), (1, 4)])])
 def test_every_mesh_steps_along_the_one_device_gradient_of_the_mean_loss(devices, meshes):
     env = {**os.environ, "XLA_FLAGS": xla_flags(f"--xla_force_host_platform_device_count={devices}"),
-           "JAX_PLATFORMS": "cpu"}
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT / "tests")}  # support.py; this module from the cwd
     script = f"import json, test_train_step; print(json.dumps(test_train_step.device_errors({meshes})))"
-    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT / "tests", env=env, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent, env=env, capture_output=True,
+                         text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.splitlines()[-1])
     assert out["devices"] == devices
