@@ -23,6 +23,7 @@ from mulm_jax.api import cli, create_app
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.ratelimit import RateLimiter
 from mulm_jax.config import ServeConfig
+from mulm_jax.config_schema import within
 from mulm_jax.api.routes.completions import MAX_PROMPTS
 from mulm_jax.infer import Engine, InferenceError, SamplingError, SamplingParams
 from mulm_jax.infer.chat import JinjaChatTemplate
@@ -270,11 +271,11 @@ def test_the_labs_sampling_fields_offer_the_engines_ranges():
               "min_p": ["pg-min-p", "sx-min-p-n"], "repetition_penalty": ["pg-repetition", "sx-repetition-n"],
               "top_k": ["pg-top-k", "sx-top-k-n"], "max_tokens": ["pg-max-tokens"], "seed": ["pg-seed"]}
     for field, ids in fields.items():
-        low = next((bound for op, bound in LIMITS[field].items() if op in ("ge", "gt")), None)
+        lower = {op: bound for op, bound in LIMITS[field].items() if op in ("ge", "gt")}
         high = next((bound for op, bound in LIMITS[field].items() if op == "le"), None)
         for id_ in ids:
             attributes = dict(re.findall(r'(\w+)="([^"]*)"', re.search(f'<input id="{id_}"[^>]*>', page).group()))
-            assert attributes["type"] == "number" and float(attributes["min"]) >= low, id_
+            assert attributes["type"] == "number" and within(float(attributes["min"]), lower), id_  # > 0: 0 refused
             assert (float(attributes["max"]) if "max" in attributes else None) == high, id_
 
 
