@@ -63,11 +63,12 @@ def within(value: float, bounds: dict[str, float]) -> bool:
 
 def range_text(bounds: dict[str, float]) -> str:
     """The range `bounds` (ge, gt, le, lt) describe, in words: `in [0, 1)`, `in (0, 1]`, `>= 1`."""
+    shown = {op: str(bound) if isinstance(bound, int) else f"{bound:g}" for op, bound in bounds.items()}
     low = next((op for op in ("ge", "gt") if op in bounds), None)
     high = next((op for op in ("le", "lt") if op in bounds), None)
     if low and high:
-        return f"in {'[' if low == 'ge' else '('}{bounds[low]:g}, {bounds[high]:g}{']' if high == 'le' else ')'}"
-    return f"{_TESTS[low or high][0]} {bounds[low or high]:g}"
+        return f"in {'[' if low == 'ge' else '('}{shown[low]}, {shown[high]}{']' if high == 'le' else ')'}"
+    return f"{_TESTS[low or high][0]} {shown[low or high]}"
 
 
 def out_of_bounds(config: Any) -> str | None:

@@ -11,7 +11,6 @@ renormalised, then min-p relative to the most likely token.
 from __future__ import annotations
 
 import dataclasses
-import operator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mulm_jax.config_schema import range_text, within
 from mulm_jax.errors import MulmError
 
 
@@ -43,23 +43,12 @@ LIMITS: dict[str, dict[str, float]] = {
     "frequency_penalty": {"ge": -2.0, "le": 2.0},
     "seed": {"ge": 0, "lt": 2**63},
 }
-_TESTS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
-
-
-def _within(value: float, limits: dict[str, float]) -> bool:
-    """Whether `value` lies in the range `limits` (a LIMITS entry) describes."""
-    return all(_TESTS[op][1](value, bound) for op, bound in limits.items())
 
 
 def _describe(limits: dict[str, float]) -> str:
     """A LIMITS entry in words: `an integer in [0, 5)`, `a number in (0, 1]`, `an integer >= 1`."""
     what = "an integer" if all(isinstance(bound, int) for bound in limits.values()) else "a number"
-    shown = {op: f"{bound:g}" if isinstance(bound, float) else str(bound) for op, bound in limits.items()}
-    low = next((op for op in ("ge", "gt") if op in limits), None)
-    high = next((op for op in ("le", "lt") if op in limits), None)
-    if low and high:
-        return f"{what} in {'[' if low == 'ge' else '('}{shown[low]}, {shown[high]}{']' if high == 'le' else ')'}"
-    return f"{what} {_TESTS[low or high][0]} {shown[low or high]}"
+    return f"{what} {range_text(limits)}"
 
 
 @dataclass(frozen=True)
@@ -89,7 +78,7 @@ class SamplingParams:
         """Raise SamplingError naming the first setting outside its range (LIMITS; logprobs: up to `max_logprobs`)."""
         for name, allowed in {**LIMITS, "logprobs": {"ge": 0, "le": max_logprobs}}.items():
             value = getattr(self, name)
-            if value is not None and not _within(value, allowed):
+            if value is not None and not within(value, allowed):
                 raise SamplingError(f"{name}={value!r} is out of range: expected {_describe(allowed)}")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise SamplingError(f"stop={self.stop!r} is out of range: expected non-empty strings")
