@@ -8,11 +8,13 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
 import tokenizers
+from sentencepiece import sentencepiece_model_pb2
 
 
 from mulm_jax.data.errors import DataError
@@ -24,6 +26,30 @@ HF_CONFIG_FILE = "tokenizer_config.json"  # ... and transformers' settings besid
 # Fixed ids of the SentencePiece models trained here.
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 _MAX_LINE_CHARS = 16_384  # training lines are cut to this, so each stays under max_sentence_length bytes
+_MARK = "\u2581"  # SentencePiece's word-start mark: a space in the text
+
+
+@dataclass(frozen=True)
+class TokenLengths:
+    """The UTF-8 bytes and characters each id adds to the text of an id sequence, for bits per byte and per
+    character. A character counts at its first byte, so the byte pieces <0xNN> of one character add one character
+    between them; special ids (pad, bos, eos) add nothing; an id of no fixed length (unk) is -1."""
+
+    bytes_V: np.ndarray  # int64 [V]
+    chars_V: np.ndarray  # int64 [V]
+    mark_V: np.ndarray  # bool [V]: opens with the word-start mark that the first piece of every document carries
+                        # without a space in the text (SentencePiece's dummy prefix); all False where there is none
+    eos_id: int | None
+
+    def count(self, ids: np.ndarray, previous: np.ndarray) -> tuple[int, int] | None:
+        """(bytes, characters) of the text of `ids` (any shape), each id preceded by the one at its place in
+        `previous` (-1 where the text starts): after eos or -1 a document starts. None if an id has no length."""
+        ids, previous = np.asarray(ids), np.asarray(previous)
+        bytes_, chars = self.bytes_V[ids], self.chars_V[ids]
+        if (bytes_ < 0).any():
+            return None
+        starts = int((self.mark_V[ids] & ((previous < 0) | (previous == self.eos_id))).sum())
+        return int(bytes_.sum()) - starts, int(chars.sum()) - starts
 
 
 class Tokenizer(abc.ABC):
@@ -72,6 +98,10 @@ class Tokenizer(abc.ABC):
     def piece(self, id: int) -> str:
         """The text of one token on its own, as a viewer shows it (a word start with its space)."""
         return self.decode([id])
+
+    def token_lengths(self) -> TokenLengths | None:
+        """Each id's bytes and characters in the text; None where ids have no such table (Hugging Face)."""
+        return None
 
     @abc.abstractmethod
     def serialize(self) -> bytes:
@@ -138,6 +168,16 @@ class CharTokenizer(Tokenizer):
         n = len(self.chars)
         return "".join(self.chars[i] if i < n else "\ufffd" if i == self.unk_id else "" for i in ids)
 
+    def token_lengths(self) -> TokenLengths:
+        """One character each, of its UTF-8 length; eos none; unk (any unseen character) no fixed length."""
+        n, V = len(self.chars), self.vocab_size
+        bytes_V, chars_V = np.zeros(V, np.int64), np.zeros(V, np.int64)
+        bytes_V[:n] = [len(c.encode("utf-8", "surrogatepass")) for c in self.chars]
+        chars_V[:n] = 1
+        if self.unk_id is not None:
+            bytes_V[self.unk_id] = chars_V[self.unk_id] = -1
+        return TokenLengths(bytes_V, chars_V, np.zeros(V, bool), self.eos_id)
+
     def serialize(self) -> bytes:
         spec = {"kind": self.kind, "chars": self.chars, "eos_id": self.eos_id, "unk_id": self.unk_id}
         return (json.dumps(spec, ensure_ascii=False, indent=1) + "\n").encode()
@@ -195,7 +235,28 @@ class SentencePieceTokenizer(Tokenizer):
 
     def piece(self, id: int) -> str:
         """SentencePiece's word-start mark as a space; byte pieces as <0xNN>; pad / bos / eos as their names."""
-        return self._sp.id_to_piece(int(id)).replace("\u2581", " ")
+        return self._sp.id_to_piece(int(id)).replace(_MARK, " ")
+
+    def token_lengths(self) -> TokenLengths | None:
+        """A piece's text with the word-start mark as one space; a byte piece one byte; unk no fixed length. The
+        text is the one SentencePiece decodes, after its normalization (none in the models trained here). None for
+        a model that marks word ends instead of starts (treat_whitespace_as_suffix)."""
+        proto = sentencepiece_model_pb2.ModelProto.FromString(self.model)
+        if proto.trainer_spec.treat_whitespace_as_suffix:
+            return None
+        V, sp = self.vocab_size, self._sp
+        bytes_V, chars_V, mark_V = np.zeros(V, np.int64), np.zeros(V, np.int64), np.zeros(V, bool)
+        for i in range(V):
+            piece = sp.id_to_piece(i)
+            if sp.is_unknown(i):
+                bytes_V[i] = chars_V[i] = -1
+            elif sp.is_byte(i):  # <0xNN>: a character starts at any byte but a continuation byte 10xxxxxx
+                bytes_V[i], chars_V[i] = 1, int(int(piece[3:5], 16) & 0xC0 != 0x80)
+            elif not (sp.is_control(i) or sp.is_unused(i)):
+                text = piece.replace(_MARK, " ")
+                bytes_V[i], chars_V[i] = len(text.encode("utf-8")), len(text)
+                mark_V[i] = piece.startswith(_MARK) and proto.normalizer_spec.add_dummy_prefix
+        return TokenLengths(bytes_V, chars_V, mark_V, self.eos_id)
 
     def serialize(self) -> bytes:
         return self.model

@@ -122,3 +122,39 @@ def test_pretrained_sentencepiece_model_loads_with_its_own_ids(mirror):
     assert (tok.pad_id, tok.eos_id, tok.bos_id, tok.unk_id) == (0, 1, 2, 3)
     text = "The quick brown fox jumps over the lazy dog."
     assert tok.decode(tok.encode(text)) == text
+
+
+def text_lengths(tok: Tokenizer, ids: np.ndarray) -> tuple[int, int] | None:
+    """(bytes, characters) of the text of `ids`, which starts with the first of them."""
+    return tok.token_lengths().count(ids, np.r_[-1, ids[:-1]])
+
+
+DOCUMENTS = ["Où est le café? Il est là.", " une espace devant,\n  deux ensuite 中文\n", "\tthé 🎉 漢字"]
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_token_lengths_sum_to_the_utf8_bytes_and_characters_of_the_text(kind, bpe):
+    tok = CharTokenizer.train(DOCUMENTS) if kind == "char" else bpe
+    for doc in DOCUMENTS:
+        ids = tok.encode_array(doc)
+        assert text_lengths(tok, ids) == (len(doc.encode()), len(doc))
+    packed = np.concatenate([part for ids in tok.encode_documents(DOCUMENTS) for part in ([tok.eos_id], ids)][1:])
+    # the eos ids between documents add nothing; each document's first piece has no dummy-prefix space
+    assert text_lengths(tok, packed) == (sum(len(d.encode()) for d in DOCUMENTS), sum(map(len, DOCUMENTS)))
+
+
+def test_sentencepiece_token_lengths_count_the_mark_as_a_space_and_byte_pieces_as_one_byte(bpe):
+    lengths = bpe.token_lengths()
+    byte_e9, byte_c3 = (bpe._sp.piece_to_id(p) for p in ("<0xA9>", "<0xC3>"))  # é is C3 A9 in UTF-8
+    word = next(i for i in range(bpe.vocab_size) if bpe._sp.id_to_piece(i).startswith("\u2581") and
+                len(bpe._sp.id_to_piece(i)) > 2)
+    assert (lengths.bytes_V[byte_c3], lengths.chars_V[byte_c3]) == (1, 1)  # a character starts here ...
+    assert (lengths.bytes_V[byte_e9], lengths.chars_V[byte_e9]) == (1, 0)  # ... and goes on
+    assert lengths.bytes_V[word] == len(bpe._sp.id_to_piece(word).encode()) - 2  # "▁" is 3 bytes, a space 1
+    assert [lengths.bytes_V[i] for i in (PAD_ID, BOS_ID, EOS_ID, UNK_ID)] == [0, 0, 0, -1]
+
+
+def test_text_with_an_unknown_character_has_no_length():
+    tok = CharTokenizer.train(["abc"], ["abz"])
+    assert text_lengths(tok, np.array(tok.encode("abz"))) is None
+    assert text_lengths(tok, np.array(tok.encode("cab"))) == (3, 3)
