@@ -229,6 +229,9 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 12  # global, across all devices and hosts
     seq_len: Optional[int] = None  # None: model.max_seq_len
+    # An encoder-decoder on pairs: each row's source, padded to this many tokens (None: model.max_seq_len); the
+    # target, after the decoder's start token, in seq_len.
+    source_len: Optional[int] = None
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
@@ -260,7 +263,7 @@ class TrainConfig:
         zero interval the step count)."""
         _positive(self, "batch_size", "grad_accum_steps", "eval_every", "eval_batches", "checkpoint_every",
                   "keep_checkpoints", "log_every", section="train")
-        _positive(self, "seq_len", optional=True, section="train")
+        _positive(self, "seq_len", "source_len", optional=True, section="train")
         for name in ("lr", "muon_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be a positive number")

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # orbax is imported where a checkpoint is opened: reading met
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
+PAIRS = "pairs.json"  # a run trained on pairs: their kind, and the id an encoder-decoder's decoder starts from
 ITEMS = ("state", "data")  # each checkpoint step: the train state (or the parameters alone) and the data position
 
 
@@ -51,6 +52,28 @@ def write_run_files(run_dir: str | Path, config: Config, tokenizer: Tokenizer) -
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(dump_config(config))
     os.replace(tmp, path)
+
+
+def write_pairs_record(run_dir: str | Path, manifest: dict) -> None:
+    """What generation needs to know of the pairs a run trains on (a data set's manifest): their kind and fields,
+    and the id an encoder-decoder's decoder starts from after reading a source."""
+    record = {"kind": manifest["kind"], "fields": manifest["pairs"]["fields"],
+              "decoder_start_id": manifest["pairs"]["decoder_start_id"], "data_set": manifest["version"]}
+    path = Path(run_dir) / PAIRS
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def read_pairs_record(run_dir: Optional[str | Path]) -> Optional[dict]:
+    """The run's record of the pairs it trained on (write_pairs_record); None for a run trained on text."""
+    path = None if run_dir is None else Path(run_dir) / PAIRS
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise MulmError(f"{path} is not valid JSON: {e}") from None
 
 
 def checkpoint_steps(run_dir: str | Path) -> list[int]:

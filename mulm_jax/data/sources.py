@@ -11,11 +11,12 @@ import shutil
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from mulm_jax.config import InvalidUtf8
 from mulm_jax.data import passkey
 from mulm_jax.data.errors import DataError
+from mulm_jax.data.tasks import TASKS
 
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".jsonl")  # read from folders, each optionally followed by .gz
 _REPLACEMENT_UTF8 = "\ufffd".encode()
@@ -92,6 +93,7 @@ class Source:
     split_documents: str
     generated: Optional[str] = None  # a GENERATED_SOURCES name: no files, its text is made at assembly
     share: Optional[float] = None  # of a generated source: its share of the data set's characters (None: default)
+    task: Optional[str] = None  # a TASKS name: no files, its pairs are made at assembly
 
     def identity(self) -> dict:
         """What the dataset version depends on: content checksums, not paths (a generated source: a checksum of
@@ -100,6 +102,8 @@ class Source:
                     "files": [{"sha256": f.sha256, "held_out": f.held_out} for f in self.files]}
         if self.generated:
             identity.update(generated=self.generated, share=self.share, sha256=passkey.fingerprint())
+        if self.task:
+            identity.update(task=self.task, sha256=TASKS[self.task].fingerprint())
         return identity
 
     def describe(self) -> dict:
@@ -108,6 +112,8 @@ class Source:
                                 "held_out": f.held_out} for f in self.files]}
         if self.generated:
             described.update(generated=self.generated, share=self.share)
+        if self.task:
+            described.update(task=self.task)
         return described
 
 
@@ -130,6 +136,8 @@ def resolve_source(spec: str, split_documents: str | None = None) -> Source:
     name, colon, share = spec.partition(":")
     if name in GENERATED_SOURCES:
         return Source(spec, True, (), "none", generated=name, share=_share(spec, share) if colon else None)
+    if spec in TASKS:
+        return Source(spec, True, (), "none", task=spec)
     if spec in NAMED_SOURCES:
         named = NAMED_SOURCES[spec]
         files = tuple(SourceFile(fetch(spec, f), f.sha256, f.held_out) for f in named.files)
@@ -167,8 +175,9 @@ def local_paths(spec: str) -> list[Path]:
             raise DataError(f"source {spec!r}: the folder holds no text files ({', '.join(TEXT_SUFFIXES)}, "
                             "optionally .gz)")
         return paths
-    raise DataError(f"source {spec!r} not found: it is not a named source ({', '.join(NAMED_SOURCES)}) "
-                    "nor an existing file, folder or glob")
+    raise DataError(f"source {spec!r} not found: it is not a named source ({', '.join(NAMED_SOURCES)}), "
+                    f"a generated one ({', '.join([*GENERATED_SOURCES, *TASKS])}) nor an existing file, folder or "
+                    "glob")
 
 
 def _is_text_file(path: Path) -> bool:
@@ -215,6 +224,20 @@ def _download(source: str, remote: RemoteFile, dest: Path) -> Path:
 
 def read_texts(path: Path, text_field: str, invalid_utf8: InvalidUtf8) -> tuple[list[str], int]:
     """The texts of one file (one per file, or one per JSONL line) and how many invalid UTF-8 bytes were replaced."""
+    text, replaced = _read_text(path, invalid_utf8)
+    if path.name.removesuffix(".gz").endswith(".jsonl"):
+        return _jsonl_texts(text, path, text_field), replaced
+    return [text], replaced
+
+
+def read_records(path: Path, invalid_utf8: InvalidUtf8) -> tuple[list[tuple[int, object]], int]:
+    """The records of a JSONL file with their line numbers (blank lines skipped), and how many invalid UTF-8
+    bytes were replaced."""
+    text, replaced = _read_text(path, invalid_utf8)
+    return list(_jsonl_records(text, path)), replaced
+
+
+def _read_text(path: Path, invalid_utf8: InvalidUtf8) -> tuple[str, int]:
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
@@ -222,10 +245,7 @@ def read_texts(path: Path, text_field: str, invalid_utf8: InvalidUtf8) -> tuple[
     except (OSError, EOFError) as e:
         raise DataError(f"cannot read source file {path}: {e}") from None
     text, replaced = _decode(data, path, invalid_utf8)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if path.name.removesuffix(".gz").endswith(".jsonl"):
-        return _jsonl_texts(text, path, text_field), replaced
-    return [text], replaced
+    return text.replace("\r\n", "\n").replace("\r", "\n"), replaced
 
 
 def _decode(data: bytes, path: Path, invalid_utf8: InvalidUtf8) -> tuple[str, int]:
@@ -240,15 +260,19 @@ def _decode(data: bytes, path: Path, invalid_utf8: InvalidUtf8) -> tuple[str, in
     return text, text.count("\ufffd") - data.count(_REPLACEMENT_UTF8)
 
 
-def _jsonl_texts(text: str, path: Path, text_field: str) -> list[str]:
-    texts = []
+def _jsonl_records(text: str, path: Path) -> Iterator[tuple[int, object]]:
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
+def _jsonl_texts(text: str, path: Path, text_field: str) -> list[str]:
+    texts = []
+    for lineno, record in _jsonl_records(text, path):
         if not isinstance(record, dict) or text_field not in record:
             keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
             raise DataError(f"{path}:{lineno}: no {text_field!r} field (found: {keys}); choose it with --text-field")

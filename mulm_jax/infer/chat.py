@@ -24,7 +24,6 @@ from mulm_jax.infer.loading import InferenceError
 FILE = "chat_template.json"
 JINJA_FILE = "chat_template.jinja"  # where transformers saves a tokenizer's template
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -33,9 +32,9 @@ class ChatTemplate:
     generation_prompt: str = "assistant:"  # after the messages: where the model's reply starts
     stop: tuple[str, ...] = ("\nuser:", "\nsystem:")  # the reply ends where the model starts another turn
 
-    def render(self, messages: Sequence[dict]) -> str:
+    def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
         return "".join(self.message.format(role=m["role"], content=m["content"]) for m in messages) + \
-            self.generation_prompt
+            (self.generation_prompt if add_generation_prompt else "")
 
     @classmethod
     def load(cls, run_dir: Optional[Path]) -> "ChatTemplate | JinjaChatTemplate":
@@ -72,10 +71,10 @@ class JinjaChatTemplate:
         except jinja2.TemplateError as e:
             raise InferenceError(f"the chat template does not parse: {e}") from None
 
-    def render(self, messages: Sequence[dict]) -> str:
+    def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
         try:
             return self._template.render(messages=[dict(m) for m in messages], tools=None, documents=None,
-                                         add_generation_prompt=True, **self.special_tokens)
+                                         add_generation_prompt=add_generation_prompt, **self.special_tokens)
         except jinja2.TemplateError as e:
             raise InferenceError(f"the chat template refused these messages: {e}") from None
         except Exception as e:  # a template is code: what it raises (1 / 0, a bad call) is its error, not ours

@@ -23,10 +23,14 @@ class TrainState:
     rng: jax.Array  # raw PRNG key data (uint32); dropout keys are folded from it per step and device
 
 
-def token_loss_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, pad_id: Optional[int]) -> dict[str, jax.Array]:
-    """Summed next-token cross-entropy and correct predictions over non-pad targets, and their count."""
+def token_loss_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, pad_id: Optional[int],
+                    loss_mask_BxT: Optional[jax.Array] = None) -> dict[str, jax.Array]:
+    """Summed next-token cross-entropy and correct predictions over the targets `loss_mask_BxT` marks (without one:
+    the non-pad targets), and their count."""
     weight_BxT = jnp.ones(targets_BxT.shape, jnp.float32)
-    if pad_id is not None:
+    if loss_mask_BxT is not None:
+        weight_BxT = loss_mask_BxT.astype(jnp.float32)
+    elif pad_id is not None:
         weight_BxT = (targets_BxT != pad_id).astype(jnp.float32)
     nll_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
     correct_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32)
@@ -34,19 +38,28 @@ def token_loss_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, pad_id: Opt
             "count": weight_BxT.sum()}
 
 
-def model_logits(model: nn.Module, params: Any, inputs_BxT: jax.Array, *, rng: Optional[jax.Array],
+def model_logits(model: nn.Module, params: Any, batch: dict[str, jax.Array], *, rng: Optional[jax.Array],
                  deterministic: bool) -> tuple[jax.Array, slice]:
-    """Logits, and which target positions they predict (the model's `window_inputs`: an encoder-decoder model
-    reads the first half of each window as its source and predicts the second half)."""
+    """Logits, and which target positions they predict. A batch of pairs with a "source" (for an encoder-decoder)
+    puts it through the encoder and the inputs through the decoder; otherwise the model's `window_inputs` say (an
+    encoder-decoder model reads the first half of each window as its source and predicts the second half)."""
     rngs = {"dropout": rng} if rng is not None else {}
-    inputs, predicted = model.window_inputs(inputs_BxT)
-    return model.apply({"params": params}, *inputs, deterministic=deterministic, rngs=rngs), predicted
+    kwargs = {"deterministic": deterministic, "rngs": rngs}
+    if "source" in batch:
+        inputs, predicted = (batch["source"], batch["inputs"]), slice(None)
+        kwargs["src_valid_BxS"] = batch["source_valid"]
+    else:
+        inputs, predicted = model.window_inputs(batch["inputs"])
+    return model.apply({"params": params}, *inputs, **kwargs), predicted
 
 
 def batch_sums(model: nn.Module, params: Any, batch: dict[str, jax.Array], pad_id: Optional[int],
                rng: Optional[jax.Array] = None, deterministic: bool = True) -> dict[str, jax.Array]:
-    logits, predicted = model_logits(model, params, batch["inputs"], rng=rng, deterministic=deterministic)
-    return token_loss_sums(logits, batch["targets"][:, predicted], pad_id)
+    """Token sums over a batch: of text windows, over the non-pad targets; of pairs, over those its loss_mask marks
+    (a completion and its end, never the prompt or the padding)."""
+    logits, predicted = model_logits(model, params, batch, rng=rng, deterministic=deterministic)
+    loss_mask = batch["loss_mask"][:, predicted] if "loss_mask" in batch else None
+    return token_loss_sums(logits, batch["targets"][:, predicted], pad_id, loss_mask)
 
 
 def _gather(x: jax.Array, spec: PartitionSpec) -> jax.Array:
@@ -132,9 +145,9 @@ def state_placement(state: TrainState, mesh: Mesh) -> TrainState:
 def mesh_steps(model: nn.Module, tx: optax.GradientTransformation, accum_steps: int, pad_id: Optional[int],
                lr_schedule: optax.Schedule, mesh: Mesh, placement: TrainState) -> tuple[Any, Any]:
     """(train_step, eval_step) jitted over `mesh`, the state kept where `placement` puts it (and donated), the
-    metrics and sums on every device."""
+    metrics and sums on every device; each array of the batch, whatever its keys, split by rows over the mesh."""
     everywhere = NamedSharding(mesh, REPLICATED)
-    batch = {"inputs": NamedSharding(mesh, BATCH), "targets": NamedSharding(mesh, BATCH)}
+    batch = NamedSharding(mesh, BATCH)  # a prefix of the batch dict: every array in it
     train = jax.jit(functools.partial(train_step, model=model, tx=tx, accum_steps=accum_steps, pad_id=pad_id,
                                       lr_schedule=lr_schedule, mesh=mesh),
                     in_shardings=(placement, batch), out_shardings=(placement, everywhere), donate_argnums=(0,))
