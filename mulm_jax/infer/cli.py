@@ -15,19 +15,34 @@ from mulm_jax import startup
 from mulm_jax.config import add_config_arguments, config_from_args
 
 
+BEAM_SETTINGS = ("num_beams", "length_penalty", "early_stopping")
+
+
 def register(subparsers: Any) -> None:
     gen = subparsers.add_parser("generate", help="stream a continuation of a prompt from a trained run")
     gen.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a train.py --workdir")
     gen.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
-    gen.add_argument("--prompt", required=True)
+    text = gen.add_mutually_exclusive_group(required=True)
+    text.add_argument("--prompt", help="the text to continue")
+    text.add_argument("--source", help="an encoder-decoder trained on pairs: the source to generate the target of "
+                                       "(its prompt, read by the encoder)")
     gen.add_argument("--max-tokens", type=int, help="default: 256, or what the context leaves")
-    gen.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    gen.add_argument("--temperature", type=float, default=0.8, help="0: greedy (beam search ignores it)")
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--min-p", type=float, default=0.0)
     gen.add_argument("--repetition-penalty", type=float, default=1.0)
     gen.add_argument("--seed", type=int)
     gen.add_argument("--stop", action="append", default=[], metavar="STR", help="stop before this text (repeatable)")
+    # The beam search settings default to SamplingParams' (None: not given).
+    gen.add_argument("--num-beams", type=int, metavar="K",
+                     help="beam search over K beams, printing the best hypothesis (default 1: sample, or greedy)")
+    gen.add_argument("--length-penalty", type=float, metavar="ALPHA",
+                     help="beam search ranks by log P / ((5 + length) / 6) ** ALPHA (default 0.6)")
+    gen.add_argument("--early-stopping", action=argparse.BooleanOptionalAction,
+                     help="end the search once no beam can beat those kept; the result is the same (default: on)")
+    gen.add_argument("--all-beams", action="store_true",
+                     help="then every hypothesis kept, best first, as JSON lines (text, score, logprob, ...)")
     gen.add_argument("--int8", action="store_true", help="int8 weights")
     startup.add_startup_arguments(gen)
     gen.set_defaults(func=run_generate)
@@ -52,24 +67,50 @@ def register(subparsers: Any) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     startup.start(args)
-    from mulm_jax.infer import Engine, SamplingParams, load_model
+    from mulm_jax.infer import Engine, InferenceError, SamplingParams, load_model
 
     loaded = load_model(args.checkpoint, args.step)
     engine = Engine(loaded, slots=1, int8=args.int8)
-    prompt_len = len(engine.encode_prompt(args.prompt, 1))
+    if args.source is not None and loaded.decoder_start is None:
+        raise InferenceError(f"--source is for an encoder-decoder trained on pairs; {args.checkpoint} is "
+                             f"{'a decoder' if loaded.config.model.architecture == 'decoder' else 'trained on text'}: "
+                             "give its text with --prompt")
+    prompt = args.prompt if args.source is None else args.source
+    prompt_len = len(engine.encode_prompt(prompt, 1))
     max_tokens = args.max_tokens or max(1, min(256, engine.max_len - prompt_len))
     params = SamplingParams(max_tokens=max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                            stop=tuple(args.stop))
+                            stop=tuple(args.stop), **{name: getattr(args, name) for name in BEAM_SETTINGS
+                                                      if getattr(args, name) is not None})
     with engine:
-        request = engine.submit(args.prompt, params)
+        request = engine.submit(prompt, params)
         for event in request:
             sys.stdout.write(event.text)
             sys.stdout.flush()
         completion = request.result()
     sys.stdout.write("\n")
+    if args.all_beams:
+        for h in completion.hypotheses or ():
+            print(json.dumps({"text": hypothesis_text(engine, request, h), "score": h.score, "logprob": h.logprob,
+                              "tokens": len(h.token_ids), "finish_reason": h.finish_reason}))
     print(f"[{completion.completion_tokens} tokens, finish: {completion.finish_reason}]", file=sys.stderr)
     return 0
+
+
+def hypothesis_text(engine: Any, request: Any, h: Any) -> str:
+    """A beam search hypothesis's text as the engine gives a completion's: cut at a stop string, no end token."""
+    from mulm_jax.infer.detokenize import CompletionText
+
+    text = CompletionText(engine.tokenizer, request.prompt_ids, request.params.stop)
+    for i, token in enumerate(h.token_ids):
+        if text.stopped:
+            break
+        last = i == len(h.token_ids) - 1
+        if last and h.finish_reason == "stop":
+            text.stop_token(token)
+        else:
+            text.add(token, final=last)
+    return text.text
 
 
 def random_model(config: Any, seed: int = 0) -> Any:

@@ -5,6 +5,10 @@ One background thread owns the device state and dispatches the steps; a second o
 (infer.detokenize), so that a step never waits for it. Submission, cancellation and reading results are
 thread-safe; results stream as TokenEvents (per-token callback, blocking iterator, or async iterator) and end
 with a Completion.
+
+A beam search request (num_beams > 1) takes no slot: when it reaches the head of the queue, the loop runs its whole
+search (infer.beam, a program of its own) between two decode steps, then delivers its best hypothesis as if
+decoded token by token.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, NamedTuple, Optional,
 import jax
 import numpy as np
 
+from mulm_jax.infer.beam import BeamSearch, Hypothesis
 from mulm_jax.infer.decoding import SlotSteps, host_output
 from mulm_jax.infer.detokenize import CompletionText
 from mulm_jax.infer.loading import InferenceError, LoadedModel
@@ -63,6 +68,7 @@ class Completion:
     prompt_tokens: int
     logprobs: Optional[tuple[TokenLogprob, ...]]
     time_to_first_token_s: Optional[float]
+    hypotheses: Optional[tuple[Hypothesis, ...]] = None  # num_beams > 1: those the search kept, best (this one) first
 
     @property
     def completion_tokens(self) -> int:
@@ -80,6 +86,7 @@ class Request:
         self.cancelled = False
         self.token_ids: list[int] = []  # generated (a step or two may follow a stop string: see Completion)
         self.first_token_at: Optional[float] = None
+        self.hypotheses: Optional[tuple[Hypothesis, ...]] = None  # the beam search's
         self.completion: Optional[Completion] = None
         self._ended = False  # the engine generates no more for it
         self._text: Optional[CompletionText] = None  # this and the next two: the delivery thread's
@@ -194,6 +201,8 @@ class Engine:
         self.params = served.params
         self.steps = SlotSteps(served.model, slots, self.max_len, num_logprobs, unpack_params=served.unpack,
                                vocab=self.vocab_size, weight_first=served.weight_first)
+        self.beams = BeamSearch(served.model, self.max_len, unpack_params=served.unpack, vocab=self.vocab_size,
+                                weight_first=served.weight_first, compiled=self.steps.compiled)
         self.max_queue, self.num_logprobs = max_queue, num_logprobs
         self._state = self.steps.init_state()
         self._slots: list[Optional[Request]] = [None] * slots  # the request each slot holds
@@ -235,7 +244,8 @@ class Engine:
 
     def warmup(self) -> None:
         """Compile prefill for every prompt bucket and the decode step, so that no request waits for a
-        compilation. Call it before start(): the running engine owns the device state."""
+        compilation (beam search compiles at its first request per bucket and number of beams). Call it before
+        start(): the running engine owns the device state."""
         if self._thread is not None:
             raise InferenceError("warmup() must run before start()")
         row = SamplingArrays.row(SamplingParams(), 0)
@@ -279,6 +289,8 @@ class Engine:
         """Queue a request; raises InferenceError for a bad prompt or settings, QueueFullError when full."""
         params.validate(self.num_logprobs)
         ids = self.encode_prompt(prompt, params.max_tokens, truncate)
+        if params.num_beams > 1:
+            self.beams.check(ids, params.max_tokens)
         with self._lock:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} requests are already waiting (max_queue={self.max_queue})")
@@ -341,11 +353,30 @@ class Engine:
                 free = [b for b, r in enumerate(self._slots) if r is None]
                 while self._waiting and self._waiting[0].cancelled:
                     self._results.put([_Result(self._waiting.popleft(), None, None, False, "cancelled")])
-                if not free or not self._waiting:
+                if not self._waiting:
+                    return
+                beam = self._waiting[0].params.num_beams > 1  # needs no slot
+                if not beam and not free:
                     return
                 request = self._waiting.popleft()
-                self._slots[free[0]] = request
-            self._prefill(free[0], request)
+                if not beam:
+                    self._slots[free[0]] = request
+            if beam:
+                self._search(request)
+            else:
+                self._prefill(free[0], request)
+
+    def _search(self, request: Request) -> None:
+        """Run a beam search request's whole search, then accept its best hypothesis's tokens one by one."""
+        p = request.params
+        end_ids = set(p.stop_token_ids)  # what _accept ends a request at
+        if self.tokenizer.eos_id is not None and not p.ignore_eos:
+            end_ids.add(self.tokenizer.eos_id)
+        result = self.beams.search(self.params, request.prompt_ids, p.num_beams, p.max_tokens, p.length_penalty,
+                                   p.early_stopping, end_ids)
+        request.hypotheses = result.hypotheses
+        for token in result.hypotheses[0].token_ids:  # the last one ends it: an end token, or max_tokens
+            self._accept({"tokens": np.asarray([token])}, [(0, request)])
 
     def _prefill(self, slot: int, request: Request) -> None:
         out = self._run_prefill(slot, request.prompt_ids, SamplingArrays.row(request.params, request.seed),
@@ -442,4 +473,4 @@ class Engine:
             request_id=request.id, text="" if request._text is None else request._text.text,
             token_ids=tuple(request._ids), finish_reason=reason, prompt_tokens=len(request.prompt_ids),
             logprobs=tuple(request._logprobs) if request.params.logprobs is not None else None,
-            time_to_first_token_s=first))
+            time_to_first_token_s=first, hypotheses=request.hypotheses))

@@ -42,7 +42,13 @@ LIMITS: dict[str, dict[str, float]] = {
     "presence_penalty": {"ge": -2.0, "le": 2.0},
     "frequency_penalty": {"ge": -2.0, "le": 2.0},
     "seed": {"ge": 0, "lt": 2**63},
+    # Beam search (infer.beam): each number of beams compiles its own program and holds that many copies of the
+    # caches. The length penalty's alpha from 0 (none) up: early stopping is exact only while lp grows with length.
+    "num_beams": {"ge": 1, "le": 16},
+    "length_penalty": {"ge": 0.0, "le": 2.0},
 }
+# What beam search needs left as it is: it ranks by the model's own log-probabilities and reports no alternatives.
+BEAM_PLAIN = {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "logprobs": None}
 
 
 def _describe(limits: dict[str, float]) -> str:
@@ -58,6 +64,10 @@ class SamplingParams:
     repetition_penalty (as in CTRL / Hugging Face) divides positive logits and multiplies negative ones of
     every token already in the prompt or the output; presence and frequency penalties (as in OpenAI's API)
     subtract `presence` once and `frequency` per occurrence for tokens in the output.
+
+    num_beams > 1 searches instead (infer.beam): the best of `num_beams` beams by log-probability over the length
+    penalty ((5 + length) / 6) ** length_penalty, ending early once no beam can improve on those kept. It draws
+    nothing, so temperature, the filters and the seed do not apply; penalties and logprobs are refused (BEAM_PLAIN).
     """
 
     max_tokens: int = 16
@@ -73,6 +83,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: Optional[int] = None  # None: no log-probabilities; n >= 0: the chosen token's and n alternatives
+    num_beams: int = 1
+    length_penalty: float = 0.6  # "Attention Is All You Need"'s alpha
+    early_stopping: bool = True
 
     def validate(self, max_logprobs: int) -> None:
         """Raise SamplingError naming the first setting outside its range (LIMITS; logprobs: up to `max_logprobs`)."""
@@ -82,6 +95,10 @@ class SamplingParams:
                 raise SamplingError(f"{name}={value!r} is out of range: expected {_describe(allowed)}")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise SamplingError(f"stop={self.stop!r} is out of range: expected non-empty strings")
+        for name, plain in BEAM_PLAIN.items() if self.num_beams > 1 else ():
+            if getattr(self, name) != plain:
+                raise SamplingError(f"{name}={getattr(self, name)!r} is not allowed with num_beams={self.num_beams}: "
+                                    "beam search ranks by the model's log-probabilities and lists no alternatives")
 
     def replace(self, **changes) -> "SamplingParams":
         return dataclasses.replace(self, **changes)

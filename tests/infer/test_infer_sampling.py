@@ -161,6 +161,8 @@ def test_logprobs_of_chosen_and_top_tokens():
     ("seed", [None, 0, 2**63 - 1], [-1, 2**63], "an integer in [0, 9223372036854775808)"),
     ("logprobs", [None, 0, 5], [-1, 6], "an integer in [0, 5]"),
     ("stop", [(), ("a", "\n")], [("",), ("a", 1)], "non-empty strings"),
+    ("num_beams", [1, 16], [0, 17], "an integer in [1, 16]"),
+    ("length_penalty", [0.0, 2.0], [-0.01, 2.01], "a number in [0, 2]"),
 ])
 def test_each_setting_is_checked_at_its_bounds_and_named_with_what_is_expected(field, allowed, refused, expected):
     for value in allowed:
@@ -169,6 +171,15 @@ def test_each_setting_is_checked_at_its_bounds_and_named_with_what_is_expected(f
         with pytest.raises(SamplingError) as refusal:
             SamplingParams(**{field: value}).validate(max_logprobs=5)
         assert str(refusal.value) == f"{field}={value!r} is out of range: expected {expected}"
+
+
+@pytest.mark.parametrize("setting,value", [("repetition_penalty", 1.2), ("presence_penalty", 0.5),
+                                           ("frequency_penalty", -0.5), ("logprobs", 0)])
+def test_beam_search_refuses_penalties_and_logprobs_naming_them_and_ignores_what_only_sampling_uses(setting, value):
+    with pytest.raises(SamplingError, match=rf"^{setting}={value} is not allowed with num_beams=2: beam search ranks"):
+        SamplingParams(num_beams=2, **{setting: value}).validate(max_logprobs=5)
+    SamplingParams(num_beams=1, **{setting: value}).validate(max_logprobs=5)
+    SamplingParams(num_beams=2, temperature=1.5, top_k=3, top_p=0.5, min_p=0.1, seed=1).validate(max_logprobs=5)
 
 
 def test_replace_changes_only_the_settings_named():

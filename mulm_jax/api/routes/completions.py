@@ -55,6 +55,13 @@ class Sampling(ApiModel):
                     one_of(f"a non-empty string or an array of at most {MAX_STOPS} of them")] = None
     seed: Int = Field(None, ge=LIMITS["seed"]["ge"], lt=LIMITS["seed"]["lt"] - MAX_PROMPTS,
                       description=f"sample i draws with seed + i (i < {MAX_PROMPTS}); none: a random seed")
+    num_beams: Int = setting("num_beams", description="extension: beam search over this many beams; the choice is "
+                                                      "the best hypothesis (1: sample, or greedy at temperature 0)")
+    length_penalty: float = setting("length_penalty", description="extension, with num_beams: hypotheses rank by "
+                                                                  "log P / ((5 + length) / 6) ** length_penalty")
+    early_stopping: bool = Field(SamplingParams().early_stopping,
+                                 description="extension, with num_beams: end the search once no beam can beat those "
+                                             "kept (the result is the same)")
     stream: bool = Field(False, description="Server-Sent Events (OpenAI's chunks), ending with `data: [DONE]`")
     stream_options: StreamOptions = Field(None, description="only with stream: true")
     user: str = None
@@ -171,10 +178,13 @@ def _sampling(body: Sampling, served: ServedModel, *, max_tokens: int, stop: tup
     vocab = served.engine.vocab_size
     if body.top_k > vocab:
         raise bad_value("top_k", body.top_k, f"an integer between 0 and the vocabulary's size, {vocab}")
+    if body.num_beams > 1 and body.n > 1:
+        raise bad_value("n", body.n, f"1 with num_beams={body.num_beams}: beam search gives one choice, its best")
     params = SamplingParams(
         max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
         repetition_penalty=body.repetition_penalty, presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty, seed=body.seed, stop=stop, logprobs=logprobs)
+        frequency_penalty=body.frequency_penalty, seed=body.seed, stop=stop, logprobs=logprobs,
+        num_beams=body.num_beams, length_penalty=body.length_penalty, early_stopping=body.early_stopping)
     try:
         params.validate(served.engine.num_logprobs)
     except SamplingError as e:
