@@ -1,18 +1,23 @@
-"""Helpers the tests share: tiny models and runs, corpora, `serve.py` in its own process, the lab in a browser."""
+"""Helpers the tests share: tiny models and runs, corpora, `serve.py` in its process, the lab, a stand-in engine."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import itertools
 import json
+import math
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable, Optional, Sequence
 
 import httpx
 import jax
@@ -23,7 +28,9 @@ import pytest
 from mulm_jax.api.cli import address_in
 from mulm_jax.config import Config, MeshConfig, ModelConfig, config_from_dict
 from mulm_jax.data.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer
-from mulm_jax.infer import LoadedModel
+from mulm_jax.infer import (Completion, InferenceError, LoadedModel, QueueFullError, SamplingParams, TokenEvent,
+                            TokenLogprob)
+from mulm_jax.infer.engine import NUM_LOGPROBS, EngineStats
 from mulm_jax.models import build_model
 from mulm_jax.train.mesh import global_batch, make_mesh, on_mesh
 from mulm_jax.train.step import TrainState, mesh_steps, state_placement
@@ -309,3 +316,203 @@ class Lab:
 
     def fits_the_window(self) -> bool:
         return self.value("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+# ---- a stand-in engine for the API's tests -------------------------------------------------------------------
+
+LN2 = math.log(2.0)
+
+
+class StandInRequest:
+    """What the routes use of an infer.Request: the tokens so far, `batches()` of TokenEvents, the Completion."""
+
+    def __init__(self, request_id: str, prompt_ids: list[int], params: SamplingParams, seed: int):
+        self.id, self.prompt_ids, self.params, self.seed = request_id, prompt_ids, params, seed
+        self.submitted = time.monotonic()
+        self.cancelled = False
+        self.token_ids: list[int] = []
+        self.events: list[TokenEvent] = []
+        self.completion: Optional[Completion] = None
+        self.text = ""  # the completion's text so far, stop strings included
+        self.shown = 0  # of `text`, the part sent as TokenEvents
+        self.logprobs: list[TokenLogprob] = []
+        self.first_token_at: Optional[float] = None
+        self._cond = threading.Condition()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    @property
+    def done(self) -> bool:
+        return self.completion is not None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def publish(self, event: Optional[TokenEvent] = None, completion: Optional[Completion] = None) -> None:
+        with self._cond:
+            if event is not None:
+                self.events.append(event)
+            if completion is not None:
+                self.completion = completion
+            waiters, self._waiters = self._waiters, []
+            self._cond.notify_all()
+        for loop, ready in waiters:
+            loop.call_soon_threadsafe(ready.set)
+
+    def result(self, timeout: Optional[float] = None) -> Completion:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.completion is not None, timeout), f"{self.id} unfinished"
+        return self.completion
+
+    async def batches(self) -> AsyncIterator[list[TokenEvent]]:
+        loop, seen = asyncio.get_running_loop(), 0
+        while True:
+            with self._cond:
+                events = self.events[seen:]
+                seen += len(events)
+                if not events:
+                    if self.completion is not None:
+                        return
+                    ready = asyncio.Event()
+                    self._waiters.append((loop, ready))
+            if events:
+                yield events
+            else:
+                await ready.wait()
+
+
+class StandInEngine:
+    """The engine the API's routes use, with a model worked out by hand instead of one compiled: after token t
+    comes token t + k (mod V) with probability 2^-k (k = 1 .. V - 1; t itself takes the remaining 2^-(V-1)).
+    Greedy decoding (temperature 0) steps by k = 1, so after "hello" with the 32-character ALPHABET come "pqrst",
+    and after the chat prompt's "assistant:" come "abcd..."; a sampled sequence steps by k = 1 + seed % 4. Each
+    token's log-probability is -k ln 2 and its alternatives are k = 1, 2, ...; stop strings end the text where
+    they start, max_tokens ends it with "length". Requests wait in a queue of max_queue for one of `slots` slots;
+    every step gives each running request one token. Clear `stepping` to hold the steps."""
+
+    def __init__(self, loaded: LoadedModel, *, slots: int = 4, max_queue: int = 64, int8: bool = False,
+                 num_logprobs: int = NUM_LOGPROBS):
+        cfg = loaded.config.model
+        self.loaded, self.tokenizer, self.params = loaded, loaded.tokenizer, loaded.params
+        self.max_len = cfg.max_seq_len
+        self.vocab_size = min(cfg.vocab_size, self.tokenizer.vocab_size)
+        self.slots, self.max_queue, self.int8, self.num_logprobs = slots, max_queue, int8, num_logprobs
+        self.stepping = threading.Event()
+        self.stepping.set()
+        self.generated = 0
+        self._running: list[StandInRequest] = []
+        self._waiting: deque[StandInRequest] = deque()
+        self._lock = threading.Condition()
+        self._ids = itertools.count()
+        self._seeds = np.random.default_rng(0)
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = False
+
+    def warmup(self) -> None:
+        pass  # nothing to compile
+
+    def start(self) -> "StandInEngine":
+        self._thread = threading.Thread(target=self._run, name="stand-in-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def tokenize(self, prompt: str | Sequence[int]) -> list[int]:
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        if not ids:
+            raise InferenceError("the prompt is empty")
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise InferenceError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        return ids
+
+    def submit(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), *,
+               request_id: Optional[str] = None) -> StandInRequest:
+        params.validate(self.num_logprobs)
+        ids = self.tokenize(prompt)
+        with self._lock:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(f"{len(self._waiting)} requests are already waiting (max_queue={self.max_queue})")
+            seed = params.seed if params.seed is not None else int(self._seeds.integers(2**31))
+            request = StandInRequest(request_id or f"req-{next(self._ids)}", ids, params, seed)
+            self._waiting.append(request)
+            self._lock.notify_all()
+        return request
+
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams()) -> Completion:
+        return self.submit(prompt, params).result(60)
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            return EngineStats(slots=self.slots, active=len(self._running), waiting=len(self._waiting),
+                               compilations=0, generated_tokens=self.generated)
+
+    def step_size(self, request: StandInRequest) -> int:
+        return 1 if request.params.temperature == 0 else 1 + request.seed % 4
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._stopping or self._waiting or self._running)
+                if self._stopping:
+                    break
+                while self._waiting and len(self._running) < self.slots:
+                    self._running.append(self._waiting.popleft())
+                running = list(self._running)
+            if not self.stepping.wait(0.01):
+                continue
+            for request in running:
+                if request.cancelled:
+                    self._finish(request, "cancelled")
+                else:
+                    self._step(request)
+        with self._lock:
+            left, self._running, self._waiting = self._running + list(self._waiting), [], deque()
+        for request in left:
+            self._finish(request, "cancelled")
+
+    def _step(self, request: StandInRequest) -> None:
+        last = (request.token_ids or request.prompt_ids)[-1]
+        k = self.step_size(request)
+        token = (last + k) % self.vocab_size
+        if request.first_token_at is None:
+            request.first_token_at = time.monotonic()
+        request.token_ids.append(token)
+        self.generated += 1
+        piece = self.tokenizer.decode([token])
+        request.text += piece
+        logprob = None
+        if request.params.logprobs is not None:
+            top = tuple(((last + j) % self.vocab_size, self.tokenizer.decode([(last + j) % self.vocab_size]),
+                         -j * LN2) for j in range(1, request.params.logprobs + 1))
+            logprob = TokenLogprob(token, piece, -k * LN2, top)
+            request.logprobs.append(logprob)
+        stops = [(request.text.find(s), s) for s in request.params.stop if s in request.text]
+        if stops:
+            request.text = request.text[:min(stops)[0]]
+        length = len(request.token_ids) >= request.params.max_tokens
+        # hold back text that may begin a stop string, as the engine does
+        held = 0 if stops or length else max([n for s in request.params.stop for n in range(1, len(s))
+                                                if request.text.endswith(s[:n])], default=0)
+        shown = request.text[request.shown:len(request.text) - held]
+        request.shown += len(shown)
+        request.publish(TokenEvent(request.id, len(request.token_ids) - 1, token, shown, logprob))
+        if stops or length:
+            self._finish(request, "stop" if stops else "length")
+
+    def _finish(self, request: StandInRequest, reason: str) -> None:
+        with self._lock:
+            if request in self._running:
+                self._running.remove(request)
+        first = None if request.first_token_at is None else request.first_token_at - request.submitted
+        request.publish(completion=Completion(
+            request_id=request.id, text=request.text, token_ids=tuple(request.token_ids), finish_reason=reason,
+            prompt_tokens=len(request.prompt_ids),
+            logprobs=tuple(request.logprobs) if request.params.logprobs is not None else None,
+            time_to_first_token_s=first))

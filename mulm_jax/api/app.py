@@ -12,7 +12,7 @@ import importlib
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -25,6 +25,7 @@ from mulm_jax.api.ratelimit import RateLimiter, RequestRateMiddleware
 from mulm_jax.api.registry import ModelRegistry
 from mulm_jax.api.telemetry import Metrics, TelemetryMiddleware
 from mulm_jax.config import ServeConfig
+from mulm_jax.infer import Engine
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,11 @@ def api_keys(settings: ServeConfig) -> tuple[str, ...]:
     return keys
 
 
-def create_app(settings: ServeConfig) -> Starlette:
-    """The app; models named in `settings.checkpoints` load in the background at start-up (see /readyz)."""
+def create_app(settings: ServeConfig, make_engine: Callable[..., Engine] = Engine) -> Starlette:
+    """The app; models named in `settings.checkpoints` load in the background at start-up (see /readyz), each
+    served by `make_engine` (see ModelRegistry)."""
     keys = api_keys(settings)
-    ctx = ApiContext(settings=settings, models=ModelRegistry(settings), jobs=JobManager(settings),
+    ctx = ApiContext(settings=settings, models=ModelRegistry(settings, make_engine), jobs=JobManager(settings),
                      limiter=RateLimiter(settings.requests_per_minute, settings.tokens_per_minute), secured=bool(keys))
     _register_collected(ctx)
     routes: list[Any] = []

@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import jax
 from pydantic import BaseModel
@@ -104,10 +104,11 @@ def parse_checkpoint(spec: str) -> tuple[str, str]:
 
 class ModelRegistry:
     """Thread-safe map of model id -> ServedModel, and of the ids still loading. `ready` once every model named at
-    start-up is loaded."""
+    start-up is loaded. `make_engine(loaded, slots=, max_queue=, int8=)` makes what generates for a model: an
+    Engine, or in the API's tests a stand-in that compiles nothing."""
 
-    def __init__(self, settings: ServeConfig):
-        self.settings = settings
+    def __init__(self, settings: ServeConfig, make_engine: Callable[..., Engine] = Engine):
+        self.settings, self.make_engine = settings, make_engine
         self._models: dict[str, ServedModel] = {}
         self._loading: dict[str, LoadingModel] = {}
         self._lock = threading.Lock()
@@ -190,7 +191,8 @@ class ModelRegistry:
             raise ApiError(400, str(e), param="run_dir", code="invalid_run") from None
         with self._lock:
             self._loading[model_id].state = "compiling"
-        engine = Engine(loaded, slots=self.settings.slots, max_queue=self.settings.max_queue, int8=self.settings.int8)
+        engine = self.make_engine(loaded, slots=self.settings.slots, max_queue=self.settings.max_queue,
+                                  int8=self.settings.int8)
         phases.mark("weights to the device", engine.params)
         engine.warmup()
         phases.mark(f"warm-up ({engine.stats().compilations} compilations)")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from support import loaded, naive_rope, tiny_run
+from support import StandInEngine, loaded, naive_rope, tiny_run
 from mulm_jax.__main__ import main
 from mulm_jax.api import create_app
 from mulm_jax.config import ServeConfig, load_config
@@ -286,7 +286,9 @@ def test_plot_draws_runs_side_by_side_with_their_table(run_dir, tmp_path, capsys
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inspect_api")
-    app = create_app(ServeConfig(state_dir=str(tmp / "state"), runs_root=str(tmp / "runs"), inspect_max_tokens=40))
+    # the inspection routes trace the model itself: its engine is the stand-in, which compiles nothing
+    app = create_app(ServeConfig(state_dir=str(tmp / "state"), runs_root=str(tmp / "runs"), inspect_max_tokens=40),
+                     StandInEngine)
     with TestClient(app, raise_server_exceptions=False) as c:
         app.state.ctx.models.serve("tiny", loaded(num_layers=2, max_seq_len=64))
         yield c
