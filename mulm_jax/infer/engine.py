@@ -258,8 +258,14 @@ class Engine:
     # ---- submission ------------------------------------------------------------------------------------
     def tokenize(self, prompt: str | Sequence[int]) -> list[int]:
         """Prompt ids (text encoded, or ids checked against the vocabulary); an empty prompt starts from the
-        beginning-of-text token where the tokenizer has one."""
+        beginning-of-text token where the tokenizer has one. An encoder-decoder trained on pairs reads the prompt as
+        its source: the decoder's start token follows it."""
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        if self.loaded.decoder_start is not None:
+            if not ids:
+                raise InferenceError("the prompt is empty: this encoder-decoder reads it as its source, which needs "
+                                     "at least one token")
+            ids = ids + [self.loaded.decoder_start]
         if not ids:
             if self.tokenizer.bos_id is None:
                 raise InferenceError("the prompt is empty: expected at least one token (this tokenizer has no "

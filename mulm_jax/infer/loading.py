@@ -17,7 +17,7 @@ from mulm_jax.errors import MulmError
 from mulm_jax.models import build_model
 from mulm_jax.models.info import param_shapes
 from mulm_jax.models.layers import per_layer, per_layer_config
-from mulm_jax.runs import CHECKPOINTS, checkpoint_manager, is_run, read_config
+from mulm_jax.runs import CHECKPOINTS, checkpoint_manager, is_run, read_config, read_pairs_record
 
 
 class InferenceError(MulmError):
@@ -32,6 +32,9 @@ class LoadedModel:
     config: Config
     step: int  # the training step of the checkpoint
     run_dir: Path
+    # An encoder-decoder trained on pairs: the id its decoder starts from, after a prompt read as the source (the
+    # engine appends it); None: the prompt's last token starts the decoder, as in training on text windows.
+    decoder_start: Optional[int] = None
 
 
 def load_model(run_dir: str | Path, step: Optional[int] = None) -> LoadedModel:
@@ -68,5 +71,7 @@ def load_model(run_dir: str | Path, step: Optional[int] = None) -> LoadedModel:
     finally:
         manager.close()
     config = per_layer_config(config)
+    pairs = read_pairs_record(run_dir) if config.model.architecture == "encoder_decoder" else None
     return LoadedModel(model=build_model(config.model), params=per_layer(restored["state"]["params"]),
-                       tokenizer=tokenizer, config=config, step=int(step), run_dir=run_dir)
+                       tokenizer=tokenizer, config=config, step=int(step), run_dir=run_dir,
+                       decoder_start=None if pairs is None else pairs["decoder_start_id"])

@@ -144,11 +144,17 @@ class Tracer:
 
     def sequences(self, prompt: str | Sequence[int], target: str | Sequence[int] | None = None
                   ) -> tuple[list[int], Optional[list[int]]]:
-        """The decoder's token ids and (encoder-decoder models) the source's, checked."""
+        """The decoder's token ids and (encoder-decoder models) the source's, checked. An encoder-decoder trained on
+        pairs reads the prompt as its source and starts its decoder from its start token, which a target given as
+        text follows (a target of ids is the decoder's input as given)."""
         ids = self.encode(prompt)
+        start = self.loaded.decoder_start
         if self.encoder_decoder:
             if target is not None:
-                return self.encode(target, "target"), ids
+                decoder = self.encode(target, "target")
+                return ([start] + decoder if start is not None and isinstance(target, str) else decoder), ids
+            if start is not None:
+                return [start], ids
             if len(ids) < 2:
                 raise InspectError("an encoder-decoder model reads a prompt as the engine does, its last token starting "
                                    "the decoder and the ones before it the source: expected at least 2 tokens (or a "
