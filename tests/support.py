@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from mulm_jax.api.cli import address_in
-from mulm_jax.config import Config, MeshConfig, ModelConfig, config_from_dict
+from mulm_jax.config import Config, DataConfig, MeshConfig, ModelConfig, config_from_dict, dump_config
 from mulm_jax.data.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer
 from mulm_jax.infer import (Completion, InferenceError, LoadedModel, QueueFullError, SamplingParams, TokenEvent,
                             TokenLogprob)
@@ -220,6 +220,30 @@ def tiny_run(tmp_path: Path, *extra: str) -> list[str]:
             "model.d_ff=64", "model.max_seq_len=32", "train.seq_len=32", "train.batch_size=8", "train.steps=20",
             "train.warmup_steps=5", "train.eval_every=10", "train.eval_batches=2", "train.checkpoint_every=10",
             "train.log_every=5", *extra]
+
+
+def pairs_run(tmp: Path, architecture: str = "encoder_decoder") -> tuple[Path, Path]:
+    """A data set of seq2seq pairs (two words -> the two swapped; a quarter held out) and a run folder on it of a
+    tiny model with random weights (config, tokenizer, pairs.json, one checkpoint), written without training."""
+    from mulm_jax.data import assemble, read_manifest
+    from mulm_jax.runs import write_pairs_record
+    from mulm_jax.train.checkpoint import Checkpoints
+
+    data = tmp / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"source": f"{a} {b}", "target": f"{b} {a}"}) + "\n"
+                            for a in ("ab", "cd", "ef", "gh") for b in ("ij", "kl", "mn")))
+    folder = assemble(DataConfig(sources=(str(data),), out_dir=str(tmp / "datasets"), val_fraction=0.25)).path
+    tokenizer = Tokenizer.load(folder)
+    lm = loaded(architecture=architecture, vocab_size=tokenizer.vocab_size, max_seq_len=32)
+    run = tmp / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_config(Config(model=lm.config.model, data=DataConfig(dataset=str(folder)))))
+    tokenizer.save(run)
+    write_pairs_record(run, read_manifest(folder))
+    checkpoints = Checkpoints(run, keep=1)
+    checkpoints.save(TrainState(step=np.int32(3), params=lm.params, opt_state={}, rng=np.zeros(2, np.uint32)), {})
+    checkpoints.close()
+    return folder, run
 
 
 def naive_rope(x_TxHxDh, theta=10000.0):

@@ -21,7 +21,10 @@ from mulm_jax.data.clean import CleanOptions, clean_documents, split_documents
 from mulm_jax.data import passkey
 from mulm_jax.data.dedup import dedup
 from mulm_jax.data.errors import DataError
-from mulm_jax.data.sources import DEFAULT_SHARE, Source, read_texts, resolve_source
+from mulm_jax.data.pairs import FIELDS, Pair, PairArrays, PairReader, data_kind, decoder_start_id, encode_pair, \
+    fit_problem, template_identity
+from mulm_jax.data.sources import DEFAULT_SHARE, Source, read_records, read_texts, resolve_source
+from mulm_jax.data.tasks import TASKS
 from mulm_jax.data.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer
 
 FORMAT = 1  # bump when the pipeline changes what it writes for the same inputs and settings
@@ -51,11 +54,15 @@ def assemble(cfg: DataConfig) -> Assembled:
     check_settings(cfg)
     sources = [resolve_source(spec, cfg.split_documents) for spec in cfg.sources]
     given = _given_tokenizer(cfg)
-    version = version_id(cfg, sources, given)
+    kind = data_kind(sources, cfg.text_field)
+    template = _chat_template(cfg) if kind == "chat" else None
+    version = version_id(cfg, sources, given, template)
     final = Path(cfg.out_dir) / version
     if (final / MANIFEST).is_file():
         return Assembled(final, read_manifest(final), reused=True)
     _check_writable(Path(cfg.out_dir))
+    if kind != "text":
+        return _assemble_pairs(cfg, version, final, sources, given, kind, template)
 
     docs, stats = _read_documents(sources, cfg)
     keep, removed = dedup([d.text for d in docs], cfg.dedup, cfg.near_dup_threshold)
@@ -78,11 +85,116 @@ def assemble(cfg: DataConfig) -> Assembled:
     def write(folder: Path) -> None:
         for split in SPLITS:
             tokens[split].astype(manifest["dtype"]).tofile(folder / manifest["files"][split])
-        tokenizer.save(folder)
-        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        _write_tokenizer_and_manifest(folder, tokenizer, manifest)
 
     reused = _write_atomically(final, write)
     return Assembled(final, read_manifest(final), reused)
+
+
+def _assemble_pairs(cfg: DataConfig, version: str, final: Path, sources: list[Source], given: Tokenizer | None,
+                    kind: str, template: object) -> Assembled:
+    """assemble() for sources of pairs: read and check -> clean -> dedup whole pairs -> split -> tokenizer ->
+    examples (tokens, loss mask, offsets, origins) + manifest."""
+    pairs, stats, files = _read_pairs(sources, cfg, kind, template)
+    keep, removed = dedup([p.key() for p in pairs], cfg.dedup, cfg.near_dup_threshold)
+    stats["removed"].update(removed)
+    splits = _split_pairs([p for p, k in zip(pairs, keep) if k], sources, cfg.val_fraction)
+    if not splits["train"]:
+        raise DataError(f"no pairs left for training after cleaning and dedup: read {stats['read']} from "
+                        f"{', '.join(cfg.sources)}, removed {dict(stats['removed'])}")
+    texts = {split: [text for p in splits[split] for text, _ in p.parts] for split in SPLITS}
+    tokenizer = given or _train_tokenizer(cfg, texts["train"], texts["val"])
+    arrays = {split: PairArrays.build([encode_pair(tokenizer, p, kind) for p in splits[split]], splits[split])
+              for split in SPLITS}
+    manifest = _manifest(cfg, version, sources, splits, stats, tokenizer, {s: a.tokens for s, a in arrays.items()})
+    manifest["files"] = {**PairArrays.file_names("train"), **PairArrays.file_names("val"),
+                         "tokenizer": tokenizer.file_name}
+    manifest.update(kind=kind, pairs={
+        "fields": list(FIELDS[kind]), "files": files, "decoder_start_id": decoder_start_id(tokenizer),
+        **{f"{split}_examples": arrays[split].count for split in SPLITS},
+        **{f"{split}_loss_tokens": int(arrays[split].mask.sum()) for split in SPLITS},
+        "longest": {split: _longest(arrays[split]) for split in SPLITS}})
+    if template is not None:
+        manifest["chat_template"] = template_identity(template)
+    if cfg.seq_len is not None:  # assembled for an encoder-decoder (seq2seq) or a decoder (the others)
+        for split in SPLITS:
+            problem = fit_problem(arrays[split], kind, files, seq_len=cfg.seq_len, seq_len_name="data.seq_len",
+                                  source_len=cfg.seq_len if kind == "seq2seq" else None, source_len_name="data.seq_len")
+            if problem:
+                raise DataError(problem)
+
+    def write(folder: Path) -> None:
+        for split in SPLITS:
+            arrays[split].save(folder, split, manifest["dtype"])
+        _write_tokenizer_and_manifest(folder, tokenizer, manifest)
+
+    reused = _write_atomically(final, write)
+    return Assembled(final, read_manifest(final), reused)
+
+
+def _write_tokenizer_and_manifest(folder: Path, tokenizer: Tokenizer, manifest: dict) -> None:
+    tokenizer.save(folder)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def _chat_template(cfg: DataConfig) -> object:
+    """The template chat pairs are rendered through: the tokenizer folder's (a run's or an imported model's, as
+    serving it would use), else the plain default."""
+    from mulm_jax.infer.chat import ChatTemplate  # the inference package, loaded only for chat data
+
+    folder = Path(cfg.tokenizer)
+    return ChatTemplate.load(folder if folder.is_dir() else None)
+
+
+def _read_pairs(sources: list[Source], cfg: DataConfig, kind: str, template: object
+                ) -> tuple[list[Pair], dict, list[str]]:
+    """Every source's pairs, checked and cleaned; the reading stats; the names of the files they came from."""
+    reader = PairReader(kind, CleanOptions(cfg.fold_whitespace, cfg.min_doc_chars, cfg.max_doc_chars), template)
+    stats = {"read": 0, "invalid_utf8_replaced": 0, "removed": reader.removed, "chars": reader.chars}
+    pairs: list[Pair] = []
+    files: list[str] = []
+    for i, source in enumerate(sources):
+        if source.task:
+            train, held_out = TASKS[source.task].pairs(0)
+            records = [(n, {"source": s, "target": t}) for n, (s, t) in enumerate(train + held_out, 1)]
+            read = [(f"{source.task} (generated)", records, len(train))]
+        else:
+            read = []
+            for file in source.files:
+                records, replaced = read_records(file.path, cfg.invalid_utf8)
+                stats["invalid_utf8_replaced"] += replaced
+                read.append((file.path.name, records, 0 if file.held_out else len(records)))
+        for name, records, trained in read:
+            files.append(name)
+            for j, (line, record) in enumerate(records):
+                pair = reader.pair(record, f"{name}:{line}", source=i, file=len(files) - 1, line=line,
+                                   held_out=j >= trained)
+                if pair is not None:
+                    pairs.append(pair)
+            stats["read"] += len(records)
+    return pairs, stats, files
+
+
+def _split_pairs(pairs: list[Pair], sources: list[Source], val_fraction: float) -> dict[str, list[Pair]]:
+    """Per source: its held-out pairs (a task's, a held-out file's) are val; else a val_fraction share of them,
+    chosen by content hash."""
+    splits: dict[str, list[Pair]] = {split: [] for split in SPLITS}
+    for i in range(len(sources)):
+        mine = [p for p in pairs if p.source == i]
+        if any(p.held_out for p in mine):
+            chosen = {j for j, p in enumerate(mine) if p.held_out}
+        else:
+            chosen = _hash_sample([p.key() for p in mine], val_fraction)
+        splits["train"] += [p for j, p in enumerate(mine) if j not in chosen]
+        splits["val"] += [p for j, p in enumerate(mine) if j in chosen]
+    return splits
+
+
+def _longest(arrays: PairArrays) -> dict[str, int]:
+    """The longest example of a split in tokens, and its longest untrained start (a source, a prompt)."""
+    total, untrained = arrays.lengths()
+    return {"example": int(total.max(initial=0)), "untrained": int(untrained.max(initial=0)),
+            "trained": int((total - untrained).max(initial=0))}
 
 
 def _manifest(cfg: DataConfig, version: str, sources: list[Source], splits: dict[str, list[_Doc]], stats: dict,
@@ -91,6 +203,7 @@ def _manifest(cfg: DataConfig, version: str, sources: list[Source], splits: dict
     manifest = {
         "format": FORMAT,
         "version": version,
+        "kind": "text",
         "sources": [dict(s.describe(), documents={split: sum(d.source == i for d in splits[split])
                                                   for split in SPLITS})
                     for i, s in enumerate(sources)],
@@ -107,6 +220,8 @@ def _manifest(cfg: DataConfig, version: str, sources: list[Source], splits: dict
     for split in SPLITS:
         manifest[f"{split}_tokens"] = int(tokens[split].size)
         manifest[f"{split}_chars"] = sum(len(d.text) for d in splits[split])
+        # the UTF-8 bytes of the text the tokens encode: the documents' own (the eos ids between them have none)
+        manifest[f"{split}_bytes"] = sum(len(d.text.encode("utf-8", "surrogatepass")) for d in splits[split])
     return manifest
 
 
@@ -143,14 +258,31 @@ def list_versions(out_dir: str | Path) -> list[dict]:
             if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()]
 
 
-def version_id(cfg: DataConfig, sources: list[Source], given: Tokenizer | None) -> str:
-    """A hash of the inputs' contents, the settings and the tokenizer: stable across runs, paths and machines."""
+def find_version(cfg: DataConfig) -> Path | None:
+    """The version folder training would read (`cfg.dataset`, or the one `assemble(cfg)` would reuse) when it
+    exists, found without downloading or assembling anything; None when it does not, or an input is not at hand."""
+    if cfg.dataset:
+        return Path(cfg.dataset) if (Path(cfg.dataset) / MANIFEST).is_file() else None
+    try:
+        check_settings(cfg)
+        sources = [resolve_source(spec, cfg.split_documents, download=False) for spec in cfg.sources]
+        folder = Path(cfg.out_dir) / version_id(cfg, sources, _given_tokenizer(cfg))
+    except DataError:
+        return None
+    return folder if (folder / MANIFEST).is_file() else None
+
+
+def version_id(cfg: DataConfig, sources: list[Source], given: Tokenizer | None, template: object = None) -> str:
+    """A hash of the inputs' contents, the settings, the tokenizer and (chat pairs) the chat template: stable
+    across runs, paths and machines."""
     identity = {
         "format": FORMAT,
         "settings": _settings(cfg),
         "sources": [s.identity() for s in sources],
         "tokenizer": hashlib.sha256(given.serialize()).hexdigest() if given else None,
     }
+    if template is not None:
+        identity["chat_template"] = template_identity(template)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -10,6 +10,8 @@ import time
 from mulm_jax.config import DataConfig, add_config_arguments, load_config
 from mulm_jax.config_schema import add_flags, flag_values
 from mulm_jax.data.assemble import assemble, list_versions
+from mulm_jax.data.loader import show_examples
+from mulm_jax.data.tokenizer import Tokenizer
 from mulm_jax.data.sources import GENERATED_SOURCES, NAMED_SOURCES
 
 NOT_FLAGS = ("dataset",)  # the DataConfig fields `data assemble` has no flag for: it makes a data set, it reads none
@@ -35,6 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lst.add_argument("--json", action="store_true", help="print the manifests as one JSON list")
     lst.set_defaults(func=run_list)
 
+    show = commands.add_parser("show", help="a data set of pairs' examples with their loss mask",
+                               description="Print examples of a pairs data set, each token's text with the trained "
+                                           "ones (the loss mask) in [brackets] and the end token as <eos>.")
+    show.add_argument("dataset", metavar="VERSION_DIR", help="an assembled version folder")
+    show.add_argument("--split", default="train", choices=["train", "val"])
+    show.add_argument("--start", type=int, default=0, metavar="I", help="the first example shown (default 0)")
+    show.add_argument("--count", type=int, default=5, metavar="N", help="examples shown (default 5)")
+    show.add_argument("--json", action="store_true", help="print them as one JSON list")
+    show.set_defaults(func=run_show)
+
 
 def data_config(args: argparse.Namespace) -> DataConfig:
     """The `data` section of --config / --set (defaults without), with the flags given on top."""
@@ -47,9 +59,10 @@ def run_assemble(args: argparse.Namespace) -> int:
     result = assemble(data_config(args))
     m = result.manifest
     verb = "reused (cache hit)" if result.reused else "assembled"
+    what = "documents" if m.get("kind", "text") == "text" else f"{m['kind']} pairs"
     print(f"{verb} {result.path} in {time.perf_counter() - start:.1f} s: {m['tokenizer']['kind']} vocab "
           f"{m['vocab_size']}, train {m['train_tokens']:,} tokens, val {m['val_tokens']:,} tokens, "
-          f"{m['documents']['train']} + {m['documents']['val']} documents")
+          f"{m['documents']['train']} + {m['documents']['val']} {what}")
     if args.json:
         print(json.dumps(m, sort_keys=True, ensure_ascii=False))
     return 0
@@ -66,4 +79,21 @@ def run_list(args: argparse.Namespace) -> int:
         sources = ", ".join(s["spec"] for s in m["sources"])
         print(f"{m['version']}  {m['tokenizer']['kind']:<19} vocab {m['vocab_size']:>6}  "
               f"train {m['train_tokens']:>11,}  val {m['val_tokens']:>10,}  {sources}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    examples = show_examples(args.dataset, args.split, args.start, args.count)
+    eos = Tokenizer.load(args.dataset).eos_id
+    if args.json:
+        print(json.dumps(examples, ensure_ascii=False))
+        return 0
+    for example in examples:
+        text, trained = "", False
+        for token in example["tokens"]:
+            if token["loss"] != trained:
+                text += "[" if token["loss"] else "]"
+                trained = token["loss"]
+            text += "<eos>" if token["id"] == eos else token["text"]
+        print(f"{example['index']} ({example['file']}:{example['line']}): {text + ']' * trained!r}")
     return 0

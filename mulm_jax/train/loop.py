@@ -18,13 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from mulm_jax.config import Config, TrainConfig, config_from_dict, dump_config
-from mulm_jax.data import Tokenizer, eval_batches, make_loader, prepare_dataset
+from mulm_jax.data import Tokenizer, eval_batches, make_loader, prepare_dataset, read_manifest
+from mulm_jax.data.loader import batch_shapes, check_examples_fit, load_pairs
 from mulm_jax.errors import MulmError
 from mulm_jax.models import build_model
-from mulm_jax.runs import config_path, is_run, write_run_files
+from mulm_jax.runs import config_path, is_run, write_pairs_record, write_run_files
 from mulm_jax.startup import Phases
 from mulm_jax.train.checkpoint import Checkpoints
 from mulm_jax.train.init_from import RECORD, start_from
@@ -116,22 +118,54 @@ class _StopSignal:
 
 STEP_COMPILE = "train step compile (rest)"  # what is left of it once the phases it runs beside are done
 FIRST_STEP = "first step"  # the last start-up phase
-SAMPLE_PROMPT = "\n"  # each evaluation prints the greedy continuation of this text's first token,
-SAMPLE_TOKENS = 64  # this many tokens long
+SAMPLE_PROMPT = "\n"  # each evaluation prints the greedy continuation of this text's first token (of pairs: of the
+SAMPLE_TOKENS = 64  # first validation example's prompt), this many tokens long
 
 
-def _prepare_data(cfg: Config, workdir: Path, lead: bool) -> tuple[Path, Tokenizer]:
-    """The data set's folder (assembled if needed) and its tokenizer, checked against the model's vocabulary; process
-    0 copies the tokenizer and the config into the run folder."""
+def _sample_prompt(dataset_dir: Path, tokenizer: Tokenizer) -> tuple[list[int], Optional[int]]:
+    """The ids an evaluation's sample continues, and the id it ends at: of text, SAMPLE_PROMPT's first token and
+    none; of pairs, the untrained start (the prompt) of the first validation example and the end-of-text id."""
+    manifest = read_manifest(dataset_dir)
+    if manifest.get("kind", "text") == "text":
+        return tokenizer.encode(SAMPLE_PROMPT)[:1], None
+    ids, mask = load_pairs(dataset_dir, "val" if manifest["pairs"]["val_examples"] else "train").example(0)
+    return ids[:int(np.argmax(mask))].tolist(), tokenizer.eos_id
+
+
+def _prepare_data(cfg: Config, workdir: Path, lead: bool) -> tuple[Path, Tokenizer, Optional[int]]:
+    """The data set's folder (assembled if needed), its tokenizer, checked against the model's vocabulary, and the
+    source length of its batches (pairs for an encoder-decoder; else None), its examples checked to fit; process 0
+    then copies the tokenizer and the config (and what a run on pairs generates from) into the run folder."""
     dataset_dir = prepare_dataset(cfg.data)
     tokenizer = Tokenizer.load(dataset_dir)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise TrainingError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the data set's vocabulary "
                             f"of {tokenizer.vocab_size} ({dataset_dir}); set model.vocab_size >= "
                             f"{tokenizer.vocab_size}")
+    manifest = read_manifest(dataset_dir)
+    source_len = _source_length(cfg, manifest)
+    check_examples_fit(dataset_dir, _sequence_length(cfg), source_len,
+                       seq_len_name=f"train.seq_len={cfg.train.seq_len}" if cfg.train.seq_len else
+                       f"train.seq_len unset: model.max_seq_len={cfg.model.max_seq_len}",
+                       source_len_name=f"train.source_len={cfg.train.source_len}" if cfg.train.source_len else
+                       f"train.source_len unset: model.max_seq_len={cfg.model.max_seq_len}")
     if lead:
         write_run_files(workdir, cfg, tokenizer)
-    return dataset_dir, tokenizer
+        if manifest.get("kind", "text") != "text":
+            write_pairs_record(workdir, manifest)
+    return dataset_dir, tokenizer, source_len
+
+
+def _source_length(cfg: Config, manifest: dict) -> Optional[int]:
+    """The sources' length in an encoder-decoder's batches of pairs: train.source_len (default: the model's context),
+    checked to fit the context; None for a decoder, or for text (whose windows the model splits itself)."""
+    if manifest.get("kind", "text") == "text" or cfg.model.architecture != "encoder_decoder":
+        return None
+    source_len = cfg.train.source_len or cfg.model.max_seq_len
+    if source_len > cfg.model.max_seq_len:
+        raise TrainingError(f"train.source_len={source_len} is longer than the context model.max_seq_len="
+                            f"{cfg.model.max_seq_len}")
+    return source_len
 
 
 def _sequence_length(cfg: Config) -> int:
@@ -177,13 +211,18 @@ def run_steps(cfg: Config, pad_id: Optional[int], seq_len: int) -> RunSteps:
                     shaped(jax.eval_shape(fresh_state), placement), train_step, eval_step)
 
 
-def _compile_train_step(train_step: Any, state_shapes: TrainState, mesh: Mesh, batch_size: int, seq_len: int
-                        ) -> Any:
-    """The train step compiled for the placed state and the global batches the loop will pass (the loader's
-    {"inputs", "targets"} int32 [batch, seq_len], rows split over the mesh): run beside model init and the rest of
-    start-up, it needs only shapes. The loop calls this program itself, so nothing compiles on the first step."""
-    batch = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=NamedSharding(mesh, BATCH))
-    return train_step.lower(state_shapes, {"inputs": batch, "targets": batch}).compile()
+def _compile_train_step(train_step: Any, state_shapes: TrainState, mesh: Mesh,
+                        batch: dict[str, tuple[tuple[int, ...], Any]]) -> Any:
+    """The train step compiled for the placed state and the global batches the loop will pass (`batch`: the
+    loader's arrays, name -> (shape, dtype), at the global batch size; rows split over the mesh): run beside model
+    init and the rest of start-up, it needs only shapes. The loop calls this program itself, so nothing compiles on
+    the first step."""
+    return train_step.lower(state_shapes, _batch_structs(batch, mesh)).compile()
+
+
+def _batch_structs(batch: dict[str, tuple[tuple[int, ...], Any]], mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+    return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, BATCH))
+            for name, (shape, dtype) in batch.items()}
 
 
 @dataclasses.dataclass
@@ -199,6 +238,8 @@ class _Run:
     tokenizer: Tokenizer
     loader: Any  # the train split's checkpointable iterator
     evaluation: list[dict[str, np.ndarray]]  # the fixed evaluation batches of this process
+    sample: tuple[list[int], Optional[int]]  # the ids each evaluation's greedy sample (of a decoder) continues,
+    # and the id that ends it (None: SAMPLE_TOKENS of them)
     checkpoints: Checkpoints
     metrics: MetricsWriter
     progress: Progress
@@ -234,21 +275,40 @@ def _compile_evaluation(run: _Run, compiler: concurrent.futures.Executor, eval_s
 
     def compile_all() -> tuple[Any, Optional[Callable[[Any, list[int]], list[int]]]]:
         evaluate = None
-        if run.evaluation:
-            rows = run.evaluation[0]["inputs"].shape[0] * jax.process_count()
-            batch = jax.ShapeDtypeStruct((rows, run.seq_len), jnp.int32, sharding=NamedSharding(run.mesh, BATCH))
-            evaluate = eval_step.lower(params, {"inputs": batch, "targets": batch}).compile()
+        if run.evaluation:  # the global batch of these per-process batches
+            batch = {name: ((a.shape[0] * jax.process_count(), *a.shape[1:]), a.dtype)
+                     for name, a in run.evaluation[0].items()}
+            evaluate = eval_step.lower(params, _batch_structs(batch, run.mesh)).compile()
         sampler = None
         if run.cfg.model.architecture == "decoder":  # every process runs it: the parameters span them all
             sampler = greedy_sampler(run.model, SAMPLE_TOKENS, run.tokenizer.vocab_size, params,
-                                     window=1 + SAMPLE_TOKENS)  # the prompt is one token
+                                     window=len(run.sample[0]) + SAMPLE_TOKENS)
         return evaluate, sampler
 
     return compiler.submit(compile_all)
 
 
+def _evaluated_text(run: _Run) -> Optional[tuple[int, int]]:
+    """The UTF-8 bytes and characters of the text of the targets the evaluation scores (as batch_sums picks them:
+    those the model predicts, of pairs those the loss mask marks; pad ids have none), over every process; None when
+    an id has no fixed length (an unknown character) or the tokenizer gives none (Hugging Face's)."""
+    lengths = run.tokenizer.token_lengths()
+    if lengths is None:
+        return None
+    total = np.zeros(3, np.int64)  # bytes, characters, batches with an id of no length
+    for batch in run.evaluation:
+        predicted = slice(None) if "source" in batch else run.model.window_inputs(batch["inputs"])[1]
+        scored = batch["loss_mask"][:, predicted] if "loss_mask" in batch else slice(None)
+        counted = lengths.count(batch["targets"][:, predicted][scored], batch["inputs"][:, predicted][scored])
+        total += (0, 0, 1) if counted is None else (*counted, 0)
+    if jax.process_count() > 1:
+        total = multihost_utils.process_allgather(total).sum(0)
+    return None if total[2] else (int(total[0]), int(total[1]))
+
+
 def _evaluate(run: _Run, programs: tuple[Any, Optional[Callable]], params: Any, step: int) -> dict[str, Any]:
-    """The evaluation row at `step`: loss and perplexity over the evaluation batches of every process, a greedy
+    """The evaluation row at `step`: loss and perplexity over the evaluation batches of every process, the summed
+    loss in bits per byte and per character of their text (where the tokenizer gives each id's length), a greedy
     sample (of a decoder) and the seconds it took."""
     evaluate, sampler = programs
     t_eval = time.time()
@@ -258,9 +318,11 @@ def _evaluate(run: _Run, programs: tuple[Any, Optional[Callable]], params: Any, 
         sums = {k: sums[k] + float(out[k]) for k in sums}
     val_loss = sums["loss_sum"] / max(sums["count"], 1.0)
     row = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+    if (text := _evaluated_text(run)) and all(text):
+        row["val_bpb"], row["val_bpc"] = (sums["loss_sum"] / n / math.log(2) for n in text)
     if sampler is not None:
-        prompt = run.tokenizer.encode(SAMPLE_PROMPT)[:1]
-        row["sample"] = run.tokenizer.decode(sampler(params, prompt))
+        ids = sampler(params, run.sample[0])
+        row["sample"] = run.tokenizer.decode(ids[:ids.index(run.sample[1])] if run.sample[1] in ids else ids)
     row["eval_s"] = time.time() - t_eval
     return row
 
@@ -380,7 +442,7 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
     tc = cfg.train
     workdir.mkdir(parents=True, exist_ok=True)
     saved = check_run_config(workdir, cfg)
-    dataset_dir, tokenizer = _prepare_data(cfg, workdir, lead)
+    dataset_dir, tokenizer, source_len = _prepare_data(cfg, workdir, lead)
     timing.mark("data preparation")
 
     seq_len = _sequence_length(cfg)
@@ -389,19 +451,20 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
     steps = run_steps(cfg, tokenizer.pad_id, seq_len)
     mesh = steps.mesh
     compiler = concurrent.futures.ThreadPoolExecutor(1)  # one thread: the train step, then the evaluation
-    train_program = compiler.submit(_compile_train_step, steps.train_step, steps.state_shapes, mesh, tc.batch_size,
-                                    seq_len)
+    train_program = compiler.submit(_compile_train_step, steps.train_step, steps.state_shapes, mesh,
+                                    batch_shapes(read_manifest(dataset_dir), tc.batch_size, seq_len, source_len))
     state = steps.fresh_state()
     timing.mark("model and optimizer init", state)
-    loader = make_loader(dataset_dir, "train", process_batch, seq_len, tc.seed)
+    loader = make_loader(dataset_dir, "train", process_batch, seq_len, tc.seed, source_len=source_len)
     timing.mark("data loader")
     run = _Run(cfg, workdir, lead, mesh, seq_len, steps.model, tokenizer, loader, [],
+               _sample_prompt(dataset_dir, tokenizer),
                Checkpoints(workdir, tc.keep_checkpoints), MetricsWriter(workdir, enabled=lead),
                Progress(tc.steps, enabled=lead, bar=not quiet))
     state = _restore_or_start_from(run, state, steps.tx, steps.placement, saved, init_from, extend_positions)
     timing.mark("checkpoint restore", state)
     run.metrics.drop_rows_after(int(state.step))  # rows of a killed run past its checkpoint (all, if none restored)
-    run.evaluation = eval_batches(dataset_dir, process_batch, seq_len, tc.eval_batches)
+    run.evaluation = eval_batches(dataset_dir, process_batch, seq_len, tc.eval_batches, source_len=source_len)
     timing.mark("evaluation batches")
 
     evaluation_programs = _compile_evaluation(run, compiler, steps.eval_step, steps.state_shapes.params)
