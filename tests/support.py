@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import itertools
 import json
@@ -17,7 +16,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import httpx
 import jax
@@ -30,7 +29,7 @@ from mulm_jax.config import Config, DataConfig, MeshConfig, ModelConfig, config_
 from mulm_jax.data.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer
 from mulm_jax.infer import (Completion, InferenceError, LoadedModel, QueueFullError, SamplingParams, TokenEvent,
                             TokenLogprob)
-from mulm_jax.infer.engine import NUM_LOGPROBS, EngineStats
+from mulm_jax.infer.engine import NUM_LOGPROBS, EngineStats, Request
 from mulm_jax.models import build_model
 from mulm_jax.train.mesh import global_batch, make_mesh, on_mesh
 from mulm_jax.train.step import TrainState, mesh_steps, state_placement
@@ -347,61 +346,14 @@ class Lab:
 LN2 = math.log(2.0)
 
 
-class StandInRequest:
-    """What the routes use of an infer.Request: the tokens so far, `batches()` of TokenEvents, the Completion."""
+class StandInRequest(Request):
+    """The engine's own Request (its delivery: events, batches, result), with what the stand-in tracks of its text."""
 
     def __init__(self, request_id: str, prompt_ids: list[int], params: SamplingParams, seed: int):
-        self.id, self.prompt_ids, self.params, self.seed = request_id, prompt_ids, params, seed
-        self.submitted = time.monotonic()
-        self.cancelled = False
-        self.token_ids: list[int] = []
-        self.events: list[TokenEvent] = []
-        self.completion: Optional[Completion] = None
+        super().__init__(request_id, prompt_ids, params, seed, on_token=None)
         self.text = ""  # the completion's text so far, stop strings included
         self.shown = 0  # of `text`, the part sent as TokenEvents
         self.logprobs: list[TokenLogprob] = []
-        self.first_token_at: Optional[float] = None
-        self._cond = threading.Condition()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    @property
-    def done(self) -> bool:
-        return self.completion is not None
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def publish(self, event: Optional[TokenEvent] = None, completion: Optional[Completion] = None) -> None:
-        with self._cond:
-            if event is not None:
-                self.events.append(event)
-            if completion is not None:
-                self.completion = completion
-            waiters, self._waiters = self._waiters, []
-            self._cond.notify_all()
-        for loop, ready in waiters:
-            loop.call_soon_threadsafe(ready.set)
-
-    def result(self, timeout: Optional[float] = None) -> Completion:
-        with self._cond:
-            assert self._cond.wait_for(lambda: self.completion is not None, timeout), f"{self.id} unfinished"
-        return self.completion
-
-    async def batches(self) -> AsyncIterator[list[TokenEvent]]:
-        loop, seen = asyncio.get_running_loop(), 0
-        while True:
-            with self._cond:
-                events = self.events[seen:]
-                seen += len(events)
-                if not events:
-                    if self.completion is not None:
-                        return
-                    ready = asyncio.Event()
-                    self._waiters.append((loop, ready))
-            if events:
-                yield events
-            else:
-                await ready.wait()
 
 
 class StandInEngine:
@@ -526,7 +478,7 @@ class StandInEngine:
                                                 if request.text.endswith(s[:n])], default=0)
         shown = request.text[request.shown:len(request.text) - held]
         request.shown += len(shown)
-        request.publish(TokenEvent(request.id, len(request.token_ids) - 1, token, shown, logprob))
+        request._publish(TokenEvent(request.id, len(request.token_ids) - 1, token, shown, logprob))
         if stops or length:
             self._finish(request, "stop" if stops else "length")
 
@@ -535,7 +487,7 @@ class StandInEngine:
             if request in self._running:
                 self._running.remove(request)
         first = None if request.first_token_at is None else request.first_token_at - request.submitted
-        request.publish(completion=Completion(
+        request._publish(completion=Completion(
             request_id=request.id, text=request.text, token_ids=tuple(request.token_ids), finish_reason=reason,
             prompt_tokens=len(request.prompt_ids),
             logprobs=tuple(request.logprobs) if request.params.logprobs is not None else None,

@@ -198,7 +198,7 @@ def test_tokens_pending_together_go_out_in_one_chunk_that_the_openai_client_reas
     async def all_at_once(request):  # a reader that fell behind: every token is pending at its first wake-up
         while not request.done:
             await asyncio.sleep(0.005)
-        yield list(request.events)
+        yield list(request)  # done: iterating gives every event, then stops
 
     ask = {"model": "tiny", "prompt": "the quick", "max_tokens": 12, "temperature": 0, "logprobs": 2}
     whole = client.post("/v1/completions", json=ask).json()["choices"][0]
