@@ -52,9 +52,10 @@ def test_tinyshakespeare_char_matches_nanogpt(mirror, tmp_path):
     assert tok.decode(load_tokens(result.path, "val")) == text[1_003_854:]
 
 
-def test_wikitext2_bpe_8000_trains_on_valid_and_holds_out_test(mirror, tmp_path):
-    result = assemble(config(tmp_path, "wikitext2", tokenizer="bpe", vocab_size=8000))
+def test_wikitext2_valid_as_train_bpe_8000_trains_on_valid_and_holds_out_test(mirror, tmp_path):
+    result = assemble(config(tmp_path, "wikitext2-valid-as-train", tokenizer="bpe", vocab_size=8000))
     m = result.manifest
+    assert m["sources"][0]["splits"] == {"train": "wikitext2:valid", "val": "wikitext2:test"}
     assert (m["vocab_size"], m["tokenizer"]["kind"], m["tokenizer"]["eos_id"]) == (8000, "bpe", 3)
     assert (m["documents"]["train"], m["documents"]["val"]) == (60, 62)
     assert [f["sha256"][:8] for f in m["sources"][0]["files"]] == ["f0737ed3", "d790b833"]
@@ -133,6 +134,20 @@ def test_documents_are_joined_with_eos_into_uint16_arrays(tmp_path):
     assert m["train_tokens"] == 4 * 4 + 3 and (train == eos).sum() == 3
     assert (result.path / "train.bin").stat().st_size == 2 * m["train_tokens"]
     assert isinstance(train, np.memmap)
+
+
+@pytest.mark.parametrize("tokenizer, vocab_size", [("char", None), ("bpe", 320)])
+def test_manifest_bytes_are_the_utf8_bytes_of_each_splits_documents(tmp_path, tokenizer, vocab_size):
+    docs = [d.replace("w1", "é").replace("w2", "中") for d in random_docs(20)]
+    result = assemble(config(tmp_path, write_folder(tmp_path / "c", docs), tokenizer=tokenizer, vocab_size=vocab_size))
+    m, tok = result.manifest, Tokenizer.load(result.path)
+    for split in ("train", "val"):
+        ids = load_tokens(result.path, split).astype(np.int64)
+        texts = [tok.decode(part) for part in np.split(ids, np.flatnonzero(ids == tok.eos_id))]
+        assert set(texts) <= set(docs) and len(texts) == m["documents"][split]
+        assert m[f"{split}_bytes"] == sum(len(t.encode()) for t in texts) > m[f"{split}_chars"]
+        # the tokenizer's lengths of the split's ids add up to the same text
+        assert tok.token_lengths().count(ids, np.r_[-1, ids[:-1]]) == (m[f"{split}_bytes"], m[f"{split}_chars"])
 
 
 def test_given_sentencepiece_model_is_used_as_is_and_versioned_by_content(corpus, tmp_path):

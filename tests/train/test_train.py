@@ -19,6 +19,7 @@ import pytest
 
 from support import ROOT, MeshSteps, fresh_state, random_params, tiny_model, tiny_run, xla_flags
 from mulm_jax.config import TrainConfig, dump_config, load_config
+from mulm_jax.data import Tokenizer, eval_batches
 from mulm_jax.models import build_model
 from mulm_jax.runs import read_metrics
 from mulm_jax.train import loop
@@ -271,6 +272,22 @@ def test_a_run_on_two_local_devices_evaluates_samples_and_matches_one_device(tmp
     evaluations = [r for r in read_metrics(tmp_path / "two") if "val_loss" in r]
     assert [r["step"] for r in evaluations] == [2, 4] and out.stderr.count("sample: ") == 2
     np.testing.assert_allclose(evaluations[-1]["val_loss"], one.last_eval["val_loss"], rtol=1e-4)
+
+
+def test_evaluation_rows_carry_bits_per_byte_and_per_character_of_the_evaluated_text(tmp_path):
+    (tmp_path / "corpus.txt").write_text("Où est le café? Le thé est là, 中文 aussi.\n" * 80)  # tiny_run keeps it
+    cfg = load_config(ROOT / "configs/shakespeare_char.yaml", tiny_run(tmp_path, "train.steps=2", "train.eval_every=2"))
+    result = train(cfg, tmp_path / "run", quiet=True)
+    [row] = [r for r in read_metrics(tmp_path / "run") if "val_loss" in r]
+    # the evaluation's batches, and the text of their targets (one document: no eos between them)
+    [dataset] = (tmp_path / "datasets").iterdir()
+    targets = np.concatenate([b["targets"].ravel() for b in eval_batches(dataset, cfg.train.batch_size,
+                                                                         cfg.train.seq_len, cfg.train.eval_batches)])
+    text = Tokenizer.load(dataset).decode(targets)
+    loss_sum = row["val_loss"] * targets.size
+    assert row["val_bpb"] == pytest.approx(loss_sum / len(text.encode()) / np.log(2), rel=1e-6)
+    assert row["val_bpc"] == pytest.approx(loss_sum / len(text) / np.log(2), rel=1e-6)
+    assert row["val_bpb"] < row["val_bpc"] and result.last_eval["val_bpb"] == row["val_bpb"]
 
 
 def test_model_vocabulary_smaller_than_the_data_is_refused(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -95,7 +96,7 @@ cfg = load_config({config!r}, tiny_run(Path({tmp!r}), "train.steps=6", "train.ev
 result = train(cfg, {workdir!r}, quiet=True)
 digest = hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(result.params))).hexdigest()
 print(json.dumps({{"process": jax.process_index(), "devices": jax.device_count(), "step": result.step,
-                  "params": digest, "val_loss": result.last_eval["val_loss"]}}))
+                  "params": digest, "val_loss": result.last_eval["val_loss"], "val_bpb": result.last_eval["val_bpb"]}}))
 """
 
 
@@ -117,6 +118,10 @@ def test_two_processes_train_together_and_end_with_identical_parameters(tmp_path
     assert all(r["devices"] == 2 and r["step"] == 6 for r in results)
     assert results[0]["params"] == results[1]["params"]
     assert results[0]["val_loss"] == results[1]["val_loss"]
+    # bits per byte over the bytes of both processes' evaluation batches (the corpus is ASCII: a byte a token)
+    evaluation = [r for r in read_metrics(tmp_path / "run") if "val_loss" in r][-1]
+    assert results[0]["val_bpb"] == results[1]["val_bpb"] == evaluation["val_bpb"]
+    assert evaluation["val_bpb"] == pytest.approx(evaluation["val_loss"] / math.log(2), rel=1e-6)
     assert sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
     assert [r["step"] for r in read_metrics(tmp_path / "run") if "loss" in r] == [3, 6]  # process 0 alone logs
     if fsdp == 2:  # each process saved its half of the parameters: one device reads them whole ...
