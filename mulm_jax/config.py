@@ -198,7 +198,7 @@ class DataConfig:
     tokenizer: str = setting("char", "char, bpe, unigram, a SentencePiece .model file or a run folder (its tokenizer)")
     vocab_size: Optional[int] = setting(None, "vocabulary size for bpe / unigram", ge=1)
     val_fraction: float = setting(0.1, "share of the text held out for validation", ge=0.0, lt=1.0)
-    text_field: str = setting("text", "the JSONL field holding the text")
+    text_field: str = setting("text", "the JSONL field or Parquet column holding the text")
     out_dir: str = setting("datasets", "the folder assembled versions are written to", alias="out")
     seq_len: Optional[int] = setting(None, "check that each split holds a window of seq_len + 1 tokens", ge=1)
     invalid_utf8: InvalidUtf8 = setting(
