@@ -51,12 +51,7 @@ class _Doc:
 
 def assemble(cfg: DataConfig) -> Assembled:
     """Build `cfg.out_dir/<version>/` from `cfg.sources`, or reuse it when that version exists already."""
-    check_settings(cfg)
-    sources = [resolve_source(spec, cfg.split_documents) for spec in cfg.sources]
-    given = _given_tokenizer(cfg)
-    kind = data_kind(sources, cfg.text_field)
-    template = _chat_template(cfg) if kind == "chat" else None
-    version = version_id(cfg, sources, given, template)
+    sources, given, kind, template, version = _inputs(cfg)
     final = Path(cfg.out_dir) / version
     if (final / MANIFEST).is_file():
         return Assembled(final, read_manifest(final), reused=True)
@@ -264,12 +259,21 @@ def find_version(cfg: DataConfig) -> Path | None:
     if cfg.dataset:
         return Path(cfg.dataset) if (Path(cfg.dataset) / MANIFEST).is_file() else None
     try:
-        check_settings(cfg)
-        sources = [resolve_source(spec, cfg.split_documents, download=False) for spec in cfg.sources]
-        folder = Path(cfg.out_dir) / version_id(cfg, sources, _given_tokenizer(cfg))
+        folder = Path(cfg.out_dir) / _inputs(cfg, download=False)[-1]
     except DataError:
         return None
     return folder if (folder / MANIFEST).is_file() else None
+
+
+def _inputs(cfg: DataConfig, download: bool = True) -> tuple[list[Source], Tokenizer | None, str, object, str]:
+    """What `assemble(cfg)` reads (checked settings): the sources, the tokenizer given (None: trained), the kind of
+    data, the chat template (chat pairs, else None); and the version they make."""
+    check_settings(cfg)
+    sources = [resolve_source(spec, cfg.split_documents, download) for spec in cfg.sources]
+    given = _given_tokenizer(cfg)
+    kind = data_kind(sources, cfg.text_field)
+    template = _chat_template(cfg) if kind == "chat" else None
+    return sources, given, kind, template, version_id(cfg, sources, given, template)
 
 
 def version_id(cfg: DataConfig, sources: list[Source], given: Tokenizer | None, template: object = None) -> str:
