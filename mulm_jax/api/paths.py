@@ -12,6 +12,7 @@ from mulm_jax.config import ServeConfig
 from mulm_jax.data.assemble import MANIFEST
 from mulm_jax.data.errors import DataError
 from mulm_jax.data.sources import NAMED_SOURCES, local_paths
+from mulm_jax.data.tasks import TASKS
 
 PLAIN_NAME = "^[A-Za-z0-9][A-Za-z0-9._-]*$"  # a file or folder named directly: no separators, no `..`, not hidden
 _PLAIN_NAME = re.compile(PLAIN_NAME)
@@ -36,9 +37,10 @@ def confine(path: str, roots: Iterable[str | Path], *, param: str) -> Path:
 
 
 def confine_source(source: str, roots: Iterable[str | Path], *, param: str) -> str:
-    """A data source for a request: a named source as it is; a file, folder or glob confined to `roots`, and so is
-    the real path of every file it reads (a link inside a root that points out of them is refused with 403)."""
-    if source in NAMED_SOURCES:
+    """A data source for a request: a named source or built-in task as it is; a file, folder or glob confined to
+    `roots`, and so is the real path of every file it reads (a link inside a root that points out of them is refused
+    with 403)."""
+    if source in NAMED_SOURCES or source in TASKS:
         return source
     roots = [Path(r).resolve() for r in roots]
     spec = str(confine(source, roots, param=param))

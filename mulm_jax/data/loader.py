@@ -14,6 +14,7 @@ import numpy as np
 from mulm_jax.data.assemble import SPLITS, read_manifest
 from mulm_jax.data.errors import DataError
 from mulm_jax.data.pairs import PairArrays, fit_problem
+from mulm_jax.data.tokenizer import Tokenizer
 
 Mode = Literal["random_windows", "packed"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
@@ -42,6 +43,22 @@ def load_pairs(dataset_dir: str | Path, split: str) -> PairArrays:
     if manifest.get("kind", "text") == "text":
         raise DataError(f"data set {dataset_dir} holds text, not pairs")
     return PairArrays.load(Path(dataset_dir), manifest, split)
+
+
+def show_examples(dataset_dir: str | Path, split: str, start: int = 0, count: int = 10) -> list[dict]:
+    """Examples `start` to `start + count` of a pairs data set's split, as a viewer shows them: where each came from
+    (file and line) and its tokens, each with its id, its text and whether it is trained on (the loss mask)."""
+    manifest = read_manifest(dataset_dir)
+    arrays = load_pairs(dataset_dir, split)
+    tokenizer = Tokenizer.load(dataset_dir)
+    shown = []
+    for i in range(max(start, 0), min(start + count, arrays.count)):
+        ids, mask = arrays.example(i)
+        file, line = arrays.origin[i]
+        shown.append({"index": i, "file": manifest["pairs"]["files"][file], "line": int(line),
+                      "tokens": [{"id": int(t), "text": tokenizer.piece(int(t)), "loss": bool(m)}
+                                 for t, m in zip(ids, mask)]})
+    return shown
 
 
 class _Windows:

@@ -97,7 +97,9 @@ def template_identity(template: Any) -> str:
 def decoder_start_id(tokenizer: Tokenizer) -> int:
     """The id an encoder-decoder's decoder starts from (as fairseq's): the end-of-text id."""
     if tokenizer.eos_id is None:
-        raise DataError(f"the {tokenizer.kind} tokenizer has no end-of-text id: pairs need one to end each target")
+        raise DataError(f"the {tokenizer.kind} tokenizer has no end-of-text id: pairs need one to end each target "
+                        "(a char tokenizer has one when its data set joined several documents; a run trained on one "
+                        "document has none)")
     return tokenizer.eos_id
 
 

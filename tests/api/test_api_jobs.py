@@ -319,3 +319,33 @@ def test_metrics_tail_waits_for_a_line_end_and_follows_a_rewritten_file(tmp_path
     rewritten.write_text('{"step": 5}\n{"step": 10}\n{"step": 15, "again": true}\n')
     os.replace(rewritten, path)
     assert tail.new_rows() == [{"step": 15, "again": True}]
+
+
+def test_a_pairs_data_set_shows_its_examples_with_the_loss_mask(client, settings):
+    from mulm_jax.data import assemble
+
+    data = Path(settings.data_roots[0]) / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"to {n}:", "completion": f" be {n}"}) + "\n" for n in range(12)))
+    pairs = assemble(DataConfig(sources=(str(data),), out_dir=settings.datasets_dir, val_fraction=0)).manifest
+    response = client.get(f"/v1/datasets/{pairs['version']}/examples/train")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["kind"] == "completion" and len(body["data"]) == 10
+    example = body["data"][0]
+    eos = pairs["tokenizer"]["eos_id"]
+    trained = "".join("|" if t["id"] == eos else t["text"] for t in example["tokens"] if t["loss"])
+    read = "".join(t["text"] for t in example["tokens"] if not t["loss"])
+    assert example["file"] == "pairs.jsonl" and read == f"to {example['line'] - 1}:"
+    assert trained == f" be {example['line'] - 1}|"
+    text = assemble(DataConfig(sources=(str(Path(settings.data_roots[0]) / "corpus.txt"),),
+                               out_dir=settings.datasets_dir)).manifest["version"]
+    response = client.get(f"/v1/datasets/{text}/examples/train")
+    assert response.status_code == 400 and error_of(response)["code"] == "not_pairs"
+    assert client.get(f"/v1/datasets/{pairs['version']}/examples/test").status_code in (400, 404)
+
+
+def test_the_built_in_task_is_a_source_a_request_may_name(client):
+    response = client.post("/v1/datasets", json={"source": "dates", "tokenizer": "char"})
+    assert response.status_code == 202, response.text
+    job = wait_finished(client, f"/v1/datasets/jobs/{response.json()['id']}")
+    assert job["state"] == "succeeded" and job["result"]["kind"] == "seq2seq"

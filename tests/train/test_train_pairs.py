@@ -132,9 +132,12 @@ def test_a_pair_too_long_for_the_run_is_refused_naming_its_line_before_the_run_i
 
 @pytest.mark.slow
 def test_a_decoder_fine_tuned_on_prompt_completion_pairs_learns_to_complete_them(tmp_path):
-    base = tiny_run(tmp_path, "train.steps=50", "train.checkpoint_every=50", "train.eval_every=50")
+    (tmp_path / "more.txt").write_text("To sleep, perchance to dream: ay, there's the rub.\n" * 20)
+    base = tiny_run(tmp_path, f"data.sources=[{tmp_path / 'corpus.txt'},{tmp_path / 'more.txt'}]", "train.steps=50",
+                    "train.checkpoint_every=50", "train.eval_every=50")  # two documents: the tokenizer has an eos id
     train(load_config(ROOT / "configs/shakespeare_char.yaml", base), tmp_path / "base", quiet=True)
-    records = reversal_pairs(400)
+    records = reversal_pairs(400)  # 292 of the 552 ordered pairs of words
+    records = [records[i] for i in np.random.default_rng(0).permutation(len(records))]
     held_out, trained = records[:20], records[20:]
     data = write_pairs(tmp_path / "pairs.jsonl", trained)
     tune = tiny_run(tmp_path, f"data.sources=[{data}]", f"data.tokenizer={tmp_path / 'base'}", "data.val_fraction=0.05",

@@ -1,7 +1,9 @@
-// Data sets: the assembled versions with their manifests (GET /v1/datasets), and a form that assembles a new
-// one as a job (POST /v1/datasets), followed until it succeeds or fails.
+// Data sets: the assembled versions with their manifests (GET /v1/datasets), a pairs data set's first examples with
+// their loss mask (GET /v1/datasets/{version}/examples/train), and a form that assembles a new one as a job
+// (POST /v1/datasets), followed until it succeeds or fails.
 
 import {get, post} from "./api.js";
+import {visible} from "./draw.js";
 import {table} from "./tables.js";
 
 const $ = (id) => document.getElementById(id);
@@ -19,8 +21,10 @@ export function init(lab) {
   $("ds-list").addEventListener("click", (event) => {
     const row = event.target.closest("tr[data-index]");
     if (!row) return;
-    $("ds-manifest").textContent = JSON.stringify(manifests[Number(row.dataset.index)], null, 2);
+    const manifest = manifests[Number(row.dataset.index)];
+    $("ds-manifest").textContent = JSON.stringify(manifest, null, 2);
     $("ds-manifest").hidden = false;
+    app.run(() => showExamples(manifest));
   });
 }
 
@@ -31,6 +35,30 @@ export async function show() {
                               m.train_tokens.toLocaleString(), m.val_tokens.toLocaleString()]),
         "no data set assembled yet");
   return manifests;
+}
+
+// A pairs data set's first training examples, each token shown, those the loss mask marks highlighted.
+async function showExamples(manifest) {
+  const pairs = (manifest.kind || "text") !== "text";
+  $("ds-examples").hidden = !pairs;
+  if (!pairs) return;
+  const eos = manifest.tokenizer.eos_id;
+  const examples = (await get(`/v1/datasets/${manifest.version}/examples/train`)).data;
+  $("ds-examples-list").replaceChildren(...examples.map((example) => {
+    const line = document.createElement("div");
+    line.className = "example";
+    const where = document.createElement("span");
+    where.className = "where";
+    where.textContent = `${example.file}:${example.line}`;
+    line.append(where, ...example.tokens.map((token) => {
+      const span = document.createElement("span");
+      span.className = token.loss ? "trained" : "read";
+      span.textContent = token.id === eos ? "⟨eos⟩" : visible(token.text);
+      span.title = `id ${token.id}, ${token.loss ? "trained on (loss mask 1)" : "read only (loss mask 0)"}`;
+      return span;
+    }));
+    return line;
+  }));
 }
 
 function optional(id) {

@@ -1,4 +1,5 @@
-"""Data sets: assemble a versioned data set as a background job, list the versions, read one's manifest."""
+"""Data sets: assemble a versioned data set as a background job, list the versions, read one's manifest and (pairs)
+its examples with their loss mask."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from mulm_jax.api.schemas import ConfigBody, config_body
 from mulm_jax.config import Config, DataConfig, ServeConfig
 from mulm_jax.data.assemble import TRAINED_TOKENIZERS, check_settings, list_versions, read_manifest
 from mulm_jax.data.errors import DataError
+from mulm_jax.data.loader import show_examples
+
+SHOWN_EXAMPLES = 10  # GET /v1/datasets/{version}/examples/{split}: the first ones
 
 AssembleDataset = config_body(
     "AssembleDataset", DataConfig, exclude=("dataset", "out_dir"), required=("sources",),
@@ -82,8 +86,25 @@ def routes(ctx) -> list[Route]:
         """One data set version's manifest: sources, settings, tokenizer, token counts."""
         return JSONResponse(read_manifest(version_folder(settings, request.path_params["version"], "version")))
 
+    @endpoint(errors=(400, 404), params={"version": PLAIN_NAME, "split": "^(train|val)$"})
+    async def get_examples(request: Request) -> JSONResponse:
+        """A data set of pairs: the first examples of a split, each token with its text and whether it is trained on
+        (the loss mask), as `data show` prints them."""
+        folder = version_folder(settings, request.path_params["version"], "version")
+        manifest = read_manifest(folder)
+        if manifest.get("kind", "text") == "text":
+            raise ApiError(400, f"data set {manifest['version']} holds text, not pairs: it has no examples to show",
+                           param="version", code="not_pairs")
+        split = request.path_params["split"]
+        if split not in ("train", "val"):
+            raise ApiError(404, f"no split {split!r}: expected train or val", type="not_found_error", param="split",
+                           code="split_not_found")
+        return JSONResponse({"object": "list", "kind": manifest["kind"],
+                             "data": show_examples(folder, split, 0, SHOWN_EXAMPLES)})
+
     return [Route("/v1/datasets", create_dataset, methods=["POST"]),
             Route("/v1/datasets", list_datasets, methods=["GET"]),
             Route("/v1/datasets/jobs", list_jobs, methods=["GET"]),
             Route("/v1/datasets/jobs/{id}", get_job, methods=["GET"]),
-            Route("/v1/datasets/{version}", get_dataset, methods=["GET"])]
+            Route("/v1/datasets/{version}", get_dataset, methods=["GET"]),
+            Route("/v1/datasets/{version}/examples/{split}", get_examples, methods=["GET"])]
