@@ -64,6 +64,17 @@ class Trace:
         return self.attention_LxHxTxT.shape[1]
 
 
+def greedy_target(engine: object, prompt: str | Sequence[int]) -> Optional[str]:
+    """For an encoder-decoder trained on pairs (served by `engine`), its greedy output for `prompt` (its source): the
+    target a trace shows the cross-attention of; None for other models, whose prompt is traced as it is."""
+    from mulm_jax.infer.sampling import SamplingParams
+
+    if engine.loaded.decoder_start is None:
+        return None
+    room = engine.max_len - len(engine.tokenize(prompt))
+    return engine.generate(prompt, SamplingParams(max_tokens=max(room, 1), temperature=0.0)).text
+
+
 def token_pieces(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
     """Each token's text as it reads inside the decoding of all of them (a SentencePiece word start keeps its
     space), so that the pieces join to the decoded text. A token that ends inside a multi-byte character shows

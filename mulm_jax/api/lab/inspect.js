@@ -1,5 +1,6 @@
 // Inspect: one POST /v1/inspect drawn as tokens shaded by surprisal, an attention heatmap per layer and head,
-// all heads of a layer as small multiples, the logit-lens grid and a table of head roles.
+// all heads of a layer as small multiples (and an encoder-decoder's cross-attention over the source), the logit-lens
+// grid and a table of head roles.
 
 import {asCurl, post} from "./api.js";
 import {blue, cellAt, heatmap, textGrid, visible} from "./draw.js";
@@ -15,6 +16,7 @@ const SCORES = ["previous_token", "induction"];  // in [0, 1]: shaded
 let app;
 let trace = null;
 let attention = null;  // geometry of the drawn heatmap
+let cross = null;  // geometry of the drawn cross-attention heatmap
 let lens = null;
 
 export function init(lab) {
@@ -26,6 +28,7 @@ export function init(lab) {
   $("in-layer").addEventListener("change", drawAttention);
   $("in-head").addEventListener("change", drawAttention);
   $("in-attention").addEventListener("mousemove", hoverAttention);
+  $("in-cross").addEventListener("mousemove", hoverCross);
   $("in-lens").addEventListener("mousemove", hoverLens);
   $("in-heads").addEventListener("click", (event) => {
     const button = event.target.closest("button[data-head]");
@@ -100,6 +103,7 @@ function drawAttention() {
     rowLabels: labels(), colLabels: labels(), cell: cellSize(width, T, 3, 24)});
   $("in-attention").dataset.layer = String(layer);
   $("in-attention").dataset.head = String(head);
+  drawCross(layer, head, width);
   $("in-heads-title").textContent = `All heads of layer ${layer}`;
   const small = cellSize(120, T, 1, 8);
   $("in-heads").replaceChildren(...weights.map((matrix, h) => {
@@ -114,6 +118,28 @@ function drawAttention() {
     button.append(canvas, caption);
     return button;
   }));
+}
+
+function sourceLabels() {
+  return trace.source_tokens.map((t) => visible(t.text));
+}
+
+function drawCross(layer, head, width) {
+  const shown = Boolean(trace.cross_attention);
+  $("in-cross-panel").hidden = !shown;
+  if (!shown) return;
+  const cells = Math.max(trace.tokens.length, trace.source_tokens.length);
+  cross = heatmap($("in-cross"), trace.cross_attention[layer][head], {
+    rowLabels: labels(), colLabels: sourceLabels(), cell: cellSize(width, cells, 3, 24)});
+}
+
+function hoverCross(event) {
+  const cell = cross && cellAt(cross, $("in-cross"), event);
+  if (!cell) return;
+  const [q, k] = cell;
+  const weight = trace.cross_attention[Number($("in-layer").value)][Number($("in-head").value)][q][k];
+  $("in-cross-hover").textContent =
+    `decoder ${q} “${labels()[q]}” → source ${k} “${sourceLabels()[k]}”: weight ${weight.toFixed(4)}`;
 }
 
 function hoverAttention(event) {

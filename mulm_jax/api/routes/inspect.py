@@ -21,21 +21,26 @@ from mulm_jax.inspect import interventions
 from mulm_jax.inspect.heads import head_roles
 from mulm_jax.inspect.report import (PARTS, ablation_json, activations_json, attribution_json, patch_json,
                                      tokens_json, trace_json)
-from mulm_jax.inspect.trace import InspectError, Tracer
+from mulm_jax.inspect.trace import InspectError, Tracer, greedy_target
 
 MAX_TOP_K = 20
 Part = Literal[PARTS]
 
 
+Prompt = Annotated[Union[Text, TokenIds], one_of("a non-empty string or an array of token ids")]
+
+
 class Inspect(ApiModel):
     model: str
-    prompt: Annotated[Union[Text, TokenIds], one_of("a non-empty string or an array of token ids")]
+    prompt: Prompt
     include: Annotated[Union[Part, Annotated[list[Part], Field(min_length=1)]],
                        one_of(f"some of {', '.join(PARTS)}")] = Field(None, description="the parts (default: all)")
     top_k: Int = Field(5, ge=1, le=MAX_TOP_K, description="alternatives per position")
+    target: Optional[Prompt] = Field(None, description="encoder-decoder models: the decoder's tokens, the prompt being "
+                                                       "the source (default: for one trained on pairs, its greedy "
+                                                       "output; else as a completion reads the prompt)")
 
 
-Prompt = Annotated[Union[Text, TokenIds], one_of("a non-empty string or an array of token ids")]
 Answer = Annotated[Union[Text, Int], one_of("a string of one token or a token id")]
 
 
@@ -120,9 +125,12 @@ def routes(ctx) -> list[Route]:
         served, tracer = opened(body.model)
         include = (body.include,) if isinstance(body.include, str) else tuple(body.include or PARTS)
         ids = checked(tracer, body.prompt)
+        if body.target is not None:
+            checked(tracer, body.target, "target")
 
-        def run() -> dict:
-            trace = tracer.trace(ids, top_k=body.top_k, lens="lens" in include)
+        def run() -> dict:  # a text target is read as the tracer reads it (after the start token of a pairs model)
+            decoder = body.target if body.target is not None else greedy_target(served.engine, ids)
+            trace = tracer.trace(ids, top_k=body.top_k, lens="lens" in include, target=decoder)
             roles = head_roles(tracer, trace.attention_LxHxTxT) if "heads" in include else None
             return trace_json(trace, served.loaded.tokenizer.piece, include, roles)
 
