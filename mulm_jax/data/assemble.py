@@ -99,7 +99,7 @@ def _assemble_pairs(cfg: DataConfig, version: str, final: Path, sources: list[So
                         f"{', '.join(cfg.sources)}, removed {dict(stats['removed'])}")
     texts = {split: [text for p in splits[split] for text, _ in p.parts] for split in SPLITS}
     tokenizer = given or _train_tokenizer(cfg, texts["train"], texts["val"])
-    arrays = {split: PairArrays.build([encode_pair(tokenizer, p, kind) for p in splits[split]], splits[split])
+    arrays = {split: PairArrays.build([_encoded(tokenizer, p, kind, files) for p in splits[split]], splits[split])
               for split in SPLITS}
     manifest = _manifest(cfg, version, sources, splits, stats, tokenizer, {s: a.tokens for s, a in arrays.items()})
     manifest["files"] = {**PairArrays.file_names("train"), **PairArrays.file_names("val"),
@@ -125,6 +125,13 @@ def _assemble_pairs(cfg: DataConfig, version: str, final: Path, sources: list[So
 
     reused = _write_atomically(final, write)
     return Assembled(final, read_manifest(final), reused)
+
+
+def _encoded(tokenizer: Tokenizer, pair: Pair, kind: str, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        return encode_pair(tokenizer, pair, kind)
+    except DataError as e:
+        raise DataError(f"{files[pair.file]}:{pair.line}: {e}") from None
 
 
 def _write_tokenizer_and_manifest(folder: Path, tokenizer: Tokenizer, manifest: dict) -> None:

@@ -186,7 +186,7 @@ def encode_pair(tokenizer: Tokenizer, pair: Pair, kind: str) -> tuple[np.ndarray
 
     seq2seq: the source's ids then the target's, encoded apart (they are different sequences). completion, chat:
     the parts' text encoded as one, each token belonging to the part it starts in (a token that merges across a
-    boundary belongs to the later part)."""
+    boundary belongs to the later part). A DataError (a character the tokenizer lacks) names the pair's line."""
     eos = decoder_start_id(tokenizer)
     if kind == "seq2seq":
         (source, _), (target, _) = pair.parts
@@ -202,9 +202,10 @@ def encode_pair(tokenizer: Tokenizer, pair: Pair, kind: str) -> tuple[np.ndarray
             same = int(np.argmin(np.append(new[:n] == ids_T[:n], False)))  # the common prefix's length
             ids_T, part_T = new, np.concatenate([part_T[:same], np.full(len(new) - same, i)])
     loss = np.array([pair.parts[i][1] for i in part_T], bool)
-    ends = [t for t in range(len(ids_T)) if loss[t] and (t + 1 == len(ids_T) or part_T[t + 1] != part_T[t])
-            and ids_T[t] != eos]  # the last token of each trained part, unless it is the end token already
-    return np.insert(ids_T, np.add(ends, 1), eos).astype(np.int32), np.insert(loss, np.add(ends, 1), True)
+    # after the last token of each trained part, the end token, unless the part holds one (a template wrote it)
+    ends = [t + 1 for t in range(len(ids_T)) if loss[t] and (t + 1 == len(ids_T) or part_T[t + 1] != part_T[t])
+            and eos not in ids_T[part_T == part_T[t]]]
+    return np.insert(ids_T, ends, eos).astype(np.int32), np.insert(loss, ends, True)
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from support import byte_level_tokenizer
 from mulm_jax.config import DataConfig
 from mulm_jax.data import DataError, Tokenizer, assemble
 from mulm_jax.data.loader import batch_shapes, load_pairs, make_loader
 from mulm_jax.data.tasks import TASKS, date_pairs
+from mulm_jax.data.tokenizer import CharTokenizer
 
 SEQ2SEQ = [{"source": f"{n} apples", "target": f"{n} pommes"} for n in range(40)]
 COMPLETION = [{"prompt": f"Q: {n}+1? A:", "completion": f" {n + 1}"} for n in range(20)]
@@ -178,3 +180,31 @@ def test_the_dates_task_assembles_as_a_named_source(tmp_path):
     m = assemble(config(tmp_path, "dates")).manifest
     assert (m["kind"], m["pairs"]["val_examples"], m["sources"][0]["task"]) == ("seq2seq", 1000, "dates")
     assert m["pairs"]["longest"]["val"]["untrained"] <= 29 and m["pairs"]["longest"]["val"]["trained"] == 11
+
+
+def test_chat_renders_through_the_tokenizer_folders_own_template_and_keeps_its_end_token(tmp_path):
+    byte_level_tokenizer(tmp_path / "model")  # a Hugging Face tokenizer with a chat template ending turns in eos
+    result = assemble(config(tmp_path, jsonl(tmp_path / "chat.jsonl", CHAT[:2]), tokenizer=str(tmp_path / "model"),
+                             val_fraction=0))
+    tok = Tokenizer.load(result.path)
+    ids, mask = load_pairs(result.path, "train").example(0)
+    trained = [tok.decode(ids[start:end]) for start, end in _runs(mask, True)]
+    read = [tok.decode(ids[start:end]) for start, end in _runs(mask, False)]
+    assert trained == ["hello 0\n", "ciao\n"]  # as the template writes a reply: its end token, then a newline
+    assert read == ["<|user|>\nhi 0\n<|assistant|>\n", "<|user|>\nbye\n<|assistant|>\n"]
+    assert ids[0] == tok.bos_id  # once: the template writes it, the tokenizer adds no other
+    assert [list(ids[start:end]).count(tok.eos_id) for start, end in _runs(mask, True)] == [1, 1]  # none added
+
+
+def _runs(mask: np.ndarray, value: bool) -> list[tuple[int, int]]:
+    """(start, end) of each run of `value` in a loss mask."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], mask == value, [False]]).astype(int)))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def test_a_character_the_given_tokenizer_lacks_is_an_error_naming_the_pair(tmp_path):
+    CharTokenizer(sorted(set("0123456789 applespomm")), eos=True).save(tmp_path)
+    records = SEQ2SEQ[:3] + [{"source": "7 apples", "target": "7 poires"}]
+    with pytest.raises(DataError, match=r"p.jsonl:4: character 'i' is not in the char vocabulary"):
+        assemble(config(tmp_path, jsonl(tmp_path / "p.jsonl", records), tokenizer=str(tmp_path)))
+    assert not (tmp_path / "out").exists()
