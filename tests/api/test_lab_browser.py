@@ -15,7 +15,7 @@ from support import CORPUS, KEY_ITEM, SERVER_KEY, TINY, Lab, Server
 
 pytestmark = pytest.mark.browser
 
-LONG = {**TINY, "train.steps": 100000, "train.log_every": 2, "train.eval_every": 100000,
+LONG = {**TINY, "train.steps": 100000, "train.log_every": 2, "train.eval_every": 4,
         "train.checkpoint_every": 100000}
 
 
@@ -73,6 +73,10 @@ def test_the_lab_from_a_data_set_to_a_trained_model_served_completed_and_inspect
     page.click("#tr-run")
     lab.until("Number(document.querySelector('#tr-chart').dataset.trainPoints) >= 2", timeout=180_000)
     assert lab.call(CANVAS_PIXELS, "tr-chart")["colours"] > 2
+    # each evaluation's bits per byte: a chart of its own and a figure beside the loss in the status line
+    lab.until("Number(document.querySelector('#tr-bpb-chart').dataset.points) >= 1", timeout=60_000)
+    assert page.is_visible("#tr-bpb-chart") and lab.call(CANVAS_PIXELS, "tr-bpb-chart")["colours"] > 2
+    assert "val_bpb " in page.text_content("#tr-status")
     assert page.is_enabled("#tr-cancel") and not page.is_enabled("#tr-resume")
     lab.shot("training")
     page.click("#tr-cancel")

@@ -1,5 +1,6 @@
 // Training: start a job from a named config (with overrides and a data set from the list), follow its metrics
-// from the job's events stream as live loss curves, cancel or resume it, and serve a finished run as a model.
+// from the job's events stream as live loss curves (and validation bits per byte, which compares tokenizers),
+// cancel or resume it, and serve a finished run as a model.
 
 import {get, post, stream} from "./api.js";
 import {lineChart} from "./draw.js";
@@ -11,7 +12,7 @@ let app;
 let jobs = [];
 let job = null;  // the job followed
 let follower = null;  // aborts the events stream followed
-let curves = {train: [], val: []};
+let curves = {train: [], val: [], bpb: []};
 
 export function init(lab) {
   app = lab;
@@ -63,7 +64,7 @@ async function start() {
 function follow(followed) {
   if (follower) follower.abort();
   follower = new AbortController();
-  curves = {train: [], val: []};
+  curves = {train: [], val: [], bpb: []};
   update(followed);
   drawChart();
   const signal = follower.signal;
@@ -75,6 +76,7 @@ function follow(followed) {
     }
     if ("loss" in data) curves.train.push([data.step, data.loss]);
     if ("val_loss" in data) curves.val.push([data.step, data.val_loss]);
+    if ("val_bpb" in data) curves.bpb.push([data.step, data.val_bpb]);
     update({...job, step: data.step});
     drawChart();
   }, signal));
@@ -86,7 +88,8 @@ function update(followed) {
   const status = $("tr-status");
   status.dataset.state = job.state;
   const last = curves.train.length ? `, loss ${curves.train[curves.train.length - 1][1].toFixed(4)}` : "";
-  const val = curves.val.length ? `, val_loss ${curves.val[curves.val.length - 1][1].toFixed(4)}` : "";
+  const val = (curves.val.length ? `, val_loss ${curves.val[curves.val.length - 1][1].toFixed(4)}` : "") +
+    (curves.bpb.length ? `, val_bpb ${curves.bpb[curves.bpb.length - 1][1].toFixed(4)}` : "");
   status.textContent = `${job.id} (run ${runName(job)}): ${job.state}` +
     (job.step ? ` at step ${job.step}` : "") + last + val;
   $("tr-cancel").disabled = !running;
@@ -100,10 +103,18 @@ function drawChart() {
   const canvas = $("tr-chart");
   canvas.dataset.trainPoints = String(curves.train.length);
   canvas.dataset.valPoints = String(curves.val.length);
+  const width = Math.min(720, canvas.parentElement.clientWidth || 720);
   lineChart(canvas, [{name: "training loss", colour: "#1f77b4", points: curves.train},
                      {name: "validation loss", colour: "#ff7f0e", points: curves.val}],
-            {width: Math.min(720, canvas.parentElement.clientWidth || 720), height: 280, xLabel: "step",
-             yLabel: "loss"});
+            {width, height: 280, xLabel: "step", yLabel: "loss (nats per token)"});
+  // bits per byte only where the run's tokenizer gives each token's bytes (not a Hugging Face one)
+  const bpb = $("tr-bpb-chart");
+  bpb.dataset.points = String(curves.bpb.length);
+  $("tr-bpb").hidden = !curves.bpb.length;
+  if (curves.bpb.length) {
+    lineChart(bpb, [{name: "validation bits per byte", colour: "#2ca02c", points: curves.bpb}],
+              {width, height: 200, xLabel: "step", yLabel: "bits per byte"});
+  }
 }
 
 // Serves the followed run as a model (answers once it is compiled) and opens it in the playground.
