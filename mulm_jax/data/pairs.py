@@ -19,7 +19,7 @@ from mulm_jax.data.errors import DataError
 from mulm_jax.data.sources import Source
 from mulm_jax.data.tokenizer import Tokenizer
 
-KINDS = ("seq2seq", "completion", "chat")  # a data set's "kind" is one of these, or "text"
+# A data set's "kind": one of these, or "text"; each pair kind's record fields.
 FIELDS = {"seq2seq": ("source", "target"), "completion": ("prompt", "completion"), "chat": ("messages",)}
 ROLES = ("system", "user", "assistant")
 _JOIN = " \x1e "  # between a pair's parts in its dedup key: cleaning removes the control character \x1e from text
@@ -76,8 +76,8 @@ def data_kind(sources: list[Source], text_field: str) -> str:
         for file in source.files:
             kinds[str(file.path)] = file_kind(file.path, text_field)
     if len(set(kinds.values())) > 1:
-        (a, kind_a), (b, kind_b) = next(iter(kinds.items())), next((n, k) for n, k in kinds.items()
-                                                                      if k != next(iter(kinds.values())))
+        (a, kind_a), *others = kinds.items()
+        b, kind_b = next((name, kind) for name, kind in others if kind != kind_a)
         raise DataError(f"a data set holds one kind of data, but {a} holds {_kind_name(kind_a)} and {b} holds "
                         f"{_kind_name(kind_b)}")
     return next(iter(kinds.values()), "text")
@@ -186,7 +186,7 @@ def encode_pair(tokenizer: Tokenizer, pair: Pair, kind: str) -> tuple[np.ndarray
 
     seq2seq: the source's ids then the target's, encoded apart (they are different sequences). completion, chat:
     the parts' text encoded as one, each token belonging to the part it starts in (a token that merges across a
-    boundary belongs to the later part). A DataError (a character the tokenizer lacks) names the pair's line."""
+    boundary belongs to the later part)."""
     eos = decoder_start_id(tokenizer)
     if kind == "seq2seq":
         (source, _), (target, _) = pair.parts

@@ -189,6 +189,8 @@ def hand_count(cfg) -> int:
     ("transformer_base", 63_082_496),  # the paper's "65M" counts a few details differently
     ("mulm_1gb", 246_187_008),         # 0.98 GB of float32 weights
     ("shakespeare_char_speedrun", 804_480),  # the untied head's 8,320 and the QK-norms' 256 over no positions
+    ("dates_encdec", 933_888),         # the dates task's 2 + 2 layers of width 128 (docs/tasks.md)
+    ("dates_decoder", 932_864),        # its decoder-only match: 4 layers, the feed-forward widened to 640
 ])
 def test_every_config_builds_with_its_hand_counted_parameters(repo_root, name, expected):
     from mulm_jax.models.info import describe
@@ -201,7 +203,7 @@ def test_every_config_builds_with_its_hand_counted_parameters(repo_root, name, e
 def test_every_config_in_the_folder_is_covered(repo_root):
     names = {p.stem for p in (repo_root / "configs").glob("*.yaml")}
     assert names == {"shakespeare_char", "shakespeare_char_6x384", "gpt2_small", "llama_tiny", "transformer_base",
-                     "mulm_1gb", "shakespeare_char_speedrun"}
+                     "mulm_1gb", "shakespeare_char_speedrun", "dates_encdec", "dates_decoder"}
 
 
 def test_residual_output_projections_start_smaller_as_in_gpt2():
