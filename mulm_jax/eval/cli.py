@@ -1,4 +1,5 @@
-"""`python -m mulm_jax eval perplexity | passkey`: a trained run scored at a chosen context length."""
+"""`python -m mulm_jax eval perplexity | passkey | seq2seq`: a trained run scored at a chosen context length, or on
+its outputs for held-out pairs."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ PASSKEY_DEPTHS = "0,0.25,0.5,0.75,1"
 
 
 def register(subparsers: Any) -> None:
-    ev = subparsers.add_parser("eval", help="score a trained run: sliding-window perplexity, passkey retrieval")
+    ev = subparsers.add_parser("eval", help="score a trained run: sliding-window perplexity, passkey retrieval, "
+                                            "generation on pairs")
     commands = ev.add_subparsers(dest="eval_command", required=True, metavar="COMMAND")
 
     ppl = commands.add_parser(
@@ -46,6 +48,23 @@ def register(subparsers: Any) -> None:
     pk.add_argument("--seed", type=int, default=0)
     pk.set_defaults(func=run_passkey)
 
+    s2s = commands.add_parser(
+        "seq2seq", help="exact match, chrF and BLEU of greedy outputs on a data set of pairs",
+        description="Decode each held-out source (or prompt) greedily and compare the output with its target: exact "
+                    "match, and sacrebleu's chrF and corpus BLEU (with their signatures). An encoder-decoder trained "
+                    "on pairs reads the source through its encoder; a decoder continues the prompt.")
+    _common(s2s)
+    s2s.add_argument("--data", metavar="VERSION", help="a data set of pairs (folder, or id in the run's data.out_dir) "
+                                                       "made with the run's tokenizer (default: the run's)")
+    s2s.add_argument("--split", default="val", choices=["val", "train"], help="the examples scored (default val)")
+    s2s.add_argument("--limit", type=int, metavar="N", help="score only the first N examples")
+    s2s.add_argument("--max-tokens", type=int, metavar="N",
+                     help="longest output (default: the split's longest target with its end token)")
+    s2s.add_argument("--slots", type=int, default=32, help="sequences decoded together (default 32)")
+    s2s.add_argument("--bleu-tokenize", default="13a", help="sacrebleu's BLEU tokenizer (default 13a)")
+    s2s.add_argument("--show", type=int, default=5, metavar="N", help="list the first N wrong outputs (default 5)")
+    s2s.set_defaults(func=run_seq2seq)
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a train.py --workdir")
@@ -68,7 +87,7 @@ def _numbers(text: str, kind: type, flag: str) -> list:
 def eval_tokens(loaded: Any, data: Optional[str], text_file: Optional[str]) -> np.ndarray:
     """The token ids to score: a text file encoded with the run's tokenizer, or a data set's val split (one made
     with the run's tokenizer): `data` (a version folder or id), else the run's own data set."""
-    from mulm_jax.data import Tokenizer, load_tokens, prepare_dataset
+    from mulm_jax.data import load_tokens
     from mulm_jax.eval.scoring import EvalError
 
     if text_file is not None:
@@ -76,6 +95,15 @@ def eval_tokens(loaded: Any, data: Optional[str], text_file: Optional[str]) -> n
         if not path.is_file():
             raise EvalError(f"--text-file {text_file!r} does not exist")
         return np.asarray(loaded.tokenizer.encode(path.read_text(encoding="utf-8")), np.int32)
+    return load_tokens(data_folder(loaded, data), "val")
+
+
+def data_folder(loaded: Any, data: Optional[str]) -> Path:
+    """The data set to score on: `data` (a version folder or id), else the run's own; made with the run's
+    tokenizer."""
+    from mulm_jax.data import Tokenizer, prepare_dataset
+    from mulm_jax.eval.scoring import EvalError
+
     if data is None:
         folder = prepare_dataset(loaded.config.data)
     else:
@@ -86,7 +114,7 @@ def eval_tokens(loaded: Any, data: Optional[str], text_file: Optional[str]) -> n
     if Tokenizer.load(folder).serialize() != loaded.tokenizer.serialize():
         raise EvalError(f"data set {folder} was made with another tokenizer than the run's: its ids would be "
                         "scored as other text")
-    return load_tokens(folder, "val")
+    return folder
 
 
 def run_perplexity(args: argparse.Namespace) -> int:
@@ -135,4 +163,39 @@ def run_passkey(args: argparse.Namespace) -> int:
     print("length  " + "".join(f"depth {d:<5g}" for d in depths) + "  mean")
     for length, row, mean in zip(lengths, result["accuracy"], result["by_length"]):
         print(f"{length:<8}" + "".join(f"{a:<11.2f}" for a in row) + f"  {mean:.2f}")
+    return 0
+
+
+def run_seq2seq(args: argparse.Namespace) -> int:
+    startup.start(args)
+    from mulm_jax.data import read_manifest
+    from mulm_jax.eval.scoring import EvalError, load_for_eval
+    from mulm_jax.eval.seq2seq import greedy_outputs, held_out_pairs, score
+
+    loaded = load_for_eval(args.checkpoint, args.overrides, args.step)
+    folder = data_folder(loaded, args.data)
+    manifest = read_manifest(folder)
+    if manifest.get("kind", "text") == "text":
+        raise EvalError(f"data set {folder} holds text; eval seq2seq scores a data set of pairs")
+    if loaded.config.model.architecture == "encoder_decoder" and loaded.decoder_start is None:
+        raise EvalError(f"{args.checkpoint} is an encoder-decoder trained on text windows, not on pairs: it has no "
+                        "start token to read a source with")
+    examples = held_out_pairs(folder, loaded.tokenizer, args.split, args.limit)
+    max_tokens = args.max_tokens or manifest["pairs"]["longest"][args.split]["trained"]
+    start = time.perf_counter()
+    outputs = greedy_outputs(loaded, [e.prompt_ids for e in examples], max_tokens, args.slots)
+    seconds = time.perf_counter() - start
+    references = [e.target for e in examples]
+    result = dict(score(outputs, references, args.bleu_tokenize), step=loaded.step, split=args.split,
+                  data_set=manifest["version"], seconds=round(seconds, 2))
+    wrong = [{"prompt": loaded.tokenizer.decode(e.prompt_ids), "output": o, "target": e.target}
+             for e, o in zip(examples, outputs) if o != e.target]
+    if args.json:
+        print(json.dumps(dict(result, wrong=wrong[:args.show])))
+        return 0
+    print(f"{args.checkpoint} (step {loaded.step}) on {result['examples']:,} {args.split} pairs of {folder.name}: "
+          f"exact match {result['exact_match']:.1f}%, chrF {result['chrf']:.1f}, BLEU {result['bleu']:.1f} "
+          f"({seconds:.1f} s)\n  {result['chrf_signature']}\n  {result['bleu_signature']}")
+    for w in wrong[:args.show]:
+        print(f"  {w['prompt']!r} -> {w['output']!r}, expected {w['target']!r}")
     return 0

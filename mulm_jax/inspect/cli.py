@@ -16,7 +16,7 @@ from mulm_jax.errors import MulmError
 
 VIEWS = {
     "attention": "attention heatmaps: one per head of --layer (default: the last), or just --head; and a grid "
-                 "of every head of every layer",
+                 "of every head of every layer (an encoder-decoder's: also its cross-attention over the source)",
     "lens": "the logit lens: each layer's residual put through the final norm and output head, its top guess "
             "for the next token at each position",
     "tokens": "each token of the text shaded by its surprisal (-log p under the model), with the most "
@@ -47,6 +47,8 @@ def register(subparsers: Any) -> None:
     text = parser.add_mutually_exclusive_group()
     text.add_argument("--prompt", help="the text to trace")
     text.add_argument("--text-file", type=Path, help="trace this file's text (up to the model's context)")
+    parser.add_argument("--target", help="encoder-decoder runs: the decoder's text, the prompt being the source "
+                                         "(default for a run trained on pairs: its greedy output for the source)")
     parser.add_argument("--layer", type=int, help="layer to draw (attention)")
     parser.add_argument("--head", type=int, help="head to draw (attention; needs --layer or takes the last)")
     parser.add_argument("--top-k", type=int, default=5, help="alternatives kept per position (default 5)")
@@ -86,6 +88,17 @@ def _prompt(args: argparse.Namespace) -> str:
     return args.prompt
 
 
+def _target(args: argparse.Namespace, loaded: Any, prompt: str) -> str | None:
+    """--target; for an encoder-decoder trained on pairs without it, the greedy output for the prompt (its source)."""
+    if args.target is not None or loaded.decoder_start is None:
+        return args.target
+    from mulm_jax.infer import Engine
+    from mulm_jax.inspect.trace import greedy_target
+
+    with Engine(loaded, slots=1) as engine:
+        return greedy_target(engine, prompt)
+
+
 def _layers_heads(args: argparse.Namespace, L: int, H: int) -> tuple[list[int], list[int]]:
     """The layers and heads the flags choose, checked against the model before anything is computed."""
     if args.layer is not None and not 0 <= args.layer < L:
@@ -115,7 +128,8 @@ def run_inspect(args: argparse.Namespace) -> int:
         return _activations(args, tracer)
     if args.view in INTERVENTIONS:
         return _intervention(args, tracer, out_dir, name)
-    trace = tracer.trace(_prompt(args), top_k=args.top_k, lens=args.view == "lens")
+    prompt = _prompt(args)
+    trace = tracer.trace(prompt, top_k=args.top_k, lens=args.view == "lens", target=_target(args, loaded, prompt))
     roles = head_roles(tracer, trace.attention_LxHxTxT) if args.view == "heads" else None
     if args.json:
         part = {"attention": "attention", "lens": "lens", "tokens": "tokens", "heads": "heads"}[args.view]
@@ -129,6 +143,18 @@ def run_inspect(args: argparse.Namespace) -> int:
                     f"{name}: attention, layer {layer}, head {head}", out_dir / f"attention_L{layer}_H{head}.png"))
         written.append(draw.attention_grid(trace.attention_LxHxTxT, f"{name}: attention of every head",
                                            out_dir / "attention_grid.png"))
+        if trace.cross_attention_LxHxTxS is not None:  # queries: the decoder's tokens; keys: the source's
+            predicted = [*trace.top_ids_TxN[1:, 0].tolist(), int(trace.next_top_ids_N[0])]
+            rows = [f"{draw.shown(p)}\u2192{draw.shown(piece(i))}" for p, i in zip(trace.pieces, predicted)]
+            for layer in layers:
+                for head in heads:
+                    written.append(draw.attention_heatmap(  # each row: a decoder input -> the token it predicts
+                        trace.cross_attention_LxHxTxS[layer, head], rows, trace.source_pieces,
+                        f"{name}: cross-attention over the source, layer {layer}, head {head}",
+                        out_dir / f"cross_attention_L{layer}_H{head}.png"))
+            written.append(draw.attention_grid(trace.cross_attention_LxHxTxS,
+                                               f"{name}: cross-attention of every head over the source",
+                                               out_dir / "cross_attention_grid.png"))
         summary = report.attention_summary(trace, layers, heads)
     elif args.view == "lens":
         written.append(draw.lens_grid(trace, piece, out_dir / "lens.png", f"{name}: logit lens"))
