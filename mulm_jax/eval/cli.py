@@ -25,7 +25,8 @@ def register(subparsers: Any) -> None:
     ppl = commands.add_parser(
         "perplexity", help="sliding-window perplexity over the validation split or a text",
         description="Each token is scored once, in windows of --context tokens every --stride tokens, with as much "
-                    "left context as the window allows.")
+                    "left context as the window allows. Also the summed loss in bits per UTF-8 byte and per "
+                    "character of the scored text, which compares across tokenizers.")
     _common(ppl)
     source = ppl.add_mutually_exclusive_group()
     source.add_argument("--data", metavar="VERSION", help="a data set version (folder, or id in the run's "
@@ -130,7 +131,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
         tokens = tokens[:args.max_tokens + 1]
     start = time.perf_counter()
     result = sliding_perplexity(WindowScorer(loaded), tokens, context, args.stride, batch=args.batch,
-                                buckets=args.buckets)
+                                buckets=args.buckets, lengths=loaded.tokenizer.token_lengths())
     seconds = time.perf_counter() - start
     if not args.by_position:
         result["by_position"] = []
@@ -138,8 +139,11 @@ def run_perplexity(args: argparse.Namespace) -> int:
         print(json.dumps(dict(result, seconds=round(seconds, 2))))
         return 0
     print(f"{args.checkpoint} (step {loaded.step}), context {result['context']}, stride {result['stride']}: "
-          f"{result['tokens']:,} tokens, loss {result['loss']:.4f}, ppl {result['ppl']:.3f} "
-          f"({seconds:.1f} s, {result['tokens'] / seconds:,.0f} tokens/s)")
+          f"{result['tokens']:,} tokens, loss {result['loss']:.4f}, ppl {result['ppl']:.3f}, "
+          + ("bits per byte unknown (a scored token has no fixed text, or the tokenizer gives no token's)"
+             if result["bits_per_byte"] is None else
+             f"{result['bits_per_byte']:.4f} bits per byte, {result['bits_per_char']:.4f} per character")
+          + f" ({seconds:.1f} s, {result['tokens'] / seconds:,.0f} tokens/s)")
     for bucket in result["by_position"]:
         loss = "-" if bucket["loss"] is None else f"{bucket['loss']:.4f}"
         print(f"  positions {bucket['start']:>6}-{bucket['end'] - 1:<6} loss {loss}  ({bucket['tokens']:,} tokens)")

@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from mulm_jax.data.tokenizer import TokenLengths
 from mulm_jax.eval.scoring import EvalError, batched
 
 Scorer = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (inputs, targets) -> (nll, greedy ids)
@@ -42,10 +43,12 @@ def window_plan(num_tokens: int, context: int, stride: int) -> tuple[list[Window
 
 
 def sliding_perplexity(score: Scorer, tokens: np.ndarray, context: int, stride: int | None = None, *,
-                       batch: int = 4, buckets: int = 8) -> dict:
+                       batch: int = 4, buckets: int = 8, lengths: TokenLengths | None = None) -> dict:
     """Mean next-token loss over `tokens` scored in sliding windows (stride default context / 2), its perplexity,
-    and the mean loss of each of `buckets` equal spans of window positions:
-    {"context", "stride", "tokens", "loss", "ppl", "by_position": [{"start", "end", "tokens", "loss"}, ...]}.
+    the summed loss in bits per UTF-8 byte and per character of the scored tokens' text (every token but the
+    first; None without `lengths`, or when a scored id has no length), and the mean loss of each of `buckets`
+    equal spans of window positions: {"context", "stride", "tokens", "loss", "ppl", "bytes", "chars",
+    "bits_per_byte", "bits_per_char", "by_position": [{"start", "end", "tokens", "loss"}, ...]}.
     """
     stride = stride or max(context // 2, 1)
     plan, T = window_plan(len(tokens), context, stride)
@@ -59,10 +62,20 @@ def sliding_perplexity(score: Scorer, tokens: np.ndarray, context: int, stride: 
         scored_BxT = (offsets_T >= rows[:, 1:]) & (np.arange(len(rows)) < real)[:, None]
         sums_T += np.where(scored_BxT, nll_BxT, 0.0).sum(0)
         counts_T += scored_BxT.sum(0)
-    loss = float(sums_T.sum() / counts_T.sum())
+    loss_sum = float(sums_T.sum())
+    loss = loss_sum / float(counts_T.sum())
+    text = lengths.count(tokens[1:], tokens[:-1]) if lengths is not None else None
+    nbytes, chars = text or (None, None)
     edges = np.linspace(0, T, min(buckets, T) + 1).round().astype(int)
     by_position = [{"start": int(a), "end": int(b), "tokens": int(counts_T[a:b].sum()),
                     "loss": float(sums_T[a:b].sum() / counts_T[a:b].sum()) if counts_T[a:b].sum() else None}
                    for a, b in zip(edges[:-1], edges[1:])]
     return {"context": T, "stride": stride, "tokens": int(counts_T.sum()), "loss": loss,
-            "ppl": math.exp(min(loss, 50.0)), "by_position": by_position}
+            "ppl": math.exp(min(loss, 50.0)), "bytes": nbytes, "chars": chars,
+            "bits_per_byte": bits_per(loss_sum, nbytes), "bits_per_char": bits_per(loss_sum, chars),
+            "by_position": by_position}
+
+
+def bits_per(loss_sum: float, units: int | None) -> float | None:
+    """A summed loss in nats as bits per unit of text (byte or character); None when the count is unknown."""
+    return loss_sum / units / math.log(2) if units else None

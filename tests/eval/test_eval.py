@@ -26,13 +26,13 @@ from mulm_jax.train.step import TrainState
 PASSKEY_CHARS = sorted(set("".join(passkey.FILLER) + passkey.QUESTION + passkey.key_line("0123456789")))
 
 
-def fake_run(folder: Path, **model) -> Path:
+def fake_run(folder: Path, chars: list[str] = PASSKEY_CHARS, **model) -> Path:
     """A run folder (config, tokenizer, one checkpoint) of a tiny model with random weights, written without
-    training; its character tokenizer covers passkey text."""
-    lm = loaded(vocab_size=len(PASSKEY_CHARS), **model)
+    training; its character tokenizer covers passkey text (or `chars`)."""
+    lm = loaded(vocab_size=len(chars), **model)
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(dump_config(Config(model=lm.config.model)))
-    CharTokenizer(PASSKEY_CHARS).save(folder)
+    CharTokenizer(chars).save(folder)
     checkpoints = Checkpoints(folder, keep=1)
     checkpoints.save(TrainState(step=np.int32(3), params=lm.params, opt_state={}, rng=np.zeros(2, np.uint32)), {})
     checkpoints.close()
@@ -169,6 +169,28 @@ def test_passkey_mixes_into_a_data_set_as_a_share_of_its_characters(tmp_path):
     alone = assemble(DataConfig(sources=("passkey",), out_dir=cfg.out_dir)).manifest
     assert len({m["version"], other, alone["version"]}) == 3
     assert passkey.ALONE_CHARS <= alone["train_chars"] + alone["val_chars"] < passkey.ALONE_CHARS + 200
+
+
+def test_bits_per_byte_and_per_character_are_the_summed_loss_over_the_scored_texts_length(tmp_path, capsys):
+    text = "Où est le café? Le thé est là, 中文 aussi.\n" * 5
+    run = fake_run(tmp_path / "run", chars=sorted(set(text)), positional="rope")
+    (tmp_path / "text.txt").write_text(text)
+    # one window holds the whole text (RoPE computes any position), so each token sees all of the text before it
+    assert cli(["eval", "perplexity", "--checkpoint", str(run), "--text-file", str(tmp_path / "text.txt"),
+                "--context", "256", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    lm = load_for_eval(run)
+    ids = np.asarray(lm.tokenizer.encode(text))
+    logits = jax.jit(lm.model.apply)({"params": lm.params}, ids[None, :-1])
+    loss_sum = float(optax.softmax_cross_entropy_with_integer_labels(logits, ids[None, 1:]).sum())
+    scored = text[1:]  # the first token is only context
+    assert (result["tokens"], result["bytes"], result["chars"]) == (len(ids) - 1, len(scored.encode()), len(scored))
+    np.testing.assert_allclose(result["bits_per_byte"], loss_sum / len(scored.encode()) / np.log(2), rtol=1e-4)
+    np.testing.assert_allclose(result["bits_per_char"], loss_sum / len(scored) / np.log(2), rtol=1e-4)
+    assert cli(["eval", "perplexity", "--checkpoint", str(run), "--text-file", str(tmp_path / "text.txt"),
+                "--context", "256"]) == 0
+    assert f"{result['bits_per_byte']:.4f} bits per byte, {result['bits_per_char']:.4f} per character" in \
+        capsys.readouterr().out
 
 
 @pytest.mark.parametrize("sources, message", [
