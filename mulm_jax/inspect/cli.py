@@ -69,7 +69,8 @@ def register(subparsers: Any) -> None:
     startup.add_startup_arguments(parser)
     parser.set_defaults(func=run_inspect)
 
-    plot = subparsers.add_parser("plot", help="training and validation loss curves of runs side by side, with a "
+    plot = subparsers.add_parser("plot", help="training and validation loss curves of runs side by side (and "
+                                              "validation bits per byte, comparable across tokenizers), with a "
                                               "table of their parameters, speed and best validation loss")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="train.py --workdir folders")
     plot.add_argument("--out", type=Path, default=Path("runs.png"), help="the picture (default runs.png)")
@@ -272,11 +273,14 @@ def run_plot(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(table))
     else:
-        print(f"{'run':24s} {'params':>10s} {'steps':>7s} {'tokens/s':>10s} {'best val loss':>14s}")
+        print(f"{'run':24s} {'params':>10s} {'steps':>7s} {'tokens/s':>10s} {'best val loss':>14s} "
+              f"{'best val bpb':>12s}")
         for row in table:
             best = "-" if row["best_val_loss"] is None else f"{row['best_val_loss']:.4f} @{row['best_val_step']}"
             speed = "-" if row["tokens_per_sec"] is None else f"{row['tokens_per_sec']:,.0f}"
-            print(f"{row['run'][:24]:24s} {row['params']:>10,d} {row['steps']:>7d} {speed:>10s} {best:>14s}")
+            bpb = "-" if row["best_val_bpb"] is None else f"{row['best_val_bpb']:.4f}"
+            print(f"{row['run'][:24]:24s} {row['params']:>10,d} {row['steps']:>7d} {speed:>10s} {best:>14s} "
+                  f"{bpb:>12s}")
     path = plot_runs(runs, table, args.out)
     print(f"wrote {path}", file=sys.stderr)
     return 0

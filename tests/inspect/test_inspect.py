@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import chex
 import jax
@@ -279,6 +280,13 @@ def test_plot_draws_runs_side_by_side_with_their_table(run_dir, tmp_path, capsys
     best = min((r for r in rows if "val_loss" in r), key=lambda r: r["val_loss"])
     assert table[0]["best_val_loss"] == best["val_loss"] and table[0]["best_val_step"] == best["step"]
     assert table[0]["steps"] == 4 and table[0]["params"] > 0
+    assert table[0]["best_val_bpb"] == min(r["val_bpb"] for r in rows if "val_loss" in r)
+    # a run whose rows have no bits per byte (written before them, or by a tokenizer without byte lengths)
+    older = shutil.copytree(run_dir, tmp_path / "older")
+    stripped = [{k: v for k, v in r.items() if k not in ("val_bpb", "val_bpc")} for r in rows]
+    (older / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stripped))
+    assert main(["plot", str(run_dir), str(older), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split()[-1] == "-"
     assert main(["plot", str(tmp_path), "--out", str(out)]) == 2
     assert "not a run folder with metrics" in capsys.readouterr().err
 
