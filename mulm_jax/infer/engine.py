@@ -258,14 +258,8 @@ class Engine:
     # ---- submission ------------------------------------------------------------------------------------
     def tokenize(self, prompt: str | Sequence[int]) -> list[int]:
         """Prompt ids (text encoded, or ids checked against the vocabulary); an empty prompt starts from the
-        beginning-of-text token where the tokenizer has one. An encoder-decoder trained on pairs reads the prompt as
-        its source: the decoder's start token follows it."""
+        beginning-of-text token where the tokenizer has one."""
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
-        if self.loaded.decoder_start is not None:
-            if not ids:
-                raise InferenceError("the prompt is empty: this encoder-decoder reads it as its source, which needs "
-                                     "at least one token")
-            ids = ids + [self.loaded.decoder_start]
         if not ids:
             if self.tokenizer.bos_id is None:
                 raise InferenceError("the prompt is empty: expected at least one token (this tokenizer has no "
@@ -277,8 +271,12 @@ class Engine:
         return ids
 
     def encode_prompt(self, prompt: str | Sequence[int], max_tokens: int, truncate: bool = False) -> list[int]:
-        """Prompt ids, checked against the context: prompt + max_tokens must fit in max_len positions."""
+        """Prompt ids as the model reads them, checked against the context: prompt + max_tokens must fit in max_len
+        positions. An encoder-decoder trained on pairs reads the prompt as its source: the decoder's start token
+        follows it (here only, so that ids from `tokenize` submitted later get it once)."""
         ids = self.tokenize(prompt)
+        if self.loaded.decoder_start is not None:
+            ids = ids + [self.loaded.decoder_start]
         room = self.max_len - (0 if self.steps.unbounded else max_tokens)  # a ring cache decodes past max_len
         if len(ids) > room:
             if not truncate or room < 1:

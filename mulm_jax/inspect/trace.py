@@ -71,7 +71,7 @@ def greedy_target(engine: object, prompt: str | Sequence[int]) -> Optional[str]:
 
     if engine.loaded.decoder_start is None:
         return None
-    room = engine.max_len - len(engine.tokenize(prompt))
+    room = engine.max_len - len(engine.encode_prompt(prompt, 0))
     return engine.generate(prompt, SamplingParams(max_tokens=max(room, 1), temperature=0.0)).text
 
 

@@ -37,7 +37,8 @@ def test_a_prompt_to_an_encoder_decoder_trained_on_pairs_is_its_source_then_the_
     start = read_manifest(folder)["pairs"]["decoder_start_id"]
     assert lm.decoder_start == start == lm.tokenizer.eos_id
     engine = Engine(lm, slots=1)
-    assert engine.tokenize("ab ij") == lm.tokenizer.encode("ab ij") + [start]
+    assert engine.encode_prompt("ab ij", 4) == lm.tokenizer.encode("ab ij") + [start]
+    assert engine.encode_prompt(engine.tokenize("ab ij"), 4) == lm.tokenizer.encode("ab ij") + [start]  # once
 
 
 def test_eval_seq2seq_scores_the_engines_greedy_outputs_for_the_held_out_sources(pairs, capsys):

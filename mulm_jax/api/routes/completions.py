@@ -197,8 +197,9 @@ def _stops(body: Sampling) -> tuple[str, ...]:
 
 
 def _fit(served: ServedModel, ids: list[int], max_tokens: Optional[int], param: str) -> int:
-    """max_tokens for a prompt of `ids` (given, or all the room left), checked against the context."""
-    context = served.engine.max_len
+    """max_tokens for a prompt of `ids` (given, or all the room left), checked against the context (where an
+    encoder-decoder trained on pairs also reads its decoder's start token)."""
+    context = served.engine.max_len - (served.loaded.decoder_start is not None)
     if len(ids) >= context:
         raise ApiError(400, f"the prompt has {len(ids)} tokens: the model's context is {context} tokens, so a prompt "
                             f"may have at most {context - 1}", param=param, code="context_length_exceeded")
