@@ -41,6 +41,7 @@ test-slow: $(STAMP)
 # ruff's default rules over the package, the tests, the benches and the scripts (pyproject.toml [tool.ruff]).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The walkthrough, notebooks/walkthrough.ipynb (the demo model's forward pass rebuilt step by step in numpy): trains
 # runs/shakespeare as `make demo` does (resumed, or found finished), executes the notebook against it in place with

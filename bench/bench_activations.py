@@ -38,8 +38,9 @@ def cache_memory(config_path: str, tokens: int, names: tuple[str, ...]) -> int:
     tracer = Tracer(LoadedModel(build_model(config.model), structs, tokenizer, config, 0, None))
     names = tracer.resolve(names)
     ids = np.zeros((1, tokens), np.int32)
-    compiled = tracer._activations.lower(structs, ids, tokens, None, 0, {}, 0, names=names,
-                                         with_logprobs=False).compile()
+    compiled = tracer._activations.lower(
+        structs, ids, tokens, None, 0, {}, 0, names=names, with_logprobs=False
+    ).compile()
     analysis = compiled.memory_analysis()
     return int(analysis.output_size_in_bytes + analysis.temp_size_in_bytes)
 
@@ -55,8 +56,10 @@ def main() -> None:
     configure_process()
     loaded = random_model(load_config(args.config))
     tracer = Tracer(loaded)
-    prompts = [np.random.default_rng(seed).integers(0, loaded.config.model.vocab_size, args.tokens).tolist()
-               for seed in range(2)]
+    prompts = [
+        np.random.default_rng(seed).integers(0, loaded.config.model.vocab_size, args.tokens).tolist()
+        for seed in range(2)
+    ]
     start = time.perf_counter()
     cache = tracer.run_with_cache(prompts[0])
     first = time.perf_counter() - start
@@ -65,22 +68,40 @@ def main() -> None:
     ids = np.asarray([prompts[0]], np.int32)
     jax.block_until_ready(forward(loaded.params, ids))
     floor = timed(lambda: jax.block_until_ready(forward(loaded.params, ids)), args.repeats)
-    figures = {"config": args.config, "tokens": args.tokens, "names": len(cache),
-               "values": int(sum(a.size for a in cache.values())), "compile_and_first_s": round(first, 2),
-               "run_with_cache_ms": round(1000 * cached, 2), "forward_ms": round(1000 * floor, 2),
-               "cache_over_forward": round(cached / floor, 2), "compilations": tracer.traces, "target_ms": 100,
-               "met": cached <= 0.1 and tracer.traces == 1}
-    print(f"run_with_cache of all {len(cache)} names ({figures['values']:,} values) for {args.tokens} tokens of "
-          f"{args.config}: compile + first {first:.2f} s; then {1000 * cached:.1f} ms (median of {args.repeats}); the "
-          f"plain forward pass {1000 * floor:.1f} ms -> {cached / floor:.1f}x the forward; {tracer.traces} "
-          f"compilation; target <= 100 ms: {'met' if figures['met'] else 'NOT met'}")
+    figures = {
+        "config": args.config,
+        "tokens": args.tokens,
+        "names": len(cache),
+        "values": int(sum(a.size for a in cache.values())),
+        "compile_and_first_s": round(first, 2),
+        "run_with_cache_ms": round(1000 * cached, 2),
+        "forward_ms": round(1000 * floor, 2),
+        "cache_over_forward": round(cached / floor, 2),
+        "compilations": tracer.traces,
+        "target_ms": 100,
+        "met": cached <= 0.1 and tracer.traces == 1,
+    }
+    print(
+        f"run_with_cache of all {len(cache)} names ({figures['values']:,} values) for {args.tokens} tokens of "
+        f"{args.config}: compile + first {first:.2f} s; then {1000 * cached:.1f} ms (median of {args.repeats}); the "
+        f"plain forward pass {1000 * floor:.1f} ms -> {cached / floor:.1f}x the forward; {tracer.traces} "
+        f"compilation; target <= 100 ms: {'met' if figures['met'] else 'NOT met'}"
+    )
     if args.memory_config:
         one = cache_memory(args.memory_config, args.memory_tokens, ("blocks.0.attn.pattern",))
         every = cache_memory(args.memory_config, args.memory_tokens, ("*",))
-        figures.update({"memory_config": args.memory_config, "memory_tokens": args.memory_tokens,
-                        "one_name_mb": round(one / 2**20, 1), "every_name_mb": round(every / 2**20, 1)})
-        print(f"{args.memory_config} at {args.memory_tokens} tokens: caching blocks.0.attn.pattern needs "
-              f"{one / 2**20:.0f} MiB of outputs and scratch, every name {every / 2**20:.0f} MiB")
+        figures.update(
+            {
+                "memory_config": args.memory_config,
+                "memory_tokens": args.memory_tokens,
+                "one_name_mb": round(one / 2**20, 1),
+                "every_name_mb": round(every / 2**20, 1),
+            }
+        )
+        print(
+            f"{args.memory_config} at {args.memory_tokens} tokens: caching blocks.0.attn.pattern needs "
+            f"{one / 2**20:.0f} MiB of outputs and scratch, every name {every / 2**20:.0f} MiB"
+        )
     print(json.dumps(figures))
 
 

@@ -53,8 +53,12 @@ def measure(config_path: str, scan_layers: bool) -> dict[str, float]:
     start = time.perf_counter()
     steps.train_step.lower(steps.state_shapes, {"inputs": batch, "targets": batch}).compile()
     step_compile = time.perf_counter() - start
-    return {"init_compile_s": init_compile, "init_run_s": init_run, "step_compile_s": step_compile,
-            "total_s": init_compile + init_run + step_compile}
+    return {
+        "init_compile_s": init_compile,
+        "init_run_s": init_run,
+        "step_compile_s": step_compile,
+        "total_s": init_compile + init_run + step_compile,
+    }
 
 
 def main() -> int:
@@ -72,16 +76,25 @@ def main() -> int:
     results: dict[str, list[dict[str, float]]] = {name: [] for name in LAYOUTS}
     for _ in range(args.rounds):
         for name in LAYOUTS:
-            out = subprocess.run([sys.executable, "-m", "bench.bench_compile", "--config", args.config,
-                                  "--child", name], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-m", "bench.bench_compile", "--config", args.config, "--child", name],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results[name].append(json.loads(out.stdout.splitlines()[-1]))
-    medians = {name: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
-               for name, rows in results.items()}
+    medians = {
+        name: {key: statistics.median(r[key] for r in rows) for key in rows[0]} for name, rows in results.items()
+    }
     print(f"{args.config}: model init + train-step compile, {args.rounds} round(s), medians (s)")
     print(f"  {'':10s} {'init compile':>12s} {'init run':>9s} {'step compile':>13s} {'total':>8s}")
     for name, m in medians.items():
-        print(f"  {name:10s} {m['init_compile_s']:12.1f} {m['init_run_s']:9.1f} {m['step_compile_s']:13.1f} "
-              f"{m['total_s']:8.1f}")
+        print(
+            f"  {name:10s} {m['init_compile_s']:12.1f} {m['init_run_s']:9.1f} {m['step_compile_s']:13.1f} "
+            f"{m['total_s']:8.1f}"
+        )
     ratio = medians["per-layer"]["total_s"] / medians["scanned"]["total_s"]
     print(f"per-layer / scanned: {ratio:.2f}x (target 2x: {'ok' if ratio >= 2 else 'BELOW TARGET'})")
     if args.json:

@@ -39,15 +39,46 @@ def new_tokens(config: Path, args: argparse.Namespace) -> int:
 
 
 def ours(config: Path, batch: int, args: argparse.Namespace) -> dict:
-    return last_json([sys.executable, "-m", "mulm_jax", "bench", "decode", "--config", str(config), "--batch",
-                      str(batch), "--prompt-len", str(args.prompt_len), "--new-tokens", str(new_tokens(config, args)),
-                      "--repeats", str(args.repeats), "--json"])
+    return last_json(
+        [
+            sys.executable,
+            "-m",
+            "mulm_jax",
+            "bench",
+            "decode",
+            "--config",
+            str(config),
+            "--batch",
+            str(batch),
+            "--prompt-len",
+            str(args.prompt_len),
+            "--new-tokens",
+            str(new_tokens(config, args)),
+            "--repeats",
+            str(args.repeats),
+            "--json",
+        ]
+    )
 
 
 def reference(config: Path, batch: int, args: argparse.Namespace) -> dict:
-    return last_json([sys.executable, "-m", "bench.reference_hf_generate", "--config", str(config), "--batch",
-                      str(batch), "--prompt-len", str(args.prompt_len), "--new-tokens",
-                      str(new_tokens(config, args)), "--repeats", str(args.repeats)])
+    return last_json(
+        [
+            sys.executable,
+            "-m",
+            "bench.reference_hf_generate",
+            "--config",
+            str(config),
+            "--batch",
+            str(batch),
+            "--prompt-len",
+            str(args.prompt_len),
+            "--new-tokens",
+            str(new_tokens(config, args)),
+            "--repeats",
+            str(args.repeats),
+        ]
+    )
 
 
 def main() -> int:
@@ -64,12 +95,17 @@ def main() -> int:
         mine = ours(config, batch, args)
         ref = None if args.no_reference else reference(config, batch, args)
         rows[(config.stem, batch)] = (mine, ref)
-        ratio = f"{mine['tokens_per_sec'] / ref['tokens_per_sec']:5.2f}x HF ({ref['tokens_per_sec']:7.1f} tok/s)" \
-            if ref else ""
-        print(f"{config.stem:24s} batch {batch}: {mine['tokens_per_sec']:7.1f} tok/s, "
-              f"{mine['ms_per_step']:6.2f} ms/step, first token {mine['time_to_first_token_ms']:6.1f} ms, "
-              f"{mine['fraction_of_limit']:4.0%} of the limit {mine['limit_tokens_per_sec']:7.0f} tok/s "
-              f"({mine['weight_bytes'] / 1e6:.1f} MB at {mine['bandwidth_gb_s']:.1f} GB/s)  {ratio}")
+        ratio = (
+            f"{mine['tokens_per_sec'] / ref['tokens_per_sec']:5.2f}x HF ({ref['tokens_per_sec']:7.1f} tok/s)"
+            if ref
+            else ""
+        )
+        print(
+            f"{config.stem:24s} batch {batch}: {mine['tokens_per_sec']:7.1f} tok/s, "
+            f"{mine['ms_per_step']:6.2f} ms/step, first token {mine['time_to_first_token_ms']:6.1f} ms, "
+            f"{mine['fraction_of_limit']:4.0%} of the limit {mine['limit_tokens_per_sec']:7.0f} tok/s "
+            f"({mine['weight_bytes'] / 1e6:.1f} MB at {mine['bandwidth_gb_s']:.1f} GB/s)  {ratio}"
+        )
     for config, _ in CASES[::2]:
         name = config.stem
         one, ref = rows[(name, 1)]

@@ -46,11 +46,13 @@ def main() -> None:
         held = {False: (ups, downs), True: ([w.T.copy() for w in ups], [w.T.copy() for w in downs])}
         for batch in (1, 8):
             x = jnp.full((batch, d), 0.1)
-            times = {way: median_ms(call_times(lambda: fn(x, *held[out_in]), 31))
-                     for way, (fn, out_in) in ways.items()}
+            times = {way: median_ms(call_times(lambda: fn(x, *held[out_in]), 31)) for way, (fn, out_in) in ways.items()}
             first, last = times["x @ W[in,out]"], times["serving layout"]
-            print(f"{name}: {layers} feed-forward layers {d}x{f}, batch {batch}: "
-                  + ", ".join(f"{way} {ms:6.2f} ms" for way, ms in times.items()) + f" ({first / last:.2f}x)")
+            print(
+                f"{name}: {layers} feed-forward layers {d}x{f}, batch {batch}: "
+                + ", ".join(f"{way} {ms:6.2f} ms" for way, ms in times.items())
+                + f" ({first / last:.2f}x)"
+            )
 
 
 if __name__ == "__main__":

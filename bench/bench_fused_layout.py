@@ -54,8 +54,11 @@ def main() -> int:
     for _ in range(args.rounds):
         for side, engine in engines.items():
             rounds[side].append(step_ms(engine, 50))
-    figures = {f"{side}_{what}_ms": round(statistics.median(r[i] for r in rounds[side]), 3)
-               for side in engines for i, what in enumerate(("wall", "cpu"))}
+    figures = {
+        f"{side}_{what}_ms": round(statistics.median(r[i] for r in rounds[side]), 3)
+        for side in engines
+        for i, what in enumerate(("wall", "cpu"))
+    }
     figures["unfused_over_fused_wall"] = round(figures["unfused_wall_ms"] / figures["fused_wall_ms"], 3)
     figures["unfused_over_fused_cpu"] = round(figures["unfused_cpu_ms"] / figures["fused_cpu_ms"], 3)
     print(f"{args.config} batch {args.batch}: " + json.dumps(figures))

@@ -38,8 +38,9 @@ def build_source(folder: Path) -> None:
     vocab = {f"w{i}": i for i in range(config.vocab_size - 1)} | {"<|endoftext|>": config.vocab_size - 1}
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<|endoftext|>"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                                        eos_token="<|endoftext|>").save_pretrained(folder)
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    ).save_pretrained(folder)
 
 
 def mulm(*args: str) -> str:
@@ -71,14 +72,18 @@ def main() -> int:
     import_s = time.perf_counter() - start
     child = resource.getrusage(resource.RUSAGE_CHILDREN)
     peak, cpu_s = child.ru_maxrss * 1024, child.ru_utime + child.ru_stime
-    print(f"import: {import_s:.1f} s ({cpu_s:.1f} s of CPU; load average {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} cores) for a {size / 1e6:.0f} MB checkpoint (limit {IMPORT_LIMIT_S:.0f} s), "
-          f"peak memory {peak / 1e6:.0f} MB = {peak / size:.2f}x the checkpoint")
+    print(
+        f"import: {import_s:.1f} s ({cpu_s:.1f} s of CPU; load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores) for a {size / 1e6:.0f} MB checkpoint (limit {IMPORT_LIMIT_S:.0f} s), "
+        f"peak memory {peak / 1e6:.0f} MB = {peak / size:.2f}x the checkpoint"
+    )
 
     imported = decode_ms("--checkpoint", str(run), new_tokens=args.new_tokens)
     native = decode_ms("--config", "configs/gpt2_small.yaml", new_tokens=args.new_tokens)
-    print(f"decode at batch 1: imported {imported:.2f} ms/step, native {native:.2f} ms/step, "
-          f"ratio {imported / native:.2f}")
+    print(
+        f"decode at batch 1: imported {imported:.2f} ms/step, native {native:.2f} ms/step, "
+        f"ratio {imported / native:.2f}"
+    )
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if import_s < IMPORT_LIMIT_S else 1

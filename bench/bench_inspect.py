@@ -45,14 +45,24 @@ def main() -> None:
     ids = np.asarray([prompts[0]], np.int32)
     jax.block_until_ready(forward(loaded.params, ids))
     floor = timed(lambda: jax.block_until_ready(forward(loaded.params, ids)), args.repeats)
-    figures = {"config": args.config, "tokens": args.tokens, "compile_and_first_s": round(first, 2),
-               "trace_s": round(with_lens, 3), "trace_without_lens_s": round(without_lens, 3),
-               "forward_s": round(floor, 3), "trace_over_forward": round(with_lens / floor, 2),
-               "compilations": tracer.traces, "target_s": 5.0, "met": with_lens <= 5.0 and tracer.traces == 2}
-    print(f"{args.tokens}-token trace of {args.config}: compile + first {first:.1f} s; then {with_lens:.2f} s with "
-          f"the logit lens, {without_lens:.2f} s without (median of {args.repeats}); the plain forward pass "
-          f"{floor:.2f} s -> trace = {with_lens / floor:.1f}x the forward; {tracer.traces} compilations "
-          f"(with and without the lens); target <= 5 s: {'met' if figures['met'] else 'NOT met'}")
+    figures = {
+        "config": args.config,
+        "tokens": args.tokens,
+        "compile_and_first_s": round(first, 2),
+        "trace_s": round(with_lens, 3),
+        "trace_without_lens_s": round(without_lens, 3),
+        "forward_s": round(floor, 3),
+        "trace_over_forward": round(with_lens / floor, 2),
+        "compilations": tracer.traces,
+        "target_s": 5.0,
+        "met": with_lens <= 5.0 and tracer.traces == 2,
+    }
+    print(
+        f"{args.tokens}-token trace of {args.config}: compile + first {first:.1f} s; then {with_lens:.2f} s with "
+        f"the logit lens, {without_lens:.2f} s without (median of {args.repeats}); the plain forward pass "
+        f"{floor:.2f} s -> trace = {with_lens / floor:.1f}x the forward; {tracer.traces} compilations "
+        f"(with and without the lens); target <= 5 s: {'met' if figures['met'] else 'NOT met'}"
+    )
     print(json.dumps(figures))
 
 

@@ -44,20 +44,31 @@ def main() -> int:
 
     loaded = load_model(args.checkpoint)
     cfg = loaded.config
-    batches = eval_batches(prepare_dataset(cfg.data), args.batch_size, cfg.train.seq_len or cfg.model.max_seq_len,
-                           args.batches)
+    batches = eval_batches(
+        prepare_dataset(cfg.data), args.batch_size, cfg.train.seq_len or cfg.model.max_seq_len, args.batches
+    )
     int8 = quantize_params(loaded.params)
     pad = loaded.tokenizer.pad_id
     ppl_f32 = perplexity(loaded.model, loaded.params, batches, pad)
     ppl_int8 = perplexity(loaded.model, jax.jit(dequantize)(int8), batches, pad)
     increase = ppl_int8 / ppl_f32 - 1
-    result = {"run": str(args.checkpoint), "step": loaded.step, "weight_bytes_float32": weight_bytes(loaded.params),
-              "weight_bytes_int8": weight_bytes(int8), "val_ppl_float32": round(ppl_f32, 4),
-              "val_ppl_int8": round(ppl_int8, 4), "ppl_increase": round(increase, 5),
-              "tokens": args.batches * args.batch_size * (cfg.train.seq_len or cfg.model.max_seq_len)}
-    print(f"weights: {result['weight_bytes_float32'] / 1e6:.2f} MB float32 -> {result['weight_bytes_int8'] / 1e6:.2f} MB "
-          f"int8 ({result['weight_bytes_int8'] / result['weight_bytes_float32']:.2f}x)")
-    print(f"validation perplexity: {ppl_f32:.4f} float32, {ppl_int8:.4f} int8 ({increase:+.3%}; limit +{MAX_INCREASE:.0%})")
+    result = {
+        "run": str(args.checkpoint),
+        "step": loaded.step,
+        "weight_bytes_float32": weight_bytes(loaded.params),
+        "weight_bytes_int8": weight_bytes(int8),
+        "val_ppl_float32": round(ppl_f32, 4),
+        "val_ppl_int8": round(ppl_int8, 4),
+        "ppl_increase": round(increase, 5),
+        "tokens": args.batches * args.batch_size * (cfg.train.seq_len or cfg.model.max_seq_len),
+    }
+    print(
+        f"weights: {result['weight_bytes_float32'] / 1e6:.2f} MB float32 -> {result['weight_bytes_int8'] / 1e6:.2f} MB "
+        f"int8 ({result['weight_bytes_int8'] / result['weight_bytes_float32']:.2f}x)"
+    )
+    print(
+        f"validation perplexity: {ppl_f32:.4f} float32, {ppl_int8:.4f} int8 ({increase:+.3%}; limit +{MAX_INCREASE:.0%})"
+    )
     print(json.dumps(result))
     return 1 if args.check and increase > MAX_INCREASE else 0
 

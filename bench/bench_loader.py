@@ -20,8 +20,9 @@ MIN_RATIO = 20
 
 
 def tokens_per_second(dataset, batches: int, batch_size: int, seq_len: int, mode: str, num_threads: int) -> float:
-    it = make_loader(dataset, "train", batch_size, seq_len, seed=0, mode=mode, shard_index=0, shard_count=1,
-                     num_threads=num_threads)
+    it = make_loader(
+        dataset, "train", batch_size, seq_len, seed=0, mode=mode, shard_index=0, shard_count=1, num_threads=num_threads
+    )
     next(it)  # start-up (thread pool, first reads) is not throughput
     start = time.perf_counter()
     for _ in range(batches):
@@ -46,8 +47,10 @@ def main() -> int:
                 rate = tokens_per_second(dataset, args.batches, args.batch_size, args.seq_len, mode, num_threads)
                 ratio = rate / TRAINING_TOKENS_PER_S
                 worst = min(worst, ratio)
-                print(f"{mode:<14} threads={num_threads}  {rate:>12,.0f} tokens/s  training {TRAINING_TOKENS_PER_S:,} "
-                      f"tokens/s  ratio {ratio:6.1f}x  (limit {MIN_RATIO}x)")
+                print(
+                    f"{mode:<14} threads={num_threads}  {rate:>12,.0f} tokens/s  training {TRAINING_TOKENS_PER_S:,} "
+                    f"tokens/s  ratio {ratio:6.1f}x  (limit {MIN_RATIO}x)"
+                )
     print(f"worst ratio {worst:.1f}x: {'ok' if worst >= MIN_RATIO else 'BELOW LIMIT'}")
     return 0 if worst >= MIN_RATIO else 1
 

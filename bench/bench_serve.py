@@ -30,8 +30,16 @@ import httpx
 from mulm_jax.api.cli import address_in
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = ["ROMEO:", "JULIET:\nO Romeo", "First Citizen:\n", "GLOUCESTER:\nNow is the winter",
-           "HAMLET:\nTo be", "MENENIUS:\nWhat work's", "All:\nSpeak, speak.", "LADY MACBETH:\n"]  # <= 32 chars
+PROMPTS = [
+    "ROMEO:",
+    "JULIET:\nO Romeo",
+    "First Citizen:\n",
+    "GLOUCESTER:\nNow is the winter",
+    "HAMLET:\nTo be",
+    "MENENIUS:\nWhat work's",
+    "All:\nSpeak, speak.",
+    "LADY MACBETH:\n",
+]  # <= 32 chars
 
 
 def cpu_seconds(pid: int) -> float:
@@ -48,8 +56,14 @@ def percentile(values: list[float], q: float) -> float:
 async def client_loop(http: httpx.AsyncClient, index: int, deadline: float, new_tokens: int, stats: dict) -> None:
     i = index
     while time.monotonic() < deadline:
-        ask = {"model": "bench", "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": new_tokens,
-               "temperature": 0.8, "stream": True, "stream_options": {"include_usage": True}}
+        ask = {
+            "model": "bench",
+            "prompt": PROMPTS[i % len(PROMPTS)],
+            "max_tokens": new_tokens,
+            "temperature": 0.8,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         i += 1
         start = time.monotonic()
         first, tokens, done = None, 0, False
@@ -104,8 +118,9 @@ def reference(checkpoint: str, clients: int, seconds: float, new_tokens: int, sl
         def loop(index: int) -> None:
             i = index
             while time.monotonic() < deadline:
-                result = engine.generate(PROMPTS[i % len(PROMPTS)], SamplingParams(max_tokens=new_tokens,
-                                                                                    temperature=0.8))
+                result = engine.generate(
+                    PROMPTS[i % len(PROMPTS)], SamplingParams(max_tokens=new_tokens, temperature=0.8)
+                )
                 i += 1
                 with lock:
                     counts["requests"] += 1
@@ -133,9 +148,25 @@ def main() -> int:
     args = parser.parse_args()
 
     log = tempfile.NamedTemporaryFile("w", prefix="bench_serve-", suffix=".log")  # the server's output
-    server = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--checkpoint", f"bench={args.checkpoint}",
-                               "--port", "0", "--slots", str(args.slots), "--max-queue", str(args.clients * 2),
-                               "--log-level", "warning"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "serve.py"),
+            "--checkpoint",
+            f"bench={args.checkpoint}",
+            "--port",
+            "0",
+            "--slots",
+            str(args.slots),
+            "--max-queue",
+            str(args.clients * 2),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = None
     try:
         deadline = time.monotonic() + 180
@@ -159,32 +190,51 @@ def main() -> int:
 
     errors_5xx = sum(n for code, n in stats["status"].items() if code >= 500)
     figures = {
-        "clients": args.clients, "seconds": round(stats["elapsed"], 1), "requests": stats["requests"],
-        "requests_per_sec": stats["requests"] / stats["elapsed"], "tokens_per_sec": stats["tokens"] / stats["elapsed"],
-        "ttft_p50_ms": percentile(stats["ttft"], 50) * 1e3, "ttft_p99_ms": percentile(stats["ttft"], 99) * 1e3,
-        "status": {str(k): v for k, v in sorted(stats["status"].items())}, "errors_5xx": errors_5xx,
-        "incomplete_streams": stats["incomplete"], "client_errors": len(stats["errors"]),
+        "clients": args.clients,
+        "seconds": round(stats["elapsed"], 1),
+        "requests": stats["requests"],
+        "requests_per_sec": stats["requests"] / stats["elapsed"],
+        "tokens_per_sec": stats["tokens"] / stats["elapsed"],
+        "ttft_p50_ms": percentile(stats["ttft"], 50) * 1e3,
+        "ttft_p99_ms": percentile(stats["ttft"], 99) * 1e3,
+        "status": {str(k): v for k, v in sorted(stats["status"].items())},
+        "errors_5xx": errors_5xx,
+        "incomplete_streams": stats["incomplete"],
+        "client_errors": len(stats["errors"]),
         "engine_tokens_per_sec": ref["tokens"] / ref["elapsed"],
-        "server_cores": server_cpu / stats["elapsed"], "client_cores": client_cpu / stats["elapsed"],
+        "server_cores": server_cpu / stats["elapsed"],
+        "client_cores": client_cpu / stats["elapsed"],
     }
     figures["http_vs_engine"] = figures["tokens_per_sec"] / figures["engine_tokens_per_sec"]
     # CPU per generated token, server against engine (its client threads included): steadier than tokens/s on a
     # shared machine, and what bounds the throughput when the cores are the limit
     figures["server_cpu_ms_per_token"] = server_cpu / max(stats["tokens"], 1) * 1e3
     figures["engine_cpu_ms_per_token"] = ref["cpu"] / max(ref["tokens"], 1) * 1e3
-    print(f"{args.clients} streaming clients for {figures['seconds']} s against {args.checkpoint} "
-          f"({args.slots} slots, {args.new_tokens} new tokens per request):")
-    print(f"  {figures['requests_per_sec']:.2f} requests/s, {figures['tokens_per_sec']:.0f} generated tokens/s, "
-          f"time to first token p50 {figures['ttft_p50_ms']:.0f} ms, p99 {figures['ttft_p99_ms']:.0f} ms")
-    print(f"  statuses {figures['status']}, 5xx {errors_5xx}, incomplete streams {stats['incomplete']}, "
-          f"client errors {len(stats['errors'])}")
-    print(f"  CPU: server {figures['server_cores']:.2f} cores, load-generating clients {figures['client_cores']:.2f} "
-          "cores (of 2)")
-    print(f"  engine alone (same load, no HTTP): {figures['engine_tokens_per_sec']:.0f} tokens/s -> HTTP serves "
-          f"{figures['http_vs_engine']:.2f}x of it")
+    print(
+        f"{args.clients} streaming clients for {figures['seconds']} s against {args.checkpoint} "
+        f"({args.slots} slots, {args.new_tokens} new tokens per request):"
+    )
+    print(
+        f"  {figures['requests_per_sec']:.2f} requests/s, {figures['tokens_per_sec']:.0f} generated tokens/s, "
+        f"time to first token p50 {figures['ttft_p50_ms']:.0f} ms, p99 {figures['ttft_p99_ms']:.0f} ms"
+    )
+    print(
+        f"  statuses {figures['status']}, 5xx {errors_5xx}, incomplete streams {stats['incomplete']}, "
+        f"client errors {len(stats['errors'])}"
+    )
+    print(
+        f"  CPU: server {figures['server_cores']:.2f} cores, load-generating clients {figures['client_cores']:.2f} "
+        "cores (of 2)"
+    )
+    print(
+        f"  engine alone (same load, no HTTP): {figures['engine_tokens_per_sec']:.0f} tokens/s -> HTTP serves "
+        f"{figures['http_vs_engine']:.2f}x of it"
+    )
     cpu_ratio = figures["engine_cpu_ms_per_token"] / figures["server_cpu_ms_per_token"]
-    print(f"  CPU per generated token: server {figures['server_cpu_ms_per_token']:.3f} ms, engine alone "
-          f"{figures['engine_cpu_ms_per_token']:.3f} ms ({cpu_ratio:.2f}x)")
+    print(
+        f"  CPU per generated token: server {figures['server_cpu_ms_per_token']:.3f} ms, engine alone "
+        f"{figures['engine_cpu_ms_per_token']:.3f} ms ({cpu_ratio:.2f}x)"
+    )
     if args.json:
         print(json.dumps(figures))
     return 0 if errors_5xx == 0 and stats["incomplete"] == 0 and not stats["errors"] else 1

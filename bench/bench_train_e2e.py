@@ -59,8 +59,8 @@ def nanogpt_worker(dataset: Path, steps: int, out_dir: Path, save_final: bool = 
     def get_batch(split: str):  # a fresh memmap per batch, as nanoGPT does to avoid a memory leak
         data = np.memmap(paths[split], dtype=manifest["dtype"], mode="r")
         ix = torch.randint(len(data) - T, (B,))
-        x = torch.stack([torch.from_numpy(data[i:i + T].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + T].astype(np.int64)) for i in ix])
+        x = torch.stack([torch.from_numpy(data[i : i + T].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + T].astype(np.int64)) for i in ix])
         return x, y
 
     @torch.no_grad()
@@ -89,8 +89,15 @@ def nanogpt_worker(dataset: Path, steps: int, out_dir: Path, save_final: bool = 
             if losses["val"] < best_val_loss:
                 best_val_loss = losses["val"]
                 if iter_num > 0:
-                    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "iter_num": iter_num, "best_val_loss": best_val_loss}, out_dir / "ckpt.pt")
+                    torch.save(
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "iter_num": iter_num,
+                            "best_val_loss": best_val_loss,
+                        },
+                        out_dir / "ckpt.pt",
+                    )
         _, loss = model(X, Y)
         X, Y = get_batch("train")  # the next batch, fetched while the forward's graph waits for backward
         loss.backward()
@@ -108,24 +115,58 @@ def nanogpt_worker(dataset: Path, steps: int, out_dir: Path, save_final: bool = 
 
 def run_nanogpt(dataset: Path, steps: int, folder: Path, save_final: bool = False) -> dict:
     start = time.time()
-    out = subprocess.run([sys.executable, "-m", "bench.bench_train_e2e", "--nanogpt-worker", str(dataset),
-                          "--steps", str(steps), "--out", str(folder), *(["--save-final"] if save_final else [])],
-                         cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.bench_train_e2e",
+            "--nanogpt-worker",
+            str(dataset),
+            "--steps",
+            str(steps),
+            "--out",
+            str(folder),
+            *(["--save-final"] if save_final else []),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     wall = time.time() - start
     lines = out.stdout.splitlines()
     dt_ms = {int(m[1]): float(m[2]) for m in map(ITER_LINE.match, lines) if m}
     first = float(next(line for line in lines if line.startswith("first iteration done at")).split()[-1])
     timed = [dt_ms[i] for i in range(SKIP + 1, steps + 1)]
-    return {"ms": statistics.median(timed), "mean_ms": statistics.mean(timed), "startup_s": first - start,
-            "wall_s": wall, "torch": lines[0]}
+    return {
+        "ms": statistics.median(timed),
+        "mean_ms": statistics.mean(timed),
+        "startup_s": first - start,
+        "wall_s": wall,
+        "torch": lines[0],
+    }
 
 
 def run_ours(train_py: Path, steps: int, folder: Path, overrides: list[str]) -> dict:
     start = time.time()
     with open(folder / "train.log", "w") as log:
-        subprocess.run([sys.executable, str(train_py), "--config", str(train_py.parent / "configs" / CONFIG.name),
-                        "--workdir", str(folder / "run"), "--set", f"train.steps={steps}", *overrides],
-                       cwd=train_py.parent, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(train_py),
+                "--config",
+                str(train_py.parent / "configs" / CONFIG.name),
+                "--workdir",
+                str(folder / "run"),
+                "--set",
+                f"train.steps={steps}",
+                *overrides,
+            ],
+            cwd=train_py.parent,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
     wall = time.time() - start
     rows = read_metrics(folder / "run")
     at = {r["step"]: r["time"] for r in rows if "loss" in r}
@@ -133,8 +174,13 @@ def run_ours(train_py: Path, steps: int, folder: Path, overrides: list[str]) -> 
     per_row = [(at[b] - at[a]) / (b - a) * 1e3 for a, b in zip(logged, logged[1:])]
     first = next((r["time"] for r in rows if "startup_s" in r), math.nan)  # versions before issue #16: none
     mean_ms = (at[steps] - at[SKIP]) / (steps - SKIP) * 1e3
-    return {"ms": mean_ms, "mean_ms": mean_ms, "row_median_ms": statistics.median(per_row),
-            "startup_s": first - start, "wall_s": wall}
+    return {
+        "ms": mean_ms,
+        "mean_ms": mean_ms,
+        "row_median_ms": statistics.median(per_row),
+        "startup_s": first - start,
+        "wall_s": wall,
+    }
 
 
 def main() -> int:
@@ -174,8 +220,11 @@ def main() -> int:
             if rows:
                 r = rows[-1]
                 extra = f", median of 10-step rows {r['row_median_ms']:.1f}" if "row_median_ms" in r else ""
-                print(f"round {round_} {name:8s}: {r['ms']:6.1f} ms/iteration (mean {r['mean_ms']:.1f}{extra}), "
-                      f"start-up {r['startup_s']:.1f} s, wall {r['wall_s']:.1f} s", flush=True)
+                print(
+                    f"round {round_} {name:8s}: {r['ms']:6.1f} ms/iteration (mean {r['mean_ms']:.1f}{extra}), "
+                    f"start-up {r['startup_s']:.1f} s, wall {r['wall_s']:.1f} s",
+                    flush=True,
+                )
 
     def median(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])
@@ -183,28 +232,38 @@ def main() -> int:
     tokens = B * T
     import jax
 
-    print(f"\n{CONFIG.name}, {args.steps} iterations a run, {args.rounds} round(s), medians over rounds; "
-          f"{len(os.sched_getaffinity(0))} CPUs, load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
-          f"after; JAX {jax.__version__}")
+    print(
+        f"\n{CONFIG.name}, {args.steps} iterations a run, {args.rounds} round(s), medians over rounds; "
+        f"{len(os.sched_getaffinity(0))} CPUs, load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
+        f"after; JAX {jax.__version__}"
+    )
     for name in ("ours", "baseline") if args.baseline else ("ours",):
-        print(f"{name:8s}{median(name, 'ms'):6.1f} ms/step over steps {SKIP}-{args.steps} "
-              f"({tokens / median(name, 'ms') * 1e3:,.0f} tokens/s; median of 10-step rows "
-              f"{median(name, 'row_median_ms'):.1f} ms); start-up {median(name, 'startup_s'):.1f} s, "
-              f"wall {median(name, 'wall_s'):.1f} s")
+        print(
+            f"{name:8s}{median(name, 'ms'):6.1f} ms/step over steps {SKIP}-{args.steps} "
+            f"({tokens / median(name, 'ms') * 1e3:,.0f} tokens/s; median of 10-step rows "
+            f"{median(name, 'row_median_ms'):.1f} ms); start-up {median(name, 'startup_s'):.1f} s, "
+            f"wall {median(name, 'wall_s'):.1f} s"
+        )
     if args.no_reference:
         return 0
     ref_ms = median("nanoGPT", "ms")
-    print(f"nanoGPT {ref_ms:6.1f} ms/iteration, median after iteration {SKIP} ({tokens / ref_ms * 1e3:,.0f} "
-          f"tokens/s; mean {median('nanoGPT', 'mean_ms'):.1f} ms); start-up {median('nanoGPT', 'startup_s'):.1f} "
-          f"s, wall {median('nanoGPT', 'wall_s'):.1f} s; {results['nanoGPT'][0]['torch']}")
+    print(
+        f"nanoGPT {ref_ms:6.1f} ms/iteration, median after iteration {SKIP} ({tokens / ref_ms * 1e3:,.0f} "
+        f"tokens/s; mean {median('nanoGPT', 'mean_ms'):.1f} ms); start-up {median('nanoGPT', 'startup_s'):.1f} "
+        f"s, wall {median('nanoGPT', 'wall_s'):.1f} s; {results['nanoGPT'][0]['torch']}"
+    )
     if args.baseline:
-        print(f"baseline: {ref_ms / median('baseline', 'ms'):.2f}x nanoGPT's tokens/s; ours is "
-              f"{median('baseline', 'ms') / median('ours', 'ms'):.2f}x the baseline's")
+        print(
+            f"baseline: {ref_ms / median('baseline', 'ms'):.2f}x nanoGPT's tokens/s; ours is "
+            f"{median('baseline', 'ms') / median('ours', 'ms'):.2f}x the baseline's"
+        )
     ratio = ref_ms / median("ours", "ms")
     mean_ratio = median("nanoGPT", "mean_ms") / median("ours", "mean_ms")
     verdict = "ok" if ratio >= args.min_ratio else "BELOW TARGET"
-    print(f"end to end: {ratio:.2f}x nanoGPT's tokens/s (target {args.min_ratio}x): {verdict}; mean against mean "
-          f"{mean_ratio:.2f}x; wall time {median('nanoGPT', 'wall_s') / median('ours', 'wall_s'):.2f}x")
+    print(
+        f"end to end: {ratio:.2f}x nanoGPT's tokens/s (target {args.min_ratio}x): {verdict}; mean against mean "
+        f"{mean_ratio:.2f}x; wall time {median('nanoGPT', 'wall_s') / median('ours', 'wall_s'):.2f}x"
+    )
     return 1 if args.check and ratio < args.min_ratio else 0
 
 

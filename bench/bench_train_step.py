@@ -34,8 +34,13 @@ class Reference:
     """bench/reference_nanogpt.py --serve in a child process: `steps(n)` runs n of its iterations there."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.reference_nanogpt", "--serve"], cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.reference_nanogpt", "--serve"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.info = json.loads(self.proc.stdout.readline())
 
     def steps(self, count: int) -> list[float]:
@@ -63,16 +68,30 @@ def build(config_path: str) -> dict[str, Any]:
     B, T = tc.batch_size, tc.seq_len or cfg.model.max_seq_len
     steps = run_steps(cfg, None, T)
     rng = np.random.default_rng(tc.seed)
-    batches = [global_batch({"inputs": rng.integers(0, cfg.model.vocab_size, (B, T), dtype=np.int32),
-                             "targets": rng.integers(0, cfg.model.vocab_size, (B, T), dtype=np.int32)}, steps.mesh)
-               for _ in range(8)]
+    batches = [
+        global_batch(
+            {
+                "inputs": rng.integers(0, cfg.model.vocab_size, (B, T), dtype=np.int32),
+                "targets": rng.integers(0, cfg.model.vocab_size, (B, T), dtype=np.int32),
+            },
+            steps.mesh,
+        )
+        for _ in range(8)
+    ]
 
     def loss_fn(params, batch):
         sums = batch_sums(steps.model, params, batch, None)
         return sums["loss_sum"] / sums["count"]
 
-    return {"cfg": cfg, "tokens": B * T, "state": steps.fresh_state(), "batches": batches, "step": steps.train_step,
-            "forward": jax.jit(loss_fn), "forward_backward": jax.jit(jax.value_and_grad(loss_fn))}
+    return {
+        "cfg": cfg,
+        "tokens": B * T,
+        "state": steps.fresh_state(),
+        "batches": batches,
+        "step": steps.train_step,
+        "forward": jax.jit(loss_fn),
+        "forward_backward": jax.jit(jax.value_and_grad(loss_fn)),
+    }
 
 
 def main() -> int:
@@ -87,8 +106,10 @@ def main() -> int:
     parser.add_argument("--min-ratio", type=float, default=MIN_RATIO)
     args = parser.parse_args()
     if not args.no_reference and importlib.util.find_spec("torch") is None:  # the reference's child would crash
-        parser.error("the nanoGPT reference needs PyTorch: install it with `.venv/bin/pip install -r "
-                     "bench/requirements.txt`, or pass --no-reference to time ours alone")
+        parser.error(
+            "the nanoGPT reference needs PyTorch: install it with `.venv/bin/pip install -r "
+            "bench/requirements.txt`, or pass --no-reference to time ours alone"
+        )
 
     if not args.plain:
         from mulm_jax.platform import configure_process
@@ -128,10 +149,14 @@ def main() -> int:
 
     tokens = run["tokens"]
     model_cfg = run["cfg"].model
-    print(f"{args.config}: {model_cfg.num_layers} layers x {model_cfg.d_model}, {model_cfg.num_heads} heads, "
-          f"{tokens} tokens/step; {args.rounds} rounds x {args.steps} steps, medians")
-    print(f"settings: {'XLA defaults (--plain)' if args.plain else 'configure_process()'}; "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(
+        f"{args.config}: {model_cfg.num_layers} layers x {model_cfg.d_model}, {model_cfg.num_heads} heads, "
+        f"{tokens} tokens/step; {args.rounds} rounds x {args.steps} steps, medians"
+    )
+    print(
+        f"settings: {'XLA defaults (--plain)' if args.plain else 'configure_process()'}; "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+    )
     print(f"compile + first step {compile_s:.1f} s; start-up to first step done {startup_s:.1f} s")
     for name in ("forward", "forward_backward"):
         print(f"ours     {name.replace('_', '+'):<17} {median_ms(times[name]):7.1f} ms")
@@ -141,8 +166,10 @@ def main() -> int:
         return 0
     ref_ms = median_ms(times["nanogpt"])
     ratio = ref_ms / ours_ms
-    print(f"nanoGPT  train step        {ref_ms:7.1f} ms  {tokens / ref_ms * 1e3:9,.0f} tokens/s  "
-          f"(PyTorch {reference.info['torch']}, {reference.info['threads']} threads)")
+    print(
+        f"nanoGPT  train step        {ref_ms:7.1f} ms  {tokens / ref_ms * 1e3:9,.0f} tokens/s  "
+        f"(PyTorch {reference.info['torch']}, {reference.info['threads']} threads)"
+    )
     verdict = "ok" if ratio >= args.min_ratio else "BELOW TARGET"
     print(f"speed-up over nanoGPT: {ratio:.2f}x (target {args.min_ratio}x): {verdict}")
     return 1 if args.check and ratio < args.min_ratio else 0

@@ -35,7 +35,7 @@ def split_tokens(dataset: Path, split: str) -> np.ndarray:
 
 def windows(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = (len(tokens) - 1) // T
-    return tokens[:n * T].reshape(n, T), tokens[1:n * T + 1].reshape(n, T)
+    return tokens[: n * T].reshape(n, T), tokens[1 : n * T + 1].reshape(n, T)
 
 
 def ours_full_val(run: str | Path, val: np.ndarray, step: int | None = None) -> float:
@@ -50,8 +50,8 @@ def ours_full_val(run: str | Path, val: np.ndarray, step: int | None = None) -> 
     x, y = windows(val)
     total = 0.0
     for i in range(0, len(x), 256):
-        logp = jax.nn.log_softmax(logits_fn(lm.params, jnp.asarray(x[i:i + 256], jnp.int32)).astype(jnp.float32))
-        total -= float(jnp.take_along_axis(logp, jnp.asarray(y[i:i + 256])[..., None], -1).sum())
+        logp = jax.nn.log_softmax(logits_fn(lm.params, jnp.asarray(x[i : i + 256], jnp.int32)).astype(jnp.float32))
+        total -= float(jnp.take_along_axis(logp, jnp.asarray(y[i : i + 256])[..., None], -1).sum())
     return total / x.size
 
 
@@ -67,7 +67,7 @@ def nanogpt(seed: int, train: np.ndarray, val: np.ndarray) -> dict:
 
     def batch(data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # nanoGPT's get_batch
         ix = torch.randint(len(data) - T, (BATCH,))
-        return torch.stack([data[i:i + T] for i in ix]), torch.stack([data[i + 1:i + 1 + T] for i in ix])
+        return torch.stack([data[i : i + T] for i in ix]), torch.stack([data[i + 1 : i + 1 + T] for i in ix])
 
     start = time.perf_counter()
     model.train()
@@ -83,8 +83,12 @@ def nanogpt(seed: int, train: np.ndarray, val: np.ndarray) -> dict:
     model.eval()
     with torch.no_grad():
         estimate = statistics.mean(float(model(*batch(val_t))[1]) for _ in range(20))
-    return {"seed": seed, "estimate_20_batches": estimate, "full_val": nanogpt_full_val(model, val),
-            "ms_per_iter": seconds / STEPS * 1e3}
+    return {
+        "seed": seed,
+        "estimate_20_batches": estimate,
+        "full_val": nanogpt_full_val(model, val),
+        "ms_per_iter": seconds / STEPS * 1e3,
+    }
 
 
 def nanogpt_full_val(model, val: np.ndarray) -> float:
@@ -97,9 +101,12 @@ def nanogpt_full_val(model, val: np.ndarray) -> float:
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(x), 256):
-            logits, _ = model(torch.from_numpy(x[i:i + 256]), torch.from_numpy(y[i:i + 256]))
-            total += float(F.cross_entropy(logits.view(-1, logits.size(-1)), torch.from_numpy(y[i:i + 256]).view(-1),
-                                           reduction="sum"))
+            logits, _ = model(torch.from_numpy(x[i : i + 256]), torch.from_numpy(y[i : i + 256]))
+            total += float(
+                F.cross_entropy(
+                    logits.view(-1, logits.size(-1)), torch.from_numpy(y[i : i + 256]).view(-1), reduction="sum"
+                )
+            )
     return total / y.size
 
 
@@ -119,12 +126,18 @@ def main() -> int:
     for run in args.runs:
         rows = read_metrics(Path(run))
         last_eval = [r for r in rows if "val_loss" in r][-1]
-        print(f"ours {run}: step {last_eval['step']}, 20-batch val loss {last_eval['val_loss']:.4f}, "
-              f"whole val split {ours_full_val(run, val):.4f}", flush=True)
+        print(
+            f"ours {run}: step {last_eval['step']}, 20-batch val loss {last_eval['val_loss']:.4f}, "
+            f"whole val split {ours_full_val(run, val):.4f}",
+            flush=True,
+        )
     for seed in args.seeds:
         r = nanogpt(seed, train, val)
-        print(f"nanoGPT seed {seed}: 2000 iterations ({r['ms_per_iter']:.0f} ms each), 20-batch estimate "
-              f"{r['estimate_20_batches']:.4f}, whole val split {r['full_val']:.4f}", flush=True)
+        print(
+            f"nanoGPT seed {seed}: 2000 iterations ({r['ms_per_iter']:.0f} ms each), 20-batch estimate "
+            f"{r['estimate_20_batches']:.4f}, whole val split {r['full_val']:.4f}",
+            flush=True,
+        )
     return 0
 
 

@@ -35,8 +35,11 @@ def rope_scaling(kind: str, length: int, head_dim: int) -> Optional[dict[str, An
         return None
     if kind == "longrope":
         half = head_dim // 2
-        return {"type": "longrope", "original_max_seq_len": TRAIN_LENGTH,
-                "long_factor": [round(factor ** (i / (half - 1)), 4) for i in range(half)]}
+        return {
+            "type": "longrope",
+            "original_max_seq_len": TRAIN_LENGTH,
+            "long_factor": [round(factor ** (i / (half - 1)), 4) for i in range(half)],
+        }
     return {"type": kind, "factor": factor, "original_max_seq_len": TRAIN_LENGTH}
 
 
@@ -46,31 +49,57 @@ def overrides_for(length: int, scaling: Optional[dict[str, Any]]) -> list[str]:
 
 def base_runs(args: argparse.Namespace, dataset: Path, vocab: int) -> dict[str, list[str]]:
     """name -> overrides of configs/shakespeare_char.yaml for the four models trained at context 128."""
-    common = [f"data.dataset={dataset}", f"model.vocab_size={vocab}", f"model.max_seq_len={TRAIN_LENGTH}",
-              f"train.seq_len={TRAIN_LENGTH}", f"train.steps={args.steps}", f"train.eval_every={args.steps}",
-              f"train.checkpoint_every={args.steps}", "train.eval_batches=10", "train.log_every=50"]
+    common = [
+        f"data.dataset={dataset}",
+        f"model.vocab_size={vocab}",
+        f"model.max_seq_len={TRAIN_LENGTH}",
+        f"train.seq_len={TRAIN_LENGTH}",
+        f"train.steps={args.steps}",
+        f"train.eval_every={args.steps}",
+        f"train.checkpoint_every={args.steps}",
+        "train.eval_batches=10",
+        "train.log_every=50",
+    ]
     return {
         "rope": common + ["model.positional=rope"],
         "alibi": common + ["model.positional=alibi"],
         "learned": common + ["model.positional=learned"],
-        "sliding window 64": common + ["model.positional=rope", "model.attention=sliding_window",
-                                       "model.sliding_window=64"],
+        "sliding window 64": common
+        + ["model.positional=rope", "model.attention=sliding_window", "model.sliding_window=64"],
     }
 
 
 def finetune_overrides(args: argparse.Namespace, base: list[str], extra: list[str]) -> list[str]:
     steps = args.finetune_steps
-    return base + extra + [f"train.seq_len={args.finetune_length}", f"train.batch_size={args.finetune_batch}",
-                           f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
-                           f"train.warmup_steps={max(steps // 10, 1)}", "train.lr=5e-4", "train.min_lr=5e-5"]
+    return (
+        base
+        + extra
+        + [
+            f"train.seq_len={args.finetune_length}",
+            f"train.batch_size={args.finetune_batch}",
+            f"train.steps={steps}",
+            f"train.eval_every={steps}",
+            f"train.checkpoint_every={steps}",
+            f"train.warmup_steps={max(steps // 10, 1)}",
+            "train.lr=5e-4",
+            "train.min_lr=5e-5",
+        ]
+    )
 
 
-def evaluate(run: Path, overrides_at: Callable[[int], list[str]], lengths: tuple[int, ...], tokens: Any,
-             args: argparse.Namespace) -> dict[int, Optional[dict[str, float]]]:
+def evaluate(
+    run: Path, overrides_at: Callable[[int], list[str]], lengths: tuple[int, ...], tokens: Any, args: argparse.Namespace
+) -> dict[int, Optional[dict[str, float]]]:
     """length -> {"loss", "passkey"} of the run under `overrides_at(length)` (None where its positions cannot
     reach)."""
-    from mulm_jax.eval import EvalError, WindowScorer, check_context, load_for_eval, passkey_accuracy, \
-        sliding_perplexity
+    from mulm_jax.eval import (
+        EvalError,
+        WindowScorer,
+        check_context,
+        load_for_eval,
+        passkey_accuracy,
+        sliding_perplexity,
+    )
 
     out: dict[int, Optional[dict[str, float]]] = {}
     for length in lengths:
@@ -90,8 +119,13 @@ def evaluate(run: Path, overrides_at: Callable[[int], list[str]], lengths: tuple
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| model | positions at 512+ | " + " | ".join(f"loss {n}" for n in LENGTHS) + " | "
-            + " | ".join(f"passkey {n}" for n in LENGTHS) + " |")
+    head = (
+        "| model | positions at 512+ | "
+        + " | ".join(f"loss {n}" for n in LENGTHS)
+        + " | "
+        + " | ".join(f"passkey {n}" for n in LENGTHS)
+        + " |"
+    )
     lines = [head, "|" + "---|" * (2 + 2 * len(LENGTHS))]
     for row in rows:
         cells = [row["model"], row["method"]]
@@ -114,8 +148,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         color = colors.setdefault(method, plt.get_cmap("tab10")(len(colors) % 10))
         points = [(int(n), row["results"][n]["loss"]) for n in row["results"] if row["results"][n]]
         style = "--" if row["finetuned"] else "-"
-        ax.plot(*zip(*sorted(points)), style, color=color, marker="o", markersize=3,
-                label=f"{row['model']}: {row['method']}")
+        ax.plot(
+            *zip(*sorted(points)),
+            style,
+            color=color,
+            marker="o",
+            markersize=3,
+            label=f"{row['model']}: {row['method']}",
+        )
     ax.set_xscale("log", base=2)
     ax.set_xticks(LENGTHS, [str(n) for n in LENGTHS])
     ax.set_xlabel("context length (characters); trained at 128, fine-tunes (dashed) at 512")
@@ -150,9 +190,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     start = time.perf_counter()
     out = Path(args.out)
-    data = assemble(DataConfig(sources=("tinyshakespeare", f"passkey:{args.share}"), tokenizer="char",
-                               out_dir=str(out / "datasets")))
-    tokens = load_tokens(data.path, "val")[:args.eval_tokens + 1]  # Tiny Shakespeare's val text comes first
+    data = assemble(
+        DataConfig(
+            sources=("tinyshakespeare", f"passkey:{args.share}"), tokenizer="char", out_dir=str(out / "datasets")
+        )
+    )
+    tokens = load_tokens(data.path, "val")[: args.eval_tokens + 1]  # Tiny Shakespeare's val text comes first
     if data.manifest["tokenizer"]["eos_id"] in set(tokens.tolist()):
         raise SystemExit(f"--eval-tokens {args.eval_tokens} reaches past Tiny Shakespeare's validation text")
     config = ROOT / "configs" / "shakespeare_char.yaml"
@@ -164,36 +207,62 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"training {name} ...", flush=True)
         result = train(load_config(config, overrides), folder, quiet=True, **kw)
         timings[f"train {name}"] = round(time.perf_counter() - t, 1)
-        print(f"  {name}: val_loss {result.last_eval.get('val_loss', float('nan')):.4f} "
-              f"({timings[f'train {name}']:.0f} s)", flush=True)
+        print(
+            f"  {name}: val_loss {result.last_eval.get('val_loss', float('nan')):.4f} "
+            f"({timings[f'train {name}']:.0f} s)",
+            flush=True,
+        )
         return folder
 
     bases = base_runs(args, data.path, data.manifest["vocab_size"])
     runs = {name: run(name, overrides) for name, overrides in bases.items()}
     head_dim = load_config(config, bases["rope"]).model.head_dim
     length = args.finetune_length
-    tuned = {kind: run(f"rope {kind} ft{length}", finetune_overrides(
-        args, bases["rope"], overrides_for(length, rope_scaling(kind, length, head_dim))),
-        init_from=str(runs["rope"])) for kind in ROPE_SCALINGS}
-    tuned["learned"] = run(f"learned ft{length}", finetune_overrides(args, bases["learned"], [
-        f"model.max_seq_len={length}"]), init_from=str(runs["learned"]), extend_positions=True)
+    tuned = {
+        kind: run(
+            f"rope {kind} ft{length}",
+            finetune_overrides(args, bases["rope"], overrides_for(length, rope_scaling(kind, length, head_dim))),
+            init_from=str(runs["rope"]),
+        )
+        for kind in ROPE_SCALINGS
+    }
+    tuned["learned"] = run(
+        f"learned ft{length}",
+        finetune_overrides(args, bases["learned"], [f"model.max_seq_len={length}"]),
+        init_from=str(runs["learned"]),
+        extend_positions=True,
+    )
 
     t = time.perf_counter()
     rows = []
 
-    def row(model: str, method: str, run_dir: Path, finetuned: bool = False,
-            overrides_at: Callable[[int], list[str]] = lambda length: [],
-            lengths: tuple[int, ...] = LENGTHS) -> dict[str, Any]:
+    def row(
+        model: str,
+        method: str,
+        run_dir: Path,
+        finetuned: bool = False,
+        overrides_at: Callable[[int], list[str]] = lambda length: [],
+        lengths: tuple[int, ...] = LENGTHS,
+    ) -> dict[str, Any]:
         print(f"evaluating {model}: {method}", flush=True)
-        result = {"model": model, "method": method, "finetuned": finetuned,
-                  "results": evaluate(run_dir, overrides_at, lengths, tokens, args)}
+        result = {
+            "model": model,
+            "method": method,
+            "finetuned": finetuned,
+            "results": evaluate(run_dir, overrides_at, lengths, tokens, args),
+        }
         rows.append(result)
         return result
 
     plain = row("RoPE", "no scaling", runs["rope"])
     for kind in ROPE_SCALINGS[1:]:  # at 128 every scaling is the identity: plain RoPE's figures
-        scaled = row("RoPE", kind, runs["rope"], lengths=LENGTHS[1:],
-                     overrides_at=lambda n, kind=kind: overrides_for(n, rope_scaling(kind, n, head_dim)))
+        scaled = row(
+            "RoPE",
+            kind,
+            runs["rope"],
+            lengths=LENGTHS[1:],
+            overrides_at=lambda n, kind=kind: overrides_for(n, rope_scaling(kind, n, head_dim)),
+        )
         scaled["results"][LENGTHS[0]] = plain["results"][LENGTHS[0]]
     row("ALiBi", "as trained", runs["alibi"])
     row("learned", "as trained", runs["learned"])

@@ -1,11 +1,11 @@
 """The Python half of bench/device_check.sh: each subcommand measures or summarises one part and prints one JSON line.
 
-    python -m bench.device_check precision                    # float32 matmul error at default / highest precision
-    python -m bench.device_check train [--peak-tflops F] -- TRAIN.PY ARGS   # train.py in-process, then its figures
-    python -m bench.device_check int8-hlo DUMP_DIR            # do int8 weights feed their matmuls' fusions?
-    python -m bench.device_check tests JUNIT_XML              # pytest's counts, failures and skip reasons
-    python -m bench.device_check record NAME RC SECONDS OUTPUT  # one part's row: its output's last JSON line
-    python -m bench.device_check merge PARTS_JSONL            # all rows -> device_check.json, with the targets
+python -m bench.device_check precision                    # float32 matmul error at default / highest precision
+python -m bench.device_check train [--peak-tflops F] -- TRAIN.PY ARGS   # train.py in-process, then its figures
+python -m bench.device_check int8-hlo DUMP_DIR            # do int8 weights feed their matmuls' fusions?
+python -m bench.device_check tests JUNIT_XML              # pytest's counts, failures and skip reasons
+python -m bench.device_check record NAME RC SECONDS OUTPUT  # one part's row: its output's last JSON line
+python -m bench.device_check merge PARTS_JSONL            # all rows -> device_check.json, with the targets
 """
 
 from __future__ import annotations
@@ -81,14 +81,24 @@ def train(args: list[str], peak_tflops: Optional[float]) -> dict:
     tokens_per_sec = statistics.median(speeds) if speeds else None
     tokens_per_step = cfg.train.batch_size * (cfg.train.seq_len or cfg.model.max_seq_len)
     params = describe(cfg.model)["parameters"]
-    phases = next((line.removeprefix("start-up: ") for line in err.getvalue().splitlines()
-                   if line.startswith("start-up: ")), None)
-    result = {"code": code, "parameters": params, "batch": cfg.train.batch_size, "tokens_per_step": tokens_per_step,
-              "steps": max((r["step"] for r in rows), default=0), "tokens_per_sec": tokens_per_sec,
-              "ms_per_step": tokens_per_step / tokens_per_sec * 1e3 if tokens_per_sec else None,
-              "startup_s": startup.get("startup_s"), "first_step_s": startup.get("first_step_s"),
-              "phases": phases, "peak_device_memory_bytes": platform.peak_device_memory(),
-              "compute_dtype": cfg.train.compute_dtype, "remat": cfg.train.remat}
+    phases = next(
+        (line.removeprefix("start-up: ") for line in err.getvalue().splitlines() if line.startswith("start-up: ")), None
+    )
+    result = {
+        "code": code,
+        "parameters": params,
+        "batch": cfg.train.batch_size,
+        "tokens_per_step": tokens_per_step,
+        "steps": max((r["step"] for r in rows), default=0),
+        "tokens_per_sec": tokens_per_sec,
+        "ms_per_step": tokens_per_step / tokens_per_sec * 1e3 if tokens_per_sec else None,
+        "startup_s": startup.get("startup_s"),
+        "first_step_s": startup.get("first_step_s"),
+        "phases": phases,
+        "peak_device_memory_bytes": platform.peak_device_memory(),
+        "compute_dtype": cfg.train.compute_dtype,
+        "remat": cfg.train.remat,
+    }
     if peak_tflops and tokens_per_sec:
         result.update(peak_tflops=peak_tflops, mfu=6 * params * tokens_per_sec / (peak_tflops * 1e12))
     return result
@@ -147,8 +157,11 @@ def int8_hlo(dump_dir: str) -> dict:
                 (frontier.append(inst[0]) if inst[2] in ("bitcast", "copy", "reshape") else consumers.append(inst))
         for _, _, op, _, attrs in consumers:
             called = re.findall(r"calls=%([\w.\-]+)", attrs)
-            if op == "dot" or (op == "custom-call" and re.search(r"gemm|matmul", attrs)) or \
-                    (op == "fusion" and any(_has_matmul(computations, c) for c in called)):
+            if (
+                op == "dot"
+                or (op == "custom-call" and re.search(r"gemm|matmul", attrs))
+                or (op == "fusion" and any(_has_matmul(computations, c) for c in called))
+            ):
                 verdicts["readers_with_matmul"] += 1
             elif op == "fusion":
                 verdicts["readers_without_matmul"] += 1
@@ -170,8 +183,13 @@ def tests(junit: str) -> dict:
         for skip in case.findall("skipped"):
             reason = (skip.get("message") or "")[:200]
             skipped[reason] = skipped.get(reason, 0) + 1
-    return {**counts, "passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"],
-            "seconds": sum(float(s.get("time", 0)) for s in suites), "failed": failed, "skipped_reasons": skipped}
+    return {
+        **counts,
+        "passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"],
+        "seconds": sum(float(s.get("time", 0)) for s in suites),
+        "failed": failed,
+        "skipped_reasons": skipped,
+    }
 
 
 def record(name: str, rc: int, seconds: float, output: str) -> dict:
@@ -214,9 +232,14 @@ def merge(parts_jsonl: str) -> dict:
         "first_train_step<=15s_after_start": (s := _get(parts, "train_mulm_1gb", "startup_s")) and s <= 15,
         "tests_pass": "tests" in parts and parts["tests"].get("result") is not None and failed == 0,
     }
-    return {"parts": parts, "targets": {k: bool(v) if v is not None else None for k, v in targets.items()},
-            "ratios": {"decode_b1_ours_over_hf": b1 / hf1 if b1 and hf1 else None,
-                       "train_6x384_nanogpt_ms_over_ours_ms": theirs / ours if ours and theirs else None}}
+    return {
+        "parts": parts,
+        "targets": {k: bool(v) if v is not None else None for k, v in targets.items()},
+        "ratios": {
+            "decode_b1_ours_over_hf": b1 / hf1 if b1 and hf1 else None,
+            "train_6x384_nanogpt_ms_over_ours_ms": theirs / ours if ours and theirs else None,
+        },
+    }
 
 
 def main() -> int:

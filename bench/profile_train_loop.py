@@ -110,8 +110,12 @@ def main() -> int:
             jax.block_until_ready(run["state"])
             if round_:
                 ms[name].append((time.perf_counter() - start) / args.steps * 1e3)
-                cpu_ms[name].append(((thread_end - thread_start) / args.steps * 1e3,
-                                     (time.process_time() - process_start) / args.steps * 1e3))
+                cpu_ms[name].append(
+                    (
+                        (thread_end - thread_start) / args.steps * 1e3,
+                        (time.process_time() - process_start) / args.steps * 1e3,
+                    )
+                )
     writer.close()
     dispatch.clear()
     for batch in host_batches:
@@ -124,15 +128,19 @@ def main() -> int:
         loader_ms.append((time.perf_counter() - start) * 1e3)
 
     floor = statistics.median(ms["step, batch on the device"])
-    print(f"{args.config}: batch {B} x {T}, {jax.device_count()} device(s); {args.rounds} rounds x {args.steps} steps, medians; "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{args.config}: batch {B} x {T}, {jax.device_count()} device(s); {args.rounds} rounds x {args.steps} steps, medians; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"  {'':32s} {'wall':>7s}          {'':9s}            CPU ms/step: loop thread, process")
     for name, values in ms.items():
         median = statistics.median(values)
         thread_cpu = statistics.median(c[0] for c in cpu_ms[name])
         process_cpu = statistics.median(c[1] for c in cpu_ms[name])
-        print(f"  {name:32s} {median:7.2f} ms/step  ({median - floor:+6.2f})  {B * T / median * 1e3:9,.0f} tokens/s  "
-              f"{thread_cpu:6.2f} {process_cpu:7.2f}")
+        print(
+            f"  {name:32s} {median:7.2f} ms/step  ({median - floor:+6.2f})  {B * T / median * 1e3:9,.0f} tokens/s  "
+            f"{thread_cpu:6.2f} {process_cpu:7.2f}"
+        )
     print(f"  step call (dispatch)             {statistics.median(dispatch) * 1e3:7.2f} ms")
     print(f"  next(loader), in this thread     {statistics.median(loader_ms):7.2f} ms")
     print(json.dumps({name: statistics.median(values) for name, values in ms.items()}))

@@ -71,8 +71,9 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0,
-                                           is_causal=True)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0, is_causal=True
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -106,13 +107,15 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, bias=config.bias),
-        ))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -141,16 +144,20 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
 
-    def configure_optimizers(self, weight_decay: float, learning_rate: float,
-                             betas: tuple[float, float], fused: bool = False) -> torch.optim.AdamW:
+    def configure_optimizers(
+        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], fused: bool = False
+    ) -> torch.optim.AdamW:
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
 
-def get_lr(it: int, learning_rate: float = 1e-3, min_lr: float = 1e-4, warmup_iters: int = 100,
-           lr_decay_iters: int = 2000) -> float:
+def get_lr(
+    it: int, learning_rate: float = 1e-3, min_lr: float = 1e-4, warmup_iters: int = 100, lr_decay_iters: int = 2000
+) -> float:
     """train.py's schedule: linear warm-up, then cosine decay to min_lr."""
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
@@ -162,12 +169,20 @@ def get_lr(it: int, learning_rate: float = 1e-3, min_lr: float = 1e-4, warmup_it
 
 def gpt_config(cfg: ModelConfig) -> GPTConfig:
     """nanoGPT's config at the sizes of one of ours (a GPT-2-shaped one: learned positions, LayerNorm, GELU)."""
-    return GPTConfig(block_size=cfg.max_seq_len, vocab_size=cfg.vocab_size, n_layer=cfg.num_layers,
-                     n_head=cfg.num_heads, n_embd=cfg.d_model, dropout=cfg.dropout, bias=cfg.use_bias)
+    return GPTConfig(
+        block_size=cfg.max_seq_len,
+        vocab_size=cfg.vocab_size,
+        n_layer=cfg.num_layers,
+        n_head=cfg.num_heads,
+        n_embd=cfg.d_model,
+        dropout=cfg.dropout,
+        bias=cfg.use_bias,
+    )
 
 
-def make_train_iteration(batch_size: int = 12, seed: int = 1337, config: GPTConfig = GPTConfig(),
-                         device: str = "cpu", compile: bool = False) -> Callable[[], torch.Tensor]:
+def make_train_iteration(
+    batch_size: int = 12, seed: int = 1337, config: GPTConfig = GPTConfig(), device: str = "cpu", compile: bool = False
+) -> Callable[[], torch.Tensor]:
     """One call = one nanoGPT training iteration on a fresh random batch; returns the loss (a tensor: on a GPU,
     reading it waits for the iteration)."""
     torch.manual_seed(seed)
@@ -233,8 +248,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch-size", type=int, help="default: 12, or the config's train.batch_size")
     parser.add_argument("--config", help="take the model's sizes, dropout and batch from this config of ours")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="overrides of --config")
+    parser.add_argument(
+        "--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="overrides of --config"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (nanoGPT's GPU default)")
     parser.add_argument("--json", action="store_true", help="one JSON line: the whole run's time per iteration")
@@ -253,15 +269,29 @@ def main() -> int:
         time_run(step, args.warmup)
         warmup_s = time.perf_counter() - start
         seconds = time_run(step, args.steps)
-        print(json.dumps({"impl": "nanoGPT", "torch": torch.__version__, "device": args.device,
-                          "compile": args.compile, "batch": batch_size, "seq_len": config.block_size,
-                          "steps": args.steps, "ms_per_iter": seconds / args.steps * 1e3,
-                          "tokens_per_sec": tokens * args.steps / seconds, "warmup_s": warmup_s}))
+        print(
+            json.dumps(
+                {
+                    "impl": "nanoGPT",
+                    "torch": torch.__version__,
+                    "device": args.device,
+                    "compile": args.compile,
+                    "batch": batch_size,
+                    "seq_len": config.block_size,
+                    "steps": args.steps,
+                    "ms_per_iter": seconds / args.steps * 1e3,
+                    "tokens_per_sec": tokens * args.steps / seconds,
+                    "warmup_s": warmup_s,
+                }
+            )
+        )
         return 0
     time_steps(step, args.warmup)
     median_s = statistics.median(time_steps(step, args.steps))
-    print(f"nanoGPT (PyTorch {torch.__version__}, {torch.get_num_threads()} threads): "
-          f"{median_s * 1e3:.1f} ms/step median, {tokens / median_s:,.0f} tokens/s")
+    print(
+        f"nanoGPT (PyTorch {torch.__version__}, {torch.get_num_threads()} threads): "
+        f"{median_s * 1e3:.1f} ms/step median, {tokens / median_s:,.0f} tokens/s"
+    )
     return 0
 
 

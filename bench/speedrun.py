@@ -82,9 +82,25 @@ def recipe_side(config: Path, folder: Path, overrides: list[str], curve: int) ->
     cpu = children_cpu_s()
     start = time.time()
     with open(folder / "train.log", "w") as log:
-        subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(config), "--workdir", str(folder),
-                        "--quiet", "--no-compilation-cache", "--set", *overrides, *extra],
-                       cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                "--config",
+                str(config),
+                "--workdir",
+                str(folder),
+                "--quiet",
+                "--no-compilation-cache",
+                "--set",
+                *overrides,
+                *extra,
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
     wall, cpu = time.time() - start, children_cpu_s() - cpu
     rows = read_metrics(folder)
     elapsed = {r["step"]: r["time"] - start for r in rows if "loss" in r}
@@ -101,20 +117,33 @@ def score_recipe(folder: Path, run: dict, val, target: Optional[float]) -> dict:
     to_target = None
     if reached:
         to_target = run["wall_s"] if reached[0] == run["steps"] else run["elapsed"][reached[0]]
-    return {**run, "loss": final, "losses": losses, "to_target_s": to_target, "reached_at": reached[0] if reached
-            else None}
+    return {
+        **run,
+        "loss": final,
+        "losses": losses,
+        "to_target_s": to_target,
+        "reached_at": reached[0] if reached else None,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--config", type=Path, default=CONFIG, help="the recipe (default: the speedrun's)")
-    parser.add_argument("--ablate", nargs="*", default=[], choices=sorted(TECHNIQUES),
-                        help="also run the recipe with each of these removed")
+    parser.add_argument(
+        "--ablate",
+        nargs="*",
+        default=[],
+        choices=sorted(TECHNIQUES),
+        help="also run the recipe with each of these removed",
+    )
     parser.add_argument("--curve", type=int, default=0, metavar="N", help="score N checkpoints along each of our runs")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="train.py overrides for the recipe")
-    parser.add_argument("--no-reference", action="store_true",
-                        help="skip nanoGPT (no PyTorch needed); --target then gives the loss to reach")
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip nanoGPT (no PyTorch needed); --target then gives the loss to reach",
+    )
     parser.add_argument("--target", type=float, help="the loss to reach instead of nanoGPT's")
     parser.add_argument("--check", action="store_true", help="exit 1 when the recipe misses the loss or the ratio")
     args = parser.parse_args()
@@ -134,20 +163,29 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="speedrun_") as tmp:
             if not args.no_reference:
                 nanogpt.append(nanogpt_side(dataset, Path(tmp), val))
-                print(f"round {round_} nanoGPT : whole-split val loss {nanogpt[-1]['loss']:.4f} after "
-                      f"{NANOGPT_STEPS} iterations, wall {nanogpt[-1]['wall_s']:.1f} s (CPU "
-                      f"{nanogpt[-1]['cpu_s']:.1f} s)", flush=True)
+                print(
+                    f"round {round_} nanoGPT : whole-split val loss {nanogpt[-1]['loss']:.4f} after "
+                    f"{NANOGPT_STEPS} iterations, wall {nanogpt[-1]['wall_s']:.1f} s (CPU "
+                    f"{nanogpt[-1]['cpu_s']:.1f} s)",
+                    flush=True,
+                )
             target = args.target if args.target is not None else nanogpt[-1]["loss"]
             for name, overrides in sides.items():
                 folder = Path(tmp) / name
                 r = score_recipe(folder, recipe_side(args.config, folder, overrides, args.curve), val, target)
                 ours[name].append(r)
                 curve = ", ".join(f"{s}: {loss:.4f}" for s, loss in sorted(r["losses"].items()))
-                reached = (f"target {target:.4f} reached at step {r['reached_at']}, {r['to_target_s']:.1f} s"
-                           if r["reached_at"] is not None else f"target {target:.4f} not reached")
-                print(f"round {round_} {name:8s}: whole-split val loss {r['loss']:.4f} after {r['steps']} steps, "
-                      f"wall {r['wall_s']:.1f} s (CPU {r['cpu_s']:.1f} s); {reached}"
-                      + (f" (curve {curve})" if args.curve else ""), flush=True)
+                reached = (
+                    f"target {target:.4f} reached at step {r['reached_at']}, {r['to_target_s']:.1f} s"
+                    if r["reached_at"] is not None
+                    else f"target {target:.4f} not reached"
+                )
+                print(
+                    f"round {round_} {name:8s}: whole-split val loss {r['loss']:.4f} after {r['steps']} steps, "
+                    f"wall {r['wall_s']:.1f} s (CPU {r['cpu_s']:.1f} s); {reached}"
+                    + (f" (curve {curve})" if args.curve else ""),
+                    flush=True,
+                )
 
     import jax
 
@@ -155,9 +193,11 @@ def main() -> int:
         values = [r[key] for r in rows if r[key] is not None]
         return statistics.median(values) if len(values) == len(rows) else None
 
-    print(f"\n{args.config.name} against nanoGPT's CPU recipe ({NANOGPT_STEPS} iterations), {args.rounds} round(s), "
-          f"medians over rounds; {len(os.sched_getaffinity(0))} CPUs, load average {load_before:.1f} before, "
-          f"{os.getloadavg()[0]:.1f} after; JAX {jax.__version__}")
+    print(
+        f"\n{args.config.name} against nanoGPT's CPU recipe ({NANOGPT_STEPS} iterations), {args.rounds} round(s), "
+        f"medians over rounds; {len(os.sched_getaffinity(0))} CPUs, load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after; JAX {jax.__version__}"
+    )
     ref_wall = median(nanogpt, "wall_s") if nanogpt else None
     ref_cpu = median(nanogpt, "cpu_s") if nanogpt else None
     target = args.target if args.target is not None else median(nanogpt, "loss")
@@ -169,13 +209,18 @@ def main() -> int:
         line = f"{name:8s}: val loss {loss:.4f}, wall {wall:.1f} s"
         if ref_wall is not None:
             line += f" = {wall / ref_wall:.2f}x nanoGPT's (CPU {median(rows, 'cpu_s') / ref_cpu:.2f}x)"
-        line += (f"; time to target {to_target:.1f} s" + (f" = {to_target / ref_wall:.2f}x" if ref_wall else "")
-                 if to_target is not None else "; target not reached (in at least one round)")
+        line += (
+            f"; time to target {to_target:.1f} s" + (f" = {to_target / ref_wall:.2f}x" if ref_wall else "")
+            if to_target is not None
+            else "; target not reached (in at least one round)"
+        )
         print(line)
         if name == "recipe":
             ok = loss <= target and (ref_wall is None or wall <= MAX_RATIO * ref_wall)
-            print(f"speedrun: {'ok' if ok else 'MISSED'} (target: val loss <= {target:.4f} in <= {MAX_RATIO}x "
-                  "nanoGPT's wall time)")
+            print(
+                f"speedrun: {'ok' if ok else 'MISSED'} (target: val loss <= {target:.4f} in <= {MAX_RATIO}x "
+                "nanoGPT's wall time)"
+            )
     return 1 if args.check and not ok else 0
 
 

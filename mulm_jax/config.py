@@ -21,8 +21,9 @@ class ConfigError(MulmError):
     """A configuration value that is unknown, of the wrong type, or describes an impossible model."""
 
 
-def setting(default: Any, help: str, *, alias: Optional[str] = None, metavar: Optional[str] = None,
-            **bounds: float) -> Any:
+def setting(
+    default: Any, help: str, *, alias: Optional[str] = None, metavar: Optional[str] = None, **bounds: float
+) -> Any:
     """A config field documented where it is declared: `help` is its command-line flag's and its API body field's
     text, `alias` the name they use instead of the field's, `metavar` the flag's value in --help (default: one from
     the type), `bounds` (ge, gt, le, lt) the range they accept and validation checks (see mulm_jax.config_schema)."""
@@ -125,24 +126,36 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ConfigError for a model that cannot be built."""
         _positive(self, "vocab_size", "d_model", "num_layers", "num_heads", "max_seq_len")
-        _positive(self, "num_kv_heads", "d_ff", "num_encoder_layers", "num_decoder_layers",
-                  "sliding_window", "block_size", optional=True)
+        _positive(
+            self,
+            "num_kv_heads",
+            "d_ff",
+            "num_encoder_layers",
+            "num_decoder_layers",
+            "sliding_window",
+            "block_size",
+            optional=True,
+        )
         if self.d_model % self.num_heads:
             raise ConfigError(
                 f"model.d_model={self.d_model} is not divisible by model.num_heads={self.num_heads}: "
-                "each head gets d_model / num_heads dimensions")
+                "each head gets d_model / num_heads dimensions"
+            )
         if self.num_heads % self.kv_heads:
             raise ConfigError(
                 f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads={self.kv_heads}: "
-                "grouped-query attention shares each kv head among num_heads / num_kv_heads query heads")
+                "grouped-query attention shares each kv head among num_heads / num_kv_heads query heads"
+            )
         if self.positional == "rope" and self.head_dim % 2:
             raise ConfigError(
                 f"model.positional=rope needs an even head width, but d_model / num_heads = "
-                f"{self.d_model} / {self.num_heads} = {self.head_dim}")
+                f"{self.d_model} / {self.num_heads} = {self.head_dim}"
+            )
         if self.rope_scaling is not None:
             if self.positional != "rope":
                 raise ConfigError(
-                    f"model.rope_scaling is set but model.positional={self.positional!r}; it applies to 'rope' only")
+                    f"model.rope_scaling is set but model.positional={self.positional!r}; it applies to 'rope' only"
+                )
             s = self.rope_scaling
             if s.factor < 1.0:
                 raise ConfigError(f"model.rope_scaling.factor={s.factor} must be >= 1.0")
@@ -152,14 +165,17 @@ class ModelConfig:
                     got = getattr(s, name)
                     if name == "long_factor" and not got:
                         raise ConfigError(
-                            f"model.rope_scaling.long_factor is empty; longrope needs head_dim / 2 = {half} factors")
+                            f"model.rope_scaling.long_factor is empty; longrope needs head_dim / 2 = {half} factors"
+                        )
                     if got and len(got) != half:
                         raise ConfigError(
-                            f"model.rope_scaling.{name} has {len(got)} values; expected head_dim / 2 = {half}")
+                            f"model.rope_scaling.{name} has {len(got)} values; expected head_dim / 2 = {half}"
+                        )
             if s.type == "llama3" and not 0 < s.low_freq_factor < s.high_freq_factor:
                 raise ConfigError(
                     f"model.rope_scaling: low_freq_factor={s.low_freq_factor} and high_freq_factor="
-                    f"{s.high_freq_factor}: expected 0 < low_freq_factor < high_freq_factor")
+                    f"{s.high_freq_factor}: expected 0 < low_freq_factor < high_freq_factor"
+                )
         if self.logit_softcap is not None and self.logit_softcap <= 0:
             raise ConfigError(f"model.logit_softcap={self.logit_softcap} must be a positive number (or null: none)")
         if not 0.0 <= self.dropout < 1.0:
@@ -170,22 +186,24 @@ class ModelConfig:
             if self.sliding_window > self.max_seq_len:
                 raise ConfigError(
                     f"model.sliding_window={self.sliding_window} is larger than the context "
-                    f"model.max_seq_len={self.max_seq_len}")
+                    f"model.max_seq_len={self.max_seq_len}"
+                )
         if self.attention == "block_sparse":
             if self.block_size is None:
                 raise ConfigError("model.attention=block_sparse needs model.block_size (tokens per local block)")
             if self.block_size > self.max_seq_len:
                 raise ConfigError(
                     f"model.block_size={self.block_size} is larger than the context "
-                    f"model.max_seq_len={self.max_seq_len}")
+                    f"model.max_seq_len={self.max_seq_len}"
+                )
             if not 0 <= self.num_global_tokens <= self.max_seq_len:
                 raise ConfigError(
-                    f"model.num_global_tokens={self.num_global_tokens} must be in [0, max_seq_len={self.max_seq_len}]")
+                    f"model.num_global_tokens={self.num_global_tokens} must be in [0, max_seq_len={self.max_seq_len}]"
+                )
         if self.architecture == "decoder":
             for name in ("num_encoder_layers", "num_decoder_layers"):
                 if getattr(self, name) is not None:
-                    raise ConfigError(
-                        f"model.{name} is set but model.architecture='decoder'; use model.num_layers")
+                    raise ConfigError(f"model.{name} is set but model.architecture='decoder'; use model.num_layers")
 
 
 @dataclass(frozen=True)
@@ -194,7 +212,8 @@ class DataConfig:
 
     dataset: Optional[str] = setting(None, "an assembled data set version folder; when set, the keys below are ignored")
     sources: tuple[str, ...] = setting(
-        (), "a named source, file (.txt, .jsonl, optionally .gz), folder or glob", alias="source")
+        (), "a named source, file (.txt, .jsonl, optionally .gz), folder or glob", alias="source"
+    )
     tokenizer: str = setting("char", "char, bpe, unigram, a SentencePiece .model file or a run folder (its tokenizer)")
     vocab_size: Optional[int] = setting(None, "vocabulary size for bpe / unigram", ge=1)
     val_fraction: float = setting(0.1, "share of the text held out for validation", ge=0.0, lt=1.0)
@@ -202,17 +221,21 @@ class DataConfig:
     out_dir: str = setting("datasets", "the folder assembled versions are written to", alias="out")
     seq_len: Optional[int] = setting(None, "check that each split holds a window of seq_len + 1 tokens", ge=1)
     invalid_utf8: InvalidUtf8 = setting(
-        "replace", "replace bad bytes with U+FFFD, or reject: fail naming the file and offset")
+        "replace", "replace bad bytes with U+FFFD, or reject: fail naming the file and offset"
+    )
     fold_whitespace: bool = setting(False, "collapse runs of spaces, trim lines, keep at most one blank line in a row")
     min_doc_chars: int = setting(1, "documents shorter than this (after cleaning) are dropped", ge=1)
     max_doc_chars: Optional[int] = setting(None, "documents longer than this are dropped (unset: no limit)", ge=1)
     split_documents: Optional[SplitMode] = setting(
-        None, "how sources' text is cut into documents: none (a file or JSONL record is one), blank-line paragraphs, "
-              "or WikiText ` = Title = ` headings (unset: each named source's own scheme, wikitext2's headings, "
-              "else none)")
+        None,
+        "how sources' text is cut into documents: none (a file or JSONL record is one), blank-line paragraphs, "
+        "or WikiText ` = Title = ` headings (unset: each named source's own scheme, wikitext2's headings, "
+        "else none)",
+    )
     dedup: DedupMode = setting("near", "near: exact, then MinHash near-duplicates")
     near_dup_threshold: float = setting(
-        0.8, "drop a document this similar to an earlier one (Jaccard, 5-word shingles)", gt=0.0, le=1.0)
+        0.8, "drop a document this similar to an earlier one (Jaccard, 5-word shingles)", gt=0.0, le=1.0
+    )
 
 
 @dataclass(frozen=True)
@@ -261,8 +284,17 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ConfigError for settings a run cannot train with (a zero lr divides the cosine schedule's floor, a
         zero interval the step count)."""
-        _positive(self, "batch_size", "grad_accum_steps", "eval_every", "eval_batches", "checkpoint_every",
-                  "keep_checkpoints", "log_every", section="train")
+        _positive(
+            self,
+            "batch_size",
+            "grad_accum_steps",
+            "eval_every",
+            "eval_batches",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "log_every",
+            section="train",
+        )
         _positive(self, "seq_len", "source_len", optional=True, section="train")
         for name in ("lr", "muon_lr"):
             if not getattr(self, name) > 0:
@@ -282,36 +314,49 @@ class ServeConfig:
     """The HTTP API (serve.py): what it serves, where it may read and write, and its limits."""
 
     checkpoints: tuple[str, ...] = setting(
-        (), "a run folder to serve; the model id is ID or the folder's name", alias="checkpoint",
-        metavar="[ID=]RUN_DIR")
+        (), "a run folder to serve; the model id is ID or the folder's name", alias="checkpoint", metavar="[ID=]RUN_DIR"
+    )
     host: str = setting("127.0.0.1", "address to bind; 127.0.0.1: this machine only, 0.0.0.0: every interface")
-    port: int = setting(8000, "port to bind; 0: a free port, named in the line printed at start", metavar="PORT",
-                        ge=0, le=65535)
+    port: int = setting(
+        8000, "port to bind; 0: a free port, named in the line printed at start", metavar="PORT", ge=0, le=65535
+    )
     api_keys: tuple[str, ...] = setting(
-        (), "accept this key; when any is set, every route but the probes and the web lab's files needs one",
-        alias="api_key", metavar="KEY")
+        (),
+        "accept this key; when any is set, every route but the probes and the web lab's files needs one",
+        alias="api_key",
+        metavar="KEY",
+    )
     api_keys_file: Optional[str] = setting(
-        None, "accept the keys in this file, one per line (blank lines and # comments skipped)", metavar="PATH")
+        None, "accept the keys in this file, one per line (blank lines and # comments skipped)", metavar="PATH"
+    )
     slots: int = setting(8, "sequences decoded together per model", ge=1)
     max_queue: int = setting(64, "requests waiting for a slot, per model, before 429", ge=0)
     int8: bool = setting(False, "serve with weight-only int8 kernels")
     state_dir: str = setting("state", "SQLite records of jobs and data sets, job logs", metavar="DIR")
     requests_per_minute: int = setting(
-        0, "requests per API key (or per client address without keys) per minute; 0: no limit", ge=0)
+        0, "requests per API key (or per client address without keys) per minute; 0: no limit", ge=0
+    )
     tokens_per_minute: int = setting(0, "generated tokens per API key per minute; 0: no limit", ge=0)
     max_body_bytes: int = setting(1_000_000, "larger request bodies are refused with 413", ge=1)
     inspect_max_tokens: int = setting(
-        512, "longest prompt POST /v1/inspect traces; its answer grows with the square", ge=1)
+        512, "longest prompt POST /v1/inspect traces; its answer grows with the square", ge=1
+    )
     runs_root: str = setting(
-        "runs", "training jobs write run folders here; POST /v1/models loads only from here", metavar="DIR")
+        "runs", "training jobs write run folders here; POST /v1/models loads only from here", metavar="DIR"
+    )
     datasets_dir: str = setting(
-        "datasets", "data set jobs write versions here; training jobs read them from here", metavar="DIR")
+        "datasets", "data set jobs write versions here; training jobs read them from here", metavar="DIR"
+    )
     data_roots: tuple[str, ...] = setting(
-        ("data",), "a folder whose files data set jobs may read (named sources always)", alias="data_root",
-        metavar="DIR")
+        ("data",),
+        "a folder whose files data set jobs may read (named sources always)",
+        alias="data_root",
+        metavar="DIR",
+    )
     configs_dir: str = setting("configs", "training jobs name their config as a file in here", metavar="DIR")
     extra_routes: tuple[str, ...] = setting(
-        (), "a module with routes(ctx) to add to the app (see docs/api.md)", metavar="MODULE")
+        (), "a module with routes(ctx) to add to the app (see docs/api.md)", metavar="MODULE"
+    )
 
     def validate(self) -> None:
         """Raise ConfigError for a value outside its declared range."""
@@ -500,8 +545,15 @@ def _plain(tree: Any) -> Any:
 def add_config_arguments(parser: Any) -> None:
     """`--config PATH` and `--set key=value ...` on an argparse parser."""
     parser.add_argument("--config", help="YAML config file (see configs/)")
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
-                        metavar="KEY=VALUE", help="override a config value, e.g. model.num_layers=2")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. model.num_layers=2",
+    )
 
 
 def config_from_args(args: Any) -> Config:

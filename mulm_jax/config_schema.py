@@ -48,8 +48,19 @@ def options(cls: type, exclude: Iterable[str] = ()) -> list[Option]:
             tp = typing.get_args(tp)[0]
         if tp not in (bool, int, float, str) and typing.get_origin(tp) is not Literal:
             raise TypeError(f"{where}: no flag or body field carries a {tp!r}; exclude it")
-        found.append(Option(f.name, f.metadata["alias"] or f.name, tp, many, optional, f.default, f.metadata["help"],
-                            f.metadata["bounds"], f.metadata["metavar"]))
+        found.append(
+            Option(
+                f.name,
+                f.metadata["alias"] or f.name,
+                tp,
+                many,
+                optional,
+                f.default,
+                f.metadata["help"],
+                f.metadata["bounds"],
+                f.metadata["metavar"],
+            )
+        )
     return found
 
 
@@ -101,8 +112,10 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, exclude: Iterable[str]
         elif typing.get_origin(option.type) is Literal:
             kwargs["choices"] = typing.get_args(option.type)
         else:
-            kwargs.update(type=option.type,
-                          metavar=option.metavar or {int: "N", float: "X"}.get(option.type, option.public.upper()))
+            kwargs.update(
+                type=option.type,
+                metavar=option.metavar or {int: "N", float: "X"}.get(option.type, option.public.upper()),
+            )
         if option.many:
             kwargs["action"] = "append"
         parser.add_argument("--" + option.public.replace("_", "-"), **kwargs)
@@ -121,5 +134,8 @@ def _flag_help(option: Option) -> str:
 def flag_values(args: argparse.Namespace, cls: type, exclude: Iterable[str] = ()) -> dict[str, Any]:
     """The fields of `cls` whose flags (add_flags) `args` holds, as the dataclass takes them (a tuple for a repeated
     flag)."""
-    return {option.name: tuple(getattr(args, option.name)) if option.many else getattr(args, option.name)
-            for option in options(cls, exclude) if hasattr(args, option.name)}
+    return {
+        option.name: tuple(getattr(args, option.name)) if option.many else getattr(args, option.name)
+        for option in options(cls, exclude)
+        if hasattr(args, option.name)
+    }

@@ -57,8 +57,12 @@ def write_run_files(run_dir: str | Path, config: Config, tokenizer: Tokenizer) -
 def write_pairs_record(run_dir: str | Path, manifest: dict) -> None:
     """What generation needs to know of the pairs a run trains on (a data set's manifest): their kind and fields,
     and the id an encoder-decoder's decoder starts from after reading a source."""
-    record = {"kind": manifest["kind"], "fields": manifest["pairs"]["fields"],
-              "decoder_start_id": manifest["pairs"]["decoder_start_id"], "data_set": manifest["version"]}
+    record = {
+        "kind": manifest["kind"],
+        "fields": manifest["pairs"]["fields"],
+        "decoder_start_id": manifest["pairs"]["decoder_start_id"],
+        "data_set": manifest["version"],
+    }
     path = Path(run_dir) / PAIRS
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
@@ -97,11 +101,15 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-def checkpoint_manager(run_dir: str | Path,
-                       options: Optional[ocp.CheckpointManagerOptions] = None) -> ocp.CheckpointManager:
+def checkpoint_manager(
+    run_dir: str | Path, options: Optional[ocp.CheckpointManagerOptions] = None
+) -> ocp.CheckpointManager:
     """orbax's manager of `RUN_DIR/checkpoints/<step>/{state,data}` (synchronous saves unless `options` say
     otherwise)."""
     import orbax.checkpoint as ocp
 
-    return ocp.CheckpointManager((Path(run_dir) / CHECKPOINTS).resolve(), item_names=ITEMS,
-                                 options=options or ocp.CheckpointManagerOptions(enable_async_checkpointing=False))
+    return ocp.CheckpointManager(
+        (Path(run_dir) / CHECKPOINTS).resolve(),
+        item_names=ITEMS,
+        options=options or ocp.CheckpointManagerOptions(enable_async_checkpointing=False),
+    )

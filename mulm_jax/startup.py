@@ -44,9 +44,11 @@ def enable_compilation_cache(folder: str | Path) -> None:
 
 def add_startup_arguments(parser: argparse.ArgumentParser) -> None:
     """--compilation-cache DIR and --no-compilation-cache."""
-    parser.add_argument("--compilation-cache", metavar="DIR",
-                        help=f"keep compiled steps here for later starts (default: ${CACHE_ENV}, else "
-                             "~/.cache/mulm_jax/xla)")
+    parser.add_argument(
+        "--compilation-cache",
+        metavar="DIR",
+        help=f"keep compiled steps here for later starts (default: ${CACHE_ENV}, else ~/.cache/mulm_jax/xla)",
+    )
     parser.add_argument("--no-compilation-cache", action="store_true", help="compile everything afresh")
 
 

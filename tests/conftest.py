@@ -47,7 +47,10 @@ def mirror() -> Path:
     """The folder of mirrored corpora (MULM_DATA_MIRROR); a test that needs it fails without it, never skips."""
     path = os.environ.get("MULM_DATA_MIRROR")
     if not path or not Path(path).is_dir():
-        pytest.fail(f"this test reads the corpus mirror, but MULM_DATA_MIRROR={path!r} is not a folder: set it to a "
-                    "folder holding tinyshakespeare.txt, wikitext-2-valid.txt, wikitext-2-test.txt and "
-                    "sp-cc-32000.model (`make test` sets it to ../shared/data when that exists)", pytrace=False)
+        pytest.fail(
+            f"this test reads the corpus mirror, but MULM_DATA_MIRROR={path!r} is not a folder: set it to a "
+            "folder holding tinyshakespeare.txt, wikitext-2-valid.txt, wikitext-2-test.txt and "
+            "sp-cc-32000.model (`make test` sets it to ../shared/data when that exists)",
+            pytrace=False,
+        )
     return Path(path)

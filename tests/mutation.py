@@ -28,14 +28,23 @@ TARGET = 0.85
 # name -> (module, its tests): the tests of the whole training loop are left out, minutes for each mutant they reach
 MODULES = {
     "sampling": ("mulm_jax/infer/sampling.py", ["tests/infer/test_infer_sampling.py"]),
-    "optimizer": ("mulm_jax/train/optimizer.py", [
-        "tests/train/test_optimizer.py", "tests/train/test_train.py::test_schedule_warms_up_then_decays_to_min_lr",
-        "tests/train/test_train.py::test_each_optimizer_descends_on_a_quadratic"]),
-    "step": ("mulm_jax/train/step.py", [
-        "tests/train/test_train_step.py",
-        "tests/train/test_train.py::test_loss_is_mean_cross_entropy_over_non_pad_targets",
-        "tests/train/test_train.py::test_gradient_accumulation_equals_one_large_batch",
-        "tests/train/test_train.py::test_remat_recomputes_to_the_same_gradients"]),
+    "optimizer": (
+        "mulm_jax/train/optimizer.py",
+        [
+            "tests/train/test_optimizer.py",
+            "tests/train/test_train.py::test_schedule_warms_up_then_decays_to_min_lr",
+            "tests/train/test_train.py::test_each_optimizer_descends_on_a_quadratic",
+        ],
+    ),
+    "step": (
+        "mulm_jax/train/step.py",
+        [
+            "tests/train/test_train_step.py",
+            "tests/train/test_train.py::test_loss_is_mean_cross_entropy_over_non_pad_targets",
+            "tests/train/test_train.py::test_gradient_accumulation_equals_one_large_batch",
+            "tests/train/test_train.py::test_remat_recomputes_to_the_same_gradients",
+        ],
+    ),
     "positional": ("mulm_jax/nn/positional.py", ["tests/nn/test_positional.py"]),
     "attention": ("mulm_jax/nn/attention.py", ["tests/nn/test_attention.py", "tests/infer/test_ring_cache.py"]),
 }
@@ -45,20 +54,29 @@ COPIED = ["mulm_jax", "tests", "configs", "serve.py", "pytest.ini"]
 
 
 def setup_cfg(module: str, tests: list[str]) -> str:
-    lines = ["[mutmut]", "source_paths = mulm_jax", f"only_mutate = {module}",
-             "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in tests),
-             "pytest_add_cli_args = -p no:cacheprovider",
-             "also_copy =", *(f"    {p}" for p in COPIED if p not in ("mulm_jax", "tests")),
-             "do_not_mutate_patterns =", r"    ^\s*raise ", r"    \blog\.(debug|info|warning|error)\(",
-             # a fork server that imports the tests but starts no JAX backend: each mutant's process starts its own
-             "process_isolation = forkserver"]
+    lines = [
+        "[mutmut]",
+        "source_paths = mulm_jax",
+        f"only_mutate = {module}",
+        "pytest_add_cli_args_test_selection =",
+        *(f"    {t}" for t in tests),
+        "pytest_add_cli_args = -p no:cacheprovider",
+        "also_copy =",
+        *(f"    {p}" for p in COPIED if p not in ("mulm_jax", "tests")),
+        "do_not_mutate_patterns =",
+        r"    ^\s*raise ",
+        r"    \blog\.(debug|info|warning|error)\(",
+        # a fork server that imports the tests but starts no JAX backend: each mutant's process starts its own
+        "process_isolation = forkserver",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def survivors(work: Path, env: dict) -> list[str]:
     """The mutants of the last run in `work` that no test failed on."""
-    lines = subprocess.run([MUTMUT, "results"], cwd=work, env=env, check=True, capture_output=True,
-                           text=True).stdout.splitlines()
+    lines = subprocess.run(
+        [MUTMUT, "results"], cwd=work, env=env, check=True, capture_output=True, text=True
+    ).stdout.splitlines()
     return [line.strip().rsplit(": ", 1)[0] for line in lines if line.strip().endswith(": survived")]
 
 
@@ -74,8 +92,12 @@ def run(name: str, recheck: bool = False) -> dict:
             shutil.copy2(source, target)
     (work / "setup.cfg").write_text(setup_cfg(module, tests))
     # Every mutant's process compiles the same unchanged functions: a compilation cache shared by them spares that.
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(work / "jax-cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    env = {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": str(work / "jax-cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
     start = time.monotonic()
     again = survivors(work, env) if recheck and (work / "mutants").is_dir() else []
     subprocess.run([MUTMUT, "run"], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -85,8 +107,14 @@ def run(name: str, recheck: bool = False) -> dict:
     stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
     # a mutant that hangs the tests or crashes the process is caught as surely as one that fails them
     caught = stats["killed"] + stats["timeout"] + stats["segfault"]
-    return {"module": module, **stats, "caught": caught, "score": caught / max(stats["total"], 1),
-            "minutes": (time.monotonic() - start) / 60, "survivors": survivors(work, env)}
+    return {
+        "module": module,
+        **stats,
+        "caught": caught,
+        "score": caught / max(stats["total"], 1),
+        "minutes": (time.monotonic() - start) / 60,
+        "survivors": survivors(work, env),
+    }
 
 
 def main(args: list[str]) -> int:
@@ -100,9 +128,12 @@ def main(args: list[str]) -> int:
     for name in names or list(MODULES):
         r = run(name, recheck)
         results.append(r)
-        print(f"{r['module']}: {r['caught']}/{r['total']} mutants caught ({100 * r['score']:.1f}%; {r['timeout']} of "
-              f"them by a timeout), {r['survived']} survived, {r['no_tests']} not reached by its tests; "
-              f"{r['minutes']:.1f} min", flush=True)
+        print(
+            f"{r['module']}: {r['caught']}/{r['total']} mutants caught ({100 * r['score']:.1f}%; {r['timeout']} of "
+            f"them by a timeout), {r['survived']} survived, {r['no_tests']} not reached by its tests; "
+            f"{r['minutes']:.1f} min",
+            flush=True,
+        )
         for survivor in r["survivors"]:
             print(f"  survived: {survivor}  (mutmut show {survivor}, in {WORK / name})")
     return 0 if all(r["score"] >= TARGET for r in results) else 1

@@ -27,14 +27,22 @@ import pytest
 from mulm_jax.api.cli import address_in
 from mulm_jax.config import Config, DataConfig, MeshConfig, ModelConfig, config_from_dict, dump_config
 from mulm_jax.data.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer
-from mulm_jax.infer import (Completion, InferenceError, LoadedModel, QueueFullError, SamplingParams, TokenEvent,
-                            TokenLogprob)
+from mulm_jax.infer import (
+    Completion,
+    InferenceError,
+    LoadedModel,
+    QueueFullError,
+    SamplingParams,
+    TokenEvent,
+    TokenLogprob,
+)
 from mulm_jax.infer.engine import NUM_LOGPROBS, EngineStats, Request
 from mulm_jax.models import build_model
 from mulm_jax.train.mesh import global_batch, make_mesh, on_mesh
 from mulm_jax.train.step import TrainState, mesh_steps, state_placement
 
 ROOT = Path(__file__).resolve().parent.parent
+
 
 def xla_flags(*flags: str) -> str:
     """XLA_FLAGS for a process a test starts: the suite's own and `flags`."""
@@ -54,8 +62,9 @@ def random_ids(B: int, T: int, seed: int = 0, vocab: int = 32) -> np.ndarray:
 
 def fresh_state(tx: Any, params: Any, step: int = 0) -> TrainState:
     """A train state at `step` with `params` and `tx`'s initial optimizer state (dropout key 1), on the host."""
-    return TrainState(step=np.int32(step), params=params, opt_state=tx.init(params),
-                      rng=jax.random.key_data(jax.random.key(1)))
+    return TrainState(
+        step=np.int32(step), params=params, opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(1))
+    )
 
 
 class MeshSteps:
@@ -102,8 +111,14 @@ def loaded(seed: int = 0, tokenizer: Tokenizer | None = None, **overrides) -> Lo
     model = build_model(cfg)
     inputs, _ = model.window_inputs(jnp.zeros((1, 4), jnp.int32))
     params = random_params(model, *inputs, seed=seed)["params"]
-    return LoadedModel(model=model, params=params, tokenizer=tokenizer or CharTokenizer(list(ALPHABET)),
-                       config=Config(model=cfg), step=0, run_dir=None)
+    return LoadedModel(
+        model=model,
+        params=params,
+        tokenizer=tokenizer or CharTokenizer(list(ALPHABET)),
+        config=Config(model=cfg),
+        step=0,
+        run_dir=None,
+    )
 
 
 def favour(lm: LoadedModel, up: int, down: int, strength: float = 1000.0) -> LoadedModel:
@@ -116,9 +131,11 @@ def favour(lm: LoadedModel, up: int, down: int, strength: float = 1000.0) -> Loa
     return dataclasses.replace(lm, params=params)
 
 
-SP_CORPUS = ("The history of the city is the history of its people. The title of the book was known to all, and the "
-             "people of the town read it in the evening. In the morning they went to the market, where the traders "
-             "sold bread, fish and wine. ")
+SP_CORPUS = (
+    "The history of the city is the history of its people. The title of the book was known to all, and the "
+    "people of the town read it in the evening. In the morning they went to the market, where the traders "
+    "sold bread, fish and wine. "
+)
 
 
 def sentencepiece_tokenizer(model_type: str = "bpe") -> SentencePieceTokenizer:
@@ -139,11 +156,24 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 120.0) ->
 
 SERVER_KEY = "sk-e2e-0123456789"
 # A small corpus and overrides that train a tiny model on it in seconds (for tests that train over HTTP).
-CORPUS = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
-          "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
-TINY = {"model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2, "model.d_ff": 64,
-        "model.vocab_size": 64, "train.steps": 30, "train.batch_size": 8, "train.warmup_steps": 5,
-        "train.eval_every": 15, "train.eval_batches": 2, "train.checkpoint_every": 15, "train.log_every": 5}
+CORPUS = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n\n"
+) * 40
+TINY = {
+    "model.d_model": 32,
+    "model.num_layers": 2,
+    "model.num_heads": 2,
+    "model.d_ff": 64,
+    "model.vocab_size": 64,
+    "train.steps": 30,
+    "train.batch_size": 8,
+    "train.warmup_steps": 5,
+    "train.eval_every": 15,
+    "train.eval_batches": 2,
+    "train.checkpoint_every": 15,
+    "train.log_every": 5,
+}
 
 
 def free_port() -> int:
@@ -162,15 +192,35 @@ class Server:
         self.root = root
         self.log = open(root / f"server-{len(list(root.glob('server-*.log')))}.log", "w")
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "serve.py"), "--port", "0", "--api-key", SERVER_KEY,
-             "--state-dir", str(root / "state"), "--runs-root", str(root / "runs"),
-             "--datasets-dir", str(root / "datasets"), "--data-root", str(root / "data"),
-             "--configs-dir", str(ROOT / "configs"), *extra],
-            cwd=root, stdout=self.log, stderr=subprocess.STDOUT)
-        self.url = wait_for(lambda: self._running() and address_in(Path(self.log.name).read_text()),
-                            "serve.py to bind its port", 90)
-        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {SERVER_KEY}"},
-                                 timeout=180)  # POST /v1/models answers once compiled: a minute on a busy machine
+            [
+                sys.executable,
+                str(ROOT / "serve.py"),
+                "--port",
+                "0",
+                "--api-key",
+                SERVER_KEY,
+                "--state-dir",
+                str(root / "state"),
+                "--runs-root",
+                str(root / "runs"),
+                "--datasets-dir",
+                str(root / "datasets"),
+                "--data-root",
+                str(root / "data"),
+                "--configs-dir",
+                str(ROOT / "configs"),
+                *extra,
+            ],
+            cwd=root,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = wait_for(
+            lambda: self._running() and address_in(Path(self.log.name).read_text()), "serve.py to bind its port", 90
+        )
+        self.http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {SERVER_KEY}"}, timeout=180
+        )  # POST /v1/models answers once compiled: a minute on a busy machine
         wait_for(self._ready, "the server to be ready", 90)
 
     def _running(self) -> bool:
@@ -205,8 +255,10 @@ def finished_job(server: Server, path: str) -> dict:
 
 
 # A character corpus for tiny_run's runs.
-RUN_CORPUS = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
-              "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 60
+RUN_CORPUS = (
+    "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+    "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n"
+) * 60
 
 
 def tiny_run(tmp_path: Path, *extra: str) -> list[str]:
@@ -214,11 +266,26 @@ def tiny_run(tmp_path: Path, *extra: str) -> list[str]:
     corpus = tmp_path / "corpus.txt"
     if not corpus.exists():
         corpus.write_text(RUN_CORPUS)
-    return [f"data.sources=[{corpus}]", "data.tokenizer=char", f"data.out_dir={tmp_path / 'datasets'}",
-            "model.vocab_size=40", "model.d_model=32", "model.num_layers=2", "model.num_heads=2",
-            "model.d_ff=64", "model.max_seq_len=32", "train.seq_len=32", "train.batch_size=8", "train.steps=20",
-            "train.warmup_steps=5", "train.eval_every=10", "train.eval_batches=2", "train.checkpoint_every=10",
-            "train.log_every=5", *extra]
+    return [
+        f"data.sources=[{corpus}]",
+        "data.tokenizer=char",
+        f"data.out_dir={tmp_path / 'datasets'}",
+        "model.vocab_size=40",
+        "model.d_model=32",
+        "model.num_layers=2",
+        "model.num_heads=2",
+        "model.d_ff=64",
+        "model.max_seq_len=32",
+        "train.seq_len=32",
+        "train.batch_size=8",
+        "train.steps=20",
+        "train.warmup_steps=5",
+        "train.eval_every=10",
+        "train.eval_batches=2",
+        "train.checkpoint_every=10",
+        "train.log_every=5",
+        *extra,
+    ]
 
 
 def pairs_run(tmp: Path, architecture: str = "encoder_decoder") -> tuple[Path, Path]:
@@ -229,8 +296,13 @@ def pairs_run(tmp: Path, architecture: str = "encoder_decoder") -> tuple[Path, P
     from mulm_jax.train.checkpoint import Checkpoints
 
     data = tmp / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"source": f"{a} {b}", "target": f"{b} {a}"}) + "\n"
-                            for a in ("ab", "cd", "ef", "gh") for b in ("ij", "kl", "mn")))
+    data.write_text(
+        "".join(
+            json.dumps({"source": f"{a} {b}", "target": f"{b} {a}"}) + "\n"
+            for a in ("ab", "cd", "ef", "gh")
+            for b in ("ij", "kl", "mn")
+        )
+    )
     folder = assemble(DataConfig(sources=(str(data),), out_dir=str(tmp / "datasets"), val_fraction=0.25)).path
     tokenizer = Tokenizer.load(folder)
     lm = loaded(architecture=architecture, vocab_size=tokenizer.vocab_size, max_seq_len=32)
@@ -256,14 +328,20 @@ def naive_rope(x_TxHxDh, theta=10000.0):
 
 
 # A chat template of the Hugging Face kind, and a small corpus with spaces, tabs and non-ASCII text.
-CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' and not loop.first %}"
-                 "{{ raise_exception('system only first') }}{% endif %}<|{{ m['role'] }}|>\n{{ m['content'] | trim }}"
-                 "{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' and not loop.first %}"
+    "{{ raise_exception('system only first') }}{% endif %}<|{{ m['role'] }}|>\n{{ m['content'] | trim }}"
+    "{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 def hf_corpus() -> list[str]:
-    return ["The quick brown fox jumps over the lazy dog. " * 3, "Ünïcödé café naïve 日本語 🎉", "  spaces \t\n" * 4,
-            "Hello world, hello there; numbers 12345 67890."] * 5
+    return [
+        "The quick brown fox jumps over the lazy dog. " * 3,
+        "Ünïcödé café naïve 日本語 🎉",
+        "  spaces \t\n" * 4,
+        "Hello world, hello there; numbers 12345 67890.",
+    ] * 5
 
 
 def byte_level_tokenizer(folder) -> None:
@@ -274,11 +352,17 @@ def byte_level_tokenizer(folder) -> None:
     tok = tokenizers.Tokenizer(tokenizers.models.BPE())
     tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = tokenizers.decoders.ByteLevel()
-    tok.train_from_iterator(hf_corpus(), tokenizers.trainers.BpeTrainer(
-        vocab_size=290, special_tokens=["<|endoftext|>"],
-        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                                                eos_token="<|endoftext|>")
+    tok.train_from_iterator(
+        hf_corpus(),
+        tokenizers.trainers.BpeTrainer(
+            vocab_size=290,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
     fast.add_tokens(["<extra>"])
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)
@@ -286,8 +370,15 @@ def byte_level_tokenizer(folder) -> None:
 
 CHROMIUM = "/usr/bin/chromium"
 # No network here: nothing in the background may try to reach one.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 KEY_ITEM = "mulm-lab-api-key"  # where the page keeps the key (api.js)
 
 
@@ -365,8 +456,15 @@ class StandInEngine:
     they start, max_tokens ends it with "length". Requests wait in a queue of max_queue for one of `slots` slots;
     every step gives each running request one token. Clear `stepping` to hold the steps."""
 
-    def __init__(self, loaded: LoadedModel, *, slots: int = 4, max_queue: int = 64, int8: bool = False,
-                 num_logprobs: int = NUM_LOGPROBS):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        slots: int = 4,
+        max_queue: int = 64,
+        int8: bool = False,
+        num_logprobs: int = NUM_LOGPROBS,
+    ):
         cfg = loaded.config.model
         self.loaded, self.tokenizer, self.params = loaded, loaded.tokenizer, loaded.params
         self.max_len = cfg.max_seq_len
@@ -408,8 +506,13 @@ class StandInEngine:
             raise InferenceError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
         return ids
 
-    def submit(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), *,
-               request_id: Optional[str] = None) -> StandInRequest:
+    def submit(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams = SamplingParams(),
+        *,
+        request_id: Optional[str] = None,
+    ) -> StandInRequest:
         params.validate(self.num_logprobs)
         ids = self.tokenize(prompt)
         with self._lock:
@@ -426,8 +529,13 @@ class StandInEngine:
 
     def stats(self) -> EngineStats:
         with self._lock:
-            return EngineStats(slots=self.slots, active=len(self._running), waiting=len(self._waiting),
-                               compilations=0, generated_tokens=self.generated)
+            return EngineStats(
+                slots=self.slots,
+                active=len(self._running),
+                waiting=len(self._waiting),
+                compilations=0,
+                generated_tokens=self.generated,
+            )
 
     def step_size(self, request: StandInRequest) -> int:
         return 1 if request.params.temperature == 0 else 1 + request.seed % 4
@@ -465,18 +573,25 @@ class StandInEngine:
         request.text += piece
         logprob = None
         if request.params.logprobs is not None:
-            top = tuple(((last + j) % self.vocab_size, self.tokenizer.decode([(last + j) % self.vocab_size]),
-                         -j * LN2) for j in range(1, request.params.logprobs + 1))
+            top = tuple(
+                ((last + j) % self.vocab_size, self.tokenizer.decode([(last + j) % self.vocab_size]), -j * LN2)
+                for j in range(1, request.params.logprobs + 1)
+            )
             logprob = TokenLogprob(token, piece, -k * LN2, top)
             request.logprobs.append(logprob)
         stops = [(request.text.find(s), s) for s in request.params.stop if s in request.text]
         if stops:
-            request.text = request.text[:min(stops)[0]]
+            request.text = request.text[: min(stops)[0]]
         length = len(request.token_ids) >= request.params.max_tokens
         # hold back text that may begin a stop string, as the engine does
-        held = 0 if stops or length else max([n for s in request.params.stop for n in range(1, len(s))
-                                                if request.text.endswith(s[:n])], default=0)
-        shown = request.text[request.shown:len(request.text) - held]
+        held = (
+            0
+            if stops or length
+            else max(
+                [n for s in request.params.stop for n in range(1, len(s)) if request.text.endswith(s[:n])], default=0
+            )
+        )
+        shown = request.text[request.shown : len(request.text) - held]
         request.shown += len(shown)
         request._publish(TokenEvent(request.id, len(request.token_ids) - 1, token, shown, logprob))
         if stops or length:
@@ -487,8 +602,14 @@ class StandInEngine:
             if request in self._running:
                 self._running.remove(request)
         first = None if request.first_token_at is None else request.first_token_at - request.submitted
-        request._publish(completion=Completion(
-            request_id=request.id, text=request.text, token_ids=tuple(request.token_ids), finish_reason=reason,
-            prompt_tokens=len(request.prompt_ids),
-            logprobs=tuple(request.logprobs) if request.params.logprobs is not None else None,
-            time_to_first_token_s=first))
+        request._publish(
+            completion=Completion(
+                request_id=request.id,
+                text=request.text,
+                token_ids=tuple(request.token_ids),
+                finish_reason=reason,
+                prompt_tokens=len(request.prompt_ids),
+                logprobs=tuple(request.logprobs) if request.params.logprobs is not None else None,
+                time_to_first_token_s=first,
+            )
+        )

@@ -22,12 +22,24 @@ from mulm_jax.api.cli import address_in
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # A fence's info string: `text` (output, layouts: never run), or a language and what the test does with the block
 # (docs/testing.md#code-blocks-in-the-docs): `run` [`server`] [`slow`], `serve`, `file NAME`, `norun: REASON`.
-MARK = re.compile(r"(?P<lang>python|bash) (?:(?P<run>run(?: server)?(?: slow)?)|(?P<serve>serve)"
-                  r"|file (?P<file>[\w.-]+)|norun: (?P<reason>\S.*))")
+MARK = re.compile(
+    r"(?P<lang>python|bash) (?:(?P<run>run(?: server)?(?: slow)?)|(?P<serve>serve)"
+    r"|file (?P<file>[\w.-]+)|norun: (?P<reason>\S.*))"
+)
 # The tiny stand-in for configs/shakespeare_char.yaml in the workspace: the same data, trained in seconds.
-TINY = {"model": {"d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64, "max_seq_len": 64},
-        "train": {"steps": 20, "batch_size": 8, "seq_len": 64, "warmup_steps": 5, "eval_every": 20, "eval_batches": 2,
-                  "checkpoint_every": 20, "log_every": 5}}
+TINY = {
+    "model": {"d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64, "max_seq_len": 64},
+    "train": {
+        "steps": 20,
+        "batch_size": 8,
+        "seq_len": 64,
+        "warmup_steps": 5,
+        "eval_every": 20,
+        "eval_batches": 2,
+        "checkpoint_every": 20,
+        "log_every": 5,
+    },
+}
 # What a block may use from the repository root, linked into the workspace.
 LINKED = (".venv", "mulm_jax", "bench", "train.py", "serve.py", "requirements.txt")
 DOC_PORT = re.compile(r"(?:127\.0\.0\.1|localhost):8000")
@@ -70,8 +82,10 @@ BLOCKS = [block for page in PAGES for block in code_blocks(page)]
 
 def test_every_code_block_is_marked_runnable_or_not():
     unmarked = [f"{b.where}: ```{b.info}" for b in BLOCKS if b.info != "text" and b.mark is None]
-    assert not unmarked, ("blocks without a mark (text, or python/bash with run, run server, run slow, serve, "
-                          "file NAME or norun: REASON; see docs/testing.md):\n" + "\n".join(unmarked))
+    assert not unmarked, (
+        "blocks without a mark (text, or python/bash with run, run server, run slow, serve, "
+        "file NAME or norun: REASON; see docs/testing.md):\n" + "\n".join(unmarked)
+    )
     serves = [b for b in BLOCKS if b.mark and b.mark["serve"]]
     needs_server = [b for b in BLOCKS if b.mark and b.mark["run"] and "server" in b.mark["run"]]
     assert len(serves) == 1 if needs_server else len(serves) <= 1, f"serve blocks: {[b.where for b in serves]}"
@@ -135,17 +149,24 @@ def workspace(tmp_path_factory, mirror) -> dict:
     for block in BLOCKS:
         if block.mark and block.mark["file"]:
             (ws / block.mark["file"]).write_text(block.code)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MULM_COMPILATION_CACHE": str(ws / ".compilation-cache")}  # shared by the blocks' processes
-    done = run(["python", "train.py", "--config", "configs/shakespeare_char.yaml", "--workdir", "runs/shakespeare",
-                "--quiet"], ws, env)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MULM_COMPILATION_CACHE": str(ws / ".compilation-cache"),
+    }  # shared by the blocks' processes
+    done = run(
+        ["python", "train.py", "--config", "configs/shakespeare_char.yaml", "--workdir", "runs/shakespeare", "--quiet"],
+        ws,
+        env,
+    )
     assert done.returncode == 0, done.stdout[-3000:]
     return {"dir": ws, "env": env}
 
 
 def run(command: list[str], cwd: Path, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
+    )
 
 
 def run_block(block: Block, workspace: dict, url: str | None = None) -> None:
@@ -153,8 +174,10 @@ def run_block(block: Block, workspace: dict, url: str | None = None) -> None:
     command = ["bash", "-e", "-o", "pipefail", "-c", code] if block.mark["lang"] == "bash" else ["python", "-c", code]
     started, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
     done = run(command, workspace["dir"], workspace["env"])
-    print(f"{block.where}: {time.perf_counter() - started:.1f} s, "
-          f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - cpu:.1f} s CPU")
+    print(
+        f"{block.where}: {time.perf_counter() - started:.1f} s, "
+        f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - cpu:.1f} s CPU"
+    )
     assert done.returncode == 0, f"{block.where} exited {done.returncode}:\n{code}\n---\n{done.stdout[-4000:]}"
 
 
@@ -164,9 +187,14 @@ class DocServer:
     def __init__(self, block: Block, workspace: dict):
         self.log = workspace["dir"] / "serve.log"
         with open(self.log, "w") as log:  # the server writes to its own copy of the descriptor
-            self.process = subprocess.Popen(["bash", "-c", f"{block.code.strip()} --port 0"], cwd=workspace["dir"],
-                                            env=workspace["env"], stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                ["bash", "-c", f"{block.code.strip()} --port 0"],
+                cwd=workspace["dir"],
+                env=workspace["env"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.url = wait_for(lambda: self.running() and address_in(self.log.read_text()), f"{block.where} to bind", 300)
         wait_for(self.ready, f"{block.where} to serve", 300)
 
@@ -220,8 +248,12 @@ def test_bench_train_step_without_pytorch_says_to_install_it_or_pass_no_referenc
     from bench import bench_train_step
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
-    monkeypatch.setattr(bench_train_step, "build", lambda *a: pytest.fail("built the step before finding PyTorch missing"))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a)
+    )
+    monkeypatch.setattr(
+        bench_train_step, "build", lambda *a: pytest.fail("built the step before finding PyTorch missing")
+    )
     monkeypatch.setattr(sys, "argv", ["bench_train_step.py", "--rounds", "1"])
     with pytest.raises(SystemExit) as exit_:
         bench_train_step.main()

@@ -34,8 +34,10 @@ def test_the_console_script_outside_the_checkout_is_the_top_level_script(command
 
 
 def test_python_m_mulm_jax_runs_from_any_folder_and_imports_only_the_named_command(tmp_path):
-    script = ("import sys; from mulm_jax.__main__ import main; main(['info', '--config', sys.argv[1]]); "
-              "print(sorted(m for m in sys.modules if m.startswith('mulm_jax.') and m.endswith('.cli')))")
+    script = (
+        "import sys; from mulm_jax.__main__ import main; main(['info', '--config', sys.argv[1]]); "
+        "print(sorted(m for m in sys.modules if m.startswith('mulm_jax.') and m.endswith('.cli')))"
+    )
     out = run(sys.executable, "-c", script, str(ROOT / "configs/shakespeare_char.yaml"), cwd=tmp_path)
     assert "parameters:" in out
     assert out.splitlines()[-1] == "[]"  # info's module is mulm_jax.models.info: no other command was imported

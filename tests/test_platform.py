@@ -101,14 +101,20 @@ def test_serving_weights_are_in_the_config_dtype_and_natural_layout_off_the_cpu(
 
 def test_int8_serving_off_the_cpu_keeps_float32_scales_and_converts_each_weight_into_its_matmul(gpu_backend):
     engine = Engine(loaded(seed=1, dtype="bfloat16"), slots=1, int8=True)
-    weights = [w for w in jax.tree.leaves(engine.params, is_leaf=lambda w: isinstance(w, Int8Weight))
-               if isinstance(w, Int8Weight)]
+    weights = [
+        w
+        for w in jax.tree.leaves(engine.params, is_leaf=lambda w: isinstance(w, Int8Weight))
+        if isinstance(w, Int8Weight)
+    ]
     assert weights and all(w.q.dtype == jnp.int8 and w.scale.dtype == jnp.float32 for w in weights)
     assert float_dtypes(engine.params) == {"bfloat16"}  # norm scales
     # In the compiled step each int8 kernel is converted to bfloat16 and scaled, and that feeds a dot directly:
     # nothing (no barrier, no copy of all the weights up front) stands between the conversion and its product.
-    hlo = engine.steps.decode.lower(engine.params, engine.steps.init_state(), np.ones((1,), bool),
-                                    np.bool_(False)).compiler_ir(dialect="hlo").as_hlo_text()
+    hlo = (
+        engine.steps.decode.lower(engine.params, engine.steps.init_state(), np.ones((1,), bool), np.bool_(False))
+        .compiler_ir(dialect="hlo")
+        .as_hlo_text()
+    )
     producers = {line.split(" = ")[0].strip(): line for line in hlo.splitlines() if " = " in line}
 
     def operand_chain(name: str) -> list[str]:

@@ -44,13 +44,18 @@ log = logging.getLogger("jax._src.compiler")
 log.addHandler(Hits())
 log.setLevel(logging.DEBUG)
 """
-BENCH = HITS + """
+BENCH = (
+    HITS
+    + """
 from mulm_jax.__main__ import main
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "hits": hits}))
 """
+)
 # A step that compiles in milliseconds, which JAX's own thresholds (1 s) would not keep.
-SMALL_STEP = HITS + """
+SMALL_STEP = (
+    HITS
+    + """
 import argparse, jax, jax.numpy as jnp
 from mulm_jax import startup
 parser = argparse.ArgumentParser()
@@ -61,12 +66,18 @@ def small_step(x):
 jax.block_until_ready(jax.jit(small_step)(jnp.ones((8, 8))))
 print(json.dumps({"hits": hits}))
 """
+)
 
 
 def test_a_step_compiled_by_one_process_is_loaded_by_the_next(tmp_path):
     def start() -> list[str]:
-        out = subprocess.run([sys.executable, "-c", SMALL_STEP, "--compilation-cache", str(tmp_path / "xla")],
-                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", SMALL_STEP, "--compilation-cache", str(tmp_path / "xla")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         return json.loads(out.stdout.strip().splitlines()[-1])["hits"]
 
@@ -78,13 +89,32 @@ def test_a_step_compiled_by_one_process_is_loaded_by_the_next(tmp_path):
 @pytest.mark.slow  # two starts of bench decode, about 25 s
 def test_a_second_start_with_the_same_shapes_loads_the_steps_from_the_compilation_cache(tmp_path):
     cache = tmp_path / "xla"
-    args = ["bench", "decode", "--config", str(ROOT / "configs/shakespeare_char.yaml"), "--set", "model.d_model=16",
-            "model.num_layers=1", "model.num_heads=2", "model.d_ff=32", "model.max_seq_len=16", "--prompt-len", "4",
-            "--new-tokens", "2", "--repeats", "1", "--json", "--compilation-cache", str(cache)]
+    args = [
+        "bench",
+        "decode",
+        "--config",
+        str(ROOT / "configs/shakespeare_char.yaml"),
+        "--set",
+        "model.d_model=16",
+        "model.num_layers=1",
+        "model.num_heads=2",
+        "model.d_ff=32",
+        "model.max_seq_len=16",
+        "--prompt-len",
+        "4",
+        "--new-tokens",
+        "2",
+        "--repeats",
+        "1",
+        "--json",
+        "--compilation-cache",
+        str(cache),
+    ]
 
     def start() -> dict:
-        out = subprocess.run([sys.executable, "-c", BENCH, *args], cwd=ROOT, capture_output=True, text=True,
-                             timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", BENCH, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         lines = out.stdout.strip().splitlines()
         return {**json.loads(lines[-1]), "bench": json.loads(lines[-2])}
@@ -100,22 +130,43 @@ def test_a_second_start_with_the_same_shapes_loads_the_steps_from_the_compilatio
 
 @pytest.mark.slow  # a whole tiny run: the first step, then the evaluation, sample and checkpoint at its end
 def test_train_verbose_prints_each_start_up_phase(tmp_path, capsys):
-    args = ["--config", str(ROOT / "configs/shakespeare_char.yaml"), "--workdir", str(tmp_path / "run"), "--quiet",
-            "--verbose", "--set", *tiny_run(tmp_path, "train.steps=2", "train.eval_every=2")]
+    args = [
+        "--config",
+        str(ROOT / "configs/shakespeare_char.yaml"),
+        "--workdir",
+        str(tmp_path / "run"),
+        "--quiet",
+        "--verbose",
+        "--set",
+        *tiny_run(tmp_path, "train.steps=2", "train.eval_every=2"),
+    ]
     assert train_cli.main(args) == 0
     line = next(text for text in capsys.readouterr().err.splitlines() if text.startswith("start-up: "))
     listed, total = re.fullmatch(r"start-up: (.*) \(total (\d+\.\d) s\)", line).groups()
     phases = re.findall(r"([a-z][a-z ()]+?) (\d+\.\d) s", listed)
     names = [name.strip(", ") for name, _ in phases]
-    assert names == ["backend", "imports", "config", "data preparation", "model and optimizer init",
-                     "data loader", "checkpoint restore", "evaluation batches",
-                     "train step compile (rest)", "first step"], line
+    assert names == [
+        "backend",
+        "imports",
+        "config",
+        "data preparation",
+        "model and optimizer init",
+        "data loader",
+        "checkpoint restore",
+        "evaluation batches",
+        "train step compile (rest)",
+        "first step",
+    ], line
     assert abs(sum(float(s) for _, s in phases) - float(total)) < 0.1 * len(phases)
 
 
 def test_a_run_without_checkpoints_copies_nothing_from_the_device_to_look_for_one(tmp_path, monkeypatch):
-    like = TrainState(step=np.int32(0), params={"w": jax.numpy.ones((4, 3))}, opt_state={"m": jax.numpy.zeros(3)},
-                      rng=np.zeros(2, np.uint32))
+    like = TrainState(
+        step=np.int32(0),
+        params={"w": jax.numpy.ones((4, 3))},
+        opt_state={"m": jax.numpy.zeros(3)},
+        rng=np.zeros(2, np.uint32),
+    )
     monkeypatch.setattr(checkpoint.jax, "device_get", lambda tree: pytest.fail("the state was copied to the host"))
     checkpoints = Checkpoints(tmp_path, keep=1)
     assert checkpoints.restore_latest(like) is None

@@ -19,8 +19,10 @@ from mulm_jax.train.loop import train
 NOTEBOOK = ROOT / "notebooks" / "walkthrough.ipynb"
 RENDERED = ROOT / "docs" / "walkthrough.md"
 # Holds every character of the notebook's prompt ("ROMEO:\nBut soft, what light").
-CORPUS = ("ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
-          "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\nDeny thy father and refuse thy name.\n\n") * 40
+CORPUS = (
+    "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
+    "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\nDeny thy father and refuse thy name.\n\n"
+) * 40
 
 
 def code_cells(nb) -> list:
@@ -37,10 +39,20 @@ def test_the_notebook_rebuilds_every_activation_of_a_fresh_run(tmp_path, monkeyp
     corpus.write_text(CORPUS)
     # The demo's model section as it is (4 layers, 4 heads, width 128, ...); a small corpus and 10 steps: the
     # notebook's checks hold for any weights.
-    cfg = load_config(ROOT / "configs/shakespeare_char.yaml", [
-        f"data.sources=[{corpus}]", f"data.out_dir={tmp_path / 'datasets'}", "train.steps=10", "train.batch_size=8",
-        "train.warmup_steps=2", "train.eval_every=10", "train.eval_batches=2", "train.checkpoint_every=10",
-        "train.log_every=5"])
+    cfg = load_config(
+        ROOT / "configs/shakespeare_char.yaml",
+        [
+            f"data.sources=[{corpus}]",
+            f"data.out_dir={tmp_path / 'datasets'}",
+            "train.steps=10",
+            "train.batch_size=8",
+            "train.warmup_steps=2",
+            "train.eval_every=10",
+            "train.eval_batches=2",
+            "train.checkpoint_every=10",
+            "train.log_every=5",
+        ],
+    )
     train(cfg, tmp_path / "run", quiet=True)
 
     # A copy, executed in memory and written beside the run (for a look when this fails): the committed notebook and
@@ -80,11 +92,15 @@ def test_the_committed_notebook_ran_on_the_demo_run_and_docs_render_it():
     assert f"runs/shakespeare: the checkpoint of step {steps}\n" in printed(nb), "run `make walkthrough`"
     # docs/walkthrough.md is this notebook rendered (`make walkthrough`): each cell's code and output, in order.
     page = RENDERED.read_text()
-    assert page.startswith("# A forward pass by hand\n\n[README](../README.md) · [all pages]"
-                           "(../README.md#documentation) · [tensor names](notation.md)\n")
+    assert page.startswith(
+        "# A forward pass by hand\n\n[README](../README.md) · [all pages]"
+        "(../README.md#documentation) · [tensor names](notation.md)\n"
+    )
     at = 0
     for cell in cells:
         for part in [cell.source] + [re.sub(r"(?m)^(?=.)", "    ", o.get("text", "")) for o in cell.outputs]:
             found = page.find(part, at)
-            assert found >= 0, f"docs/walkthrough.md is not the notebook's rendering (`make walkthrough`): {part[:200]!r}"
+            assert found >= 0, (
+                f"docs/walkthrough.md is not the notebook's rendering (`make walkthrough`): {part[:200]!r}"
+            )
             at = found + len(part)

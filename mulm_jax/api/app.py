@@ -68,8 +68,13 @@ def create_app(settings: ServeConfig, make_engine: Callable[..., Engine] = Engin
     """The app; models named in `settings.checkpoints` load in the background at start-up (see /readyz), each
     served by `make_engine` (see ModelRegistry)."""
     keys = api_keys(settings)
-    ctx = ApiContext(settings=settings, models=ModelRegistry(settings, make_engine), jobs=JobManager(settings),
-                     limiter=RateLimiter(settings.requests_per_minute, settings.tokens_per_minute), secured=bool(keys))
+    ctx = ApiContext(
+        settings=settings,
+        models=ModelRegistry(settings, make_engine),
+        jobs=JobManager(settings),
+        limiter=RateLimiter(settings.requests_per_minute, settings.tokens_per_minute),
+        secured=bool(keys),
+    )
     _register_collected(ctx)
     routes: list[Any] = []
     for name in CORE_ROUTES + tuple(settings.extra_routes):
@@ -91,10 +96,15 @@ def create_app(settings: ServeConfig, make_engine: Callable[..., Engine] = Engin
             ctx.models.close()
 
     app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(TelemetryMiddleware, metrics=ctx.metrics, routes=lambda: app.routes),
-                    Middleware(AuthMiddleware, keys=keys),
-                    Middleware(RequestRateMiddleware, limiter=ctx.limiter)])
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[
+            Middleware(TelemetryMiddleware, metrics=ctx.metrics, routes=lambda: app.routes),
+            Middleware(AuthMiddleware, keys=keys),
+            Middleware(RequestRateMiddleware, limiter=ctx.limiter),
+        ],
+    )
     app.state.ctx = ctx
     return app
 
@@ -103,10 +113,18 @@ def _register_collected(ctx: ApiContext) -> None:
     def per_model(attribute: str):
         return lambda: {(m.id,): getattr(m.engine.stats(), attribute) for m in ctx.models.all()}
 
-    ctx.metrics.add_collected("mulm_generated_tokens_total", "Tokens the engine generated (for requests finished, "
-                              "cancelled or left by their client alike).", ("model",), per_model("generated_tokens"),
-                              kind="counter")
+    ctx.metrics.add_collected(
+        "mulm_generated_tokens_total",
+        "Tokens the engine generated (for requests finished, cancelled or left by their client alike).",
+        ("model",),
+        per_model("generated_tokens"),
+        kind="counter",
+    )
     ctx.metrics.add_collected("mulm_queue_depth", "Requests waiting for a slot.", ("model",), per_model("waiting"))
     ctx.metrics.add_collected("mulm_active_slots", "Slots generating now.", ("model",), per_model("active"))
-    ctx.metrics.add_collected("mulm_training_jobs", "Training jobs by state.", ("state",),
-                              lambda: {(state,): n for state, n in ctx.jobs.counts_by_state("training").items()})
+    ctx.metrics.add_collected(
+        "mulm_training_jobs",
+        "Training jobs by state.",
+        ("state",),
+        lambda: {(state,): n for state, n in ctx.jobs.counts_by_state("training").items()},
+    )

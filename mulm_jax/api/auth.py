@@ -61,10 +61,18 @@ class AuthMiddleware:
         scheme, _, presented = header.partition(b" ")
         key = self._matching_key(presented.strip()) if scheme.lower() == b"bearer" else None
         if key is None:
-            message = ("a valid API key is required: send `Authorization: Bearer KEY`" if not header
-                       else "the API key is not valid")
-            response = error_response(401, message, type="authentication_error", code="invalid_api_key",
-                                      headers={"WWW-Authenticate": "Bearer"})
+            message = (
+                "a valid API key is required: send `Authorization: Bearer KEY`"
+                if not header
+                else "the API key is not valid"
+            )
+            response = error_response(
+                401,
+                message,
+                type="authentication_error",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
             await response(scope, receive, send)
             return
         state["client_id"] = "key:" + fingerprint(key.decode())

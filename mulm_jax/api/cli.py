@@ -32,8 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_startup_arguments(p)
     add_flags(p, ServeConfig)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    p.add_argument("--verbose", action="store_true", help="print the wall time of each start-up phase (each "
-                                                          "model's load and warm-up are logged at info level)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print the wall time of each start-up phase (each model's load and warm-up are logged at info level)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -52,8 +55,10 @@ def check_settings(settings: ServeConfig) -> None:
     for spec in settings.checkpoints:
         _, run_dir = parse_checkpoint(spec)
         if not is_run(run_dir):
-            raise MulmError(f"--checkpoint {spec!r}: {run_dir!r} is not a run folder (expected config.yaml in it; "
-                             "the --workdir of train.py)")
+            raise MulmError(
+                f"--checkpoint {spec!r}: {run_dir!r} is not a run folder (expected config.yaml in it; "
+                "the --workdir of train.py)"
+            )
     if settings.api_keys_file and not Path(settings.api_keys_file).is_file():
         raise MulmError(f"--api-keys-file {settings.api_keys_file!r} does not exist")
 
@@ -65,8 +70,9 @@ def run(args: argparse.Namespace, phases: Optional[Any] = None) -> int:
 
     phases = phases or Phases()
     # force: importing orbax (through absl) has already given the root logger a bare handler of its own
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        force=True)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     # orbax's per-restore chatter, and jax's INFO line for each backend it cannot start ("Unable to initialize backend
     # 'tpu'" on a machine without one): neither is the user's concern
     for chatty in ("absl", "jax._src.xla_bridge"):
@@ -90,8 +96,14 @@ def run(args: argparse.Namespace, phases: Optional[Any] = None) -> int:
     if args.verbose:
         print(f"start-up: {phases.line()}; the models load and warm up in the background", flush=True)
     # Our access log (mulm_jax.api.access, JSON lines) replaces uvicorn's.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False,
-                            timeout_graceful_shutdown=10)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
     sock = config.bind_socket()  # bound here so that the line below names the port (--port 0: one the OS picked)
     address = f"http://{f'[{settings.host}]' if ':' in settings.host else settings.host}:{sock.getsockname()[1]}"
     print(f"API: {address}/v1    web lab: {address}/    (Ctrl-C stops)", flush=True)
@@ -106,8 +118,12 @@ def address_in(output: str) -> Optional[str]:
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("serve", help="serve trained models over HTTP (as serve.py)", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve trained models over HTTP (as serve.py)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -117,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     from mulm_jax.startup import Phases
 
     phases = Phases()
-    parser = argparse.ArgumentParser(prog="serve.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="serve.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv), phases)

@@ -89,8 +89,16 @@ class JobManager:
                     os.killpg(pid, signal.SIGKILL)
             self._db.execute("UPDATE jobs SET state = 'interrupted', finished = ? WHERE id = ?", (_now(), row["id"]))
 
-    def start(self, kind: str, command: list[str], *, workdir: Optional[str], request: dict,
-              config: Optional[Config] = None, job_id: Optional[str] = None) -> dict:
+    def start(
+        self,
+        kind: str,
+        command: list[str],
+        *,
+        workdir: Optional[str],
+        request: dict,
+        config: Optional[Config] = None,
+        job_id: Optional[str] = None,
+    ) -> dict:
         """Launch `command` as a new job (id: `job_id`, or a fresh one) and return its record; with `config`, the
         command is handed it as `--config FILE`."""
         if kind not in KINDS:
@@ -104,8 +112,17 @@ class JobManager:
             self._db.execute(
                 "INSERT INTO jobs (id, kind, state, created, started, request, command, workdir, log_path) "
                 "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                (job_id, kind, now, now, json.dumps(request), json.dumps(command), workdir,
-                 str(self.logs_dir / f"{job_id}.log")))
+                (
+                    job_id,
+                    kind,
+                    now,
+                    now,
+                    json.dumps(request),
+                    json.dumps(command),
+                    workdir,
+                    str(self.logs_dir / f"{job_id}.log"),
+                ),
+            )
             self._launch(job_id)
         return self.get(job_id)
 
@@ -116,8 +133,9 @@ class JobManager:
     def list(self, kind: str) -> list[dict]:
         """The jobs of one kind, newest first."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs WHERE kind = ? ORDER BY created DESC, rowid DESC",
-                                    (kind,)).fetchall()
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE kind = ? ORDER BY created DESC, rowid DESC", (kind,)
+            ).fetchall()
         return [_public(row) for row in rows]
 
     def cancel(self, job_id: str, kind: Optional[str] = None) -> dict:
@@ -126,8 +144,11 @@ class JobManager:
             row = self._row_locked(job_id, kind)
             process = self._processes.get(job_id)
             if row["state"] != "running" or process is None:
-                raise ApiError(409, f"job {job_id!r} is {row['state']}, not running: there is nothing to cancel",
-                               code="job_not_running")
+                raise ApiError(
+                    409,
+                    f"job {job_id!r} is {row['state']}, not running: there is nothing to cancel",
+                    code="job_not_running",
+                )
             self._cancel_asked.add(job_id)
             _signal_group(process, signal.SIGTERM)
             return _public(row)
@@ -137,19 +158,27 @@ class JobManager:
         with self._lock:
             row = self._row_locked(job_id, "training")
             if row["state"] not in RESUMABLE_STATES:
-                raise ApiError(409, f"job {job_id!r} is {row['state']}: only a job that is "
-                                    f"{', '.join(RESUMABLE_STATES)} can be resumed", code="job_not_resumable")
+                raise ApiError(
+                    409,
+                    f"job {job_id!r} is {row['state']}: only a job that is "
+                    f"{', '.join(RESUMABLE_STATES)} can be resumed",
+                    code="job_not_resumable",
+                )
             self._check_workdir_free(row["workdir"], job_id)
-            self._db.execute("UPDATE jobs SET state = 'running', started = ?, finished = NULL, exit_code = NULL, "
-                             "error = NULL, result = NULL WHERE id = ?", (_now(), job_id))
+            self._db.execute(
+                "UPDATE jobs SET state = 'running', started = ?, finished = NULL, exit_code = NULL, "
+                "error = NULL, result = NULL WHERE id = ?",
+                (_now(), job_id),
+            )
             self._launch(job_id)
         return self.get(job_id)
 
     def counts_by_state(self, kind: str) -> dict[str, int]:
         """Jobs of one kind per state, every state present (zero included)."""
         with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs WHERE kind = ? GROUP BY state",
-                                    (kind,)).fetchall()
+            rows = self._db.execute(
+                "SELECT state, COUNT(*) FROM jobs WHERE kind = ? GROUP BY state", (kind,)
+            ).fetchall()
         return {state: 0 for state in STATES} | {state: n for state, n in rows}
 
     def close(self) -> None:
@@ -172,11 +201,19 @@ class JobManager:
         row = self._row_locked(job_id, None)
         try:
             with open(row["log_path"], "ab") as log:
-                process = subprocess.Popen(json.loads(row["command"]), stdin=subprocess.DEVNULL, stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True, env=_child_env())
+                process = subprocess.Popen(
+                    json.loads(row["command"]),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=_child_env(),
+                )
         except OSError as e:
-            self._db.execute("UPDATE jobs SET state = 'failed', finished = ?, error = ? WHERE id = ?",
-                             (_now(), f"the command could not start: {e}", job_id))
+            self._db.execute(
+                "UPDATE jobs SET state = 'failed', finished = ?, error = ? WHERE id = ?",
+                (_now(), f"the command could not start: {e}", job_id),
+            )
             return
         self._db.execute("UPDATE jobs SET pid = ? WHERE id = ?", (process.pid, job_id))
         self._processes[job_id] = process
@@ -200,9 +237,10 @@ class JobManager:
             else:
                 state = "succeeded"
             error = f"{problem}; the log ends:\n{_log_tail(Path(row['log_path']))}" if state == "failed" else None
-            self._db.execute("UPDATE jobs SET state = ?, finished = ?, exit_code = ?, error = ?, result = ? "
-                             "WHERE id = ?", (state, _now(), exit_code, error,
-                                              None if result is None else json.dumps(result), job_id))
+            self._db.execute(
+                "UPDATE jobs SET state = ?, finished = ?, exit_code = ?, error = ?, result = ? WHERE id = ?",
+                (state, _now(), exit_code, error, None if result is None else json.dumps(result), job_id),
+            )
             self._cancel_asked.discard(job_id)
             self._processes.pop(job_id, None)
             self._watchers.pop(job_id, None)
@@ -218,11 +256,15 @@ class JobManager:
     def _check_workdir_free(self, workdir: Optional[str], job_id: str) -> None:
         if workdir is None:
             return
-        other = self._db.execute("SELECT id FROM jobs WHERE state = 'running' AND workdir = ? AND id != ?",
-                                 (workdir, job_id)).fetchone()
+        other = self._db.execute(
+            "SELECT id FROM jobs WHERE state = 'running' AND workdir = ? AND id != ?", (workdir, job_id)
+        ).fetchone()
         if other is not None:
-            raise ApiError(409, f"run folder {workdir!r} is in use by running job {other['id']!r}; cancel it "
-                                "or choose another name", code="workdir_in_use")
+            raise ApiError(
+                409,
+                f"run folder {workdir!r} is in use by running job {other['id']!r}; cancel it or choose another name",
+                code="workdir_in_use",
+            )
 
     def _row(self, job_id: str, kind: Optional[str]) -> sqlite3.Row:
         with self._lock:
@@ -232,16 +274,26 @@ class JobManager:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None or (kind is not None and row["kind"] != kind):
             what = f"{kind} job" if kind else "job"
-            raise ApiError(404, f"no {what} with id {job_id!r}", type="not_found_error", param="id",
-                           code="job_not_found")
+            raise ApiError(
+                404, f"no {what} with id {job_id!r}", type="not_found_error", param="id", code="job_not_found"
+            )
         return row
 
 
 def _public(row: sqlite3.Row) -> dict[str, Any]:
-    return {"id": row["id"], "object": f"{row['kind']}.job", "state": row["state"], "created": row["created"],
-            "started": row["started"], "finished": row["finished"], "workdir": row["workdir"],
-            "exit_code": row["exit_code"], "error": row["error"], "request": json.loads(row["request"]),
-            "result": None if row["result"] is None else json.loads(row["result"])}
+    return {
+        "id": row["id"],
+        "object": f"{row['kind']}.job",
+        "state": row["state"],
+        "created": row["created"],
+        "started": row["started"],
+        "finished": row["finished"],
+        "workdir": row["workdir"],
+        "exit_code": row["exit_code"],
+        "error": row["error"],
+        "request": json.loads(row["request"]),
+        "result": None if row["result"] is None else json.loads(row["result"]),
+    }
 
 
 def _child_env() -> dict[str, str]:

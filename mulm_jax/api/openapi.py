@@ -40,24 +40,38 @@ class Operation:
 UNDECLARED = Operation(None, (200,), None, ("application/json",), (), {})  # a route without @endpoint: 200, JSON
 
 
-def endpoint(*, body: Optional[type[ApiModel]] = None, status: int | tuple[int, ...] = 200,
-             response: Optional[type[BaseModel]] = None, media_types: Iterable[str] = ("application/json",),
-             errors: Iterable[int] = (), params: Optional[dict[str, str]] = None) -> Callable:
+def endpoint(
+    *,
+    body: Optional[type[ApiModel]] = None,
+    status: int | tuple[int, ...] = 200,
+    response: Optional[type[BaseModel]] = None,
+    media_types: Iterable[str] = ("application/json",),
+    errors: Iterable[int] = (),
+    params: Optional[dict[str, str]] = None,
+) -> Callable:
     """Declare a route's contract: its request `body`, the `status` (or statuses) it answers with a `response` body
     of `media_types`, the `errors` it can answer (with an ErrorBody), and the patterns its path `params` must match.
     With `body`, the endpoint is called as `endpoint(request, body)` with the request's JSON validated as that model
     (400 naming the field, 413 past the server's body limit)."""
-    operation = Operation(body, (status,) if isinstance(status, int) else status, response, tuple(media_types),
-                          tuple(errors), params or {})
+    operation = Operation(
+        body,
+        (status,) if isinstance(status, int) else status,
+        response,
+        tuple(media_types),
+        tuple(errors),
+        params or {},
+    )
 
     def declare(fn: Callable) -> Callable:
         if body is None:
             wrapped = fn
         else:
+
             @functools.wraps(fn)
             async def wrapped(request: Request) -> Any:
                 data = await read_json(request, request.app.state.ctx.settings.max_body_bytes)
                 return await fn(request, validate(body, data))
+
         wrapped.__openapi__ = operation
         return wrapped
 
@@ -73,8 +87,12 @@ def describe(routes: list[BaseRoute], *, title: str, version: str, secured: bool
     for info in BaseSchemaGenerator().get_endpoints(routes):
         operation = _operation(info.path, info.func, components, secured)
         paths.setdefault(info.path, {})[info.http_method] = operation
-    document = {"openapi": "3.1.0", "info": {"title": title, "version": version}, "paths": paths,
-                "components": {"schemas": dict(sorted(components.items()))}}
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {"schemas": dict(sorted(components.items()))},
+    }
     if secured:
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         document["security"] = [{"bearer": []}]
@@ -89,17 +107,33 @@ def _operation(path: str, func: Callable, components: dict, secured: bool) -> di
         operation["description"] = " ".join(description.split())
     params = [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
     if params:
-        operation["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {
-            "type": "string", **({"pattern": declared.params[p]} if p in declared.params else {})}} for p in params]
+        operation["parameters"] = [
+            {
+                "name": p,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", **({"pattern": declared.params[p]} if p in declared.params else {})},
+            }
+            for p in params
+        ]
     if declared.body is not None:
-        operation["requestBody"] = {"required": True, "content": {"application/json": {
-            "schema": _nullable_optionals(_schema(declared.body, components, "validation"), components)}}}
-    success = {"schema": {"$ref": REF.format(model=_add(declared.response, components))}} if declared.response \
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": _nullable_optionals(_schema(declared.body, components, "validation"), components)
+                }
+            },
+        }
+    success = {"schema": {"$ref": REF.format(model=_add(declared.response, components))}} if declared.response else {}
+    content = (
+        {"content": {m: success if m == "application/json" else {} for m in declared.media_types}}
+        if declared.media_types
         else {}
-    content = {"content": {m: success if m == "application/json" else {} for m in declared.media_types}} \
-        if declared.media_types else {}
-    responses = {str(status): {"description": http.HTTPStatus(status).phrase, **content}
-                 for status in declared.statuses}
+    )
+    responses = {
+        str(status): {"description": http.HTTPStatus(status).phrase, **content} for status in declared.statuses
+    }
     errors = set(declared.errors)
     if declared.body is not None:
         errors |= {400, 413}
@@ -108,8 +142,10 @@ def _operation(path: str, func: Callable, components: dict, secured: bool) -> di
     if path not in PUBLIC_PATHS:
         errors.add(429)
     for status in sorted(errors):
-        responses[str(status)] = {"description": http.HTTPStatus(status).phrase, "content": {
-            "application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}}}
+        responses[str(status)] = {
+            "description": http.HTTPStatus(status).phrase,
+            "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}},
+        }
     operation["responses"] = responses
     if secured and not needs_key(path):
         operation["security"] = []

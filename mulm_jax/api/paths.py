@@ -27,8 +27,13 @@ def confine(path: str, roots: Iterable[str | Path], *, param: str) -> Path:
     if not isinstance(path, str) or not path or "\x00" in path:
         raise ApiError(400, f"{param}={path!r} is not a path", param=param, code="invalid_value")
     if not roots:
-        raise ApiError(403, f"{param}: this server allows no paths here", type="permission_error", param=param,
-                       code="path_not_allowed")
+        raise ApiError(
+            403,
+            f"{param}: this server allows no paths here",
+            type="permission_error",
+            param=param,
+            code="path_not_allowed",
+        )
     given = Path(path).expanduser()
     resolved = (given if given.is_absolute() else roots[0] / given).resolve()
     if not _inside(resolved, roots):
@@ -51,8 +56,9 @@ def confine_source(source: str, roots: Iterable[str | Path], *, param: str) -> s
     for file in files:
         real = file.resolve()
         if not _inside(real, roots):
-            raise _outside(f"{param}={source!r} reads {str(file)!r}, a link to {str(real)!r}, which is outside",
-                           roots, param)
+            raise _outside(
+                f"{param}={source!r} reads {str(file)!r}, a link to {str(real)!r}, which is outside", roots, param
+            )
     return spec
 
 
@@ -61,15 +67,25 @@ def _inside(resolved: Path, roots: list[Path]) -> bool:
 
 
 def _outside(what: str, roots: list[Path], param: str) -> ApiError:
-    return ApiError(403, f"{what} the folders this server may use ({', '.join(str(r) for r in roots)})",
-                    type="permission_error", param=param, code="path_not_allowed")
+    return ApiError(
+        403,
+        f"{what} the folders this server may use ({', '.join(str(r) for r in roots)})",
+        type="permission_error",
+        param=param,
+        code="path_not_allowed",
+    )
 
 
 def plain_name(value: str, param: str) -> str:
     """`value` when it names a folder or file directly (no separators, no `..`, not hidden); else 400."""
     if not _PLAIN_NAME.fullmatch(value):
-        raise ApiError(400, f"{param}={value!r} is not a plain name: expected letters, digits, '.', '_' or '-', "
-                            "starting with a letter or digit", param=param, code="invalid_value")
+        raise ApiError(
+            400,
+            f"{param}={value!r} is not a plain name: expected letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            param=param,
+            code="invalid_value",
+        )
     return value
 
 
@@ -77,6 +93,11 @@ def version_folder(settings: ServeConfig, version: str, param: str) -> Path:
     """The folder of an assembled data set version in `settings.datasets_dir`; 404 when there is none."""
     folder = Path(settings.datasets_dir).resolve() / plain_name(version, param)
     if not (folder / MANIFEST).is_file():
-        raise ApiError(404, f"no data set version {version!r} in the data set folder", type="not_found_error",
-                       param=param, code="dataset_not_found")
+        raise ApiError(
+            404,
+            f"no data set version {version!r} in the data set folder",
+            type="not_found_error",
+            param=param,
+            code="dataset_not_found",
+        )
     return folder

@@ -58,8 +58,9 @@ class RateLimiter:
             if wait == 0:
                 bucket.charge(1, self.clock())
         if wait:
-            raise _too_many(f"rate limit of {self.requests_per_minute} requests per minute reached", wait,
-                            "requests_per_minute")
+            raise _too_many(
+                f"rate limit of {self.requests_per_minute} requests per minute reached", wait, "requests_per_minute"
+            )
 
     def admit_generation(self, client: str) -> None:
         """Raise 429 while the caller's generated-token bucket is empty (it refills over the minute)."""
@@ -68,8 +69,9 @@ class RateLimiter:
         with self._lock:
             wait = self._bucket(self._tokens, client, self.tokens_per_minute).wait_for(1, self.clock())
         if wait:
-            raise _too_many(f"rate limit of {self.tokens_per_minute} generated tokens per minute reached", wait,
-                            "tokens_per_minute")
+            raise _too_many(
+                f"rate limit of {self.tokens_per_minute} generated tokens per minute reached", wait, "tokens_per_minute"
+            )
 
     def charge_tokens(self, client: str, tokens: int) -> None:
         if self.tokens_per_minute and tokens:
@@ -79,8 +81,13 @@ class RateLimiter:
 
 def _too_many(message: str, wait: float, code: str) -> ApiError:
     seconds = max(1, math.ceil(wait))
-    return ApiError(429, f"{message}; retry in {seconds} s", type="rate_limit_error", code=code,
-                    headers={"Retry-After": str(seconds)})
+    return ApiError(
+        429,
+        f"{message}; retry in {seconds} s",
+        type="rate_limit_error",
+        code=code,
+        headers={"Retry-After": str(seconds)},
+    )
 
 
 class RequestRateMiddleware:

@@ -62,10 +62,18 @@ class ServedModel:
 
     def describe(self) -> ModelCard:
         cfg = self.loaded.config.model
-        return ModelCard(id=self.id, created=self.created, state="ready", run_dir=str(self.loaded.run_dir),
-                         step=self.loaded.step, context_length=cfg.max_seq_len, architecture=cfg.architecture,
-                         vocab_size=cfg.vocab_size, tokenizer_vocab_size=self.loaded.tokenizer.vocab_size,
-                         parameters=sum(int(leaf.size) for leaf in jax.tree.leaves(self.loaded.params)))
+        return ModelCard(
+            id=self.id,
+            created=self.created,
+            state="ready",
+            run_dir=str(self.loaded.run_dir),
+            step=self.loaded.step,
+            context_length=cfg.max_seq_len,
+            architecture=cfg.architecture,
+            vocab_size=cfg.vocab_size,
+            tokenizer_vocab_size=self.loaded.tokenizer.vocab_size,
+            parameters=sum(int(leaf.size) for leaf in jax.tree.leaves(self.loaded.params)),
+        )
 
     def encode(self, value: str | Sequence[int], param: str, *, prompt: bool = False) -> list[int]:
         """Token ids of a text as the tokenizer reads it or, with `prompt`, of a generation prompt as the engine
@@ -191,8 +199,9 @@ class ModelRegistry:
             raise ApiError(400, str(e), param="run_dir", code="invalid_run") from None
         with self._lock:
             self._loading[model_id].state = "compiling"
-        engine = self.make_engine(loaded, slots=self.settings.slots, max_queue=self.settings.max_queue,
-                                  int8=self.settings.int8)
+        engine = self.make_engine(
+            loaded, slots=self.settings.slots, max_queue=self.settings.max_queue, int8=self.settings.int8
+        )
         phases.mark("weights to the device", engine.params)
         engine.warmup()
         phases.mark(f"warm-up ({engine.stats().compilations} compilations)")
@@ -209,13 +218,23 @@ class ModelRegistry:
             served, loading = self._models.get(model_id), self._loading.get(model_id)
             known = sorted(self._models)
         if loading is not None:
-            raise ApiError(503, f"model {model_id!r} is still {loading.state} ({time.time() - loading.since:.0f} s "
-                                f"so far); retry in a few seconds", type="server_error", param="model",
-                           code="model_loading", headers={"Retry-After": str(RETRY_AFTER_S)})
+            raise ApiError(
+                503,
+                f"model {model_id!r} is still {loading.state} ({time.time() - loading.since:.0f} s "
+                f"so far); retry in a few seconds",
+                type="server_error",
+                param="model",
+                code="model_loading",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         if served is None:
-            raise ApiError(404, f"model {model_id!r} is not served here; served models: "
-                                f"{', '.join(known) or 'none'}", type="not_found_error", param="model",
-                           code="model_not_found")
+            raise ApiError(
+                404,
+                f"model {model_id!r} is not served here; served models: {', '.join(known) or 'none'}",
+                type="not_found_error",
+                param="model",
+                code="model_not_found",
+            )
         return served
 
     def all(self) -> list[ServedModel]:

@@ -6,8 +6,16 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, ClassVar, Iterable, TypeVar, Union
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WrapValidator, create_model,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WrapValidator,
+    create_model,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from starlette.requests import Request
 
@@ -37,6 +45,7 @@ def _whole_number(value: Any) -> Any:
 
 def one_of(expected: str) -> WrapValidator:
     """Validation of a union (or any type) whose failure is one error: `expected ...`, instead of one per branch."""
+
     def validate(value: Any, handler: Any) -> Any:
         try:
             return handler(value)
@@ -62,19 +71,31 @@ class ConfigBody(ApiModel):
         values = {}
         for option in self.options:
             value = getattr(self, option.public)
-            values[option.name] = tuple(value if isinstance(value, (list, tuple)) else [value]) if option.many else value
+            values[option.name] = (
+                tuple(value if isinstance(value, (list, tuple)) else [value]) if option.many else value
+            )
         return values
 
 
-def config_body(name: str, cls: type, *, doc: str, exclude: Iterable[str] = (),
-                required: Iterable[str] = ()) -> type[ConfigBody]:
+def config_body(
+    name: str, cls: type, *, doc: str, exclude: Iterable[str] = (), required: Iterable[str] = ()
+) -> type[ConfigBody]:
     """The request body of config dataclass `cls`'s fields (config_schema.options), each under its public name with
     its type, default, bounds and help as `description`: a Literal as an enum, a string non-empty, a tuple as one
     value or a non-empty array of them. The fields named in `required` have no default."""
     fields = tuple(options(cls, exclude))
-    model = create_model(name, __base__=ConfigBody, __doc__=doc, **{
-        option.public: (_body_type(option), Field(... if option.name in required else option.default,
-                                                  description=option.help)) for option in fields})
+    model = create_model(
+        name,
+        __base__=ConfigBody,
+        __doc__=doc,
+        **{
+            option.public: (
+                _body_type(option),
+                Field(... if option.name in required else option.default, description=option.help),
+            )
+            for option in fields
+        },
+    )
     model.options = fields
     return model
 
@@ -87,8 +108,10 @@ def _body_type(option: Option) -> Any:
         item = Annotated[item, Field(min_length=1)]
     if not option.many:
         return item
-    return Annotated[Union[item, Annotated[list[item], Field(min_length=1)]],
-                     one_of(f"one {option.public} or a non-empty array of them")]
+    return Annotated[
+        Union[item, Annotated[list[item], Field(min_length=1)]],
+        one_of(f"one {option.public} or a non-empty array of them"),
+    ]
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:

@@ -38,6 +38,7 @@ class EventStream(Response):
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         try:
             async with anyio.create_task_group() as group:
+
                 async def cancel_on_disconnect() -> None:
                     await until_disconnect(receive)
                     group.cancel_scope.cancel()

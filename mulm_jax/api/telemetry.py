@@ -45,8 +45,9 @@ class Counter:
 
 
 class Histogram:
-    def __init__(self, name: str, help: str, labels: tuple[str, ...] = (),
-                 buckets: tuple[float, ...] = LATENCY_BUCKETS):
+    def __init__(
+        self, name: str, help: str, labels: tuple[str, ...] = (), buckets: tuple[float, ...] = LATENCY_BUCKETS
+    ):
         self.name, self.help, self.label_names, self.buckets = name, help, labels, buckets
         self._series: dict[tuple[str, ...], list] = {}  # labels -> [counts per bucket..., +Inf count, sum]
         self._lock = threading.Lock()
@@ -74,8 +75,7 @@ class Histogram:
 class Collected:
     """Values read from their owner when metrics are scraped: `collect()` returns {labels tuple: value}."""
 
-    def __init__(self, name: str, help: str, labels: tuple[str, ...], collect: Callable[[], dict],
-                 kind: str = "gauge"):
+    def __init__(self, name: str, help: str, labels: tuple[str, ...], collect: Callable[[], dict], kind: str = "gauge"):
         self.name, self.help, self.label_names, self.collect, self.kind = name, help, labels, collect, kind
 
     def render(self) -> Iterable[str]:
@@ -87,17 +87,22 @@ class Collected:
 
 class Metrics:
     def __init__(self) -> None:
-        self.requests = Counter("mulm_http_requests_total", "HTTP requests by route, method and status.",
-                                ("route", "method", "status"))
-        self.latency = Histogram("mulm_http_request_duration_seconds",
-                                 "Time from request to the end of the response (streams: to their last byte).",
-                                 ("route",))
-        self.time_to_first_token = Histogram("mulm_time_to_first_token_seconds",
-                                             "Time from submission to the first generated token.", ("model",))
+        self.requests = Counter(
+            "mulm_http_requests_total", "HTTP requests by route, method and status.", ("route", "method", "status")
+        )
+        self.latency = Histogram(
+            "mulm_http_request_duration_seconds",
+            "Time from request to the end of the response (streams: to their last byte).",
+            ("route",),
+        )
+        self.time_to_first_token = Histogram(
+            "mulm_time_to_first_token_seconds", "Time from submission to the first generated token.", ("model",)
+        )
         self.metrics: list = [self.requests, self.latency, self.time_to_first_token]
 
-    def add_collected(self, name: str, help: str, labels: tuple[str, ...], collect: Callable[[], dict],
-                      kind: str = "gauge") -> None:
+    def add_collected(
+        self, name: str, help: str, labels: tuple[str, ...], collect: Callable[[], dict], kind: str = "gauge"
+    ) -> None:
         self.metrics.append(Collected(name, help, labels, collect, kind))
 
     def render(self) -> str:
@@ -142,7 +147,16 @@ class TelemetryMiddleware:
             self.metrics.requests.inc(route, scope["method"], str(status[0]))
             self.metrics.latency.observe(elapsed, route)
             client = scope.get("client")
-            access_log.info(json.dumps({
-                "method": scope["method"], "path": scope["path"], "route": route, "status": status[0],
-                "duration_ms": round(elapsed * 1000, 2), "client": client[0] if client else None,
-                "key": scope.get("state", {}).get("client_id")}))
+            access_log.info(
+                json.dumps(
+                    {
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "route": route,
+                        "status": status[0],
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "client": client[0] if client else None,
+                        "key": scope.get("state", {}).get("client_id"),
+                    }
+                )
+            )

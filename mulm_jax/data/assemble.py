@@ -21,8 +21,17 @@ from mulm_jax.data.clean import CleanOptions, clean_documents, split_documents
 from mulm_jax.data import passkey
 from mulm_jax.data.dedup import dedup
 from mulm_jax.data.errors import DataError
-from mulm_jax.data.pairs import FIELDS, Pair, PairArrays, PairReader, data_kind, decoder_start_id, encode_pair, \
-    fit_problem, template_identity
+from mulm_jax.data.pairs import (
+    FIELDS,
+    Pair,
+    PairArrays,
+    PairReader,
+    data_kind,
+    decoder_start_id,
+    encode_pair,
+    fit_problem,
+    template_identity,
+)
 from mulm_jax.data.sources import DEFAULT_SHARE, Source, read_records, read_texts, resolve_source
 from mulm_jax.data.tasks import TASKS
 from mulm_jax.data.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer
@@ -65,8 +74,10 @@ def assemble(cfg: DataConfig) -> Assembled:
     kept = [d for d, k in zip(docs, keep) if k]
     splits = _split(kept + _generated_documents(sources, kept), sources, cfg.val_fraction)
     if not splits["train"]:
-        raise DataError(f"no documents left for training after cleaning and dedup: read {stats['read']} from "
-                        f"{', '.join(cfg.sources)}, removed {dict(stats['removed'])}")
+        raise DataError(
+            f"no documents left for training after cleaning and dedup: read {stats['read']} from "
+            f"{', '.join(cfg.sources)}, removed {dict(stats['removed'])}"
+        )
     texts = {split: [d.text for d in splits[split]] for split in SPLITS}
     tokenizer = given or _train_tokenizer(cfg, texts["train"], texts["val"])
     if any(s.generated for s in sources):
@@ -86,8 +97,15 @@ def assemble(cfg: DataConfig) -> Assembled:
     return Assembled(final, read_manifest(final), reused)
 
 
-def _assemble_pairs(cfg: DataConfig, version: str, final: Path, sources: list[Source], given: Tokenizer | None,
-                    kind: str, template: object) -> Assembled:
+def _assemble_pairs(
+    cfg: DataConfig,
+    version: str,
+    final: Path,
+    sources: list[Source],
+    given: Tokenizer | None,
+    kind: str,
+    template: object,
+) -> Assembled:
     """assemble() for sources of pairs: read and check -> clean -> dedup whole pairs -> split -> tokenizer ->
     examples (tokens, loss mask, offsets, origins) + manifest."""
     pairs, stats, files = _read_pairs(sources, cfg, kind, template)
@@ -95,26 +113,46 @@ def _assemble_pairs(cfg: DataConfig, version: str, final: Path, sources: list[So
     stats["removed"].update(removed)
     splits = _split_pairs([p for p, k in zip(pairs, keep) if k], sources, cfg.val_fraction)
     if not splits["train"]:
-        raise DataError(f"no pairs left for training after cleaning and dedup: read {stats['read']} from "
-                        f"{', '.join(cfg.sources)}, removed {dict(stats['removed'])}")
+        raise DataError(
+            f"no pairs left for training after cleaning and dedup: read {stats['read']} from "
+            f"{', '.join(cfg.sources)}, removed {dict(stats['removed'])}"
+        )
     texts = {split: [text for p in splits[split] for text, _ in p.parts] for split in SPLITS}
     tokenizer = given or _train_tokenizer(cfg, texts["train"], texts["val"])
-    arrays = {split: PairArrays.build([_encoded(tokenizer, p, kind, files) for p in splits[split]], splits[split])
-              for split in SPLITS}
+    arrays = {
+        split: PairArrays.build([_encoded(tokenizer, p, kind, files) for p in splits[split]], splits[split])
+        for split in SPLITS
+    }
     manifest = _manifest(cfg, version, sources, splits, stats, tokenizer, {s: a.tokens for s, a in arrays.items()})
-    manifest["files"] = {**PairArrays.file_names("train"), **PairArrays.file_names("val"),
-                         "tokenizer": tokenizer.file_name}
-    manifest.update(kind=kind, pairs={
-        "fields": list(FIELDS[kind]), "files": files, "decoder_start_id": decoder_start_id(tokenizer),
-        **{f"{split}_examples": arrays[split].count for split in SPLITS},
-        **{f"{split}_loss_tokens": int(arrays[split].mask.sum()) for split in SPLITS},
-        "longest": {split: _longest(arrays[split]) for split in SPLITS}})
+    manifest["files"] = {
+        **PairArrays.file_names("train"),
+        **PairArrays.file_names("val"),
+        "tokenizer": tokenizer.file_name,
+    }
+    manifest.update(
+        kind=kind,
+        pairs={
+            "fields": list(FIELDS[kind]),
+            "files": files,
+            "decoder_start_id": decoder_start_id(tokenizer),
+            **{f"{split}_examples": arrays[split].count for split in SPLITS},
+            **{f"{split}_loss_tokens": int(arrays[split].mask.sum()) for split in SPLITS},
+            "longest": {split: _longest(arrays[split]) for split in SPLITS},
+        },
+    )
     if template is not None:
         manifest["chat_template"] = template_identity(template)
     if cfg.seq_len is not None:  # assembled for an encoder-decoder (seq2seq) or a decoder (the others)
         for split in SPLITS:
-            problem = fit_problem(arrays[split], kind, files, seq_len=cfg.seq_len, seq_len_name="data.seq_len",
-                                  source_len=cfg.seq_len if kind == "seq2seq" else None, source_len_name="data.seq_len")
+            problem = fit_problem(
+                arrays[split],
+                kind,
+                files,
+                seq_len=cfg.seq_len,
+                seq_len_name="data.seq_len",
+                source_len=cfg.seq_len if kind == "seq2seq" else None,
+                source_len_name="data.seq_len",
+            )
             if problem:
                 raise DataError(problem)
 
@@ -148,8 +186,9 @@ def _chat_template(cfg: DataConfig) -> object:
     return ChatTemplate.load(folder if folder.is_dir() else None)
 
 
-def _read_pairs(sources: list[Source], cfg: DataConfig, kind: str, template: object
-                ) -> tuple[list[Pair], dict, list[str]]:
+def _read_pairs(
+    sources: list[Source], cfg: DataConfig, kind: str, template: object
+) -> tuple[list[Pair], dict, list[str]]:
     """Every source's pairs, checked and cleaned; the reading stats; the names of the files they came from."""
     reader = PairReader(kind, CleanOptions(cfg.fold_whitespace, cfg.min_doc_chars, cfg.max_doc_chars), template)
     stats = {"read": 0, "invalid_utf8_replaced": 0, "removed": reader.removed, "chars": reader.chars}
@@ -169,8 +208,9 @@ def _read_pairs(sources: list[Source], cfg: DataConfig, kind: str, template: obj
         for name, records, trained in read:
             files.append(name)
             for j, (line, record) in enumerate(records):
-                pair = reader.pair(record, f"{name}:{line}", source=i, file=len(files) - 1, line=line,
-                                   held_out=j >= trained)
+                pair = reader.pair(
+                    record, f"{name}:{line}", source=i, file=len(files) - 1, line=line, held_out=j >= trained
+                )
                 if pair is not None:
                     pairs.append(pair)
             stats["read"] += len(records)
@@ -195,27 +235,46 @@ def _split_pairs(pairs: list[Pair], sources: list[Source], val_fraction: float) 
 def _longest(arrays: PairArrays) -> dict[str, int]:
     """The longest example of a split in tokens, and its longest untrained start (a source, a prompt)."""
     total, untrained = arrays.lengths()
-    return {"example": int(total.max(initial=0)), "untrained": int(untrained.max(initial=0)),
-            "trained": int((total - untrained).max(initial=0))}
+    return {
+        "example": int(total.max(initial=0)),
+        "untrained": int(untrained.max(initial=0)),
+        "trained": int((total - untrained).max(initial=0)),
+    }
 
 
-def _manifest(cfg: DataConfig, version: str, sources: list[Source], splits: dict[str, list[_Doc]], stats: dict,
-              tokenizer: Tokenizer, tokens: dict[str, np.ndarray]) -> dict:
+def _manifest(
+    cfg: DataConfig,
+    version: str,
+    sources: list[Source],
+    splits: dict[str, list[_Doc]],
+    stats: dict,
+    tokenizer: Tokenizer,
+    tokens: dict[str, np.ndarray],
+) -> dict:
     """What the version holds and how it was made; only counts and checksums, so equal inputs give equal files."""
     manifest = {
         "format": FORMAT,
         "version": version,
         "kind": "text",
-        "sources": [dict(s.describe(), documents={split: sum(d.source == i for d in splits[split])
-                                                  for split in SPLITS})
-                    for i, s in enumerate(sources)],
+        "sources": [
+            dict(s.describe(), documents={split: sum(d.source == i for d in splits[split]) for split in SPLITS})
+            for i, s in enumerate(sources)
+        ],
         "settings": _settings(cfg),
-        "tokenizer": dict(tokenizer.describe(), kind=_tokenizer_kind(cfg), source=cfg.tokenizer,
-                          sha256=hashlib.sha256(tokenizer.serialize()).hexdigest()),
+        "tokenizer": dict(
+            tokenizer.describe(),
+            kind=_tokenizer_kind(cfg),
+            source=cfg.tokenizer,
+            sha256=hashlib.sha256(tokenizer.serialize()).hexdigest(),
+        ),
         "vocab_size": tokenizer.vocab_size,
         "dtype": "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32",
-        "documents": {"read": stats["read"], "train": len(splits["train"]), "val": len(splits["val"]),
-                      "removed": _counts(stats["removed"])},
+        "documents": {
+            "read": stats["read"],
+            "train": len(splits["train"]),
+            "val": len(splits["val"]),
+            "removed": _counts(stats["removed"]),
+        },
         "characters": {"invalid_utf8_replaced": stats["invalid_utf8_replaced"], **_counts(stats["chars"])},
         "files": {"train": "train.bin", "val": "val.bin", "tokenizer": tokenizer.file_name},
     }
@@ -256,8 +315,11 @@ def list_versions(out_dir: str | Path) -> list[dict]:
     out = Path(out_dir)
     if not out.is_dir():
         raise DataError(f"data set folder {str(out)!r} does not exist")
-    return [read_manifest(p) for p in sorted(out.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()]
+    return [
+        read_manifest(p)
+        for p in sorted(out.iterdir())
+        if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+    ]
 
 
 def find_version(cfg: DataConfig) -> Path | None:
@@ -320,8 +382,10 @@ def check_settings(cfg: DataConfig) -> None:
     if trained_sp and cfg.vocab_size is None:
         raise DataError(f"tokenizer {cfg.tokenizer!r} needs vocab_size (--vocab-size)")
     if not trained_sp and cfg.vocab_size is not None:
-        raise DataError(f"vocab_size={cfg.vocab_size} applies only to the bpe and unigram tokenizers, "
-                        f"not to {cfg.tokenizer!r}, whose vocabulary is fixed by its data or model")
+        raise DataError(
+            f"vocab_size={cfg.vocab_size} applies only to the bpe and unigram tokenizers, "
+            f"not to {cfg.tokenizer!r}, whose vocabulary is fixed by its data or model"
+        )
 
 
 def _given_tokenizer(cfg: DataConfig) -> Tokenizer | None:
@@ -334,8 +398,10 @@ def _given_tokenizer(cfg: DataConfig) -> Tokenizer | None:
         return Tokenizer.load(path)
     if path.suffix or os.sep in cfg.tokenizer:
         raise DataError(f"tokenizer file {cfg.tokenizer!r} does not exist")
-    raise DataError(f"unknown tokenizer {cfg.tokenizer!r}: expected {', '.join(TRAINED_TOKENIZERS)} "
-                    "or the path of a SentencePiece .model file or of a folder holding a tokenizer (a run)")
+    raise DataError(
+        f"unknown tokenizer {cfg.tokenizer!r}: expected {', '.join(TRAINED_TOKENIZERS)} "
+        "or the path of a SentencePiece .model file or of a folder holding a tokenizer (a run)"
+    )
 
 
 def _train_tokenizer(cfg: DataConfig, train: list[str], val: list[str]) -> Tokenizer:
@@ -370,8 +436,10 @@ def _generated_documents(sources: list[Source], docs: list[_Doc]) -> list[_Doc]:
         if not source.generated:
             continue
         if others == 0 and source.share is not None:
-            raise DataError(f"source {source.spec!r}: a share of the other sources' text, but they hold none; "
-                            f"give {source.generated!r} alone for {passkey.ALONE_CHARS:,} characters")
+            raise DataError(
+                f"source {source.spec!r}: a share of the other sources' text, but they hold none; "
+                f"give {source.generated!r} alone for {passkey.ALONE_CHARS:,} characters"
+            )
         share = DEFAULT_SHARE if source.share is None else source.share
         chars = round(others * share / (1 - share)) if others else passkey.ALONE_CHARS
         generated += [_Doc(text, i, False) for text in passkey.documents(chars, seed=i)]
@@ -424,8 +492,9 @@ def _pack(tokenizer: Tokenizer, texts: list[str], split: str) -> np.ndarray:
 def _check_fits(tokens: dict[str, np.ndarray], seq_len: int) -> None:
     for split, array in tokens.items():
         if array.size <= seq_len and (split == "train" or array.size > 0):  # an empty val split is allowed
-            raise DataError(f"the {split} split has {array.size} tokens, too few for one window of "
-                            f"seq_len + 1 = {seq_len + 1}")
+            raise DataError(
+                f"the {split} split has {array.size} tokens, too few for one window of seq_len + 1 = {seq_len + 1}"
+            )
 
 
 def _counts(counter: Counter) -> dict[str, int]:

@@ -23,10 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = DataConfig()
 
     asm = commands.add_parser(
-        "assemble", help="build a versioned data set from sources",
+        "assemble",
+        help="build a versioned data set from sources",
         description="Clean, dedup, split and tokenize sources into OUT/<version>/ (reused when it exists). "
-                    f"Named sources: {', '.join(f'{n} ({s.about})' for n, s in NAMED_SOURCES.items())}. "
-                    f"Generated: {', '.join(f'{n} ({about})' for n, about in GENERATED_SOURCES.items())}.")
+        f"Named sources: {', '.join(f'{n} ({s.about})' for n, s in NAMED_SOURCES.items())}. "
+        f"Generated: {', '.join(f'{n} ({about})' for n, about in GENERATED_SOURCES.items())}.",
+    )
     add_flags(asm, DataConfig, exclude=NOT_FLAGS)
     asm.add_argument("--json", action="store_true", help="print the manifest as the last line of stdout")
     add_config_arguments(asm)
@@ -37,9 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lst.add_argument("--json", action="store_true", help="print the manifests as one JSON list")
     lst.set_defaults(func=run_list)
 
-    show = commands.add_parser("show", help="a data set of pairs' examples with their loss mask",
-                               description="Print examples of a pairs data set, each token's text with the trained "
-                                           "ones (the loss mask) in [brackets] and the end token as <eos>.")
+    show = commands.add_parser(
+        "show",
+        help="a data set of pairs' examples with their loss mask",
+        description="Print examples of a pairs data set, each token's text with the trained "
+        "ones (the loss mask) in [brackets] and the end token as <eos>.",
+    )
     show.add_argument("dataset", metavar="VERSION_DIR", help="an assembled version folder")
     show.add_argument("--split", default="train", choices=["train", "val"])
     show.add_argument("--start", type=int, default=0, metavar="I", help="the first example shown (default 0)")
@@ -60,9 +65,11 @@ def run_assemble(args: argparse.Namespace) -> int:
     m = result.manifest
     verb = "reused (cache hit)" if result.reused else "assembled"
     what = "documents" if m.get("kind", "text") == "text" else f"{m['kind']} pairs"
-    print(f"{verb} {result.path} in {time.perf_counter() - start:.1f} s: {m['tokenizer']['kind']} vocab "
-          f"{m['vocab_size']}, train {m['train_tokens']:,} tokens, val {m['val_tokens']:,} tokens, "
-          f"{m['documents']['train']} + {m['documents']['val']} {what}")
+    print(
+        f"{verb} {result.path} in {time.perf_counter() - start:.1f} s: {m['tokenizer']['kind']} vocab "
+        f"{m['vocab_size']}, train {m['train_tokens']:,} tokens, val {m['val_tokens']:,} tokens, "
+        f"{m['documents']['train']} + {m['documents']['val']} {what}"
+    )
     if args.json:
         print(json.dumps(m, sort_keys=True, ensure_ascii=False))
     return 0
@@ -77,8 +84,10 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"no data sets in {args.out}")
     for m in manifests:
         sources = ", ".join(s["spec"] for s in m["sources"])
-        print(f"{m['version']}  {m['tokenizer']['kind']:<19} vocab {m['vocab_size']:>6}  "
-              f"train {m['train_tokens']:>11,}  val {m['val_tokens']:>10,}  {sources}")
+        print(
+            f"{m['version']}  {m['tokenizer']['kind']:<19} vocab {m['vocab_size']:>6}  "
+            f"train {m['train_tokens']:>11,}  val {m['val_tokens']:>10,}  {sources}"
+        )
     return 0
 
 

@@ -30,7 +30,7 @@ def shingle_hashes(text: str, k: int = SHINGLE_WORDS) -> np.ndarray:
     k = min(k, len(w))
     h = np.zeros(len(w) - k + 1, dtype=np.uint64)
     for j in range(k):  # polynomial rolling combination, wrapping in uint64
-        h = h * np.uint64(1_000_003) + w[j:len(w) - k + 1 + j]
+        h = h * np.uint64(1_000_003) + w[j : len(w) - k + 1 + j]
     return (h >> np.uint64(32)) ^ (h & _MASK32)
 
 
@@ -48,7 +48,7 @@ def minhash(text: str, num_perm: int = NUM_PERM) -> np.ndarray:
     x = shingle_hashes(text)
     sig = np.full(num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
     for start in range(0, len(x), _CHUNK):
-        chunk = x[start:start + _CHUNK]
+        chunk = x[start : start + _CHUNK]
         values = ((a[:, None] * chunk[None, :] + b[:, None]) % _PRIME) & _MASK32  # [num_perm, chunk]
         sig = np.minimum(sig, values.min(axis=1))
     return sig
@@ -74,7 +74,7 @@ def near_duplicates(texts: list[str], threshold: float, num_perm: int = NUM_PERM
     sigs = np.stack([minhash(t, num_perm) for t in texts])
     duplicate = []
     for j, sig in enumerate(sigs):
-        keys = [sig[i * rows:(i + 1) * rows].tobytes() for i in range(bands)]
+        keys = [sig[i * rows : (i + 1) * rows].tobytes() for i in range(bands)]
         candidates = {i for band, key in zip(buckets, keys) for i in band.get(key, ())}
         dup = any(np.mean(sigs[i] == sig) >= threshold for i in candidates)
         duplicate.append(dup)

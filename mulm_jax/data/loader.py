@@ -55,9 +55,14 @@ def show_examples(dataset_dir: str | Path, split: str, start: int = 0, count: in
     for i in range(max(start, 0), min(start + count, arrays.count)):
         ids, mask = arrays.example(i)
         file, line = arrays.origin[i]
-        shown.append({"index": i, "file": manifest["pairs"]["files"][file], "line": int(line),
-                      "tokens": [{"id": int(t), "text": tokenizer.piece(int(t)), "loss": bool(m)}
-                                 for t, m in zip(ids, mask)]})
+        shown.append(
+            {
+                "index": i,
+                "file": manifest["pairs"]["files"][file],
+                "line": int(line),
+                "tokens": [{"id": int(t), "text": tokenizer.piece(int(t)), "loss": bool(m)} for t, m in zip(ids, mask)],
+            }
+        )
     return shown
 
 
@@ -84,8 +89,11 @@ class _PairRows:
 
     def __call__(self, index_B: np.ndarray) -> dict[str, np.ndarray]:
         B, T = len(index_B), self.T
-        batch = {"inputs": np.zeros((B, T), np.int32), "targets": np.zeros((B, T), np.int32),
-                 "loss_mask": np.zeros((B, T), bool)}
+        batch = {
+            "inputs": np.zeros((B, T), np.int32),
+            "targets": np.zeros((B, T), np.int32),
+            "loss_mask": np.zeros((B, T), bool),
+        }
         if self.S is not None:
             batch.update(source=np.zeros((B, self.S), np.int32), source_valid=np.zeros((B, self.S), bool))
         for b, i in enumerate(np.asarray(index_B).tolist()):
@@ -103,22 +111,28 @@ class _PairRows:
         return batch
 
 
-def batch_shapes(manifest: dict, batch_size: int, seq_len: int, source_len: Optional[int] = None
-                 ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def batch_shapes(
+    manifest: dict, batch_size: int, seq_len: int, source_len: Optional[int] = None
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """The arrays of the batches make_loader yields for a data set (its manifest): name -> (shape, dtype)."""
     B, T = batch_size, seq_len
     shapes = {"inputs": ((B, T), np.dtype(np.int32)), "targets": ((B, T), np.dtype(np.int32))}
     if manifest.get("kind", "text") != "text":
         shapes["loss_mask"] = ((B, T), np.dtype(bool))
         if source_len is not None:
-            shapes.update(source=((B, source_len), np.dtype(np.int32)),
-                          source_valid=((B, source_len), np.dtype(bool)))
+            shapes.update(source=((B, source_len), np.dtype(np.int32)), source_valid=((B, source_len), np.dtype(bool)))
     return shapes
 
 
-def check_examples_fit(dataset_dir: str | Path, seq_len: int, source_len: Optional[int] = None, *,
-                       splits: tuple[str, ...] = SPLITS, seq_len_name: str = "seq_len",
-                       source_len_name: str = "source_len") -> None:
+def check_examples_fit(
+    dataset_dir: str | Path,
+    seq_len: int,
+    source_len: Optional[int] = None,
+    *,
+    splits: tuple[str, ...] = SPLITS,
+    seq_len_name: str = "seq_len",
+    source_len_name: str = "source_len",
+) -> None:
     """For a data set of pairs, a DataError naming the first example (file, line, field) too long for rows of
     `seq_len` tokens (and, for an encoder-decoder, sources of `source_len`), or, for an encoder-decoder, one that
     is not one source and one target; nothing for text."""
@@ -129,11 +143,20 @@ def check_examples_fit(dataset_dir: str | Path, seq_len: int, source_len: Option
     for split in splits:
         arrays = load_pairs(dataset_dir, split)
         if source_len is not None and not arrays.single_boundary():
-            raise DataError(f"data set {dataset_dir} holds {kind} examples of several trained parts (chat "
-                            "conversations of more than one assistant turn): an encoder-decoder trains on one "
-                            "source and one target each; train a decoder on it")
-        problem = fit_problem(arrays, kind, manifest["pairs"]["files"], seq_len=seq_len, source_len=source_len,
-                              seq_len_name=seq_len_name, source_len_name=source_len_name)
+            raise DataError(
+                f"data set {dataset_dir} holds {kind} examples of several trained parts (chat "
+                "conversations of more than one assistant turn): an encoder-decoder trains on one "
+                "source and one target each; train a decoder on it"
+            )
+        problem = fit_problem(
+            arrays,
+            kind,
+            manifest["pairs"]["files"],
+            seq_len=seq_len,
+            source_len=source_len,
+            seq_len_name=seq_len_name,
+            source_len_name=source_len_name,
+        )
         if problem:
             raise DataError(f"data set {dataset_dir}: {problem}")
 
@@ -147,16 +170,28 @@ def window_starts(num_tokens: int, seq_len: int, seed: int, mode: Mode) -> grain
     """
     if mode == "random_windows":
         return grain.MapDataset.range(sys.maxsize).random_map(
-            lambda _, rng: rng.integers(num_tokens - seq_len), seed=seed)
+            lambda _, rng: rng.integers(num_tokens - seq_len), seed=seed
+        )
     if mode == "packed":
         num_windows = (num_tokens - 1) // seq_len
         return grain.MapDataset.range(num_windows).shuffle(seed=seed).repeat().map(lambda w: w * seq_len)
     raise DataError(f"loader mode {mode!r}: expected one of {', '.join(MODES)}")
 
 
-def make_loader(dataset_dir: str | Path, split: str, batch_size: int, seq_len: int, seed: int, *,
-                mode: Mode = "random_windows", shard_index: int | None = None, shard_count: int | None = None,
-                num_threads: int = 1, prefetch: int = 8, source_len: Optional[int] = None) -> grain.DatasetIterator:
+def make_loader(
+    dataset_dir: str | Path,
+    split: str,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    *,
+    mode: Mode = "random_windows",
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    num_threads: int = 1,
+    prefetch: int = 8,
+    source_len: Optional[int] = None,
+) -> grain.DatasetIterator:
     """An endless iterator of batches for this process: of text, {"inputs", "targets"} int32 [batch_size, seq_len];
     of pairs, each example once per epoch in an order shuffled afresh each epoch, padded as _PairRows says
     (`source_len` set: for an encoder-decoder). batch_shapes() gives the arrays.
@@ -171,8 +206,10 @@ def make_loader(dataset_dir: str | Path, split: str, batch_size: int, seq_len: i
     if batch_size < 1 or seq_len < 1:
         raise DataError(f"batch_size={batch_size} and seq_len={seq_len} must be positive")
     if tokens is not None and tokens.size < seq_len + 1:
-        raise DataError(f"the {split} split of {dataset_dir} has {tokens.size} tokens, too few for one window of "
-                        f"seq_len + 1 = {seq_len + 1}")
+        raise DataError(
+            f"the {split} split of {dataset_dir} has {tokens.size} tokens, too few for one window of "
+            f"seq_len + 1 = {seq_len + 1}"
+        )
     if pairs:
         arrays = load_pairs(dataset_dir, split)
         check_examples_fit(dataset_dir, seq_len, source_len, splits=(split,))
@@ -195,11 +232,29 @@ def make_loader(dataset_dir: str | Path, split: str, batch_size: int, seq_len: i
     return iter(ds.to_iter_dataset(read))
 
 
-def eval_batches(dataset_dir: str | Path, batch_size: int, seq_len: int, num_batches: int, *, split: str = "val",
-                 seed: int = 0, shard_index: int | None = None, shard_count: int | None = None,
-                 source_len: Optional[int] = None) -> list[dict[str, np.ndarray]]:
+def eval_batches(
+    dataset_dir: str | Path,
+    batch_size: int,
+    seq_len: int,
+    num_batches: int,
+    *,
+    split: str = "val",
+    seed: int = 0,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    source_len: Optional[int] = None,
+) -> list[dict[str, np.ndarray]]:
     """A fixed list of random-window batches (or of pairs): the same every call, so evaluations compare across a
     run."""
-    it = make_loader(dataset_dir, split, batch_size, seq_len, seed, shard_index=shard_index,
-                     shard_count=shard_count, num_threads=0, source_len=source_len)
+    it = make_loader(
+        dataset_dir,
+        split,
+        batch_size,
+        seq_len,
+        seed,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        num_threads=0,
+        source_len=source_len,
+    )
     return [next(it) for _ in range(num_batches)]

@@ -78,8 +78,9 @@ def data_kind(sources: list[Source], text_field: str) -> str:
     if len(set(kinds.values())) > 1:
         (a, kind_a), *others = kinds.items()
         b, kind_b = next((name, kind) for name, kind in others if kind != kind_a)
-        raise DataError(f"a data set holds one kind of data, but {a} holds {_kind_name(kind_a)} and {b} holds "
-                        f"{_kind_name(kind_b)}")
+        raise DataError(
+            f"a data set holds one kind of data, but {a} holds {_kind_name(kind_a)} and {b} holds {_kind_name(kind_b)}"
+        )
     return next(iter(kinds.values()), "text")
 
 
@@ -97,9 +98,11 @@ def template_identity(template: Any) -> str:
 def decoder_start_id(tokenizer: Tokenizer) -> int:
     """The id an encoder-decoder's decoder starts from (as fairseq's): the end-of-text id."""
     if tokenizer.eos_id is None:
-        raise DataError(f"the {tokenizer.kind} tokenizer has no end-of-text id: pairs need one to end each target "
-                        "(a char tokenizer has one when its data set joined several documents; a run trained on one "
-                        "document has none)")
+        raise DataError(
+            f"the {tokenizer.kind} tokenizer has no end-of-text id: pairs need one to end each target "
+            "(a char tokenizer has one when its data set joined several documents; a run trained on one "
+            "document has none)"
+        )
     return tokenizer.eos_id
 
 
@@ -115,12 +118,15 @@ class PairReader:
         """The record as a Pair (None: dropped by min_doc_chars / max_doc_chars)."""
         fields = FIELDS[self.kind]
         if not isinstance(record, dict):
-            raise DataError(f"{where}: a {self.kind} record is a JSON object with {_names(fields)}, not a "
-                            f"{type(record).__name__}")
+            raise DataError(
+                f"{where}: a {self.kind} record is a JSON object with {_names(fields)}, not a {type(record).__name__}"
+            )
         for name in fields:
             if name not in record:
-                raise DataError(f"{where}: no {name!r} field (a {self.kind} record has {_names(fields)}; found: "
-                                f"{', '.join(record) or 'none'})")
+                raise DataError(
+                    f"{where}: no {name!r} field (a {self.kind} record has {_names(fields)}; found: "
+                    f"{', '.join(record) or 'none'})"
+                )
         if self.kind == "chat":
             parts = self._chat(record["messages"], where)
         else:
@@ -142,13 +148,15 @@ class PairReader:
 
     def _chat(self, messages: Any, where: str) -> tuple[tuple[str, bool], ...]:
         if not isinstance(messages, list) or not messages:
-            raise DataError(f"{where}: field 'messages' is {'empty' if messages == [] else 'not a list'}: expected a "
-                            "list of {\"role\", \"content\"} objects")
+            raise DataError(
+                f"{where}: field 'messages' is {'empty' if messages == [] else 'not a list'}: expected a "
+                'list of {"role", "content"} objects'
+            )
         checked = []
         for i, m in enumerate(messages):
             name = f"messages[{i}]"
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise DataError(f"{where}: field {name!r} is not a {{\"role\", \"content\"}} object")
+                raise DataError(f'{where}: field {name!r} is not a {{"role", "content"}} object')
             if m["role"] not in ROLES:
                 raise DataError(f"{where}: field '{name}.role' is {m['role']!r}: expected one of {', '.join(ROLES)}")
             checked.append({"role": m["role"], "content": self._text(m["content"], where, f"{name}.content")})
@@ -170,11 +178,13 @@ def render_chat(template: Any, messages: list[dict], where: str) -> tuple[tuple[
             if message["role"] != "assistant":
                 continue
             prompt = template.render(messages[:k], add_generation_prompt=True)
-            whole = template.render(messages[:k + 1], add_generation_prompt=False)
+            whole = template.render(messages[: k + 1], add_generation_prompt=False)
             if not prompt.startswith(done) or not whole.startswith(prompt):
-                raise DataError(f"{where}: field 'messages[{k}]': the chat template does not render it as a "
-                                "continuation of the messages before it, so its tokens cannot be told apart")
-            parts += [(prompt[len(done):], False), (whole[len(prompt):], True)]
+                raise DataError(
+                    f"{where}: field 'messages[{k}]': the chat template does not render it as a "
+                    "continuation of the messages before it, so its tokens cannot be told apart"
+                )
+            parts += [(prompt[len(done) :], False), (whole[len(prompt) :], True)]
             done = whole
     except InferenceError as e:
         raise DataError(f"{where}: field 'messages': {e}") from None
@@ -203,8 +213,11 @@ def encode_pair(tokenizer: Tokenizer, pair: Pair, kind: str) -> tuple[np.ndarray
             ids_T, part_T = new, np.concatenate([part_T[:same], np.full(len(new) - same, i)])
     loss = np.array([pair.parts[i][1] for i in part_T], bool)
     # after the last token of each trained part, the end token, unless the part holds one (a template wrote it)
-    ends = [t + 1 for t in range(len(ids_T)) if loss[t] and (t + 1 == len(ids_T) or part_T[t + 1] != part_T[t])
-            and eos not in ids_T[part_T == part_T[t]]]
+    ends = [
+        t + 1
+        for t in range(len(ids_T))
+        if loss[t] and (t + 1 == len(ids_T) or part_T[t + 1] != part_T[t]) and eos not in ids_T[part_T == part_T[t]]
+    ]
     return np.insert(ids_T, ends, eos).astype(np.int32), np.insert(loss, ends, True)
 
 
@@ -222,10 +235,12 @@ class PairArrays:
     @classmethod
     def build(cls, examples: list[tuple[np.ndarray, np.ndarray]], pairs: list[Pair]) -> "PairArrays":
         lengths = [len(ids) for ids, _ in examples]
-        return cls(tokens=np.concatenate([np.zeros(0, np.int32)] + [ids for ids, _ in examples]),
-                   mask=np.concatenate([np.zeros(0, bool)] + [m for _, m in examples]),
-                   offsets=np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64),
-                   origin=np.array([(p.file, p.line) for p in pairs], np.int32).reshape(-1, 2))
+        return cls(
+            tokens=np.concatenate([np.zeros(0, np.int32)] + [ids for ids, _ in examples]),
+            mask=np.concatenate([np.zeros(0, bool)] + [m for _, m in examples]),
+            offsets=np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64),
+            origin=np.array([(p.file, p.line) for p in pairs], np.int32).reshape(-1, 2),
+        )
 
     @staticmethod
     def file_names(split: str) -> dict[str, str]:
@@ -240,9 +255,12 @@ class PairArrays:
     def load(cls, folder: Path, manifest: dict, split: str) -> "PairArrays":
         """The split's arrays, memory-mapped read-only; a DataError when a file is missing or of the wrong size."""
         files, count = manifest["files"], manifest["pairs"][f"{split}_examples"]
-        layout = [(f"{split}", manifest["dtype"], (manifest[f"{split}_tokens"],)),
-                  (f"{split}_mask", "uint8", (manifest[f"{split}_tokens"],)),
-                  (f"{split}_offsets", "int64", (count + 1,)), (f"{split}_origin", "int32", (count, 2))]
+        layout = [
+            (f"{split}", manifest["dtype"], (manifest[f"{split}_tokens"],)),
+            (f"{split}_mask", "uint8", (manifest[f"{split}_tokens"],)),
+            (f"{split}_offsets", "int64", (count + 1,)),
+            (f"{split}_origin", "int32", (count, 2)),
+        ]
         arrays = []
         for key, dtype, shape in layout:
             path = Path(folder) / files[key]
@@ -275,22 +293,45 @@ class PairArrays:
         return not self.count or bool(np.all(np.add.reduceat(self.mask, self.offsets[:-1]) == total - first))
 
 
-def fit_problem(arrays: PairArrays, kind: str, files: list[str], *, seq_len: int, source_len: Optional[int],
-                seq_len_name: str, source_len_name: str = "") -> Optional[str]:
+def fit_problem(
+    arrays: PairArrays,
+    kind: str,
+    files: list[str],
+    *,
+    seq_len: int,
+    source_len: Optional[int],
+    seq_len_name: str,
+    source_len_name: str = "",
+) -> Optional[str]:
     """What stops an example from being trained in rows of `seq_len` (and sources of `source_len`, for an
     encoder-decoder), naming the first such example's file (of `files`, the manifest's pair files), line and field;
     None when every one fits."""
     fields = FIELDS[kind]
     total, first = arrays.lengths()
     if source_len is not None:
-        checks = [(first, source_len, f"field {fields[0]!r} has {{n}} tokens, more than the encoder's "
-                                      f"{source_len} ({source_len_name})"),
-                  (total - first, seq_len, f"field {fields[-1]!r} has {{n}} tokens with its end token, more than the "
-                                           f"decoder's {seq_len} ({seq_len_name})")]
+        checks = [
+            (
+                first,
+                source_len,
+                f"field {fields[0]!r} has {{n}} tokens, more than the encoder's {source_len} ({source_len_name})",
+            ),
+            (
+                total - first,
+                seq_len,
+                f"field {fields[-1]!r} has {{n}} tokens with its end token, more than the "
+                f"decoder's {seq_len} ({seq_len_name})",
+            ),
+        ]
     else:
         named = " and ".join(repr(f) for f in fields)
-        checks = [(total - 1, seq_len, f"field{'s' * (len(fields) > 1)} {named} make {{n}} tokens to read (all but "
-                                       f"the last), more than {seq_len} ({seq_len_name})")]
+        checks = [
+            (
+                total - 1,
+                seq_len,
+                f"field{'s' * (len(fields) > 1)} {named} make {{n}} tokens to read (all but "
+                f"the last), more than {seq_len} ({seq_len_name})",
+            )
+        ]
     for lengths, limit, message in checks:
         too_long = np.flatnonzero(lengths > limit)
         if too_long.size:

@@ -64,4 +64,5 @@ def check_covers(tokenizer: Tokenizer, text: str = "".join(FILLER) + key_line(DI
         raise DataError(
             f"the tokenizer has no token for {', '.join(repr(c) for c in missing)}: passkey text needs the digits "
             "and the filler's characters; assemble the data set with the passkey source "
-            "(--source passkey, or mixed in: --source tinyshakespeare --source passkey:0.2)")
+            "(--source passkey, or mixed in: --source tinyshakespeare --source passkey:0.2)"
+        )

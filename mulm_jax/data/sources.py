@@ -79,33 +79,69 @@ class NamedSource:
     validates_on: str = "valid"
 
 
-def _wikitext(release: str, folder: str, zip_sha256: str, zip_bytes: int, suffix: str,
-              splits: dict[str, tuple[int, Optional[str]]]) -> Archive:
+def _wikitext(
+    release: str,
+    folder: str,
+    zip_sha256: str,
+    zip_bytes: int,
+    suffix: str,
+    splits: dict[str, tuple[int, Optional[str]]],
+) -> Archive:
     """A WikiText release (Merity et al. 2016) at the authors' site: FOLDER.zip holds FOLDER/wiki.SPLIT.SUFFIX."""
     name = f"{folder}-v1.zip"
-    return Archive(release, name, f"https://wikitext.smerity.com/{name}", zip_sha256, zip_bytes,
-                   tuple(Split(split, f"{folder}/wiki.{split}.{suffix}", size, sha)
-                         for split, (size, sha) in splits.items()))
+    return Archive(
+        release,
+        name,
+        f"https://wikitext.smerity.com/{name}",
+        zip_sha256,
+        zip_bytes,
+        tuple(Split(split, f"{folder}/wiki.{split}.{suffix}", size, sha) for split, (size, sha) in splits.items()),
+    )
 
 
 # The archives' sha256 and sizes are those Hugging Face's `wikitext` loader pinned for the same files; a split's
 # sha256 is pinned where known (the tokenized WikiText-2 splits, the raw WikiText-2 test split), its size is about
 # that for the others.
 WIKITEXT2 = _wikitext(
-    "wikitext2", "wikitext-2", "92675f1d63015c1c8b51f1656a52d5bdbc33aafa60cc47a218a66e7ee817488c", 4_475_746, "tokens", {
+    "wikitext2",
+    "wikitext-2",
+    "92675f1d63015c1c8b51f1656a52d5bdbc33aafa60cc47a218a66e7ee817488c",
+    4_475_746,
+    "tokens",
+    {
         "train": (10_797_148, "9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f"),
         "valid": (1_121_681, "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8"),
-        "test": (1_256_449, "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0")})
+        "test": (1_256_449, "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0"),
+    },
+)
 WIKITEXT2_RAW = _wikitext(
-    "wikitext2-raw", "wikitext-2-raw", "ef7edb566e3e2b2d31b29c1fdb0c89a4cc683597484c3dc2517919c615435a11", 4_721_645,
-    "raw", {"train": (10_940_000, None), "valid": (1_147_000, None),
-            "test": (1_290_590, "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08")})
+    "wikitext2-raw",
+    "wikitext-2-raw",
+    "ef7edb566e3e2b2d31b29c1fdb0c89a4cc683597484c3dc2517919c615435a11",
+    4_721_645,
+    "raw",
+    {
+        "train": (10_940_000, None),
+        "valid": (1_147_000, None),
+        "test": (1_290_590, "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08"),
+    },
+)
 WIKITEXT103 = _wikitext(
-    "wikitext103", "wikitext-103", "242ba0f20b329cfdf1ccc61e9e9e5b59becf189db7f7a81cd2a0e2fc31539590", 190_229_076,
-    "tokens", {"train": (539_160_000, None), "valid": (1_142_000, None), "test": (1_281_000, None)})
+    "wikitext103",
+    "wikitext-103",
+    "242ba0f20b329cfdf1ccc61e9e9e5b59becf189db7f7a81cd2a0e2fc31539590",
+    190_229_076,
+    "tokens",
+    {"train": (539_160_000, None), "valid": (1_142_000, None), "test": (1_281_000, None)},
+)
 WIKITEXT103_RAW = _wikitext(
-    "wikitext103-raw", "wikitext-103-raw", "91c00ae287f0d699e18605c84afc9e45c192bc6b7797ff8837e5474655a33794",
-    191_984_949, "raw", {"train": (540_520_000, None), "valid": (1_147_000, None), "test": (1_291_000, None)})
+    "wikitext103-raw",
+    "wikitext-103-raw",
+    "91c00ae287f0d699e18605c84afc9e45c192bc6b7797ff8837e5474655a33794",
+    191_984_949,
+    "raw",
+    {"train": (540_520_000, None), "valid": (1_147_000, None), "test": (1_291_000, None)},
+)
 
 
 NAMED_SOURCES: dict[str, NamedSource] = {
@@ -113,23 +149,58 @@ NAMED_SOURCES: dict[str, NamedSource] = {
     for s in (
         NamedSource(
             "tinyshakespeare",
-            (RemoteFile(
-                "tinyshakespeare.txt",
-                "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-                "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", bytes=1_115_394),),
+            (
+                RemoteFile(
+                    "tinyshakespeare.txt",
+                    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+                    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+                    bytes=1_115_394,
+                ),
+            ),
             "none",
-            "Tiny Shakespeare, one 1.1 MB document split 90/10 contiguously as nanoGPT does"),
-        NamedSource("wikitext2", (), "headings", "WikiText-2 as released, tokenized with <unk> for rare words: "
-                    "trains on its train split, validates on its valid split", WIKITEXT2),
-        NamedSource("wikitext2-raw", (), "headings", "WikiText-2 as released, raw text: trains on its train "
-                    "split, validates on its valid split", WIKITEXT2_RAW),
-        NamedSource("wikitext103", (), "headings", "WikiText-103 as released, tokenized with <unk> for rare words: "
-                    "trains on its train split, validates on its valid split", WIKITEXT103),
-        NamedSource("wikitext103-raw", (), "headings", "WikiText-103 as released, raw text: trains on its train "
-                    "split, validates on its valid split", WIKITEXT103_RAW),
-        NamedSource("wikitext2-valid-as-train", (), "headings", "tokenized WikiText-2's valid split as training "
-                    "text and its test split as validation, for where only those two are at hand (the development "
-                    "mirror)", WIKITEXT2, trains_on="valid", validates_on="test"),
+            "Tiny Shakespeare, one 1.1 MB document split 90/10 contiguously as nanoGPT does",
+        ),
+        NamedSource(
+            "wikitext2",
+            (),
+            "headings",
+            "WikiText-2 as released, tokenized with <unk> for rare words: "
+            "trains on its train split, validates on its valid split",
+            WIKITEXT2,
+        ),
+        NamedSource(
+            "wikitext2-raw",
+            (),
+            "headings",
+            "WikiText-2 as released, raw text: trains on its train split, validates on its valid split",
+            WIKITEXT2_RAW,
+        ),
+        NamedSource(
+            "wikitext103",
+            (),
+            "headings",
+            "WikiText-103 as released, tokenized with <unk> for rare words: "
+            "trains on its train split, validates on its valid split",
+            WIKITEXT103,
+        ),
+        NamedSource(
+            "wikitext103-raw",
+            (),
+            "headings",
+            "WikiText-103 as released, raw text: trains on its train split, validates on its valid split",
+            WIKITEXT103_RAW,
+        ),
+        NamedSource(
+            "wikitext2-valid-as-train",
+            (),
+            "headings",
+            "tokenized WikiText-2's valid split as training "
+            "text and its test split as validation, for where only those two are at hand (the development "
+            "mirror)",
+            WIKITEXT2,
+            trains_on="valid",
+            validates_on="test",
+        ),
     )
 }
 
@@ -137,7 +208,7 @@ NAMED_SOURCES: dict[str, NamedSource] = {
 # Sources whose text is generated here; `NAME:F` makes a generated source the share F of the data set's characters.
 GENERATED_SOURCES = {
     "passkey": f"passkey retrieval text, generated (a {passkey.KEY_DIGITS}-digit number in filler sentences, then "
-               f"asked for); passkey:F is the share F of the data set's characters, alone {passkey.ALONE_CHARS:,}",
+    f"asked for); passkey:F is the share F of the data set's characters, alone {passkey.ALONE_CHARS:,}",
 }
 DEFAULT_SHARE = 0.2
 
@@ -165,9 +236,14 @@ class Source:
     def identity(self) -> dict:
         """What the dataset version depends on: content checksums, not paths (a generated source: a checksum of
         a sample of its text)."""
-        identity = {"named": self.spec if self.named else None, "split_documents": self.split_documents,
-                    "files": [{"sha256": f.sha256, "held_out": f.held_out, **({"split": f.split} if f.split else {})}
-                              for f in self.files]}
+        identity = {
+            "named": self.spec if self.named else None,
+            "split_documents": self.split_documents,
+            "files": [
+                {"sha256": f.sha256, "held_out": f.held_out, **({"split": f.split} if f.split else {})}
+                for f in self.files
+            ],
+        }
         if self.generated:
             identity.update(generated=self.generated, share=self.share, sha256=passkey.fingerprint())
         if self.task:
@@ -175,13 +251,25 @@ class Source:
         return identity
 
     def describe(self) -> dict:
-        described = {"spec": self.spec, "split_documents": self.split_documents,
-                     "files": [{"name": f.path.name, "sha256": f.sha256, "bytes": f.path.stat().st_size,
-                                "held_out": f.held_out, **({"split": f.split} if f.split else {})}
-                               for f in self.files]}
+        described = {
+            "spec": self.spec,
+            "split_documents": self.split_documents,
+            "files": [
+                {
+                    "name": f.path.name,
+                    "sha256": f.sha256,
+                    "bytes": f.path.stat().st_size,
+                    "held_out": f.held_out,
+                    **({"split": f.split} if f.split else {}),
+                }
+                for f in self.files
+            ],
+        }
         if any(f.split for f in self.files):  # which released split trained and which validated
-            described["splits"] = {"train": next(f.split for f in self.files if not f.held_out),
-                                   "val": next(f.split for f in self.files if f.held_out)}
+            described["splits"] = {
+                "train": next(f.split for f in self.files if not f.held_out),
+                "val": next(f.split for f in self.files if f.held_out),
+            }
         if self.generated:
             described.update(generated=self.generated, share=self.share)
         if self.task:
@@ -214,8 +302,10 @@ def resolve_source(spec: str, split_documents: str | None = None, download: bool
     if spec in NAMED_SOURCES:
         named = NAMED_SOURCES[spec]
         if named.archive:  # never another split in place of a missing one
-            files = tuple(fetch_split(spec, named.archive, named.archive.split(split), held_out, download)
-                          for split, held_out in ((named.trains_on, False), (named.validates_on, True)))
+            files = tuple(
+                fetch_split(spec, named.archive, named.archive.split(split), held_out, download)
+                for split, held_out in ((named.trains_on, False), (named.validates_on, True))
+            )
         else:
             files = tuple(SourceFile(fetch(spec, f, download), f.sha256, f.held_out) for f in named.files)
         return Source(spec, True, files, split_documents or named.split_documents)
@@ -229,8 +319,10 @@ def _share(spec: str, text: str) -> float:
     except ValueError:
         share = -1.0
     if not 0.0 < share < 1.0:
-        raise DataError(f"source {spec!r}: the share after ':' must be a number in (0, 1), e.g. "
-                        f"{spec.partition(':')[0]}:{DEFAULT_SHARE}")
+        raise DataError(
+            f"source {spec!r}: the share after ':' must be a number in (0, 1), e.g. "
+            f"{spec.partition(':')[0]}:{DEFAULT_SHARE}"
+        )
     return share
 
 
@@ -246,15 +338,22 @@ def local_paths(spec: str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        paths = sorted(p for p in path.rglob("*") if p.is_file() and _is_text_file(p)
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        paths = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and _is_text_file(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
         if not paths:
-            raise DataError(f"source {spec!r}: the folder holds no text files ({', '.join(TEXT_SUFFIXES)}, "
-                            f"optionally .gz, or {PARQUET_SUFFIX})")
+            raise DataError(
+                f"source {spec!r}: the folder holds no text files ({', '.join(TEXT_SUFFIXES)}, "
+                f"optionally .gz, or {PARQUET_SUFFIX})"
+            )
         return paths
-    raise DataError(f"source {spec!r} not found: it is not a named source ({', '.join(NAMED_SOURCES)}), "
-                    f"a generated one ({', '.join([*GENERATED_SOURCES, *TASKS])}) nor an existing file, folder or "
-                    "glob")
+    raise DataError(
+        f"source {spec!r} not found: it is not a named source ({', '.join(NAMED_SOURCES)}), "
+        f"a generated one ({', '.join([*GENERATED_SOURCES, *TASKS])}) nor an existing file, folder or "
+        "glob"
+    )
 
 
 def _is_text_file(path: Path) -> bool:
@@ -271,8 +370,9 @@ def fetch(source: str, remote: RemoteFile, download: bool = True) -> Path:
     if cached.is_file():
         return _verified(source, cached, remote)
     mirror_part = f"the mirror {mirror} (MULM_DATA_MIRROR), " if mirror else ""
-    return _download(source, remote, cached, f"{remote.name} is not in {mirror_part}the cache {cached.parent} "
-                     "(MULM_CACHE)", download)
+    return _download(
+        source, remote, cached, f"{remote.name} is not in {mirror_part}the cache {cached.parent} (MULM_CACHE)", download
+    )
 
 
 def fetch_split(source: str, archive: Archive, split: Split, held_out: bool, download: bool = True) -> SourceFile:
@@ -287,21 +387,33 @@ def fetch_split(source: str, archive: Archive, split: Split, held_out: bool, dow
     extracted = cache_dir() / split.member
     if extracted.is_file() and (sha256 := split.sha256 or _recorded(extracted)):
         if (got := sha256_file(extracted)) != sha256:
-            raise DataError(f"source {source!r}: checksum mismatch for {extracted}: sha256 {got}, expected {sha256}; "
-                            "delete it to extract it afresh")
+            raise DataError(
+                f"source {source!r}: checksum mismatch for {extracted}: sha256 {got}, expected {sha256}; "
+                "delete it to extract it afresh"
+            )
         return SourceFile(extracted, sha256, held_out, label)
     if mirror is not None and (mirror / archive.name).is_file():
         zip_path = _verified(source, mirror / archive.name, archive)
     elif (cache_dir() / archive.name).is_file():
         zip_path = _verified(source, cache_dir() / archive.name, archive)
     else:
-        in_mirror = (f"the mirror {mirror} (MULM_DATA_MIRROR) holds neither {split.member}, {split.flat_name} nor "
-                     f"{archive.name}" if mirror else "no mirror is set (MULM_DATA_MIRROR)")
-        looked = (f"its {split.name} split is not at hand: {in_mirror}, and the cache {cache_dir()} (MULM_CACHE) "
-                  f"neither {split.member} nor {archive.name}")
-        zip_path = _download(source, archive, cache_dir() / archive.name, looked, download,
-                             "; put the archive or the split file in the mirror folder. No other split is read in "
-                             "its place")
+        in_mirror = (
+            f"the mirror {mirror} (MULM_DATA_MIRROR) holds neither {split.member}, {split.flat_name} nor {archive.name}"
+            if mirror
+            else "no mirror is set (MULM_DATA_MIRROR)"
+        )
+        looked = (
+            f"its {split.name} split is not at hand: {in_mirror}, and the cache {cache_dir()} (MULM_CACHE) "
+            f"neither {split.member} nor {archive.name}"
+        )
+        zip_path = _download(
+            source,
+            archive,
+            cache_dir() / archive.name,
+            looked,
+            download,
+            "; put the archive or the split file in the mirror folder. No other split is read in its place",
+        )
     return SourceFile(extracted, _extract(source, zip_path, split, extracted), held_out, label)
 
 
@@ -309,8 +421,9 @@ def _split_checksum(source: str, path: Path, split: Split) -> str:
     """A split file's sha256, checked where one is pinned."""
     got = sha256_file(path)
     if split.sha256 and got != split.sha256:
-        raise DataError(f"source {source!r}: checksum mismatch for {path} ({split.member}): sha256 {got}, "
-                        f"expected {split.sha256}")
+        raise DataError(
+            f"source {source!r}: checksum mismatch for {path} ({split.member}): sha256 {got}, expected {split.sha256}"
+        )
     return got
 
 
@@ -333,8 +446,10 @@ def _extract(source: str, zip_path: Path, split: Split, dest: Path) -> str:
                 f.write(chunk)
         got = digest.hexdigest()
         if split.sha256 and got != split.sha256:
-            raise DataError(f"source {source!r}: checksum mismatch for {split.member} in {zip_path}: sha256 {got}, "
-                            f"expected {split.sha256}")
+            raise DataError(
+                f"source {source!r}: checksum mismatch for {split.member} in {zip_path}: sha256 {got}, "
+                f"expected {split.sha256}"
+            )
         if not split.sha256:
             dest.with_name(dest.name + ".sha256").write_text(got + "\n")
         os.replace(part, dest)
@@ -342,8 +457,9 @@ def _extract(source: str, zip_path: Path, split: Split, dest: Path) -> str:
     except KeyError:
         raise DataError(f"source {source!r}: the archive {zip_path} has no {split.member}") from None
     except (OSError, zipfile.BadZipFile) as e:
-        raise DataError(f"source {source!r}: cannot extract {split.member} from {zip_path} into {dest.parent}: "
-                        f"{e}") from None
+        raise DataError(
+            f"source {source!r}: cannot extract {split.member} from {zip_path} into {dest.parent}: {e}"
+        ) from None
     finally:
         part.unlink(missing_ok=True)
 
@@ -355,8 +471,9 @@ def _verified(source: str, path: Path, remote: RemoteFile | Archive) -> Path:
     return path
 
 
-def _download(source: str, remote: RemoteFile | Archive, dest: Path, missing: str, download: bool = True,
-              advice: str = "") -> Path:
+def _download(
+    source: str, remote: RemoteFile | Archive, dest: Path, missing: str, download: bool = True, advice: str = ""
+) -> Path:
     """Download `remote` into the cache as `dest`, verified; `missing` says what was looked for first."""
     if not download:
         raise DataError(f"source {source!r}: {missing}, and downloading {remote.url} was not allowed{advice}")
@@ -431,8 +548,10 @@ def _decode(data: bytes, path: Path, invalid_utf8: InvalidUtf8) -> tuple[str, in
     except UnicodeDecodeError as e:
         if invalid_utf8 == "reject":
             where = " (after gzip decompression)" if path.name.endswith(".gz") else ""
-            raise DataError(f"{path}: invalid UTF-8 at byte offset {e.start}{where}; "
-                            "use --invalid-utf8 replace to replace such bytes with U+FFFD") from None
+            raise DataError(
+                f"{path}: invalid UTF-8 at byte offset {e.start}{where}; "
+                "use --invalid-utf8 replace to replace such bytes with U+FFFD"
+            ) from None
     text = data.decode("utf-8", errors="replace")
     return text, text.count("\ufffd") - data.count(_REPLACEMENT_UTF8)
 
@@ -469,13 +588,16 @@ def _parquet_texts(path: Path, text_field: str, invalid_utf8: InvalidUtf8) -> tu
     try:
         schema = pq.read_schema(path)
         if text_field not in schema.names:
-            raise DataError(f"{path}: no {text_field!r} column (found: {', '.join(schema.names)}); choose it with "
-                            "--text-field")
+            raise DataError(
+                f"{path}: no {text_field!r} column (found: {', '.join(schema.names)}); choose it with --text-field"
+            )
         column = pq.read_table(path, columns=[text_field]).column(text_field)
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"cannot read Parquet source file {path}: {e}") from None
-    if not any(is_kind(column.type) for is_kind in (pa.types.is_string, pa.types.is_large_string,
-                                                     pa.types.is_binary, pa.types.is_large_binary)):
+    if not any(
+        is_kind(column.type)
+        for is_kind in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+    ):
         raise DataError(f"{path}: column {text_field!r} is of type {column.type}, expected strings")
     if column.null_count:
         row = column.is_null().to_pylist().index(True)
@@ -486,8 +608,10 @@ def _parquet_texts(path: Path, text_field: str, invalid_utf8: InvalidUtf8) -> tu
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             if invalid_utf8 == "reject":
-                raise DataError(f"{path}: row {row}: invalid UTF-8 at byte offset {e.start} of column "
-                                f"{text_field!r}; use --invalid-utf8 replace to replace such bytes with U+FFFD") from None
+                raise DataError(
+                    f"{path}: row {row}: invalid UTF-8 at byte offset {e.start} of column "
+                    f"{text_field!r}; use --invalid-utf8 replace to replace such bytes with U+FFFD"
+                ) from None
             text = data.decode("utf-8", errors="replace")
             replaced += text.count("\ufffd") - data.count(_REPLACEMENT_UTF8)
         texts.append(text.replace("\r\n", "\n").replace("\r", "\n"))

@@ -9,8 +9,20 @@ from typing import Callable
 
 import numpy as np
 
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December")
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 FIRST_DAY, LAST_DAY = datetime.date(1900, 1, 1), datetime.date(2099, 12, 31)
 
@@ -54,8 +66,9 @@ class Task:
 DATES_TRAIN, DATES_HELD_OUT = 30_000, 1_000
 
 
-def date_pairs(seed: int, train: int = DATES_TRAIN, held_out: int = DATES_HELD_OUT
-               ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def date_pairs(
+    seed: int, train: int = DATES_TRAIN, held_out: int = DATES_HELD_OUT
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Dates of 1900-2099 written in one of DATE_FORMS (source) and as ISO 8601 (target). The held-out pairs are
     `held_out` dates that no training pair has in any form; the training pairs are distinct (date, form)
     combinations of the other dates. Deterministic in `seed`."""
@@ -70,13 +83,21 @@ def date_pairs(seed: int, train: int = DATES_TRAIN, held_out: int = DATES_HELD_O
         return DATE_FORMS[form](date), date.isoformat()
 
     train_pairs = [pair(train_days[c // len(DATE_FORMS)], c % len(DATE_FORMS)) for c in combos.tolist()]
-    held_pairs = [pair(day, form) for day, form in zip(held_days.tolist(),
-                                                       rng.integers(len(DATE_FORMS), size=held_out).tolist())]
+    held_pairs = [
+        pair(day, form) for day, form in zip(held_days.tolist(), rng.integers(len(DATE_FORMS), size=held_out).tolist())
+    ]
     return train_pairs, held_pairs
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("dates", f"dates written {len(DATE_FORMS)} ways (\"Wed, 3 Mar 2021\", \"3rd of March, 2021\", ...) -> ISO "
-                  f"8601, {DATES_TRAIN:,} training pairs and {DATES_HELD_OUT:,} held out on dates never trained on",
-         date_pairs, format=1),
-)}
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task(
+            "dates",
+            f'dates written {len(DATE_FORMS)} ways ("Wed, 3 Mar 2021", "3rd of March, 2021", ...) -> ISO '
+            f"8601, {DATES_TRAIN:,} training pairs and {DATES_HELD_OUT:,} held out on dates never trained on",
+            date_pairs,
+            format=1,
+        ),
+    )
+}

@@ -38,7 +38,7 @@ class TokenLengths:
     bytes_V: np.ndarray  # int64 [V]
     chars_V: np.ndarray  # int64 [V]
     mark_V: np.ndarray  # bool [V]: opens with the word-start mark that the first piece of every document carries
-                        # without a space in the text (SentencePiece's dummy prefix); all False where there is none
+    # without a space in the text (SentencePiece's dummy prefix); all False where there is none
     eos_id: int | None
 
     def count(self, ids: np.ndarray, previous: np.ndarray) -> tuple[int, int] | None:
@@ -113,8 +113,13 @@ class Tokenizer(abc.ABC):
         return path
 
     def describe(self) -> dict:
-        return {"vocab_size": self.vocab_size, "pad_id": self.pad_id, "unk_id": self.unk_id,
-                "bos_id": self.bos_id, "eos_id": self.eos_id}
+        return {
+            "vocab_size": self.vocab_size,
+            "pad_id": self.pad_id,
+            "unk_id": self.unk_id,
+            "bos_id": self.bos_id,
+            "eos_id": self.eos_id,
+        }
 
 
 class CharTokenizer(Tokenizer):
@@ -193,11 +198,14 @@ class SentencePieceTokenizer(Tokenizer):
         try:
             self._sp.LoadFromSerializedProto(model)
         except (RuntimeError, OSError) as e:
-            raise DataError(f"tokenizer file {source} is not a valid SentencePiece model: "
-                            f"it could not be parsed ({type(e).__name__})") from None
+            raise DataError(
+                f"tokenizer file {source} is not a valid SentencePiece model: "
+                f"it could not be parsed ({type(e).__name__})"
+            ) from None
         self.vocab_size = self._sp.get_piece_size()
         self.pad_id, self.unk_id, self.bos_id, self.eos_id = (
-            i if i >= 0 else None for i in (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id()))
+            i if i >= 0 else None for i in (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id())
+        )
 
     @classmethod
     def from_file(cls, path: Path) -> SentencePieceTokenizer:
@@ -211,16 +219,29 @@ class SentencePieceTokenizer(Tokenizer):
         with open(os.devnull, "w") as quiet:
             try:
                 spm.SentencePieceTrainer.train(
-                    sentence_iterator=_training_lines(train_docs), model_writer=model, logstream=quiet,
-                    model_type=model_type, vocab_size=vocab_size, byte_fallback=True,
-                    pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-                    normalization_rule_name="identity", remove_extra_whitespaces=False,
-                    max_sentence_length=4 * _MAX_LINE_CHARS, num_threads=1, minloglevel=2)
+                    sentence_iterator=_training_lines(train_docs),
+                    model_writer=model,
+                    logstream=quiet,
+                    model_type=model_type,
+                    vocab_size=vocab_size,
+                    byte_fallback=True,
+                    pad_id=PAD_ID,
+                    unk_id=UNK_ID,
+                    bos_id=BOS_ID,
+                    eos_id=EOS_ID,
+                    normalization_rule_name="identity",
+                    remove_extra_whitespaces=False,
+                    max_sentence_length=4 * _MAX_LINE_CHARS,
+                    num_threads=1,
+                    minloglevel=2,
+                )
             except RuntimeError as e:
                 too_high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", str(e))
                 if too_high:
-                    raise DataError(f"vocab_size={vocab_size} is too large for this corpus: SentencePiece {model_type} "
-                                    f"can make at most {too_high.group(2)} pieces from the training split") from None
+                    raise DataError(
+                        f"vocab_size={vocab_size} is too large for this corpus: SentencePiece {model_type} "
+                        f"can make at most {too_high.group(2)} pieces from the training split"
+                    ) from None
                 raise DataError(f"training a SentencePiece {model_type} tokenizer failed: {e}") from None
         return cls(model.getvalue(), f"trained {model_type}")
 
@@ -282,12 +303,14 @@ class HFTokenizer(Tokenizer):
         tokens = {name: special_token_text(config.get(f"{name}_token")) for name in ("pad", "unk", "bos", "eos")}
         self._tok.add_special_tokens([t for t in tokens.values() if t and self._tok.token_to_id(t) is None])
         self.pad_id, self.unk_id, self.bos_id, self.eos_id = (
-            None if t is None else self._tok.token_to_id(t) for t in tokens.values())
+            None if t is None else self._tok.token_to_id(t) for t in tokens.values()
+        )
         self.bos_token = tokens["bos"]
         add_bos, add_eos = config.get("add_bos_token"), config.get("add_eos_token")
         if add_bos is not None or add_eos is not None or self._tok.post_processor is None:
-            self._tok.post_processor = _template_processing(bool(add_bos) and tokens["bos"], self.bos_id,
-                                                            bool(add_eos) and tokens["eos"], self.eos_id)
+            self._tok.post_processor = _template_processing(
+                bool(add_bos) and tokens["bos"], self.bos_id, bool(add_eos) and tokens["eos"], self.eos_id
+            )
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
     @classmethod
@@ -321,8 +344,10 @@ class HFTokenizer(Tokenizer):
     def save(self, folder: str | Path) -> Path:
         """tokenizer.json and tokenizer_config.json, each written to a temporary name and then renamed."""
         folder = Path(folder)
-        for name, text in ((HF_CONFIG_FILE, json.dumps(self.config, indent=2, ensure_ascii=False) + "\n"),
-                           (HF_FILE, self.tokenizer_json)):
+        for name, text in (
+            (HF_CONFIG_FILE, json.dumps(self.config, indent=2, ensure_ascii=False) + "\n"),
+            (HF_FILE, self.tokenizer_json),
+        ):
             tmp = folder / f".{name}.tmp"
             tmp.write_text(text, encoding="utf-8")
             tmp.replace(folder / name)
@@ -336,8 +361,9 @@ def special_token_text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _template_processing(bos: str | None, bos_id: int | None, eos: str | None,
-                         eos_id: int | None) -> tokenizers.processors.TemplateProcessing:
+def _template_processing(
+    bos: str | None, bos_id: int | None, eos: str | None, eos_id: int | None
+) -> tokenizers.processors.TemplateProcessing:
     """bos / eos around each text, as transformers rebuilds the post-processor from add_bos_token / add_eos_token."""
     single = f"{bos + ':0 ' if bos else ''}$A:0{' ' + eos + ':0' if eos else ''}"
     pair = f"{single}{' ' + bos + ':1' if bos else ''} $B:1{' ' + eos + ':1' if eos else ''}"
@@ -349,6 +375,6 @@ def _training_lines(docs: Sequence[str]) -> Iterator[str]:
     for doc in docs:
         for line in doc.split("\n"):
             for start in range(0, len(line), _MAX_LINE_CHARS):
-                piece = line[start:start + _MAX_LINE_CHARS]
+                piece = line[start : start + _MAX_LINE_CHARS]
                 if piece.strip():
                     yield piece

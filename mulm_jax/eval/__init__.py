@@ -4,5 +4,15 @@ from mulm_jax.eval.passkey import answer_hits, passkey_accuracy, passkey_sequenc
 from mulm_jax.eval.perplexity import Window, sliding_perplexity, window_plan
 from mulm_jax.eval.scoring import EvalError, WindowScorer, check_context, load_for_eval
 
-__all__ = ["EvalError", "Window", "WindowScorer", "answer_hits", "check_context", "load_for_eval",
-           "passkey_accuracy", "passkey_sequence", "sliding_perplexity", "window_plan"]
+__all__ = [
+    "EvalError",
+    "Window",
+    "WindowScorer",
+    "answer_hits",
+    "check_context",
+    "load_for_eval",
+    "passkey_accuracy",
+    "passkey_sequence",
+    "sliding_perplexity",
+    "window_plan",
+]

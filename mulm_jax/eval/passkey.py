@@ -23,8 +23,10 @@ def passkey_sequence(tokenizer: Tokenizer, length: int, depth: float, key: str) 
     key_line, question, answer = encode(passkey.key_line(key)), encode(passkey.QUESTION), encode(key)
     room = length + 1 - len(key_line) - len(question) - len(answer)
     if room < 0:
-        raise EvalError(f"passkey length {length} is too short: the key line, question and answer alone take "
-                        f"{length + 1 - room} tokens")
+        raise EvalError(
+            f"passkey length {length} is too short: the key line, question and answer alone take "
+            f"{length + 1 - room} tokens"
+        )
     sizes = [len(encode(sentence)) for sentence in passkey.FILLER]
     sentences, used = 0, 0
     while used + sizes[sentences % len(sizes)] <= round((1 - depth) * room):
@@ -34,7 +36,7 @@ def passkey_sequence(tokenizer: Tokenizer, length: int, depth: float, key: str) 
     before = room - len(after_ids)
     count = -(-before // min(sizes)) + 1 if before else 0
     stream = encode(passkey.filler(-count, count))  # sentences ending with the one before sentence 0
-    before_ids = stream[len(stream) - before:]
+    before_ids = stream[len(stream) - before :]
     ids = np.concatenate([before_ids, key_line, after_ids, question, answer])
     return ids, len(ids) - len(answer)
 
@@ -49,8 +51,16 @@ def answer_hits(greedy_NxT: np.ndarray, sequences_NxT1: np.ndarray, answer_start
     return np.all((greedy_NxT == targets_NxT) | ~answer_NxT, axis=1)
 
 
-def passkey_accuracy(score: Scorer, tokenizer: Tokenizer, lengths: Sequence[int], depths: Sequence[float],
-                     trials: int, *, seed: int = 0, batch: int = 4) -> dict:
+def passkey_accuracy(
+    score: Scorer,
+    tokenizer: Tokenizer,
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    trials: int,
+    *,
+    seed: int = 0,
+    batch: int = 4,
+) -> dict:
     """Exact-match accuracy of `trials` random keys at each length and depth:
     {"lengths", "depths", "trials", "accuracy": [[per depth] per length], "by_length": [...]}."""
     passkey.check_covers(tokenizer)
@@ -68,5 +78,10 @@ def passkey_accuracy(score: Scorer, tokenizer: Tokenizer, lengths: Sequence[int]
             _, greedy_BxT = score(sequences_NxT1[rows, :-1], sequences_NxT1[rows, 1:])
             hits += answer_hits(greedy_BxT, sequences_NxT1[rows], starts_N[rows])[:real].tolist()
         accuracy.append(np.asarray(hits).reshape(len(depths), trials).mean(axis=1).tolist())
-    return {"lengths": list(lengths), "depths": list(depths), "trials": trials, "accuracy": accuracy,
-            "by_length": [float(np.mean(row)) for row in accuracy]}
+    return {
+        "lengths": list(lengths),
+        "depths": list(depths),
+        "trials": trials,
+        "accuracy": accuracy,
+        "by_length": [float(np.mean(row)) for row in accuracy],
+    }

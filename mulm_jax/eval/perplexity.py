@@ -42,8 +42,16 @@ def window_plan(num_tokens: int, context: int, stride: int) -> tuple[list[Window
     return plan, T
 
 
-def sliding_perplexity(score: Scorer, tokens: np.ndarray, context: int, stride: int | None = None, *,
-                       batch: int = 4, buckets: int = 8, lengths: TokenLengths | None = None) -> dict:
+def sliding_perplexity(
+    score: Scorer,
+    tokens: np.ndarray,
+    context: int,
+    stride: int | None = None,
+    *,
+    batch: int = 4,
+    buckets: int = 8,
+    lengths: TokenLengths | None = None,
+) -> dict:
     """Mean next-token loss over `tokens` scored in sliding windows (stride default context / 2), its perplexity,
     the summed loss in bits per UTF-8 byte and per character of the scored tokens' text (every token but the
     first; None without `lengths`, or when a scored id has no length), and the mean loss of each of `buckets`
@@ -67,13 +75,27 @@ def sliding_perplexity(score: Scorer, tokens: np.ndarray, context: int, stride: 
     text = lengths.count(tokens[1:], tokens[:-1]) if lengths is not None else None
     nbytes, chars = text or (None, None)
     edges = np.linspace(0, T, min(buckets, T) + 1).round().astype(int)
-    by_position = [{"start": int(a), "end": int(b), "tokens": int(counts_T[a:b].sum()),
-                    "loss": float(sums_T[a:b].sum() / counts_T[a:b].sum()) if counts_T[a:b].sum() else None}
-                   for a, b in zip(edges[:-1], edges[1:])]
-    return {"context": T, "stride": stride, "tokens": int(counts_T.sum()), "loss": loss,
-            "ppl": math.exp(min(loss, 50.0)), "bytes": nbytes, "chars": chars,
-            "bits_per_byte": bits_per(loss_sum, nbytes), "bits_per_char": bits_per(loss_sum, chars),
-            "by_position": by_position}
+    by_position = [
+        {
+            "start": int(a),
+            "end": int(b),
+            "tokens": int(counts_T[a:b].sum()),
+            "loss": float(sums_T[a:b].sum() / counts_T[a:b].sum()) if counts_T[a:b].sum() else None,
+        }
+        for a, b in zip(edges[:-1], edges[1:])
+    ]
+    return {
+        "context": T,
+        "stride": stride,
+        "tokens": int(counts_T.sum()),
+        "loss": loss,
+        "ppl": math.exp(min(loss, 50.0)),
+        "bytes": nbytes,
+        "chars": chars,
+        "bits_per_byte": bits_per(loss_sum, nbytes),
+        "bits_per_char": bits_per(loss_sum, chars),
+        "by_position": by_position,
+    }
 
 
 def bits_per(loss_sum: float, units: int | None) -> float | None:

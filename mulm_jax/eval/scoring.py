@@ -40,22 +40,30 @@ def load_for_eval(run_dir: str | Path, overrides: Sequence[str] = (), step: Opti
     scaling = cfg.model.rope_scaling
     if scaling is not None and not scaling.original_max_seq_len:
         original = (trained.rope_scaling.original_max_seq_len if trained.rope_scaling else 0) or trained.max_seq_len
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-            cfg.model, rope_scaling=dataclasses.replace(scaling, original_max_seq_len=original)))
+        cfg = dataclasses.replace(
+            cfg,
+            model=dataclasses.replace(
+                cfg.model, rope_scaling=dataclasses.replace(scaling, original_max_seq_len=original)
+            ),
+        )
     have, want = flat_params(loaded.params), flat_params(param_shapes(cfg.model))
     if POSITION_TABLE in have and POSITION_TABLE in want and have[POSITION_TABLE].shape != want[POSITION_TABLE].shape:
         raise EvalError(_table_message(have[POSITION_TABLE].shape[0], cfg.model.max_seq_len))
     differences = param_differences(have, want)
     if differences:
-        raise EvalError(f"the run's parameters do not fit the model of --set {' '.join(overrides)} "
-                        f"({len(differences)} differ):\n  " + "\n  ".join(differences))
+        raise EvalError(
+            f"the run's parameters do not fit the model of --set {' '.join(overrides)} "
+            f"({len(differences)} differ):\n  " + "\n  ".join(differences)
+        )
     return dataclasses.replace(loaded, model=build_model(cfg.model), config=cfg)
 
 
 def _table_message(rows: int, context: int) -> str:
-    return (f"the run's learned position table has {rows} trained rows, so it cannot score a context of {context}: a "
-            "learned table does not go past its length without training (train.py --init-from RUN "
-            "--extend-positions, at the longer model.max_seq_len)")
+    return (
+        f"the run's learned position table has {rows} trained rows, so it cannot score a context of {context}: a "
+        "learned table does not go past its length without training (train.py --init-from RUN "
+        "--extend-positions, at the longer model.max_seq_len)"
+    )
 
 
 def check_context(cfg: ModelConfig, context: int) -> None:
@@ -69,8 +77,10 @@ def check_context(cfg: ModelConfig, context: int) -> None:
     if cfg.positional == "learned" and context > cfg.max_seq_len:
         raise EvalError(_table_message(cfg.max_seq_len, context))
     if cfg.positional in TABLES and context > cfg.max_seq_len:
-        raise EvalError(f"the sinusoidal table has model.max_seq_len={cfg.max_seq_len} rows, fewer than the context "
-                        f"{context}; it has no trained values, so --set model.max_seq_len={context} extends it")
+        raise EvalError(
+            f"the sinusoidal table has model.max_seq_len={cfg.max_seq_len} rows, fewer than the context "
+            f"{context}; it has no trained values, so --set model.max_seq_len={context} extends it"
+        )
 
 
 class WindowScorer:
@@ -100,7 +110,7 @@ def batched(rows: np.ndarray, batch: int) -> list[tuple[np.ndarray, int]]:
     of real rows: every batch has one shape, so a jitted function compiles once for all of them."""
     out = []
     for start in range(0, len(rows), batch):
-        part = rows[start:start + batch]
+        part = rows[start : start + batch]
         real = len(part)
         if real < batch:
             part = np.concatenate([part, np.repeat(rows[:1], batch - real, axis=0)])

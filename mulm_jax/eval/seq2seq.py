@@ -20,8 +20,9 @@ class HeldOut:
     target: str  # the trained rest, without its end token, as text
 
 
-def held_out_pairs(folder: str | Path, tokenizer: Tokenizer, split: str = "val", limit: Optional[int] = None
-                   ) -> list[HeldOut]:
+def held_out_pairs(
+    folder: str | Path, tokenizer: Tokenizer, split: str = "val", limit: Optional[int] = None
+) -> list[HeldOut]:
     """The split's examples (the first `limit`) as prompts and target texts. Each must be one prompt then one
     target (chat conversations of one assistant turn qualify)."""
     arrays = load_pairs(folder, split)
@@ -39,11 +40,14 @@ def score(hypotheses: list[str], references: list[str], bleu_tokenize: str = "13
     signatures for the last two."""
     bleu, chrf = BLEU(tokenize=bleu_tokenize), CHRF()
     refs = [references]
-    return {"examples": len(references),
-            "exact_match": 100.0 * float(np.mean([h == r for h, r in zip(hypotheses, references)])) if references
-            else 0.0,
-            "chrf": chrf.corpus_score(hypotheses, refs).score, "bleu": bleu.corpus_score(hypotheses, refs).score,
-            "chrf_signature": str(chrf.get_signature()), "bleu_signature": str(bleu.get_signature())}
+    return {
+        "examples": len(references),
+        "exact_match": 100.0 * float(np.mean([h == r for h, r in zip(hypotheses, references)])) if references else 0.0,
+        "chrf": chrf.corpus_score(hypotheses, refs).score,
+        "bleu": bleu.corpus_score(hypotheses, refs).score,
+        "chrf_signature": str(chrf.get_signature()),
+        "bleu_signature": str(bleu.get_signature()),
+    }
 
 
 def greedy_outputs(loaded: Any, prompts: list[list[int]], max_tokens: int, slots: int = 32) -> list[str]:

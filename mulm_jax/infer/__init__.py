@@ -4,5 +4,16 @@ from mulm_jax.infer.engine import Completion, Engine, QueueFullError, Request, T
 from mulm_jax.infer.loading import InferenceError, LoadedModel, load_model
 from mulm_jax.infer.sampling import SamplingError, SamplingParams
 
-__all__ = ["Completion", "Engine", "InferenceError", "LoadedModel", "QueueFullError", "Request", "SamplingError",
-           "SamplingParams", "TokenEvent", "TokenLogprob", "load_model"]
+__all__ = [
+    "Completion",
+    "Engine",
+    "InferenceError",
+    "LoadedModel",
+    "QueueFullError",
+    "Request",
+    "SamplingError",
+    "SamplingParams",
+    "TokenEvent",
+    "TokenLogprob",
+    "load_model",
+]

@@ -74,28 +74,45 @@ class BeamSearch:
     number of new tokens, the length penalty, early stopping and the end tokens are arguments of it.
     """
 
-    def __init__(self, model: LanguageModel, max_len: int, unpack_params: Callable[[Any], Any] = lambda params: params,
-                 vocab: Optional[int] = None, weight_first: bool = False,
-                 compiled: Optional[CompiledPerBucket] = None):
+    def __init__(
+        self,
+        model: LanguageModel,
+        max_len: int,
+        unpack_params: Callable[[Any], Any] = lambda params: params,
+        vocab: Optional[int] = None,
+        weight_first: bool = False,
+        compiled: Optional[CompiledPerBucket] = None,
+    ):
         self.model, self.cfg, self.unpack_params, self.max_len = model, model.cfg, unpack_params, max_len
         self.vocab = vocab or self.cfg.vocab_size  # ids from here on are never chosen (see sampling.mask_vocab)
         self.window = model.cache_window()
         self.unbounded = self.window is not None and self.cfg.positional not in TABLES
         self.compiled = compiled or CompiledPerBucket(max_len)
         step = serving_layout()(self._search) if weight_first else self._search
-        self._run = self.compiled.jit(step, static_argnames=("num_beams",),
-                                      compiler_options=platform.compiler_options())
+        self._run = self.compiled.jit(
+            step, static_argnames=("num_beams",), compiler_options=platform.compiler_options()
+        )
 
     def check(self, prompt_ids: Sequence[int], max_tokens: int) -> None:
         """Raise InferenceError unless `max_tokens` new tokens after `prompt_ids` fit the beams' positions."""
         taken = 0 if self.unbounded else int(self.model.prompt_arrays(prompt_ids, self.compiled.pad)[1])
         room = self.max_len - taken  # a ring cache's positions go on, but each beam holds max_len tokens
         if max_tokens > room:
-            raise InferenceError(f"max_tokens={max_tokens} does not fit beam search's {self.max_len} positions after "
-                                 f"this prompt: ask for at most {room} new tokens")
+            raise InferenceError(
+                f"max_tokens={max_tokens} does not fit beam search's {self.max_len} positions after "
+                f"this prompt: ask for at most {room} new tokens"
+            )
 
-    def search(self, params: Any, prompt_ids: Sequence[int], num_beams: int, max_tokens: int, alpha: float = 0.6,
-               early_stopping: bool = True, end_ids: Collection[int] = ()) -> BeamResult:
+    def search(
+        self,
+        params: Any,
+        prompt_ids: Sequence[int],
+        num_beams: int,
+        max_tokens: int,
+        alpha: float = 0.6,
+        early_stopping: bool = True,
+        end_ids: Collection[int] = (),
+    ) -> BeamResult:
         """The `num_beams` best hypotheses of up to `max_tokens` tokens after `prompt_ids`, by log P / lp with
         length penalty `alpha`; a hypothesis ends at any of `end_ids` (or at max_tokens)."""
         self.check(prompt_ids, max_tokens)
@@ -103,8 +120,17 @@ class BeamSearch:
         end_V = np.zeros((V,), bool)
         end_V[[i for i in end_ids if 0 <= i < V]] = True
         ids_1xL, length, *source = self.model.prompt_arrays(prompt_ids, self.compiled.pad)
-        out = self._run(params, ids_1xL, length, end_V, np.int32(max_tokens), np.float32(alpha),
-                        np.bool_(early_stopping), *source, num_beams=num_beams)
+        out = self._run(
+            params,
+            ids_1xL,
+            length,
+            end_V,
+            np.int32(max_tokens),
+            np.float32(alpha),
+            np.bool_(early_stopping),
+            *source,
+            num_beams=num_beams,
+        )
         tokens_KxN, len_K, logp_K, score_K, steps = jax.device_get(out)
         hypotheses = []
         for tokens_N, n, logp, score in zip(tokens_KxN, len_K, logp_K, score_K):
@@ -114,17 +140,28 @@ class BeamSearch:
             hypotheses.append(Hypothesis(ids, float(logp), float(score), "stop" if end_V[ids[-1]] else "length"))
         return BeamResult(tuple(hypotheses), int(steps))
 
-    def _search(self, params: Any, ids_1xL: jax.Array, length: jax.Array, end_V: jax.Array, max_tokens: jax.Array,
-                alpha: jax.Array, early_stopping: jax.Array, *source: jax.Array, num_beams: int
-                ) -> tuple[jax.Array, ...]:
+    def _search(
+        self,
+        params: Any,
+        ids_1xL: jax.Array,
+        length: jax.Array,
+        end_V: jax.Array,
+        max_tokens: jax.Array,
+        alpha: jax.Array,
+        early_stopping: jax.Array,
+        *source: jax.Array,
+        num_beams: int,
+    ) -> tuple[jax.Array, ...]:
         """The finished hypotheses' tokens, lengths, log P and scores, best first, and the steps taken."""
         cfg, K, N, V = self.cfg, num_beams, self.max_len, self.cfg.vocab_size
         dtype = jnp.dtype(cfg.dtype)
         variables = {"params": self.unpack_params(params)}
-        fresh = tuple(KVCache.zeros(1, ids_1xL.shape[1], cfg.kv_heads, cfg.head_dim, dtype)
-                      for _ in range(cfg.decoder_layers))
-        logits_1xLxV, prompt_caches, prompt_source = self.model.apply(variables, ids_1xL, length, *source,
-                                                                      caches=fresh, method="prefill")
+        fresh = tuple(
+            KVCache.zeros(1, ids_1xL.shape[1], cfg.kv_heads, cfg.head_dim, dtype) for _ in range(cfg.decoder_layers)
+        )
+        logits_1xLxV, prompt_caches, prompt_source = self.model.apply(
+            variables, ids_1xL, length, *source, caches=fresh, method="prefill"
+        )
         if self.window:
             prompt_caches = tuple(c.as_ring(jnp.reshape(length, (1,)), self.window) for c in prompt_caches)
 
@@ -132,8 +169,10 @@ class BeamSearch:
             rows = jnp.broadcast_to(row, (K,) + row.shape[1:]).astype(buf.dtype)
             return lax.dynamic_update_slice(buf, rows, (0,) * buf.ndim)
 
-        empty = tuple(KVCache.zeros(K, self.window or N, cfg.kv_heads, cfg.head_dim, dtype, self.window is not None)
-                      for _ in range(cfg.decoder_layers))
+        empty = tuple(
+            KVCache.zeros(K, self.window or N, cfg.kv_heads, cfg.head_dim, dtype, self.window is not None)
+            for _ in range(cfg.decoder_layers)
+        )
         caches = jax.tree.map(copy_to_beams, empty, prompt_caches)
         source = jax.tree.map(copy_to_beams, self.model.empty_source(K), prompt_source)  # the same in every beam
 
@@ -143,10 +182,16 @@ class BeamSearch:
         logits_1xV = lax.dynamic_index_in_dim(logits_1xLxV[0], length - 1, keepdims=True)
         none_K = jnp.full((K,), -jnp.inf, jnp.float32)
         state = BeamState(
-            caches=caches, logp_KxV=jnp.broadcast_to(log_softmax(logits_1xV), (K, V)),
+            caches=caches,
+            logp_KxV=jnp.broadcast_to(log_softmax(logits_1xV), (K, V)),
             live_logp_K=none_K.at[0].set(0.0),  # one beam to start from: the others' continuations are all -inf
-            live_KxN=jnp.zeros((K, N), jnp.int32), done_KxN=jnp.zeros((K, N), jnp.int32),
-            done_len_K=jnp.zeros((K,), jnp.int32), done_logp_K=none_K, done_score_K=none_K, t=jnp.int32(0))
+            live_KxN=jnp.zeros((K, N), jnp.int32),
+            done_KxN=jnp.zeros((K, N), jnp.int32),
+            done_len_K=jnp.zeros((K,), jnp.int32),
+            done_logp_K=none_K,
+            done_score_K=none_K,
+            t=jnp.int32(0),
+        )
 
         def searching(s: BeamState) -> jax.Array:
             best_live = jnp.max(s.live_logp_K)
@@ -169,13 +214,20 @@ class BeamSearch:
             beam_K, token_K = beam_2K[pick_K], token_2K[pick_K]
             caches = jax.tree.map(lambda buf: jnp.take(buf, beam_K, axis=0), s.caches)
             pos_Kx1 = jnp.full((K, 1), length + s.t, jnp.int32)
-            logits_Kx1xV, caches = self.model.apply(variables, token_K[:, None], pos_Kx1, caches, source,
-                                                    method="decode_step")
+            logits_Kx1xV, caches = self.model.apply(
+                variables, token_K[:, None], pos_Kx1, caches, source, method="decode_step"
+            )
             return BeamState(
-                caches=caches, logp_KxV=log_softmax(logits_Kx1xV[:, 0]), live_logp_K=live_logp_K,
-                live_KxN=cand_2KxN[pick_K], done_KxN=kept(s.done_KxN, cand_2KxN),
+                caches=caches,
+                logp_KxV=log_softmax(logits_Kx1xV[:, 0]),
+                live_logp_K=live_logp_K,
+                live_KxN=cand_2KxN[pick_K],
+                done_KxN=kept(s.done_KxN, cand_2KxN),
                 done_len_K=kept(s.done_len_K, jnp.full((2 * K,), n, jnp.int32)),
-                done_logp_K=kept(s.done_logp_K, cand_logp_2K), done_score_K=done_score_K, t=n)
+                done_logp_K=kept(s.done_logp_K, cand_logp_2K),
+                done_score_K=done_score_K,
+                t=n,
+            )
 
         s = lax.while_loop(searching, step, state)
         return s.done_KxN, s.done_len_K, s.done_logp_K, s.done_score_K, s.t

@@ -38,11 +38,12 @@ class CompiledPerBucket:
         """Token ids as int32 [1, L], zero-padded to the smallest bucket that holds them (at least one position),
         or to `bucket`."""
         ids_1xL = np.zeros((1, bucket or next(n for n in self.buckets if n >= max(len(ids), 1))), np.int32)
-        ids_1xL[0, :len(ids)] = ids
+        ids_1xL[0, : len(ids)] = ids
         return ids_1xL
 
     def jit(self, fn: Callable[..., Any], **options: Any) -> Any:
         """`fn` jitted with `options` (donate_argnums, static_argnames, compiler_options, ...), counted when traced."""
+
         @functools.wraps(fn)  # keeps its name and signature (static_argnames are looked up there)
         def counted(*args: Any, **kwargs: Any) -> Any:
             with self._tracing:

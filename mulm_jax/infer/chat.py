@@ -33,8 +33,9 @@ class ChatTemplate:
     stop: tuple[str, ...] = ("\nuser:", "\nsystem:")  # the reply ends where the model starts another turn
 
     def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
-        return "".join(self.message.format(role=m["role"], content=m["content"]) for m in messages) + \
-            (self.generation_prompt if add_generation_prompt else "")
+        return "".join(self.message.format(role=m["role"], content=m["content"]) for m in messages) + (
+            self.generation_prompt if add_generation_prompt else ""
+        )
 
     @classmethod
     def load(cls, run_dir: Optional[Path]) -> "ChatTemplate | JinjaChatTemplate":
@@ -73,8 +74,13 @@ class JinjaChatTemplate:
 
     def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
         try:
-            return self._template.render(messages=[dict(m) for m in messages], tools=None, documents=None,
-                                         add_generation_prompt=add_generation_prompt, **self.special_tokens)
+            return self._template.render(
+                messages=[dict(m) for m in messages],
+                tools=None,
+                documents=None,
+                add_generation_prompt=add_generation_prompt,
+                **self.special_tokens,
+            )
         except jinja2.TemplateError as e:
             raise InferenceError(f"the chat template refused these messages: {e}") from None
         except Exception as e:  # a template is code: what it raises (1 / 0, a bad call) is its error, not ours
@@ -119,10 +125,12 @@ def _raise_exception(message: str) -> None:
 
 
 def _environment() -> jinja2.sandbox.ImmutableSandboxedEnvironment:
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                       extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+    )
     env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(
-        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env

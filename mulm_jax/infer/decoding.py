@@ -52,9 +52,16 @@ class SlotSteps:
     `compilations` counts them: one per prompt bucket for prefill, one for decode.
     """
 
-    def __init__(self, model: LanguageModel, slots: int, max_len: int, num_logprobs: int = 5,
-                 unpack_params: Callable[[Any], Any] = lambda params: params, vocab: Optional[int] = None,
-                 weight_first: bool = False):
+    def __init__(
+        self,
+        model: LanguageModel,
+        slots: int,
+        max_len: int,
+        num_logprobs: int = 5,
+        unpack_params: Callable[[Any], Any] = lambda params: params,
+        vocab: Optional[int] = None,
+        weight_first: bool = False,
+    ):
         self.model, self.cfg, self.unpack_params = model, model.cfg, unpack_params
         self.vocab = vocab or self.cfg.vocab_size  # ids from here on are never chosen (see sampling.mask_vocab)
         self.slots, self.max_len, self.num_logprobs = slots, max_len, num_logprobs
@@ -65,36 +72,59 @@ class SlotSteps:
         self.position_limit = 2**31 - 1 if self.unbounded else max_len
         self.compiled = CompiledPerBucket(max_len)
         options = platform.compiler_options()
-        compile_ = lambda step: self.compiled.jit(serving_layout()(step) if weight_first else step,  # noqa: E731
-                                                  donate_argnums=(1,), compiler_options=options)
+
+        def compile_(step):
+            return self.compiled.jit(
+                serving_layout()(step) if weight_first else step, donate_argnums=(1,), compiler_options=options
+            )
+
         self.prefill, self.decode = compile_(self._prefill), compile_(self._decode)
 
     def init_state(self) -> SlotState:
         cfg, B = self.cfg, self.slots
         dtype = jnp.dtype(cfg.dtype)
-        caches = tuple(KVCache.zeros(B, self.window or self.max_len, cfg.kv_heads, cfg.head_dim, dtype,
-                                     self.window is not None) for _ in range(cfg.decoder_layers))
+        caches = tuple(
+            KVCache.zeros(B, self.window or self.max_len, cfg.kv_heads, cfg.head_dim, dtype, self.window is not None)
+            for _ in range(cfg.decoder_layers)
+        )
         V = cfg.vocab_size
         return SlotState(
-            caches=caches, source=self.model.empty_source(B),
-            tokens_B=jnp.zeros((B,), jnp.int32), pos_B=jnp.zeros((B,), jnp.int32),
-            sampling=SamplingArrays.zeros(B), counts_BxV=jnp.zeros((B, V), jnp.int32),
-            prompt_mask_BxV=jnp.zeros((B, V), bool))
+            caches=caches,
+            source=self.model.empty_source(B),
+            tokens_B=jnp.zeros((B,), jnp.int32),
+            pos_B=jnp.zeros((B,), jnp.int32),
+            sampling=SamplingArrays.zeros(B),
+            counts_BxV=jnp.zeros((B, V), jnp.int32),
+            prompt_mask_BxV=jnp.zeros((B, V), bool),
+        )
 
     def _pick(self, logits_BxV, sampling, counts_BxV, prompt_mask_BxV, new_pos_B, want_logprobs) -> StepOutput:
         logits_BxV = mask_vocab(logits_BxV, self.vocab)
         penalized = lax.cond(
             jnp.any((sampling.repetition_B != 1) | (sampling.presence_B != 0) | (sampling.frequency_B != 0)),
-            lambda: apply_penalties(logits_BxV, sampling, counts_BxV, prompt_mask_BxV), lambda: logits_BxV)
+            lambda: apply_penalties(logits_BxV, sampling, counts_BxV, prompt_mask_BxV),
+            lambda: logits_BxV,
+        )
         tokens_B = choose_tokens(penalized, sampling, new_pos_B)
         B, N = tokens_B.shape[0], self.num_logprobs
-        logprobs = lax.cond(want_logprobs, lambda: token_logprobs(logits_BxV, tokens_B, N),
-                            lambda: (jnp.zeros((B,)), jnp.zeros((B, N), jnp.int32), jnp.zeros((B, N))))
+        logprobs = lax.cond(
+            want_logprobs,
+            lambda: token_logprobs(logits_BxV, tokens_B, N),
+            lambda: (jnp.zeros((B,)), jnp.zeros((B, N), jnp.int32), jnp.zeros((B, N))),
+        )
         return StepOutput(tokens_B, *logprobs)
 
-    def _prefill(self, params: Any, state: SlotState, slot: jax.Array, ids_1xL: jax.Array, length: jax.Array,
-                 sampling_row: SamplingArrays, want_logprobs: jax.Array, *source: jax.Array
-                 ) -> tuple[SlotState, StepOutput]:
+    def _prefill(
+        self,
+        params: Any,
+        state: SlotState,
+        slot: jax.Array,
+        ids_1xL: jax.Array,
+        length: jax.Array,
+        sampling_row: SamplingArrays,
+        want_logprobs: jax.Array,
+        *source: jax.Array,
+    ) -> tuple[SlotState, StepOutput]:
         """Run a prompt (ids_1xL, `length` real tokens then padding, and the `source` arrays of an encoder-decoder:
         the model's `prompt_arrays`) into `slot`; choose its first new token."""
         cfg, L = self.cfg, ids_1xL.shape[1]
@@ -102,8 +132,9 @@ class SlotSteps:
         fresh = tuple(KVCache.zeros(1, L, cfg.kv_heads, cfg.head_dim, dtype) for _ in range(cfg.decoder_layers))
         valid_1xL = jnp.arange(L, dtype=jnp.int32)[None] < length
         variables = {"params": self.unpack_params(params)}
-        logits_1xLxV, new_caches, new_source = self.model.apply(variables, ids_1xL, length, *source, caches=fresh,
-                                                                method="prefill")
+        logits_1xLxV, new_caches, new_source = self.model.apply(
+            variables, ids_1xL, length, *source, caches=fresh, method="prefill"
+        )
         if self.window:
             new_caches = tuple(c.as_ring(jnp.reshape(length, (1,)), self.window) for c in new_caches)
         put = lambda buf, row: lax.dynamic_update_slice(buf, row.astype(buf.dtype), (slot,) + (0,) * (buf.ndim - 1))  # noqa: E731,E501
@@ -111,18 +142,28 @@ class SlotSteps:
         V = cfg.vocab_size
         prompt_mask_1xV = jnp.zeros((1, V), bool).at[0, jnp.where(valid_1xL[0], ids_1xL[0], V)].set(True, mode="drop")
         logits_1xV = lax.dynamic_index_in_dim(logits_1xLxV[0], length - 1, keepdims=True)
-        out = self._pick(logits_1xV, sampling_row, jnp.zeros((1, V), jnp.int32), prompt_mask_1xV,
-                         jnp.reshape(length, (1,)), want_logprobs)
+        out = self._pick(
+            logits_1xV,
+            sampling_row,
+            jnp.zeros((1, V), jnp.int32),
+            prompt_mask_1xV,
+            jnp.reshape(length, (1,)),
+            want_logprobs,
+        )
         state = SlotState(
-            caches=caches, source=jax.tree.map(put, state.source, new_source),
-            tokens_B=state.tokens_B.at[slot].set(out.tokens_B[0]), pos_B=state.pos_B.at[slot].set(length),
+            caches=caches,
+            source=jax.tree.map(put, state.source, new_source),
+            tokens_B=state.tokens_B.at[slot].set(out.tokens_B[0]),
+            pos_B=state.pos_B.at[slot].set(length),
             sampling=jax.tree.map(put, state.sampling, sampling_row),
             counts_BxV=put(state.counts_BxV, jax.nn.one_hot(out.tokens_B, V, dtype=jnp.int32)),
-            prompt_mask_BxV=put(state.prompt_mask_BxV, prompt_mask_1xV))
+            prompt_mask_BxV=put(state.prompt_mask_BxV, prompt_mask_1xV),
+        )
         return state, out
 
-    def _decode(self, params: Any, state: SlotState, active_B: jax.Array, want_logprobs: jax.Array
-                ) -> tuple[SlotState, StepOutput]:
+    def _decode(
+        self, params: Any, state: SlotState, active_B: jax.Array, want_logprobs: jax.Array
+    ) -> tuple[SlotState, StepOutput]:
         """Feed every slot's newest token and choose the next; inactive slots compute but do not advance.
 
         A slot whose sequence has filled its positions (a finished request, or the step the engine runs ahead
@@ -134,10 +175,12 @@ class SlotSteps:
         # Inactive slots compute at position 0: they then read no cache (see nn.attention.cached_attention),
         # and what they write to their slot 0 the next prefill into that slot overwrites.
         pos_B = jnp.where(active_B, jnp.minimum(state.pos_B, self.position_limit - 1), 0)
-        logits_Bx1xV, caches = self.model.apply(variables, state.tokens_B[:, None], pos_B[:, None], state.caches,
-                                                state.source, method="decode_step")
-        out = self._pick(logits_Bx1xV[:, 0], state.sampling, state.counts_BxV, state.prompt_mask_BxV,
-                         state.pos_B + 1, want_logprobs)
+        logits_Bx1xV, caches = self.model.apply(
+            variables, state.tokens_B[:, None], pos_B[:, None], state.caches, state.source, method="decode_step"
+        )
+        out = self._pick(
+            logits_Bx1xV[:, 0], state.sampling, state.counts_BxV, state.prompt_mask_BxV, state.pos_B + 1, want_logprobs
+        )
         step_B = active_B.astype(jnp.int32)
         V = self.cfg.vocab_size
         return state.replace(
@@ -150,6 +193,10 @@ class SlotSteps:
 
 def host_output(out: StepOutput) -> dict[str, np.ndarray]:
     """A step's output fetched to the host in one transfer."""
-    return {k: np.asarray(v) for k, v in zip(("tokens", "logprobs", "top_ids", "top_logprobs"),
-                                             jax.device_get((out.tokens_B, out.logprobs_B, out.top_ids_BxN,
-                                                             out.top_logprobs_BxN)))}
+    return {
+        k: np.asarray(v)
+        for k, v in zip(
+            ("tokens", "logprobs", "top_ids", "top_logprobs"),
+            jax.device_get((out.tokens_B, out.logprobs_B, out.top_ids_BxN, out.top_logprobs_BxN)),
+        )
+    }

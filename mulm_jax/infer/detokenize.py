@@ -30,9 +30,9 @@ class IncrementalDecoder:
         self.ids = list(prompt_ids[-CONTEXT:])
         self.start = 0  # the decoded window is ids[start:]
         self.read = len(self.ids)  # ids[start:read] decode to `shown`, the part of the window already given out
-        while self.read > 0 and tokenizer.decode(self.ids[:self.read]).endswith(INCOMPLETE):
+        while self.read > 0 and tokenizer.decode(self.ids[: self.read]).endswith(INCOMPLETE):
             self.read -= 1
-        self.shown = tokenizer.decode(self.ids[:self.read])
+        self.shown = tokenizer.decode(self.ids[: self.read])
 
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
@@ -57,12 +57,12 @@ class IncrementalDecoder:
 
     def _text_with(self, ids: Sequence[int]) -> str:
         """What `ids` would add after everything given out so far (held-back tokens included)."""
-        return self.tokenizer.decode(self.ids[self.start:] + list(ids))[len(self.shown):]
+        return self.tokenizer.decode(self.ids[self.start :] + list(ids))[len(self.shown) :]
 
     def _advance(self) -> None:
         """All decoded is given out: the next window starts at the tokens given out last (their context)."""
         self.start, self.read = self.read, len(self.ids)
-        self.shown = self.tokenizer.decode(self.ids[self.start:])
+        self.shown = self.tokenizer.decode(self.ids[self.start :])
 
 
 class StopStrings:
@@ -78,11 +78,13 @@ class StopStrings:
         text, self.held = self.held + text, ""
         cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if cuts:
-            return text[:min(cuts)], True
+            return text[: min(cuts)], True
         if not final:
-            hold = max((k for s in self.stops for k in range(min(len(s) - 1, len(text)), 0, -1)
-                        if text.endswith(s[:k])), default=0)
-            text, self.held = text[:len(text) - hold], text[len(text) - hold:]
+            hold = max(
+                (k for s in self.stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
+                default=0,
+            )
+            text, self.held = text[: len(text) - hold], text[len(text) - hold :]
         return text, False
 
 
@@ -99,8 +101,7 @@ class CompletionText:
     def text(self) -> str:
         return "".join(self.pieces)
 
-    def add(self, token_id: int, alternatives: Sequence[int] = (), final: bool = False
-            ) -> tuple[str, list[str], str]:
+    def add(self, token_id: int, alternatives: Sequence[int] = (), final: bool = False) -> tuple[str, list[str], str]:
         """(the token's own text, the texts `alternatives` would have had in its place, the text shown now);
         `final`: no token follows, so nothing is held back."""
         others = self.decoder.peek(alternatives)

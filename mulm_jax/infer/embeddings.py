@@ -34,8 +34,7 @@ class MeanPooledEmbeddings:
     def embed(self, ids: Sequence[int]) -> np.ndarray:
         """[D] float32 embedding of one token sequence (1 to `context` tokens)."""
         if not 1 <= len(ids) <= self.context:
-            raise InferenceError(f"the input has {len(ids)} tokens: expected 1 to {self.context} (the model's "
-                                 "context)")
+            raise InferenceError(f"the input has {len(ids)} tokens: expected 1 to {self.context} (the model's context)")
         ids_1xL = self.compiled.pad(ids)
         valid_1xL = np.arange(ids_1xL.shape[1])[None, :] < len(ids)
         return np.asarray(self._pooled(self.loaded.params, ids_1xL, valid_1xL))

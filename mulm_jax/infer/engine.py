@@ -79,8 +79,14 @@ class Request:
     """One submitted generation. Iterate it (or `async for` over `.stream()`, or `.batches()` for what is pending at
     each wake-up) for TokenEvents; `.result()` waits for the Completion; `.cancel()` stops it and frees its slot."""
 
-    def __init__(self, request_id: str, prompt_ids: list[int], params: SamplingParams, seed: int,
-                 on_token: Optional[Callable[[TokenEvent], None]]):
+    def __init__(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        seed: int,
+        on_token: Optional[Callable[[TokenEvent], None]],
+    ):
         self.id, self.prompt_ids, self.params, self.seed, self.on_token = request_id, prompt_ids, params, seed, on_token
         self.submitted = time.monotonic()
         self.cancelled = False
@@ -189,8 +195,17 @@ class Engine:
     never generated.
     """
 
-    def __init__(self, loaded: LoadedModel, *, slots: int = 4, max_len: Optional[int] = None, max_queue: int = 64,
-                 num_logprobs: int = NUM_LOGPROBS, int8: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        slots: int = 4,
+        max_len: Optional[int] = None,
+        max_queue: int = 64,
+        num_logprobs: int = NUM_LOGPROBS,
+        int8: bool = False,
+        seed: int = 0,
+    ):
         cfg = loaded.config.model
         self.loaded, self.tokenizer = loaded, loaded.tokenizer
         self.max_len = min(max_len or cfg.max_seq_len, cfg.max_seq_len)
@@ -199,10 +214,23 @@ class Engine:
             raise InferenceError(f"slots={slots} and max_queue={max_queue}: expected slots >= 1 and max_queue >= 0")
         served = serving_weights(loaded, int8)  # this backend's dtype and layout: see infer.serving
         self.params = served.params
-        self.steps = SlotSteps(served.model, slots, self.max_len, num_logprobs, unpack_params=served.unpack,
-                               vocab=self.vocab_size, weight_first=served.weight_first)
-        self.beams = BeamSearch(served.model, self.max_len, unpack_params=served.unpack, vocab=self.vocab_size,
-                                weight_first=served.weight_first, compiled=self.steps.compiled)
+        self.steps = SlotSteps(
+            served.model,
+            slots,
+            self.max_len,
+            num_logprobs,
+            unpack_params=served.unpack,
+            vocab=self.vocab_size,
+            weight_first=served.weight_first,
+        )
+        self.beams = BeamSearch(
+            served.model,
+            self.max_len,
+            unpack_params=served.unpack,
+            vocab=self.vocab_size,
+            weight_first=served.weight_first,
+            compiled=self.steps.compiled,
+        )
         self.max_queue, self.num_logprobs = max_queue, num_logprobs
         self._state = self.steps.init_state()
         self._slots: list[Optional[Request]] = [None] * slots  # the request each slot holds
@@ -262,8 +290,10 @@ class Engine:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
         if not ids:
             if self.tokenizer.bos_id is None:
-                raise InferenceError("the prompt is empty: expected at least one token (this tokenizer has no "
-                                     "beginning-of-text token to start from)")
+                raise InferenceError(
+                    "the prompt is empty: expected at least one token (this tokenizer has no "
+                    "beginning-of-text token to start from)"
+                )
             ids = [self.tokenizer.bos_id]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
@@ -283,13 +313,20 @@ class Engine:
                 raise InferenceError(
                     f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}: together they exceed the "
                     f"context of {self.max_len} tokens (ask for at most {max(self.max_len - len(ids), 0)} "
-                    "new tokens, or truncate the prompt)")
+                    "new tokens, or truncate the prompt)"
+                )
             ids = ids[-room:]
         return ids
 
-    def submit(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), *,
-               on_token: Optional[Callable[[TokenEvent], None]] = None, truncate: bool = False,
-               request_id: Optional[str] = None) -> Request:
+    def submit(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams = SamplingParams(),
+        *,
+        on_token: Optional[Callable[[TokenEvent], None]] = None,
+        truncate: bool = False,
+        request_id: Optional[str] = None,
+    ) -> Request:
         """Queue a request; raises InferenceError for a bad prompt or settings, QueueFullError when full."""
         params.validate(self.num_logprobs)
         ids = self.encode_prompt(prompt, params.max_tokens, truncate)
@@ -309,9 +346,14 @@ class Engine:
 
     def stats(self) -> EngineStats:
         with self._lock:
-            return EngineStats(slots=len(self._slots), active=sum(r is not None for r in self._slots),
-                               waiting=len(self._waiting), compilations=self.steps.compiled.compilations,
-                               generated_tokens=self._generated, buckets=self.steps.compiled.buckets)
+            return EngineStats(
+                slots=len(self._slots),
+                active=sum(r is not None for r in self._slots),
+                waiting=len(self._waiting),
+                compilations=self.steps.compiled.compilations,
+                generated_tokens=self._generated,
+                buckets=self.steps.compiled.buckets,
+            )
 
     # ---- the loop ----------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -376,25 +418,33 @@ class Engine:
         end_ids = set(p.stop_token_ids)  # what _accept ends a request at
         if self.tokenizer.eos_id is not None and not p.ignore_eos:
             end_ids.add(self.tokenizer.eos_id)
-        result = self.beams.search(self.params, request.prompt_ids, p.num_beams, p.max_tokens, p.length_penalty,
-                                   p.early_stopping, end_ids)
+        result = self.beams.search(
+            self.params, request.prompt_ids, p.num_beams, p.max_tokens, p.length_penalty, p.early_stopping, end_ids
+        )
         request.hypotheses = result.hypotheses
         for token in result.hypotheses[0].token_ids:  # the last one ends it: an end token, or max_tokens
             self._accept({"tokens": np.asarray([token])}, [(0, request)])
 
     def _prefill(self, slot: int, request: Request) -> None:
-        out = self._run_prefill(slot, request.prompt_ids, SamplingArrays.row(request.params, request.seed),
-                                want_logprobs=request.params.logprobs is not None)
+        out = self._run_prefill(
+            slot,
+            request.prompt_ids,
+            SamplingArrays.row(request.params, request.seed),
+            want_logprobs=request.params.logprobs is not None,
+        )
         self._accept(host_output(out), [(0, request)])
 
-    def _run_prefill(self, slot: int, ids: list[int], row: SamplingArrays, want_logprobs: bool,
-                     bucket: Optional[int] = None) -> Any:
+    def _run_prefill(
+        self, slot: int, ids: list[int], row: SamplingArrays, want_logprobs: bool, bucket: Optional[int] = None
+    ) -> Any:
         """Prefill `ids` into `slot`, the part the model pads (see its `prompt_arrays`) padded to its bucket (or to
         `bucket`); returns the step output (the first new token)."""
         ids_1xL, length, *source = self.steps.model.prompt_arrays(
-            ids, lambda tokens: self.steps.compiled.pad(tokens, bucket))
-        self._state, out = self.steps.prefill(self.params, self._state, np.int32(slot), ids_1xL, length, row,
-                                              np.bool_(want_logprobs), *source)
+            ids, lambda tokens: self.steps.compiled.pad(tokens, bucket)
+        )
+        self._state, out = self.steps.prefill(
+            self.params, self._state, np.int32(slot), ids_1xL, length, row, np.bool_(want_logprobs), *source
+        )
         return out
 
     def _accept(self, out: dict[str, np.ndarray], ran: list[tuple[int, Request]]) -> None:
@@ -415,8 +465,11 @@ class Engine:
             self._generated += 1
             logprobs = None
             if p.logprobs is not None:
-                logprobs = (float(out["logprobs"][row]), out["top_ids"][row][:p.logprobs].tolist(),
-                            out["top_logprobs"][row][:p.logprobs].tolist())
+                logprobs = (
+                    float(out["logprobs"][row]),
+                    out["top_ids"][row][: p.logprobs].tolist(),
+                    out["top_logprobs"][row][: p.logprobs].tolist(),
+                )
             stop_token = not p.ignore_eos and token == self.tokenizer.eos_id or token in p.stop_token_ids
             finish = "stop" if stop_token else "length" if len(request.token_ids) >= p.max_tokens else None
             if finish is not None:
@@ -448,8 +501,9 @@ class Engine:
         if request.done:
             return  # a stop string ended it; the loop had generated further
         if token is not None:
-            text = request._text = request._text or CompletionText(self.tokenizer, request.prompt_ids,
-                                                                   request.params.stop)
+            text = request._text = request._text or CompletionText(
+                self.tokenizer, request.prompt_ids, request.params.stop
+            )
             top_ids = result.logprobs[1] if result.logprobs is not None else []
             if result.in_text:
                 own, others, shown = text.add(token, top_ids, final=result.finish is not None)
@@ -473,8 +527,15 @@ class Engine:
         if request.done:
             return
         first = None if request.first_token_at is None else request.first_token_at - request.submitted
-        request._publish(completion=Completion(
-            request_id=request.id, text="" if request._text is None else request._text.text,
-            token_ids=tuple(request._ids), finish_reason=reason, prompt_tokens=len(request.prompt_ids),
-            logprobs=tuple(request._logprobs) if request.params.logprobs is not None else None,
-            time_to_first_token_s=first, hypotheses=request.hypotheses))
+        request._publish(
+            completion=Completion(
+                request_id=request.id,
+                text="" if request._text is None else request._text.text,
+                token_ids=tuple(request._ids),
+                finish_reason=reason,
+                prompt_tokens=len(request.prompt_ids),
+                logprobs=tuple(request._logprobs) if request.params.logprobs is not None else None,
+                time_to_first_token_s=first,
+                hypotheses=request.hypotheses,
+            )
+        )

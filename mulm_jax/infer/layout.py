@@ -74,17 +74,22 @@ def _product(next_fun, args, kwargs, context):
         lead = query.shape[:-1]
         logits = times_transposed(query.reshape(-1, query.shape[-1]).astype(dtype), table_VxD.astype(dtype))
         return logits.reshape(*lead, table_VxD.shape[0])
-    if (context.method_name != "__call__" or not isinstance(module, (nn.Dense, nn.DenseGeneral))
-            or not module.has_variable("params", KERNEL_T)):
+    if (
+        context.method_name != "__call__"
+        or not isinstance(module, (nn.Dense, nn.DenseGeneral))
+        or not module.has_variable("params", KERNEL_T)
+    ):
         return next_fun(*args, **kwargs)
     (x,) = args
     in_ndim = _input_ndim(module, x.ndim)
     if in_ndim is None:
-        raise ValueError(f"{'/'.join(module.path)} holds a {KERNEL_T} but cannot use it: its contracted axes are "
-                         "not the input's trailing ones")
+        raise ValueError(
+            f"{'/'.join(module.path)} holds a {KERNEL_T} but cannot use it: its contracted axes are "
+            "not the input's trailing ones"
+        )
     kernel_OxI = module.get_variable("params", KERNEL_T)
     dtype = module.dtype or jnp.result_type(x, kernel_OxI)
-    lead = x.shape[:x.ndim - in_ndim]
+    lead = x.shape[: x.ndim - in_ndim]
     x_NxI = x.reshape(math.prod(lead), -1).astype(dtype)
     y_NxO = times_transposed(x_NxI, kernel_OxI.astype(dtype), module.precision)
     if module.use_bias:
@@ -99,8 +104,9 @@ def serving_layout() -> Iterator[None]:
         yield
 
 
-def _dense_layers(model: nn.Module, params: Any, *sample_inputs: Any
-                  ) -> tuple[dict[tuple[str, ...], int], dict[tuple[str, ...], dict[str, tuple[str, ...]]]]:
+def _dense_layers(
+    model: nn.Module, params: Any, *sample_inputs: Any
+) -> tuple[dict[tuple[str, ...], int], dict[tuple[str, ...], dict[str, tuple[str, ...]]]]:
     """What `model.apply` on `sample_inputs` calls, traced abstractly (nothing is computed): for each dense layer that
     can use the serving layout, its module path -> how many leading kernel axes are input axes; and for each module
     with projections that may be held as one (its `fused_projections`), its path -> that table."""

@@ -47,8 +47,10 @@ def load_model(run_dir: str | Path, step: Optional[int] = None) -> LoadedModel:
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / CHECKPOINTS
     if not is_run(run_dir) or not ckpt_dir.is_dir():
-        raise InferenceError(f"{str(run_dir)!r} is not a run folder: expected config.yaml and checkpoints/ in it "
-                             "(the --workdir of train.py)")
+        raise InferenceError(
+            f"{str(run_dir)!r} is not a run folder: expected config.yaml and checkpoints/ in it "
+            "(the --workdir of train.py)"
+        )
     try:
         config = read_config(run_dir)
     except MulmError as e:
@@ -66,12 +68,22 @@ def load_model(run_dir: str | Path, step: Optional[int] = None) -> LoadedModel:
             raise InferenceError(f"{ckpt_dir} has no checkpoint at step {step}; it has steps {steps}")
         # numpy arrays, whatever mesh the run was saved from
         restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=target, restore_args=restore_args, partial_restore=True)))
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+            ),
+        )
     finally:
         manager.close()
     config = per_layer_config(config)
     pairs = read_pairs_record(run_dir) if config.model.architecture == "encoder_decoder" else None
-    return LoadedModel(model=build_model(config.model), params=per_layer(restored["state"]["params"]),
-                       tokenizer=tokenizer, config=config, step=int(step), run_dir=run_dir,
-                       decoder_start=None if pairs is None else pairs["decoder_start_id"])
+    return LoadedModel(
+        model=build_model(config.model),
+        params=per_layer(restored["state"]["params"]),
+        tokenizer=tokenizer,
+        config=config,
+        step=int(step),
+        run_dir=run_dir,
+        decoder_start=None if pairs is None else pairs["decoder_start_id"],
+    )

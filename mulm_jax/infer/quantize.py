@@ -56,8 +56,11 @@ def quantize_params(params: Any) -> Any:
 
 def dequantize(params: Any, dtype: Any = jnp.float32) -> Any:
     """Float weights back from Int8Weights (leaves of other kinds pass through); meant to run under jit."""
-    return jax.tree.map(lambda w: w.q.astype(dtype) * w.scale.astype(dtype) if isinstance(w, Int8Weight) else w,
-                        params, is_leaf=lambda w: isinstance(w, Int8Weight))
+    return jax.tree.map(
+        lambda w: w.q.astype(dtype) * w.scale.astype(dtype) if isinstance(w, Int8Weight) else w,
+        params,
+        is_leaf=lambda w: isinstance(w, Int8Weight),
+    )
 
 
 def weight_bytes(params: Any) -> int:

@@ -97,8 +97,10 @@ class SamplingParams:
             raise SamplingError(f"stop={self.stop!r} is out of range: expected non-empty strings")
         for name, plain in BEAM_PLAIN.items() if self.num_beams > 1 else ():
             if getattr(self, name) != plain:
-                raise SamplingError(f"{name}={getattr(self, name)!r} is not allowed with num_beams={self.num_beams}: "
-                                    "beam search ranks by the model's log-probabilities and lists no alternatives")
+                raise SamplingError(
+                    f"{name}={getattr(self, name)!r} is not allowed with num_beams={self.num_beams}: "
+                    "beam search ranks by the model's log-probabilities and lists no alternatives"
+                )
 
     def replace(self, **changes) -> "SamplingParams":
         return dataclasses.replace(self, **changes)
@@ -120,20 +122,37 @@ class SamplingArrays:
     @classmethod
     def zeros(cls, batch: int) -> "SamplingArrays":
         f = lambda value: jnp.full((batch,), value, jnp.float32)  # noqa: E731  (distinct buffers: all are donated)
-        return cls(f(0.0), jnp.zeros((batch,), jnp.int32), f(1.0), f(0.0), f(1.0), f(0.0), f(0.0),
-                   jnp.zeros((batch, 2), jnp.uint32))
+        return cls(
+            f(0.0),
+            jnp.zeros((batch,), jnp.int32),
+            f(1.0),
+            f(0.0),
+            f(1.0),
+            f(0.0),
+            f(0.0),
+            jnp.zeros((batch, 2), jnp.uint32),
+        )
 
     @classmethod
     def row(cls, p: SamplingParams, seed: int) -> "SamplingArrays":
         """One sequence's settings as a batch of one, on the host (numpy), ready to be written into a slot."""
         f = lambda x: np.asarray([x], np.float32)  # noqa: E731
         key = np.asarray([[seed >> 32 & 0xFFFFFFFF, seed & 0xFFFFFFFF]], np.uint32)  # = jax.random.PRNGKey(seed)
-        return cls(f(p.temperature), np.asarray([p.top_k], np.int32), f(p.top_p), f(p.min_p),
-                   f(p.repetition_penalty), f(p.presence_penalty), f(p.frequency_penalty), key)
+        return cls(
+            f(p.temperature),
+            np.asarray([p.top_k], np.int32),
+            f(p.top_p),
+            f(p.min_p),
+            f(p.repetition_penalty),
+            f(p.presence_penalty),
+            f(p.frequency_penalty),
+            key,
+        )
 
 
-def apply_penalties(logits_BxV: jax.Array, s: SamplingArrays, output_counts_BxV: jax.Array,
-                    prompt_mask_BxV: jax.Array) -> jax.Array:
+def apply_penalties(
+    logits_BxV: jax.Array, s: SamplingArrays, output_counts_BxV: jax.Array, prompt_mask_BxV: jax.Array
+) -> jax.Array:
     """Repetition penalty over prompt and output tokens; presence and frequency penalties over output tokens."""
     seen_BxV = prompt_mask_BxV | (output_counts_BxV > 0)
     r_Bx1 = s.repetition_B[:, None]

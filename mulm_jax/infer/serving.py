@@ -31,8 +31,9 @@ class ServingWeights:
 def _cast_floats(params: Any, dtype: Any) -> Any:
     """Floating leaves in `dtype`; int8 weights keep their float32 scales."""
     cast = lambda w: w.astype(dtype) if jnp.issubdtype(w.dtype, jnp.floating) else w  # noqa: E731
-    return jax.tree.map(lambda w: w if isinstance(w, Int8Weight) else cast(w), params,
-                        is_leaf=lambda w: isinstance(w, Int8Weight))
+    return jax.tree.map(
+        lambda w: w if isinstance(w, Int8Weight) else cast(w), params, is_leaf=lambda w: isinstance(w, Int8Weight)
+    )
 
 
 def serving_weights(loaded: LoadedModel, int8: bool = False) -> ServingWeights:
@@ -47,8 +48,13 @@ def serving_weights(loaded: LoadedModel, int8: bool = False) -> ServingWeights:
     dtype = platform.serving_dtype(cfg.dtype)
     model = loaded.model
     if dtype != cfg.dtype:
-        log.warning("serving in %s on the %s although model.dtype is %s: XLA:CPU has no fast %s arithmetic",
-                 dtype, platform.backend().upper(), cfg.dtype, cfg.dtype)
+        log.warning(
+            "serving in %s on the %s although model.dtype is %s: XLA:CPU has no fast %s arithmetic",
+            dtype,
+            platform.backend().upper(),
+            cfg.dtype,
+            cfg.dtype,
+        )
         model = build_model(dataclasses.replace(cfg, dtype=dtype))
     weight_first = platform.weight_first_serving()
     params = to_serving_layout(model, loaded.params) if weight_first else loaded.params

@@ -62,8 +62,8 @@ class Layout:
     def unpad(self, x_NxAxes: np.ndarray, letters: str) -> np.ndarray:
         """A batch of padded activations [N, ...] cut to the sequence's own T / S positions."""
         index = (slice(None),) + tuple(
-            slice(0, self.T) if a == "T" else slice(0, self.S) if a == "S" else slice(None)
-            for a in self._axes(letters))
+            slice(0, self.T) if a == "T" else slice(0, self.S) if a == "S" else slice(None) for a in self._axes(letters)
+        )
         return x_NxAxes[index]
 
     def pad_edit(self, name: str, letters: str, values: np.ndarray | float, fill: float, batch: int) -> np.ndarray:
@@ -73,8 +73,9 @@ class Layout:
         axes = self._axes(letters)
         a = np.asarray(values, np.float32)
         if a.ndim > len(axes) + 1:
-            raise ValueError(f"edit of {name!r}: an array of shape {a.shape} has more axes than {letters} "
-                             "(and a batch axis)")
+            raise ValueError(
+                f"edit of {name!r}: an array of shape {a.shape} has more axes than {letters} (and a batch axis)"
+            )
         if a.ndim <= len(axes):
             a = a.reshape((1,) * (len(axes) - a.ndim) + a.shape)[None]
         full = {"T": self.T, "S": self.S, "1": 1, **self.sizes}
@@ -82,8 +83,9 @@ class Layout:
         for axis, (letter, size) in enumerate(zip(axes, a.shape[1:])):
             expected = full[letter]
             if size not in (1, expected):
-                raise ValueError(f"edit of {name!r} ({letters}): axis {axis} has size {size}, expected 1 or "
-                                 f"{expected} ({letter})")
+                raise ValueError(
+                    f"edit of {name!r} ({letters}): axis {axis} has size {size}, expected 1 or {expected} ({letter})"
+                )
             pad_to = {"T": self.L, "S": self.LS}.get(letter)
             widths.append((0, pad_to - size) if pad_to is not None and size > 1 else (0, 0))
         if a.shape[0] not in (1, batch):

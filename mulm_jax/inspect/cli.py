@@ -16,21 +16,21 @@ from mulm_jax.errors import MulmError
 
 VIEWS = {
     "attention": "attention heatmaps: one per head of --layer (default: the last), or just --head; and a grid "
-                 "of every head of every layer (an encoder-decoder's: also its cross-attention over the source)",
+    "of every head of every layer (an encoder-decoder's: also its cross-attention over the source)",
     "lens": "the logit lens: each layer's residual put through the final norm and output head, its top guess "
-            "for the next token at each position",
+    "for the next token at each position",
     "tokens": "each token of the text shaded by its surprisal (-log p under the model), with the most "
-              "surprising listed",
+    "surprising listed",
     "heads": "head roles: entropy, mean attention distance, previous-token and induction scores of every head",
     "positions": "mean validation loss at each position of the context (how prediction improves with context)",
     "activations": "named activations of one forward pass (--names, globs allowed; --position: one token's); "
-                   "every name with its shape letters without --names",
+    "every name with its shape letters without --names",
     "ablate": "each attention head ablated in turn (--mode zero or mean): the change in the log-probability of "
-              "the next token (--token, default the prediction) after --position, as a layer x head table",
+    "the next token (--token, default the prediction) after --position, as a layer x head table",
     "patch": "activation patching: each layer's residual input at each position taken from --clean's run into "
-             "--corrupt's, and how much of the clean prediction it restores",
+    "--corrupt's, and how much of the clean prediction it restores",
     "attribute": "direct logit attribution: each head's and MLP's share of the logit of --token (default the "
-                 "prediction) at --position, through the final norm",
+    "prediction) at --position, through the final norm",
 }
 INTERVENTIONS = ("ablate", "patch", "attribute")
 
@@ -38,40 +38,62 @@ INTERVENTIONS = ("ablate", "patch", "attribute")
 def register(subparsers: Any) -> None:
     views = "\n".join(f"  {name:10s} {about}" for name, about in VIEWS.items())
     parser = subparsers.add_parser(
-        "inspect", help="look inside a trained run: attention, logit lens, token surprisal, head roles, loss by "
-                        "position", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=f"Trace a prompt through a trained run and draw what happens inside.\n\nviews:\n{views}")
+        "inspect",
+        help="look inside a trained run: attention, logit lens, token surprisal, head roles, loss by position",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"Trace a prompt through a trained run and draw what happens inside.\n\nviews:\n{views}",
+    )
     parser.add_argument("view", choices=list(VIEWS), metavar="VIEW", help=", ".join(VIEWS))
     parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a train.py --workdir")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
     text = parser.add_mutually_exclusive_group()
     text.add_argument("--prompt", help="the text to trace")
     text.add_argument("--text-file", type=Path, help="trace this file's text (up to the model's context)")
-    parser.add_argument("--target", help="encoder-decoder runs: the decoder's text, the prompt being the source "
-                                         "(default for a run trained on pairs: its greedy output for the source)")
+    parser.add_argument(
+        "--target",
+        help="encoder-decoder runs: the decoder's text, the prompt being the source "
+        "(default for a run trained on pairs: its greedy output for the source)",
+    )
     parser.add_argument("--layer", type=int, help="layer to draw (attention)")
     parser.add_argument("--head", type=int, help="head to draw (attention; needs --layer or takes the last)")
     parser.add_argument("--top-k", type=int, default=5, help="alternatives kept per position (default 5)")
     parser.add_argument("--names", help="activations: comma-separated names or globs (default: list every name)")
-    parser.add_argument("--position", type=int,
-                        help="activations: only this token (negative: from the end); ablate, attribute: the "
-                             "position predicting --token (default: the last)")
-    parser.add_argument("--token", help="ablate, patch, attribute: the token followed, as its text (one token) or "
-                                        "#ID (default: the model's prediction)")
-    parser.add_argument("--mode", choices=["zero", "mean"], default="zero",
-                        help="ablate: set each head's output to zero or to its mean over the prompt (default zero)")
+    parser.add_argument(
+        "--position",
+        type=int,
+        help="activations: only this token (negative: from the end); ablate, attribute: the "
+        "position predicting --token (default: the last)",
+    )
+    parser.add_argument(
+        "--token",
+        help="ablate, patch, attribute: the token followed, as its text (one token) or "
+        "#ID (default: the model's prediction)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["zero", "mean"],
+        default="zero",
+        help="ablate: set each head's output to zero or to its mean over the prompt (default zero)",
+    )
     parser.add_argument("--clean", help="patch: the prompt whose activations are patched in")
     parser.add_argument("--corrupt", help="patch: the prompt they are patched into (the same number of tokens)")
-    parser.add_argument("--windows", type=int, default=256,
-                        help="positions: validation windows of the model's context to average over (default 256)")
+    parser.add_argument(
+        "--windows",
+        type=int,
+        default=256,
+        help="positions: validation windows of the model's context to average over (default 256)",
+    )
     parser.add_argument("--out", type=Path, help="folder for the PNG pictures (default: RUN_DIR/inspect)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a summary")
     startup.add_startup_arguments(parser)
     parser.set_defaults(func=run_inspect)
 
-    plot = subparsers.add_parser("plot", help="training and validation loss curves of runs side by side (and "
-                                              "validation bits per byte, comparable across tokenizers), with a "
-                                              "table of their parameters, speed and best validation loss")
+    plot = subparsers.add_parser(
+        "plot",
+        help="training and validation loss curves of runs side by side (and "
+        "validation bits per byte, comparable across tokenizers), with a "
+        "table of their parameters, speed and best validation loss",
+    )
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="train.py --workdir folders")
     plot.add_argument("--out", type=Path, default=Path("runs.png"), help="the picture (default runs.png)")
     plot.add_argument("--json", action="store_true", help="print the table as JSON")
@@ -115,6 +137,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     from mulm_jax.inspect.heads import head_roles
     from mulm_jax.inspect.trace import Tracer
     from mulm_jax.infer import load_model
+
     startup.start(args)
     loaded = load_model(args.checkpoint, args.step)
     cfg = loaded.config.model
@@ -139,30 +162,51 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.view == "attention":
         for layer in layers:
             for head in heads:
-                written.append(draw.attention_heatmap(
-                    trace.attention_LxHxTxT[layer, head], trace.pieces, trace.pieces,
-                    f"{name}: attention, layer {layer}, head {head}", out_dir / f"attention_L{layer}_H{head}.png"))
-        written.append(draw.attention_grid(trace.attention_LxHxTxT, f"{name}: attention of every head",
-                                           out_dir / "attention_grid.png"))
+                written.append(
+                    draw.attention_heatmap(
+                        trace.attention_LxHxTxT[layer, head],
+                        trace.pieces,
+                        trace.pieces,
+                        f"{name}: attention, layer {layer}, head {head}",
+                        out_dir / f"attention_L{layer}_H{head}.png",
+                    )
+                )
+        written.append(
+            draw.attention_grid(
+                trace.attention_LxHxTxT, f"{name}: attention of every head", out_dir / "attention_grid.png"
+            )
+        )
         if trace.cross_attention_LxHxTxS is not None:  # queries: the decoder's tokens; keys: the source's
             predicted = [*trace.top_ids_TxN[1:, 0].tolist(), int(trace.next_top_ids_N[0])]
             rows = [f"{draw.shown(p)}\u2192{draw.shown(piece(i))}" for p, i in zip(trace.pieces, predicted)]
             for layer in layers:
                 for head in heads:
-                    written.append(draw.attention_heatmap(  # each row: a decoder input -> the token it predicts
-                        trace.cross_attention_LxHxTxS[layer, head], rows, trace.source_pieces,
-                        f"{name}: cross-attention over the source, layer {layer}, head {head}",
-                        out_dir / f"cross_attention_L{layer}_H{head}.png"))
-            written.append(draw.attention_grid(trace.cross_attention_LxHxTxS,
-                                               f"{name}: cross-attention of every head over the source",
-                                               out_dir / "cross_attention_grid.png"))
+                    written.append(
+                        draw.attention_heatmap(  # each row: a decoder input -> the token it predicts
+                            trace.cross_attention_LxHxTxS[layer, head],
+                            rows,
+                            trace.source_pieces,
+                            f"{name}: cross-attention over the source, layer {layer}, head {head}",
+                            out_dir / f"cross_attention_L{layer}_H{head}.png",
+                        )
+                    )
+            written.append(
+                draw.attention_grid(
+                    trace.cross_attention_LxHxTxS,
+                    f"{name}: cross-attention of every head over the source",
+                    out_dir / "cross_attention_grid.png",
+                )
+            )
         summary = report.attention_summary(trace, layers, heads)
     elif args.view == "lens":
         written.append(draw.lens_grid(trace, piece, out_dir / "lens.png", f"{name}: logit lens"))
         summary = report.lens_summary(trace, piece)
     elif args.view == "tokens":
-        written.append(draw.token_surprisal(trace.pieces, -trace.logprob_T, f"{name}: surprisal of each token",
-                                            out_dir / "tokens.png"))
+        written.append(
+            draw.token_surprisal(
+                trace.pieces, -trace.logprob_T, f"{name}: surprisal of each token", out_dir / "tokens.png"
+            )
+        )
         summary = report.tokens_summary(trace, piece)
     else:
         written.append(draw.head_roles_scatter(roles, f"{name}: head roles", out_dir / "heads.png"))
@@ -190,8 +234,10 @@ def _activations(args: argparse.Namespace, tracer: Any) -> int:
         return 0
     for activation, value in values.items():
         array = np.asarray(value["values"], np.float64)
-        print(f"{activation:36s} {value['letters']:10s} {str(tuple(value['shape'])):16s} norm {np.linalg.norm(array):9.4f}"
-              f"  first {np.round(array.ravel()[:4], 4).tolist()}")
+        print(
+            f"{activation:36s} {value['letters']:10s} {str(tuple(value['shape'])):16s} norm {np.linalg.norm(array):9.4f}"
+            f"  first {np.round(array.ravel()[:4], 4).tolist()}"
+        )
     return 0
 
 
@@ -213,13 +259,21 @@ def _intervention(args: argparse.Namespace, tracer: Any, out_dir: Path, name: st
         data = ablation_json(table, tracer)
         L, H = table.delta_LxH.shape
         worst = np.argsort(table.delta_LxH.ravel())[:5]
-        summary = (f"log p('{draw.shown(piece(table.token))}' after position {table.position}) = {table.logprob:.3f}; "
-                   f"{table.mode}-ablating one head changes it by {table.delta_LxH.min():+.3f} to "
-                   f"{table.delta_LxH.max():+.3f}\nmost harmful heads (layer.head): " + ", ".join(
-                       f"{i // H}.{i % H} ({table.delta_LxH.ravel()[i]:+.3f})" for i in worst))
-        path = draw.diverging_grid(table.delta_LxH, "layer", None, "change in log-probability",
-                                   f"{name}: {table.mode}-ablating each head, log p('{draw.shown(piece(table.token))}')",
-                                   out_dir / "ablate.png", "head")
+        summary = (
+            f"log p('{draw.shown(piece(table.token))}' after position {table.position}) = {table.logprob:.3f}; "
+            f"{table.mode}-ablating one head changes it by {table.delta_LxH.min():+.3f} to "
+            f"{table.delta_LxH.max():+.3f}\nmost harmful heads (layer.head): "
+            + ", ".join(f"{i // H}.{i % H} ({table.delta_LxH.ravel()[i]:+.3f})" for i in worst)
+        )
+        path = draw.diverging_grid(
+            table.delta_LxH,
+            "layer",
+            None,
+            "change in log-probability",
+            f"{name}: {table.mode}-ablating each head, log p('{draw.shown(piece(table.token))}')",
+            out_dir / "ablate.png",
+            "head",
+        )
     elif args.view == "patch":
         if args.clean is None or args.corrupt is None:
             raise MulmError("inspect patch needs --clean TEXT and --corrupt TEXT (the same number of tokens)")
@@ -227,24 +281,35 @@ def _intervention(args: argparse.Namespace, tracer: Any, out_dir: Path, name: st
         data = patch_json(table, tracer)
         restored = table.restored_LxT
         layer, t = np.unravel_index(int(np.argmax(restored)), restored.shape)
-        summary = (f"log p('{draw.shown(piece(table.token))}'): clean {table.clean_logprob:.3f}, corrupt "
-                   f"{table.corrupt_logprob:.3f}; patching one place restores up to {restored.max():.2f} of the gap "
-                   f"(layer {layer}, position {t})")
-        path = draw.diverging_grid(restored, "layer (its residual input)",
-                                   [token["text"] for token in data["corrupt_tokens"]],
-                                   "share of the clean log-probability restored",
-                                   f"{name}: patching the residual stream, clean -> corrupt", out_dir / "patch.png",
-                                   "position (corrupt prompt's token)")
+        summary = (
+            f"log p('{draw.shown(piece(table.token))}'): clean {table.clean_logprob:.3f}, corrupt "
+            f"{table.corrupt_logprob:.3f}; patching one place restores up to {restored.max():.2f} of the gap "
+            f"(layer {layer}, position {t})"
+        )
+        path = draw.diverging_grid(
+            restored,
+            "layer (its residual input)",
+            [token["text"] for token in data["corrupt_tokens"]],
+            "share of the clean log-probability restored",
+            f"{name}: patching the residual stream, clean -> corrupt",
+            out_dir / "patch.png",
+            "position (corrupt prompt's token)",
+        )
     else:
         attribution = interventions.logit_attribution(tracer, _prompt(args), token=token, position=position)
         data = attribution_json(attribution, tracer)
         top = np.argsort(-np.abs(attribution.values))[:6]
-        summary = (f"logit of '{draw.shown(piece(attribution.token))}' at position {attribution.position}: "
-                   f"{attribution.logit:.4f} (sum of the components {attribution.total:.4f})\nlargest: " + ", ".join(
-                       f"{attribution.labels[i]} {attribution.values[i]:+.3f}" for i in top))
-        path = draw.attribution_bars(attribution.labels, attribution.values,
-                                     f"{name}: direct logit attribution of '{draw.shown(piece(attribution.token))}'",
-                                     out_dir / "attribute.png")
+        summary = (
+            f"logit of '{draw.shown(piece(attribution.token))}' at position {attribution.position}: "
+            f"{attribution.logit:.4f} (sum of the components {attribution.total:.4f})\nlargest: "
+            + ", ".join(f"{attribution.labels[i]} {attribution.values[i]:+.3f}" for i in top)
+        )
+        path = draw.attribution_bars(
+            attribution.labels,
+            attribution.values,
+            f"{name}: direct logit attribution of '{draw.shown(piece(attribution.token))}'",
+            out_dir / "attribute.png",
+        )
     print(json.dumps(data) if args.json else summary)
     print(f"wrote {path}", file=sys.stderr)
     return 0
@@ -273,14 +338,14 @@ def run_plot(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(table))
     else:
-        print(f"{'run':24s} {'params':>10s} {'steps':>7s} {'tokens/s':>10s} {'best val loss':>14s} "
-              f"{'best val bpb':>12s}")
+        print(
+            f"{'run':24s} {'params':>10s} {'steps':>7s} {'tokens/s':>10s} {'best val loss':>14s} {'best val bpb':>12s}"
+        )
         for row in table:
             best = "-" if row["best_val_loss"] is None else f"{row['best_val_loss']:.4f} @{row['best_val_step']}"
             speed = "-" if row["tokens_per_sec"] is None else f"{row['tokens_per_sec']:,.0f}"
             bpb = "-" if row["best_val_bpb"] is None else f"{row['best_val_bpb']:.4f}"
-            print(f"{row['run'][:24]:24s} {row['params']:>10,d} {row['steps']:>7d} {speed:>10s} {best:>14s} "
-                  f"{bpb:>12s}")
+            print(f"{row['run'][:24]:24s} {row['params']:>10,d} {row['steps']:>7d} {speed:>10s} {best:>14s} {bpb:>12s}")
     path = plot_runs(runs, table, args.out)
     print(f"wrote {path}", file=sys.stderr)
     return 0

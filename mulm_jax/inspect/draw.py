@@ -50,13 +50,20 @@ def _token_ticks(ax, pieces: Sequence[str], axis: str) -> None:
         ax.set_yticks(ticks, labels, fontsize=size)
 
 
-def attention_heatmap(weights_QxK: np.ndarray, query_pieces: Sequence[str], key_pieces: Sequence[str], title: str,
-                      path: str | Path) -> Path:
+def attention_heatmap(
+    weights_QxK: np.ndarray, query_pieces: Sequence[str], key_pieces: Sequence[str], title: str, path: str | Path
+) -> Path:
     """One head's attention: queries down, keys across, with the tokens as labels and a colour bar."""
     size = min(12.0, 3.0 + 0.18 * max(len(key_pieces), len(query_pieces)))
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    image = ax.imshow(weights_QxK, cmap="viridis", vmin=0.0, vmax=max(float(weights_QxK.max()), 1e-6),
-                      interpolation="nearest", aspect="auto")
+    image = ax.imshow(
+        weights_QxK,
+        cmap="viridis",
+        vmin=0.0,
+        vmax=max(float(weights_QxK.max()), 1e-6),
+        interpolation="nearest",
+        aspect="auto",
+    )
     _token_ticks(ax, key_pieces, "x")
     _token_ticks(ax, query_pieces, "y")
     ax.set_xlabel("key (attended to)")
@@ -66,8 +73,9 @@ def attention_heatmap(weights_QxK: np.ndarray, query_pieces: Sequence[str], key_
     return save_figure(fig, path)
 
 
-def attention_grid(attention_LxHxTxT: np.ndarray, title: str, path: str | Path,
-                   layers: Optional[Sequence[int]] = None) -> Path:
+def attention_grid(
+    attention_LxHxTxT: np.ndarray, title: str, path: str | Path, layers: Optional[Sequence[int]] = None
+) -> Path:
     """Every head of the chosen layers as small multiples (rows: layers, columns: heads) on one colour scale."""
     layers = list(range(attention_LxHxTxT.shape[0])) if layers is None else list(layers)
     H = attention_LxHxTxT.shape[1]
@@ -76,8 +84,9 @@ def attention_grid(attention_LxHxTxT: np.ndarray, title: str, path: str | Path,
     for row, layer in enumerate(layers):
         for head in range(H):
             ax = axes[row, head]
-            image = ax.imshow(attention_LxHxTxT[layer, head], cmap="viridis", vmin=0.0, vmax=1.0,
-                              interpolation="nearest")
+            image = ax.imshow(
+                attention_LxHxTxT[layer, head], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest"
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
@@ -103,9 +112,16 @@ def lens_grid(trace: Trace, decode_piece, path: str | Path, title: str, max_posi
         for layer in range(L):
             guess = shown(decode_piece(int(trace.lens_top_ids_LxTxN[layer, t, 0])))[:6]
             correct = trace.lens_next_rank_LxT[layer, t] == 0
-            ax.text(c, layer, guess, ha="center", va="center", fontsize=7,
-                    color="white" if probs_LxC[layer, c] > 0.6 else "black",
-                    fontweight="bold" if correct else "normal")
+            ax.text(
+                c,
+                layer,
+                guess,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if probs_LxC[layer, c] > 0.6 else "black",
+                fontweight="bold" if correct else "normal",
+            )
     ax.set_xticks(range(len(cols)), [shown(trace.pieces[t]) for t in cols], rotation=90, fontsize=7)
     ax.set_yticks(range(L), [f"after block {layer}" for layer in range(L)], fontsize=8)
     ax.set_xlabel("input token (each column predicts the token after it; bold: the guess is right)")
@@ -114,8 +130,9 @@ def lens_grid(trace: Trace, decode_piece, path: str | Path, title: str, max_posi
     return save_figure(fig, path)
 
 
-def token_surprisal(pieces: Sequence[str], surprisal_T: np.ndarray, title: str, path: str | Path,
-                    per_line: int = 24) -> Path:
+def token_surprisal(
+    pieces: Sequence[str], surprisal_T: np.ndarray, title: str, path: str | Path, per_line: int = 24
+) -> Path:
     """The text as boxes of tokens, each shaded by its surprisal (-log p, in nats) under the model."""
     rows = math.ceil(len(pieces) / per_line)
     fig, ax = plt.subplots(figsize=(per_line * 0.55 + 1.5, 0.45 * rows + 1.0))
@@ -127,8 +144,15 @@ def token_surprisal(pieces: Sequence[str], surprisal_T: np.ndarray, title: str, 
         value = surprisal_T[i]
         colour = cmap(value / top) if np.isfinite(value) else (0.9, 0.9, 0.9, 1.0)
         ax.add_patch(plt.Rectangle((col, -row - 1), 0.95, 0.9, color=colour))
-        ax.text(col + 0.47, -row - 0.55, shown(piece)[:5], ha="center", va="center", fontsize=7,
-                color="white" if np.isfinite(value) and value / top > 0.6 else "black")
+        ax.text(
+            col + 0.47,
+            -row - 0.55,
+            shown(piece)[:5],
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if np.isfinite(value) and value / top > 0.6 else "black",
+        )
     ax.set_xlim(0, per_line)
     ax.set_ylim(-rows - 0.1, 0.1)
     ax.axis("off")
@@ -143,13 +167,26 @@ def head_roles_scatter(roles: HeadRoles, title: str, path: str | Path) -> Path:
     its previous-token score, labelled layer.head."""
     L, H = roles.entropy_LxH.shape
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    points = ax.scatter(roles.mean_distance_LxH.ravel(), roles.entropy_LxH.ravel(),
-                        c=roles.induction_LxH.ravel(), cmap="plasma", vmin=0.0, vmax=1.0,
-                        s=30 + 300 * roles.previous_token_LxH.ravel(), edgecolors="black", linewidths=0.5)
+    points = ax.scatter(
+        roles.mean_distance_LxH.ravel(),
+        roles.entropy_LxH.ravel(),
+        c=roles.induction_LxH.ravel(),
+        cmap="plasma",
+        vmin=0.0,
+        vmax=1.0,
+        s=30 + 300 * roles.previous_token_LxH.ravel(),
+        edgecolors="black",
+        linewidths=0.5,
+    )
     for layer in range(L):
         for head in range(H):
-            ax.annotate(f"{layer}.{head}", (roles.mean_distance_LxH[layer, head], roles.entropy_LxH[layer, head]),
-                        fontsize=7, xytext=(4, 3), textcoords="offset points")
+            ax.annotate(
+                f"{layer}.{head}",
+                (roles.mean_distance_LxH[layer, head], roles.entropy_LxH[layer, head]),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
     ax.set_xlabel("mean attention distance (positions back)")
     ax.set_ylabel("attention entropy (nats)")
     ax.set_title(title)
@@ -172,8 +209,15 @@ def loss_by_position(losses: dict[str, np.ndarray], title: str, path: str | Path
     return save_figure(fig, path)
 
 
-def diverging_grid(values_RxC: np.ndarray, row_label: str, col_labels: Sequence[str] | None, colour_label: str,
-                   title: str, path: str | Path, col_axis: str) -> Path:
+def diverging_grid(
+    values_RxC: np.ndarray,
+    row_label: str,
+    col_labels: Sequence[str] | None,
+    colour_label: str,
+    title: str,
+    path: str | Path,
+    col_axis: str,
+) -> Path:
     """A table of signed numbers (ablation's change per layer x head, patching's effect per layer x position):
     red below zero, blue above, white at zero, with each cell's value written in when the table is small."""
     R, C = values_RxC.shape
@@ -191,8 +235,15 @@ def diverging_grid(values_RxC: np.ndarray, row_label: str, col_labels: Sequence[
         for r in range(R):
             for c in range(C):
                 dark = abs(values_RxC[r, c]) > 0.6 * bound
-                ax.text(c, r, f"{values_RxC[r, c]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if dark else "black")
+                ax.text(
+                    c,
+                    r,
+                    f"{values_RxC[r, c]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if dark else "black",
+                )
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label=colour_label)
     return save_figure(fig, path)

@@ -22,11 +22,18 @@ class HeadRoles:
 
     def rows(self) -> list[dict]:
         L, H = self.entropy_LxH.shape
-        return [{"layer": layer, "head": head, "entropy": float(self.entropy_LxH[layer, head]),
-                 "mean_distance": float(self.mean_distance_LxH[layer, head]),
-                 "previous_token": float(self.previous_token_LxH[layer, head]),
-                 "induction": float(self.induction_LxH[layer, head])}
-                for layer in range(L) for head in range(H)]
+        return [
+            {
+                "layer": layer,
+                "head": head,
+                "entropy": float(self.entropy_LxH[layer, head]),
+                "mean_distance": float(self.mean_distance_LxH[layer, head]),
+                "previous_token": float(self.previous_token_LxH[layer, head]),
+                "induction": float(self.induction_LxH[layer, head]),
+            }
+            for layer in range(L)
+            for head in range(H)
+        ]
 
 
 def attention_stats(attention_LxHxTxT: np.ndarray) -> dict[str, np.ndarray]:
@@ -41,8 +48,11 @@ def attention_stats(attention_LxHxTxT: np.ndarray) -> dict[str, np.ndarray]:
     entropy = -np.sum(np.where(probs > 0, probs * np.log(np.where(probs > 0, probs, 1.0)), 0.0), axis=-1)
     distance = np.sum(probs * (q - k), axis=-1)
     previous = probs[:, :, np.arange(T - 1), np.arange(T - 1)]  # query t (row t - 1) on key t - 1
-    return {"entropy": entropy.mean(-1).astype(np.float32), "mean_distance": distance.mean(-1).astype(np.float32),
-            "previous_token": previous.mean(-1).astype(np.float32)}
+    return {
+        "entropy": entropy.mean(-1).astype(np.float32),
+        "mean_distance": distance.mean(-1).astype(np.float32),
+        "previous_token": previous.mean(-1).astype(np.float32),
+    }
 
 
 def induction_sequence(vocab: int, half: int, seed: int = 0) -> np.ndarray:
@@ -73,7 +83,13 @@ def head_roles(tracer: Tracer, attention_LxHxTxT: np.ndarray, seeds: int = 4) ->
     vocab = tracer.tokenizer.vocab_size
     sequences = [induction_sequence(vocab, half, seed).tolist() for seed in range(seeds)]
     # An encoder-decoder's decoder reads the repeated sequence as its target (the source: the same sequence).
-    scores = [induction_scores(tracer.trace(ids, top_k=1, lens=False, target=ids if tracer.encoder_decoder else None
-                                            ).attention_LxHxTxT, half) for ids in sequences]
-    return HeadRoles(stats["entropy"], stats["mean_distance"], stats["previous_token"],
-                     np.mean(scores, axis=0).astype(np.float32))
+    scores = [
+        induction_scores(
+            tracer.trace(ids, top_k=1, lens=False, target=ids if tracer.encoder_decoder else None).attention_LxHxTxT,
+            half,
+        )
+        for ids in sequences
+    ]
+    return HeadRoles(
+        stats["entropy"], stats["mean_distance"], stats["previous_token"], np.mean(scores, axis=0).astype(np.float32)
+    )

@@ -28,8 +28,11 @@ def check_layer_head(tracer: Tracer, layer: int, head: Optional[int] = None) -> 
 def check_position(position: int, length: int) -> int:
     """A position of a sequence of `length` tokens (negative: from the end), or an error naming the range."""
     if not -length <= position < length:
-        raise InspectError(f"position {position} is out of range: the prompt has positions 0 to {length - 1} "
-                           f"(or -{length} to -1 from the end)", "position")
+        raise InspectError(
+            f"position {position} is out of range: the prompt has positions 0 to {length - 1} "
+            f"(or -{length} to -1 from the end)",
+            "position",
+        )
     return position % length
 
 
@@ -42,8 +45,9 @@ def _ablated(values_N: np.ndarray, mode: str, mean: Optional[np.ndarray]) -> Edi
     return Edit(scale=1.0 - values_N, shift=0.0 if mode == "zero" else values_N * mean)
 
 
-def head_edits(tracer: Tracer, heads: Sequence[tuple[int, int]], mode: str = "zero",
-               cache: Optional[ActivationCache] = None) -> dict[str, Edit]:
+def head_edits(
+    tracer: Tracer, heads: Sequence[tuple[int, int]], mode: str = "zero", cache: Optional[ActivationCache] = None
+) -> dict[str, Edit]:
     """Edits that ablate (layer, head) pairs of the decoder's self-attention: the head's z (its weighted sum of V) set
     to zero, or to its mean over the prompt's positions in `cache` (which must hold blocks.{l}.attn.z)."""
     H = tracer.cfg.num_heads
@@ -51,13 +55,17 @@ def head_edits(tracer: Tracer, heads: Sequence[tuple[int, int]], mode: str = "ze
     for layer, head in heads:
         check_layer_head(tracer, layer, head)
         by_layer.setdefault(layer, np.zeros((1, H, 1), np.float32))[0, head, 0] = 1.0
-    return {f"blocks.{layer}.attn.z": _ablated(mask_1xHx1, mode, None if cache is None else
-                                               cache[f"blocks.{layer}.attn.z"].mean(axis=0, keepdims=True))
-            for layer, mask_1xHx1 in by_layer.items()}
+    return {
+        f"blocks.{layer}.attn.z": _ablated(
+            mask_1xHx1, mode, None if cache is None else cache[f"blocks.{layer}.attn.z"].mean(axis=0, keepdims=True)
+        )
+        for layer, mask_1xHx1 in by_layer.items()
+    }
 
 
-def neuron_edits(tracer: Tracer, neurons: Sequence[tuple[int, int]], mode: str = "zero",
-                 cache: Optional[ActivationCache] = None) -> dict[str, Edit]:
+def neuron_edits(
+    tracer: Tracer, neurons: Sequence[tuple[int, int]], mode: str = "zero", cache: Optional[ActivationCache] = None
+) -> dict[str, Edit]:
     """Edits that ablate (layer, neuron) pairs of the MLPs: the neuron's activation (mlp.post) set to zero or to its
     mean over the prompt's positions in `cache`."""
     F = tracer.cfg.ff_dim
@@ -67,9 +75,12 @@ def neuron_edits(tracer: Tracer, neurons: Sequence[tuple[int, int]], mode: str =
         if not 0 <= neuron < F:
             raise InspectError(f"neuron {neuron} is out of range: this model's MLPs have neurons 0 to {F - 1}")
         by_layer.setdefault(layer, np.zeros((1, F), np.float32))[0, neuron] = 1.0
-    return {f"blocks.{layer}.mlp.post": _ablated(mask_1xF, mode, None if cache is None else
-                                                 cache[f"blocks.{layer}.mlp.post"].mean(axis=0, keepdims=True))
-            for layer, mask_1xF in by_layer.items()}
+    return {
+        f"blocks.{layer}.mlp.post": _ablated(
+            mask_1xF, mode, None if cache is None else cache[f"blocks.{layer}.mlp.post"].mean(axis=0, keepdims=True)
+        )
+        for layer, mask_1xF in by_layer.items()
+    }
 
 
 def patch_edit(source: ActivationCache, name: str, positions: Optional[Sequence[int]] = None) -> Edit:
@@ -89,16 +100,18 @@ def patch_edit(source: ActivationCache, name: str, positions: Optional[Sequence[
 def _answer(tracer: Tracer, token: Optional[str | int], logprobs_V: np.ndarray) -> int:
     """The token a metric follows: an id, a text of one token, or (None) the model's top prediction."""
     if token is None:
-        return int(np.argmax(logprobs_V[:tracer.tokenizer.vocab_size]))
+        return int(np.argmax(logprobs_V[: tracer.tokenizer.vocab_size]))
     if isinstance(token, str):
         ids = tracer.tokenizer.encode(token)
         if len(ids) != 1:
-            raise InspectError(f"token {token!r} is {len(ids)} tokens for this tokenizer: expected exactly one",
-                               "token")
+            raise InspectError(
+                f"token {token!r} is {len(ids)} tokens for this tokenizer: expected exactly one", "token"
+            )
         return ids[0]
     if not 0 <= token < tracer.tokenizer.vocab_size:
-        raise InspectError(f"token id {token} is outside the tokenizer's vocabulary [0, {tracer.tokenizer.vocab_size})",
-                           "token")
+        raise InspectError(
+            f"token id {token} is outside the tokenizer's vocabulary [0, {tracer.tokenizer.vocab_size})", "token"
+        )
     return int(token)
 
 
@@ -108,11 +121,11 @@ def _batched(tracer: Tracer, ids, source, edits_per_row: list[dict[str, Edit]], 
     names = sorted({name for row in edits_per_row for name in row})
     rows = []
     for start in range(0, len(edits_per_row), BATCH):
-        chunk = edits_per_row[start:start + BATCH]
+        chunk = edits_per_row[start : start + BATCH]
         chunk = chunk + [{}] * (BATCH - len(chunk))
         edits = {name: [row.get(name, Edit()) for row in chunk] for name in names}
         rows.append(tracer.run_batch(ids, source, (), edits, logprobs_at=position)["logprobs"])
-    return np.concatenate(rows)[:len(edits_per_row)]
+    return np.concatenate(rows)[: len(edits_per_row)]
 
 
 @dataclass(frozen=True)
@@ -126,8 +139,9 @@ class AblationTable:
     delta_LxH: np.ndarray  # ablated minus unablated
 
 
-def ablate_each_head(tracer: Tracer, prompt, *, token: Optional[str | int] = None, position: int = -1,
-                     mode: str = "zero", target=None) -> AblationTable:
+def ablate_each_head(
+    tracer: Tracer, prompt, *, token: Optional[str | int] = None, position: int = -1, mode: str = "zero", target=None
+) -> AblationTable:
     """Each head of the decoder's self-attention ablated alone (zero or mean over the prompt's positions): how much
     the log-probability of `token` (default: the model's top prediction) after `position` changes."""
     ids, source = tracer.sequences(prompt, target)
@@ -167,18 +181,29 @@ def patch_residual(tracer: Tracer, clean, corrupt, *, token: Optional[str | int]
         raise InspectError("patching the residual stream is for decoder-only models")
     clean_ids, corrupt_ids = tracer.encode(clean, "clean"), tracer.encode(corrupt, "corrupt")
     if len(clean_ids) != len(corrupt_ids):
-        raise InspectError(f"the clean prompt has {len(clean_ids)} tokens and the corrupt one {len(corrupt_ids)}: "
-                           "patching compares the same positions, so both must have the same number of tokens",
-                           "corrupt")
+        raise InspectError(
+            f"the clean prompt has {len(clean_ids)} tokens and the corrupt one {len(corrupt_ids)}: "
+            "patching compares the same positions, so both must have the same number of tokens",
+            "corrupt",
+        )
     T, L = len(clean_ids), tracer.cfg.decoder_layers
     clean_cache = tracer.run_with_cache(clean_ids, ["blocks.*.resid_pre"])
-    rows = [{}] + [{f"blocks.{layer}.resid_pre": patch_edit(clean_cache, f"blocks.{layer}.resid_pre", [t])}
-                   for layer in range(L) for t in range(T)]
+    rows = [{}] + [
+        {f"blocks.{layer}.resid_pre": patch_edit(clean_cache, f"blocks.{layer}.resid_pre", [t])}
+        for layer in range(L)
+        for t in range(T)
+    ]
     logprobs_NxV = _batched(tracer, corrupt_ids, None, rows, T - 1)
     clean_V = tracer.run_batch(clean_ids, None, (), {}, logprobs_at=T - 1)["logprobs"][0]
     answer = _answer(tracer, token, clean_V)
-    return PatchTable(answer, float(clean_V[answer]), float(logprobs_NxV[0, answer]),
-                      logprobs_NxV[1:, answer].reshape(L, T), np.asarray(clean_ids), np.asarray(corrupt_ids))
+    return PatchTable(
+        answer,
+        float(clean_V[answer]),
+        float(logprobs_NxV[0, answer]),
+        logprobs_NxV[1:, answer].reshape(L, T),
+        np.asarray(clean_ids),
+        np.asarray(corrupt_ids),
+    )
 
 
 @dataclass(frozen=True)
@@ -198,14 +223,17 @@ class Attribution:
         return float(self.values.sum())
 
 
-def logit_attribution(tracer: Tracer, prompt, *, token: Optional[str | int] = None, position: int = -1,
-                      target=None) -> Attribution:
+def logit_attribution(
+    tracer: Tracer, prompt, *, token: Optional[str | int] = None, position: int = -1, target=None
+) -> Attribution:
     """Each head's and MLP's direct contribution to the logit of `token` (default: the model's top prediction) at
     `position`, through the final norm's scale (the sum of the contributions is the logit)."""
     cfg = tracer.cfg
     if cfg.norm_position != "pre":
-        raise InspectError("direct logit attribution needs a pre-norm model: in a post-norm one every layer's norm "
-                           "rescales the residual stream, which is then no sum of the layers' outputs")
+        raise InspectError(
+            "direct logit attribution needs a pre-norm model: in a post-norm one every layer's norm "
+            "rescales the residual stream, which is then no sum of the layers' outputs"
+        )
     ids, _ = tracer.sequences(prompt, target)
     position = check_position(position, len(ids))
     parts = ["embed", "pos_embed", "blocks.*.attn.head_out", "blocks.*.cross_attn.head_out", "blocks.*.mlp.out"]
@@ -214,8 +242,11 @@ def logit_attribution(tracer: Tracer, prompt, *, token: Optional[str | int] = No
     answer = _answer(tracer, token, cache["logits"][position])
     params = tracer.loaded.params
     embedder = params["embedder"]
-    u_D = (np.asarray(embedder["token"]["embedding"])[answer] if cfg.tie_embeddings
-           else np.asarray(embedder["head"]["kernel"])[:, answer]).astype(np.float64)
+    u_D = (
+        np.asarray(embedder["token"]["embedding"])[answer]
+        if cfg.tie_embeddings
+        else np.asarray(embedder["head"]["kernel"])[:, answer]
+    ).astype(np.float64)
     norm = params["decoder"]["final_norm"]
     factor = float(cache["ln_final.scale_factor"][position, 0])
     direction_D = u_D * np.asarray(norm["scale"], np.float64) * factor

@@ -20,9 +20,11 @@ def loss_by_position(loaded: LoadedModel, tokens: np.ndarray, max_windows: int =
     check_context(loaded.config.model, T)
     windows = min(max_windows, (len(tokens) - 1) // T)
     if windows < 1:
-        raise EvalError(f"the text has {len(tokens)} tokens: loss by position needs at least {T + 1} "
-                        f"(one window of the model's context and its next token)")
-    result = sliding_perplexity(WindowScorer(loaded), tokens[:windows * T + 1], T, stride=T, buckets=T)
+        raise EvalError(
+            f"the text has {len(tokens)} tokens: loss by position needs at least {T + 1} "
+            f"(one window of the model's context and its next token)"
+        )
+    result = sliding_perplexity(WindowScorer(loaded), tokens[: windows * T + 1], T, stride=T, buckets=T)
     return np.asarray([bucket["loss"] for bucket in result["by_position"]], np.float32)
 
 

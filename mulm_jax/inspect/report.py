@@ -32,19 +32,31 @@ def token_list(ids: Iterable[int], pieces: Iterable[str]) -> list[dict]:
     return [{"id": int(i), "text": text} for i, text in zip(ids, pieces)]
 
 
-def trace_json(trace: Trace, piece: Callable[[int], str], include: Iterable[str] = PARTS,
-               roles: Optional[HeadRoles] = None) -> dict:
+def trace_json(
+    trace: Trace, piece: Callable[[int], str], include: Iterable[str] = PARTS, roles: Optional[HeadRoles] = None
+) -> dict:
     """The parts of a trace asked for in `include`, as nested lists; `piece` gives an alternative token's text."""
     include = set(include)
     out: dict = {"num_layers": trace.num_layers, "num_heads": trace.num_heads}
     if "tokens" in include:
         out["tokens"] = [
-            {"id": int(token), "text": text, "logprob": _number(trace.logprob_T[t]),
-             "top": [] if t == 0 else [{"id": int(i), "text": piece(int(i)), "logprob": _number(lp)}
-                                       for i, lp in zip(trace.top_ids_TxN[t], trace.top_logprobs_TxN[t])]}
-            for t, (token, text) in enumerate(zip(trace.ids_T, trace.pieces))]
-        out["next"] = [{"id": int(i), "text": piece(int(i)), "logprob": _number(lp)}
-                       for i, lp in zip(trace.next_top_ids_N, trace.next_top_logprobs_N)]
+            {
+                "id": int(token),
+                "text": text,
+                "logprob": _number(trace.logprob_T[t]),
+                "top": []
+                if t == 0
+                else [
+                    {"id": int(i), "text": piece(int(i)), "logprob": _number(lp)}
+                    for i, lp in zip(trace.top_ids_TxN[t], trace.top_logprobs_TxN[t])
+                ],
+            }
+            for t, (token, text) in enumerate(zip(trace.ids_T, trace.pieces))
+        ]
+        out["next"] = [
+            {"id": int(i), "text": piece(int(i)), "logprob": _number(lp)}
+            for i, lp in zip(trace.next_top_ids_N, trace.next_top_logprobs_N)
+        ]
     if "attention" in include:
         out["attention"] = _grid(trace.attention_LxHxTxT)
         out["residual_norm"] = _grid(trace.residual_norm_LxT, 4)
@@ -54,11 +66,16 @@ def trace_json(trace: Trace, piece: Callable[[int], str], include: Iterable[str]
             out["encoder_attention"] = _grid(trace.encoder_attention_LxHxSxS)
     if "lens" in include and trace.lens_top_ids_LxTxN is not None:
         out["lens"] = {
-            "top": [[[{"id": int(i), "text": piece(int(i)), "prob": _number(p)} for i, p in zip(ids_N, probs_N)]
-                     for ids_N, probs_N in zip(ids_TxN, probs_TxN)]
-                    for ids_TxN, probs_TxN in zip(trace.lens_top_ids_LxTxN, trace.lens_top_probs_LxTxN)],
+            "top": [
+                [
+                    [{"id": int(i), "text": piece(int(i)), "prob": _number(p)} for i, p in zip(ids_N, probs_N)]
+                    for ids_N, probs_N in zip(ids_TxN, probs_TxN)
+                ]
+                for ids_TxN, probs_TxN in zip(trace.lens_top_ids_LxTxN, trace.lens_top_probs_LxTxN)
+            ],
             "next_rank": np.where(trace.lens_next_rank_LxT >= 0, trace.lens_next_rank_LxT, None).tolist(),
-            "next_prob": _grid(trace.lens_next_prob_LxT)}
+            "next_prob": _grid(trace.lens_next_prob_LxT),
+        }
     if "heads" in include and roles is not None:
         out["heads"] = roles.rows()
     return out
@@ -78,7 +95,7 @@ def activations_json(cache: ActivationCache, position: Optional[int] = None) -> 
         letters = cache.letters[name].split("x")
         if position is not None and "T" in letters:
             axis = letters.index("T")
-            value, letters = np.take(value, position, axis=axis), letters[:axis] + letters[axis + 1:]
+            value, letters = np.take(value, position, axis=axis), letters[:axis] + letters[axis + 1 :]
         out[name] = {"letters": "x".join(letters), "shape": list(value.shape), "values": significant(value)}
     return out
 
@@ -96,37 +113,57 @@ def _token(tracer: Tracer, token: int) -> dict:
 
 
 def ablation_json(table: AblationTable, tracer: Tracer) -> dict:
-    return {"token": _token(tracer, table.token), "position": table.position, "mode": table.mode,
-            "logprob": _number(table.logprob), "delta_logprob": significant(table.delta_LxH)}
+    return {
+        "token": _token(tracer, table.token),
+        "position": table.position,
+        "mode": table.mode,
+        "logprob": _number(table.logprob),
+        "delta_logprob": significant(table.delta_LxH),
+    }
 
 
 def patch_json(table: PatchTable, tracer: Tracer) -> dict:
     tokens = lambda ids: token_list(ids, token_pieces(tracer.tokenizer, ids))  # noqa: E731
-    return {"token": _token(tracer, table.token), "clean_tokens": tokens(table.clean_ids_T),
-            "corrupt_tokens": tokens(table.corrupt_ids_T), "clean_logprob": _number(table.clean_logprob),
-            "corrupt_logprob": _number(table.corrupt_logprob), "patched_logprob": significant(table.patched_LxT),
-            "restored": significant(table.restored_LxT)}
+    return {
+        "token": _token(tracer, table.token),
+        "clean_tokens": tokens(table.clean_ids_T),
+        "corrupt_tokens": tokens(table.corrupt_ids_T),
+        "clean_logprob": _number(table.clean_logprob),
+        "corrupt_logprob": _number(table.corrupt_logprob),
+        "patched_logprob": significant(table.patched_LxT),
+        "restored": significant(table.restored_LxT),
+    }
 
 
 def attribution_json(attribution: Attribution, tracer: Tracer) -> dict:
-    return {"token": _token(tracer, attribution.token), "position": attribution.position,
-            "logit": _number(attribution.logit), "total": _number(attribution.total),
-            "components": [{"name": label, "logit": _number(value)}
-                           for label, value in zip(attribution.labels, attribution.values)]}
+    return {
+        "token": _token(tracer, attribution.token),
+        "position": attribution.position,
+        "logit": _number(attribution.logit),
+        "total": _number(attribution.total),
+        "components": [
+            {"name": label, "logit": _number(value)} for label, value in zip(attribution.labels, attribution.values)
+        ],
+    }
 
 
 def tokens_summary(trace: Trace, piece: Callable[[int], str], most: int = 8) -> str:
     surprisal = -trace.logprob_T
     scored = np.isfinite(surprisal)
-    lines = [f"{len(trace.pieces)} tokens; mean surprisal {surprisal[scored].mean():.3f} nats "
-             f"(perplexity {math.exp(surprisal[scored].mean()):.2f}) over the {int(scored.sum())} predicted"
-             if scored.any() else f"{len(trace.pieces)} token: nothing to predict"]
+    lines = [
+        f"{len(trace.pieces)} tokens; mean surprisal {surprisal[scored].mean():.3f} nats "
+        f"(perplexity {math.exp(surprisal[scored].mean()):.2f}) over the {int(scored.sum())} predicted"
+        if scored.any()
+        else f"{len(trace.pieces)} token: nothing to predict"
+    ]
     if scored.any():
         lines.append("most surprising (token: surprisal, the model's top guess):")
-        for t in np.argsort(-np.where(scored, surprisal, -np.inf))[:min(most, int(scored.sum()))]:
+        for t in np.argsort(-np.where(scored, surprisal, -np.inf))[: min(most, int(scored.sum()))]:
             guess = piece(int(trace.top_ids_TxN[t, 0]))
-            lines.append(f"  {t:4d} {shown(trace.pieces[t]):>12}: {surprisal[t]:6.2f}  "
-                         f"(guess '{shown(guess)}', p={math.exp(trace.top_logprobs_TxN[t, 0]):.2f})")
+            lines.append(
+                f"  {t:4d} {shown(trace.pieces[t]):>12}: {surprisal[t]:6.2f}  "
+                f"(guess '{shown(guess)}', p={math.exp(trace.top_logprobs_TxN[t, 0]):.2f})"
+            )
     return "\n".join(lines)
 
 
@@ -137,8 +174,10 @@ def attention_summary(trace: Trace, layers: Iterable[int], heads: Iterable[int])
     for layer in layers:
         for head in heads:
             weights_TxT = trace.attention_LxHxTxT[layer, head]
-            strongest = [f"{shown(trace.pieces[q])}->{shown(trace.pieces[int(np.argmax(weights_TxT[q]))])}"
-                         for q in range(max(0, T - 6), T)]
+            strongest = [
+                f"{shown(trace.pieces[q])}->{shown(trace.pieces[int(np.argmax(weights_TxT[q]))])}"
+                for q in range(max(0, T - 6), T)
+            ]
             lines.append(f"layer {layer} head {head}: last queries attend most to  " + "  ".join(strongest))
     return "\n".join(lines)
 
@@ -148,13 +187,16 @@ def lens_summary(trace: Trace, piece: Callable[[int], str]) -> str:
     L, T = trace.lens_top_ids_LxTxN.shape[:2]
     lines = [f"after the last token '{shown(trace.pieces[-1])}', each layer's top guesses:"]
     for layer in range(L):
-        guesses = ", ".join(f"'{shown(piece(int(i)))}' {p:.2f}" for i, p in
-                            zip(trace.lens_top_ids_LxTxN[layer, T - 1], trace.lens_top_probs_LxTxN[layer, T - 1]))
+        guesses = ", ".join(
+            f"'{shown(piece(int(i)))}' {p:.2f}"
+            for i, p in zip(trace.lens_top_ids_LxTxN[layer, T - 1], trace.lens_top_probs_LxTxN[layer, T - 1])
+        )
         lines.append(f"  block {layer:2d}: {guesses}")
     if T > 1:
-        right = (trace.lens_next_rank_LxT[:, :T - 1] == 0).mean(axis=1)
-        lines.append("share of positions where the next token is the top guess, by block: "
-                     + " ".join(f"{r:.2f}" for r in right))
+        right = (trace.lens_next_rank_LxT[:, : T - 1] == 0).mean(axis=1)
+        lines.append(
+            "share of positions where the next token is the top guess, by block: " + " ".join(f"{r:.2f}" for r in right)
+        )
     return "\n".join(lines)
 
 
@@ -163,8 +205,11 @@ def heads_summary(roles: HeadRoles, most: int = 5) -> str:
     for name, values in (("induction", roles.induction_LxH), ("previous-token", roles.previous_token_LxH)):
         order = np.argsort(-values.ravel())[:most]
         H = values.shape[1]
-        lines.append(f"strongest {name} heads: " + ", ".join(
-            f"{i // H}.{i % H} ({values.ravel()[i]:.2f})" for i in order))
-    lines.append(f"entropy from {roles.entropy_LxH.min():.2f} to {roles.entropy_LxH.max():.2f} nats; mean distance "
-                 f"from {roles.mean_distance_LxH.min():.1f} to {roles.mean_distance_LxH.max():.1f} positions")
+        lines.append(
+            f"strongest {name} heads: " + ", ".join(f"{i // H}.{i % H} ({values.ravel()[i]:.2f})" for i in order)
+        )
+    lines.append(
+        f"entropy from {roles.entropy_LxH.min():.2f} to {roles.entropy_LxH.max():.2f} nats; mean distance "
+        f"from {roles.mean_distance_LxH.min():.1f} to {roles.mean_distance_LxH.max():.1f} positions"
+    )
     return "\n".join(lines)

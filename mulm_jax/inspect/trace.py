@@ -81,8 +81,8 @@ def token_pieces(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
     nothing; the one that completes it shows the character."""
     pieces, before = [], ""
     for t in range(len(ids)):
-        text = tokenizer.decode(ids[:t + 1])
-        piece = text[len(before):] if text.startswith(before) else tokenizer.piece(ids[t])
+        text = tokenizer.decode(ids[: t + 1])
+        piece = text[len(before) :] if text.startswith(before) else tokenizer.piece(ids[t])
         if t + 1 < len(ids):
             piece = piece.rstrip("\ufffd")  # perhaps a character the next tokens complete
         pieces.append(piece)
@@ -118,15 +118,25 @@ class Tracer:
             ids = [int(i) for i in prompt]
             bad = [i for i in ids if not 0 <= i < self.tokenizer.vocab_size]
             if bad:
-                raise InspectError(f"{param}: token id {bad[0]} is outside the tokenizer's vocabulary "
-                                   f"[0, {self.tokenizer.vocab_size})", param)
+                raise InspectError(
+                    f"{param}: token id {bad[0]} is outside the tokenizer's vocabulary "
+                    f"[0, {self.tokenizer.vocab_size})",
+                    param,
+                )
         if not 1 <= len(ids) <= self.context:
-            raise InspectError(f"{param} has {len(ids)} tokens: expected 1 to {self.context} (the model's context)",
-                               param)
+            raise InspectError(
+                f"{param} has {len(ids)} tokens: expected 1 to {self.context} (the model's context)", param
+            )
         return ids
 
-    def trace(self, prompt: str | Sequence[int], *, top_k: int = 5, lens: bool = True,
-              target: str | Sequence[int] | None = None) -> Trace:
+    def trace(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        top_k: int = 5,
+        lens: bool = True,
+        target: str | Sequence[int] | None = None,
+    ) -> Trace:
         """Trace a prompt. Encoder-decoder models read `prompt` as the source and run the decoder over `target`; without
         a target, as the engine reads a generation prompt: its last token starts the decoder, the others are the
         source."""
@@ -134,13 +144,27 @@ class Tracer:
             raise InspectError(f"top_k={top_k} is out of range: expected 1 to 100")
         ids, source = self.sequences(prompt, target)
         src_1xS = None if source is None else self.compiled.pad(source)
-        out = jax.device_get(self._forward(self.loaded.params, self.compiled.pad(ids), len(ids), src_1xS,
-                                           len(source or ()), top_k=top_k, with_lens=lens))
+        out = jax.device_get(
+            self._forward(
+                self.loaded.params,
+                self.compiled.pad(ids),
+                len(ids),
+                src_1xS,
+                len(source or ()),
+                top_k=top_k,
+                with_lens=lens,
+            )
+        )
         return self._trace_from(out, ids, source, top_k)
 
-    def run_with_cache(self, prompt: str | Sequence[int], names: Sequence[str] | None = None, *,
-                       target: str | Sequence[int] | None = None,
-                       edits: Optional[Mapping[str, Edit]] = None) -> ActivationCache:
+    def run_with_cache(
+        self,
+        prompt: str | Sequence[int],
+        names: Sequence[str] | None = None,
+        *,
+        target: str | Sequence[int] | None = None,
+        edits: Optional[Mapping[str, Edit]] = None,
+    ) -> ActivationCache:
         """The activations `names` (exact names or globs, default: every one) of one forward pass over the prompt,
         with `edits` (name -> Edit) applied during it; only the names asked for are kept in memory. Encoder-decoder
         models read `prompt` and `target` as `trace` does."""
@@ -148,13 +172,18 @@ class Tracer:
         chosen = self.resolve(self.names if names is None else names)
         rows = self.run_batch(ids, source, chosen, {} if edits is None else {n: [e] for n, e in edits.items()})
         arrays = {name: value[0] for name, value in rows.items()}
-        return ActivationCache(arrays, {name: self.names[name] for name in chosen}, np.asarray(ids, np.int32),
-                               token_pieces(self.tokenizer, ids),
-                               None if source is None else np.asarray(source, np.int32),
-                               None if source is None else token_pieces(self.tokenizer, source))
+        return ActivationCache(
+            arrays,
+            {name: self.names[name] for name in chosen},
+            np.asarray(ids, np.int32),
+            token_pieces(self.tokenizer, ids),
+            None if source is None else np.asarray(source, np.int32),
+            None if source is None else token_pieces(self.tokenizer, source),
+        )
 
-    def sequences(self, prompt: str | Sequence[int], target: str | Sequence[int] | None = None
-                  ) -> tuple[list[int], Optional[list[int]]]:
+    def sequences(
+        self, prompt: str | Sequence[int], target: str | Sequence[int] | None = None
+    ) -> tuple[list[int], Optional[list[int]]]:
         """The decoder's token ids and (encoder-decoder models) the source's, checked. An encoder-decoder trained on
         pairs reads the prompt as its source and starts its decoder from its start token, which a target given as
         text follows (a target of ids is the decoder's input as given)."""
@@ -167,9 +196,12 @@ class Tracer:
             if start is not None:
                 return [start], ids
             if len(ids) < 2:
-                raise InspectError("an encoder-decoder model reads a prompt as the engine does, its last token starting "
-                                   "the decoder and the ones before it the source: expected at least 2 tokens (or a "
-                                   "target)", "prompt")
+                raise InspectError(
+                    "an encoder-decoder model reads a prompt as the engine does, its last token starting "
+                    "the decoder and the ones before it the source: expected at least 2 tokens (or a "
+                    "target)",
+                    "prompt",
+                )
             return ids[-1:], ids[:-1]
         if target is not None:
             raise InspectError("target is for encoder-decoder models; this model is decoder-only", "target")
@@ -186,13 +218,23 @@ class Tracer:
 
     def layout(self, ids: Sequence[int], source: Optional[Sequence[int]]) -> Layout:
         cfg = self.cfg
-        sizes = dict(D=cfg.d_model, H=cfg.num_heads, K=cfg.kv_heads, Dh=cfg.head_dim, F=cfg.ff_dim,
-                     V=cfg.vocab_size)
-        return Layout(len(ids), self.compiled.pad(ids).shape[1], len(source or ()),
-                      0 if source is None else self.compiled.pad(source).shape[1], sizes)
+        sizes = dict(D=cfg.d_model, H=cfg.num_heads, K=cfg.kv_heads, Dh=cfg.head_dim, F=cfg.ff_dim, V=cfg.vocab_size)
+        return Layout(
+            len(ids),
+            self.compiled.pad(ids).shape[1],
+            len(source or ()),
+            0 if source is None else self.compiled.pad(source).shape[1],
+            sizes,
+        )
 
-    def run_batch(self, ids: Sequence[int], source: Optional[Sequence[int]], names: Sequence[str],
-                  edits: Mapping[str, Sequence[Edit]], logprobs_at: Optional[int] = None) -> dict[str, np.ndarray]:
+    def run_batch(
+        self,
+        ids: Sequence[int],
+        source: Optional[Sequence[int]],
+        names: Sequence[str],
+        edits: Mapping[str, Sequence[Edit]],
+        logprobs_at: Optional[int] = None,
+    ) -> dict[str, np.ndarray]:
         """One forward pass over N copies of a sequence, row i edited by edits[name][i] (a list of one edit applies
         to every row): the activations `names` as [N, ...] (unpadded), and with `logprobs_at` a position, the
         next-token log-probabilities there as "logprobs" [N, V]. N is the longest list of edits."""
@@ -210,15 +252,27 @@ class Tracer:
             return np.concatenate([np.broadcast_to(r, r.shape[:1] + shape) for r in rows])
 
         try:
-            arrays = {name: (stacked(name, edit_list, "scale", 1.0), stacked(name, edit_list, "shift", 0.0))
-                      for name, edit_list in edits.items()}
+            arrays = {
+                name: (stacked(name, edit_list, "scale", 1.0), stacked(name, edit_list, "shift", 0.0))
+                for name, edit_list in edits.items()
+            }
         except ValueError as e:
             raise InspectError(str(e), "edits") from None
         ids_NxL = np.repeat(self.compiled.pad(ids), N, axis=0)
         src_NxS = None if source is None else np.repeat(self.compiled.pad(source), N, axis=0)
-        out = jax.device_get(self._activations(self.loaded.params, ids_NxL, len(ids), src_NxS, len(source or ()),
-                                               arrays, logprobs_at or 0, names=tuple(names),
-                                               with_logprobs=logprobs_at is not None))
+        out = jax.device_get(
+            self._activations(
+                self.loaded.params,
+                ids_NxL,
+                len(ids),
+                src_NxS,
+                len(source or ()),
+                arrays,
+                logprobs_at or 0,
+                names=tuple(names),
+                with_logprobs=logprobs_at is not None,
+            )
+        )
         result = {name: layout.unpad(np.asarray(out[name], np.float32), self.names[name]) for name in names}
         if logprobs_at is not None:
             result["logprobs"] = np.asarray(out["logprobs"], np.float32)
@@ -229,38 +283,61 @@ class Tracer:
         variables = {"params": params}
         if self.encoder_decoder:
             src_valid_NxS = jnp.arange(src_NxS.shape[1])[None] < src_length
-            return self.loaded.model.apply(variables, src_NxS, ids_NxL, src_valid_BxS=src_valid_NxS,
-                                           mutable=[hooks.ACTIVATIONS])
+            return self.loaded.model.apply(
+                variables, src_NxS, ids_NxL, src_valid_BxS=src_valid_NxS, mutable=[hooks.ACTIVATIONS]
+            )
         # The padding marked, so that RoPE scalings that depend on the length see the prompt's, not the bucket's.
-        return self.loaded.model.apply(variables, ids_NxL, valid_BxT=jnp.arange(ids_NxL.shape[1])[None] < length,
-                                       mutable=[hooks.ACTIVATIONS])
+        return self.loaded.model.apply(
+            variables, ids_NxL, valid_BxT=jnp.arange(ids_NxL.shape[1])[None] < length, mutable=[hooks.ACTIVATIONS]
+        )
 
-    def _activations_fn(self, params, ids_NxL, length, src_NxS, src_length, edit_arrays, logprobs_at, *,
-                        names: tuple[str, ...], with_logprobs: bool) -> dict:
-        edits = {name: (lambda scale, shift: lambda x: (x * scale + shift).astype(x.dtype))(*arrays)
-                 for name, arrays in edit_arrays.items()}
+    def _activations_fn(
+        self,
+        params,
+        ids_NxL,
+        length,
+        src_NxS,
+        src_length,
+        edit_arrays,
+        logprobs_at,
+        *,
+        names: tuple[str, ...],
+        with_logprobs: bool,
+    ) -> dict:
+        edits = {
+            name: (lambda scale, shift: lambda x: (x * scale + shift).astype(x.dtype))(*arrays)
+            for name, arrays in edit_arrays.items()
+        }
         with hooks.hooks(keep=set(names), edits=edits):
             logits_NxLxV, state = self._apply(params, ids_NxL, length, src_NxS, src_length)
         out = {name: value.astype(jnp.float32) for name, value in hooks.sown(state.get(hooks.ACTIVATIONS, {})).items()}
         if with_logprobs:  # the position is an argument: one compilation serves every position
-            out["logprobs"] = jax.nn.log_softmax(jnp.take(logits_NxLxV, logprobs_at, axis=1).astype(jnp.float32),
-                                                 axis=-1)
+            out["logprobs"] = jax.nn.log_softmax(
+                jnp.take(logits_NxLxV, logprobs_at, axis=1).astype(jnp.float32), axis=-1
+            )
         return out
 
     def _forward_fn(self, params, ids_1xL, length, src_1xS, src_length, *, top_k: int, with_lens: bool) -> dict:
         model, cfg = self.loaded.model, self.cfg
         variables = {"params": params}
         stacked = lambda name, layers, stack="": jnp.stack(  # noqa: E731
-            [seen[f"{stack}blocks.{i}.{name}"][0] for i in range(layers)]).astype(jnp.float32)
-        keep = {f"blocks.{i}.{name}" for i in range(cfg.decoder_layers) for name in
-                ("resid_post", "attn.pattern", "cross_attn.pattern")}
+            [seen[f"{stack}blocks.{i}.{name}"][0] for i in range(layers)]
+        ).astype(jnp.float32)
+        keep = {
+            f"blocks.{i}.{name}"
+            for i in range(cfg.decoder_layers)
+            for name in ("resid_post", "attn.pattern", "cross_attn.pattern")
+        }
         keep |= {f"encoder.blocks.{i}.attn.pattern" for i in range(cfg.encoder_layers)}
         with hooks.hooks(keep=keep):
             logits_1xLxV, state = self._apply(params, ids_1xL, length, src_1xS, src_length)
         seen = hooks.sown(state[hooks.ACTIVATIONS])
         resid_layers_LxD = stacked("resid_post", cfg.decoder_layers)
-        out = {"attention": stacked("attn.pattern", cfg.decoder_layers),
-               "residual": resid_layers_LxD, "residual_norm": jnp.linalg.norm(resid_layers_LxD, axis=-1)}
+        out = {
+            "attention": stacked("attn.pattern", cfg.decoder_layers),
+            "residual": resid_layers_LxD,
+            "residual_norm": jnp.linalg.norm(resid_layers_LxD, axis=-1),
+        }
         if self.encoder_decoder:
             out["cross_attention"] = stacked("cross_attn.pattern", cfg.decoder_layers)
             out["encoder_attention"] = stacked("attn.pattern", cfg.encoder_layers, "encoder.")
@@ -282,30 +359,44 @@ class Tracer:
     def _trace_from(self, out: dict, ids: list[int], source: Optional[list[int]], top_k: int) -> Trace:
         T = len(ids)
         logprob_T = np.full(T, np.nan, np.float32)
-        logprob_T[1:] = out["model_next_logprob"][:T - 1]
+        logprob_T[1:] = out["model_next_logprob"][: T - 1]
         top_ids = np.full((T, top_k), -1, np.int32)
         top_logprobs = np.full((T, top_k), np.nan, np.float32)
-        top_ids[1:], top_logprobs[1:] = out["model_top_ids"][:T - 1], out["model_top_logprobs"][:T - 1]
+        top_ids[1:], top_logprobs[1:] = out["model_top_ids"][: T - 1], out["model_top_logprobs"][: T - 1]
         lens = {}
         if "lens_top_ids" in out:
             rank = out["lens_next_rank"][:, :T].astype(np.int32)
             prob = np.exp(out["lens_next_logprob"][:, :T])
             rank[:, T - 1], prob[:, T - 1] = -1, np.nan
-            lens = dict(lens_top_ids_LxTxN=out["lens_top_ids"][:, :T],
-                        lens_top_probs_LxTxN=np.exp(out["lens_top_logprobs"][:, :T]),
-                        lens_next_rank_LxT=rank, lens_next_prob_LxT=prob)
+            lens = dict(
+                lens_top_ids_LxTxN=out["lens_top_ids"][:, :T],
+                lens_top_probs_LxTxN=np.exp(out["lens_top_logprobs"][:, :T]),
+                lens_next_rank_LxT=rank,
+                lens_next_prob_LxT=prob,
+            )
         extra = {}
         if source is not None:
             S = len(source)
-            extra = dict(source_ids_S=np.asarray(source, np.int32), source_pieces=token_pieces(self.tokenizer, source),
-                         encoder_attention_LxHxSxS=out["encoder_attention"][:, :, :S, :S],
-                         cross_attention_LxHxTxS=out["cross_attention"][:, :, :T, :S])
+            extra = dict(
+                source_ids_S=np.asarray(source, np.int32),
+                source_pieces=token_pieces(self.tokenizer, source),
+                encoder_attention_LxHxSxS=out["encoder_attention"][:, :, :S, :S],
+                cross_attention_LxHxTxS=out["cross_attention"][:, :, :T, :S],
+            )
         return Trace(
-            ids_T=np.asarray(ids, np.int32), pieces=token_pieces(self.tokenizer, ids), logprob_T=logprob_T,
-            top_ids_TxN=top_ids, top_logprobs_TxN=top_logprobs,
-            next_top_ids_N=out["model_top_ids"][T - 1], next_top_logprobs_N=out["model_top_logprobs"][T - 1],
-            attention_LxHxTxT=out["attention"][:, :, :T, :T], residual_LxTxD=out["residual"][:, :T],
-            residual_norm_LxT=out["residual_norm"][:, :T], **lens, **extra)
+            ids_T=np.asarray(ids, np.int32),
+            pieces=token_pieces(self.tokenizer, ids),
+            logprob_T=logprob_T,
+            top_ids_TxN=top_ids,
+            top_logprobs_TxN=top_logprobs,
+            next_top_ids_N=out["model_top_ids"][T - 1],
+            next_top_logprobs_N=out["model_top_logprobs"][T - 1],
+            attention_LxHxTxT=out["attention"][:, :, :T, :T],
+            residual_LxTxD=out["residual"][:, :T],
+            residual_norm_LxT=out["residual_norm"][:, :T],
+            **lens,
+            **extra,
+        )
 
 
 def _predictions(logits_LxV: jax.Array, next_ids_L: jax.Array, top_k: int, decodable: int, prefix: str) -> dict:
@@ -318,13 +409,21 @@ def _predictions(logits_LxV: jax.Array, next_ids_L: jax.Array, top_k: int, decod
     logsumexp_Lx1 = jax.nn.logsumexp(logits_LxV, axis=-1, keepdims=True)
     top_logits_LxN, top_ids_LxN = lax.top_k(logits_LxV[:, :decodable], top_k)
     next_logit_L = jnp.take_along_axis(logits_LxV, next_ids_L[:, None], axis=-1)[:, 0]
-    return {f"{prefix}_top_ids": top_ids_LxN.astype(jnp.int32),
-            f"{prefix}_top_logprobs": top_logits_LxN - logsumexp_Lx1,
-            f"{prefix}_next_logprob": next_logit_L - logsumexp_Lx1[:, 0],
-            f"{prefix}_next_rank": jnp.sum(logits_LxV > next_logit_L[:, None], axis=-1)}
+    return {
+        f"{prefix}_top_ids": top_ids_LxN.astype(jnp.int32),
+        f"{prefix}_top_logprobs": top_logits_LxN - logsumexp_Lx1,
+        f"{prefix}_next_logprob": next_logit_L - logsumexp_Lx1[:, 0],
+        f"{prefix}_next_rank": jnp.sum(logits_LxV > next_logit_L[:, None], axis=-1),
+    }
 
 
-def trace(loaded: LoadedModel, prompt: str | Sequence[int], *, top_k: int = 5, lens: bool = True,
-          target: str | Sequence[int] | None = None) -> Trace:
+def trace(
+    loaded: LoadedModel,
+    prompt: str | Sequence[int],
+    *,
+    top_k: int = 5,
+    lens: bool = True,
+    target: str | Sequence[int] | None = None,
+) -> Trace:
     """Trace one prompt (compiling for its bucket); keep a `Tracer` to trace many without recompiling."""
     return Tracer(loaded).trace(prompt, top_k=top_k, lens=lens, target=target)

@@ -14,11 +14,19 @@ def register(subparsers: Any) -> None:
     imp = sub.add_parser("from-hf", help="a transformers model folder (safetensors, config.json, tokenizer) -> a run")
     imp.add_argument("src", metavar="SRC", help="a folder written by transformers' save_pretrained")
     imp.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to write (must not exist)")
-    imp.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                     help="the run's weights and compute dtype (default: float32)")
-    imp.add_argument("--max-seq-len", type=int, help="the run's context (default: the model's "
-                                                     "max_position_embeddings; a server keeps this many positions "
-                                                     "per slot)")
+    imp.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="the run's weights and compute dtype (default: float32)",
+    )
+    imp.add_argument(
+        "--max-seq-len",
+        type=int,
+        help="the run's context (default: the model's "
+        "max_position_embeddings; a server keeps this many positions "
+        "per slot)",
+    )
     imp.set_defaults(func=run_from_hf)
     exp = sub.add_parser("to-hf", help="a run (GPT-2 or Llama-shaped) -> a folder transformers loads")
     exp.add_argument("run_dir", metavar="RUN_DIR")

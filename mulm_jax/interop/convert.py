@@ -25,8 +25,11 @@ from mulm_jax.interop.tokenizer import export_tokenizer, read_hf_tokenizer
 from mulm_jax.models.info import param_shapes
 from mulm_jax.runs import checkpoint_manager, write_run_files
 
-FAMILIES: dict[str, ModuleType] = {gpt2.ARCHITECTURE: gpt2, **{a: llama for a in llama.ARCHITECTURES},
-                                   phi3.ARCHITECTURE: phi3}
+FAMILIES: dict[str, ModuleType] = {
+    gpt2.ARCHITECTURE: gpt2,
+    **{a: llama for a in llama.ARCHITECTURES},
+    phi3.ARCHITECTURE: phi3,
+}
 EXPORTS = {"GPT-2": gpt2, "Llama": llama}
 SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
 RECORD = "imported_from.json"  # in an imported run folder: the source folder and architecture
@@ -41,8 +44,9 @@ def from_hf(src: str | Path, out: str | Path, *, dtype: str = "float32", max_seq
     architecture = (hf.get("architectures") or [None])[0]
     family = FAMILIES.get(architecture)
     if family is None:
-        raise InteropError(f"{src / 'config.json'}: architecture {architecture!r} is not supported; supported: "
-                           f"{', '.join(FAMILIES)}")
+        raise InteropError(
+            f"{src / 'config.json'}: architecture {architecture!r} is not supported; supported: {', '.join(FAMILIES)}"
+        )
     overrides: dict[str, Any] = {"dtype": dtype}
     if max_seq_len is not None:
         overrides["max_seq_len"] = max_seq_len
@@ -50,12 +54,15 @@ def from_hf(src: str | Path, out: str | Path, *, dtype: str = "float32", max_seq
         cfg = family.model_config(hf, architecture, **overrides)
         cfg.validate()
     except (ConfigError, KeyError, TypeError) as e:
-        raise InteropError(f"{src / 'config.json'}: cannot be read as {architecture} ({type(e).__name__}: {e})") \
-            from None
+        raise InteropError(
+            f"{src / 'config.json'}: cannot be read as {architecture} ({type(e).__name__}: {e})"
+        ) from None
     tokenizer = read_hf_tokenizer(src)
     if tokenizer.vocab_size > cfg.vocab_size:
-        raise InteropError(f"the tokenizer of {src} has {tokenizer.vocab_size} tokens, more than the model's "
-                           f"vocab_size={cfg.vocab_size}")
+        raise InteropError(
+            f"the tokenizer of {src} has {tokenizer.vocab_size} tokens, more than the model's "
+            f"vocab_size={cfg.vocab_size}"
+        )
     params = read_params(src, family, cfg)
     with _atomic_folder(out) as tmp:
         write_run_files(tmp, Config(model=cfg), tokenizer)
@@ -90,8 +97,10 @@ def read_params(src: Path, family: ModuleType, cfg: ModelConfig) -> dict[str, An
     shapes = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(param_shapes(cfg)).items()}
     got = {k: tuple(v.shape) for k, v in flat.items()}
     if got != shapes:  # the tables in gpt2.py / llama.py / phi3.py disagree with the model code
-        raise InteropError(f"internal: converted parameters differ from the model's: "
-                           f"{_few(sorted(set(got.items()) ^ set(shapes.items())))}")
+        raise InteropError(
+            f"internal: converted parameters differ from the model's: "
+            f"{_few(sorted(set(got.items()) ^ set(shapes.items())))}"
+        )
     return traverse_util.unflatten_dict(flat, sep="/")
 
 
@@ -109,8 +118,10 @@ def tensor_files(src: Path) -> dict[str, Path]:
     if (src / SINGLE_FILE).is_file():
         with safe_open(src / SINGLE_FILE, framework="numpy") as f:
             return {name: src / SINGLE_FILE for name in f.keys()}
-    raise InteropError(f"{src} holds no {SINGLE_FILE} or {INDEX_FILE}: weights are read from safetensors only "
-                       "(transformers' save_pretrained writes them)")
+    raise InteropError(
+        f"{src} holds no {SINGLE_FILE} or {INDEX_FILE}: weights are read from safetensors only "
+        "(transformers' save_pretrained writes them)"
+    )
 
 
 def save_params(run_dir: Path, params: Any) -> None:
@@ -118,8 +129,12 @@ def save_params(run_dir: Path, params: Any) -> None:
     train.py --init-from)."""
     manager = checkpoint_manager(run_dir)
     try:
-        manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"step": np.int32(0), "params": params}),
-                                                data=ocp.args.JsonSave({})))
+        manager.save(
+            0,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave({"step": np.int32(0), "params": params}), data=ocp.args.JsonSave({})
+            ),
+        )
         manager.wait_until_finished()
     finally:
         manager.close()
@@ -134,20 +149,29 @@ def to_hf(run_dir: str | Path, out: str | Path, step: Optional[int] = None) -> t
     loaded = load_model(run_dir, step)
     cfg = loaded.config.model
     if cfg.architecture != "decoder":
-        raise InteropError(f"{run_dir}: model.architecture={cfg.architecture!r} has no counterpart among the "
-                           "exported architectures (decoder-only GPT-2 and Llama)")
+        raise InteropError(
+            f"{run_dir}: model.architecture={cfg.architecture!r} has no counterpart among the "
+            "exported architectures (decoder-only GPT-2 and Llama)"
+        )
     problems = {name: family.export_problems(cfg) for name, family in EXPORTS.items()}
     name = next((n for n, p in problems.items() if not p), None)
     if name is None:
-        raise InteropError(f"{run_dir}: the model maps onto neither exported architecture; settings with no "
-                           "counterpart: " + "; ".join(f"as {n}: {', '.join(p)}" for n, p in problems.items()))
+        raise InteropError(
+            f"{run_dir}: the model maps onto neither exported architecture; settings with no "
+            "counterpart: " + "; ".join(f"as {n}: {', '.join(p)}" for n, p in problems.items())
+        )
     family = EXPORTS[name]
     flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(loaded.params).items()}
     dtype = np.dtype(jax.numpy.dtype(cfg.dtype))
     tensors = {t.name: t.to_hf([flat[p.path] for p in t.parts]).astype(dtype) for t in family.tensors(cfg)}
     tok = loaded.tokenizer
-    hf = dict(family.hf_config(cfg), torch_dtype=cfg.dtype, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
-              pad_token_id=tok.pad_id)
+    hf = dict(
+        family.hf_config(cfg),
+        torch_dtype=cfg.dtype,
+        bos_token_id=tok.bos_id,
+        eos_token_id=tok.eos_id,
+        pad_token_id=tok.pad_id,
+    )
     with _atomic_folder(out) as tmp:
         save_file(tensors, str(tmp / SINGLE_FILE), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")

@@ -26,7 +26,7 @@ class Part:
 
     @property
     def out_size(self) -> int:
-        return math.prod(self.shape[self.in_ndim:])
+        return math.prod(self.shape[self.in_ndim :])
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Tensor:
             return arrays[0]
         if self.layout == "vector":
             return np.concatenate([a.reshape(-1) for a in arrays])
-        mats = [a.reshape(math.prod(p.shape[:p.in_ndim]), -1) for p, a in zip(self.parts, arrays)]
+        mats = [a.reshape(math.prod(p.shape[: p.in_ndim]), -1) for p, a in zip(self.parts, arrays)]
         if self.layout == "linear":
             return np.ascontiguousarray(np.concatenate([m.T for m in mats], axis=0))
         return np.ascontiguousarray(np.concatenate(mats, axis=1))
@@ -70,7 +70,7 @@ class Tensor:
             return self.parts[0].shape
         if self.layout == "vector":
             return (sum(p.out_size for p in self.parts),)
-        n_in = math.prod(self.parts[0].shape[:self.parts[0].in_ndim])
+        n_in = math.prod(self.parts[0].shape[: self.parts[0].in_ndim])
         n_out = sum(p.out_size for p in self.parts)
         return (n_out, n_in) if self.layout == "linear" else (n_in, n_out)
 

@@ -29,8 +29,18 @@ def layer_tensors(cfg: ModelConfig, i: int) -> list[Tensor]:
     """Phi-3's layer i: q, k and v in one qkv_proj, gate and up in one gate_up_proj."""
     D, H, K, Dh, F = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.head_dim, cfg.ff_dim
     hf, ours = f"model.layers.{i}", f"decoder/layer_{i}"
-    return [Tensor(f"{hf}.self_attn.qkv_proj.weight", tuple(
-                Part(f"{ours}/self_attention/{n}/kernel", (D, h, Dh), 1) for n, h in (("query", H), ("key", K),
-                                                                                      ("value", K))), "linear"),
-            Tensor(f"{hf}.mlp.gate_up_proj.weight", tuple(Part(f"{ours}/ffn/{n}/kernel", (D, F), 1)
-                                                          for n in ("gate", "up")), "linear")]
+    return [
+        Tensor(
+            f"{hf}.self_attn.qkv_proj.weight",
+            tuple(
+                Part(f"{ours}/self_attention/{n}/kernel", (D, h, Dh), 1)
+                for n, h in (("query", H), ("key", K), ("value", K))
+            ),
+            "linear",
+        ),
+        Tensor(
+            f"{hf}.mlp.gate_up_proj.weight",
+            tuple(Part(f"{ours}/ffn/{n}/kernel", (D, F), 1) for n in ("gate", "up")),
+            "linear",
+        ),
+    ]

@@ -20,8 +20,10 @@ def read_hf_tokenizer(src: Path) -> HFTokenizer:
     saves it) kept in tokenizer_config.json, so that the run's tokenizer files carry it to every run made from it."""
     missing = [name for name in (HF_FILE, HF_CONFIG_FILE) if not (src / name).is_file()]
     if missing:
-        raise InteropError(f"{src} has no {' or '.join(missing)}: a model is imported with its tokenizer in the "
-                           "`tokenizers` format (a folder written by transformers' save_pretrained)")
+        raise InteropError(
+            f"{src} has no {' or '.join(missing)}: a model is imported with its tokenizer in the "
+            "`tokenizers` format (a folder written by transformers' save_pretrained)"
+        )
     tokenizer = HFTokenizer.from_folder(src)
     if "chat_template" not in tokenizer.config and (src / JINJA_FILE).is_file():
         tokenizer.config["chat_template"] = (src / JINJA_FILE).read_text(encoding="utf-8")
@@ -35,8 +37,10 @@ def export_tokenizer(tokenizer: Tokenizer, out: Path) -> Optional[str]:
     elif isinstance(tokenizer, CharTokenizer):
         char_as_hf(tokenizer).save(out)
     else:
-        return (f"the run's {tokenizer.kind} tokenizer was not exported (only Hugging Face and char tokenizers are); "
-                "the model's ids are those of its tokenizer.model")
+        return (
+            f"the run's {tokenizer.kind} tokenizer was not exported (only Hugging Face and char tokenizers are); "
+            "the model's ids are those of its tokenizer.model"
+        )
     return None
 
 
@@ -54,4 +58,3 @@ def char_as_hf(tok: CharTokenizer) -> HFTokenizer:
     backend.decoder = tokenizers.decoders.Fuse()
     backend.add_special_tokens([t for t in (EOS_TOKEN, UNK_TOKEN) if t in vocab])
     return HFTokenizer(backend.to_str(), config, "a char tokenizer")
-

@@ -18,9 +18,18 @@ from mulm_jax.nn.hooks import hook
 
 
 def embedder_for(cfg: ModelConfig) -> Embedder:
-    return Embedder(cfg.vocab_size, cfg.d_model, cfg.max_seq_len, cfg.positional, cfg.tie_embeddings,
-                    scale=cfg.scale_embeddings, softcap=cfg.logit_softcap, zero_head=cfg.zero_init_outputs,
-                    dtype=jnp.dtype(cfg.dtype), name="embedder")
+    return Embedder(
+        cfg.vocab_size,
+        cfg.d_model,
+        cfg.max_seq_len,
+        cfg.positional,
+        cfg.tie_embeddings,
+        scale=cfg.scale_embeddings,
+        softcap=cfg.logit_softcap,
+        zero_head=cfg.zero_init_outputs,
+        dtype=jnp.dtype(cfg.dtype),
+        name="embedder",
+    )
 
 
 def default_positions(ids_BxT: jax.Array) -> jax.Array:
@@ -54,8 +63,9 @@ class DecoderLM(nn.Module):
         caches: Optional[tuple[KVCache, ...]] = None,
         deterministic: bool = True,
     ) -> jax.Array | tuple[jax.Array, tuple[KVCache, ...]]:
-        hidden_BxTxD, new_caches = self.hidden(ids_BxT, pos_BxT=pos_BxT, valid_BxT=valid_BxT, caches=caches,
-                                               deterministic=deterministic)
+        hidden_BxTxD, new_caches = self.hidden(
+            ids_BxT, pos_BxT=pos_BxT, valid_BxT=valid_BxT, caches=caches, deterministic=deterministic
+        )
         logits_BxTxV = hook(self, "logits", self.embedder.logits(hidden_BxTxD))
         return logits_BxTxV if caches is None else (logits_BxTxV, new_caches)
 
@@ -85,15 +95,17 @@ class DecoderLM(nn.Module):
         """What `prefill` keeps of a prompt beside the caches, for `batch` sequences: nothing."""
         return None
 
-    def prefill(self, ids_1xL: jax.Array, length: jax.Array, *, caches: tuple[KVCache, ...]
-                ) -> tuple[jax.Array, tuple[KVCache, ...], None]:
+    def prefill(
+        self, ids_1xL: jax.Array, length: jax.Array, *, caches: tuple[KVCache, ...]
+    ) -> tuple[jax.Array, tuple[KVCache, ...], None]:
         """A prompt (`length` tokens, then padding) run into fresh caches: logits [1, L, V], the caches, no source."""
         pos_1xL = default_positions(ids_1xL)
         logits_1xLxV, new_caches = self(ids_1xL, pos_BxT=pos_1xL, valid_BxT=pos_1xL < length, caches=caches)
         return logits_1xLxV, new_caches, None
 
-    def decode_step(self, ids_Bx1: jax.Array, pos_Bx1: jax.Array, caches: tuple[KVCache, ...], source: None
-                    ) -> tuple[jax.Array, tuple[KVCache, ...]]:
+    def decode_step(
+        self, ids_Bx1: jax.Array, pos_Bx1: jax.Array, caches: tuple[KVCache, ...], source: None
+    ) -> tuple[jax.Array, tuple[KVCache, ...]]:
         """One new token per sequence at `pos_Bx1`: logits [B, 1, V] and the updated caches."""
         return self(ids_Bx1, pos_BxT=pos_Bx1, caches=caches)
 
@@ -101,20 +113,27 @@ class DecoderLM(nn.Module):
         """The hidden states [B, T, D] text embeddings pool: the final (normed) ones."""
         return self.hidden(ids_BxT, valid_BxT=valid_BxT)[0]
 
-    def hidden(self, ids_BxT, *, pos_BxT=None, valid_BxT=None, caches=None, deterministic=True
-               ) -> tuple[jax.Array, Optional[tuple[KVCache, ...]]]:
+    def hidden(
+        self, ids_BxT, *, pos_BxT=None, valid_BxT=None, caches=None, deterministic=True
+    ) -> tuple[jax.Array, Optional[tuple[KVCache, ...]]]:
         """Final hidden states [B, T, D] (after the final norm), and the updated caches."""
         q_pos_BxT = default_positions(ids_BxT) if pos_BxT is None else pos_BxT
         if caches is None:
             k_pos_BxS, k_valid_BxS = q_pos_BxT, valid_BxT
         else:
             k_pos_BxS, k_valid_BxS = cached_key_positions(q_pos_BxT, caches[0].max_len, valid_BxT, caches[0].ring)
-        mask, bias = self_attention_mask_and_bias(self.cfg, q_pos_BxT, k_pos_BxS, causal=True,
-                                                  k_valid_BxS=k_valid_BxS)
+        mask, bias = self_attention_mask_and_bias(self.cfg, q_pos_BxT, k_pos_BxS, causal=True, k_valid_BxS=k_valid_BxS)
         # Each sequence's length so far, padding not counted: some RoPE scalings depend on it.
         real_pos_BxT = q_pos_BxT if valid_BxT is None else jnp.where(valid_BxT, q_pos_BxT, 0)
         x_BxTxD = self.dropout(self.embedder.embed(ids_BxT, q_pos_BxT), deterministic=deterministic)
         hidden_BxTxD, new_caches, _ = self.stack(
-            x_BxTxD, mask=mask, bias=bias, q_pos_BxT=q_pos_BxT, k_pos_BxS=k_pos_BxS, caches=caches,
-            rope_len_B=jnp.max(real_pos_BxT, axis=1) + 1, deterministic=deterministic)
+            x_BxTxD,
+            mask=mask,
+            bias=bias,
+            q_pos_BxT=q_pos_BxT,
+            k_pos_BxS=k_pos_BxS,
+            caches=caches,
+            rope_len_B=jnp.max(real_pos_BxT, axis=1) + 1,
+            deterministic=deterministic,
+        )
         return hidden_BxTxD, new_caches

@@ -44,20 +44,27 @@ class EncoderDecoderLM(nn.Module):
         self.encoder = BlockStack(cfg, cfg.encoder_layers, remat=self.remat, name="encoder")
         self.decoder = BlockStack(cfg, cfg.decoder_layers, cross_attention=True, remat=self.remat, name="decoder")
 
-    def __call__(self, src_BxS: jax.Array, tgt_BxT: jax.Array, *, src_valid_BxS: Optional[jax.Array] = None,
-                 deterministic: bool = True) -> jax.Array:
+    def __call__(
+        self,
+        src_BxS: jax.Array,
+        tgt_BxT: jax.Array,
+        *,
+        src_valid_BxS: Optional[jax.Array] = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
         memory_BxSxD = self.encode(src_BxS, src_valid_BxS=src_valid_BxS, deterministic=deterministic)
         return self.decode(tgt_BxT, memory_BxSxD, src_valid_BxS=src_valid_BxS, deterministic=deterministic)
 
-    def encode(self, src_BxS: jax.Array, *, src_valid_BxS: Optional[jax.Array] = None,
-               deterministic: bool = True) -> jax.Array:
+    def encode(
+        self, src_BxS: jax.Array, *, src_valid_BxS: Optional[jax.Array] = None, deterministic: bool = True
+    ) -> jax.Array:
         """Encoder output [B, S, D]."""
         pos_BxS = default_positions(src_BxS)
-        mask, bias = self_attention_mask_and_bias(self.cfg, pos_BxS, pos_BxS, causal=False,
-                                                  k_valid_BxS=src_valid_BxS)
+        mask, bias = self_attention_mask_and_bias(self.cfg, pos_BxS, pos_BxS, causal=False, k_valid_BxS=src_valid_BxS)
         x_BxSxD = self.dropout(self.embedder.embed(src_BxS, pos_BxS, "encoder."), deterministic=deterministic)
-        memory_BxSxD, _, _ = self.encoder(x_BxSxD, mask=mask, bias=bias, q_pos_BxT=pos_BxS, k_pos_BxS=pos_BxS,
-                                       deterministic=deterministic)
+        memory_BxSxD, _, _ = self.encoder(
+            x_BxSxD, mask=mask, bias=bias, q_pos_BxT=pos_BxS, k_pos_BxS=pos_BxS, deterministic=deterministic
+        )
         return memory_BxSxD
 
     def decode(
@@ -82,15 +89,23 @@ class EncoderDecoderLM(nn.Module):
         k_pos_BxK, k_valid_BxK = q_pos_BxT, None
         if caches is not None:
             k_pos_BxK, k_valid_BxK = cached_key_positions(q_pos_BxT, caches[0].max_len)
-        mask, bias = self_attention_mask_and_bias(self.cfg, q_pos_BxT, k_pos_BxK, causal=True,
-                                                  k_valid_BxS=k_valid_BxK)
+        mask, bias = self_attention_mask_and_bias(self.cfg, q_pos_BxT, k_pos_BxK, causal=True, k_valid_BxS=k_valid_BxK)
         S = memory_BxSxD.shape[1] if cross_caches is None else cross_caches[0].max_len
         src_pos_BxS = default_positions(jnp.zeros((B, S), jnp.int32))
         memory_mask = attention_mask(q_pos_BxT, src_pos_BxS, causal=False, k_valid_BxS=src_valid_BxS)
         x_BxTxD = self.dropout(self.embedder.embed(tgt_BxT, q_pos_BxT), deterministic=deterministic)
         hidden_BxTxD, new_caches, new_cross_caches = self.decoder(
-            x_BxTxD, mask=mask, bias=bias, q_pos_BxT=q_pos_BxT, k_pos_BxS=k_pos_BxK, memory_BxSxD=memory_BxSxD,
-            memory_mask=memory_mask, caches=caches, cross_caches=cross_caches, deterministic=deterministic)
+            x_BxTxD,
+            mask=mask,
+            bias=bias,
+            q_pos_BxT=q_pos_BxT,
+            k_pos_BxS=k_pos_BxK,
+            memory_BxSxD=memory_BxSxD,
+            memory_mask=memory_mask,
+            caches=caches,
+            cross_caches=cross_caches,
+            deterministic=deterministic,
+        )
         logits_BxTxV = hook(self, "logits", self.embedder.logits(hidden_BxTxD))
         return logits_BxTxV if caches is None else (logits_BxTxV, new_caches, new_cross_caches)
 
@@ -123,27 +138,43 @@ class EncoderDecoderLM(nn.Module):
         """What `prefill` keeps of a prompt beside the caches, for `batch` sequences: room for a source of up to
         the context."""
         cfg, S = self.cfg, self.cfg.max_seq_len
-        cross = tuple(KVCache.zeros(batch, S, cfg.kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype))
-                      for _ in range(cfg.decoder_layers))
+        cross = tuple(
+            KVCache.zeros(batch, S, cfg.kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype)) for _ in range(cfg.decoder_layers)
+        )
         return SourceCache(cross_caches=cross, src_valid_BxS=jnp.zeros((batch, S), bool))
 
-    def prefill(self, ids_1xL: jax.Array, length: jax.Array, src_1xS: jax.Array, src_length: jax.Array, *,
-                caches: tuple[KVCache, ...]) -> tuple[jax.Array, tuple[KVCache, ...], SourceCache]:
+    def prefill(
+        self,
+        ids_1xL: jax.Array,
+        length: jax.Array,
+        src_1xS: jax.Array,
+        src_length: jax.Array,
+        *,
+        caches: tuple[KVCache, ...],
+    ) -> tuple[jax.Array, tuple[KVCache, ...], SourceCache]:
         """The source (`src_length` tokens, then padding) encoded, and the decoder's unpadded start (`length` is
         its width) run into fresh caches: logits [1, L, V], the caches, and the source's cross caches."""
         src_valid_1xS = jnp.arange(src_1xS.shape[1])[None] < src_length
         memory_1xSxD = self.encode(src_1xS, src_valid_BxS=src_valid_1xS)
-        logits_1xLxV, new_caches, cross = self.decode(ids_1xL, memory_1xSxD, src_valid_BxS=src_valid_1xS,
-                                                      pos_BxT=default_positions(ids_1xL), caches=caches)
+        logits_1xLxV, new_caches, cross = self.decode(
+            ids_1xL, memory_1xSxD, src_valid_BxS=src_valid_1xS, pos_BxT=default_positions(ids_1xL), caches=caches
+        )
         valid_1xSmax = jnp.arange(self.cfg.max_seq_len)[None] < src_length
         return logits_1xLxV, new_caches, SourceCache(cross_caches=cross, src_valid_BxS=valid_1xSmax)
 
-    def decode_step(self, ids_Bx1: jax.Array, pos_Bx1: jax.Array, caches: tuple[KVCache, ...], source: SourceCache
-                    ) -> tuple[jax.Array, tuple[KVCache, ...]]:
+    def decode_step(
+        self, ids_Bx1: jax.Array, pos_Bx1: jax.Array, caches: tuple[KVCache, ...], source: SourceCache
+    ) -> tuple[jax.Array, tuple[KVCache, ...]]:
         """One new token per sequence at `pos_Bx1`, reading each one's source: logits [B, 1, V] and the updated
         caches."""
-        logits_Bx1xV, new_caches, _ = self.decode(ids_Bx1, None, src_valid_BxS=source.src_valid_BxS, pos_BxT=pos_Bx1,
-                                                  caches=caches, cross_caches=source.cross_caches)
+        logits_Bx1xV, new_caches, _ = self.decode(
+            ids_Bx1,
+            None,
+            src_valid_BxS=source.src_valid_BxS,
+            pos_BxT=pos_Bx1,
+            caches=caches,
+            cross_caches=source.cross_caches,
+        )
         return logits_Bx1xV, new_caches
 
     def features(self, ids_BxT: jax.Array, valid_BxT: jax.Array) -> jax.Array:

@@ -81,8 +81,10 @@ def kv_cache_line(cfg: ModelConfig, info: dict[str, Any]) -> str:
     if not _ring_cache(cfg):
         return line + f"{_size(info['kv_cache_bytes_full_context'])} per sequence at full context {cfg.max_seq_len}"
     reach = f"up to the context {cfg.max_seq_len}" if cfg.positional in TABLES else "at any length"
-    return (line + f"{_size(info['kv_cache_bytes_per_sequence'])} per sequence: a ring of the sliding window's "
-            f"{cfg.sliding_window} positions, {reach}")
+    return (
+        line + f"{_size(info['kv_cache_bytes_per_sequence'])} per sequence: a ring of the sliding window's "
+        f"{cfg.sliding_window} positions, {reach}"
+    )
 
 
 def _size(n: int) -> str:
@@ -95,13 +97,18 @@ def _size(n: int) -> str:
 def architecture_line(cfg: ModelConfig) -> str:
     layers = build_model(cfg).layers_line()
     attn = {cfg.num_heads: "multi-head", 1: "multi-query"}.get(cfg.kv_heads, "grouped-query")
-    pattern = {"full": "full", "sliding_window": f"sliding window {cfg.sliding_window}",
-               "block_sparse": f"block-sparse {cfg.block_size} + {cfg.num_global_tokens} global"}[cfg.attention]
-    return (f"{cfg.architecture}: {layers}, d_model {cfg.d_model}, {cfg.num_heads} heads / {cfg.kv_heads} kv heads "
-            f"({attn}, {pattern}), head width {cfg.head_dim}, d_ff {cfg.ff_dim} ({cfg.ffn}), "
-            f"{cfg.norm_position}-{cfg.norm}, positional {cfg.positional}, vocab {cfg.vocab_size}, "
-            f"context {cfg.max_seq_len}, dtype {cfg.dtype}, tied embeddings {cfg.tie_embeddings}, "
-            f"bias {cfg.use_bias}, dropout {cfg.dropout}")
+    pattern = {
+        "full": "full",
+        "sliding_window": f"sliding window {cfg.sliding_window}",
+        "block_sparse": f"block-sparse {cfg.block_size} + {cfg.num_global_tokens} global",
+    }[cfg.attention]
+    return (
+        f"{cfg.architecture}: {layers}, d_model {cfg.d_model}, {cfg.num_heads} heads / {cfg.kv_heads} kv heads "
+        f"({attn}, {pattern}), head width {cfg.head_dim}, d_ff {cfg.ff_dim} ({cfg.ffn}), "
+        f"{cfg.norm_position}-{cfg.norm}, positional {cfg.positional}, vocab {cfg.vocab_size}, "
+        f"context {cfg.max_seq_len}, dtype {cfg.dtype}, tied embeddings {cfg.tie_embeddings}, "
+        f"bias {cfg.use_bias}, dropout {cfg.dropout}"
+    )
 
 
 def data_epochs(cfg: Config) -> dict[str, Any] | None:
@@ -128,8 +135,14 @@ def data_epochs(cfg: Config) -> dict[str, Any] | None:
         return dict(out, exact=False, tokens_per_epoch=None, epochs=None)
     rate = BYTES_PER_TOKEN.get(data.tokenizer, SENTENCEPIECE_BYTES_PER_TOKEN)
     tokens = round(sum(sizes) / rate)
-    return dict(out, exact=False, train_bytes=sum(sizes), bytes_per_token=rate, tokens_per_epoch=tokens,
-                epochs=train.steps * tokens_per_step / tokens)
+    return dict(
+        out,
+        exact=False,
+        train_bytes=sum(sizes),
+        bytes_per_token=rate,
+        tokens_per_epoch=tokens,
+        epochs=train.steps * tokens_per_step / tokens,
+    )
 
 
 def data_lines(cfg: Config, epochs: dict[str, Any]) -> list[str]:
@@ -137,23 +150,33 @@ def data_lines(cfg: Config, epochs: dict[str, Any]) -> list[str]:
     data, train = cfg.data, cfg.train
     steps = f"{train.steps:,} steps x {train.batch_size:,}"
     if "examples_per_epoch" in epochs:
-        return [f"data: {epochs['examples_per_epoch']:,} training examples per epoch (assembled: {epochs['dataset']})",
-                f"training: {steps} examples = {train.steps * train.batch_size:,} examples, "
-                f"{epochs['epochs']:.2f} epochs"]
-    steps += f" x {epochs['tokens_per_step'] // train.batch_size:,} = {train.steps * epochs['tokens_per_step']:,} tokens"
+        return [
+            f"data: {epochs['examples_per_epoch']:,} training examples per epoch (assembled: {epochs['dataset']})",
+            f"training: {steps} examples = {train.steps * train.batch_size:,} examples, {epochs['epochs']:.2f} epochs",
+        ]
+    steps += (
+        f" x {epochs['tokens_per_step'] // train.batch_size:,} = {train.steps * epochs['tokens_per_step']:,} tokens"
+    )
     if epochs["exact"]:
-        return [f"data: {epochs['tokens_per_epoch']:,} training tokens per epoch (assembled: {epochs['dataset']})",
-                f"training: {steps}, {epochs['epochs']:.2f} epochs"]
+        return [
+            f"data: {epochs['tokens_per_epoch']:,} training tokens per epoch (assembled: {epochs['dataset']})",
+            f"training: {steps}, {epochs['epochs']:.2f} epochs",
+        ]
     if epochs["tokens_per_epoch"] is None:
-        what = (f"data.dataset {data.dataset} holds no manifest" if data.dataset else
-                "training tokens per epoch unknown until assembled (python -m mulm_jax data assemble --config ...)")
+        what = (
+            f"data.dataset {data.dataset} holds no manifest"
+            if data.dataset
+            else "training tokens per epoch unknown until assembled (python -m mulm_jax data assemble --config ...)"
+        )
         return [f"data: {what}", f"training: {steps}"]
     size = epochs["train_bytes"]
     size = f"{size / 1e6:,.0f} MB" if size >= 1e6 else f"{size / 1e3:,.0f} KB"
-    return [f"data: ~{_rounded(epochs['tokens_per_epoch']):,} training tokens per epoch (estimated, not assembled: "
-            f"a training split of about {size} from {', '.join(data.sources)}, at about "
-            f"{epochs['bytes_per_token']:g} bytes per {data.tokenizer} token)",
-            f"training: {steps}, ~{epochs['epochs']:.1f} epochs"]
+    return [
+        f"data: ~{_rounded(epochs['tokens_per_epoch']):,} training tokens per epoch (estimated, not assembled: "
+        f"a training split of about {size} from {', '.join(data.sources)}, at about "
+        f"{epochs['bytes_per_token']:g} bytes per {data.tokenizer} token)",
+        f"training: {steps}, ~{epochs['epochs']:.1f} epochs",
+    ]
 
 
 def _rounded(n: int) -> int:
@@ -182,8 +205,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("info", help="describe a model: parameters, weight and KV-cache memory; the "
-                                   "data's tokens per epoch and the epochs training makes")
+    parser = subparsers.add_parser(
+        "info",
+        help="describe a model: parameters, weight and KV-cache memory; the "
+        "data's tokens per epoch and the epochs training makes",
+    )
     add_config_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=run)

@@ -47,7 +47,9 @@ def _unstack(d: Mapping) -> dict:
             continue
         sizes = {leaf.shape[0] for leaf in jax.tree.leaves(value)}
         if len(sizes) != 1:
-            raise ValueError(f"the leaves of a stacked '{STACKED}' subtree disagree on the layer count: {sorted(sizes)}")
+            raise ValueError(
+                f"the leaves of a stacked '{STACKED}' subtree disagree on the layer count: {sorted(sizes)}"
+            )
         for i in range(sizes.pop()):
             out[f"layer_{i}"] = jax.tree.map(lambda leaf: leaf[i], value)
     return out

@@ -37,8 +37,9 @@ class KVCache:
         return self.k_BxKxSxDh.shape[2]
 
     @classmethod
-    def zeros(cls, batch: int, max_len: int, num_kv_heads: int, head_dim: int, dtype: Any = jnp.float32,
-              ring: bool = False) -> "KVCache":
+    def zeros(
+        cls, batch: int, max_len: int, num_kv_heads: int, head_dim: int, dtype: Any = jnp.float32, ring: bool = False
+    ) -> "KVCache":
         shape = (batch, num_kv_heads, max_len, head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), ring)
 
@@ -52,16 +53,21 @@ class KVCache:
         cache takes one position a step, at its slot start % S_max)."""
         if self.ring:
             if k_BxTxKxDh.shape[1] != 1:
-                raise ValueError(f"a ring cache is written one position a step, not {k_BxTxKxDh.shape[1]}: prefill "
-                                 "a cache of slot s = position s and convert it with as_ring")
+                raise ValueError(
+                    f"a ring cache is written one position a step, not {k_BxTxKxDh.shape[1]}: prefill "
+                    "a cache of slot s = position s and convert it with as_ring"
+                )
             start_B = start_B % self.max_len
 
         def put(buf_KxSxDh, new_TxKxDh, start):
             new_KxTxDh = new_TxKxDh.transpose(1, 0, 2).astype(buf_KxSxDh.dtype)
             return lax.dynamic_update_slice(buf_KxSxDh, new_KxTxDh, (0, start, 0))
 
-        return KVCache(jax.vmap(put)(self.k_BxKxSxDh, k_BxTxKxDh, start_B),
-                       jax.vmap(put)(self.v_BxKxSxDh, v_BxTxKxDh, start_B), self.ring)
+        return KVCache(
+            jax.vmap(put)(self.k_BxKxSxDh, k_BxTxKxDh, start_B),
+            jax.vmap(put)(self.v_BxKxSxDh, v_BxTxKxDh, start_B),
+            self.ring,
+        )
 
     def as_ring(self, length_B: jax.Array, window: int) -> "KVCache":
         """This cache (slot s = position s, positions below length_B written) as a ring of `window` slots that
@@ -135,20 +141,26 @@ def dot_product_attention(
     G = H // K
     if cached is not None and not with_weights and not (dropout_rate > 0.0 and dropout_rng is not None):
         return cached_attention(q_BxTxHxDh, k_BxKxSxDh, v_BxKxSxDh, cached, mask, bias), None
-    chunks = [(k_BxKxSxDh, v_BxKxSxDh)] if cached is None else [
-        (cached.k_BxKxSxDh.astype(k_BxKxSxDh.dtype), cached.v_BxKxSxDh.astype(v_BxKxSxDh.dtype)),
-        (k_BxKxSxDh, v_BxKxSxDh)]
+    chunks = (
+        [(k_BxKxSxDh, v_BxKxSxDh)]
+        if cached is None
+        else [
+            (cached.k_BxKxSxDh.astype(k_BxKxSxDh.dtype), cached.v_BxKxSxDh.astype(v_BxKxSxDh.dtype)),
+            (k_BxKxSxDh, v_BxKxSxDh),
+        ]
+    )
     lengths = [k.shape[2] for k, _ in chunks]
     S = sum(lengths)
     # Every product is a matmul batched over one axis of B * K: XLA:CPU runs a single batch axis as one
     # well-threaded call, and copies operands around when there are two.
     q_BKxGTxDh = _grouped_queries(q_BxTxHxDh, K)
     logits_BKxGTxS = jnp.concatenate(
-        [jnp.matmul(q_BKxGTxDh, k.reshape(B * K, n, Dh).swapaxes(1, 2)) for (k, _), n in zip(chunks, lengths)],
-        axis=-1)
+        [jnp.matmul(q_BKxGTxDh, k.reshape(B * K, n, Dh).swapaxes(1, 2)) for (k, _), n in zip(chunks, lengths)], axis=-1
+    )
     hook = hook or (lambda name, x: x)
-    scores_BxHxTxS = hook("scores", _biased_and_masked(logits_BKxGTxS.reshape(B, H, T, S).astype(jnp.float32), bias,
-                                                       None))
+    scores_BxHxTxS = hook(
+        "scores", _biased_and_masked(logits_BKxGTxS.reshape(B, H, T, S).astype(jnp.float32), bias, None)
+    )
     probs_BxHxTxS = hook("pattern", jax.nn.softmax(_biased_and_masked(scores_BxHxTxS, None, mask), axis=-1))
     used_BxHxTxS = probs_BxHxTxS
     if dropout_rate > 0.0 and dropout_rng is not None:
@@ -156,8 +168,10 @@ def dot_product_attention(
         used_BxHxTxS = jnp.where(keep, used_BxHxTxS / (1.0 - dropout_rate), 0.0)
     used_BKxGTxS = used_BxHxTxS.astype(v_BxKxSxDh.dtype).reshape(B * K, G * T, S)
     offsets = [0] + list(itertools.accumulate(lengths))
-    out_BKxGTxDh = sum(jnp.matmul(used_BKxGTxS[..., start:start + n], v.reshape(B * K, n, Dh))
-                       for (_, v), start, n in zip(chunks, offsets, lengths))
+    out_BKxGTxDh = sum(
+        jnp.matmul(used_BKxGTxS[..., start : start + n], v.reshape(B * K, n, Dh))
+        for (_, v), start, n in zip(chunks, offsets, lengths)
+    )
     return hook("z", out_BKxGTxDh.reshape(B, H, T, Dh).transpose(0, 2, 1, 3)), probs_BxHxTxS
 
 
@@ -177,8 +191,12 @@ def _biased_and_masked(logits: jax.Array, bias: Optional[jax.Array], mask: Optio
 def _grouped_queries(q_BxTxHxDh: jax.Array, K: int) -> jax.Array:
     """Queries scaled by 1/sqrt(Dh) as [B * K, G * T, Dh]: the G query heads of each kv head together."""
     B, T, H, Dh = q_BxTxHxDh.shape
-    return (q_BxTxHxDh * jnp.asarray(Dh**-0.5, q_BxTxHxDh.dtype)).reshape(B, T, K, H // K, Dh).transpose(
-        0, 2, 3, 1, 4).reshape(B * K, H // K * T, Dh)
+    return (
+        (q_BxTxHxDh * jnp.asarray(Dh**-0.5, q_BxTxHxDh.dtype))
+        .reshape(B, T, K, H // K, Dh)
+        .transpose(0, 2, 3, 1, 4)
+        .reshape(B * K, H // K * T, Dh)
+    )
 
 
 def cached_attention(
@@ -228,8 +246,11 @@ def cached_attention(
         weights_BKxGTxN = weights_BxHxTxN.astype(v_BxKxNxDh.dtype).reshape(B * K, G * T, n)
         v_BKxNxDh = v_BxKxNxDh.reshape(B * K, n, Dh)
         values = weights_BKxGTxN * v_BKxNxDh if n == 1 else jnp.matmul(weights_BKxGTxN, v_BKxNxDh)
-        return (new_max, norm_BxHxT * rescale + weights_BxHxTxN.sum(-1),
-                out_BKxGTxDh * rescale.reshape(B * K, G * T, 1) + values.astype(jnp.float32))
+        return (
+            new_max,
+            norm_BxHxT * rescale + weights_BxHxTxN.sum(-1),
+            out_BKxGTxDh * rescale.reshape(B * K, G * T, 1) + values.astype(jnp.float32),
+        )
 
     # Chunks from the first to the last cache slot any query may see (an empty range when none is).
     seen_S = jnp.ones((S,), bool) if mask is None else jnp.any(mask[..., :S], axis=(0, 1, 2))
@@ -315,25 +336,32 @@ class Attention(nn.Module):
         H, K, Dh = self.num_heads, self.num_kv_heads, self.head_dim
         qkv_bias = self.use_bias if self.qkv_bias is None else self.qkv_bias
         dense = lambda feats, name, axis=-1, std=0.02, bias=self.use_bias: nn.DenseGeneral(  # noqa: E731
-            feats, axis=axis, use_bias=bias, dtype=self.dtype, name=name,
-            kernel_init=nn.initializers.normal(std))
-        qk_normed = lambda x, name: (nn.RMSNorm(epsilon=self.norm_eps, dtype=self.dtype, name=name)(x)  # noqa: E731
-                                     if self.qk_norm else x)
+            feats, axis=axis, use_bias=bias, dtype=self.dtype, name=name, kernel_init=nn.initializers.normal(std)
+        )
+
+        def qk_normed(x, name):
+            return nn.RMSNorm(epsilon=self.norm_eps, dtype=self.dtype, name=name)(x) if self.qk_norm else x
 
         def keys_values(source_BxSxD):
             # Projections over tokens flattened to one axis, as in FeedForward: XLA:CPU then takes the kernel
             # gradients without first copying the activations transposed.
             Bs, S, Ds = source_BxSxD.shape
             source_MxD = source_BxSxD.reshape(Bs * S, Ds)
-            return (hooks.hook(self, "k", qk_normed(dense((K, Dh), "key", bias=qkv_bias)(source_MxD).reshape(
-                        Bs, S, K, Dh), "key_norm")),
-                    hooks.hook(self, "v", dense((K, Dh), "value", bias=qkv_bias)(source_MxD).reshape(Bs, S, K, Dh)))
+            return (
+                hooks.hook(
+                    self,
+                    "k",
+                    qk_normed(dense((K, Dh), "key", bias=qkv_bias)(source_MxD).reshape(Bs, S, K, Dh), "key_norm"),
+                ),
+                hooks.hook(self, "v", dense((K, Dh), "value", bias=qkv_bias)(source_MxD).reshape(Bs, S, K, Dh)),
+            )
 
         fused = self.has_variable("params", "qkv")  # the serving layout's one projection (see fused_projections)
         if fused:
             qkv_NxCxDh = dense((H + 2 * K, Dh), "qkv", bias=qkv_bias)(x_BxTxD.reshape(B * T, D))
             q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh = (
-                part.reshape(B, T, -1, Dh) for part in jnp.split(qkv_NxCxDh, (H, H + K), axis=1))
+                part.reshape(B, T, -1, Dh) for part in jnp.split(qkv_NxCxDh, (H, H + K), axis=1)
+            )
             k_BxTxKxDh = hooks.hook(self, "k", qk_normed(k_BxTxKxDh, "key_norm"))
             v_BxTxKxDh = hooks.hook(self, "v", v_BxTxKxDh)
         else:
@@ -351,11 +379,13 @@ class Attention(nn.Module):
             if self.rope_theta is not None:
                 if rope_len_B is None:
                     rope_len_B = jnp.max(q_pos_BxT, axis=1) + 1
-                inv_freq, factor = rope_frequencies(Dh, self.rope_theta, self.rope_scaling, self.max_seq_len,
-                                                    rope_len_B)
+                inv_freq, factor = rope_frequencies(
+                    Dh, self.rope_theta, self.rope_scaling, self.max_seq_len, rope_len_B
+                )
                 q_BxTxHxDh = hooks.hook(self, "rot_q", apply_rope(q_BxTxHxDh, q_pos_BxT, inv_freq, factor))
-                k_BxTxKxDh = hooks.hook(self, "rot_k", apply_rope(
-                    k_BxTxKxDh, k_pos_BxS if cache is None else q_pos_BxT, inv_freq, factor))
+                k_BxTxKxDh = hooks.hook(
+                    self, "rot_k", apply_rope(k_BxTxKxDh, k_pos_BxS if cache is None else q_pos_BxT, inv_freq, factor)
+                )
             keys = KVCache.of(k_BxTxKxDh, v_BxTxKxDh)
         # With a self-attention cache, the queries attend over the cache as it was (its stale slots masked) and
         # the new keys, and the new keys are written afterwards: the write is then the cache's last use, and
@@ -364,17 +394,25 @@ class Attention(nn.Module):
         use_dropout = self.dropout > 0.0 and not deterministic
         hooked = hooks.any_active()
         z_BxTxHxDh, _ = dot_product_attention(
-            q_BxTxHxDh, keys.k_BxKxSxDh.astype(self.dtype), keys.v_BxKxSxDh.astype(self.dtype), mask, bias,
+            q_BxTxHxDh,
+            keys.k_BxKxSxDh.astype(self.dtype),
+            keys.v_BxKxSxDh.astype(self.dtype),
+            mask,
+            bias,
             dropout_rate=self.dropout if use_dropout else 0.0,
-            dropout_rng=self.make_rng("dropout") if use_dropout else None, cached=cached, with_weights=hooked,
-            hook=(lambda name, x: hooks.hook(self, name, x)) if hooked else None)
+            dropout_rng=self.make_rng("dropout") if use_dropout else None,
+            cached=cached,
+            with_weights=hooked,
+            hook=(lambda name, x: hooks.hook(self, name, x)) if hooked else None,
+        )
         if cached is not None:
             cache = cache.write(k_BxTxKxDh, v_BxTxKxDh, q_pos_BxT[:, 0])
         out = dense(D, "out", axis=(-2, -1), std=self.out_init_std)
         if hooks.active(self, "head_out") and self.has_variable("params", "out"):
             w_O = self.variables["params"]["out"]
-            head_out_BxTxHxD = hooks.hook(self, "head_out", jnp.einsum(
-                "bthk,hkd->bthd", z_BxTxHxDh, w_O["kernel"].astype(self.dtype)))
+            head_out_BxTxHxD = hooks.hook(
+                self, "head_out", jnp.einsum("bthk,hkd->bthd", z_BxTxHxDh, w_O["kernel"].astype(self.dtype))
+            )
             y_BxTxD = head_out_BxTxHxD.sum(axis=2)
             if "bias" in w_O:
                 y_BxTxD = y_BxTxD + w_O["bias"].astype(self.dtype)

@@ -86,11 +86,22 @@ class Block(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         out_std = 0.0 if cfg.zero_init_outputs else 0.02 / (2 * self.num_stack_layers) ** 0.5
         attention = lambda name, rope, cross=False: Attention(  # noqa: E731
-            num_heads=cfg.num_heads, num_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-            use_bias=cfg.use_bias, qkv_bias=cfg.qkv_bias, dropout=cfg.dropout,
-            rope_theta=cfg.rope_theta if rope else None, rope_scaling=cfg.rope_scaling,
-            max_seq_len=cfg.max_seq_len, out_init_std=out_std, cross=cross, qk_norm=cfg.qk_norm,
-            norm_eps=cfg.norm_eps, dtype=dtype, name=name)
+            num_heads=cfg.num_heads,
+            num_kv_heads=cfg.kv_heads,
+            head_dim=cfg.head_dim,
+            use_bias=cfg.use_bias,
+            qkv_bias=cfg.qkv_bias,
+            dropout=cfg.dropout,
+            rope_theta=cfg.rope_theta if rope else None,
+            rope_scaling=cfg.rope_scaling,
+            max_seq_len=cfg.max_seq_len,
+            out_init_std=out_std,
+            cross=cross,
+            qk_norm=cfg.qk_norm,
+            norm_eps=cfg.norm_eps,
+            dtype=dtype,
+            name=name,
+        )
         residual_dropout = nn.Dropout(cfg.dropout)
 
         def sublayer(x, name: str, f, resid: str):
@@ -103,16 +114,25 @@ class Block(nn.Module):
         def self_attend(h):
             nonlocal cache
             y, cache = attention("self_attention", cfg.positional == "rope")(
-                h, mask=mask, bias=bias, q_pos_BxT=q_pos_BxT, k_pos_BxS=k_pos_BxS, cache=cache,
-                rope_len_B=rope_len_B, deterministic=deterministic)
+                h,
+                mask=mask,
+                bias=bias,
+                q_pos_BxT=q_pos_BxT,
+                k_pos_BxS=k_pos_BxS,
+                cache=cache,
+                rope_len_B=rope_len_B,
+                deterministic=deterministic,
+            )
             return y
 
         x_BxTxD = hook(self, "resid_pre", x_BxTxD)
         x_BxTxD = sublayer(x_BxTxD, "self_attention", self_attend, "resid_mid")
+
         def cross_attend(h):
             nonlocal cross_cache
             y, cross_cache = attention("cross_attention", False, cross=True)(
-                h, memory_BxSxD, mask=memory_mask, cache=cross_cache, deterministic=deterministic)
+                h, memory_BxSxD, mask=memory_mask, cache=cross_cache, deterministic=deterministic
+            )
             return y
 
         if self.cross_attention:
@@ -157,26 +177,35 @@ class BlockStack(nn.Module):
             new_caches, new_cross_caches = [], []
             for i in range(self.num_layers):
                 x_BxTxD, cache, cross_cache = block_cls(
-                    self.cfg, self.cross_attention, self.num_layers, deterministic, name=f"layer_{i}")(
-                    x_BxTxD, cache=None if caches is None else caches[i],
-                    cross_cache=None if cross_caches is None else cross_caches[i], **kwargs)
+                    self.cfg, self.cross_attention, self.num_layers, deterministic, name=f"layer_{i}"
+                )(
+                    x_BxTxD,
+                    cache=None if caches is None else caches[i],
+                    cross_cache=None if cross_caches is None else cross_caches[i],
+                    **kwargs,
+                )
                 new_caches.append(cache)
                 new_cross_caches.append(cross_cache)
         if self.cfg.norm_position == "pre":
             x_BxTxD = make_norm(self.cfg, "final_norm")(x_BxTxD)
-        return (x_BxTxD, None if caches is None else tuple(new_caches),
-                tuple(new_cross_caches) if self.cross_attention and new_cross_caches is not None else None)
+        return (
+            x_BxTxD,
+            None if caches is None else tuple(new_caches),
+            tuple(new_cross_caches) if self.cross_attention and new_cross_caches is not None else None,
+        )
 
     @nn.nowrap
-    def _scanned(self, x_BxTxD: jax.Array, caches: Any, cross_caches: Any, deterministic: bool,
-                 kwargs: dict[str, Any]) -> jax.Array:
+    def _scanned(
+        self, x_BxTxD: jax.Array, caches: Any, cross_caches: Any, deterministic: bool, kwargs: dict[str, Any]
+    ) -> jax.Array:
         """The layers as one lax.scan over one Block, remat'd per layer with self.remat (run within __call__)."""
         if caches is not None or cross_caches is not None or any_active():
             raise MulmError(
                 "a model with model.scan_layers=true runs whole passes only: KV caches (generation) and hook points "
                 "(inspection) need its layers one by one; load the run with mulm_jax.infer.load_model (it gives the "
                 "per-layer model), or convert the params with mulm_jax.models.layers.per_layer and build the model "
-                "with model.scan_layers=false")
+                "with model.scan_layers=false"
+            )
         # Inside scan, remat's CSE prevention is unnecessary and costs speed (the Flax docs' advice).
         block_cls = nn.remat(Block, prevent_cse=False) if self.remat else Block
         names = sorted(kwargs)
@@ -184,7 +213,12 @@ class BlockStack(nn.Module):
         def body(block: Block, x_BxTxD: jax.Array, *args: Any) -> tuple[jax.Array, None]:
             return block(x_BxTxD, **dict(zip(names, args)))[0], None
 
-        scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                       in_axes=(nn.broadcast,) * len(names), length=self.num_layers)
+        scan = nn.scan(
+            body,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * len(names),
+            length=self.num_layers,
+        )
         block = block_cls(self.cfg, self.cross_attention, self.num_layers, deterministic, name=STACKED)
         return scan(block, x_BxTxD, *(kwargs[n] for n in names))[0]

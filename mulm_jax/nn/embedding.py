@@ -34,11 +34,17 @@ class Embedder(nn.Module):
         init = nn.initializers.normal(0.02)
         self.token = nn.Embed(self.vocab_size, self.d_model, embedding_init=init, dtype=self.dtype, name="token")
         if self.positional == "learned":
-            self.position = LearnedPositionalEmbedding(self.max_seq_len, self.d_model, dtype=self.dtype,
-                                                       name="position")
+            self.position = LearnedPositionalEmbedding(
+                self.max_seq_len, self.d_model, dtype=self.dtype, name="position"
+            )
         if not self.tie:
-            self.head = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, name="head",
-                                 kernel_init=nn.initializers.zeros if self.zero_head else init)
+            self.head = nn.Dense(
+                self.vocab_size,
+                use_bias=False,
+                dtype=self.dtype,
+                name="head",
+                kernel_init=nn.initializers.zeros if self.zero_head else init,
+            )
 
     def embed(self, ids_BxT: jax.Array, pos_BxT: jax.Array, stack: str = "") -> jax.Array:
         """Token vectors plus position vectors; hook points `{stack}embed` (the token's, scaled) and

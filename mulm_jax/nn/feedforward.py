@@ -34,8 +34,8 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         dense = lambda feats, name, std=0.02: nn.Dense(  # noqa: E731
-            feats, use_bias=self.use_bias, dtype=self.dtype, name=name,
-            kernel_init=nn.initializers.normal(std))
+            feats, use_bias=self.use_bias, dtype=self.dtype, name=name, kernel_init=nn.initializers.normal(std)
+        )
         # Tokens on one axis: XLA:CPU then takes the weight gradients straight from the [N, F] activations
         # instead of first copying them transposed, which halves this layer's backward pass.
         x_NxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])

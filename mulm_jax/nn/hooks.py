@@ -17,8 +17,15 @@ ACTIVATIONS = "activations"  # the variable collection cached activations are so
 
 # Module names in the model's tree -> their part of an activation's name.
 _STACKS = {"decoder": "", "encoder": "encoder."}
-_PARTS = {"self_attention": "attn", "cross_attention": "cross_attn", "ffn": "mlp", "self_attention_norm": "ln1",
-          "cross_attention_norm": "ln_cross", "ffn_norm": "ln2", "final_norm": "ln_final"}
+_PARTS = {
+    "self_attention": "attn",
+    "cross_attention": "cross_attn",
+    "ffn": "mlp",
+    "self_attention_norm": "ln1",
+    "cross_attention_norm": "ln_cross",
+    "ffn_norm": "ln2",
+    "final_norm": "ln_final",
+}
 
 
 @dataclass(frozen=True)
@@ -36,8 +43,10 @@ _ACTIVE: contextvars.ContextVar[Optional[HookSet]] = contextvars.ContextVar("mul
 
 
 @contextlib.contextmanager
-def hooks(keep: Iterable[str] | Callable[[str], bool] = (),
-          edits: Optional[Mapping[str, Callable[[jax.Array], jax.Array]]] = None) -> Iterator[HookSet]:
+def hooks(
+    keep: Iterable[str] | Callable[[str], bool] = (),
+    edits: Optional[Mapping[str, Callable[[jax.Array], jax.Array]]] = None,
+) -> Iterator[HookSet]:
     """Within this block (while a model is traced or applied), hook points sow the activations named in `keep` (a
     collection of names, or a predicate) into the `activations` collection (apply with mutable=["activations"]) and
     replace each activation named in `edits` by its function of the value."""
@@ -57,7 +66,7 @@ def prefix(module: nn.Module) -> str:
         if part in _STACKS:
             out = _STACKS[part]
         elif part.startswith("layer_"):
-            out += f"blocks.{part[len('layer_'):]}."
+            out += f"blocks.{part[len('layer_') :]}."
         elif part in _PARTS:
             out += _PARTS[part] + "."
     return out
@@ -112,8 +121,10 @@ def matching(patterns: Sequence[str], vocabulary: Iterable[str]) -> list[str]:
     for pattern in patterns:
         found = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not found:
-            raise ValueError(f"unknown activation name {pattern!r}: expected one of {', '.join(names)} (or a "
-                           "glob such as 'blocks.*.attn.pattern')")
+            raise ValueError(
+                f"unknown activation name {pattern!r}: expected one of {', '.join(names)} (or a "
+                "glob such as 'blocks.*.attn.pattern')"
+            )
         chosen.update(found)
     return [n for n in names if n in chosen]
 
@@ -123,8 +134,11 @@ def vocabulary(cfg) -> dict[str, str]:
     for one sequence: T the decoder's (or a decoder-only model's) tokens, S the encoder's source tokens, D the
     width, H query heads, K key/value heads, Dh the head width, F the feed-forward width, V the vocabulary."""
     names: dict[str, str] = {}
-    stacks = ([("encoder.", "S", cfg.encoder_layers, False), ("", "T", cfg.decoder_layers, True)]
-              if cfg.architecture == "encoder_decoder" else [("", "T", cfg.num_layers, False)])
+    stacks = (
+        [("encoder.", "S", cfg.encoder_layers, False), ("", "T", cfg.decoder_layers, True)]
+        if cfg.architecture == "encoder_decoder"
+        else [("", "T", cfg.num_layers, False)]
+    )
     for stack, T, layers, cross in stacks:
         names[f"{stack}embed"] = f"{T}xD"
         if cfg.positional in ("learned", "sinusoidal"):
@@ -137,8 +151,15 @@ def vocabulary(cfg) -> dict[str, str]:
             names.update({f"{name}.q": f"{T}xHxDh", f"{name}.k": f"{S}xKxDh", f"{name}.v": f"{S}xKxDh"})
             if rope:
                 names.update({f"{name}.rot_q": f"{T}xHxDh", f"{name}.rot_k": f"{S}xKxDh"})
-            names.update({f"{name}.scores": f"Hx{T}x{S}", f"{name}.pattern": f"Hx{T}x{S}", f"{name}.z": f"{T}xHxDh",
-                          f"{name}.head_out": f"{T}xHxD", f"{name}.out": f"{T}xD"})
+            names.update(
+                {
+                    f"{name}.scores": f"Hx{T}x{S}",
+                    f"{name}.pattern": f"Hx{T}x{S}",
+                    f"{name}.z": f"{T}xHxDh",
+                    f"{name}.head_out": f"{T}xHxD",
+                    f"{name}.out": f"{T}xD",
+                }
+            )
 
         def mlp(name: str) -> None:
             names[f"{name}.pre"] = f"{T}xF"
@@ -151,8 +172,9 @@ def vocabulary(cfg) -> dict[str, str]:
             names[f"{block}.resid_pre"] = f"{T}xD"
             sublayers = [("ln1", "attn", lambda name: attention(name, T, cfg.positional == "rope"), "resid_mid")]
             if cross:
-                sublayers.append(("ln_cross", "cross_attn", lambda name: attention(name, "S", False),
-                                  "resid_mid_cross"))
+                sublayers.append(
+                    ("ln_cross", "cross_attn", lambda name: attention(name, "S", False), "resid_mid_cross")
+                )
             sublayers.append(("ln2", "mlp", mlp, "resid_post"))
             for norm_name, part, add, resid in sublayers:  # pre-norm: x + f(norm(x)); post-norm: norm(x + f(x))
                 if cfg.norm_position == "pre":

@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def _to_saveable(state: TrainState) -> dict[str, Any]:
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-            "rng": state.rng}
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "rng": state.rng}
 
 
 def _restore_target(x: Any) -> Any:
@@ -48,8 +47,7 @@ def _state_bytes(state: TrainState) -> int:
 def _reason(error: BaseException) -> str:
     """The cause of a failed write in a few words: the OS's, when the message carries one."""
     text = str(error)
-    os_error = re.search(r"(No space left on device|Permission denied|Read-only file system|Disk quota exceeded)",
-                         text)
+    os_error = re.search(r"(No space left on device|Permission denied|Read-only file system|Disk quota exceeded)", text)
     if os_error:
         return os_error.group(1)
     first = text.splitlines()[0] if text else type(error).__name__
@@ -96,11 +94,14 @@ class Checkpoints:
             workdir,
             ocp.CheckpointManagerOptions(
                 enable_async_checkpointing=False,
-                preservation_policy=policy.AnyPreservationPolicy([
-                    policy.LatestN(n=keep),
-                    policy.BestN(get_metric_fn=lambda m: -m["val_loss"], n=1,
-                                 keep_checkpoints_without_metrics=False),
-                ]),
+                preservation_policy=policy.AnyPreservationPolicy(
+                    [
+                        policy.LatestN(n=keep),
+                        policy.BestN(
+                            get_metric_fn=lambda m: -m["val_loss"], n=1, keep_checkpoints_without_metrics=False
+                        ),
+                    ]
+                ),
             ),
         )
 
@@ -118,13 +119,19 @@ class Checkpoints:
         directory = Path(self.manager.directory)
         needed, free = _state_bytes(state), shutil.disk_usage(directory).free
         if free < needed:
-            raise self._error(step, kept, f"it needs about {needed / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are "
-                                          "free")
+            raise self._error(
+                step, kept, f"it needs about {needed / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free"
+            )
         try:
             with _failures_held():
-                self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(state)),
-                                                                 data=ocp.args.JsonSave(data_state)),
-                                  metrics=None if val_loss is None else {"val_loss": float(val_loss)}, force=True)
+                self.manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(_to_saveable(state)), data=ocp.args.JsonSave(data_state)
+                    ),
+                    metrics=None if val_loss is None else {"val_loss": float(val_loss)},
+                    force=True,
+                )
                 self.manager.wait_until_finished()
         except Exception as e:
             for unfinished in (directory / str(step), *directory.glob(f"{step}.orbax-checkpoint-tmp*")):
@@ -132,10 +139,15 @@ class Checkpoints:
             raise self._error(step, kept, _reason(e) + "; its unfinished folder was removed") from e
 
     def _error(self, step: int, kept: list[int], why: str) -> CheckpointError:
-        resume = (f"run the same command again to resume from step {kept[-1]}" if kept
-                  else "run the same command again to start over")
-        return CheckpointError(f"the checkpoint at step {step} could not be written to {self.manager.directory}: "
-                               f"{why}. The earlier checkpoints (steps {kept}) are kept; free some space and {resume}")
+        resume = (
+            f"run the same command again to resume from step {kept[-1]}"
+            if kept
+            else "run the same command again to start over"
+        )
+        return CheckpointError(
+            f"the checkpoint at step {step} could not be written to {self.manager.directory}: "
+            f"{why}. The earlier checkpoints (steps {kept}) are kept; free some space and {resume}"
+        )
 
     def restore_latest(self, like: TrainState) -> Optional[tuple[TrainState, dict]]:
         """The newest checkpoint that restores, as (state, data-iterator state); broken ones are skipped.
@@ -149,15 +161,18 @@ class Checkpoints:
         target = jax.tree.map(_restore_target, _to_saveable(like)) if steps else None
         for step in reversed(steps):
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+                restored = self.manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+                )
             except Exception as e:  # a torn or corrupt checkpoint: fall back to the one before it
-                log.warning("checkpoint %d could not be restored (%s: %s); trying the one before it",
-                            step, type(e).__name__, e)
+                log.warning(
+                    "checkpoint %d could not be restored (%s: %s); trying the one before it", step, type(e).__name__, e
+                )
                 continue
             s = restored["state"]
-            return TrainState(step=s["step"], params=s["params"], opt_state=s["opt_state"],
-                              rng=s["rng"]), restored["data"]
+            return TrainState(step=s["step"], params=s["params"], opt_state=s["opt_state"], rng=s["rng"]), restored[
+                "data"
+            ]
         return None
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from mulm_jax.errors import MulmError
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mulm_jax.config import add_config_arguments
     from mulm_jax.startup import add_startup_arguments
@@ -23,10 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-processes", type=int)
     parser.add_argument("--process-id", type=int)
     parser.add_argument("--quiet", action="store_true", help="no per-step progress line (messages still show)")
-    parser.add_argument("--init-from", metavar="RUN[@STEP]",
-                        help="start a new run from this run's parameters (newest checkpoint, or STEP's)")
-    parser.add_argument("--extend-positions", action="store_true",
-                        help="with --init-from: extend a learned position table to a longer max_seq_len")
+    parser.add_argument(
+        "--init-from",
+        metavar="RUN[@STEP]",
+        help="start a new run from this run's parameters (newest checkpoint, or STEP's)",
+    )
+    parser.add_argument(
+        "--extend-positions",
+        action="store_true",
+        help="with --init-from: extend a learned position table to a longer max_seq_len",
+    )
     parser.add_argument("--verbose", action="store_true", help="print the wall time of each start-up phase")
 
 
@@ -46,8 +53,14 @@ def run(args: argparse.Namespace, phases: Optional[Any] = None) -> int:
         phases.mark("imports")
         cfg = config_from_args(args)
         phases.mark("config")
-        train(cfg, args.workdir, quiet=args.quiet, init_from=args.init_from, extend_positions=args.extend_positions,
-              phases=phases if args.verbose else None)
+        train(
+            cfg,
+            args.workdir,
+            quiet=args.quiet,
+            init_from=args.init_from,
+            extend_positions=args.extend_positions,
+            phases=phases if args.verbose else None,
+        )
     except MulmError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -61,8 +74,12 @@ def _checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpa
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("train", help="train a model on a config into a run folder (as train.py)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model on a config into a run folder (as train.py)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     parser.set_defaults(func=lambda args: run(_checked(parser, args)))
 
@@ -72,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     from mulm_jax.startup import Phases
 
     phases = Phases()
-    parser = argparse.ArgumentParser(prog="train.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     return run(_checked(parser, parser.parse_args(argv)), phases)

@@ -10,8 +10,9 @@ import jax
 from mulm_jax.errors import MulmError
 
 
-def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None) -> bool:
+def initialize(
+    coordinator: Optional[str] = None, num_processes: Optional[int] = None, process_id: Optional[int] = None
+) -> bool:
     """Call jax.distributed.initialize when a coordinator is given (flag or JAX_COORDINATOR_ADDRESS).
 
     Returns whether this is a multi-process run. Must run before anything touches a JAX device.

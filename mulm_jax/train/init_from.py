@@ -46,13 +46,15 @@ def param_differences(source: dict[str, Any], target: dict[str, Any]) -> list[st
         elif name not in target:
             lines.append(f"{name}: only in the source run {tuple(source[name].shape)}")
         elif tuple(source[name].shape) != tuple(target[name].shape):
-            lines.append(f"{name}: {tuple(source[name].shape)} in the source run, "
-                         f"{tuple(target[name].shape)} in the new model")
+            lines.append(
+                f"{name}: {tuple(source[name].shape)} in the source run, {tuple(target[name].shape)} in the new model"
+            )
     return lines
 
 
-def start_from(spec: str, params: Any, tokenizer: Tokenizer, extend_positions: bool = False
-               ) -> tuple[Any, dict[str, Any]]:
+def start_from(
+    spec: str, params: Any, tokenizer: Tokenizer, extend_positions: bool = False
+) -> tuple[Any, dict[str, Any]]:
     """The parameters of run `spec` in place of the freshly initialised `params`, and a record of where they
     came from. Only parameters are taken (not the optimizer state, step or data position). A learned position
     table shorter than the new one is extended (its trained rows copied, the new rows kept from `params`) only
@@ -64,7 +66,8 @@ def start_from(spec: str, params: Any, tokenizer: Tokenizer, extend_positions: b
         raise InitFromError(
             f"--init-from {spec}: the source run's tokenizer ({source.tokenizer.kind}, vocab "
             f"{source.tokenizer.vocab_size}) is not the data set's ({tokenizer.kind}, vocab {tokenizer.vocab_size}): "
-            "the same ids would stand for other text; train on a data set made with the source run's tokenizer")
+            "the same ids would stand for other text; train on a data set made with the source run's tokenizer"
+        )
     src, new = flat_params(source.params), flat_params(per_layer(params))
     extended = None
     if POSITION_TABLE in src and POSITION_TABLE in new:
@@ -74,17 +77,19 @@ def start_from(spec: str, params: Any, tokenizer: Tokenizer, extend_positions: b
                 raise InitFromError(
                     f"--init-from {spec}: the source run's learned position table has {trained} rows and the new "
                     f"context (model.max_seq_len) needs {rows}; add --extend-positions to copy the {trained} trained "
-                    "rows and initialise the others, or keep model.max_seq_len")
+                    "rows and initialise the others, or keep model.max_seq_len"
+                )
             table = np.array(new[POSITION_TABLE], dtype=np.float32)
             table[:trained] = src[POSITION_TABLE]
             src[POSITION_TABLE] = table
             extended = {"from": trained, "to": rows}
     differences = param_differences(src, new)
     if differences:
-        raise InitFromError(f"--init-from {spec}: the source run's parameters do not match the new model by name "
-                            f"and shape ({len(differences)} differ):\n  " + "\n  ".join(differences))
+        raise InitFromError(
+            f"--init-from {spec}: the source run's parameters do not match the new model by name "
+            f"and shape ({len(differences)} differ):\n  " + "\n  ".join(differences)
+        )
     merged = traverse_util.unflatten_dict({name: np.asarray(src[name], dtype=new[name].dtype) for name in new}, sep="/")
     scanned = any(STACKED in name.split("/") for name in flat_params(params))
     record = {"run": str(run_dir.resolve()), "step": source.step, "extended_positions": extended}
     return stacked(merged) if scanned else merged, record
-

@@ -55,8 +55,7 @@ def _write_text_atomically(path: Path, text: str) -> None:
 
 
 # train settings that set only the length and cadence of a run, or where it runs: a resumed run may change them
-RESUMABLE_CHANGES = ("steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
-                     "mesh")
+RESUMABLE_CHANGES = ("steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every", "mesh")
 
 
 def check_run_config(workdir: Path, cfg: Config) -> Optional[Config]:
@@ -71,26 +70,41 @@ def check_run_config(workdir: Path, cfg: Config) -> Optional[Config]:
     cadence = {name: getattr(cfg.train, name) for name in RESUMABLE_CHANGES}
     same_cadence = dataclasses.replace(saved, train=dataclasses.replace(saved.train, **cadence))
     if any(getattr(same_cadence, part) != getattr(cfg, part) for part in ("model", "data", "train")):  # not `serve`
-        diff = "\n".join(difflib.unified_diff(dump_config(same_cadence).splitlines(), dump_config(cfg).splitlines(),
-                                              "config in run folder", "config given now", lineterm="", n=0))
-        raise TrainingError(f"{workdir} holds a run of a different config; use another --workdir or the same "
-                            f"config (only train.{', train.'.join(RESUMABLE_CHANGES)} may change). "
-                            f"Difference:\n{diff}")
+        diff = "\n".join(
+            difflib.unified_diff(
+                dump_config(same_cadence).splitlines(),
+                dump_config(cfg).splitlines(),
+                "config in run folder",
+                "config given now",
+                lineterm="",
+                n=0,
+            )
+        )
+        raise TrainingError(
+            f"{workdir} holds a run of a different config; use another --workdir or the same "
+            f"config (only train.{', train.'.join(RESUMABLE_CHANGES)} may change). "
+            f"Difference:\n{diff}"
+        )
     return saved
 
 
 def resume_notice(saved: TrainConfig, tc: TrainConfig, step: int) -> str:
     """What a run resumed at `step` changes of its length and cadence, and what that does to the learning rate
     ('' when nothing changes)."""
-    changes = [f"train.{name}: {getattr(saved, name)} -> {getattr(tc, name)}" for name in RESUMABLE_CHANGES
-               if getattr(saved, name) != getattr(tc, name)]
+    changes = [
+        f"train.{name}: {getattr(saved, name)} -> {getattr(tc, name)}"
+        for name in RESUMABLE_CHANGES
+        if getattr(saved, name) != getattr(tc, name)
+    ]
     if not changes:
         return ""
     notice = "changed on resume: " + ", ".join(changes)
     if saved.steps != tc.steps and tc.schedule != "constant":
         before, after = float(make_schedule(saved)(step)), float(make_schedule(tc)(step))
-        notice += (f"\n  the {tc.schedule} learning-rate decay to min_lr={tc.min_lr:g} now ends at step {tc.steps} "
-                   f"instead of {saved.steps}: at step {step} the learning rate is {after:.4g} (it was {before:.4g})")
+        notice += (
+            f"\n  the {tc.schedule} learning-rate decay to min_lr={tc.min_lr:g} now ends at step {tc.steps} "
+            f"instead of {saved.steps}: at step {step} the learning rate is {after:.4g} (it was {before:.4g})"
+        )
     if step >= tc.steps:
         notice += f"\n  the run is already at step {step} >= train.steps={tc.steps}: nothing to train"
     return notice
@@ -129,7 +143,7 @@ def _sample_prompt(dataset_dir: Path, tokenizer: Tokenizer) -> tuple[list[int], 
     if manifest.get("kind", "text") == "text":
         return tokenizer.encode(SAMPLE_PROMPT)[:1], None
     ids, mask = load_pairs(dataset_dir, "val" if manifest["pairs"]["val_examples"] else "train").example(0)
-    return ids[:int(np.argmax(mask))].tolist(), tokenizer.eos_id
+    return ids[: int(np.argmax(mask))].tolist(), tokenizer.eos_id
 
 
 def _prepare_data(cfg: Config, workdir: Path, lead: bool) -> tuple[Path, Tokenizer, Optional[int]]:
@@ -139,16 +153,24 @@ def _prepare_data(cfg: Config, workdir: Path, lead: bool) -> tuple[Path, Tokeniz
     dataset_dir = prepare_dataset(cfg.data)
     tokenizer = Tokenizer.load(dataset_dir)
     if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise TrainingError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the data set's vocabulary "
-                            f"of {tokenizer.vocab_size} ({dataset_dir}); set model.vocab_size >= "
-                            f"{tokenizer.vocab_size}")
+        raise TrainingError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the data set's vocabulary "
+            f"of {tokenizer.vocab_size} ({dataset_dir}); set model.vocab_size >= "
+            f"{tokenizer.vocab_size}"
+        )
     manifest = read_manifest(dataset_dir)
     source_len = _source_length(cfg, manifest)
-    check_examples_fit(dataset_dir, _sequence_length(cfg), source_len,
-                       seq_len_name=f"train.seq_len={cfg.train.seq_len}" if cfg.train.seq_len else
-                       f"train.seq_len unset: model.max_seq_len={cfg.model.max_seq_len}",
-                       source_len_name=f"train.source_len={cfg.train.source_len}" if cfg.train.source_len else
-                       f"train.source_len unset: model.max_seq_len={cfg.model.max_seq_len}")
+    check_examples_fit(
+        dataset_dir,
+        _sequence_length(cfg),
+        source_len,
+        seq_len_name=f"train.seq_len={cfg.train.seq_len}"
+        if cfg.train.seq_len
+        else f"train.seq_len unset: model.max_seq_len={cfg.model.max_seq_len}",
+        source_len_name=f"train.source_len={cfg.train.source_len}"
+        if cfg.train.source_len
+        else f"train.source_len unset: model.max_seq_len={cfg.model.max_seq_len}",
+    )
     if lead:
         write_run_files(workdir, cfg, tokenizer)
         if manifest.get("kind", "text") != "text":
@@ -163,8 +185,9 @@ def _source_length(cfg: Config, manifest: dict) -> Optional[int]:
         return None
     source_len = cfg.train.source_len or cfg.model.max_seq_len
     if source_len > cfg.model.max_seq_len:
-        raise TrainingError(f"train.source_len={source_len} is longer than the context model.max_seq_len="
-                            f"{cfg.model.max_seq_len}")
+        raise TrainingError(
+            f"train.source_len={source_len} is longer than the context model.max_seq_len={cfg.model.max_seq_len}"
+        )
     return source_len
 
 
@@ -172,8 +195,9 @@ def _sequence_length(cfg: Config) -> int:
     """train.seq_len (default: the model's context), checked to fit the context."""
     seq_len = cfg.train.seq_len or cfg.model.max_seq_len
     if seq_len > cfg.model.max_seq_len:
-        raise TrainingError(f"train.seq_len={seq_len} is longer than the context model.max_seq_len="
-                            f"{cfg.model.max_seq_len}")
+        raise TrainingError(
+            f"train.seq_len={seq_len} is longer than the context model.max_seq_len={cfg.model.max_seq_len}"
+        )
     return seq_len
 
 
@@ -202,17 +226,27 @@ def run_steps(cfg: Config, pad_id: Optional[int], seq_len: int) -> RunSteps:
         init_key, state_key = jax.random.split(jax.random.key(tc.seed))
         init_inputs, _ = model.window_inputs(jnp.zeros((1, seq_len), jnp.int32))
         params = model.init(init_key, *init_inputs)["params"]
-        return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
-                          rng=jax.random.key_data(state_key))
+        return TrainState(
+            step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=jax.random.key_data(state_key)
+        )
 
     placement = state_placement(jax.eval_shape(fresh_state), mesh)
     train_step, eval_step = mesh_steps(model, tx, tc.grad_accum_steps, pad_id, make_schedule(tc), mesh, placement)
-    return RunSteps(mesh, model, tx, jax.jit(fresh_state, out_shardings=placement), placement,
-                    shaped(jax.eval_shape(fresh_state), placement), train_step, eval_step)
+    return RunSteps(
+        mesh,
+        model,
+        tx,
+        jax.jit(fresh_state, out_shardings=placement),
+        placement,
+        shaped(jax.eval_shape(fresh_state), placement),
+        train_step,
+        eval_step,
+    )
 
 
-def _compile_train_step(train_step: Any, state_shapes: TrainState, mesh: Mesh,
-                        batch: dict[str, tuple[tuple[int, ...], Any]]) -> Any:
+def _compile_train_step(
+    train_step: Any, state_shapes: TrainState, mesh: Mesh, batch: dict[str, tuple[tuple[int, ...], Any]]
+) -> Any:
     """The train step compiled for the placed state and the global batches the loop will pass (`batch`: the
     loader's arrays, name -> (shape, dtype), at the global batch size; rows split over the mesh): run beside model
     init and the rest of start-up, it needs only shapes. The loop calls this program itself, so nothing compiles on
@@ -221,8 +255,10 @@ def _compile_train_step(train_step: Any, state_shapes: TrainState, mesh: Mesh,
 
 
 def _batch_structs(batch: dict[str, tuple[tuple[int, ...], Any]], mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, BATCH))
-            for name, (shape, dtype) in batch.items()}
+    return {
+        name: jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, BATCH))
+        for name, (shape, dtype) in batch.items()
+    }
 
 
 @dataclasses.dataclass
@@ -245,8 +281,15 @@ class _Run:
     progress: Progress
 
 
-def _restore_or_start_from(run: _Run, state: TrainState, tx: Any, placement: TrainState, saved: Optional[Config],
-                           init_from: Optional[str], extend_positions: bool) -> TrainState:
+def _restore_or_start_from(
+    run: _Run,
+    state: TrainState,
+    tx: Any,
+    placement: TrainState,
+    saved: Optional[Config],
+    init_from: Optional[str],
+    extend_positions: bool,
+) -> TrainState:
     """The run's newest checkpoint (with the data iterator's position) if it has one, else the parameters of
     `init_from` if given, else `state`."""
     restored = run.checkpoints.restore_latest(state)
@@ -266,8 +309,9 @@ def _restore_or_start_from(run: _Run, state: TrainState, tx: Any, placement: Tra
     return state
 
 
-def _compile_evaluation(run: _Run, compiler: concurrent.futures.Executor, eval_step: Any, params: Any
-                        ) -> concurrent.futures.Future:
+def _compile_evaluation(
+    run: _Run, compiler: concurrent.futures.Executor, eval_step: Any, params: Any
+) -> concurrent.futures.Future:
     """Compile the evaluation's programs on `compiler`'s thread, beside the first training step (an XLA
     compilation releases the GIL), so that start-up holds all compilation and no evaluation stops the run to
     compile: the eval step for these batches and, for a decoder, the sampler. `params`: the placed parameters'
@@ -276,13 +320,16 @@ def _compile_evaluation(run: _Run, compiler: concurrent.futures.Executor, eval_s
     def compile_all() -> tuple[Any, Optional[Callable[[Any, list[int]], list[int]]]]:
         evaluate = None
         if run.evaluation:  # the global batch of these per-process batches
-            batch = {name: ((a.shape[0] * jax.process_count(), *a.shape[1:]), a.dtype)
-                     for name, a in run.evaluation[0].items()}
+            batch = {
+                name: ((a.shape[0] * jax.process_count(), *a.shape[1:]), a.dtype)
+                for name, a in run.evaluation[0].items()
+            }
             evaluate = eval_step.lower(params, _batch_structs(batch, run.mesh)).compile()
         sampler = None
         if run.cfg.model.architecture == "decoder":  # every process runs it: the parameters span them all
-            sampler = greedy_sampler(run.model, SAMPLE_TOKENS, run.tokenizer.vocab_size, params,
-                                     window=len(run.sample[0]) + SAMPLE_TOKENS)
+            sampler = greedy_sampler(
+                run.model, SAMPLE_TOKENS, run.tokenizer.vocab_size, params, window=len(run.sample[0]) + SAMPLE_TOKENS
+            )
         return evaluate, sampler
 
     return compiler.submit(compile_all)
@@ -322,7 +369,7 @@ def _evaluate(run: _Run, programs: tuple[Any, Optional[Callable]], params: Any, 
         row["val_bpb"], row["val_bpc"] = (sums["loss_sum"] / n / math.log(2) for n in text)
     if sampler is not None:
         ids = sampler(params, run.sample[0])
-        row["sample"] = run.tokenizer.decode(ids[:ids.index(run.sample[1])] if run.sample[1] in ids else ids)
+        row["sample"] = run.tokenizer.decode(ids[: ids.index(run.sample[1])] if run.sample[1] in ids else ids)
     row["eval_s"] = time.time() - t_eval
     return row
 
@@ -365,29 +412,52 @@ def _log_steps(run: _Run, pending: list[dict[str, Any]], step: int, throughput: 
         raise TrainingError(
             f"the training loss became {float(last['loss'])} at step {step}; stopping. The last good checkpoint is "
             f"kept in {run.workdir / 'checkpoints'} (steps {run.checkpoints.steps()}). Try a lower train.lr, "
-            f"train.grad_clip > 0, or float32 compute.")
-    run.metrics.write({"step": step, "loss": float(last["loss"]), "accuracy": float(last["accuracy"]),
-                       "lr": float(last["lr"]), "grad_norm": float(last["grad_norm"]),
-                       "tokens_per_sec": tokens_per_sec})
+            f"train.grad_clip > 0, or float32 compute."
+        )
+    run.metrics.write(
+        {
+            "step": step,
+            "loss": float(last["loss"]),
+            "accuracy": float(last["accuracy"]),
+            "lr": float(last["lr"]),
+            "grad_norm": float(last["grad_norm"]),
+            "tokens_per_sec": tokens_per_sec,
+        }
+    )
     run.progress.update(step, float(last["loss"]), tokens_per_sec, sec_per_step)
 
 
-def _end_start_up(run: _Run, evaluation_programs: concurrent.futures.Future, timing: Phases,
-                  phases: Optional[Phases], t_start: float, t_loop: float, step: int, first_metrics: Any) -> None:
+def _end_start_up(
+    run: _Run,
+    evaluation_programs: concurrent.futures.Future,
+    timing: Phases,
+    phases: Optional[Phases],
+    t_start: float,
+    t_loop: float,
+    step: int,
+    first_metrics: Any,
+) -> None:
     """Start-up ends with the first step and the evaluation's compiling: write and print its time."""
     timing.mark(FIRST_STEP, first_metrics)
     evaluation_programs.result()
     now = time.time()
     run.metrics.write({"step": step, "startup_s": now - t_start, "first_step_s": now - t_loop})
-    run.progress.message(f"step {step} done {now - t_start:.1f}s after start ({now - t_loop:.1f}s of it running that "
-                         f"step and, beside it, compiling the evaluation's programs)")
+    run.progress.message(
+        f"step {step} done {now - t_start:.1f}s after start ({now - t_loop:.1f}s of it running that "
+        f"step and, beside it, compiling the evaluation's programs)"
+    )
     if phases is not None:
         run.progress.message(f"start-up: {phases.line()}")
 
 
-def _train_steps(run: _Run, state: TrainState, step: int, train_step: Any,
-                 evaluation_programs: concurrent.futures.Future, end_start_up: Callable[[int, Any], None]
-                 ) -> tuple[TrainState, int, dict[str, Any]]:
+def _train_steps(
+    run: _Run,
+    state: TrainState,
+    step: int,
+    train_step: Any,
+    evaluation_programs: concurrent.futures.Future,
+    end_start_up: Callable[[int, Any], None],
+) -> tuple[TrainState, int, dict[str, Any]]:
     """Steps from `step` to train.steps, with logging, evaluation and checkpoints at their cadence; a stop signal
     saves and ends the run after the current step. Returns (state, step reached, last evaluation row)."""
     tc = run.cfg.train
@@ -414,9 +484,11 @@ def _train_steps(run: _Run, state: TrainState, step: int, train_step: Any,
                 last_eval = _evaluate(run, evaluation_programs.result(), state.params, step)
                 val_loss = last_eval["val_loss"]
                 run.metrics.write({k: v for k, v in last_eval.items() if k != "sample"})
-                run.progress.message(f"step {step}: val_loss {val_loss:.4f}  val_ppl {last_eval['val_ppl']:.2f}  "
-                                     f"({last_eval['eval_s']:.1f}s)"
-                                     + (f"\n  sample: {last_eval['sample']!r}" if "sample" in last_eval else ""))
+                run.progress.message(
+                    f"step {step}: val_loss {val_loss:.4f}  val_ppl {last_eval['val_ppl']:.2f}  "
+                    f"({last_eval['eval_s']:.1f}s)"
+                    + (f"\n  sample: {last_eval['sample']!r}" if "sample" in last_eval else "")
+                )
             if at_checkpoint:
                 _save(run, state, val_loss)
             if at_eval or at_checkpoint:  # keep evaluation and saving out of the next tokens/s figure
@@ -427,8 +499,15 @@ def _train_steps(run: _Run, state: TrainState, step: int, train_step: Any,
     return state, step, last_eval
 
 
-def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: Optional[str] = None,
-          extend_positions: bool = False, phases: Optional[Phases] = None) -> RunResult:
+def train(
+    cfg: Config,
+    workdir: str | Path,
+    *,
+    quiet: bool = False,
+    init_from: Optional[str] = None,
+    extend_positions: bool = False,
+    phases: Optional[Phases] = None,
+) -> RunResult:
     """Train (or resume) the run in `workdir` up to train.steps (or a stop signal).
 
     init_from: `RUN[@STEP]`, a run whose parameters a new run starts from (see train.init_from); a run that
@@ -451,16 +530,32 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
     steps = run_steps(cfg, tokenizer.pad_id, seq_len)
     mesh = steps.mesh
     compiler = concurrent.futures.ThreadPoolExecutor(1)  # one thread: the train step, then the evaluation
-    train_program = compiler.submit(_compile_train_step, steps.train_step, steps.state_shapes, mesh,
-                                    batch_shapes(read_manifest(dataset_dir), tc.batch_size, seq_len, source_len))
+    train_program = compiler.submit(
+        _compile_train_step,
+        steps.train_step,
+        steps.state_shapes,
+        mesh,
+        batch_shapes(read_manifest(dataset_dir), tc.batch_size, seq_len, source_len),
+    )
     state = steps.fresh_state()
     timing.mark("model and optimizer init", state)
     loader = make_loader(dataset_dir, "train", process_batch, seq_len, tc.seed, source_len=source_len)
     timing.mark("data loader")
-    run = _Run(cfg, workdir, lead, mesh, seq_len, steps.model, tokenizer, loader, [],
-               _sample_prompt(dataset_dir, tokenizer),
-               Checkpoints(workdir, tc.keep_checkpoints), MetricsWriter(workdir, enabled=lead),
-               Progress(tc.steps, enabled=lead, bar=not quiet))
+    run = _Run(
+        cfg,
+        workdir,
+        lead,
+        mesh,
+        seq_len,
+        steps.model,
+        tokenizer,
+        loader,
+        [],
+        _sample_prompt(dataset_dir, tokenizer),
+        Checkpoints(workdir, tc.keep_checkpoints),
+        MetricsWriter(workdir, enabled=lead),
+        Progress(tc.steps, enabled=lead, bar=not quiet),
+    )
     state = _restore_or_start_from(run, state, steps.tx, steps.placement, saved, init_from, extend_positions)
     timing.mark("checkpoint restore", state)
     run.metrics.drop_rows_after(int(state.step))  # rows of a killed run past its checkpoint (all, if none restored)
@@ -474,9 +569,11 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, init_from: O
     step = int(state.step)
     if lead and step == 0:
         mesh_line = " x ".join(f"{name} {size}" for name, size in mesh.shape.items())
-        run.progress.message(f"set up in {time.time() - t_start:.1f}s; training {tc.steps} steps of "
-                             f"{tc.batch_size}x{seq_len} tokens on a {mesh_line} mesh of {jax.device_count()} "
-                             f"device(s) in {jax.process_count()} process(es)")
+        run.progress.message(
+            f"set up in {time.time() - t_start:.1f}s; training {tc.steps} steps of "
+            f"{tc.batch_size}x{seq_len} tokens on a {mesh_line} mesh of {jax.device_count()} "
+            f"device(s) in {jax.process_count()} process(es)"
+        )
     end_start_up = functools.partial(_end_start_up, run, evaluation_programs, timing, phases, t_start, time.time())
     state, step, last_eval = _train_steps(run, state, step, train_step, evaluation_programs, end_start_up)
     run.checkpoints.close()

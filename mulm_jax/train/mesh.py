@@ -28,8 +28,10 @@ def make_mesh(cfg: MeshConfig) -> Mesh:
     devices = jax.device_count()
     data = cfg.data or devices // cfg.fsdp
     if data * cfg.fsdp != devices:
-        raise MeshError(f"train.mesh data={cfg.data} x fsdp={cfg.fsdp} does not cover the {devices} device(s) of this "
-                        f"run: data x fsdp must equal {devices} (data 0 takes what fsdp leaves)")
+        raise MeshError(
+            f"train.mesh data={cfg.data} x fsdp={cfg.fsdp} does not cover the {devices} device(s) of this "
+            f"run: data x fsdp must equal {devices} (data 0 takes what fsdp leaves)"
+        )
     return jax.make_mesh((data, cfg.fsdp), (DATA, FSDP), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
@@ -49,8 +51,7 @@ def param_specs(tree: Any, mesh: Mesh) -> Any:
 
 
 def shardings(specs: Any, mesh: Mesh) -> Any:
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
-                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def shaped(tree: Any, placement: Any) -> Any:
@@ -62,6 +63,7 @@ def shaped(tree: Any, placement: Any) -> Any:
 def on_mesh(tree: Any, placement: Any) -> Any:
     """Host arrays (the same on every process) as global arrays placed as `placement` says; each process
     copies only its own devices' parts."""
+
     def put(x: Any, sharding: NamedSharding) -> jax.Array:
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
@@ -88,8 +90,10 @@ def rows_per_device(global_batch_size: int, accum_steps: int) -> int:
     steps, or a MeshError)."""
     devices = jax.device_count()
     if global_batch_size % (devices * accum_steps):
-        raise MeshError(f"train.batch_size={global_batch_size} does not split evenly over {jax.process_count()} "
-                        f"process(es) x {jax.local_device_count()} device(s) x {accum_steps} accumulation step(s)")
+        raise MeshError(
+            f"train.batch_size={global_batch_size} does not split evenly over {jax.process_count()} "
+            f"process(es) x {jax.local_device_count()} device(s) x {accum_steps} accumulation step(s)"
+        )
     return global_batch_size // devices
 
 

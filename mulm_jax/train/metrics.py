@@ -79,8 +79,10 @@ class Progress:
         left = max(self.total - step, 0) * sec_per_step
         width = 24
         done = int(width * step / max(self.total, 1))
-        line = (f"[{'#' * done}{'.' * (width - done)}] step {step}/{self.total}  loss {loss:.4f}  "
-                f"{tokens_per_sec:,.0f} tok/s  {int(left // 60)}m{int(left % 60):02d}s left")
+        line = (
+            f"[{'#' * done}{'.' * (width - done)}] step {step}/{self.total}  loss {loss:.4f}  "
+            f"{tokens_per_sec:,.0f} tok/s  {int(left // 60)}m{int(left % 60):02d}s left"
+        )
         sys.stderr.write(("\r" + line + "\033[K") if self.tty else line + "\n")
         sys.stderr.flush()
 

@@ -27,8 +27,9 @@ def make_schedule(cfg: TrainConfig, peak: Optional[float] = None) -> optax.Sched
         decay = optax.linear_schedule(lr, min_lr, decay_steps)
     elif cfg.schedule == "wsd":
         cooldown = min(max(round(cfg.steps * cfg.cooldown_frac), 1), decay_steps)
-        decay = optax.join_schedules([optax.constant_schedule(lr), optax.linear_schedule(lr, min_lr, cooldown)],
-                                     [decay_steps - cooldown])
+        decay = optax.join_schedules(
+            [optax.constant_schedule(lr), optax.linear_schedule(lr, min_lr, cooldown)], [decay_steps - cooldown]
+        )
     else:
         decay = optax.constant_schedule(lr)
     if cfg.warmup_steps <= 0:
@@ -77,15 +78,24 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     elif cfg.optimizer == "adafactor":
         # optax adds adafactor's decay after its learning-rate scaling (a step would shrink kernels by weight_decay
         # itself): given no learning rate, and scaled by it afterwards, the decay is lr * weight_decay like the others'.
-        opt = optax.chain(optax.adafactor(weight_decay_rate=cfg.weight_decay or None, weight_decay_mask=decay_mask),
-                          optax.scale_by_schedule(lr))
+        opt = optax.chain(
+            optax.adafactor(weight_decay_rate=cfg.weight_decay or None, weight_decay_mask=decay_mask),
+            optax.scale_by_schedule(lr),
+        )
     elif cfg.optimizer == "muon":
-        opt = muon(make_schedule(cfg, cfg.muon_lr), beta=cfg.muon_momentum, weight_decay=cfg.weight_decay,
-                   adam_b1=cfg.beta1, adam_b2=cfg.beta2, adam_learning_rate=lr,
-                   muon_weight_dimension_numbers=muon_dimension_numbers)
+        opt = muon(
+            make_schedule(cfg, cfg.muon_lr),
+            beta=cfg.muon_momentum,
+            weight_decay=cfg.weight_decay,
+            adam_b1=cfg.beta1,
+            adam_b2=cfg.beta2,
+            adam_learning_rate=lr,
+            muon_weight_dimension_numbers=muon_dimension_numbers,
+        )
     else:  # sgd with momentum beta1; weight decay added to the gradient
-        opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
-                          optax.sgd(lr, momentum=cfg.beta1))
+        opt = optax.chain(
+            optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask), optax.sgd(lr, momentum=cfg.beta1)
+        )
     if cfg.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
     return opt

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def greedy_sampler(model: nn.Module, num_tokens: int, vocab_size: int, params_like: Any,
-                   window: Optional[int] = None) -> Callable[[Any, list[int]], list[int]]:
+def greedy_sampler(
+    model: nn.Module, num_tokens: int, vocab_size: int, params_like: Any, window: Optional[int] = None
+) -> Callable[[Any, list[int]], list[int]]:
     """(params, prompt ids) -> the next `num_tokens` greedy ids of a decoder model, all below `vocab_size`.
 
     `vocab_size` is the tokenizer's: a model's vocabulary may be padded past it, and an id beyond it cannot be
@@ -34,13 +35,16 @@ def greedy_sampler(model: nn.Module, num_tokens: int, vocab_size: int, params_li
         _, ids = jax.lax.scan(next_id, (window_1xT, length), None, length=num_tokens)
         return ids
 
-    compiled = jax.jit(continuation).lower(params_like, jax.ShapeDtypeStruct((1, T), jnp.int32),
-                                          jax.ShapeDtypeStruct((), jnp.int32)).compile()
+    compiled = (
+        jax.jit(continuation)
+        .lower(params_like, jax.ShapeDtypeStruct((1, T), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32))
+        .compile()
+    )
 
     def sample(params: Any, prompt_ids: list[int]) -> list[int]:
         context = (list(prompt_ids) or [0])[-T:]
         window_1xT = np.zeros((1, T), np.int32)
-        window_1xT[0, :len(context)] = context
+        window_1xT[0, : len(context)] = context
         return [int(i) for i in jax.device_get(compiled(params, window_1xT, np.int32(len(context))))]
 
     return sample

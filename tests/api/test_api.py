@@ -69,7 +69,7 @@ def sse_events(response) -> list:
     for block in response.text.split("\n\n"):
         for line in block.splitlines():
             if line.startswith("data: "):
-                data = line[len("data: "):]
+                data = line[len("data: ") :]
                 out.append(data if data == "[DONE]" else json.loads(data))
     return out
 
@@ -87,6 +87,7 @@ def assert_error(response, status: int, param=None, code=None) -> dict:
 
 
 # ---- completions ---------------------------------------------------------------------------------------
+
 
 def test_completion_has_openai_shape_and_usage(client):
     r = client.post("/v1/completions", json={"model": "tiny", "prompt": "hello", "max_tokens": 5, "temperature": 0})
@@ -120,8 +121,15 @@ def test_token_id_prompts_equal_text_prompts(client):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_stop_string_ends_the_text_before_it_and_its_tokens_count(client, stream):
-    ask = {"model": "tiny", "prompt": "ab", "max_tokens": 10, "temperature": 0, "stop": ["zz", "fg"],
-           "stream": stream, **({"stream_options": {"include_usage": True}} if stream else {})}
+    ask = {
+        "model": "tiny",
+        "prompt": "ab",
+        "max_tokens": 10,
+        "temperature": 0,
+        "stop": ["zz", "fg"],
+        "stream": stream,
+        **({"stream_options": {"include_usage": True}} if stream else {}),
+    }
     r = client.post("/v1/completions", json=ask)
     if stream:
         *chunks, last, done = sse_events(r)
@@ -135,10 +143,13 @@ def test_a_stop_string_ends_the_text_before_it_and_its_tokens_count(client, stre
     assert usage == {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7}
 
 
-@pytest.mark.parametrize("route,ask", [
-    ("/v1/completions", {"prompt": "the quick"}),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi there"}]}),
-])
+@pytest.mark.parametrize(
+    "route,ask",
+    [
+        ("/v1/completions", {"prompt": "the quick"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi there"}]}),
+    ],
+)
 def test_the_real_engine_streams_the_text_of_its_whole_response_for_greedy(real, route, ask):
     ask = {"model": "tiny", "max_tokens": 12, "temperature": 0, **ask}
     whole = real.post(route, json=ask).json()["choices"][0]
@@ -159,27 +170,44 @@ def test_the_real_engine_streams_the_text_of_its_whole_response_for_greedy(real,
     assert usage["completion_tokens"] == 12
 
 
-@pytest.mark.parametrize("route,ask,prompt,text", [
-    ("/v1/completions", {"prompt": "the quick"}, "the quick", "lmnopqrstuvw"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi there"}]}, "user: hi there\nassistant:",
-     "abcdefghijkl"),
-])
+@pytest.mark.parametrize(
+    "route,ask,prompt,text",
+    [
+        ("/v1/completions", {"prompt": "the quick"}, "the quick", "lmnopqrstuvw"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi there"}]},
+            "user: hi there\nassistant:",
+            "abcdefghijkl",
+        ),
+    ],
+)
 def test_a_stream_is_chunks_of_the_text_then_the_finish_then_usage_then_done(client, route, ask, prompt, text):
-    ask = {"model": "tiny", "max_tokens": 12, "temperature": 0, "stream": True,
-           "stream_options": {"include_usage": True}, **ask}
+    ask = {
+        "model": "tiny",
+        "max_tokens": 12,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **ask,
+    }
     r = client.post(route, json=ask)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = sse_events(r)
     assert events[-1] == "[DONE]"
     chunks, last = events[:-2], events[-2]
-    assert last["choices"] == [] and last["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": 12,
-                                                       "total_tokens": len(prompt) + 12}
+    assert last["choices"] == [] and last["usage"] == {
+        "prompt_tokens": len(prompt),
+        "completion_tokens": 12,
+        "total_tokens": len(prompt) + 12,
+    }
     assert len({(c["id"], c["created"]) for c in events[:-1]}) == 1 and all(c["model"] == "tiny" for c in chunks)
     *tokens, end = chunks
     if route == "/v1/chat/completions":
         first, *tokens = tokens
-        assert first["choices"] == [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                     "finish_reason": None}]
+        assert first["choices"] == [
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        ]
         assert end["choices"] == [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}]
         assert "".join(c["choices"][0]["delta"]["content"] for c in tokens) == text
         assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
@@ -219,16 +247,23 @@ def test_tokens_pending_together_go_out_in_one_chunk_that_the_openai_client_reas
 
 def test_chat_uses_the_template_and_its_stop_strings(client):
     served = client.app.state.ctx.models.get("tiny")
-    ask = {"model": "tiny", "messages": [{"role": "system", "content": "be brief"},
-                                         {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-           "max_tokens": 4, "temperature": 0}
+    ask = {
+        "model": "tiny",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        ],
+        "max_tokens": 4,
+        "temperature": 0,
+    }
     body = client.post("/v1/chat/completions", json=ask).json()
     prompt = served.chat.render([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
     assert prompt == "system: be brief\nuser: hi\nassistant:"
     assert body["usage"] == {"prompt_tokens": 36, "completion_tokens": 4, "total_tokens": 40}  # a token a character
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
-    assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "abcd"}, "logprobs": None,
-                                "finish_reason": "length"}]
+    assert body["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "abcd"}, "logprobs": None, "finish_reason": "length"}
+    ]
 
 
 def test_a_runs_own_chat_template_renders_the_prompt_and_its_stop_strings_end_the_reply(client, tmp_path):
@@ -240,19 +275,21 @@ def test_a_runs_own_chat_template_renders_the_prompt_and_its_stop_strings_end_th
     assert (full, stop) == ("abcdefghijkl", "ef")
     run = tmp_path / "run"
     run.mkdir()
-    (run / "chat_template.json").write_text(json.dumps(
-        {"message": "{role}! {content}\n\n", "generation_prompt": "reply:", "stop": [stop]}))
+    (run / "chat_template.json").write_text(
+        json.dumps({"message": "{role}! {content}\n\n", "generation_prompt": "reply:", "stop": [stop]})
+    )
     custom = make_client(tmp_path, model=dataclasses.replace(loaded(max_seq_len=64), run_dir=run))
     try:
-        body = custom.post("/v1/chat/completions", json={"model": "tiny", "messages": messages, "max_tokens": 12,
-                                                          "temperature": 0}).json()
+        body = custom.post(
+            "/v1/chat/completions", json={"model": "tiny", "messages": messages, "max_tokens": 12, "temperature": 0}
+        ).json()
         (run / "chat_template.json").write_text(json.dumps({"message": "{role}: {content}", "stops": []}))
         with pytest.raises(ApiError, match="chat_template.json: not a chat template \\(unknown keys \\['stops'\\]"):
             custom.app.state.ctx.models.serve("bad", dataclasses.replace(loaded(), run_dir=run))
     finally:
         custom.__exit__(None, None, None)
     assert body["usage"]["prompt_tokens"] == len(prompt)  # one character a token
-    assert body["choices"][0]["message"]["content"] == full[:full.find(stop)] == "abcd"
+    assert body["choices"][0]["message"]["content"] == full[: full.find(stop)] == "abcd"
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["usage"]["completion_tokens"] == 6  # "abcdef": the stop string's tokens were generated
 
@@ -261,39 +298,55 @@ def test_logprobs_in_both_formats_carry_the_engines_numbers(client):
     ask = {"model": "tiny", "prompt": "hello", "max_tokens": 3, "temperature": 0, "logprobs": 2}
     lp = client.post("/v1/completions", json=ask).json()["choices"][0]["logprobs"]
     # after each character c the stand-in gives c + 1 probability 1/2 and c + 2 probability 1/4
-    assert lp == {"tokens": ["p", "q", "r"], "token_logprobs": [-LN2] * 3,
-                  "top_logprobs": [{"p": -LN2, "q": -2 * LN2}, {"q": -LN2, "r": -2 * LN2}, {"r": -LN2, "s": -2 * LN2}],
-                  "text_offset": [0, 1, 2]}
+    assert lp == {
+        "tokens": ["p", "q", "r"],
+        "token_logprobs": [-LN2] * 3,
+        "top_logprobs": [{"p": -LN2, "q": -2 * LN2}, {"q": -LN2, "r": -2 * LN2}, {"r": -LN2, "s": -2 * LN2}],
+        "text_offset": [0, 1, 2],
+    }
     sampled = client.post("/v1/completions", json={**ask, "temperature": 1, "seed": 2}).json()["choices"][0]
     assert sampled["text"] == "rux" and sampled["logprobs"]["token_logprobs"] == [-3 * LN2] * 3  # 3 steps of 3
-    chat = client.post("/v1/chat/completions", json={
-        "model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3, "temperature": 0,
-        "logprobs": True, "top_logprobs": 2}).json()["choices"][0]["logprobs"]["content"]
+    chat = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 3,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": 2,
+        },
+    ).json()["choices"][0]["logprobs"]["content"]
 
     def entry(text, logprob):
         return {"token": text, "logprob": logprob, "bytes": [ord(text)]}
 
-    assert chat == [{**entry(c, -LN2), "top_logprobs": [entry(c, -LN2), entry(d, -2 * LN2)]}
-                    for c, d in ("ab", "bc", "cd")]
+    assert chat == [
+        {**entry(c, -LN2), "top_logprobs": [entry(c, -LN2), entry(d, -2 * LN2)]} for c, d in ("ab", "bc", "cd")
+    ]
 
 
 # ---- validation ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("body,status,param,code", [
-    ({"model": "tiny", "prompt": "x", "temperature": "hot"}, 400, "temperature", "invalid_value"),
-    ({"model": "tiny", "prompt": "x", "top_p": 1.5}, 400, "top_p", "invalid_value"),
-    ({"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens", "invalid_value"),
-    ({"model": "tiny", "prompt": "x", "n": True}, 400, "n", "invalid_value"),
-    ({"model": "tiny", "prompt": 5}, 400, "prompt", "invalid_value"),
-    ({"model": "tiny", "prompt": [99]}, 400, "prompt", "invalid_value"),  # outside the vocabulary
-    ({"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "invalid_value"),
-    ({"model": "tiny", "prompt": "x", "echo": True}, 400, "echo", "unknown_field"),
-    ({"prompt": "x"}, 400, "model", "missing_field"),
-    ({"model": "nope", "prompt": "x"}, 404, "model", "model_not_found"),
-    ({"model": "tiny", "prompt": "x" * 64}, 400, "prompt", "context_length_exceeded"),
-    ({"model": "tiny", "prompt": "x" * 10, "max_tokens": 55}, 400, "max_tokens", "context_length_exceeded"),
-    ({"model": "tiny", "prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options", None),
-])
+
+@pytest.mark.parametrize(
+    "body,status,param,code",
+    [
+        ({"model": "tiny", "prompt": "x", "temperature": "hot"}, 400, "temperature", "invalid_value"),
+        ({"model": "tiny", "prompt": "x", "top_p": 1.5}, 400, "top_p", "invalid_value"),
+        ({"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens", "invalid_value"),
+        ({"model": "tiny", "prompt": "x", "n": True}, 400, "n", "invalid_value"),
+        ({"model": "tiny", "prompt": 5}, 400, "prompt", "invalid_value"),
+        ({"model": "tiny", "prompt": [99]}, 400, "prompt", "invalid_value"),  # outside the vocabulary
+        ({"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "invalid_value"),
+        ({"model": "tiny", "prompt": "x", "echo": True}, 400, "echo", "unknown_field"),
+        ({"prompt": "x"}, 400, "model", "missing_field"),
+        ({"model": "nope", "prompt": "x"}, 404, "model", "model_not_found"),
+        ({"model": "tiny", "prompt": "x" * 64}, 400, "prompt", "context_length_exceeded"),
+        ({"model": "tiny", "prompt": "x" * 10, "max_tokens": 55}, 400, "max_tokens", "context_length_exceeded"),
+        ({"model": "tiny", "prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options", None),
+    ],
+)
 def test_invalid_completion_requests_name_the_field(client, body, status, param, code):
     assert_error(client.post("/v1/completions", json=body), status, param, code)
 
@@ -340,9 +393,15 @@ def test_the_openapi_document_states_the_engines_sampling_limits(client):
 def test_the_labs_sampling_fields_offer_the_engines_ranges():
     """The lab's number fields (which explorer.js holds its settings to) end where the server's ranges end."""
     page = (Path(__file__).parents[2] / "mulm_jax" / "api" / "lab" / "index.html").read_text()
-    fields = {"temperature": ["pg-temperature", "sx-temperature-n"], "top_p": ["pg-top-p", "sx-top-p-n"],
-              "min_p": ["pg-min-p", "sx-min-p-n"], "repetition_penalty": ["pg-repetition", "sx-repetition-n"],
-              "top_k": ["pg-top-k", "sx-top-k-n"], "max_tokens": ["pg-max-tokens"], "seed": ["pg-seed"]}
+    fields = {
+        "temperature": ["pg-temperature", "sx-temperature-n"],
+        "top_p": ["pg-top-p", "sx-top-p-n"],
+        "min_p": ["pg-min-p", "sx-min-p-n"],
+        "repetition_penalty": ["pg-repetition", "sx-repetition-n"],
+        "top_k": ["pg-top-k", "sx-top-k-n"],
+        "max_tokens": ["pg-max-tokens"],
+        "seed": ["pg-seed"],
+    }
     for field, ids in fields.items():
         lower = {op: bound for op, bound in LIMITS[field].items() if op in ("ge", "gt")}
         high = next((bound for op, bound in LIMITS[field].items() if op == "le"), None)
@@ -352,20 +411,26 @@ def test_the_labs_sampling_fields_offer_the_engines_ranges():
             assert (float(attributes["max"]) if "max" in attributes else None) == high, id_
 
 
-@pytest.mark.parametrize("messages,param", [
-    ([], "messages"),
-    ([{"role": "wizard", "content": "x"}], "messages[0]"),
-    ([{"role": "user", "content": 3}], "messages[0].content"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], "messages[0].content"),
-])
+@pytest.mark.parametrize(
+    "messages,param",
+    [
+        ([], "messages"),
+        ([{"role": "wizard", "content": "x"}], "messages[0]"),
+        ([{"role": "user", "content": 3}], "messages[0].content"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], "messages[0].content"),
+    ],
+)
 def test_invalid_chat_messages_name_the_message(client, messages, param):
     assert_error(client.post("/v1/chat/completions", json={"model": "tiny", "messages": messages}), 400, param)
 
 
-@pytest.mark.parametrize("source,needle", [
-    ("{{ raise_exception('only user turns, please') }}", "only user turns, please"),
-    ("{{ messages | length / 0 }}", "ZeroDivisionError"),
-])
+@pytest.mark.parametrize(
+    "source,needle",
+    [
+        ("{{ raise_exception('only user turns, please') }}", "only user turns, please"),
+        ("{{ messages | length / 0 }}", "ZeroDivisionError"),
+    ],
+)
 def test_a_chat_template_that_raises_is_a_400_naming_its_error(client, monkeypatch, source, needle):
     monkeypatch.setattr(client.app.state.ctx.models.get("tiny"), "chat", JinjaChatTemplate(source, {}))
     ask = {"model": "tiny", "messages": [{"role": "system", "content": "be brief"}], "max_tokens": 2}
@@ -382,8 +447,9 @@ def test_malformed_json_and_non_objects_are_400(client):
 def test_a_body_over_the_limit_is_413(tmp_path):
     small = make_client(tmp_path, max_body_bytes=200, model=loaded())
     try:
-        assert_error(small.post("/v1/completions", json={"model": "tiny", "prompt": "x" * 300}), 413,
-                     code="body_too_large")
+        assert_error(
+            small.post("/v1/completions", json={"model": "tiny", "prompt": "x" * 300}), 413, code="body_too_large"
+        )
         assert small.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}).status_code == 200
     finally:
         small.__exit__(None, None, None)
@@ -406,8 +472,9 @@ def test_generations_cancelled_by_a_stopping_server_answer_503(tmp_path):
     answers = {}
 
     def ask(stream: bool) -> None:
-        answers[stream] = stopping.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 8,
-                                                                 "stream": stream})
+        answers[stream] = stopping.post(
+            "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 8, "stream": stream}
+        )
 
     asking = [threading.Thread(target=ask, args=(stream,)) for stream in (False, True)]
     try:
@@ -425,6 +492,7 @@ def test_generations_cancelled_by_a_stopping_server_answer_503(tmp_path):
 
 
 # ---- auth and rate limits ------------------------------------------------------------------------------
+
 
 def test_api_keys_guard_every_route_but_the_probes_and_are_never_logged(tmp_path, caplog):
     guarded = make_client(tmp_path, api_keys=(KEY, "other-key"), model=loaded())
@@ -446,8 +514,9 @@ def test_api_keys_guard_every_route_but_the_probes_and_are_never_logged(tmp_path
         guarded.__exit__(None, None, None)
 
 
-def test_serve_takes_keys_from_its_flags_the_environment_and_a_file_and_int8_from_its_flag(tmp_path, monkeypatch,
-                                                                                          capsys):
+def test_serve_takes_keys_from_its_flags_the_environment_and_a_file_and_int8_from_its_flag(
+    tmp_path, monkeypatch, capsys
+):
     def settings(*flags: str) -> ServeConfig:
         parser = argparse.ArgumentParser()
         cli.add_arguments(parser)
@@ -456,8 +525,19 @@ def test_serve_takes_keys_from_its_flags_the_environment_and_a_file_and_int8_fro
     keys_file = tmp_path / "keys"
     keys_file.write_text("# the operators' key\nsk-from-file-0123\n\n")
     monkeypatch.setenv("MULM_API_KEYS", "sk-env-one-0123, sk-env-two-0123,")
-    given = settings("--api-key", "sk-flag-0123", "--api-keys-file", str(keys_file), "--int8", "--state-dir",
-                     str(tmp_path / "s"), "--runs-root", str(tmp_path / "runs"), "--slots", "1")
+    given = settings(
+        "--api-key",
+        "sk-flag-0123",
+        "--api-keys-file",
+        str(keys_file),
+        "--int8",
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--runs-root",
+        str(tmp_path / "runs"),
+        "--slots",
+        "1",
+    )
     assert given.api_keys == ("sk-flag-0123", "sk-env-one-0123", "sk-env-two-0123") and given.int8
     assert not settings().int8
     with TestClient(create_app(given, StandInEngine), raise_server_exceptions=False) as c:
@@ -507,6 +587,7 @@ def test_rate_limits_answer_429_with_retry_after(tmp_path):
 
 # ---- tokens, embeddings, models ------------------------------------------------------------------------
 
+
 def test_tokenize_and_detokenize_round_trip(client):
     ids = client.post("/v1/tokenize", json={"model": "tiny", "prompt": "hello, world"}).json()
     assert ids["count"] == 12 and ids["max_model_len"] == 64
@@ -533,8 +614,9 @@ def test_embeddings_in_base64_are_the_little_endian_float32_bytes(client):
     for f, b in zip(floats, packed):
         vector = np.frombuffer(base64.b64decode(b["embedding"]), "<f4")
         np.testing.assert_array_equal(vector, np.asarray(f["embedding"], np.float32))
-    assert_error(client.post("/v1/embeddings", json={**ask, "encoding_format": "int8"}), 400, "encoding_format",
-                 "invalid_value")
+    assert_error(
+        client.post("/v1/embeddings", json={**ask, "encoding_format": "int8"}), 400, "encoding_format", "invalid_value"
+    )
 
 
 def test_models_are_listed_and_run_folders_are_confined_to_the_runs_root(client, tmp_path):
@@ -559,10 +641,15 @@ def test_models_loading_at_start_up_are_listed_with_their_state_and_answer_503(t
 
     monkeypatch.setattr("mulm_jax.api.registry.load_model", load_model)
     monkeypatch.setattr(StandInEngine, "warmup", lambda engine: compiled.wait(60))
-    settings = ServeConfig(state_dir=str(tmp_path / "state"), runs_root=str(tmp_path / "runs"), slots=1,
-                           checkpoints=("first=runs/first", "second=runs/second"))
+    settings = ServeConfig(
+        state_dir=str(tmp_path / "state"),
+        runs_root=str(tmp_path / "runs"),
+        slots=1,
+        checkpoints=("first=runs/first", "second=runs/second"),
+    )
     ask = {"model": "first", "prompt": "x", "max_tokens": 2}
     with TestClient(create_app(settings, StandInEngine), raise_server_exceptions=False) as c:
+
         def states() -> dict:
             return {m["id"]: m["state"] for m in c.get("/v1/models").json()["data"]}
 
@@ -585,12 +672,16 @@ def test_models_loading_at_start_up_are_listed_with_their_state_and_answer_503(t
 
 # ---- operations and extensibility ----------------------------------------------------------------------
 
+
 def test_metrics_count_requests_tokens_and_time_to_first_token(client):
     client.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 3})
     client.post("/v1/completions", json={"model": "nope", "prompt": "x"})
     text = client.get("/metrics").text
-    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line and not line.startswith("#")}
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
     assert samples['mulm_http_requests_total{route="/v1/completions",method="POST",status="200"}'] >= 1
     assert samples['mulm_http_requests_total{route="/v1/completions",method="POST",status="404"}'] >= 1
     assert samples['mulm_generated_tokens_total{model="tiny"}'] >= 3
@@ -655,8 +746,10 @@ def test_extra_route_modules_join_the_app_and_its_description(tmp_path, monkeypa
     extended = make_client(tmp_path, extra_routes=("my_feature",), model=loaded())
     try:
         assert extended.get("/v1/model-count").json() == {"models": 1}
-        assert extended.get("/openapi.json").json()["paths"]["/v1/model-count"]["get"]["summary"] == \
-            "How many models are served."
+        assert (
+            extended.get("/openapi.json").json()["paths"]["/v1/model-count"]["get"]["summary"]
+            == "How many models are served."
+        )
     finally:
         extended.__exit__(None, None, None)
     with pytest.raises(ValueError, match="no_such_module"):

@@ -44,15 +44,40 @@ def test_schemathesis_finds_nothing_against_the_servers_own_description(tmp_path
     folders = {name: tmp_path / name for name in ("runs", "datasets", "data", "configs", "state")}
     for folder in folders.values():
         folder.mkdir()
-    app = create_app(ServeConfig(
-        api_keys=(KEY,), state_dir=str(folders["state"]), runs_root=str(folders["runs"]),
-        datasets_dir=str(folders["datasets"]), data_roots=(str(folders["data"]),), configs_dir=str(folders["configs"])))
+    app = create_app(
+        ServeConfig(
+            api_keys=(KEY,),
+            state_dir=str(folders["state"]),
+            runs_root=str(folders["runs"]),
+            datasets_dir=str(folders["datasets"]),
+            data_roots=(str(folders["data"]),),
+            configs_dir=str(folders["configs"]),
+        )
+    )
     with serving(app) as url:
         app.state.ctx.models.serve("tiny", loaded(max_seq_len=64))
         result = subprocess.run(
-            [str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(SCHEMATHESIS_CONFIG), "run",
-             f"{url}/openapi.json", "--checks", "all", "-H", f"Authorization: Bearer {KEY}",
-             "--max-examples", "10", "--seed", "1", "--workers", "1"],
-            capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its .schemathesis/ cache too
+            [
+                str(Path(sys.executable).with_name("schemathesis")),
+                "--config-file",
+                str(SCHEMATHESIS_CONFIG),
+                "run",
+                f"{url}/openapi.json",
+                "--checks",
+                "all",
+                "-H",
+                f"Authorization: Bearer {KEY}",
+                "--max-examples",
+                "10",
+                "--seed",
+                "1",
+                "--workers",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )  # its .schemathesis/ cache too
     report = result.stdout.partition("=== FAILURES ===")[2] or result.stdout
     assert result.returncode == 0, report[-8000:] + result.stderr[-2000:]

@@ -28,10 +28,22 @@ from mulm_jax.runs import read_metrics
 
 STEPS = 400
 # A run that trains in a few seconds; every run here shares it, so that the compiled steps are reused.
-TINY = {"model.vocab_size": 40, "model.d_model": 32, "model.num_layers": 1, "model.num_heads": 2,
-        "model.d_ff": 64, "model.max_seq_len": 32, "train.seq_len": 32, "train.batch_size": 8,
-        "train.steps": STEPS, "train.warmup_steps": 5, "train.eval_every": 200, "train.eval_batches": 2,
-        "train.checkpoint_every": 100, "train.log_every": 10}
+TINY = {
+    "model.vocab_size": 40,
+    "model.d_model": 32,
+    "model.num_layers": 1,
+    "model.num_heads": 2,
+    "model.d_ff": 64,
+    "model.max_seq_len": 32,
+    "train.seq_len": 32,
+    "train.batch_size": 8,
+    "train.steps": STEPS,
+    "train.warmup_steps": 5,
+    "train.eval_every": 200,
+    "train.eval_batches": 2,
+    "train.checkpoint_every": 100,
+    "train.log_every": 10,
+}
 
 
 def wait_finished(client: TestClient, url: str) -> dict:
@@ -53,9 +65,13 @@ def settings(tmp_path_factory) -> Iterator[ServeConfig]:
         env.setenv("JAX_COMPILATION_CACHE_DIR", str(base / "jax-cache"))
         env.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
         env.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-        yield ServeConfig(state_dir=str(base / "state"), runs_root=str(base / "runs"),
-                          datasets_dir=str(base / "datasets"), data_roots=(str(base / "data"),),
-                          configs_dir=str(ROOT / "configs"))
+        yield ServeConfig(
+            state_dir=str(base / "state"),
+            runs_root=str(base / "runs"),
+            datasets_dir=str(base / "datasets"),
+            data_roots=(str(base / "data"),),
+            configs_dir=str(ROOT / "configs"),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +95,9 @@ def version(dataset_job) -> str:
 
 
 def start_training(client: TestClient, version: str, **fields) -> dict:
-    response = client.post("/v1/training/jobs", json={"config": "shakespeare_char", "dataset": version,
-                                                       "overrides": TINY, **fields})
+    response = client.post(
+        "/v1/training/jobs", json={"config": "shakespeare_char", "dataset": version, "overrides": TINY, **fields}
+    )
     assert response.status_code == 202, response.text
     return response.json()
 
@@ -102,12 +119,13 @@ def test_dataset_job_assembles_a_version_that_is_listed(client, dataset_job, ver
     # The job was handed the request as a config file, not as flags.
     config_file = Path(settings.state_dir).resolve() / "jobs" / f"{dataset_job['id']}.yaml"
     with sqlite3.connect(Path(settings.state_dir) / "mulm.sqlite3") as db:
-        (command,), = db.execute("SELECT command FROM jobs WHERE id = ?", (dataset_job["id"],))
+        ((command,),) = db.execute("SELECT command FROM jobs WHERE id = ?", (dataset_job["id"],))
     assert json.loads(command)[3:] == ["data", "assemble", "--json", "--config", str(config_file)]
     data = load_config(config_file).data
     corpus = str(Path(settings.data_roots[0]).resolve() / "corpus.txt")
-    assert data == DataConfig(sources=(corpus,), tokenizer="char", dedup="exact",
-                              out_dir=str(Path(settings.datasets_dir).resolve()))
+    assert data == DataConfig(
+        sources=(corpus,), tokenizer="char", dedup="exact", out_dir=str(Path(settings.datasets_dir).resolve())
+    )
 
     missing = client.get("/v1/datasets/0123456789ab")
     assert missing.status_code == 404 and "'0123456789ab'" in error_of(missing)["message"]
@@ -145,8 +163,9 @@ def test_sources_whose_files_link_outside_the_data_roots_are_refused(client, set
     assert response.status_code == 403, response.text
     reason = "linked_dir" if source == "linked_dir" else "secret.txt"
     assert error_of(response)["param"] == "source" and reason in error_of(response)["message"]
-    response = client.post("/v1/training/jobs", json={"config": "shakespeare_char",
-                                                      "overrides": {"data.sources": [source]}})
+    response = client.post(
+        "/v1/training/jobs", json={"config": "shakespeare_char", "overrides": {"data.sources": [source]}}
+    )
     assert response.status_code == 403 and error_of(response)["param"] == "data.sources"
     assert client.get("/v1/datasets/jobs").json()["data"] == jobs_before
 
@@ -168,9 +187,19 @@ def test_the_dataset_body_has_a_field_for_each_data_config_field_but_where_the_s
     assert body["source"].is_required()
 
 
-@pytest.mark.parametrize("field, value", [("vocab_size", "many"), ("fold_whitespace", "yes"),
-                                          ("source", 3), ("dedup", "fuzzy"), ("val_fraction", [0.1]),
-                                          ("val_fraction", 1.0), ("near_dup_threshold", 0), ("text_field", "")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("vocab_size", "many"),
+        ("fold_whitespace", "yes"),
+        ("source", 3),
+        ("dedup", "fuzzy"),
+        ("val_fraction", [0.1]),
+        ("val_fraction", 1.0),
+        ("near_dup_threshold", 0),
+        ("text_field", ""),
+    ],
+)
 def test_dataset_field_of_a_wrong_type_or_out_of_range_is_a_400_naming_it(client, field, value):
     response = client.post("/v1/datasets", json={"source": "corpus.txt", field: value})
     assert response.status_code == 400
@@ -242,7 +271,7 @@ def test_cancelled_job_is_interrupted_by_a_restart_and_resumes_from_its_checkpoi
         # the first row of training figures (step 10; a start-up row may come before it)
         wait_for(lambda: metrics.exists() and '"loss"' in metrics.read_text(), "the first training row")
         with sqlite3.connect(Path(settings.state_dir) / "mulm.sqlite3") as db:
-            (pid,), = db.execute("SELECT pid FROM jobs WHERE id = ?", (job["id"],))
+            ((pid,),) = db.execute("SELECT pid FROM jobs WHERE id = ?", (job["id"],))
         os.killpg(pid, signal.SIGSTOP)  # the trainer frozen mid-run: however fast it is, the cancel comes first
         try:
             assert client.post(f"{url}/cancel").status_code == 200
@@ -280,7 +309,8 @@ def test_failed_job_keeps_its_exit_code_and_the_end_of_its_log(tmp_path):
     jobs = JobManager(ServeConfig(state_dir=str(tmp_path)))
     try:
         assert jobs.counts_by_state("dataset") == dict.fromkeys(
-            ("running", "succeeded", "failed", "cancelled", "interrupted"), 0)
+            ("running", "succeeded", "failed", "cancelled", "interrupted"), 0
+        )
         script = "import sys; print('reading the corpus', flush=True); sys.exit('error: no corpus')"
         command = [sys.executable, "-c", script]
         job = jobs.start("dataset", command, workdir=None, request={"source": "x"})
@@ -296,8 +326,9 @@ def test_failed_job_keeps_its_exit_code_and_the_end_of_its_log(tmp_path):
 
 def test_close_stops_running_jobs_and_records_them_interrupted(tmp_path):
     jobs = JobManager(ServeConfig(state_dir=str(tmp_path)))
-    job = jobs.start("training", [sys.executable, "-c", "import time; time.sleep(60)"], workdir=str(tmp_path / "run"),
-                     request={})
+    job = jobs.start(
+        "training", [sys.executable, "-c", "import time; time.sleep(60)"], workdir=str(tmp_path / "run"), request={}
+    )
     start = time.monotonic()
     jobs.close()
     assert time.monotonic() - start < 10
@@ -337,8 +368,9 @@ def test_a_pairs_data_set_shows_its_examples_with_the_loss_mask(client, settings
     read = "".join(t["text"] for t in example["tokens"] if not t["loss"])
     assert example["file"] == "pairs.jsonl" and read == f"to {example['line'] - 1}:"
     assert trained == f" be {example['line'] - 1}|"
-    text = assemble(DataConfig(sources=(str(Path(settings.data_roots[0]) / "corpus.txt"),),
-                               out_dir=settings.datasets_dir)).manifest["version"]
+    text = assemble(
+        DataConfig(sources=(str(Path(settings.data_roots[0]) / "corpus.txt"),), out_dir=settings.datasets_dir)
+    ).manifest["version"]
     response = client.get(f"/v1/datasets/{text}/examples/train")
     assert response.status_code == 400 and error_of(response)["code"] == "not_pairs"
     assert client.get(f"/v1/datasets/{pairs['version']}/examples/test").status_code in (400, 404)

@@ -16,8 +16,9 @@ def test_completions_of_an_encoder_decoder_trained_on_pairs_read_the_prompt_as_i
     app = create_app(ServeConfig(state_dir=str(tmp_path / "state"), runs_root=str(tmp_path / "runs")))
     with TestClient(app, raise_server_exceptions=False) as client:
         app.state.ctx.models.serve("pairs", lm)
-        body = client.post("/v1/completions", json={"model": "pairs", "prompt": "ab ij", "max_tokens": 8,
-                                                    "temperature": 0}).json()
+        body = client.post(
+            "/v1/completions", json={"model": "pairs", "prompt": "ab ij", "max_tokens": 8, "temperature": 0}
+        ).json()
     with Engine(lm, slots=1) as engine:
         expected = engine.generate("ab ij", SamplingParams(max_tokens=8, temperature=0.0))
     assert body["choices"][0]["text"] == expected.text

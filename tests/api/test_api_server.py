@@ -32,8 +32,10 @@ def served(tmp_path_factory):
         dataset = finished_job(server, f"/v1/datasets/jobs/{r.json()['id']}")
         version = dataset["result"]["version"]
         assert server.http.get(f"/v1/datasets/{version}").json()["version"] == version
-        r = server.http.post("/v1/training/jobs", json={"config": "shakespeare_char", "dataset": version,
-                                                        "overrides": TINY, "name": "tiny"})
+        r = server.http.post(
+            "/v1/training/jobs",
+            json={"config": "shakespeare_char", "dataset": version, "overrides": TINY, "name": "tiny"},
+        )
         assert r.status_code == 202, r.text
         job = finished_job(server, f"/v1/training/jobs/{r.json()['id']}")
         assert job["step"] == 30 and job["latest_metrics"]["eval"]["val_loss"] > 0
@@ -52,15 +54,23 @@ def test_the_openai_client_completes_chats_and_streams(served):
     assert [m.id for m in client.models.list().data] == ["tiny"]
     whole = client.completions.create(model="tiny", prompt="First", max_tokens=20, temperature=0)
     assert whole.usage.completion_tokens == 20 and whole.choices[0].finish_reason == "length"
-    streamed = "".join(chunk.choices[0].text for chunk in client.completions.create(
-        model="tiny", prompt="First", max_tokens=20, temperature=0, stream=True) if chunk.choices)
+    streamed = "".join(
+        chunk.choices[0].text
+        for chunk in client.completions.create(model="tiny", prompt="First", max_tokens=20, temperature=0, stream=True)
+        if chunk.choices
+    )
     assert streamed == whole.choices[0].text
-    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Speak"}],
-                                          max_tokens=10, temperature=0, seed=3)
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Speak"}], max_tokens=10, temperature=0, seed=3
+    )
     assert chat.choices[0].message.role == "assistant"
-    deltas = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "Speak"}], max_tokens=10, temperature=0, stream=True)
-        if c.choices]
+    deltas = [
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "Speak"}], max_tokens=10, temperature=0, stream=True
+        )
+        if c.choices
+    ]
     assert "".join(deltas) == chat.choices[0].message.content
     with pytest.raises(openai.BadRequestError) as refused:
         client.completions.create(model="tiny", prompt="First", max_tokens=1000)
@@ -93,11 +103,18 @@ def test_a_client_that_leaves_frees_its_slots_at_once(served, stream):
     else:  # the request sent, the client hangs up once the generation has started
         body = json.dumps(ask).encode()
         with socket.create_connection((urlsplit(server.url).hostname, urlsplit(server.url).port)) as client:
-            client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                           + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            client.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
             wait_for(lambda: server.metric('mulm_active_slots{model="tiny"}') > 0, "the generation to start", 60)
-    wait_for(lambda: server.metric('mulm_active_slots{model="tiny"}') == 0
-             and server.metric('mulm_queue_depth{model="tiny"}') == 0, "the slots to be freed", 60)
+    wait_for(
+        lambda: server.metric('mulm_active_slots{model="tiny"}') == 0
+        and server.metric('mulm_queue_depth{model="tiny"}') == 0,
+        "the slots to be freed",
+        60,
+    )
     # freed at once, not when done: well under half of the tokens asked for were generated
     assert server.metric('mulm_generated_tokens_total{model="tiny"}') - before < 3712 / 2
 
@@ -109,9 +126,15 @@ def test_a_job_running_when_the_server_dies_is_interrupted_and_resumes_from_its_
     first = Server(root)  # a second server on the same state folder sees the same records
     try:
         assert trained["id"] in [j["id"] for j in first.http.get("/v1/training/jobs").json()["data"]]
-        r = first.http.post("/v1/training/jobs", json={
-            "config": "shakespeare_char", "dataset": trained["request"]["dataset"], "name": "long",
-            "overrides": {**TINY, "train.steps": 100000, "train.checkpoint_every": 100000}})
+        r = first.http.post(
+            "/v1/training/jobs",
+            json={
+                "config": "shakespeare_char",
+                "dataset": trained["request"]["dataset"],
+                "name": "long",
+                "overrides": {**TINY, "train.steps": 100000, "train.checkpoint_every": 100000},
+            },
+        )
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         wait_for(lambda: first.http.get(f"/v1/training/jobs/{job_id}").json()["step"], "a first step")
@@ -124,8 +147,10 @@ def test_a_job_running_when_the_server_dies_is_interrupted_and_resumes_from_its_
         saved = sorted(int(p.name) for p in (root / "runs" / "long" / "checkpoints").iterdir() if p.name.isdigit())
         assert saved and saved[-1] >= job["step"] - TINY["train.log_every"]
         assert second.http.post(f"/v1/training/jobs/{job_id}/resume").json()["state"] == "running"
-        wait_for(lambda: (second.http.get(f"/v1/training/jobs/{job_id}").json()["step"] or 0) > saved[-1],
-                 "a step past the checkpoint")
+        wait_for(
+            lambda: (second.http.get(f"/v1/training/jobs/{job_id}").json()["step"] or 0) > saved[-1],
+            "a step past the checkpoint",
+        )
         assert "resumed from step" in (root / "state" / "logs" / f"{job_id}.log").read_text()
         assert second.http.post(f"/v1/training/jobs/{job_id}/cancel").status_code == 200
     finally:

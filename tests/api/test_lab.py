@@ -38,8 +38,11 @@ def test_the_page_and_its_files_load_without_a_key_with_their_types(client):
     assert page.headers["content-type"] == "text/html; charset=utf-8"
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert '<script type="module" src="/lab/app.js">' in page.text
-    expected = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
-                ".html": "text/html; charset=utf-8"}
+    expected = {
+        ".js": "text/javascript; charset=utf-8",
+        ".css": "text/css; charset=utf-8",
+        ".html": "text/html; charset=utf-8",
+    }
     files = sorted(p for p in lab.LAB_DIR.iterdir() if p.is_file())
     assert {p.suffix for p in files} == set(expected)
     for path in files:
@@ -70,22 +73,25 @@ def test_files_are_revalidated_by_etag_and_a_change_gives_a_new_one(client, lab_
     assert changed.headers["etag"] != etag
 
 
-@pytest.mark.parametrize("path", [
-    "/lab/%2e%2e/secret.js",  # `..` encoded: the client sends it as is, the server decodes it
-    "/lab/%2E%2E/%2e%2e/routes/lab.py",
-    "/lab/..%2fsecret.js",
-    "/lab/%2e/app.js",
-    "/lab//app.js",
-    "/lab/",
-    "/lab/missing.js",
-    "/lab/.hidden.js",
-    "/lab/inner",  # a folder
-    "/lab/inner/",
-    "/lab/notes.txt",  # a type the lab does not serve
-    "/lab/link.js",  # a link to a file outside the folder
-    "/lab/inner/inside.js",  # a link, even to a file inside the folder
-    "/lab/%00.js",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/lab/%2e%2e/secret.js",  # `..` encoded: the client sends it as is, the server decodes it
+        "/lab/%2E%2E/%2e%2e/routes/lab.py",
+        "/lab/..%2fsecret.js",
+        "/lab/%2e/app.js",
+        "/lab//app.js",
+        "/lab/",
+        "/lab/missing.js",
+        "/lab/.hidden.js",
+        "/lab/inner",  # a folder
+        "/lab/inner/",
+        "/lab/notes.txt",  # a type the lab does not serve
+        "/lab/link.js",  # a link to a file outside the folder
+        "/lab/inner/inside.js",  # a link, even to a file inside the folder
+        "/lab/%00.js",
+    ],
+)
 def test_anything_but_a_plain_file_of_the_lab_folder_is_404(client, lab_copy, path):
     (lab_copy / ".hidden.js").write_text("hidden")
     (lab_copy / "notes.txt").write_text("notes")

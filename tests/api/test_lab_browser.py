@@ -15,8 +15,7 @@ from support import CORPUS, KEY_ITEM, SERVER_KEY, TINY, Lab, Server
 
 pytestmark = pytest.mark.browser
 
-LONG = {**TINY, "train.steps": 100000, "train.log_every": 2, "train.eval_every": 4,
-        "train.checkpoint_every": 100000}
+LONG = {**TINY, "train.steps": 100000, "train.log_every": 2, "train.eval_every": 4, "train.checkpoint_every": 100000}
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +86,11 @@ def test_the_lab_from_a_data_set_to_a_trained_model_served_completed_and_inspect
 
     # One click serves the cancelled run (its checkpoint) and opens it in the playground.
     page.click("#tr-serve")
-    lab.until("location.hash === '#playground' && document.querySelector('#model').value === 'lab' "
-              "&& document.body.dataset.shown === 'playground'", timeout=180_000)
+    lab.until(
+        "location.hash === '#playground' && document.querySelector('#model').value === 'lab' "
+        "&& document.body.dataset.shown === 'playground'",
+        timeout=180_000,
+    )
 
     # The field's default (64 tokens) is cut to half the served model's context, so Generate as it opens can work.
     context = next(m["context_length"] for m in server.http.get("/v1/models").json()["data"] if m["id"] == "lab")

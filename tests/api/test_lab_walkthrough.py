@@ -23,8 +23,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from support import (ALPHABET, CORPUS, SERVER_KEY, Lab, Server, byte_level_tokenizer, random_params,
-                     sentencepiece_tokenizer)
+from support import (
+    ALPHABET,
+    CORPUS,
+    SERVER_KEY,
+    Lab,
+    Server,
+    byte_level_tokenizer,
+    random_params,
+    sentencepiece_tokenizer,
+)
 from mulm_jax.config import Config, config_from_dict, dump_config
 from mulm_jax.data.tokenizer import CharTokenizer, Tokenizer
 from mulm_jax.interop.convert import from_hf, save_params
@@ -35,31 +43,78 @@ pytestmark = pytest.mark.browser
 # The models' settings: a character model the size of `make demo`'s (configs/shakespeare_char.yaml: learned
 # positions, LayerNorm, GELU), a Llama-style one and an encoder-decoder (post-norm and sinusoidal positions, as in
 # 2017), all with random weights; an imported GPT-2 is transformers' own random model through `from_hf`.
-DEMO = dict(vocab_size=65, d_model=128, num_layers=4, num_heads=4, d_ff=512, max_seq_len=64, positional="learned",
-            norm="layernorm", ffn="gelu", use_bias=False)
-LLAMA = dict(vocab_size=320, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=64, max_seq_len=16,
-             positional="rope", norm="rmsnorm", ffn="swiglu", use_bias=False, tie_embeddings=False)
-ENCDEC = dict(architecture="encoder_decoder", vocab_size=32, d_model=32, num_layers=2, num_heads=4, d_ff=64,
-              max_seq_len=16, positional="sinusoidal", norm_position="post", ffn="relu")
+DEMO = dict(
+    vocab_size=65,
+    d_model=128,
+    num_layers=4,
+    num_heads=4,
+    d_ff=512,
+    max_seq_len=64,
+    positional="learned",
+    norm="layernorm",
+    ffn="gelu",
+    use_bias=False,
+)
+LLAMA = dict(
+    vocab_size=320,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    d_ff=64,
+    max_seq_len=16,
+    positional="rope",
+    norm="rmsnorm",
+    ffn="swiglu",
+    use_bias=False,
+    tie_embeddings=False,
+)
+ENCDEC = dict(
+    architecture="encoder_decoder",
+    vocab_size=32,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    d_ff=64,
+    max_seq_len=16,
+    positional="sinusoidal",
+    norm_position="post",
+    ffn="relu",
+)
 GPT2 = dict(vocab_size=50257, n_embd=32, n_layer=2, n_head=4, n_positions=16, initializer_range=0.2)
 # The small models' context is 16 tokens: the server then compiles one prompt length for each.
 # name -> (prompt, the position followed, steps this kind of model has, activations compared with the CLI's)
 SHOWN = ["blocks.0.attn.q", "blocks.0.attn.k", "blocks.0.attn.pattern", "blocks.0.resid_post", "logits"]
 WALKS = {
     "demo": ("First Citizen:\nBefore we proceed", 9, ["blocks.0.ln1.out", "blocks.0.mlp.post", "pos_embed"], SHOWN),
-    "llama": ("the history of the city", 4, ["blocks.0.attn.rope", "blocks.0.mlp.post", "blocks.0.attn.mask"],
-              SHOWN + ["blocks.0.attn.rot_q"]),
+    "llama": (
+        "the history of the city",
+        4,
+        ["blocks.0.attn.rope", "blocks.0.mlp.post", "blocks.0.attn.mask"],
+        SHOWN + ["blocks.0.attn.rot_q"],
+    ),
     "gpt2": ("The quick brown fox", 5, ["blocks.0.attn.mask", "pos_embed", "logits"], SHOWN),
-    "encdec": ("the old city", 0, ["encoder", "blocks.0.cross_attn.pattern", "blocks.0.ln_cross.out"],
-               SHOWN + ["blocks.0.cross_attn.pattern"]),
+    "encdec": (
+        "the old city",
+        0,
+        ["encoder", "blocks.0.cross_attn.pattern", "blocks.0.ln_cross.out"],
+        SHOWN + ["blocks.0.cross_attn.pattern"],
+    ),
 }
 # Sampling settings moved in the explorer, then drawn from the server with the same ones.
-SETTINGS = [dict(temperature=0.8, top_k=5, top_p=1, min_p=0, repetition_penalty=1),
-            dict(temperature=1.3, top_k=0, top_p=0.6, min_p=0, repetition_penalty=1.4),
-            dict(temperature=1, top_k=12, top_p=0.9, min_p=0.08, repetition_penalty=0.7),
-            dict(temperature=0, top_k=0, top_p=1, min_p=0, repetition_penalty=2)]
-FIELDS = {"temperature": "#sx-temperature-n", "top_k": "#sx-top-k-n", "top_p": "#sx-top-p-n", "min_p": "#sx-min-p-n",
-          "repetition_penalty": "#sx-repetition-n"}
+SETTINGS = [
+    dict(temperature=0.8, top_k=5, top_p=1, min_p=0, repetition_penalty=1),
+    dict(temperature=1.3, top_k=0, top_p=0.6, min_p=0, repetition_penalty=1.4),
+    dict(temperature=1, top_k=12, top_p=0.9, min_p=0.08, repetition_penalty=0.7),
+    dict(temperature=0, top_k=0, top_p=1, min_p=0, repetition_penalty=2),
+]
+FIELDS = {
+    "temperature": "#sx-temperature-n",
+    "top_k": "#sx-top-k-n",
+    "top_p": "#sx-top-p-n",
+    "min_p": "#sx-min-p-n",
+    "repetition_penalty": "#sx-repetition-n",
+}
 DRAWS = 8  # tokens drawn per setting (seeds 0..7: one request with n=8)
 LOGPROB_TOLERANCE = 2e-4  # the page's numbers have 6 significant digits; the server's prefill is another program
 READY = "document.getElementById('wt-steps').dataset.state === 'ready'"
@@ -92,10 +147,12 @@ def imported_gpt2(folder: Path) -> Path:
 
 
 def build_runs(root: Path) -> dict[str, Path]:
-    return {"demo": native_run(root / "demo", CharTokenizer(sorted(set(CORPUS))), 1, **DEMO),
-            "llama": native_run(root / "llama", sentencepiece_tokenizer("bpe"), 2, **LLAMA),
-            "gpt2": imported_gpt2(root / "gpt2"),
-            "encdec": native_run(root / "encdec", CharTokenizer(list(ALPHABET)), 3, **ENCDEC)}
+    return {
+        "demo": native_run(root / "demo", CharTokenizer(sorted(set(CORPUS))), 1, **DEMO),
+        "llama": native_run(root / "llama", sentencepiece_tokenizer("bpe"), 2, **LLAMA),
+        "gpt2": imported_gpt2(root / "gpt2"),
+        "encdec": native_run(root / "encdec", CharTokenizer(list(ALPHABET)), 3, **ENCDEC),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +188,29 @@ def inspect_cli():
     started = []
 
     def start(run: Path, prompt: str, names: list[str], position: int) -> subprocess.Popen:
-        started.append(subprocess.Popen(
-            [sys.executable, "-m", "mulm_jax", "inspect", "activations", "--checkpoint", str(run), "--prompt", prompt,
-             "--names", ",".join(names), "--position", str(position), "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        started.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mulm_jax",
+                    "inspect",
+                    "activations",
+                    "--checkpoint",
+                    str(run),
+                    "--prompt",
+                    prompt,
+                    "--names",
+                    ",".join(names),
+                    "--position",
+                    str(position),
+                    "--json",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
         return started[-1]
 
     yield start
@@ -152,8 +228,12 @@ def cli_answer(process: subprocess.Popen) -> dict:
 
 def activations(server: Server, model: str, prompt, position: int, ablate=()) -> dict:
     """The API's answer to the page's own request: every activation at `position` (with heads ablated)."""
-    body = {"model": model, "prompt": prompt, "position": position,
-            "ablate": [{"layer": layer, "head": head} for layer, head in ablate]}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "position": position,
+        "ablate": [{"layer": layer, "head": head} for layer, head in ablate],
+    }
     answer = server.http.post("/v1/inspect/activations", json=body)
     assert answer.status_code == 200, answer.text
     return answer.json()
@@ -175,8 +255,11 @@ def shown(lab: Lab, name: str, index: int | None = None) -> list:
 
 def element_shot(lab: Lab, selector: str, name: str) -> None:
     """A screenshot of one element, cut from the whole page (where the view's sticky bar does not cover it)."""
-    box = lab.call("s => { const r = document.querySelector(s).getBoundingClientRect(); "
-                   "return {x: r.left + scrollX, y: r.top + scrollY, width: r.width, height: r.height}; }", selector)
+    box = lab.call(
+        "s => { const r = document.querySelector(s).getBoundingClientRect(); "
+        "return {x: r.left + scrollX, y: r.top + scrollY, width: r.width, height: r.height}; }",
+        selector,
+    )
     lab.page.screenshot(path=str(lab.shots / f"{name}.png"), full_page=True, clip=box)
 
 
@@ -220,16 +303,19 @@ def check_sampling(lab: Lab, server: Server, tokenizer: Tokenizer, expected_prom
         answer = server.http.post("/v1/completions", json={**request, "n": DRAWS, "seed": 100})
         assert answer.status_code == 200, answer.text
         before = tokenizer.decode(expected_prompt)
-        following = {i: tokenizer.decode(expected_prompt + [i])[len(before):] for i in range(explored["vocab"])}
+        following = {i: tokenizer.decode(expected_prompt + [i])[len(before) :] for i in range(explored["vocab"])}
         for choice in answer.json()["choices"]:
             text, logprob = choice["text"], choice["logprobs"]["token_logprobs"][0]
             candidates = [i for i, t in following.items() if t == text]
             page_logprobs = lab.call("ids => ids.map((i) => window.__mulmSampling.modelLogprob(i))", candidates)
             drawn = [i for i, lp in zip(candidates, page_logprobs) if abs(lp - logprob) <= LOGPROB_TOLERANCE]
-            assert drawn, f"the server drew {text!r} (log p {logprob}); the page's log p for the ids that spell it: " \
-                          f"{dict(zip(candidates, page_logprobs))}"
-            assert set(drawn) & kept, f"the server drew {text!r} (ids {drawn}) with {settings}: not in the page's " \
-                                      f"kept set {sorted(kept)}"
+            assert drawn, (
+                f"the server drew {text!r} (log p {logprob}); the page's log p for the ids that spell it: "
+                f"{dict(zip(candidates, page_logprobs))}"
+            )
+            assert set(drawn) & kept, (
+                f"the server drew {text!r} (ids {drawn}) with {settings}: not in the page's kept set {sorted(kept)}"
+            )
     page.click("#sx-reset")
 
 
@@ -245,8 +331,9 @@ def check_ablation(lab: Lab, server: Server, model: str, prompt, position: int, 
     want = top_tokens(reference, vocab)
     assert [t["id"] for t in now] == [i for i, _ in want]
     np.testing.assert_allclose([t["prob"] for t in now], [p for _, p in want], rtol=1e-6, atol=1e-9)
-    assert max(abs(a["prob"] - b["prob"]) for a, b in zip(now, before)) > 1e-4 or \
-        [t["id"] for t in now] != [t["id"] for t in before], "ablating the head changed nothing shown"
+    assert max(abs(a["prob"] - b["prob"]) for a, b in zip(now, before)) > 1e-4 or [t["id"] for t in now] != [
+        t["id"] for t in before
+    ], "ablating the head changed nothing shown"
     base = int(page.get_attribute("#wt-prediction", "data-base-top"))
     assert base == before[0]["id"]
     probs = dict(top_tokens(reference, vocab, vocab))
@@ -281,8 +368,9 @@ def walk(lab: Lab, server: Server, inspect_cli, name: str) -> None:
     # position (another compiled program than the server's: equal to the rounding of their 6 significant digits).
     want = cli_answer(cli)
     acts = want["activations"]
-    info = server.http.post("/v1/inspect/activations",
-                            json={"model": name, "prompt": prompt, "names": ["logits"]}).json()
+    info = server.http.post(
+        "/v1/inspect/activations", json={"model": name, "prompt": prompt, "names": ["logits"]}
+    ).json()
     H, K = info["num_heads"], info["num_kv_heads"]
 
     def close(page_values, cli_values):  # float32 sums differ in their last bits, relative to the vector's size
@@ -311,9 +399,11 @@ def walk(lab: Lab, server: Server, inspect_cli, name: str) -> None:
 
     # Every step: an equation, its shape in the model's letters, the function that computes it; the page's own
     # recomputations from the numbers it shows agree with the model's.
-    steps = lab.value("[...document.querySelectorAll('#wt-steps li.step')].map(s => ({key: s.dataset.step, "
-                      "eq: s.querySelectorAll('.eq').length, shape: s.querySelectorAll('.shape').length, "
-                      "fn: (s.querySelector('.fn') || {}).textContent}))")
+    steps = lab.value(
+        "[...document.querySelectorAll('#wt-steps li.step')].map(s => ({key: s.dataset.step, "
+        "eq: s.querySelectorAll('.eq').length, shape: s.querySelectorAll('.shape').length, "
+        "fn: (s.querySelector('.fn') || {}).textContent}))"
+    )
     assert {s["key"] for s in steps} >= set(kinds)
     assert all(s["eq"] and s["fn"] and s["fn"].startswith("mulm_jax/") for s in steps), steps
     assert all(s["shape"] for s in steps if s["key"] != "encoder"), steps
@@ -324,7 +414,7 @@ def walk(lab: Lab, server: Server, inspect_cli, name: str) -> None:
     vocab = lab.value("window.__mulmSampling.vocab")
     assert vocab == tokenizer.vocab_size < rows or name == "encdec"
     ids = [t["id"] for t in want["tokens"]]
-    expected = [t["id"] for t in want["source_tokens"]] + ids[:1] if name == "encdec" else ids[:position + 1]
+    expected = [t["id"] for t in want["source_tokens"]] + ids[:1] if name == "encdec" else ids[: position + 1]
     check_sampling(lab, server, tokenizer, expected)
 
     # A head ablated with a click.
@@ -365,31 +455,58 @@ def test_the_explorers_filters_keep_what_the_servers_keep_with_ties_and_padded_v
     for i in range(200):
         logits = np.round(rng.normal(0, 2, V), 1)  # one decimal: many ties
         logits[rng.integers(0, V, 4)] = logits.max() if i % 4 == 0 else logits[0]
-        cases.append({"logits": logits.tolist(), "vocab": int(rng.integers(V // 2, V + 1)),
-                      "seen": sorted(set(rng.integers(0, V, int(rng.integers(0, 8))).tolist())),
-                      "s": {"temperature": float(rng.choice([0, 0.3, 0.7, 1, 1.7])),
-                            "topK": int(rng.choice([0, 1, 3, 7])),
-                            "topP": float(rng.choice([1, 0.95, 0.6, 0.3, 0.05])),
-                            "minP": float(rng.choice([0, 0.02, 0.2, 0.6])),
-                            "repetition": float(rng.choice([1, 1.3, 0.6, 3]))}})
+        cases.append(
+            {
+                "logits": logits.tolist(),
+                "vocab": int(rng.integers(V // 2, V + 1)),
+                "seen": sorted(set(rng.integers(0, V, int(rng.integers(0, 8))).tolist())),
+                "s": {
+                    "temperature": float(rng.choice([0, 0.3, 0.7, 1, 1.7])),
+                    "topK": int(rng.choice([0, 1, 3, 7])),
+                    "topP": float(rng.choice([1, 0.95, 0.6, 0.3, 0.05])),
+                    "minP": float(rng.choice([0, 0.02, 0.2, 0.6])),
+                    "repetition": float(rng.choice([1, 1.3, 0.6, 3])),
+                },
+            }
+        )
     page = browser.new_page()
     try:
-        page.route("http://lab.test/**", lambda route: route.fulfill(
-            path=LAB_DIR / route.request.url.rsplit("/", 1)[1], content_type="text/javascript")
-            if route.request.url.endswith(".js") else route.fulfill(body="<!doctype html>", content_type="text/html"))
+        page.route(
+            "http://lab.test/**",
+            lambda route: route.fulfill(
+                path=LAB_DIR / route.request.url.rsplit("/", 1)[1], content_type="text/javascript"
+            )
+            if route.request.url.endswith(".js")
+            else route.fulfill(body="<!doctype html>", content_type="text/html"),
+        )
         page.goto("http://lab.test/")
-        kept = page.evaluate("async (cases) => { const {choose} = await import('/sampling.js'); return cases.map("
-                             "(c) => choose(c.logits, c.s, new Set(c.seen), c.vocab).kept); }", cases)
+        kept = page.evaluate(
+            "async (cases) => { const {choose} = await import('/sampling.js'); return cases.map("
+            "(c) => choose(c.logits, c.s, new Set(c.seen), c.vocab).kept); }",
+            cases,
+        )
     finally:
         page.close()
     for case, page_kept in zip(cases, kept):
         s = case["s"]
-        row = SamplingArrays.row(SamplingParams(temperature=s["temperature"], top_k=s["topK"], top_p=s["topP"],
-                                                min_p=s["minP"], repetition_penalty=s["repetition"]), 0)
+        row = SamplingArrays.row(
+            SamplingParams(
+                temperature=s["temperature"],
+                top_k=s["topK"],
+                top_p=s["topP"],
+                min_p=s["minP"],
+                repetition_penalty=s["repetition"],
+            ),
+            0,
+        )
         prompt_mask = np.zeros((1, V), bool)
         prompt_mask[0, case["seen"]] = True
-        logits = apply_penalties(mask_vocab(jnp.asarray([case["logits"]], jnp.float32), case["vocab"]), row,
-                                 jnp.zeros((1, V), jnp.int32), jnp.asarray(prompt_mask))
+        logits = apply_penalties(
+            mask_vocab(jnp.asarray([case["logits"]], jnp.float32), case["vocab"]),
+            row,
+            jnp.zeros((1, V), jnp.int32),
+            jnp.asarray(prompt_mask),
+        )
         if s["temperature"] == 0:  # choose_tokens: greedy rows take the argmax
             server_kept = [int(jnp.argmax(logits[0]))]
         else:

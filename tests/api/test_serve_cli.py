@@ -18,8 +18,15 @@ from mulm_jax.config_schema import options
 from support import ROOT, Server
 
 # serve.py's flags that set no ServeConfig field
-NOT_SETTINGS = {"--help", "--config", "--set", "--compilation-cache", "--no-compilation-cache", "--log-level",
-                "--verbose"}
+NOT_SETTINGS = {
+    "--help",
+    "--config",
+    "--set",
+    "--compilation-cache",
+    "--no-compilation-cache",
+    "--log-level",
+    "--verbose",
+}
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -51,14 +58,18 @@ def test_flags_replace_the_config_files_serve_section_and_the_rest_of_it_stays(t
     monkeypatch.delenv("MULM_API_KEYS", raising=False)
     config = tmp_path / "serve.yaml"
     config.write_text("serve:\n  slots: 3\n  data_roots: [a, b]\n  int8: true\n")
-    settings = cli.settings_from_args(serve_parser().parse_args(
-        ["--config", str(config), "--set", "serve.port=9000", "--data-root", "c", "--no-int8"]))
+    settings = cli.settings_from_args(
+        serve_parser().parse_args(
+            ["--config", str(config), "--set", "serve.port=9000", "--data-root", "c", "--no-int8"]
+        )
+    )
     assert (settings.slots, settings.port, settings.data_roots, settings.int8) == (3, 9000, ("c",), False)
 
 
 def test_serve_py_help_shows_each_settings_default():
-    done = subprocess.run([sys.executable, str(ROOT / "serve.py"), "--help"], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "serve.py"), "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr
     entries = {entry.split()[0].rstrip(","): " ".join(entry.split()) for entry in done.stdout.split("\n  --")[1:]}
     for option in options(ServeConfig):
@@ -73,11 +84,14 @@ def test_serve_py_help_shows_each_settings_default():
         assert entry.endswith(f"(default {shown})"), entry
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--slots", "0"], "serve.slots=0 must be >= 1"),
-    (["--port", "65536"], r"serve.port=65536 must be in [0, 65535]"),
-    (["--set", "serve.max_queue=-1"], "serve.max_queue=-1 must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--slots", "0"], "serve.slots=0 must be >= 1"),
+        (["--port", "65536"], r"serve.port=65536 must be in [0, 65535]"),
+        (["--set", "serve.max_queue=-1"], "serve.max_queue=-1 must be >= 0"),
+    ],
+)
 def test_a_setting_out_of_its_range_is_refused_before_the_port_is_bound(flags, message, capsys):
     assert cli.main(flags) == 2
     assert capsys.readouterr().err == f"error: {message}\n"

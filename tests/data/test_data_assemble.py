@@ -118,8 +118,10 @@ def test_val_split_is_a_content_chosen_share_of_documents(tmp_path):
     forward = assemble(config(tmp_path, write_folder(tmp_path / "a", docs), tokenizer="char")).path
     backward = assemble(config(tmp_path, write_folder(tmp_path / "b", docs[::-1]), tokenizer="char")).path
     tok = Tokenizer.load(forward)
-    val_docs = [set(tok.decode(load_tokens(p, "val")[load_tokens(p, "val") != tok.eos_id]).split("\n"))
-                for p in (forward, backward)]
+    val_docs = [
+        set(tok.decode(load_tokens(p, "val")[load_tokens(p, "val") != tok.eos_id]).split("\n"))
+        for p in (forward, backward)
+    ]
     assert len(val_docs[0] - {""}) == 4  # round(0.1 * 40) documents
     assert val_docs[0] == val_docs[1]  # the same documents, whatever their order
 
@@ -197,10 +199,13 @@ def test_corrupt_tokenizer_file_is_an_error_that_writes_nothing(corpus, tmp_path
     assert_nothing_written(tmp_path / "out")
 
 
-@pytest.mark.parametrize("tokenizer, message", [
-    ("wordpiece", r"unknown tokenizer 'wordpiece': expected char, bpe, unigram or the path"),
-    ("missing/tok.model", r"tokenizer file 'missing/tok.model' does not exist"),
-])
+@pytest.mark.parametrize(
+    "tokenizer, message",
+    [
+        ("wordpiece", r"unknown tokenizer 'wordpiece': expected char, bpe, unigram or the path"),
+        ("missing/tok.model", r"tokenizer file 'missing/tok.model' does not exist"),
+    ],
+)
 def test_unknown_tokenizer_is_an_error_that_writes_nothing(corpus, tmp_path, tokenizer, message):
     with pytest.raises(DataError, match=message):
         assemble(config(tmp_path, corpus, tokenizer=tokenizer))
@@ -217,6 +222,7 @@ def test_unwritable_output_folder_is_an_error(corpus, tmp_path):
 def test_failure_while_writing_leaves_no_partial_version_folder(corpus, tmp_path, monkeypatch):
     def disk_full(self, folder):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(Tokenizer, "save", disk_full)
     with pytest.raises(DataError, match=r"cannot write data set .*No space left on device"):
         assemble(config(tmp_path, corpus))
@@ -230,13 +236,16 @@ def test_seq_len_longer_than_a_split_is_an_error(tmp_path):
     assert_nothing_written(tmp_path / "out")
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(val_fraction=1.0), r"val_fraction=1.0 must be in \[0, 1\)"),
-    (dict(tokenizer="bpe"), r"tokenizer 'bpe' needs vocab_size"),
-    (dict(vocab_size=100), r"vocab_size=100 applies only to the bpe and unigram tokenizers"),
-    (dict(near_dup_threshold=0.0), r"near_dup_threshold=0.0 must be in \(0, 1\]"),
-    (dict(min_doc_chars=10, max_doc_chars=5), r"max_doc_chars=5 is below min_doc_chars=10"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(val_fraction=1.0), r"val_fraction=1.0 must be in \[0, 1\)"),
+        (dict(tokenizer="bpe"), r"tokenizer 'bpe' needs vocab_size"),
+        (dict(vocab_size=100), r"vocab_size=100 applies only to the bpe and unigram tokenizers"),
+        (dict(near_dup_threshold=0.0), r"near_dup_threshold=0.0 must be in \(0, 1\]"),
+        (dict(min_doc_chars=10, max_doc_chars=5), r"max_doc_chars=5 is below min_doc_chars=10"),
+    ],
+)
 def test_impossible_settings_are_errors_naming_the_value(corpus, tmp_path, settings, message):
     with pytest.raises(DataError, match=message):
         assemble(config(tmp_path, corpus, **settings))

@@ -40,12 +40,17 @@ def test_split_none_keeps_the_text_whole():
 
 def test_split_paragraphs_cuts_at_blank_lines():
     assert split_documents("first para\nline two\n\n  \nsecond\n\n\nthird\n", "paragraphs") == [
-        "first para\nline two", "second", "third\n"]
+        "first para\nline two",
+        "second",
+        "third\n",
+    ]
 
 
 def test_split_headings_cuts_before_wikitext_titles_but_not_sections():
-    text = (" \n = Alpha = \n \n Alpha text . \n \n = = Early life = = \n \n More alpha . \n"
-            " \n = Beta = \n \n Beta text . \n")
+    text = (
+        " \n = Alpha = \n \n Alpha text . \n \n = = Early life = = \n \n More alpha . \n"
+        " \n = Beta = \n \n Beta text . \n"
+    )
     docs = split_documents(text, "headings")
     assert [d.split("\n")[0] for d in docs] == [" = Alpha = ", " = Beta = "]
     assert "= = Early life = =" in docs[0]

@@ -26,15 +26,34 @@ def corpus(tmp_path) -> Path:
 
 
 def test_module_entry_point_assembles_and_prints_the_manifest_last(corpus, tmp_path, repo_root):
-    args = [sys.executable, "-m", "mulm_jax", "data", "assemble", "--source", str(corpus), "--tokenizer", "char",
-            "--split-documents", "paragraphs", "--out", str(tmp_path / "out"), "--json"]
+    args = [
+        sys.executable,
+        "-m",
+        "mulm_jax",
+        "data",
+        "assemble",
+        "--source",
+        str(corpus),
+        "--tokenizer",
+        "char",
+        "--split-documents",
+        "paragraphs",
+        "--out",
+        str(tmp_path / "out"),
+        "--json",
+    ]
     done = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     manifest = json.loads(done.stdout.strip().splitlines()[-1])
     assert (tmp_path / "out" / manifest["version"] / "manifest.json").is_file()
     assert manifest["documents"]["train"] + manifest["documents"]["val"] == 3
-    bad = subprocess.run(args[:6] + [str(tmp_path / "missing.txt")] + args[7:], cwd=repo_root,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        args[:6] + [str(tmp_path / "missing.txt")] + args[7:],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: source '") and "missing.txt' not found" in bad.stderr
     assert "Traceback" not in bad.stderr
@@ -51,11 +70,34 @@ def test_second_assembly_reports_a_cache_hit_with_the_same_manifest(corpus, tmp_
 
 
 def test_flags_set_the_data_config_fields(corpus, tmp_path, capsys):
-    assert main(["data", "assemble", "--source", str(corpus), "--out", str(tmp_path / "out"), "--val-fraction",
-                 "0.25", "--no-fold-whitespace", "--dedup", "exact", "--min-doc-chars", "3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "assemble",
+                "--source",
+                str(corpus),
+                "--out",
+                str(tmp_path / "out"),
+                "--val-fraction",
+                "0.25",
+                "--no-fold-whitespace",
+                "--dedup",
+                "exact",
+                "--min-doc-chars",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     settings = json.loads(capsys.readouterr().out.splitlines()[-1])["settings"]
     assert (settings["val_fraction"], settings["fold_whitespace"], settings["dedup"], settings["min_doc_chars"]) == (
-        0.25, False, "exact", 3)
+        0.25,
+        False,
+        "exact",
+        3,
+    )
 
 
 def assemble_parser() -> argparse.ArgumentParser:
@@ -84,8 +126,10 @@ def test_every_data_config_field_but_dataset_has_a_flag_that_sets_it():
 
 def test_a_config_files_data_section_is_read_and_flags_win(corpus, tmp_path, capsys):
     config = tmp_path / "recipe.yaml"
-    config.write_text(f"data:\n  sources: [{str(corpus)!r}]\n  dedup: exact\n  val_fraction: 0.25\n"
-                      f"  out_dir: {str(tmp_path / 'out')!r}\n")
+    config.write_text(
+        f"data:\n  sources: [{str(corpus)!r}]\n  dedup: exact\n  val_fraction: 0.25\n"
+        f"  out_dir: {str(tmp_path / 'out')!r}\n"
+    )
     assert main(["data", "assemble", "--config", str(config), "--val-fraction", "0.5", "--json"]) == 0
     manifest = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert (manifest["settings"]["dedup"], manifest["settings"]["val_fraction"]) == ("exact", 0.5)

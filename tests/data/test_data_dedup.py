@@ -23,7 +23,8 @@ def edit_words(doc: str, positions: list[int]) -> str:
 def shingle_jaccard(a: str, b: str) -> float:
     def shingles(t: str) -> set[tuple[str, ...]]:
         w = t.split()
-        return {tuple(w[i:i + SHINGLE_WORDS]) for i in range(len(w) - SHINGLE_WORDS + 1)}
+        return {tuple(w[i : i + SHINGLE_WORDS]) for i in range(len(w) - SHINGLE_WORDS + 1)}
+
     sa, sb = shingles(a), shingles(b)
     return len(sa & sb) / len(sa | sb)
 
@@ -84,4 +85,4 @@ def test_minhash_is_the_same_in_every_run_and_on_every_machine():
 def test_lsh_makes_pairs_at_the_threshold_likely_candidates(threshold):
     bands, rows = lsh_bands(threshold)
     assert bands * rows <= NUM_PERM
-    assert 1 - (1 - threshold ** rows) ** bands > 0.9
+    assert 1 - (1 - threshold**rows) ** bands > 0.9

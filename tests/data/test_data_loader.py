@@ -22,8 +22,9 @@ def positions(tmp_path_factory) -> Path:
     """A char data set of N distinct characters in code point order: every token's id is its position."""
     folder = tmp_path_factory.mktemp("positions")
     (folder / "text.txt").write_text("".join(chr(0x4E00 + i) for i in range(N)))
-    cfg = DataConfig(sources=(str(folder / "text.txt"),), tokenizer="char", val_fraction=0.0,
-                     out_dir=str(folder / "out"))
+    cfg = DataConfig(
+        sources=(str(folder / "text.txt"),), tokenizer="char", val_fraction=0.0, out_dir=str(folder / "out")
+    )
     return assemble(cfg).path
 
 

@@ -19,9 +19,17 @@ from mulm_jax.data.tokenizer import CharTokenizer
 
 SEQ2SEQ = [{"source": f"{n} apples", "target": f"{n} pommes"} for n in range(40)]
 COMPLETION = [{"prompt": f"Q: {n}+1? A:", "completion": f" {n + 1}"} for n in range(20)]
-CHAT = [{"messages": [{"role": "user", "content": f"hi {n}"}, {"role": "assistant", "content": f"hello {n}"},
-                      {"role": "user", "content": "bye"}, {"role": "assistant", "content": "ciao"}]}
-        for n in range(20)]
+CHAT = [
+    {
+        "messages": [
+            {"role": "user", "content": f"hi {n}"},
+            {"role": "assistant", "content": f"hello {n}"},
+            {"role": "user", "content": "bye"},
+            {"role": "assistant", "content": "ciao"},
+        ]
+    }
+    for n in range(20)
+]
 
 
 def jsonl(path: Path, records: list) -> Path:
@@ -62,11 +70,15 @@ def test_chat_pairs_render_through_the_template_and_train_on_each_assistant_turn
     arrays, tok = load_pairs(result.path, "train"), Tokenizer.load(result.path)
     ids, mask = arrays.example(0)
     pieces = ["|" if i == tok.eos_id else tok.decode([i]) for i in ids]  # the end token as |
-    runs = [(bool(m), "".join(p for _, p in run))
-            for m, run in itertools.groupby(zip(mask, pieces), key=lambda mp: mp[0])]
+    runs = [
+        (bool(m), "".join(p for _, p in run)) for m, run in itertools.groupby(zip(mask, pieces), key=lambda mp: mp[0])
+    ]
     assert runs == [
-        (False, "user: hi 0\nassistant:"), (True, " hello 0\n|"),
-        (False, "user: bye\nassistant:"), (True, " ciao\n|")]
+        (False, "user: hi 0\nassistant:"),
+        (True, " hello 0\n|"),
+        (False, "user: bye\nassistant:"),
+        (True, " ciao\n|"),
+    ]
     assert result.manifest["chat_template"]
 
 
@@ -77,12 +89,18 @@ def test_dedup_drops_repeated_whole_pairs_not_shared_sources(tmp_path):
     assert sorted(examples(result)) == [("a", "x|"), ("a", "y|")]
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"source": "a"}, r"bad.jsonl:2: no 'target' field \(a seq2seq record has 'source' and 'target'; found: source\)"),
-    ({"source": "a", "target": " \n"}, r"bad.jsonl:2: field 'target' is empty"),
-    ({"source": "a", "target": 3}, r"bad.jsonl:2: field 'target' is a int, expected a string"),
-    (["a", "b"], r"bad.jsonl:2: a seq2seq record is a JSON object"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        (
+            {"source": "a"},
+            r"bad.jsonl:2: no 'target' field \(a seq2seq record has 'source' and 'target'; found: source\)",
+        ),
+        ({"source": "a", "target": " \n"}, r"bad.jsonl:2: field 'target' is empty"),
+        ({"source": "a", "target": 3}, r"bad.jsonl:2: field 'target' is a int, expected a string"),
+        (["a", "b"], r"bad.jsonl:2: a seq2seq record is a JSON object"),
+    ],
+)
 def test_a_bad_pair_is_an_error_naming_its_line_and_field_and_nothing_is_written(tmp_path, record, message):
     path = jsonl(tmp_path / "bad.jsonl", [SEQ2SEQ[0], record])
     with pytest.raises(DataError, match=message):
@@ -90,13 +108,18 @@ def test_a_bad_pair_is_an_error_naming_its_line_and_field_and_nothing_is_written
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("messages, message", [
-    ([{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}],
-     r"chat.jsonl:2: field 'messages\[1\].role' is 'bot': expected one of system, user, assistant"),
-    ([{"role": "user", "content": "a"}], r"chat.jsonl:2: field 'messages' has no assistant message"),
-    ([{"role": "user"}], r"chat.jsonl:2: field 'messages\[0\]' is not a \{\"role\", \"content\"\} object"),
-    ([], r"chat.jsonl:2: field 'messages' is empty"),
-])
+@pytest.mark.parametrize(
+    "messages, message",
+    [
+        (
+            [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}],
+            r"chat.jsonl:2: field 'messages\[1\].role' is 'bot': expected one of system, user, assistant",
+        ),
+        ([{"role": "user", "content": "a"}], r"chat.jsonl:2: field 'messages' has no assistant message"),
+        ([{"role": "user"}], r"chat.jsonl:2: field 'messages\[0\]' is not a \{\"role\", \"content\"\} object"),
+        ([], r"chat.jsonl:2: field 'messages' is empty"),
+    ],
+)
 def test_a_bad_chat_message_is_an_error_naming_its_line_and_field(tmp_path, messages, message):
     path = jsonl(tmp_path / "chat.jsonl", [CHAT[0], {"messages": messages}])
     with pytest.raises(DataError, match=message):
@@ -106,8 +129,11 @@ def test_a_bad_chat_message_is_an_error_naming_its_line_and_field(tmp_path, mess
 
 def test_a_source_longer_than_seq_len_is_an_error_naming_its_line_and_field(tmp_path):
     records = SEQ2SEQ[:5] + [{"source": "x" * 40, "target": "y"}]
-    with pytest.raises(DataError, match=r"long.jsonl:6: field 'source' has 40 tokens, more than the encoder's 16 "
-                                        r"\(data.seq_len\)"):
+    with pytest.raises(
+        DataError,
+        match=r"long.jsonl:6: field 'source' has 40 tokens, more than the encoder's 16 "
+        r"\(data.seq_len\)",
+    ):
         assemble(config(tmp_path, jsonl(tmp_path / "long.jsonl", records), seq_len=16, val_fraction=0))
     assert not (tmp_path / "out").exists()
 
@@ -133,20 +159,21 @@ def test_decoder_batches_read_each_example_whole_with_the_prompt_masked(seq2seq_
         np.testing.assert_array_equal(inputs[1:][inside], targets[:-1][inside])  # the same sequence, shifted
         trained = tok.decode(targets[mask])
         assert trained.endswith("pommes") and targets[mask][-1] == tok.eos_id
-        assert tok.decode(inputs[:int(np.argmax(mask)) + 1]).endswith("apples")
+        assert tok.decode(inputs[: int(np.argmax(mask)) + 1]).endswith("apples")
 
 
 def test_encoder_decoder_batches_hold_the_source_and_the_target_after_the_start_token(seq2seq_set):
     batch = next(make_loader(seq2seq_set, "train", 4, 12, seed=0, num_threads=0, source_len=16))
-    assert {k: v.shape for k, v in batch.items()} == {k: s for k, (s, _) in batch_shapes(
-        {"kind": "seq2seq"}, 4, 12, 16).items()}
+    assert {k: v.shape for k, v in batch.items()} == {
+        k: s for k, (s, _) in batch_shapes({"kind": "seq2seq"}, 4, 12, 16).items()
+    }
     tok = Tokenizer.load(seq2seq_set)
     for b in range(4):
         source = tok.decode(batch["source"][b][batch["source_valid"][b]])
         target = batch["targets"][b][batch["loss_mask"][b]]
         assert source.endswith(" apples") and tok.decode(target) == source.replace("apples", "pommes")
         assert batch["inputs"][b][0] == tok.eos_id and target[-1] == tok.eos_id
-        np.testing.assert_array_equal(batch["inputs"][b][1:len(target)], target[:-1])
+        np.testing.assert_array_equal(batch["inputs"][b][1 : len(target)], target[:-1])
 
 
 def test_pair_batches_resume_exactly_from_a_saved_state(seq2seq_set):
@@ -162,8 +189,11 @@ def test_pair_batches_resume_exactly_from_a_saved_state(seq2seq_set):
 
 
 def test_an_example_longer_than_the_rows_is_refused_naming_its_line(seq2seq_set):
-    with pytest.raises(DataError, match=r"p.jsonl:\d+: field 'target' has \d+ tokens with its end token, more than "
-                                        r"the decoder's 4 \(seq_len\)"):
+    with pytest.raises(
+        DataError,
+        match=r"p.jsonl:\d+: field 'target' has \d+ tokens with its end token, more than "
+        r"the decoder's 4 \(seq_len\)",
+    ):
         make_loader(seq2seq_set, "train", 2, 4, seed=0, source_len=16)
 
 
@@ -184,8 +214,9 @@ def test_the_dates_task_assembles_as_a_named_source(tmp_path):
 
 def test_chat_renders_through_the_tokenizer_folders_own_template_and_keeps_its_end_token(tmp_path):
     byte_level_tokenizer(tmp_path / "model")  # a Hugging Face tokenizer with a chat template ending turns in eos
-    result = assemble(config(tmp_path, jsonl(tmp_path / "chat.jsonl", CHAT[:2]), tokenizer=str(tmp_path / "model"),
-                             val_fraction=0))
+    result = assemble(
+        config(tmp_path, jsonl(tmp_path / "chat.jsonl", CHAT[:2]), tokenizer=str(tmp_path / "model"), val_fraction=0)
+    )
     tok = Tokenizer.load(result.path)
     ids, mask = load_pairs(result.path, "train").example(0)
     trained = [tok.decode(ids[start:end]) for start, end in _runs(mask, True)]

@@ -147,8 +147,11 @@ def test_parquet_source_gives_one_text_per_row_of_the_text_field(tmp_path):
 
 def test_parquet_without_the_text_field_names_the_file_and_its_columns(tmp_path):
     path = write_parquet(tmp_path / "docs.parquet", id=[1], content=["no"])
-    with pytest.raises(DataError, match=r"docs.parquet: no 'text' column \(found: id, content\); choose it with "
-                                        r"--text-field"):
+    with pytest.raises(
+        DataError,
+        match=r"docs.parquet: no 'text' column \(found: id, content\); choose it with "
+        r"--text-field",
+    ):
         read_texts(path, "text", "replace")
 
 

@@ -15,7 +15,7 @@ def english_like(seed: int = 0, words: int = 20_000) -> list[str]:
     vocab = ["".join(letters.choice(list("etaoinshrdlucmfwyp"), letters.integers(2, 8))) for _ in range(60)]
     rng = np.random.default_rng(seed)
     lines = [" ".join(rng.choice(vocab, 12)).capitalize() + "." for _ in range(words // 12)]
-    return ["\n".join(lines[i:i + 50]) for i in range(0, len(lines), 50)]
+    return ["\n".join(lines[i : i + 50]) for i in range(0, len(lines), 50)]
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +146,11 @@ def test_token_lengths_sum_to_the_utf8_bytes_and_characters_of_the_text(kind, bp
 def test_sentencepiece_token_lengths_count_the_mark_as_a_space_and_byte_pieces_as_one_byte(bpe):
     lengths = bpe.token_lengths()
     byte_e9, byte_c3 = (bpe._sp.piece_to_id(p) for p in ("<0xA9>", "<0xC3>"))  # é is C3 A9 in UTF-8
-    word = next(i for i in range(bpe.vocab_size) if bpe._sp.id_to_piece(i).startswith("\u2581") and
-                len(bpe._sp.id_to_piece(i)) > 2)
+    word = next(
+        i
+        for i in range(bpe.vocab_size)
+        if bpe._sp.id_to_piece(i).startswith("\u2581") and len(bpe._sp.id_to_piece(i)) > 2
+    )
     assert (lengths.bytes_V[byte_c3], lengths.chars_V[byte_c3]) == (1, 1)  # a character starts here ...
     assert (lengths.bytes_V[byte_e9], lengths.chars_V[byte_e9]) == (1, 0)  # ... and goes on
     assert lengths.bytes_V[word] == len(bpe._sp.id_to_piece(word).encode()) - 2  # "▁" is 3 bytes, a space 1

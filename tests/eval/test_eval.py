@@ -18,8 +18,18 @@ from mulm_jax.config import Config, DataConfig, dump_config
 from mulm_jax.data import DataError, Tokenizer, assemble
 from mulm_jax.data import passkey
 from mulm_jax.data.tokenizer import CharTokenizer
-from mulm_jax.eval import (EvalError, Window, WindowScorer, answer_hits, check_context, load_for_eval, passkey_accuracy,
-                           passkey_sequence, sliding_perplexity, window_plan)
+from mulm_jax.eval import (
+    EvalError,
+    Window,
+    WindowScorer,
+    answer_hits,
+    check_context,
+    load_for_eval,
+    passkey_accuracy,
+    passkey_sequence,
+    sliding_perplexity,
+    window_plan,
+)
 from mulm_jax.train.checkpoint import Checkpoints
 from mulm_jax.train.step import TrainState
 
@@ -39,8 +49,9 @@ def fake_run(folder: Path, chars: list[str] = PASSKEY_CHARS, **model) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("num_tokens, context, stride", [(101, 16, 8), (101, 16, 5), (101, 16, 16), (60, 16, 7),
-                                                         (10, 16, 8), (17, 16, 1)])
+@pytest.mark.parametrize(
+    "num_tokens, context, stride", [(101, 16, 8), (101, 16, 5), (101, 16, 16), (60, 16, 7), (10, 16, 8), (17, 16, 1)]
+)
 def test_windows_score_every_target_once_with_at_least_context_minus_stride_before_it(num_tokens, context, stride):
     plan, T = window_plan(num_tokens, context, stride)
     scored = [t for w in plan for t in range(w.start + w.first, w.start + T)]
@@ -59,8 +70,12 @@ def test_stride_equal_to_the_context_is_the_mean_token_loss_of_the_windows():
     assert result["tokens"] == 80 and result["stride"] == 16
     np.testing.assert_allclose(result["loss"], float(direct), rtol=1e-5)
     np.testing.assert_allclose(result["ppl"], np.exp(float(direct)), rtol=1e-5)
-    assert [(b["start"], b["end"], b["tokens"]) for b in result["by_position"]] == [(0, 4, 20), (4, 8, 20),
-                                                                                   (8, 12, 20), (12, 16, 20)]
+    assert [(b["start"], b["end"], b["tokens"]) for b in result["by_position"]] == [
+        (0, 4, 20),
+        (4, 8, 20),
+        (8, 12, 20),
+        (12, 16, 20),
+    ]
     np.testing.assert_allclose(np.mean([b["loss"] for b in result["by_position"]]), result["loss"], rtol=1e-5)
     assert scorer.traces == 1  # five windows in three batches (the last padded): one compilation
 
@@ -83,11 +98,14 @@ def test_bad_strides_and_texts_are_refused():
 
 def test_a_learned_table_cannot_score_past_its_length(tmp_path):
     run = fake_run(tmp_path / "run", positional="learned")
-    with pytest.raises(EvalError, match="learned position table has 16 trained rows, so it cannot score a context "
-                                        "of 32: .*--extend-positions"):
+    with pytest.raises(
+        EvalError,
+        match="learned position table has 16 trained rows, so it cannot score a context of 32: .*--extend-positions",
+    ):
         check_context(load_for_eval(run).config.model, 32)
-    with pytest.raises(EvalError, match="learned position table has 16 trained rows, so it cannot score a context "
-                                        "of 64"):
+    with pytest.raises(
+        EvalError, match="learned position table has 16 trained rows, so it cannot score a context of 64"
+    ):
         load_for_eval(run, ["model.max_seq_len=64"])
     with pytest.raises(EvalError, match=r"sinusoidal table has model.max_seq_len=16 rows.*--set model.max_seq_len=32"):
         check_context(loaded(positional="sinusoidal").config.model, 32)
@@ -100,8 +118,10 @@ def test_overrides_stretch_rope_from_the_trained_context(tmp_path):
     yarn = load_for_eval(run, ["model.max_seq_len=64", "model.rope_scaling.type=yarn", "model.rope_scaling.factor=4"])
     assert yarn.config.model.rope_scaling.original_max_seq_len == 16 and yarn.config.model.max_seq_len == 64
     ids = random_ids(1, 16, seed=2)
-    assert not np.allclose(jax.jit(plain.model.apply)({"params": plain.params}, ids),
-                           jax.jit(yarn.model.apply)({"params": yarn.params}, ids))
+    assert not np.allclose(
+        jax.jit(plain.model.apply)({"params": plain.params}, ids),
+        jax.jit(yarn.model.apply)({"params": yarn.params}, ids),
+    )
     with pytest.raises(EvalError, match=r"do not fit the model of --set model.d_ff=48 \(3 differ\)"):
         load_for_eval(run, ["model.d_ff=48"])
 
@@ -124,10 +144,14 @@ def test_passkey_sequences_have_the_length_and_the_key_at_its_depth():
 def test_passkey_scoring_on_hand_made_model_outputs():
     sequences = np.array([[9, 9, 1, 2, 3], [9, 9, 1, 2, 3], [9, 9, 1, 2, 3], [8, 4, 5, 6, 7]])
     starts = np.array([2, 2, 2, 3])  # the answers: [1, 2, 3] and [6, 7]
-    greedy = np.array([[0, 1, 2, 3],   # every answer id predicted (what precedes it does not count)
-                       [0, 1, 2, 0],   # the last digit wrong
-                       [0, 2, 3, 3],   # the right digits one step late
-                       [0, 0, 6, 7]])
+    greedy = np.array(
+        [
+            [0, 1, 2, 3],  # every answer id predicted (what precedes it does not count)
+            [0, 1, 2, 0],  # the last digit wrong
+            [0, 2, 3, 3],  # the right digits one step late
+            [0, 0, 6, 7],
+        ]
+    )
     assert answer_hits(greedy, sequences, starts).tolist() == [True, False, False, True]
 
 
@@ -147,8 +171,10 @@ def test_passkey_accuracy_by_length_and_depth_from_a_hand_made_model():
 
 def test_a_tokenizer_without_digits_cannot_take_the_passkey_test():
     no_digits = CharTokenizer(sorted(set(PASSKEY_CHARS) - set("0123456789")))
-    with pytest.raises(DataError, match="the tokenizer has no token for '0', '1', .*'9': passkey text needs the "
-                                        "digits .*--source passkey"):
+    with pytest.raises(
+        DataError,
+        match="the tokenizer has no token for '0', '1', .*'9': passkey text needs the digits .*--source passkey",
+    ):
         passkey_accuracy(lambda i, t: (t, t), no_digits, [128], [0.5], trials=1)
 
 
@@ -176,8 +202,22 @@ def test_bits_per_byte_and_per_character_are_the_summed_loss_over_the_scored_tex
     run = fake_run(tmp_path / "run", chars=sorted(set(text)), positional="rope")
     (tmp_path / "text.txt").write_text(text)
     # one window holds the whole text (RoPE computes any position), so each token sees all of the text before it
-    assert cli(["eval", "perplexity", "--checkpoint", str(run), "--text-file", str(tmp_path / "text.txt"),
-                "--context", "256", "--json"]) == 0
+    assert (
+        cli(
+            [
+                "eval",
+                "perplexity",
+                "--checkpoint",
+                str(run),
+                "--text-file",
+                str(tmp_path / "text.txt"),
+                "--context",
+                "256",
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     lm = load_for_eval(run)
     ids = np.asarray(lm.tokenizer.encode(text))
@@ -187,17 +227,35 @@ def test_bits_per_byte_and_per_character_are_the_summed_loss_over_the_scored_tex
     assert (result["tokens"], result["bytes"], result["chars"]) == (len(ids) - 1, len(scored.encode()), len(scored))
     np.testing.assert_allclose(result["bits_per_byte"], loss_sum / len(scored.encode()) / np.log(2), rtol=1e-4)
     np.testing.assert_allclose(result["bits_per_char"], loss_sum / len(scored) / np.log(2), rtol=1e-4)
-    assert cli(["eval", "perplexity", "--checkpoint", str(run), "--text-file", str(tmp_path / "text.txt"),
-                "--context", "256"]) == 0
-    assert f"{result['bits_per_byte']:.4f} bits per byte, {result['bits_per_char']:.4f} per character" in \
-        capsys.readouterr().out
+    assert (
+        cli(
+            [
+                "eval",
+                "perplexity",
+                "--checkpoint",
+                str(run),
+                "--text-file",
+                str(tmp_path / "text.txt"),
+                "--context",
+                "256",
+            ]
+        )
+        == 0
+    )
+    assert (
+        f"{result['bits_per_byte']:.4f} bits per byte, {result['bits_per_char']:.4f} per character"
+        in capsys.readouterr().out
+    )
 
 
-@pytest.mark.parametrize("sources, message", [
-    (("passkey:1.5",), r"source 'passkey:1.5': the share after ':' must be a number in \(0, 1\), e.g. passkey:0.2"),
-    (("passkey:half",), r"must be a number in \(0, 1\)"),
-    (("passkey:0.2",), "a share of the other sources' text, but they hold none; give 'passkey' alone"),
-])
+@pytest.mark.parametrize(
+    "sources, message",
+    [
+        (("passkey:1.5",), r"source 'passkey:1.5': the share after ':' must be a number in \(0, 1\), e.g. passkey:0.2"),
+        (("passkey:half",), r"must be a number in \(0, 1\)"),
+        (("passkey:0.2",), "a share of the other sources' text, but they hold none; give 'passkey' alone"),
+    ],
+)
 def test_bad_passkey_shares_are_refused(tmp_path, sources, message):
     with pytest.raises(DataError, match=message):
         assemble(DataConfig(sources=sources, out_dir=str(tmp_path / "out")))
@@ -208,14 +266,50 @@ def test_eval_commands_print_json(tmp_path, capsys):
     run = fake_run(tmp_path / "run", positional="rope")
     text = tmp_path / "text.txt"
     text.write_text("".join(passkey.FILLER) * 8)
-    assert cli(["eval", "perplexity", "--checkpoint", str(run), "--text-file", str(text), "--context", "32",
-                "--by-position", "--buckets", "2", "--json"]) == 0
+    assert (
+        cli(
+            [
+                "eval",
+                "perplexity",
+                "--checkpoint",
+                str(run),
+                "--text-file",
+                str(text),
+                "--context",
+                "32",
+                "--by-position",
+                "--buckets",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert (result["context"], result["stride"], result["tokens"]) == (32, 16, len(text.read_text()) - 1)
     assert [b["start"] for b in result["by_position"]] == [0, 16] and result["ppl"] > 1
-    assert cli(["eval", "passkey", "--checkpoint", str(run), "--lengths", "112,128", "--depths", "0,1",
-                "--trials", "2", "--set", "model.max_seq_len=128", "model.rope_scaling.type=linear",
-                "model.rope_scaling.factor=8", "--json"]) == 0
+    assert (
+        cli(
+            [
+                "eval",
+                "passkey",
+                "--checkpoint",
+                str(run),
+                "--lengths",
+                "112,128",
+                "--depths",
+                "0,1",
+                "--trials",
+                "2",
+                "--set",
+                "model.max_seq_len=128",
+                "model.rope_scaling.type=linear",
+                "model.rope_scaling.factor=8",
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["lengths"] == [112, 128] and np.shape(result["accuracy"]) == (2, 2)
     learned = fake_run(tmp_path / "learned", positional="learned")

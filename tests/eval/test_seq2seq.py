@@ -49,8 +49,9 @@ def test_eval_seq2seq_scores_the_engines_greedy_outputs_for_the_held_out_sources
     examples = held_out_pairs(folder, lm.tokenizer)
     longest = read_manifest(folder)["pairs"]["longest"]["val"]["trained"]
     with Engine(lm, slots=2) as engine:
-        outputs = [engine.generate(e.prompt_ids, SamplingParams(max_tokens=longest, temperature=0.0)).text
-                   for e in examples]
+        outputs = [
+            engine.generate(e.prompt_ids, SamplingParams(max_tokens=longest, temperature=0.0)).text for e in examples
+        ]
     expected = score(outputs, [e.target for e in examples])
     assert {k: result[k] for k in expected} == expected and result["examples"] == 3
     assert [w["output"] for w in result["wrong"]] == [o for o, e in zip(outputs, examples) if o != e.target]
@@ -60,7 +61,8 @@ def test_eval_seq2seq_scores_the_engines_greedy_outputs_for_the_held_out_sources
 def test_eval_seq2seq_needs_a_data_set_of_pairs(pairs, tmp_path, capsys):
     _, run = pairs
     (tmp_path / "t.txt").write_text("ab cd ef gh ij kl mn " * 20)
-    text = assemble(DataConfig(sources=(str(tmp_path / "t.txt"),), tokenizer=str(run),
-                               out_dir=str(tmp_path / "datasets"))).path
+    text = assemble(
+        DataConfig(sources=(str(tmp_path / "t.txt"),), tokenizer=str(run), out_dir=str(tmp_path / "datasets"))
+    ).path
     assert cli(["eval", "seq2seq", "--checkpoint", str(run), "--data", str(text)]) == 2
     assert f"data set {text} holds text; eval seq2seq scores a data set of pairs" in capsys.readouterr().err

@@ -45,7 +45,7 @@ def next_logp(lm: LoadedModel, prompt: list[int], seqs_BxN: np.ndarray, vocab: i
     else:
         ids_BxT = np.concatenate([np.tile(np.asarray([prompt], np.int32), (B, 1)), seqs_BxN], axis=1)
         logits_BxTxV, start = forward(lm.model)(variables, ids_BxT), len(prompt) - 1
-    return log_softmax(np.asarray(logits_BxTxV)[:, start:start + N, :vocab])
+    return log_softmax(np.asarray(logits_BxTxV)[:, start : start + N, :vocab])
 
 
 def exhaustive(lm: LoadedModel, prompt: list[int], n: int, vocab: int, end: int, alpha: float) -> dict:
@@ -117,8 +117,9 @@ def test_a_beam_for_every_sequence_finds_every_hypothesis_the_exhaustive_search_
     lm = favour(loaded(vocab_size=7, tokenizer=CharTokenizer(list("abcde")), num_layers=2, **ARCHITECTURES[arch]), 5, 6)
     prompt, n, alpha = [1, 2, 3, 4], 3, 0.6
     expected = exhaustive(lm, prompt, n, vocab=5, end=0, alpha=alpha)
-    result = BeamSearch(lm.model, 16, vocab=5).search(lm.params, prompt, num_beams=5**n, max_tokens=n, alpha=alpha,
-                                                     end_ids={0})
+    result = BeamSearch(lm.model, 16, vocab=5).search(
+        lm.params, prompt, num_beams=5**n, max_tokens=n, alpha=alpha, end_ids={0}
+    )
     found = {h.token_ids: h for h in result.hypotheses}
     assert set(found) == set(expected) and len(found) == 85
     np.testing.assert_allclose([found[y].score for y in expected], list(expected.values()), rtol=1e-4, atol=1e-4)
@@ -155,16 +156,17 @@ def test_a_hypothesis_ends_at_its_end_token_and_early_stopping_only_saves_steps(
     prompt = [5, 6, 7]
     first = greedy(lm, prompt, 1)[0][0]
     early = beams.search(lm.params, prompt, num_beams=1, max_tokens=6, alpha=0.0, end_ids={first})
-    full = beams.search(lm.params, prompt, num_beams=1, max_tokens=6, alpha=0.0, early_stopping=False,
-                        end_ids={first})
+    full = beams.search(lm.params, prompt, num_beams=1, max_tokens=6, alpha=0.0, early_stopping=False, end_ids={first})
     assert early.hypotheses[0].token_ids == (first,) and early.hypotheses[0].finish_reason == "stop"
     assert (early.steps, full.steps) == (1, 6)
     assert early.hypotheses == full.hypotheses
     # With three beams and the paper's length penalty, stopping early or not gives the same hypotheses.
     steps = []
     for end in range(4):
-        early, full = (beams.search(lm.params, prompt, num_beams=3, max_tokens=8, end_ids={end}, early_stopping=e)
-                       for e in (True, False))
+        early, full = (
+            beams.search(lm.params, prompt, num_beams=3, max_tokens=8, end_ids={end}, early_stopping=e)
+            for e in (True, False)
+        )
         assert [h.token_ids for h in early.hypotheses] == [h.token_ids for h in full.hypotheses]
         steps.append((early.steps, full.steps))
     assert all(full == 8 for _, full in steps) and any(early < 8 for early, _ in steps)
@@ -176,8 +178,12 @@ def test_the_length_penalty_prefers_a_longer_hypothesis_and_early_stopping_waits
     # eight tokens of 1 score (log 0.4 + 7 log 0.99) / (13 / 6) = -0.455 against log 0.5 / 1 = -0.693. After the
     # first step the live beam (log 0.4) could still reach log 0.4 / (13 / 6) = -0.423, above [0]'s -0.693, so the
     # search may not stop there: a bound taken at the next length, log 0.4 / (7 / 6), would have stopped it.
-    table_VxV = np.log(np.asarray([[0.25, 0.25, 0.25, 0.25], [0.005, 0.99, 0.004, 0.001],
-                                   [0.25, 0.25, 0.25, 0.25], [0.5, 0.4, 0.09, 0.01]], np.float32))
+    table_VxV = np.log(
+        np.asarray(
+            [[0.25, 0.25, 0.25, 0.25], [0.005, 0.99, 0.004, 0.001], [0.25, 0.25, 0.25, 0.25], [0.5, 0.4, 0.09, 0.01]],
+            np.float32,
+        )
+    )
     beams = BeamSearch(Bigram(tiny_model(vocab_size=4)), 16)
     search = functools.partial(beams.search, {"table": table_VxV}, [3], num_beams=1, max_tokens=8, end_ids={0})
     assert [(h.token_ids, h.finish_reason) for h in search(alpha=0.0).hypotheses] == [((0,), "stop")]
@@ -189,8 +195,11 @@ def test_the_length_penalty_prefers_a_longer_hypothesis_and_early_stopping_waits
 
 def test_beam_search_compiles_once_per_prompt_bucket_and_number_of_beams(lm):
     beams = BeamSearch(lm.model, 64)
-    for prompt, settings in [([1, 2, 3], dict(max_tokens=4)), ([4] * 9, dict(max_tokens=7, alpha=1.0, end_ids={3})),
-                             ([2] * 12, dict(max_tokens=2, early_stopping=False, end_ids={1, 2}))]:
+    for prompt, settings in [
+        ([1, 2, 3], dict(max_tokens=4)),
+        ([4] * 9, dict(max_tokens=7, alpha=1.0, end_ids={3})),
+        ([2] * 12, dict(max_tokens=2, early_stopping=False, end_ids={1, 2})),
+    ]:
         beams.search(lm.params, prompt, num_beams=2, **settings)
     assert beams.compiled.compilations == 1
     beams.search(lm.params, [1] * 20, num_beams=2, max_tokens=4)  # the 32 bucket
@@ -219,8 +228,9 @@ def test_the_engine_runs_beam_requests_beside_sampled_ones_and_counts_their_comp
 def test_an_end_token_of_the_request_ends_the_best_hypothesis_without_its_text(lm):
     first = greedy(lm, lm.tokenizer.encode("hello"), 1)[0][0]
     with Engine(lm, slots=1) as engine:
-        result = engine.generate("hello", SamplingParams(max_tokens=6, num_beams=2, length_penalty=0.0,
-                                                         stop_token_ids=(first,)))
+        result = engine.generate(
+            "hello", SamplingParams(max_tokens=6, num_beams=2, length_penalty=0.0, stop_token_ids=(first,))
+        )
     assert (result.token_ids, result.text, result.finish_reason) == ((first,), "", "stop")
     assert result.hypotheses[0].finish_reason == "stop"
 
@@ -229,16 +239,37 @@ def test_a_ring_cache_model_refuses_more_beam_tokens_than_its_positions():
     lm = loaded(positional="rope", attention="sliding_window", sliding_window=4)  # 16 positions
     engine = Engine(lm, slots=1)  # not started: requests only queue
     engine.submit("ab", SamplingParams(max_tokens=20))  # a ring decodes past its positions
-    with pytest.raises(InferenceError, match=r"max_tokens=20 does not fit beam search's 16 positions after this "
-                                             r"prompt: ask for at most 16 new tokens"):
+    with pytest.raises(
+        InferenceError,
+        match=r"max_tokens=20 does not fit beam search's 16 positions after this "
+        r"prompt: ask for at most 16 new tokens",
+    ):
         engine.submit("ab", SamplingParams(max_tokens=20, num_beams=2))
 
 
 def test_generate_prints_the_best_hypothesis_and_with_all_beams_each_kept(lm, beams, monkeypatch, capsys):
     monkeypatch.setattr("mulm_jax.infer.load_model", lambda checkpoint, step: lm)
     expected = beams.search(lm.params, lm.tokenizer.encode("hello"), num_beams=3, max_tokens=4, alpha=1.0)
-    assert main(["generate", "--checkpoint", "run", "--prompt", "hello", "--max-tokens", "4", "--num-beams", "3",
-                 "--length-penalty", "1.0", "--all-beams", "--no-compilation-cache"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                "run",
+                "--prompt",
+                "hello",
+                "--max-tokens",
+                "4",
+                "--num-beams",
+                "3",
+                "--length-penalty",
+                "1.0",
+                "--all-beams",
+                "--no-compilation-cache",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     best, *lines = out.out.splitlines()
     assert best == lm.tokenizer.decode(expected.hypotheses[0].token_ids)
@@ -246,4 +277,3 @@ def test_generate_prints_the_best_hypothesis_and_with_all_beams_each_kept(lm, be
     assert [h["text"] for h in listed] == [lm.tokenizer.decode(h.token_ids) for h in expected.hypotheses]
     np.testing.assert_allclose([h["score"] for h in listed], [h.score for h in expected.hypotheses], atol=1e-4)
     assert "[4 tokens, finish: length]" in out.err
-

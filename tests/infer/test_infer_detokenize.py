@@ -30,7 +30,7 @@ def joint_text(tok, prompt: list[int], output: list[int]) -> str:
     complete = len(prompt)
     while tok.decode(prompt[:complete]).endswith("\ufffd"):
         complete -= 1
-    return tok.decode(prompt + output)[len(tok.decode(prompt[:complete])):]
+    return tok.decode(prompt + output)[len(tok.decode(prompt[:complete])) :]
 
 
 def decode_incrementally(tok, prompt: list[int], output: list[int]) -> list[str]:
@@ -95,12 +95,15 @@ def test_alternatives_are_decoded_in_the_place_of_the_token(sp):
     assert decoder.add(word_start) == word
 
 
-@pytest.mark.parametrize("pieces, stops, shown, stopped", [
-    (["ab", "c<", "/s", ">tail"], ["</s>"], ["ab", "c", "", ""], True),  # the stop spans three pieces
-    (["ab", "c<", "/x", "y"], ["</s>"], ["ab", "c", "</x", "y"], False),  # a prefix that did not become one
-    (["one\n", "\nUser", ":"], ["\n\n", "User:"], ["one", "", ""], True),  # the earliest stop string wins
-    (["x", "<", "/"], ["</s>"], ["x", "", ""], False),  # held back until the end, then shown
-])
+@pytest.mark.parametrize(
+    "pieces, stops, shown, stopped",
+    [
+        (["ab", "c<", "/s", ">tail"], ["</s>"], ["ab", "c", "", ""], True),  # the stop spans three pieces
+        (["ab", "c<", "/x", "y"], ["</s>"], ["ab", "c", "</x", "y"], False),  # a prefix that did not become one
+        (["one\n", "\nUser", ":"], ["\n\n", "User:"], ["one", "", ""], True),  # the earliest stop string wins
+        (["x", "<", "/"], ["</s>"], ["x", "", ""], False),  # held back until the end, then shown
+    ],
+)
 def test_stop_strings_across_pieces(pieces, stops, shown, stopped):
     stop = StopStrings(stops)
     got, ended = [], False
@@ -109,9 +112,9 @@ def test_stop_strings_across_pieces(pieces, stops, shown, stopped):
         got.append(text)
         if ended:
             break
-    assert got == shown[:len(got)] and ended == stopped
+    assert got == shown[: len(got)] and ended == stopped
     if not stopped:
-        assert stop.push("", final=True) == ("".join(pieces)[len("".join(got)):], False)
+        assert stop.push("", final=True) == ("".join(pieces)[len("".join(got)) :], False)
 
 
 def test_completion_text_stops_at_a_stop_string_inside_a_token(sp):
@@ -126,6 +129,7 @@ def test_completion_text_stops_at_a_stop_string_inside_a_token(sp):
 
 
 # ---- through the engine --------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def sp_engine():
@@ -164,11 +168,16 @@ def test_host_time_per_token_stays_flat_over_2000_tokens(sp_engine, monkeypatch)
 
     monkeypatch.setattr(tok, "decode", timed_decode)
     prompt = tok.encode("The history of")
-    result = sp_engine.generate(prompt, SamplingParams(max_tokens=2000, temperature=1.0, seed=1, ignore_eos=True),
-                                on_token=on_token)
+    result = sp_engine.generate(
+        prompt, SamplingParams(max_tokens=2000, temperature=1.0, seed=1, ignore_eos=True), on_token=on_token
+    )
     per_token = np.diff(np.asarray(stamps), axis=0)  # [tokens - 1, (decoding, delivery)]: medians, robust
     early, late = np.median(per_token[100:400], axis=0), np.median(per_token[-300:], axis=0)
-    assert late[0] < 2 * early[0] + 20e-6, f"decoding per token grew from {early[0] * 1e6:.0f} to {late[0] * 1e6:.0f} us"
-    assert late[1] < 2 * early[1] + 50e-6, f"delivery per token grew from {early[1] * 1e6:.0f} to {late[1] * 1e6:.0f} us"
+    assert late[0] < 2 * early[0] + 20e-6, (
+        f"decoding per token grew from {early[0] * 1e6:.0f} to {late[0] * 1e6:.0f} us"
+    )
+    assert late[1] < 2 * early[1] + 50e-6, (
+        f"delivery per token grew from {early[1] * 1e6:.0f} to {late[1] * 1e6:.0f} us"
+    )
     assert threads == {"mulm-delivery"}  # not the thread that dispatches the steps
     assert result.text == joint_text(tok, prompt, list(result.token_ids))

@@ -18,8 +18,10 @@ from mulm_jax.config import Config, dump_config
 from mulm_jax.infer import Engine, InferenceError, LoadedModel, QueueFullError, SamplingParams
 from mulm_jax.infer.quantize import Int8Weight, dequantize, quantize_params, weight_bytes
 
-def naive_greedy(lm: LoadedModel, prompt: list[int], n: int,
-                 penalties: SamplingParams = SamplingParams()) -> tuple[list[int], list[float]]:
+
+def naive_greedy(
+    lm: LoadedModel, prompt: list[int], n: int, penalties: SamplingParams = SamplingParams()
+) -> tuple[list[int], list[float]]:
     """Greedy tokens and their log-probabilities from re-running the whole sequence, no cache; `penalties`' repetition,
     presence and frequency penalties applied in numpy, from their definitions, to the logits each token is chosen by.
 
@@ -38,7 +40,7 @@ def naive_greedy(lm: LoadedModel, prompt: list[int], n: int,
     logprobs = []
     for _ in range(n):
         padded = np.zeros((1, T), np.int32)
-        padded[0, :len(seq)] = seq
+        padded[0, : len(seq)] = seq
         logits = np.asarray(apply(jnp.asarray(padded)))[0, len(seq) - 1]
         logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
         seq.append(int(np.argmax(penalized(logits, prompt, seq[start:], penalties))))
@@ -71,8 +73,9 @@ VARIANTS = {
     "learned": dict(positional="learned"),
     "sinusoidal": dict(positional="sinusoidal"),
     "rope-gqa": dict(positional="rope", num_kv_heads=2),
-    "rope-mqa-yarn": dict(positional="rope", num_kv_heads=1,
-                          rope_scaling={"type": "yarn", "factor": 2.0, "original_max_seq_len": 8}),
+    "rope-mqa-yarn": dict(
+        positional="rope", num_kv_heads=1, rope_scaling={"type": "yarn", "factor": 2.0, "original_max_seq_len": 8}
+    ),
     "alibi": dict(positional="alibi"),
     "sliding-window": dict(positional="rope", attention="sliding_window", sliding_window=4),
     "block-sparse": dict(positional="none", attention="block_sparse", block_size=4, num_global_tokens=2),
@@ -84,8 +87,9 @@ VARIANTS = {
 FAST_VARIANTS = ("learned", "rope-gqa", "alibi", "encoder-decoder")
 
 
-@pytest.mark.parametrize("variant", [v if v in FAST_VARIANTS else pytest.param(v, marks=pytest.mark.slow)
-                                     for v in VARIANTS])
+@pytest.mark.parametrize(
+    "variant", [v if v in FAST_VARIANTS else pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS]
+)
 def test_cached_greedy_decoding_equals_rerunning_the_whole_sequence(variant):
     lm = loaded(num_layers=2, **VARIANTS[variant])
     prompts = [[1, 2, 3, 4, 5], [7, 3, 9]]
@@ -129,8 +133,9 @@ def engine():
 def test_same_seed_same_text_in_any_slot_and_company(engine):
     p = SamplingParams(max_tokens=10, temperature=1.0, top_k=8, seed=123)
     alone = engine.generate("hello", p).text
-    together = [engine.submit(prompt, p.replace(seed=seed)) for prompt, seed in
-                [("other", 5), ("hello", 123), ("third", 9)]]
+    together = [
+        engine.submit(prompt, p.replace(seed=seed)) for prompt, seed in [("other", 5), ("hello", 123), ("third", 9)]
+    ]
     texts = [r.result(timeout=60).text for r in together]
     assert texts[1] == alone
     assert texts[0] != alone
@@ -142,7 +147,7 @@ def test_stop_string_ends_the_text_before_it(engine):
     stop = full[3:5]
     result = engine.generate("abc", greedy.replace(stop=(stop,)))
     assert result.finish_reason == "stop"
-    assert result.text == full[:full.find(stop)]
+    assert result.text == full[: full.find(stop)]
     streamed = "".join(event.text for event in engine.submit("abc", greedy.replace(stop=(stop,))))
     assert streamed == result.text
 
@@ -155,7 +160,7 @@ def test_stop_token_and_max_tokens(engine):
     first = next((i for i in range(1, len(ids)) if ids[i] not in ids[:i]), 0)  # a token's first appearance
     stopped = engine.generate("abc", greedy.replace(stop_token_ids=(ids[first],)))
     assert stopped.finish_reason == "stop"
-    assert stopped.token_ids == ids[:first + 1]
+    assert stopped.token_ids == ids[: first + 1]
     assert stopped.text == engine.tokenizer.decode(ids[:first])
 
 
@@ -176,7 +181,7 @@ def test_the_end_token_stops_generation_unless_ignore_eos():
     greedy = SamplingParams(max_tokens=12, temperature=0.0)
     with Engine(lm, slots=1) as engine:
         stopped, ignored = engine.generate(prompt, greedy), engine.generate(prompt, greedy.replace(ignore_eos=True))
-    assert stopped.finish_reason == "stop" and list(stopped.token_ids) == ids[:first + 1]
+    assert stopped.finish_reason == "stop" and list(stopped.token_ids) == ids[: first + 1]
     assert stopped.text == lm.tokenizer.decode(ids[:first])  # the end token's text is not part of the completion
     assert ignored.finish_reason == "length" and list(ignored.token_ids) == ids
 
@@ -198,7 +203,7 @@ def test_cancel_ends_a_running_generation_within_a_step_and_a_waiting_one_at_onc
         assert engine.generate("z", SamplingParams(max_tokens=3, temperature=0.0)).completion_tokens == 3
         assert engine.stats().active == 0
     assert first.finish_reason == "cancelled" and len(running.token_ids) <= at_cancel[0] + 1 < long.max_tokens
-    assert first.token_ids == tuple(running.token_ids[:len(first.token_ids)])
+    assert first.token_ids == tuple(running.token_ids[: len(first.token_ids)])
     assert second.finish_reason == "cancelled" and second.token_ids == () and waiting.token_ids == []
 
 
@@ -207,9 +212,11 @@ def test_penalties_follow_each_requests_prompt_and_output_in_its_slot():
     # the prompt's tokens and the output's, presence and frequency the output's counts; the third request takes a
     # slot another held, whose prompt and counts must not carry over.
     lm = loaded(num_layers=1, max_seq_len=32)
-    asks = [([1, 2, 3, 1, 2, 3], SamplingParams(repetition_penalty=3.0)),
-            ([5, 5, 5, 9], SamplingParams(presence_penalty=2.0, frequency_penalty=1.0)),
-            ([7, 8], SamplingParams(repetition_penalty=3.0, frequency_penalty=0.5))]
+    asks = [
+        ([1, 2, 3, 1, 2, 3], SamplingParams(repetition_penalty=3.0)),
+        ([5, 5, 5, 9], SamplingParams(presence_penalty=2.0, frequency_penalty=1.0)),
+        ([7, 8], SamplingParams(repetition_penalty=3.0, frequency_penalty=0.5)),
+    ]
     with Engine(lm, slots=2) as engine:
         requests = [engine.submit(prompt, p.replace(max_tokens=12, temperature=0.0)) for prompt, p in asks]
         results = [r.result(timeout=120) for r in requests]
@@ -220,8 +227,10 @@ def test_penalties_follow_each_requests_prompt_and_output_in_its_slot():
 
 
 def test_prompts_longer_than_the_context_are_refused_or_truncated(engine):
-    with pytest.raises(InferenceError, match="the prompt has 14 tokens and max_tokens is 4: together they exceed the "
-                                             "context of 16 tokens"):
+    with pytest.raises(
+        InferenceError,
+        match="the prompt has 14 tokens and max_tokens is 4: together they exceed the context of 16 tokens",
+    ):
         engine.submit("a" * 14, SamplingParams(max_tokens=4))
     result = engine.generate("a" * 14, SamplingParams(max_tokens=4, temperature=0.0), truncate=True)
     assert result.prompt_tokens == 12 and result.completion_tokens == 4
@@ -239,10 +248,12 @@ def test_nothing_recompiles_after_warmup():
     engine.warmup()
     compiled = engine.stats().compilations
     assert compiled == len(engine.stats().buckets) + 1  # one prefill per prompt bucket, one decode
-    settings = [SamplingParams(max_tokens=4, temperature=0.0),
-                SamplingParams(max_tokens=6, temperature=0.9, top_p=0.8, seed=1),
-                SamplingParams(max_tokens=3, temperature=1.2, top_k=3, repetition_penalty=1.2, logprobs=2),
-                SamplingParams(max_tokens=5, temperature=0.5, min_p=0.1, frequency_penalty=0.5, stop=("z",))]
+    settings = [
+        SamplingParams(max_tokens=4, temperature=0.0),
+        SamplingParams(max_tokens=6, temperature=0.9, top_p=0.8, seed=1),
+        SamplingParams(max_tokens=3, temperature=1.2, top_k=3, repetition_penalty=1.2, logprobs=2),
+        SamplingParams(max_tokens=5, temperature=0.5, min_p=0.1, frequency_penalty=0.5, stop=("z",)),
+    ]
     with engine:
         requests = [engine.submit("q" * n, p) for n, p in zip((1, 5, 17, 26), settings)]
         for r in requests:
@@ -254,10 +265,14 @@ def test_a_vocabulary_larger_than_the_tokenizers_never_yields_the_extra_ids():
     # 40 embedding rows for 32 characters (a padded table); rows 32 and 33 would win every step unmasked.
     lm = favour(loaded(vocab_size=40), 32, 33)
     assert lm.tokenizer.vocab_size == len(ALPHABET) == 32
-    settings = [SamplingParams(temperature=0.0), SamplingParams(temperature=1.0, seed=1),
-                SamplingParams(temperature=1.0, top_k=5, seed=2), SamplingParams(temperature=0.7, top_p=0.9, seed=3),
-                SamplingParams(temperature=1.5, min_p=0.01, seed=4), SamplingParams(temperature=0.0,
-                                                                                   repetition_penalty=1.3)]
+    settings = [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=1.0, seed=1),
+        SamplingParams(temperature=1.0, top_k=5, seed=2),
+        SamplingParams(temperature=0.7, top_p=0.9, seed=3),
+        SamplingParams(temperature=1.5, min_p=0.01, seed=4),
+        SamplingParams(temperature=0.0, repetition_penalty=1.3),
+    ]
     with Engine(lm, slots=2) as engine:
         assert engine.vocab_size == 32
         results = [engine.generate("the", p.replace(max_tokens=8, logprobs=5)) for p in settings]
@@ -274,7 +289,7 @@ def test_int8_weights_are_a_quarter_the_size_and_close():
     q = quantize_params(lm.params)
     kernel = q["decoder"]["layer_0"]["ffn"]["up"]["kernel"]
     assert isinstance(kernel, Int8Weight) and kernel.q.dtype == np.int8 and kernel.scale.shape == (1, 64)
-    assert kernel.q.nbytes * 4 == np.asarray(lm.params['decoder']['layer_0']['ffn']['up']['kernel']).nbytes
+    assert kernel.q.nbytes * 4 == np.asarray(lm.params["decoder"]["layer_0"]["ffn"]["up"]["kernel"]).nbytes
     assert weight_bytes(q) < 0.35 * weight_bytes(lm.params)  # the rest: scales, biases and norms in float32
     w = np.asarray(lm.params["decoder"]["layer_0"]["ffn"]["up"]["kernel"])
     back = np.asarray(dequantize(q)["decoder"]["layer_0"]["ffn"]["up"]["kernel"])
@@ -307,19 +322,40 @@ def test_int8_engine_decodes_with_the_quantized_weights():
 def test_load_model_reads_a_run_folder(tmp_path):
     with pytest.raises(InferenceError, match="is not a run folder: expected config.yaml and checkpoints/"):
         from mulm_jax.infer import load_model
+
         load_model(tmp_path)
 
 
 def run_bench_decode(repo_root, tmp_path, *args):
     config = tmp_path / "tiny.yaml"
     config.write_text(dump_config(Config(model=tiny_model(max_seq_len=32))))
-    return subprocess.run([sys.executable, "-m", "mulm_jax", "bench", "decode", "--config", str(config), *args],
-                          cwd=repo_root, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mulm_jax", "bench", "decode", "--config", str(config), *args],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_bench_decode_prints_its_figures_as_json(repo_root, tmp_path):
-    done = run_bench_decode(repo_root, tmp_path, "--batch", "2", "--prompt-len", "4", "--new-tokens", "6",
-                            "--repeats", "1", "--max-len", "32", "--bandwidth-mb", "16", "--json")
+    done = run_bench_decode(
+        repo_root,
+        tmp_path,
+        "--batch",
+        "2",
+        "--prompt-len",
+        "4",
+        "--new-tokens",
+        "6",
+        "--repeats",
+        "1",
+        "--max-len",
+        "32",
+        "--bandwidth-mb",
+        "16",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["batch"] == 2 and figures["tokens_per_sec"] > 0 and figures["ms_per_step"] > 0

@@ -62,8 +62,10 @@ def test_every_dense_kernel_becomes_one_out_by_in_matrix_and_projections_of_one_
         if group is not None:
             if (*module, group) not in checked:
                 parts = [(*module, m, path[-1]) for m in members[group]]
-                want = [as_out_by_in(p, before[p]) if p[-1] == "kernel" else np.asarray(before[p]).reshape(-1)
-                        for p in parts]
+                want = [
+                    as_out_by_in(p, before[p]) if p[-1] == "kernel" else np.asarray(before[p]).reshape(-1)
+                    for p in parts
+                ]
                 got = after[(*module, group, KERNEL_T if path[-1] == "kernel" else "bias")]
                 np.testing.assert_array_equal(got, np.concatenate(want))
                 assert not any((*module, m, KERNEL_T) in after for m in members[group])
@@ -82,7 +84,8 @@ def test_int8_fused_projections_give_the_logits_of_the_int8_trained_layout():
     ids = jnp.asarray(random_ids(1, 3, seed=2))
     with serving_layout():
         got = jax.jit(lambda p, x: apply(lm, dequantize(p), x))(
-            quantize_params(to_serving_layout(lm.model, lm.params)), ids)
+            quantize_params(to_serving_layout(lm.model, lm.params)), ids
+        )
     np.testing.assert_allclose(got, apply(lm, dequantize(quantize_params(lm.params)), ids), atol=2e-5, rtol=1e-5)
 
 

@@ -8,8 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mulm_jax.infer.sampling import (SamplingArrays, SamplingError, SamplingParams, apply_penalties, choose_tokens,
-                                     filter_logits, mask_vocab, token_logprobs)
+from mulm_jax.infer.sampling import (
+    SamplingArrays,
+    SamplingError,
+    SamplingParams,
+    apply_penalties,
+    choose_tokens,
+    filter_logits,
+    mask_vocab,
+    token_logprobs,
+)
 
 
 def arrays(*rows: SamplingParams, seeds=None) -> SamplingArrays:
@@ -50,20 +58,23 @@ def kept_by(p: SamplingParams, logits: np.ndarray) -> np.ndarray:
     return np.isfinite(filtered)
 
 
-@pytest.mark.parametrize("p", [
-    SamplingParams(temperature=1.0),
-    SamplingParams(temperature=0.7, top_k=5),
-    SamplingParams(temperature=1.3, top_p=0.6),
-    SamplingParams(temperature=1.0, min_p=0.2),
-    SamplingParams(temperature=2.0, min_p=0.3),
-    SamplingParams(temperature=0.9, top_k=12, top_p=0.8),
-    SamplingParams(temperature=1.0, top_k=6, top_p=0.5),
-    SamplingParams(temperature=1.0, top_k=8, min_p=0.1),
-    SamplingParams(temperature=0.8, top_p=0.7, min_p=0.1),
-    SamplingParams(temperature=0.9, top_k=12, top_p=0.8, min_p=0.05),
-    SamplingParams(temperature=1.0, top_k=1),
-    SamplingParams(temperature=1.0, top_p=1e-6),
-])
+@pytest.mark.parametrize(
+    "p",
+    [
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=0.7, top_k=5),
+        SamplingParams(temperature=1.3, top_p=0.6),
+        SamplingParams(temperature=1.0, min_p=0.2),
+        SamplingParams(temperature=2.0, min_p=0.3),
+        SamplingParams(temperature=0.9, top_k=12, top_p=0.8),
+        SamplingParams(temperature=1.0, top_k=6, top_p=0.5),
+        SamplingParams(temperature=1.0, top_k=8, min_p=0.1),
+        SamplingParams(temperature=0.8, top_p=0.7, min_p=0.1),
+        SamplingParams(temperature=0.9, top_k=12, top_p=0.8, min_p=0.05),
+        SamplingParams(temperature=1.0, top_k=1),
+        SamplingParams(temperature=1.0, top_p=1e-6),
+    ],
+)
 def test_filters_keep_the_same_tokens_as_the_reference(p):
     logits = np.random.default_rng(1).normal(0, 2, (3, 40)).astype(np.float32)
     filtered = np.asarray(jax.jit(filter_logits)(jnp.asarray(logits), arrays(p, p, p)))
@@ -134,7 +145,8 @@ def test_sampling_follows_the_tempered_distribution():
     logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
     p = SamplingParams(temperature=1.0)
     draws = jax.jit(jax.vmap(lambda pos: choose_tokens(jnp.asarray(logits)[None], arrays(p), pos[None])[0]))(
-        jnp.arange(4000))
+        jnp.arange(4000)
+    )
     freq = np.bincount(np.asarray(draws), minlength=4) / 4000
     np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.03)
 
@@ -149,21 +161,24 @@ def test_logprobs_of_chosen_and_top_tokens():
     np.testing.assert_allclose(top_lp, np.sort(logp, axis=-1)[:, ::-1][:, :4], rtol=1e-5)
 
 
-@pytest.mark.parametrize("field, allowed, refused, expected", [  # the extreme values allowed, and just outside them
-    ("max_tokens", [1], [0], "an integer >= 1"),
-    ("temperature", [0.0, 2.0], [-0.01, 2.01], "a number in [0, 2]"),
-    ("top_k", [0], [-1], "an integer >= 0"),
-    ("top_p", [1e-9, 1.0], [0.0, 1.01], "a number in (0, 1]"),
-    ("min_p", [0.0, 1.0], [-0.01, 1.01], "a number in [0, 1]"),
-    ("repetition_penalty", [1e-9, 10.0], [0.0, 10.01], "a number in (0, 10]"),
-    ("presence_penalty", [-2.0, 2.0], [-2.01, 2.01], "a number in [-2, 2]"),
-    ("frequency_penalty", [-2.0, 2.0], [-2.01, 2.01], "a number in [-2, 2]"),
-    ("seed", [None, 0, 2**63 - 1], [-1, 2**63], "an integer in [0, 9223372036854775808)"),
-    ("logprobs", [None, 0, 5], [-1, 6], "an integer in [0, 5]"),
-    ("stop", [(), ("a", "\n")], [("",), ("a", 1)], "non-empty strings"),
-    ("num_beams", [1, 16], [0, 17], "an integer in [1, 16]"),
-    ("length_penalty", [0.0, 2.0], [-0.01, 2.01], "a number in [0, 2]"),
-])
+@pytest.mark.parametrize(
+    "field, allowed, refused, expected",
+    [  # the extreme values allowed, and just outside them
+        ("max_tokens", [1], [0], "an integer >= 1"),
+        ("temperature", [0.0, 2.0], [-0.01, 2.01], "a number in [0, 2]"),
+        ("top_k", [0], [-1], "an integer >= 0"),
+        ("top_p", [1e-9, 1.0], [0.0, 1.01], "a number in (0, 1]"),
+        ("min_p", [0.0, 1.0], [-0.01, 1.01], "a number in [0, 1]"),
+        ("repetition_penalty", [1e-9, 10.0], [0.0, 10.01], "a number in (0, 10]"),
+        ("presence_penalty", [-2.0, 2.0], [-2.01, 2.01], "a number in [-2, 2]"),
+        ("frequency_penalty", [-2.0, 2.0], [-2.01, 2.01], "a number in [-2, 2]"),
+        ("seed", [None, 0, 2**63 - 1], [-1, 2**63], "an integer in [0, 9223372036854775808)"),
+        ("logprobs", [None, 0, 5], [-1, 6], "an integer in [0, 5]"),
+        ("stop", [(), ("a", "\n")], [("",), ("a", 1)], "non-empty strings"),
+        ("num_beams", [1, 16], [0, 17], "an integer in [1, 16]"),
+        ("length_penalty", [0.0, 2.0], [-0.01, 2.01], "a number in [0, 2]"),
+    ],
+)
 def test_each_setting_is_checked_at_its_bounds_and_named_with_what_is_expected(field, allowed, refused, expected):
     for value in allowed:
         SamplingParams(**{field: value}).validate(max_logprobs=5)
@@ -173,8 +188,10 @@ def test_each_setting_is_checked_at_its_bounds_and_named_with_what_is_expected(f
         assert str(refusal.value) == f"{field}={value!r} is out of range: expected {expected}"
 
 
-@pytest.mark.parametrize("setting,value", [("repetition_penalty", 1.2), ("presence_penalty", 0.5),
-                                           ("frequency_penalty", -0.5), ("logprobs", 0)])
+@pytest.mark.parametrize(
+    "setting,value",
+    [("repetition_penalty", 1.2), ("presence_penalty", 0.5), ("frequency_penalty", -0.5), ("logprobs", 0)],
+)
 def test_beam_search_refuses_penalties_and_logprobs_naming_them_and_ignores_what_only_sampling_uses(setting, value):
     with pytest.raises(SamplingError, match=rf"^{setting}={value} is not allowed with num_beams=2: beam search ranks"):
         SamplingParams(num_beams=2, **{setting: value}).validate(max_logprobs=5)
@@ -189,11 +206,25 @@ def test_replace_changes_only_the_settings_named():
 
 def test_a_row_holds_the_settings_in_their_dtypes_and_the_seeds_key():
     seed = 2**40 + 12345  # both 32-bit halves matter
-    p = SamplingParams(temperature=0.7, top_k=5, top_p=0.9, min_p=0.1, repetition_penalty=1.2, presence_penalty=0.3,
-                       frequency_penalty=0.4)
+    p = SamplingParams(
+        temperature=0.7,
+        top_k=5,
+        top_p=0.9,
+        min_p=0.1,
+        repetition_penalty=1.2,
+        presence_penalty=0.3,
+        frequency_penalty=0.4,
+    )
     row = SamplingArrays.row(p, seed)
-    values = [row.temperature_B, row.top_k_B, row.top_p_B, row.min_p_B, row.repetition_B, row.presence_B,
-              row.frequency_B]
+    values = [
+        row.temperature_B,
+        row.top_k_B,
+        row.top_p_B,
+        row.min_p_B,
+        row.repetition_B,
+        row.presence_B,
+        row.frequency_B,
+    ]
     assert [v.dtype for v in values] == [np.float32, np.int32] + [np.float32] * 5
     np.testing.assert_allclose(np.concatenate(values), [0.7, 5, 0.9, 0.1, 1.2, 0.3, 0.4], rtol=1e-6)
     np.testing.assert_array_equal(row.key_Bx2, [[2**8, 12345]])  # PRNGKey(seed)'s with 64-bit integers enabled
@@ -206,7 +237,8 @@ def test_empty_slots_hold_greedy_settings_that_filter_and_penalize_nothing():
     zeros = SamplingArrays.zeros(3)
     chex.assert_shape(zeros.key_Bx2, (3, 2))
     assert jax.tree.map(lambda x: (x.shape, x.dtype), zeros) == jax.tree.map(
-        lambda x: ((3, *x.shape[1:]), x.dtype), arrays(SamplingParams(), SamplingParams()))
+        lambda x: ((3, *x.shape[1:]), x.dtype), arrays(SamplingParams(), SamplingParams())
+    )
     want = SamplingArrays.row(SamplingParams(temperature=0.0), 0)
     jax.tree.map(lambda z, w: np.testing.assert_array_equal(z, np.repeat(w, 3, axis=0)), zeros, want)
     buffers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(zeros)]

@@ -22,23 +22,24 @@ def greedy_rerun(lm: LoadedModel, prompt: list[int], n: int, last_window: bool) 
     for _ in range(n):
         start = max(len(seq) - W, 0) if last_window else 0
         ids = np.zeros((1, len(prompt) + n - start if not last_window else len(seq) - start), np.int32)
-        ids[0, :len(seq) - start] = seq[start:]
+        ids[0, : len(seq) - start] = seq[start:]
         logits = np.asarray(apply(ids, np.arange(start, start + ids.shape[1])[None]))[0, len(seq) - start - 1]
         logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
         seq.append(int(np.argmax(logits)))
         logprobs.append(float(logp[seq[-1]]))
-    return seq[len(prompt):], logprobs
+    return seq[len(prompt) :], logprobs
 
 
 @pytest.mark.parametrize("positional, layers", [("rope", 1), ("alibi", 2)])
 def test_greedy_decoding_past_the_context_equals_rerunning_the_model(positional, layers):
-    lm = loaded(num_layers=layers, positional=positional, attention="sliding_window", sliding_window=4,
-                max_seq_len=16)
+    lm = loaded(num_layers=layers, positional=positional, attention="sliding_window", sliding_window=4, max_seq_len=16)
     prompts = [[1, 2, 3, 4, 5, 6], [7, 3]]
     with Engine(lm, slots=2) as engine:
         assert engine._state.caches[0].k_BxKxSxDh.shape == (2, 4, 4, 4)  # slots, kv heads, the window, head width
-        results = [r.result(timeout=120) for r in
-                   [engine.submit(p, SamplingParams(max_tokens=40, temperature=0.0, logprobs=0)) for p in prompts]]
+        results = [
+            r.result(timeout=120)
+            for r in [engine.submit(p, SamplingParams(max_tokens=40, temperature=0.0, logprobs=0)) for p in prompts]
+        ]
     for prompt, result in zip(prompts, results):
         tokens, logprobs = greedy_rerun(lm, prompt, 40, last_window=layers == 1)
         assert len(prompt) + len(result.token_ids) > 2 * 16 and result.finish_reason == "length"
@@ -60,11 +61,11 @@ def test_info_reports_the_cache_of_the_window():
     info = describe(rope)
     assert info["kv_cache_positions"] == 4
     assert info["kv_cache_bytes_per_sequence"] == 4 * info["kv_cache_bytes_per_token"]
-    assert kv_cache_line(rope, info).endswith("per sequence: a ring of the sliding window's 4 positions, "
-                                              "at any length")
+    assert kv_cache_line(rope, info).endswith("per sequence: a ring of the sliding window's 4 positions, at any length")
     learned = loaded(positional="learned", attention="sliding_window", sliding_window=4).config.model
-    assert kv_cache_line(learned, describe(learned)).endswith("a ring of the sliding window's 4 positions, up to "
-                                                              "the context 16")
+    assert kv_cache_line(learned, describe(learned)).endswith(
+        "a ring of the sliding window's 4 positions, up to the context 16"
+    )
     full = loaded(positional="rope").config.model
     assert describe(full)["kv_cache_positions"] == 16
     assert kv_cache_line(full, describe(full)).endswith("per sequence at full context 16")

@@ -21,23 +21,55 @@ from mulm_jax.data.tokenizer import CharTokenizer
 from mulm_jax.infer import LoadedModel
 from mulm_jax.inspect import InspectError, Tracer
 from mulm_jax.inspect.activations import Edit
-from mulm_jax.inspect.interventions import (ablate_each_head, check_position, head_edits, logit_attribution,
-                                            neuron_edits, patch_edit, patch_residual)
+from mulm_jax.inspect.interventions import (
+    ablate_each_head,
+    check_position,
+    head_edits,
+    logit_attribution,
+    neuron_edits,
+    patch_edit,
+    patch_residual,
+)
 from mulm_jax.models import build_model
 
 PROMPT = "the cat sat."  # 12 characters (bucket 16)
 OTHER = "a dog ran on"  # another prompt of the same length
 TARGET = "a cat"  # the encoder-decoder's decoder tokens (PROMPT is its source)
 
-GPT2 = dict(num_layers=2, positional="learned", norm="layernorm", norm_position="pre", ffn="gelu",
-            tie_embeddings=True, use_bias=True)
-LLAMA = dict(num_layers=2, positional="rope", norm="rmsnorm", norm_position="pre", ffn="swiglu", num_kv_heads=2,
-             use_bias=False, tie_embeddings=False)
+GPT2 = dict(
+    num_layers=2,
+    positional="learned",
+    norm="layernorm",
+    norm_position="pre",
+    ffn="gelu",
+    tie_embeddings=True,
+    use_bias=True,
+)
+LLAMA = dict(
+    num_layers=2,
+    positional="rope",
+    norm="rmsnorm",
+    norm_position="pre",
+    ffn="swiglu",
+    num_kv_heads=2,
+    use_bias=False,
+    tie_embeddings=False,
+)
 # The 2017 Transformer as configs/transformer_base.yaml gives it (post-norm, sinusoidal positions, ReLU, embeddings
 # scaled by sqrt(D), tied, biases), at the tiny sizes.
-ENCODER_DECODER = {**yaml.safe_load((ROOT / "configs" / "transformer_base.yaml").read_text())["model"],
-                   **dict(vocab_size=32, d_model=16, num_heads=4, d_ff=32, max_seq_len=16, num_layers=2,
-                          num_encoder_layers=2, num_decoder_layers=2)}
+ENCODER_DECODER = {
+    **yaml.safe_load((ROOT / "configs" / "transformer_base.yaml").read_text())["model"],
+    **dict(
+        vocab_size=32,
+        d_model=16,
+        num_heads=4,
+        d_ff=32,
+        max_seq_len=16,
+        num_layers=2,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+    ),
+}
 MODELS = {"gpt2": GPT2, "llama": LLAMA, "encoder_decoder": ENCODER_DECODER}
 
 
@@ -50,11 +82,14 @@ def tracers() -> dict[str, Tracer]:
 @pytest.fixture(scope="module")
 def caches(tracers) -> dict:
     """Every name of each model for PROMPT (the encoder-decoder's source; its decoder reads TARGET)."""
-    return {name: tracer.run_with_cache(PROMPT, target=TARGET if tracer.encoder_decoder else None)
-            for name, tracer in tracers.items()}
+    return {
+        name: tracer.run_with_cache(PROMPT, target=TARGET if tracer.encoder_decoder else None)
+        for name, tracer in tracers.items()
+    }
 
 
 # --- numpy references, written from the formulas ------------------------------------------------------------------
+
 
 def _np_params(tracer: Tracer):
     return jax.tree.map(lambda a: np.asarray(a, np.float64), tracer.loaded.params)
@@ -64,9 +99,9 @@ def _norm(x_TxD, p, cfg):
     """(1 / std or 1 / rms [T, 1], the normed output [T, D]) of LayerNorm or RMSNorm."""
     if cfg.norm == "layernorm":
         centred = x_TxD - x_TxD.mean(-1, keepdims=True)
-        var = (centred ** 2).mean(-1, keepdims=True)
+        var = (centred**2).mean(-1, keepdims=True)
     else:
-        centred, var = x_TxD, (x_TxD ** 2).mean(-1, keepdims=True)
+        centred, var = x_TxD, (x_TxD**2).mean(-1, keepdims=True)
     factor = 1.0 / np.sqrt(var + cfg.norm_eps)
     return factor, centred * factor * p["scale"] + p.get("bias", 0.0)
 
@@ -86,7 +121,7 @@ def _sinusoids(T, D):
 
 def _gelu(x):
     """GPT-2's tanh approximation."""
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def _softmax(x):
@@ -114,7 +149,7 @@ class Recompute:
         scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
         x = self.check(f"{stack}embed", embedder["token"]["embedding"][ids] * scale)
         if cfg.positional == "learned":
-            x = x + self.check(f"{stack}pos_embed", embedder["position"]["embedding"][:len(ids)])
+            x = x + self.check(f"{stack}pos_embed", embedder["position"]["embedding"][: len(ids)])
         elif cfg.positional == "sinusoidal":
             x = x + self.check(f"{stack}pos_embed", _sinusoids(len(ids), cfg.d_model))
         return x
@@ -129,8 +164,9 @@ class Recompute:
             q = self.check(f"{name}.rot_q", naive_rope(q, cfg.rope_theta))
             k = self.check(f"{name}.rot_k", naive_rope(k, cfg.rope_theta))
         # Each kv head serves H / K consecutive query heads.
-        scores = self.check(f"{name}.scores",
-                            np.einsum("thd,shd->hts", q, np.repeat(k, H // K, axis=1)) / math.sqrt(Dh))
+        scores = self.check(
+            f"{name}.scores", np.einsum("thd,shd->hts", q, np.repeat(k, H // K, axis=1)) / math.sqrt(Dh)
+        )
         T, S = scores.shape[1:]
         allowed = np.tril(np.ones((T, S), bool)) if causal else np.ones((T, S), bool)
         pattern = self.check(f"{name}.pattern", _softmax(np.where(allowed[None], scores, -np.inf)))
@@ -154,13 +190,29 @@ class Recompute:
         for layer in range(num_layers):
             block, p = f"{stack}blocks.{layer}", stack_params[f"layer_{layer}"]
             x = self.check(f"{block}.resid_pre", x_TxD)
-            sublayers = [("ln1", "attn", "self_attention",
-                          lambda h: self.attention(f"{block}.attn", p["self_attention"], h, h, causal,
-                                                   cfg.positional == "rope"), "resid_mid")]
+            sublayers = [
+                (
+                    "ln1",
+                    "attn",
+                    "self_attention",
+                    lambda h: self.attention(
+                        f"{block}.attn", p["self_attention"], h, h, causal, cfg.positional == "rope"
+                    ),
+                    "resid_mid",
+                )
+            ]
             if memory_SxD is not None:
-                sublayers.append(("ln_cross", "cross_attn", "cross_attention",
-                                  lambda h: self.attention(f"{block}.cross_attn", p["cross_attention"], h, memory_SxD,
-                                                           False, False), "resid_mid_cross"))
+                sublayers.append(
+                    (
+                        "ln_cross",
+                        "cross_attn",
+                        "cross_attention",
+                        lambda h: self.attention(
+                            f"{block}.cross_attn", p["cross_attention"], h, memory_SxD, False, False
+                        ),
+                        "resid_mid_cross",
+                    )
+                )
             sublayers.append(("ln2", "mlp", "ffn", lambda h: self.mlp(f"{block}.mlp", p["ffn"], h), "resid_post"))
             for ln, part, module, f, resid in sublayers:
                 norm_params = p[f"{module}_norm"]
@@ -184,16 +236,23 @@ class Recompute:
         cfg, params = self.cfg, self.params
         memory = None
         if source_ids_S is not None:
-            memory = self.stack("encoder.", params["encoder"], self.embeddings("encoder.", source_ids_S),
-                                cfg.encoder_layers, causal=False)
-        hidden = self.stack("", params["decoder"], self.embeddings("", ids_T), cfg.decoder_layers, causal=True,
-                            memory_SxD=memory)
+            memory = self.stack(
+                "encoder.",
+                params["encoder"],
+                self.embeddings("encoder.", source_ids_S),
+                cfg.encoder_layers,
+                causal=False,
+            )
+        hidden = self.stack(
+            "", params["decoder"], self.embeddings("", ids_T), cfg.decoder_layers, causal=True, memory_SxD=memory
+        )
         embedder = params["embedder"]
         head = embedder["token"]["embedding"].T if cfg.tie_embeddings else embedder["head"]["kernel"]
         self.check("logits", hidden @ head)
 
 
 # --- 1. every cached name recomputed ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_every_cached_name_equals_its_numpy_recomputation_from_the_names_before_it(tracers, caches, model):
@@ -205,14 +264,24 @@ def test_every_cached_name_equals_its_numpy_recomputation_from_the_names_before_
 
 # --- 2. names and shapes ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("model", list(MODELS))
 def test_all_names_are_the_vocabulary_and_each_array_has_the_shape_its_letters_say(tracers, caches, model):
     tracer, cache = tracers[model], caches[model]
     cfg = tracer.cfg
     assert list(cache) == list(tracer.names) and cache.letters == tracer.names
     T, S = (len(TARGET), len(PROMPT)) if tracer.encoder_decoder else (len(PROMPT), 0)
-    sizes = {"T": T, "S": S, "D": cfg.d_model, "H": cfg.num_heads, "K": cfg.kv_heads, "Dh": cfg.head_dim,
-             "F": cfg.ff_dim, "V": cfg.vocab_size, "1": 1}
+    sizes = {
+        "T": T,
+        "S": S,
+        "D": cfg.d_model,
+        "H": cfg.num_heads,
+        "K": cfg.kv_heads,
+        "Dh": cfg.head_dim,
+        "F": cfg.ff_dim,
+        "V": cfg.vocab_size,
+        "1": 1,
+    }
     for name, letters in cache.letters.items():
         assert cache[name].dtype == np.float32, name
         chex.assert_shape(cache[name], tuple(sizes[a] for a in letters.split("x")))
@@ -242,6 +311,7 @@ def test_asking_for_a_glob_returns_exactly_the_names_it_matches(tracers, caches)
 
 # --- 3. caching changes nothing; edits and patches ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("model", list(MODELS))
 def test_cached_logits_equal_the_model_applied_without_hooks(tracers, caches, model):
     tracer, cache = tracers[model], caches[model]
@@ -266,40 +336,61 @@ def test_a_zero_scale_on_one_heads_z_zeroes_exactly_that_heads_output_and_change
     assert (cache["blocks.0.attn.z"][:, head] == 0.0).all()
     assert (cache["blocks.0.attn.head_out"][:, head] == 0.0).all()
     others = [h for h in range(H) if h != head]
-    np.testing.assert_allclose(cache["blocks.0.attn.head_out"][:, others], clean["blocks.0.attn.head_out"][:, others],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        cache["blocks.0.attn.head_out"][:, others], clean["blocks.0.attn.head_out"][:, others], atol=1e-6
+    )
     assert np.abs(cache["logits"] - clean["logits"]).max() > 1e-3
 
 
 @pytest.mark.parametrize("positions", [None, range(len(PROMPT))], ids=["all", "each_named"])
-def test_patching_layer_0s_residual_from_another_prompt_at_every_position_gives_its_logits(tracers, caches,
-                                                                                         positions):
+def test_patching_layer_0s_residual_from_another_prompt_at_every_position_gives_its_logits(tracers, caches, positions):
     tracer = tracers["gpt2"]
     other = tracer.run_with_cache(OTHER)  # the all-names program again: same bucket
     assert np.abs(other["logits"] - caches["gpt2"]["logits"]).max() > 1e-2
-    patched = tracer.run_with_cache(PROMPT, ["logits"], edits={  # every position: all of them, or each named
-        "blocks.0.resid_pre": patch_edit(other, "blocks.0.resid_pre", positions)})
+    patched = tracer.run_with_cache(
+        PROMPT,
+        ["logits"],
+        edits={  # every position: all of them, or each named
+            "blocks.0.resid_pre": patch_edit(other, "blocks.0.resid_pre", positions)
+        },
+    )
     np.testing.assert_allclose(patched["logits"], other["logits"], atol=1e-5)
 
 
 # --- 4. bad input -------------------------------------------------------------------------------------------------
 
+
 def test_an_unknown_name_is_an_error_listing_the_valid_names(tracers):
     tracer = tracers["gpt2"]
-    for call in (lambda: tracer.run_with_cache(PROMPT, ["blocks.2.attn.z"]),
-                 lambda: tracer.run_with_cache(PROMPT, ["logits"], edits={"blocks.0.attn.zz": Edit(scale=0.0)})):
+    for call in (
+        lambda: tracer.run_with_cache(PROMPT, ["blocks.2.attn.z"]),
+        lambda: tracer.run_with_cache(PROMPT, ["logits"], edits={"blocks.0.attn.zz": Edit(scale=0.0)}),
+    ):
         with pytest.raises(InspectError, match="unknown activation name") as error:
             call()
         assert all(name in str(error.value) for name in tracer.names)
 
 
-@pytest.mark.parametrize("name, edit, message", [
-    ("blocks.0.attn.z", Edit(scale=np.ones((1, 5, 1))), "edit of 'blocks.0.attn.z' (TxHxDh): axis 1 has size 5, "
-                                                        "expected 1 or 4 (H)"),
-    ("blocks.0.resid_pre", Edit(shift=np.zeros((13, 16))), "edit of 'blocks.0.resid_pre' (TxD): axis 0 has size 13, "
-                                                           "expected 1 or 12 (T)"),
-    ("blocks.0.mlp.post", Edit(scale=np.ones((1, 12, 1, 32))), "edit of 'blocks.0.mlp.post': an array of shape "
-                                                               "(1, 12, 1, 32) has more axes than TxF")])
+@pytest.mark.parametrize(
+    "name, edit, message",
+    [
+        (
+            "blocks.0.attn.z",
+            Edit(scale=np.ones((1, 5, 1))),
+            "edit of 'blocks.0.attn.z' (TxHxDh): axis 1 has size 5, expected 1 or 4 (H)",
+        ),
+        (
+            "blocks.0.resid_pre",
+            Edit(shift=np.zeros((13, 16))),
+            "edit of 'blocks.0.resid_pre' (TxD): axis 0 has size 13, expected 1 or 12 (T)",
+        ),
+        (
+            "blocks.0.mlp.post",
+            Edit(scale=np.ones((1, 12, 1, 32))),
+            "edit of 'blocks.0.mlp.post': an array of shape (1, 12, 1, 32) has more axes than TxF",
+        ),
+    ],
+)
 def test_an_edit_of_the_wrong_shape_names_the_activation_and_the_axis(tracers, name, edit, message):
     with pytest.raises(InspectError) as error:
         tracers["gpt2"].run_with_cache(PROMPT, ["logits"], edits={name: edit})
@@ -317,8 +408,11 @@ def test_layers_heads_positions_and_prompt_lengths_out_of_range_name_the_range(t
     with pytest.raises(InspectError, match=r"the clean prompt has 12 tokens and the corrupt one 11: .*same number"):
         patch_residual(tracer, PROMPT, PROMPT[:-1])
     for position in (12, -13):
-        with pytest.raises(InspectError, match=rf"position {position} is out of range: the prompt has positions 0 to "
-                                               r"11 \(or -12 to -1 from the end\)"):
+        with pytest.raises(
+            InspectError,
+            match=rf"position {position} is out of range: the prompt has positions 0 to "
+            r"11 \(or -12 to -1 from the end\)",
+        ):
             check_position(position, 12)
     assert check_position(-1, 12) == 11 and check_position(0, 12) == 0
     with pytest.raises(InspectError, match="needs a pre-norm model"):
@@ -329,6 +423,7 @@ def test_layers_heads_positions_and_prompt_lengths_out_of_range_name_the_range(t
 
 # --- 5. interventions ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("model", ["gpt2", "llama"])
 def test_logit_attribution_components_sum_to_the_models_logit(tracers, caches, model):
     tracer, cache = tracers[model], caches[model]
@@ -338,18 +433,27 @@ def test_logit_attribution_components_sum_to_the_models_logit(tracers, caches, m
     np.testing.assert_allclose(attribution.logit, cache["logits"][-1, answer], atol=1e-5)
     np.testing.assert_allclose(attribution.total, attribution.logit, atol=1e-4)
     cfg = tracer.cfg
-    assert len(attribution.labels) == len(attribution.values) == (
-        1 + (cfg.positional == "learned") + cfg.num_layers * (cfg.num_heads + cfg.use_bias + 1) + cfg.use_bias)
+    assert (
+        len(attribution.labels)
+        == len(attribution.values)
+        == (1 + (cfg.positional == "learned") + cfg.num_layers * (cfg.num_heads + cfg.use_bias + 1) + cfg.use_bias)
+    )
     # a single head's share is its output at the position through the final norm, written out here
     factor = cache["ln_final.scale_factor"][-1, 0]
     head_out = np.asarray(cache["blocks.1.attn.head_out"][-1, 3], np.float64)
     if cfg.norm == "layernorm":
         head_out = head_out - head_out.mean()
     params = _np_params(tracer)
-    u = (params["embedder"]["token"]["embedding"][answer] if cfg.tie_embeddings
-         else params["embedder"]["head"]["kernel"][:, answer])
-    np.testing.assert_allclose(attribution.values[attribution.labels.index("1.attn.3")],
-                               head_out * factor * params["decoder"]["final_norm"]["scale"] @ u, atol=1e-5)
+    u = (
+        params["embedder"]["token"]["embedding"][answer]
+        if cfg.tie_embeddings
+        else params["embedder"]["head"]["kernel"][:, answer]
+    )
+    np.testing.assert_allclose(
+        attribution.values[attribution.labels.index("1.attn.3")],
+        head_out * factor * params["decoder"]["final_norm"]["scale"] @ u,
+        atol=1e-5,
+    )
 
 
 def test_each_heads_ablation_equals_a_cached_run_with_that_head_alone_ablated(tracers, caches):
@@ -390,9 +494,9 @@ def test_patching_layer_0_where_the_prompts_differ_restores_the_clean_run_exactl
     clean, corrupt = "the cat sat.", "the bat sat."  # one differing position: 4
     differ = [t for t, (a, b) in enumerate(zip(clean, corrupt)) if a != b]
     clean_cache = tracer.run_with_cache(clean)
-    restored = tracer.run_with_cache(corrupt, ["logits"],
-                                     edits={"blocks.0.resid_pre": patch_edit(clean_cache, "blocks.0.resid_pre",
-                                                                             differ)})
+    restored = tracer.run_with_cache(
+        corrupt, ["logits"], edits={"blocks.0.resid_pre": patch_edit(clean_cache, "blocks.0.resid_pre", differ)}
+    )
     np.testing.assert_allclose(restored["logits"], clean_cache["logits"], atol=1e-5)
 
     table = patch_residual(tracer, clean, corrupt)
@@ -406,10 +510,11 @@ def test_patching_layer_0_where_the_prompts_differ_restores_the_clean_run_exactl
     np.testing.assert_allclose(restored_LxT[0, differ], 1.0, atol=1e-4)  # layer 0 there: the clean run itself
     same = [t for t in range(T) if t not in differ]
     np.testing.assert_allclose(restored_LxT[0, same], 0.0, atol=1e-4)  # same token, same residual: no change
-    np.testing.assert_allclose(restored_LxT[:, :differ[0]], 0.0, atol=1e-4)  # before it, every layer agrees
+    np.testing.assert_allclose(restored_LxT[:, : differ[0]], 0.0, atol=1e-4)  # before it, every layer agrees
 
 
 # --- 6. speed -----------------------------------------------------------------------------------------------------
+
 
 def test_caching_every_name_of_the_demo_model_for_64_tokens_takes_under_100_ms():
     cfg = load_config(ROOT / "configs" / "shakespeare_char.yaml")
@@ -418,8 +523,9 @@ def test_caching_every_name_of_the_demo_model_for_64_tokens_takes_under_100_ms()
     params = random_params(model, *inputs)["params"]
     chars = sorted(set(ALPHABET) | set("ABCDEFGHIJKLMNOPQRSTUVWXYZ&$-';?3"))
     assert len(chars) == cfg.model.vocab_size
-    tracer = Tracer(LoadedModel(model=model, params=params, tokenizer=CharTokenizer(chars), config=cfg, step=0,
-                                run_dir=None))
+    tracer = Tracer(
+        LoadedModel(model=model, params=params, tokenizer=CharTokenizer(chars), config=cfg, step=0, run_dir=None)
+    )
     prompt = ("ROMEO:\nBut soft, what light through yonder window breaks? It is " * 2)[:64]
     cache = tracer.run_with_cache(prompt)  # compiles
     assert len(cache) == len(tracer.names) and cache["logits"].shape == (64, cfg.model.vocab_size)
@@ -433,9 +539,17 @@ def test_caching_every_name_of_the_demo_model_for_64_tokens_takes_under_100_ms()
 
 
 def test_cached_logits_of_a_length_dependent_rope_model_equal_the_unpadded_model():
-    lm = loaded(num_layers=1, positional="rope", rope_scaling={
-        "type": "longrope", "factor": 4.0, "original_max_seq_len": 8, "long_factor": [2.0, 3.0],
-        "short_factor": [1.0, 1.0]})
+    lm = loaded(
+        num_layers=1,
+        positional="rope",
+        rope_scaling={
+            "type": "longrope",
+            "factor": 4.0,
+            "original_max_seq_len": 8,
+            "long_factor": [2.0, 3.0],
+            "short_factor": [1.0, 1.0],
+        },
+    )
     ids = list(range(1, 7))  # 6 tokens: short factors; its bucket of 16 would take the long ones
     cache = Tracer(lm).run_with_cache(ids, ["logits"])
     expected = jax.jit(lm.model.apply)({"params": lm.params}, jnp.asarray([ids]))[0]

@@ -44,7 +44,8 @@ def naive_attention(cfg, layer_params, x_TxD):
     h = _layer_norm(x_TxD, layer_params["self_attention_norm"])
     attn = layer_params["self_attention"]
     project = lambda name: np.einsum("td,dkh->tkh", h, np.asarray(attn[name]["kernel"])) + np.asarray(  # noqa: E731
-        attn[name]["bias"])
+        attn[name]["bias"]
+    )
     q, k = project("query"), project("key")
     if cfg.positional == "rope":
         q, k = naive_rope(q, cfg.rope_theta), naive_rope(k, cfg.rope_theta)
@@ -55,8 +56,11 @@ def naive_attention(cfg, layer_params, x_TxD):
     if cfg.attention == "sliding_window":
         allowed &= qpos - kpos < cfg.sliding_window
     if cfg.attention == "block_sparse":
-        allowed &= (qpos // cfg.block_size == kpos // cfg.block_size) | (kpos < cfg.num_global_tokens) | (
-            qpos < cfg.num_global_tokens)
+        allowed &= (
+            (qpos // cfg.block_size == kpos // cfg.block_size)
+            | (kpos < cfg.num_global_tokens)
+            | (qpos < cfg.num_global_tokens)
+        )
     if cfg.positional == "alibi":
         slopes_H = 2.0 ** (-8.0 * np.arange(1, H + 1) / H)
         logits_HxTxT = logits_HxTxT - slopes_H[:, None, None] * (qpos - kpos)[None]
@@ -190,8 +194,10 @@ def test_head_measurements_on_hand_made_attention():
 
 @pytest.fixture(scope="module")
 def sentencepiece():
-    text = ("the history of the city is long and the people of the town tell it well. " * 40
-            + "caf\u00e9 na\u00efve \u00fcber \u65e5\u672c ")
+    text = (
+        "the history of the city is long and the people of the town tell it well. " * 40
+        + "caf\u00e9 na\u00efve \u00fcber \u65e5\u672c "
+    )
     return SentencePieceTokenizer.train([text], "bpe", 320)
 
 
@@ -209,33 +215,44 @@ def test_token_pieces_join_to_the_decoded_text_and_keep_word_start_spaces(senten
 def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inspect_run")
     workdir = tmp / "run"
-    cfg = load_config("configs/shakespeare_char.yaml", tiny_run(tmp, "train.steps=4", "train.eval_every=2",
-                                                                "train.checkpoint_every=2", "train.log_every=1"))
+    cfg = load_config(
+        "configs/shakespeare_char.yaml",
+        tiny_run(tmp, "train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "train.log_every=1"),
+    )
     train(cfg, workdir, quiet=True)
     return workdir
 
 
-@pytest.mark.parametrize("view, files", [
-    ("attention", ["attention_L1_H0.png", "attention_L1_H1.png", "attention_grid.png"]),
-    ("lens", ["lens.png"]), ("tokens", ["tokens.png"]), ("heads", ["heads.png"])])
+@pytest.mark.parametrize(
+    "view, files",
+    [
+        ("attention", ["attention_L1_H0.png", "attention_L1_H1.png", "attention_grid.png"]),
+        ("lens", ["lens.png"]),
+        ("tokens", ["tokens.png"]),
+        ("heads", ["heads.png"]),
+    ],
+)
 def test_each_view_draws_its_pictures_and_prints_numbers(run_dir, tmp_path, capsys, view, files):
     out = tmp_path / "out"
     assert main(["inspect", view, "--checkpoint", str(run_dir), "--prompt", "To be, or not", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(files)
     assert all((out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in files)
     assert capsys.readouterr().out.strip()
-    assert main(["inspect", view, "--checkpoint", str(run_dir), "--prompt", "To be", "--out", str(out),
-                 "--json"]) == 0
+    assert main(["inspect", view, "--checkpoint", str(run_dir), "--prompt", "To be", "--out", str(out), "--json"]) == 0
     numbers = json.loads(capsys.readouterr().out)
     assert numbers["num_layers"] == 2 and len(numbers["tokens"]) == 5
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--layer", "2"], "--layer 2 is out of range: this model has layers 0 to 1"),
-    (["--head", "5"], "--head 5 is out of range: this model has heads 0 to 1"),
-    (["--prompt", ""], "prompt is empty"),
-    (["--prompt", "o" * 33], "33 tokens: expected 1 to 32"),
-    (["--prompt", "\u00e9"], "not in the char vocabulary")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--layer", "2"], "--layer 2 is out of range: this model has layers 0 to 1"),
+        (["--head", "5"], "--head 5 is out of range: this model has heads 0 to 1"),
+        (["--prompt", ""], "prompt is empty"),
+        (["--prompt", "o" * 33], "33 tokens: expected 1 to 32"),
+        (["--prompt", "\u00e9"], "not in the char vocabulary"),
+    ],
+)
 def test_bad_inspect_arguments_say_what_is_allowed_and_write_nothing(run_dir, tmp_path, capsys, args, message):
     out = tmp_path / "out"
     argv = ["inspect", "attention", "--checkpoint", str(run_dir), "--out", str(out)] + args
@@ -252,7 +269,7 @@ def test_loss_by_position_averages_each_windows_own_token_losses():
     loss_T = loss_by_position(lm, tokens, max_windows=10)  # one short batch of 2 after a full one of 8
     chex.assert_shape(loss_T, (16,))
     tracer = Tracer(lm)
-    expected = np.mean([-tracer.trace(tokens[w * 16:(w + 1) * 16].tolist()).logprob_T[1:] for w in range(10)], 0)
+    expected = np.mean([-tracer.trace(tokens[w * 16 : (w + 1) * 16].tolist()).logprob_T[1:] for w in range(10)], 0)
     np.testing.assert_allclose(loss_T[:15], expected, atol=1e-5)
     with pytest.raises(EvalError, match="at least 17"):
         loss_by_position(lm, tokens[:16])
@@ -295,8 +312,9 @@ def test_plot_draws_runs_side_by_side_with_their_table(run_dir, tmp_path, capsys
 def client(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inspect_api")
     # the inspection routes trace the model itself: its engine is the stand-in, which compiles nothing
-    app = create_app(ServeConfig(state_dir=str(tmp / "state"), runs_root=str(tmp / "runs"), inspect_max_tokens=40),
-                     StandInEngine)
+    app = create_app(
+        ServeConfig(state_dir=str(tmp / "state"), runs_root=str(tmp / "runs"), inspect_max_tokens=40), StandInEngine
+    )
     with TestClient(app, raise_server_exceptions=False) as c:
         app.state.ctx.models.serve("tiny", loaded(num_layers=2, max_seq_len=64))
         yield c
@@ -320,14 +338,17 @@ def test_inspect_route_returns_the_trace_as_json(client):
     assert 'route="/v1/inspect"' in client.get("/metrics").text
 
 
-@pytest.mark.parametrize("body, param, needle", [
-    ({"model": "tiny", "prompt": "a" * 41}, "prompt", "at most 40"),
-    ({"model": "tiny", "prompt": ""}, "prompt", "empty"),
-    ({"model": "tiny", "prompt": "ab", "include": ["mind"]}, "include", "tokens, attention, lens, heads"),
-    ({"model": "tiny", "prompt": "ab", "top_k": 50}, "top_k", "top_k"),
-    ({"model": "tiny", "prompt": [1, 99]}, "prompt", "token id 99"),
-    ({"model": "tiny", "prompt": 3}, "prompt", "string or an array"),
-])
+@pytest.mark.parametrize(
+    "body, param, needle",
+    [
+        ({"model": "tiny", "prompt": "a" * 41}, "prompt", "at most 40"),
+        ({"model": "tiny", "prompt": ""}, "prompt", "empty"),
+        ({"model": "tiny", "prompt": "ab", "include": ["mind"]}, "include", "tokens, attention, lens, heads"),
+        ({"model": "tiny", "prompt": "ab", "top_k": 50}, "top_k", "top_k"),
+        ({"model": "tiny", "prompt": [1, 99]}, "prompt", "token id 99"),
+        ({"model": "tiny", "prompt": 3}, "prompt", "string or an array"),
+    ],
+)
 def test_inspect_route_errors_name_the_field(client, body, param, needle):
     response = client.post("/v1/inspect", json=body)
     assert response.status_code == 400, response.text
@@ -348,9 +369,18 @@ def test_a_two_layer_model_trained_on_repeated_sequences_grows_an_induction_head
     from mulm_jax.infer import LoadedModel
     from mulm_jax.models import build_model
 
-    cfg = load_config("configs/shakespeare_char.yaml", [
-        "model.vocab_size=64", "model.d_model=64", "model.num_layers=2", "model.num_heads=2", "model.d_ff=64",
-        "model.max_seq_len=32", "model.positional=rope"]).model
+    cfg = load_config(
+        "configs/shakespeare_char.yaml",
+        [
+            "model.vocab_size=64",
+            "model.d_model=64",
+            "model.num_layers=2",
+            "model.num_heads=2",
+            "model.d_ff=64",
+            "model.max_seq_len=32",
+            "model.positional=rope",
+        ],
+    ).model
     model = build_model(cfg)
     tokenizer = CharTokenizer([chr(48 + i) for i in range(64)])
     half = 16
@@ -376,7 +406,7 @@ def test_a_two_layer_model_trained_on_repeated_sequences_grows_an_induction_head
         def loss(p):
             logits = model.apply({"params": p}, ids_BxT[:, :-1])
             nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), ids_BxT[:, 1:, None], -1)[..., 0]
-            return nll[:, half - 1:].mean()  # the second copy: predictable only by looking back
+            return nll[:, half - 1 :].mean()  # the second copy: predictable only by looking back
 
         grads = jax.grad(loss)(params)
         updates, opt_state = tx.update(grads, opt_state)
@@ -409,12 +439,27 @@ def test_a_two_layer_model_trained_on_repeated_sequences_grows_an_induction_head
     assert abs(drop[other]) < 0.05, drop
 
 
-@pytest.mark.parametrize("view, args, picture, keys", [
-    ("ablate", ["--prompt", "To be, or not", "--mode", "mean"], "ablate.png", {"delta_logprob", "logprob", "token"}),
-    ("patch", ["--clean", "To be, or not", "--corrupt", "To see or not"], "patch.png", {"restored", "patched_logprob"}),
-    ("attribute", ["--prompt", "To be, or not", "--token", "t"], "attribute.png", {"components", "logit", "total"})])
-def test_intervention_views_draw_their_table_and_print_the_routes_json(run_dir, tmp_path, capsys, view, args,
-                                                                        picture, keys):
+@pytest.mark.parametrize(
+    "view, args, picture, keys",
+    [
+        (
+            "ablate",
+            ["--prompt", "To be, or not", "--mode", "mean"],
+            "ablate.png",
+            {"delta_logprob", "logprob", "token"},
+        ),
+        (
+            "patch",
+            ["--clean", "To be, or not", "--corrupt", "To see or not"],
+            "patch.png",
+            {"restored", "patched_logprob"},
+        ),
+        ("attribute", ["--prompt", "To be, or not", "--token", "t"], "attribute.png", {"components", "logit", "total"}),
+    ],
+)
+def test_intervention_views_draw_their_table_and_print_the_routes_json(
+    run_dir, tmp_path, capsys, view, args, picture, keys
+):
     out = tmp_path / "out"
     assert main(["inspect", view, "--checkpoint", str(run_dir), *args, "--out", str(out), "--json"]) == 0
     numbers = json.loads(capsys.readouterr().out)
@@ -435,8 +480,24 @@ def test_activations_view_prints_the_cached_values_at_a_position(run_dir, capsys
     assert main(["inspect", "activations", "--checkpoint", str(run_dir)]) == 0
     listed = capsys.readouterr().out
     assert "blocks.1.attn.pattern" in listed and "HxTxT" in listed
-    assert main(["inspect", "activations", "--checkpoint", str(run_dir), "--prompt", "To be", "--names",
-                 "blocks.0.attn.q,blocks.*.attn.pattern", "--position", "-2", "--json"]) == 0
+    assert (
+        main(
+            [
+                "inspect",
+                "activations",
+                "--checkpoint",
+                str(run_dir),
+                "--prompt",
+                "To be",
+                "--names",
+                "blocks.0.attn.q,blocks.*.attn.pattern",
+                "--position",
+                "-2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed["position"] == 3 and [t["text"] for t in printed["tokens"]] == list("To be")
     values = printed["activations"]
@@ -444,19 +505,29 @@ def test_activations_view_prints_the_cached_values_at_a_position(run_dir, capsys
     cache = Tracer(load_model(run_dir)).run_with_cache("To be")
     assert values["blocks.0.attn.q"]["letters"] == "HxDh" and values["blocks.1.attn.pattern"]["letters"] == "HxT"
     np.testing.assert_allclose(values["blocks.0.attn.q"]["values"], cache["blocks.0.attn.q"][3], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(values["blocks.1.attn.pattern"]["values"], cache["blocks.1.attn.pattern"][:, 3],
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        values["blocks.1.attn.pattern"]["values"], cache["blocks.1.attn.pattern"][:, 3], rtol=1e-5, atol=1e-7
+    )
 
 
-@pytest.mark.parametrize("view, args, message", [
-    ("activations", ["--prompt", "To be", "--names", "blocks.0.attn.qq"], "unknown activation name 'blocks.0.attn.qq'"),
-    ("activations", ["--prompt", "To be", "--names", "logits", "--position", "5"], "position 5 is out of range"),
-    ("patch", ["--clean", "To be"], "needs --clean TEXT and --corrupt TEXT"),
-    ("patch", ["--clean", "To be", "--corrupt", "To bee"], "the clean prompt has 5 tokens and the corrupt one 6"),
-    ("ablate", ["--prompt", "To be", "--token", "To"], "'To' is 2 tokens"),
-    ("attribute", ["--prompt", "To be", "--position", "-9"], "position -9 is out of range")])
-def test_bad_intervention_arguments_say_what_is_allowed_and_write_nothing(run_dir, tmp_path, capsys, view, args,
-                                                                           message):
+@pytest.mark.parametrize(
+    "view, args, message",
+    [
+        (
+            "activations",
+            ["--prompt", "To be", "--names", "blocks.0.attn.qq"],
+            "unknown activation name 'blocks.0.attn.qq'",
+        ),
+        ("activations", ["--prompt", "To be", "--names", "logits", "--position", "5"], "position 5 is out of range"),
+        ("patch", ["--clean", "To be"], "needs --clean TEXT and --corrupt TEXT"),
+        ("patch", ["--clean", "To be", "--corrupt", "To bee"], "the clean prompt has 5 tokens and the corrupt one 6"),
+        ("ablate", ["--prompt", "To be", "--token", "To"], "'To' is 2 tokens"),
+        ("attribute", ["--prompt", "To be", "--position", "-9"], "position -9 is out of range"),
+    ],
+)
+def test_bad_intervention_arguments_say_what_is_allowed_and_write_nothing(
+    run_dir, tmp_path, capsys, view, args, message
+):
     out = tmp_path / "out"
     assert main(["inspect", view, "--checkpoint", str(run_dir), "--out", str(out), *args]) == 2
     assert message in capsys.readouterr().err
@@ -481,8 +552,9 @@ def test_activations_route_answers_names_at_a_position_and_with_heads_ablated(cl
 def test_intervention_routes_answer_their_tables(client):
     ablation = client.post("/v1/inspect/ablate", json={"model": "tiny", "prompt": "hello world"}).json()
     chex.assert_shape(np.asarray(ablation["delta_logprob"]), (2, 4))
-    patching = client.post("/v1/inspect/patch", json={"model": "tiny", "clean": "hello world",
-                                                      "corrupt": "hello there"}).json()
+    patching = client.post(
+        "/v1/inspect/patch", json={"model": "tiny", "clean": "hello world", "corrupt": "hello there"}
+    ).json()
     restored = np.asarray(patching["restored"], np.float64)
     chex.assert_shape(restored, (2, 11))
     np.testing.assert_allclose(restored[:, :6], 0.0, atol=1e-5)  # the prompts agree there: patching changes nothing
@@ -491,16 +563,19 @@ def test_intervention_routes_answer_their_tables(client):
     assert abs(sum(c["logit"] for c in attribution["components"]) - attribution["logit"]) < 1e-4
 
 
-@pytest.mark.parametrize("path, body, param, needle", [
-    ("activations", {"prompt": "ab", "names": ["blocks.7.attn.q"]}, "names", "unknown activation name"),
-    ("activations", {"prompt": "ab", "position": 2}, "position", "positions 0 to 1"),
-    ("activations", {"prompt": "ab", "ablate": [{"layer": 0, "head": 4}]}, "ablate.head", "heads 0 to 3"),
-    ("ablate", {"prompt": "ab", "mode": "half"}, "mode", "zero"),
-    ("ablate", {"prompt": "ab", "token": "abc"}, "token", "3 tokens"),
-    ("patch", {"clean": "ab", "corrupt": "abc"}, "corrupt", "same number of tokens"),
-    ("patch", {"clean": "a" * 41, "corrupt": "ab"}, "clean", "at most 40"),
-    ("attribute", {"prompt": "ab", "position": -3}, "position", "out of range"),
-])
+@pytest.mark.parametrize(
+    "path, body, param, needle",
+    [
+        ("activations", {"prompt": "ab", "names": ["blocks.7.attn.q"]}, "names", "unknown activation name"),
+        ("activations", {"prompt": "ab", "position": 2}, "position", "positions 0 to 1"),
+        ("activations", {"prompt": "ab", "ablate": [{"layer": 0, "head": 4}]}, "ablate.head", "heads 0 to 3"),
+        ("ablate", {"prompt": "ab", "mode": "half"}, "mode", "zero"),
+        ("ablate", {"prompt": "ab", "token": "abc"}, "token", "3 tokens"),
+        ("patch", {"clean": "ab", "corrupt": "abc"}, "corrupt", "same number of tokens"),
+        ("patch", {"clean": "a" * 41, "corrupt": "ab"}, "clean", "at most 40"),
+        ("attribute", {"prompt": "ab", "position": -3}, "position", "out of range"),
+    ],
+)
 def test_intervention_route_errors_name_the_field(client, path, body, param, needle):
     response = client.post(f"/v1/inspect/{path}", json={"model": "tiny", **body})
     assert response.status_code == 400, response.text

@@ -34,11 +34,31 @@ def test_the_tracer_reads_the_prompt_as_the_source_and_a_text_target_after_the_s
 
 
 def test_inspect_attention_draws_the_cross_attention_of_the_greedy_output(run, tmp_path, capsys):
-    assert cli(["inspect", "attention", "--checkpoint", str(run), "--prompt", "ab ij", "--out", str(tmp_path),
-                "--head", "1", "--json"]) == 0
+    assert (
+        cli(
+            [
+                "inspect",
+                "attention",
+                "--checkpoint",
+                str(run),
+                "--prompt",
+                "ab ij",
+                "--out",
+                str(tmp_path),
+                "--head",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     drawn = sorted(p.name for p in tmp_path.iterdir())
-    assert drawn == ["attention_L0_H1.png", "attention_grid.png", "cross_attention_L0_H1.png",
-                     "cross_attention_grid.png"]
+    assert drawn == [
+        "attention_L0_H1.png",
+        "attention_grid.png",
+        "cross_attention_L0_H1.png",
+        "cross_attention_grid.png",
+    ]
     trace = json.loads(capsys.readouterr().out)
     lm = load_model(run)
     with Engine(lm, slots=1) as engine:
@@ -53,7 +73,9 @@ def test_the_inspect_route_traces_a_pairs_models_greedy_output_with_its_cross_at
     app = create_app(ServeConfig(state_dir=str(tmp_path / "state"), runs_root=str(tmp_path / "runs")))
     with TestClient(app, raise_server_exceptions=False) as client:
         app.state.ctx.models.serve("pairs", lm)
-        body = client.post("/v1/inspect", json={"model": "pairs", "prompt": "ab ij", "include": ["tokens", "attention"]}).json()
+        body = client.post(
+            "/v1/inspect", json={"model": "pairs", "prompt": "ab ij", "include": ["tokens", "attention"]}
+        ).json()
         given = client.post("/v1/inspect", json={"model": "pairs", "prompt": "ab ij", "target": "ij ab"}).json()
     with Engine(lm, slots=1) as engine:
         output = greedy_target(engine, "ab ij")

@@ -28,8 +28,16 @@ from mulm_jax.interop.mapping import InteropError
 from mulm_jax.models import build_model
 
 V = 320  # the models' vocabulary: the tokenizer's ~300 tokens padded, as Llama / Qwen checkpoints pad theirs
-SMALL = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False)
+SMALL = dict(
+    vocab_size=V,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    tie_word_embeddings=False,
+)
 CONFIGS = {  # name -> (config class, its settings)
     "gpt2": ("GPT2Config", dict(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64)),
     "llama": ("LlamaConfig", SMALL),
@@ -39,25 +47,45 @@ CONFIGS = {  # name -> (config class, its settings)
     "phi3": ("Phi3Config", dict(SMALL, pad_token_id=0)),
 }
 PROMPTS = [[5, 17, 200, 3, 99], [250, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 280]]  # ids the tokenizer has
-TRICKY = ["Hello world", "  leading and   inner   spaces\t\ttabs\n\n\nnewlines ", "Ünïcödé café naïve 日本語 🎉👍🏽",
-          "<extra> between<extra>tokens <extra>", "", " ", "a\u00a0b\u200bc", "trailing space "]
-MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  Hi there!  "},
-            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Unicode: ü 日本"}]
+TRICKY = [
+    "Hello world",
+    "  leading and   inner   spaces\t\ttabs\n\n\nnewlines ",
+    "Ünïcödé café naïve 日本語 🎉👍🏽",
+    "<extra> between<extra>tokens <extra>",
+    "",
+    " ",
+    "a\u00a0b\u200bc",
+    "trailing space ",
+]
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "  Hi there!  "},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "Unicode: ü 日本"},
+]
 
 
 def llama_style_tokenizer(folder) -> None:
     """Llama's kind: BPE over ▁-marked words with byte fallback, <s> added in front of each text."""
     tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>", byte_fallback=True))
-    tok.normalizer = tokenizers.normalizers.Sequence([tokenizers.normalizers.Prepend("▁"),
-                                                      tokenizers.normalizers.Replace(" ", "▁")])
-    tok.decoder = tokenizers.decoders.Sequence([
-        tokenizers.decoders.Replace("▁", " "), tokenizers.decoders.ByteFallback(), tokenizers.decoders.Fuse(),
-        tokenizers.decoders.Strip(" ", 1, 0)])
+    tok.normalizer = tokenizers.normalizers.Sequence(
+        [tokenizers.normalizers.Prepend("▁"), tokenizers.normalizers.Replace(" ", "▁")]
+    )
+    tok.decoder = tokenizers.decoders.Sequence(
+        [
+            tokenizers.decoders.Replace("▁", " "),
+            tokenizers.decoders.ByteFallback(),
+            tokenizers.decoders.Fuse(),
+            tokenizers.decoders.Strip(" ", 1, 0),
+        ]
+    )
     bytes_ = [f"<0x{i:02X}>" for i in range(256)]
-    tok.train_from_iterator(hf_corpus(), tokenizers.trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", *bytes_]))
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                                unk_token="<unk>", add_bos_token=True)
+    tok.train_from_iterator(
+        hf_corpus(), tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", *bytes_])
+    )
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", add_bos_token=True
+    )
     fast.add_tokens(["<extra>"])
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)
@@ -86,8 +114,8 @@ def our_logits(lm, ids: list[int]) -> np.ndarray:
     """The full forward, padded to one length per model so that one compilation serves every prompt."""
     L = min(lm.config.model.max_seq_len, 48)
     ids_1xL = np.zeros((1, L), np.int32)
-    ids_1xL[0, :len(ids)] = ids
-    return np.asarray(_forward(lm.model, lm.params, ids_1xL, np.arange(L)[None] < len(ids)))[0, :len(ids)]
+    ids_1xL[0, : len(ids)] = ids
+    return np.asarray(_forward(lm.model, lm.params, ids_1xL, np.arange(L)[None] < len(ids)))[0, : len(ids)]
 
 
 @pytest.fixture(scope="module")
@@ -113,30 +141,47 @@ def test_imported_logits_equal_transformers(folders, name):
 
 
 # Each engine compiles its prefill and decode steps (~12 s of CPU): one architecture in the fast suite.
-@pytest.mark.parametrize("name", ["mistral", *(pytest.param(n, marks=pytest.mark.slow) for n in ("gpt2", "llama",
-                                                                                                   "phi3"))])
+@pytest.mark.parametrize(
+    "name", ["mistral", *(pytest.param(n, marks=pytest.mark.slow) for n in ("gpt2", "llama", "phi3"))]
+)
 def test_engine_greedy_tokens_equal_transformers_generate_and_the_full_forward(folders, name):
     """20 greedy tokens; ids past the tokenizer's vocabulary (the padded rows) are never chosen, in either."""
     model, lm = folders[name]
     n = lm.tokenizer.vocab_size
     prompt = PROMPTS[1]
     with torch.no_grad():
-        want = model.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, pad_token_id=0,
-                              suppress_tokens=list(range(n, V)))[0, len(prompt):].tolist()
+        want = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=20,
+            do_sample=False,
+            pad_token_id=0,
+            suppress_tokens=list(range(n, V)),
+        )[0, len(prompt) :].tolist()
     with Engine(lm, slots=2, max_len=40) as engine:
-        got = [r.result() for r in [engine.submit(p, SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True))
-                                    for p in (prompt, PROMPTS[0])]]
+        got = [
+            r.result()
+            for r in [
+                engine.submit(p, SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True))
+                for p in (prompt, PROMPTS[0])
+            ]
+        ]
     assert list(got[0].token_ids) == want
     for p, completion in zip((prompt, PROMPTS[0]), got):  # the cached steps against one full forward
         seq = p + list(completion.token_ids)
-        assert our_logits(lm, seq)[len(p) - 1:-1, :n].argmax(-1).tolist() == list(completion.token_ids)
+        assert our_logits(lm, seq)[len(p) - 1 : -1, :n].argmax(-1).tolist() == list(completion.token_ids)
 
 
 def test_imported_run_config_and_files(folders, tmp_path):
     _, lm = folders["qwen2"]
     cfg = lm.config.model
     assert (cfg.positional, cfg.norm, cfg.ffn, cfg.use_bias, cfg.qkv_bias, cfg.kv_heads) == (
-        "rope", "rmsnorm", "swiglu", False, True, 2)
+        "rope",
+        "rmsnorm",
+        "swiglu",
+        False,
+        True,
+        2,
+    )
     assert folders["mistral"][1].config.model.sliding_window == 6
     assert isinstance(lm.tokenizer, HFTokenizer) and lm.tokenizer.vocab_size < V
     assert isinstance(ChatTemplate.load(lm.run_dir), JinjaChatTemplate)
@@ -158,21 +203,55 @@ def test_sharded_bfloat16_checkpoint_imports(tmp_path):
 
 ROPE = {  # name -> (architecture, config changes): each run past its original context, where the scaling acts
     "linear": ("llama", dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0})),
-    "dynamic": ("llama", dict(max_position_embeddings=12,
-                              rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})),
-    "yarn": ("llama", dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                                            "original_max_position_embeddings": 16})),
-    "llama3": ("llama", dict(rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                                              "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                              "original_max_position_embeddings": 16})),
-    "longrope": ("phi3", dict(original_max_position_embeddings=16, rope_parameters={
-        "rope_type": "longrope", "rope_theta": 10000.0, "long_factor": [1.0, 1.5, 2.0, 4.0],
-        "short_factor": [1.0, 1.1, 1.2, 1.3], "original_max_position_embeddings": 16})),
+    "dynamic": (
+        "llama",
+        dict(
+            max_position_embeddings=12, rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}
+        ),
+    ),
+    "yarn": (
+        "llama",
+        dict(
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 16,
+            }
+        ),
+    ),
+    "llama3": (
+        "llama",
+        dict(
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            }
+        ),
+    ),
+    "longrope": (
+        "phi3",
+        dict(
+            original_max_position_embeddings=16,
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "long_factor": [1.0, 1.5, 2.0, 4.0],
+                "short_factor": [1.0, 1.1, 1.2, 1.3],
+                "original_max_position_embeddings": 16,
+            },
+        ),
+    ),
 }
 
 
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k in ("linear", "yarn") else k
-                                  for k in ROPE])  # the fast suite: the scalings added for this interop
+@pytest.mark.parametrize(
+    "kind", [pytest.param(k, marks=pytest.mark.slow) if k in ("linear", "yarn") else k for k in ROPE]
+)  # the fast suite: the scalings added for this interop
 def test_rope_scalings_equal_transformers_past_the_original_context(kind, tmp_path):
     name, changes = ROPE[kind]
     model = hf_model(name, **changes)
@@ -203,8 +282,15 @@ def test_data_set_assembled_with_a_model_folders_tokenizer_for_fine_tuning(tmp_p
     llama_style_tokenizer(tmp_path / "model")
     text = "The quick brown fox.\n\nHello world, Ünïcödé!\n\n" * 20
     (tmp_path / "text.txt").write_text(text)
-    result = assemble(DataConfig(sources=(str(tmp_path / "text.txt"),), tokenizer=str(tmp_path / "model"),
-                                 out_dir=str(tmp_path / "datasets"), dedup="none", val_fraction=0.0))
+    result = assemble(
+        DataConfig(
+            sources=(str(tmp_path / "text.txt"),),
+            tokenizer=str(tmp_path / "model"),
+            out_dir=str(tmp_path / "datasets"),
+            dedup="none",
+            val_fraction=0.0,
+        )
+    )
     assert result.manifest["tokenizer"]["kind"] == "tokenizer_folder"
     assert Tokenizer.load(result.path).serialize() == Tokenizer.load(tmp_path / "model").serialize()
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "model")
@@ -227,8 +313,9 @@ def test_chat_template_renders_and_encodes_as_transformers(make, tmp_path):
 
 def native_run(folder, **model):
     """A run folder as training leaves one: random parameters, a char tokenizer."""
-    cfg = config_from_dict({"model": dict(vocab_size=48, d_model=32, num_layers=2, num_heads=4, d_ff=64,
-                                          max_seq_len=32, **model)})
+    cfg = config_from_dict(
+        {"model": dict(vocab_size=48, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_seq_len=32, **model)}
+    )
     model = build_model(cfg.model)
     params = jax.device_get(random_params(model, jnp.zeros((1, 4), jnp.int32), seed=1)["params"])
     folder.mkdir()
@@ -240,9 +327,15 @@ def native_run(folder, **model):
 
 EXPORTABLE = {
     "gpt2-shaped": dict(positional="learned", tie_embeddings=True),
-    "llama-shaped": dict(positional="rope", num_kv_heads=2, norm="rmsnorm", ffn="swiglu", use_bias=False,
-                         tie_embeddings=False, rope_scaling={"type": "yarn", "factor": 2.0,
-                                                            "original_max_seq_len": 16}),
+    "llama-shaped": dict(
+        positional="rope",
+        num_kv_heads=2,
+        norm="rmsnorm",
+        ffn="swiglu",
+        use_bias=False,
+        tie_embeddings=False,
+        rope_scaling={"type": "yarn", "factor": 2.0, "original_max_seq_len": 16},
+    ),
 }
 
 

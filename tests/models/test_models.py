@@ -30,8 +30,10 @@ def init_and_apply(cfg, *inputs, **kwargs):
     return model, params, jax.jit(model.apply)(params, *inputs, **kwargs)
 
 
-@pytest.mark.parametrize("attention, positional, norm, ffn", list(itertools.product(
-    ATTENTION, POSITIONAL, ["layernorm", "rmsnorm"], ["relu", "gelu", "swiglu"])))
+@pytest.mark.parametrize(
+    "attention, positional, norm, ffn",
+    list(itertools.product(ATTENTION, POSITIONAL, ["layernorm", "rmsnorm"], ["relu", "gelu", "swiglu"])),
+)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_combination_of_parts_has_the_right_shapes_and_dtypes(attention, positional, norm, ffn, dtype):
     cfg = tiny_model(positional=positional, norm=norm, ffn=ffn, num_kv_heads=2, dtype=dtype, **ATTENTION[attention])
@@ -40,7 +42,8 @@ def test_every_combination_of_parts_has_the_right_shapes_and_dtypes(attention, p
     x = ids(2, 8)
     params, (logits, hidden) = jax.eval_shape(
         lambda key: (p := model.init(key, x), (model.apply(p, x), model.apply(p, x, method="hidden")[0])),
-        jax.random.key(0))
+        jax.random.key(0),
+    )
     chex.assert_trees_all_equal_dtypes(params, jax.tree.map(lambda p: jnp.zeros((), jnp.float32), params))
     chex.assert_shape(logits, (2, 8, 32))
     chex.assert_type(logits, jnp.float32)
@@ -82,8 +85,14 @@ def test_padding_keys_do_not_change_real_tokens():
 
 
 def test_encoder_is_bidirectional_and_decoder_causal():
-    cfg = tiny_model(architecture="encoder_decoder", num_encoder_layers=2, num_decoder_layers=2,
-                     positional="sinusoidal", norm_position="post", ffn="relu")
+    cfg = tiny_model(
+        architecture="encoder_decoder",
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        positional="sinusoidal",
+        norm_position="post",
+        ffn="relu",
+    )
     src, tgt = ids(1, 7, seed=1), ids(1, 6, seed=2)
     src, tgt = np.repeat(src, 2, axis=0), np.repeat(tgt, 2, axis=0)
     src[1, 6] = (src[0, 6] + 1) % 32  # row 1: the last source token changed
@@ -94,8 +103,12 @@ def test_encoder_is_bidirectional_and_decoder_causal():
     @jax.jit
     def run(src, tgt, tgt_changed):
         memory = model.apply(params, src, method="encode")
-        return (memory, model.apply(params, src, tgt), model.apply(params, src, tgt_changed),
-                model.apply(params, tgt, memory, method="decode"))
+        return (
+            memory,
+            model.apply(params, src, tgt),
+            model.apply(params, src, tgt_changed),
+            model.apply(params, tgt, memory, method="decode"),
+        )
 
     tgt_changed = tgt.copy()
     tgt_changed[:, 4] = (tgt[:, 4] + 1) % 32
@@ -124,8 +137,9 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     params = jax.jit(model.init)(jax.random.key(0), ids(2, 8))  # the real initializers, once
     chex.assert_trees_all_equal_dtypes(params, jax.tree.map(lambda p: p.astype(jnp.float32), params))
     f32_model = build_model(tiny_model(positional="rope", norm="rmsnorm", ffn="swiglu"))
-    logits, hidden, f32 = jax.jit(lambda x: (model.apply(params, x), model.apply(params, x, method="hidden")[0],
-                                             f32_model.apply(params, x)))(ids(2, 8))
+    logits, hidden, f32 = jax.jit(
+        lambda x: (model.apply(params, x), model.apply(params, x, method="hidden")[0], f32_model.apply(params, x))
+    )(ids(2, 8))
     chex.assert_type(logits, jnp.float32)
     chex.assert_type(hidden, jnp.bfloat16)
     np.testing.assert_allclose(logits, f32, atol=0.05)
@@ -138,16 +152,22 @@ def test_untied_head_has_its_own_matrix_and_tied_has_none():
     chex.assert_shape(untied["params"]["embedder"]["head"]["kernel"], (16, 32))
 
 
-@pytest.mark.parametrize("overrides", [
-    {"positional": "learned"},
-    {"positional": "rope", "num_kv_heads": 2},
-    {"positional": "rope", "num_kv_heads": 1, "rope_scaling": {"type": "yarn", "factor": 2.0,
-                                                              "original_max_seq_len": 8}},
-    {"positional": "alibi"},
-    {"positional": "rope", "qk_norm": True, "ffn": "relu2", "logit_softcap": 2.0, "tie_embeddings": False},
-    {"positional": "sinusoidal", "attention": "sliding_window", "sliding_window": 4},
-    {"positional": "none", "attention": "block_sparse", "block_size": 4, "num_global_tokens": 2},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"positional": "learned"},
+        {"positional": "rope", "num_kv_heads": 2},
+        {
+            "positional": "rope",
+            "num_kv_heads": 1,
+            "rope_scaling": {"type": "yarn", "factor": 2.0, "original_max_seq_len": 8},
+        },
+        {"positional": "alibi"},
+        {"positional": "rope", "qk_norm": True, "ffn": "relu2", "logit_softcap": 2.0, "tie_embeddings": False},
+        {"positional": "sinusoidal", "attention": "sliding_window", "sliding_window": 4},
+        {"positional": "none", "attention": "block_sparse", "block_size": 4, "num_global_tokens": 2},
+    ],
+)
 def test_prefill_then_decode_with_cache_matches_the_full_forward_pass(overrides):
     cfg = tiny_model(num_layers=2, **overrides)
     x = ids(2, 12)
@@ -159,7 +179,7 @@ def test_prefill_then_decode_with_cache_matches_the_full_forward_pass(overrides)
     logits, caches = step(x[:, :5], pos[:, :5], caches)  # prefill 5 tokens
     np.testing.assert_allclose(logits, full[:, :5], atol=1e-4)
     for t in range(5, 12):  # then one token at a time: one compilation serves every step
-        logits, caches = step(x[:, t:t + 1], pos[:, t:t + 1], caches)
+        logits, caches = step(x[:, t : t + 1], pos[:, t : t + 1], caches)
         np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-4)
 
 
@@ -181,17 +201,20 @@ def hand_count(cfg) -> int:
     return embeddings + encoder + decoder
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("shakespeare_char", 804_096),    # nanoGPT prints 0.80M: it leaves out the 8,192 position parameters
-    ("shakespeare_char_6x384", 10_745_088),  # nanoGPT prints 10.65M: without the 98,304 position parameters
-    ("gpt2_small", 124_439_808),      # GPT-2 small as published
-    ("llama_tiny", 6_916_352),
-    ("transformer_base", 63_082_496),  # the paper's "65M" counts a few details differently
-    ("mulm_1gb", 246_187_008),         # 0.98 GB of float32 weights
-    ("shakespeare_char_speedrun", 804_480),  # the untied head's 8,320 and the QK-norms' 256 over no positions
-    ("dates_encdec", 933_888),         # the dates task's 2 + 2 layers of width 128 (docs/tasks.md)
-    ("dates_decoder", 932_864),        # its decoder-only match: 4 layers, the feed-forward widened to 640
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("shakespeare_char", 804_096),  # nanoGPT prints 0.80M: it leaves out the 8,192 position parameters
+        ("shakespeare_char_6x384", 10_745_088),  # nanoGPT prints 10.65M: without the 98,304 position parameters
+        ("gpt2_small", 124_439_808),  # GPT-2 small as published
+        ("llama_tiny", 6_916_352),
+        ("transformer_base", 63_082_496),  # the paper's "65M" counts a few details differently
+        ("mulm_1gb", 246_187_008),  # 0.98 GB of float32 weights
+        ("shakespeare_char_speedrun", 804_480),  # the untied head's 8,320 and the QK-norms' 256 over no positions
+        ("dates_encdec", 933_888),  # the dates task's 2 + 2 layers of width 128 (docs/tasks.md)
+        ("dates_decoder", 932_864),  # its decoder-only match: 4 layers, the feed-forward widened to 640
+    ],
+)
 def test_every_config_builds_with_its_hand_counted_parameters(repo_root, name, expected):
     from mulm_jax.models.info import describe
 
@@ -202,8 +225,17 @@ def test_every_config_builds_with_its_hand_counted_parameters(repo_root, name, e
 
 def test_every_config_in_the_folder_is_covered(repo_root):
     names = {p.stem for p in (repo_root / "configs").glob("*.yaml")}
-    assert names == {"shakespeare_char", "shakespeare_char_6x384", "gpt2_small", "llama_tiny", "transformer_base",
-                     "mulm_1gb", "shakespeare_char_speedrun", "dates_encdec", "dates_decoder"}
+    assert names == {
+        "shakespeare_char",
+        "shakespeare_char_6x384",
+        "gpt2_small",
+        "llama_tiny",
+        "transformer_base",
+        "mulm_1gb",
+        "shakespeare_char_speedrun",
+        "dates_encdec",
+        "dates_decoder",
+    }
 
 
 def test_residual_output_projections_start_smaller_as_in_gpt2():
@@ -244,8 +276,7 @@ def test_a_small_decoder_learns_to_copy_from_its_context():
     training is too short for that, not because attention cannot look back (docs/context.md)."""
     import optax
 
-    cfg = tiny_model(vocab_size=24, d_model=64, num_layers=2, num_heads=4, d_ff=128, max_seq_len=32,
-                     positional="rope")
+    cfg = tiny_model(vocab_size=24, d_model=64, num_layers=2, num_heads=4, d_ff=128, max_seq_len=32, positional="rope")
     model = build_model(cfg)
     rng = np.random.default_rng(0)
     n = 12

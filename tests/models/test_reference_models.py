@@ -42,7 +42,7 @@ def rope(x_TxHxDh, theta: float = 10000.0):
     T, _, Dh = x_TxHxDh.shape
     angle_TxF = np.arange(T)[:, None] / theta ** (np.arange(0, Dh, 2) / Dh)
     cos, sin = np.cos(angle_TxF)[:, None], np.sin(angle_TxF)[:, None]
-    x1, x2 = x_TxHxDh[..., : Dh // 2], x_TxHxDh[..., Dh // 2:]
+    x1, x2 = x_TxHxDh[..., : Dh // 2], x_TxHxDh[..., Dh // 2 :]
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
@@ -99,8 +99,9 @@ def transformer(p, src_S, tgt_T):
     ffn = lambda x, f: dense(np.maximum(dense(x, f["up"]), 0), f["down"])  # noqa: E731
     memory = embed(src_S)
     for b in (p["encoder"][k] for k in sorted(p["encoder"])):
-        memory = layer_norm(memory + attention(memory, memory, b["self_attention"], causal=False),
-                            b["self_attention_norm"])
+        memory = layer_norm(
+            memory + attention(memory, memory, b["self_attention"], causal=False), b["self_attention_norm"]
+        )
         memory = layer_norm(memory + ffn(memory, b["ffn"]), b["ffn_norm"])
     x = embed(tgt_T)
     for b in (p["decoder"][k] for k in sorted(p["decoder"])):
@@ -116,13 +117,16 @@ def params_for(model, *inputs):
     params = random_params(model, *inputs)["params"]
     return jax.tree_util.tree_map_with_path(
         lambda path, x: np.asarray(x, np.float64) + (rng.normal(0, 0.2, x.shape) if path[-1].key == "scale" else 0),
-        params)
+        params,
+    )
 
 
 MODELS = {
     "gpt2": (gpt2, dict(positional="learned", norm="layernorm", ffn="gelu", tie_embeddings=True, use_bias=True)),
-    "llama": (llama, dict(positional="rope", norm="rmsnorm", ffn="swiglu", num_kv_heads=2, tie_embeddings=False,
-                          use_bias=False)),
+    "llama": (
+        llama,
+        dict(positional="rope", norm="rmsnorm", ffn="swiglu", num_kv_heads=2, tie_embeddings=False, use_bias=False),
+    ),
 }
 
 
@@ -137,10 +141,20 @@ def test_decoder_equals_its_numpy_forward_pass(name):
 
 
 def test_encoder_decoder_equals_its_numpy_forward_pass():
-    model = build_model(tiny_model(architecture="encoder_decoder", num_encoder_layers=2, num_decoder_layers=2,
-                                   positional="sinusoidal", norm_position="post", ffn="relu", scale_embeddings=True))
+    model = build_model(
+        tiny_model(
+            architecture="encoder_decoder",
+            num_encoder_layers=2,
+            num_decoder_layers=2,
+            positional="sinusoidal",
+            norm_position="post",
+            ffn="relu",
+            scale_embeddings=True,
+        )
+    )
     src, tgt = random_ids(2, 9, seed=2), random_ids(2, 7, seed=3)
     params = params_for(model, src, tgt)
     logits = jax.jit(model.apply)({"params": jax.tree.map(np.float32, params)}, src, tgt)
-    np.testing.assert_allclose(logits, np.stack([transformer(params, s, t) for s, t in zip(src, tgt)]),
-                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        logits, np.stack([transformer(params, s, t) for s, t in zip(src, tgt)]), atol=1e-5, rtol=1e-5
+    )

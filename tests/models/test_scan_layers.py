@@ -137,8 +137,12 @@ def test_the_train_step_takes_the_same_step_both_ways_from_the_same_weights(opti
 
 def test_scanned_model_with_dropout_trains_with_a_key_per_layer():
     _, scanned_model, params, inputs = both_ways("decoder", remat=True, dropout=0.5)
-    run = lambda key: scanned_model.apply({"params": stacked(params)}, *inputs, deterministic=False,  # noqa: E731
-                                          rngs={"dropout": jax.random.key(key)})
+
+    def run(key):
+        return scanned_model.apply(
+            {"params": stacked(params)}, *inputs, deterministic=False, rngs={"dropout": jax.random.key(key)}
+        )
+
     a_BxTxV, b_BxTxV = run(0), run(1)
     assert np.isfinite(a_BxTxV).all() and not np.allclose(a_BxTxV, b_BxTxV)
 
@@ -173,8 +177,15 @@ def test_a_scanned_run_loads_per_layer_to_generate_inspect_export_and_start_runs
     from mulm_jax.train.loop import train  # imported here: the other tests of this file do not need the run loop
     from support import tiny_run
 
-    overrides = tiny_run(tmp_path, "train.steps=4", "train.checkpoint_every=2", "train.eval_every=4",
-                         "model.scan_layers=true", "model.use_bias=true", "train.remat=true")
+    overrides = tiny_run(
+        tmp_path,
+        "train.steps=4",
+        "train.checkpoint_every=2",
+        "train.eval_every=4",
+        "model.scan_layers=true",
+        "model.use_bias=true",
+        "train.remat=true",
+    )
     cfg = load_config(ROOT / "configs/shakespeare_char.yaml", overrides)
     result = train(cfg, tmp_path / "run", quiet=True)
     assert "layers" in result.params["decoder"]
@@ -185,8 +196,11 @@ def test_a_scanned_run_loads_per_layer_to_generate_inspect_export_and_start_runs
     chex.assert_trees_all_close(lm.params, per_layer(jax.device_get(result.params)))
     ids_BxT = random_ids(2, 32, vocab=40)
     scanned_model = build_model(cfg.model)
-    chex.assert_trees_all_close(lm.model.apply({"params": lm.params}, ids_BxT),
-                                scanned_model.apply({"params": result.params}, ids_BxT), atol=1e-5)
+    chex.assert_trees_all_close(
+        lm.model.apply({"params": lm.params}, ids_BxT),
+        scanned_model.apply({"params": result.params}, ids_BxT),
+        atol=1e-5,
+    )
 
     prompt = random_ids(1, 13, vocab=lm.tokenizer.vocab_size)[0].tolist()
     with Engine(lm, slots=1) as engine:

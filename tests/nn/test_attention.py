@@ -14,12 +14,12 @@ from mulm_jax.nn.attention import Attention, KVCache, attention_mask
 from mulm_jax.nn.hooks import ACTIVATIONS, hooks, sown
 
 
-
 @jax.jit
 def dot_product_attention(q, k_BxSxKxDh, v_BxSxKxDh, mask=None):
     """The core with keys and values laid out position-major, as the naive reference takes them."""
-    return attention_lib.dot_product_attention(q, k_BxSxKxDh.transpose(0, 2, 1, 3), v_BxSxKxDh.transpose(0, 2, 1, 3),
-                                               mask)
+    return attention_lib.dot_product_attention(
+        q, k_BxSxKxDh.transpose(0, 2, 1, 3), v_BxSxKxDh.transpose(0, 2, 1, 3), mask
+    )
 
 
 def naive_attention(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, mask_BxTxS=None):
@@ -40,8 +40,11 @@ def naive_attention(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, mask_BxTxS=None):
 
 def random_qkv(B=2, T=5, S=7, H=4, K=4, Dh=8, seed=0):
     kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
-    return (jax.random.normal(kq, (B, T, H, Dh)), jax.random.normal(kk, (B, S, K, Dh)),
-            jax.random.normal(kv, (B, S, K, Dh)))
+    return (
+        jax.random.normal(kq, (B, T, H, Dh)),
+        jax.random.normal(kk, (B, S, K, Dh)),
+        jax.random.normal(kv, (B, S, K, Dh)),
+    )
 
 
 def test_core_with_equal_heads_matches_naive_multi_head_attention():
@@ -65,8 +68,7 @@ def test_grouped_query_equals_multi_head_with_repeated_kv_heads():
 def test_gqa_with_one_kv_head_equals_mqa_sharing_one_head():
     q, k, v = random_qkv(H=4, K=1)
     out, _ = dot_product_attention(q, k, v)
-    np.testing.assert_allclose(out, naive_attention(q, jnp.tile(k, (1, 1, 4, 1)), jnp.tile(v, (1, 1, 4, 1))),
-                               atol=1e-5)
+    np.testing.assert_allclose(out, naive_attention(q, jnp.tile(k, (1, 1, 4, 1)), jnp.tile(v, (1, 1, 4, 1))), atol=1e-5)
 
 
 def test_core_rejects_heads_not_divisible_by_kv_heads():
@@ -81,8 +83,9 @@ def test_core_over_a_cache_and_new_keys_equals_the_keys_in_one_piece():
     heads_major = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731
     whole, probs = attention_lib.dot_product_attention(q, heads_major(k), heads_major(v), mask_BxTxS)
     cached = KVCache.of(k[:, :4], v[:, :4])
-    split, split_probs = attention_lib.dot_product_attention(q, heads_major(k[:, 4:]), heads_major(v[:, 4:]),
-                                                             mask_BxTxS, cached=cached)
+    split, split_probs = attention_lib.dot_product_attention(
+        q, heads_major(k[:, 4:]), heads_major(v[:, 4:]), mask_BxTxS, cached=cached
+    )
     np.testing.assert_allclose(split, whole, atol=1e-5)
     np.testing.assert_allclose(split_probs, probs, atol=1e-6)
 
@@ -166,8 +169,9 @@ def test_qk_norm_rms_normalises_each_heads_queries_and_keys_before_the_dot_produ
     p = jax.tree.map(np.asarray, params["params"])
     chex.assert_shape([p["query_norm"]["scale"], p["key_norm"]["scale"]], (4,))  # a scale per head dimension
     p["query_norm"]["scale"], p["key_norm"]["scale"] = np.linspace(0.5, 2.0, 4), np.linspace(2.0, 1.0, 4)
-    y, _ = jax.jit(attn.apply)({"params": p}, x, q_pos_BxT=pos, mask=attention_mask(pos, pos, causal=True),
-                               k_pos_BxS=pos)
+    y, _ = jax.jit(attn.apply)(
+        {"params": p}, x, q_pos_BxT=pos, mask=attention_mask(pos, pos, causal=True), k_pos_BxS=pos
+    )
     xs = np.asarray(x, np.float64)
     rms = lambda a, scale: a / np.sqrt(np.mean(a**2, -1, keepdims=True) + 1e-6) * scale  # noqa: E731
     q = rms(np.einsum("btd,dhk->bthk", xs, p["query"]["kernel"]), p["query_norm"]["scale"])
@@ -220,8 +224,12 @@ def test_attention_dropout_is_random_in_training_and_off_in_evaluation():
     pos = positions(5)
     params = attn.init(jax.random.key(1), x, q_pos_BxT=pos, k_pos_BxS=pos)
     apply = jax.jit(attn.apply, static_argnames="deterministic")
-    run = lambda seed, det: apply(params, x, q_pos_BxT=pos, k_pos_BxS=pos, deterministic=det,  # noqa: E731
-                                  rngs={"dropout": jax.random.key(seed)})[0]
+
+    def run(seed, det):
+        return apply(
+            params, x, q_pos_BxT=pos, k_pos_BxS=pos, deterministic=det, rngs={"dropout": jax.random.key(seed)}
+        )[0]
+
     np.testing.assert_array_equal(run(0, True), run(1, True))
     assert not np.allclose(run(0, False), run(1, False))
     np.testing.assert_array_equal(run(2, False), run(2, False))
@@ -244,15 +252,22 @@ def test_cached_attention_step_by_step_equals_full_causal_attention():
 
     outs = []
     for t in range(6):
-        y, cache = step(x[:, t:t + 1], pos[:, t:t + 1], cache)
+        y, cache = step(x[:, t : t + 1], pos[:, t : t + 1], cache)
         outs.append(y)
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-5)
 
 
-@pytest.mark.parametrize("heads,kv_heads,window,alibi,T", [(4, 4, None, False, 1), (4, 2, None, True, 1),
-                                                           (4, 1, 40, False, 1), (2, 2, None, False, 2),
-                                                           (2, 2, None, False, 3)],
-                         ids=["mha", "gqa-alibi", "mqa-window", "two-new", "three-new"])
+@pytest.mark.parametrize(
+    "heads,kv_heads,window,alibi,T",
+    [
+        (4, 4, None, False, 1),
+        (4, 2, None, True, 1),
+        (4, 1, 40, False, 1),
+        (2, 2, None, False, 2),
+        (2, 2, None, False, 3),
+    ],
+    ids=["mha", "gqa-alibi", "mqa-window", "two-new", "three-new"],
+)
 def test_attention_over_a_long_cache_reads_only_the_chunks_a_query_may_see(heads, kv_heads, window, alibi, T):
     # A 384-slot cache is three chunks; the queries sit at 200 and 180 (the second chunk), so the third chunk
     # (and with a window of 40, the first) is never read: filled with NaN there, it must not reach the output.
@@ -269,12 +284,14 @@ def test_attention_over_a_long_cache_reads_only_the_chunks_a_query_may_see(heads
     unseen_S = np.arange(S) >= 2 * attention_lib.CACHE_CHUNK
     if window is not None:
         unseen_S |= np.arange(S) < attention_lib.CACHE_CHUNK
-    poisoned = KVCache(jnp.where(unseen_S[:, None], jnp.nan, clean.k_BxKxSxDh),
-                       jnp.where(unseen_S[:, None], jnp.nan, clean.v_BxKxSxDh))
+    poisoned = KVCache(
+        jnp.where(unseen_S[:, None], jnp.nan, clean.k_BxKxSxDh), jnp.where(unseen_S[:, None], jnp.nan, clean.v_BxKxSxDh)
+    )
     kv_new = (k_new.transpose(0, 2, 1, 3), v_new.transpose(0, 2, 1, 3))
     full = jax.jit(lambda cache: attention_lib.dot_product_attention(q, *kv_new, mask, bias, cached=cache))
-    chunked = jax.jit(lambda cache: attention_lib.dot_product_attention(q, *kv_new, mask, bias, cached=cache,
-                                                                        with_weights=False))
+    chunked = jax.jit(
+        lambda cache: attention_lib.dot_product_attention(q, *kv_new, mask, bias, cached=cache, with_weights=False)
+    )
     expected, _ = full(clean)
     out, weights = chunked(poisoned)
     assert weights is None
@@ -291,8 +308,9 @@ def test_attention_over_a_cache_nobody_may_see_yet_reads_none_of_it():
     mask = attention_mask(q_pos_1xT, k_pos, causal=True, k_valid_BxS=k_valid)
     nan_cache = KVCache.zeros(1, 2 * attention_lib.CACHE_CHUNK, 4, 8)
     nan_cache = KVCache(nan_cache.k_BxKxSxDh + jnp.nan, nan_cache.v_BxKxSxDh + jnp.nan)
-    out, _ = attention_lib.dot_product_attention(q, k_new.transpose(0, 2, 1, 3), v_new.transpose(0, 2, 1, 3), mask,
-                                                 cached=nan_cache, with_weights=False)
+    out, _ = attention_lib.dot_product_attention(
+        q, k_new.transpose(0, 2, 1, 3), v_new.transpose(0, 2, 1, 3), mask, cached=nan_cache, with_weights=False
+    )
     causal = np.tril(np.ones((4, 4), bool))[None]
     np.testing.assert_allclose(out, naive_attention(q, k_new, v_new, causal), atol=1e-5)
 
@@ -304,8 +322,11 @@ def test_attention_over_a_cache_without_a_mask_reads_every_slot():
     cache = KVCache.of(k_old, v_old)
     kv_new = (k_new.transpose(0, 2, 1, 3), v_new.transpose(0, 2, 1, 3))
     chunked, _ = attention_lib.dot_product_attention(q, *kv_new, cached=cache, with_weights=False)
-    whole = naive_attention(q, jnp.repeat(jnp.concatenate([k_old, k_new], 1), 2, axis=2),
-                            jnp.repeat(jnp.concatenate([v_old, v_new], 1), 2, axis=2))
+    whole = naive_attention(
+        q,
+        jnp.repeat(jnp.concatenate([k_old, k_new], 1), 2, axis=2),
+        jnp.repeat(jnp.concatenate([v_old, v_new], 1), 2, axis=2),
+    )
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
 
 
@@ -339,22 +360,26 @@ def test_fused_qkv_params_in_the_order_the_module_declares_compute_the_same_atte
     pos = positions(5, 2)
     mask = attention_mask(pos, pos, causal=True)
     params = attn.init(jax.random.key(1), x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos)["params"]
-    (fused_name, parts), = attn.fused_projections().items()
+    ((fused_name, parts),) = attn.fused_projections().items()
     fused = {name: p for name, p in params.items() if name not in parts}
-    fused[fused_name] = {"kernel": jnp.concatenate([params[n]["kernel"] for n in parts], axis=1),
-                         "bias": jnp.concatenate([params[n]["bias"] for n in parts], axis=0)}
+    fused[fused_name] = {
+        "kernel": jnp.concatenate([params[n]["kernel"] for n in parts], axis=1),
+        "bias": jnp.concatenate([params[n]["bias"] for n in parts], axis=0),
+    }
     apply = jax.jit(attn.apply)
     expected, _ = apply({"params": params}, x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos)
-    np.testing.assert_allclose(apply({"params": fused}, x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos)[0], expected,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        apply({"params": fused}, x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos)[0], expected, atol=1e-5
+    )
     assert make_attention(cross=True).fused_projections() == {}  # its keys and values come from another input
 
 
 def test_a_bias_is_added_to_the_scaled_scores_before_the_softmax():
     q, k, v = random_qkv(B=1, T=3, S=4, H=2, K=2, seed=6)
     bias_BxHxTxS = jax.random.normal(jax.random.key(7), (1, 2, 3, 4))
-    out, probs = attention_lib.dot_product_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
-                                                     bias=bias_BxHxTxS)
+    out, probs = attention_lib.dot_product_attention(
+        q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), bias=bias_BxHxTxS
+    )
     scores = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(8) + np.asarray(bias_BxHxTxS)
     expected = np.exp(scores - scores.max(-1, keepdims=True))
     expected /= expected.sum(-1, keepdims=True)
@@ -367,8 +392,9 @@ def test_attention_dropout_zeroes_weights_and_scales_the_kept_ones_up_by_one_ove
     B, T, S, H, rate = 1, 4, 6, 2, 0.25
     q, k, _ = random_qkv(B=B, T=T, S=S, H=H, K=H, Dh=S, seed=8)
     one_hot = jnp.broadcast_to(jnp.eye(S)[None, None], (B, H, S, S))
-    out, probs = attention_lib.dot_product_attention(q, k.transpose(0, 2, 1, 3), one_hot, dropout_rate=rate,
-                                                     dropout_rng=jax.random.key(9))
+    out, probs = attention_lib.dot_product_attention(
+        q, k.transpose(0, 2, 1, 3), one_hot, dropout_rate=rate, dropout_rng=jax.random.key(9)
+    )
     used = np.asarray(out).transpose(0, 2, 1, 3)  # [B, H, T, S]
     kept = used != 0
     assert 0 < kept.mean() < 1

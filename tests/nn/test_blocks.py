@@ -63,8 +63,10 @@ def test_block_applies_residuals_around_normed_sublayers(norm_position):
     p = params["params"]
     rms = lambda h: h / np.sqrt((h**2).mean(-1, keepdims=True) + 1e-6)  # noqa: E731  (scales are all 1)
     attn = Attention(num_heads=4, num_kv_heads=4, head_dim=4)
-    attend = lambda h: np.asarray(attn.apply({"params": p["self_attention"]}, h, mask=mask,  # noqa: E731
-                                             q_pos_BxT=pos, k_pos_BxS=pos)[0])
+
+    def attend(h):
+        return np.asarray(attn.apply({"params": p["self_attention"]}, h, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos)[0])
+
     ffn = FeedForward(16, 32, "relu")
     feed = lambda h: np.asarray(ffn.apply({"params": p["ffn"]}, h))  # noqa: E731
     if norm_position == "pre":

@@ -26,9 +26,12 @@ SCALINGS = [
     RopeScaling(type="linear", factor=4.0),
     RopeScaling(type="ntk", factor=4.0),
     RopeScaling(type="yarn", factor=8.0, original_max_seq_len=64),
-    RopeScaling(type="longrope", original_max_seq_len=64,
-                long_factor=tuple(1.0 + i for i in range(HEAD_DIM // 2)),
-                short_factor=tuple(1.0 + 0.1 * i for i in range(HEAD_DIM // 2))),
+    RopeScaling(
+        type="longrope",
+        original_max_seq_len=64,
+        long_factor=tuple(1.0 + i for i in range(HEAD_DIM // 2)),
+        short_factor=tuple(1.0 + 0.1 * i for i in range(HEAD_DIM // 2)),
+    ),
 ]
 
 
@@ -108,8 +111,9 @@ def test_apply_rope_preserves_norms():
     x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 5, 3, HEAD_DIM)), jnp.float32)
     pos = jnp.array([[0, 3, 9, 100, 2047], [1, 2, 3, 4, 5]], dtype=jnp.int32)
     inv_freq, _ = rope_frequencies(HEAD_DIM, 10000.0, None, 64)
-    np.testing.assert_allclose(jnp.linalg.norm(apply_rope(x, pos, inv_freq), axis=-1),
-                               jnp.linalg.norm(x, axis=-1), rtol=1e-5)
+    np.testing.assert_allclose(
+        jnp.linalg.norm(apply_rope(x, pos, inv_freq), axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5
+    )
 
 
 def test_rope_turns_each_pair_counterclockwise_by_position_times_frequency():
@@ -117,12 +121,11 @@ def test_rope_turns_each_pair_counterclockwise_by_position_times_frequency():
     # At position 1 the first pair (theta_0 = 1) turns (1, 0) to (cos 1, sin 1) and (0, 1) to (-sin 1, cos 1).
     inv_freq, _ = rope_frequencies(2, 10000.0, None, 64)
     turned = apply_rope(jnp.eye(2, dtype=jnp.float32)[None, :, None, :], jnp.ones((1, 2), jnp.int32), inv_freq)
-    np.testing.assert_allclose(turned[0, :, 0], [[math.cos(1), math.sin(1)], [-math.sin(1), math.cos(1)]],
-                               atol=1e-6)
+    np.testing.assert_allclose(turned[0, :, 0], [[math.cos(1), math.sin(1)], [-math.sin(1), math.cos(1)]], atol=1e-6)
     x = np.random.default_rng(4).normal(size=(1, 3, 1, HEAD_DIM))
     pos = np.array([[2, 7, 30]])
     inv_freq, _ = rope_frequencies(HEAD_DIM, 10000.0, None, 64)
-    z = (x[..., :HEAD_DIM // 2] + 1j * x[..., HEAD_DIM // 2:]) * np.exp(1j * pos[..., None, None] * inv_freq)
+    z = (x[..., : HEAD_DIM // 2] + 1j * x[..., HEAD_DIM // 2 :]) * np.exp(1j * pos[..., None, None] * inv_freq)
     out = np.asarray(apply_rope(jnp.asarray(x, jnp.float32), jnp.asarray(pos), inv_freq))
     np.testing.assert_allclose(out, np.concatenate([z.real, z.imag], axis=-1), atol=1e-5)
 
@@ -194,8 +197,9 @@ def test_yarn_original_length_zero_means_max_seq_len():
 
 def test_longrope_picks_long_or_short_factor_by_max_seq_len():
     long_factor, short_factor = (1.0, 2.0, 4.0, 8.0), (1.0, 1.0, 1.5, 2.0)
-    scaling = RopeScaling(type="longrope", original_max_seq_len=1024,
-                          long_factor=long_factor, short_factor=short_factor)
+    scaling = RopeScaling(
+        type="longrope", original_max_seq_len=1024, long_factor=long_factor, short_factor=short_factor
+    )
     base = _base_inv_freq(8)
     long_inv, long_attention = rope_frequencies(8, 10000.0, scaling, 4096)
     np.testing.assert_allclose(long_inv, base / np.array(long_factor), rtol=1e-6)
@@ -225,44 +229,79 @@ def test_rope_frequencies_rejects_unknown_type_and_odd_head_dim():
 def hf_rope(kind: str, head_dim: int, theta: float, max_positions: int, seq_len: int | None = None, **parameters):
     """transformers' (inv_freq, attention_factor) for RoPE type `kind` (its ROPE_INIT_FUNCTIONS, what HF models
     rotate by), for one head of `head_dim`; seq_len: the length a dynamic or longrope model has reached."""
-    config = transformers.LlamaConfig(hidden_size=head_dim, num_attention_heads=1, head_dim=head_dim,
-                                      max_position_embeddings=max_positions,
-                                      rope_parameters={"rope_type": kind, "rope_theta": theta, **parameters})
+    config = transformers.LlamaConfig(
+        hidden_size=head_dim,
+        num_attention_heads=1,
+        head_dim=head_dim,
+        max_position_embeddings=max_positions,
+        rope_parameters={"rope_type": kind, "rope_theta": theta, **parameters},
+    )
     inv_freq, attention_factor = ROPE_INIT_FUNCTIONS[kind](config, "cpu", seq_len)
     return inv_freq.numpy(), attention_factor
 
 
-@pytest.mark.parametrize("theta,original,factor,betas,truncate,attention_factor", [
-    (10000.0, 64, 8.0, (32.0, 1.0), True, 0.0),        # the fast end's correction dim < 0: clamped to 0
-    (10000.0, 2048, 4.0, (32.0, 1.0), False, 0.0),     # a ramp between fractional dims
-    (10.0, 2048, 1.5, (64.0, 1.0), True, 0.0),         # the slow end (dim 21) clamped to head_dim - 1
-    (10000.0, 512, 4.0, (4.0, 4.0), False, 0.0),       # both ends at one dim: the ramp's width is 0.001
-    (10000.0, 512, 1.0, (32.0, 1.0), True, 0.0),       # factor 1: no attention scaling
-    (10000.0, 512, 0.5, (32.0, 1.0), True, 0.0),       # factor < 1 (a shrink): no attention scaling either
-    (10000.0, 512, 4.0, (32.0, 1.0), True, 1.25),      # an attention factor given
-])
+@pytest.mark.parametrize(
+    "theta,original,factor,betas,truncate,attention_factor",
+    [
+        (10000.0, 64, 8.0, (32.0, 1.0), True, 0.0),  # the fast end's correction dim < 0: clamped to 0
+        (10000.0, 2048, 4.0, (32.0, 1.0), False, 0.0),  # a ramp between fractional dims
+        (10.0, 2048, 1.5, (64.0, 1.0), True, 0.0),  # the slow end (dim 21) clamped to head_dim - 1
+        (10000.0, 512, 4.0, (4.0, 4.0), False, 0.0),  # both ends at one dim: the ramp's width is 0.001
+        (10000.0, 512, 1.0, (32.0, 1.0), True, 0.0),  # factor 1: no attention scaling
+        (10000.0, 512, 0.5, (32.0, 1.0), True, 0.0),  # factor < 1 (a shrink): no attention scaling either
+        (10000.0, 512, 4.0, (32.0, 1.0), True, 1.25),  # an attention factor given
+    ],
+)
 def test_yarn_equals_transformers(theta, original, factor, betas, truncate, attention_factor):
-    scaling = RopeScaling(type="yarn", factor=factor, original_max_seq_len=original, beta_fast=betas[0],
-                          beta_slow=betas[1], truncate=truncate, attention_factor=attention_factor)
+    scaling = RopeScaling(
+        type="yarn",
+        factor=factor,
+        original_max_seq_len=original,
+        beta_fast=betas[0],
+        beta_slow=betas[1],
+        truncate=truncate,
+        attention_factor=attention_factor,
+    )
     ours, our_factor = rope_frequencies(HEAD_DIM, theta, scaling, original * 4)
-    hf, hf_factor = hf_rope("yarn", HEAD_DIM, theta, original * 4, factor=factor, beta_fast=betas[0],
-                            beta_slow=betas[1], truncate=truncate, original_max_position_embeddings=original,
-                            **({"attention_factor": attention_factor} if attention_factor else {}))
+    hf, hf_factor = hf_rope(
+        "yarn",
+        HEAD_DIM,
+        theta,
+        original * 4,
+        factor=factor,
+        beta_fast=betas[0],
+        beta_slow=betas[1],
+        truncate=truncate,
+        original_max_position_embeddings=original,
+        **({"attention_factor": attention_factor} if attention_factor else {}),
+    )
     np.testing.assert_allclose(ours, hf, rtol=1e-6)
     assert our_factor == pytest.approx(hf_factor, rel=1e-9)
 
 
-@pytest.mark.parametrize("theta,original,factor,low,high", [
-    (10000.0, 64, 8.0, 1.0, 4.0),     # head_dim 16: one frequency kept, two smoothed, five divided by 8
-    (500000.0, 8192, 8.0, 1.0, 4.0),  # Llama 3.1's own settings
-    (10000.0, 256, 4.0, 2.0, 8.0),
-])
+@pytest.mark.parametrize(
+    "theta,original,factor,low,high",
+    [
+        (10000.0, 64, 8.0, 1.0, 4.0),  # head_dim 16: one frequency kept, two smoothed, five divided by 8
+        (500000.0, 8192, 8.0, 1.0, 4.0),  # Llama 3.1's own settings
+        (10000.0, 256, 4.0, 2.0, 8.0),
+    ],
+)
 def test_llama3_scaling_equals_transformers(theta, original, factor, low, high):
-    scaling = RopeScaling(type="llama3", factor=factor, original_max_seq_len=original, low_freq_factor=low,
-                          high_freq_factor=high)
+    scaling = RopeScaling(
+        type="llama3", factor=factor, original_max_seq_len=original, low_freq_factor=low, high_freq_factor=high
+    )
     ours, our_factor = rope_frequencies(HEAD_DIM, theta, scaling, original * 4)
-    hf, hf_factor = hf_rope("llama3", HEAD_DIM, theta, original * 4, factor=factor, low_freq_factor=low,
-                            high_freq_factor=high, original_max_position_embeddings=original)
+    hf, hf_factor = hf_rope(
+        "llama3",
+        HEAD_DIM,
+        theta,
+        original * 4,
+        factor=factor,
+        low_freq_factor=low,
+        high_freq_factor=high,
+        original_max_position_embeddings=original,
+    )
     np.testing.assert_allclose(ours, hf, rtol=1e-6)
     assert our_factor == hf_factor == 1.0
     base = _base_inv_freq(HEAD_DIM, theta)
@@ -294,8 +333,9 @@ def test_longrope_equals_transformers_for_each_sequence_length(max_seq_len):
     long_factor = tuple(1.0 + i for i in range(HEAD_DIM // 2))
     short_factor = tuple(1.0 + 0.1 * i for i in range(HEAD_DIM // 2))
     scaling = RopeScaling(type="longrope", original_max_seq_len=64, long_factor=long_factor, short_factor=short_factor)
-    parameters = dict(long_factor=list(long_factor), short_factor=list(short_factor),
-                      original_max_position_embeddings=64)
+    parameters = dict(
+        long_factor=list(long_factor), short_factor=list(short_factor), original_max_position_embeddings=64
+    )
     reached = [10, 64, 65, 200]  # up to the original length: the short factors; past it: the long ones
     ours, our_factor = rope_frequencies(HEAD_DIM, 10000.0, scaling, max_seq_len, jnp.asarray(reached, jnp.int32))
     chex.assert_shape(ours, (4, HEAD_DIM // 2))
@@ -304,8 +344,9 @@ def test_longrope_equals_transformers_for_each_sequence_length(max_seq_len):
         np.testing.assert_allclose(row, hf, rtol=1e-6, err_msg=f"length {length}")
         assert our_factor == pytest.approx(hf_factor, rel=1e-9)
     whole, _ = rope_frequencies(HEAD_DIM, 10000.0, scaling, max_seq_len)  # no lengths: chosen by max_seq_len
-    np.testing.assert_allclose(whole, hf_rope("longrope", HEAD_DIM, 10000.0, max_seq_len, seq_len=max_seq_len,
-                                              **parameters)[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        whole, hf_rope("longrope", HEAD_DIM, 10000.0, max_seq_len, seq_len=max_seq_len, **parameters)[0], rtol=1e-6
+    )
 
 
 def test_smallest_legal_sizes_work_and_the_first_illegal_ones_raise():
@@ -321,7 +362,7 @@ def test_smallest_legal_sizes_work_and_the_first_illegal_ones_raise():
         chex.assert_shape(rope_frequencies(4, 10000.0, RopeScaling(type=kind, factor=2.0), 8)[0], (2,))
         with pytest.raises(ValueError, match=rf"{kind} RoPE scaling needs head_dim > 2, got 2"):
             rope_frequencies(2, 10000.0, RopeScaling(type=kind, factor=2.0), 8)
-    np.testing.assert_allclose(alibi_slopes(1), [2.0 ** -8])
+    np.testing.assert_allclose(alibi_slopes(1), [2.0**-8])
     with pytest.raises(ValueError, match=r"alibi_slopes needs num_heads > 0, got 0"):
         alibi_slopes(0)
 
@@ -329,19 +370,21 @@ def test_smallest_legal_sizes_work_and_the_first_illegal_ones_raise():
 def _official_get_slopes(n):
     # ofirpress/attention_with_linear_biases, fairseq/models/transformer.py
     def get_slopes_power_of_2(n):
-        start = 2 ** (-2 ** -(math.log2(n) - 3))
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
         ratio = start
         return [start * ratio**i for i in range(n)]
 
     if math.log2(n).is_integer():
         return get_slopes_power_of_2(n)
     closest_power_of_2 = 2 ** math.floor(math.log2(n))
-    return (get_slopes_power_of_2(closest_power_of_2)
-            + _official_get_slopes(2 * closest_power_of_2)[0::2][: n - closest_power_of_2])
+    return (
+        get_slopes_power_of_2(closest_power_of_2)
+        + _official_get_slopes(2 * closest_power_of_2)[0::2][: n - closest_power_of_2]
+    )
 
 
 def test_alibi_slopes_powers_of_two():
-    np.testing.assert_allclose(alibi_slopes(8), [2.0 ** -i for i in range(1, 9)], rtol=1e-7)
+    np.testing.assert_allclose(alibi_slopes(8), [2.0**-i for i in range(1, 9)], rtol=1e-7)
     np.testing.assert_allclose(alibi_slopes(4), [1 / 4, 1 / 16, 1 / 64, 1 / 256], rtol=1e-7)
     chex.assert_type(alibi_slopes(8), jnp.float32)
 

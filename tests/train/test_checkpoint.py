@@ -24,8 +24,9 @@ from mulm_jax.train.step import TrainState
 
 
 def state(step: int, params) -> TrainState:
-    return TrainState(step=np.int32(step), params=params, opt_state={"count": np.int32(step)},
-                      rng=np.array([0, step], np.uint32))
+    return TrainState(
+        step=np.int32(step), params=params, opt_state={"count": np.int32(step)}, rng=np.array([0, step], np.uint32)
+    )
 
 
 def save_steps(workdir: Path, keep: int, val_losses: dict[int, float]) -> Checkpoints:
@@ -50,16 +51,20 @@ def test_a_disk_without_room_for_the_checkpoint_is_refused_before_writing_with_t
     free = lambda path: shutil._ntuple_diskusage(100 * 2**20, 100 * 2**20 - 1000, 1000)  # noqa: E731
     monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", free)
     big = state(2, {"w": np.zeros(1000, np.float32)})  # 4,000 bytes of parameters
-    with pytest.raises(CheckpointError, match=r"the checkpoint at step 2 could not be written to .*checkpoints: it "
-                                              r"needs about 0.0 MiB and 0.0 MiB are free. The earlier checkpoints "
-                                              r"\(steps \[1\]\) are kept; free some space and run the same command "
-                                              r"again to resume from step 1"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"the checkpoint at step 2 could not be written to .*checkpoints: it "
+        r"needs about 0.0 MiB and 0.0 MiB are free. The earlier checkpoints "
+        r"\(steps \[1\]\) are kept; free some space and run the same command "
+        r"again to resume from step 1",
+    ):
         checkpoints.save(big, {"position": 2})
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
 
 
-def test_a_write_that_fails_midway_is_one_error_and_its_unfinished_folder_is_removed(tmp_path, monkeypatch, capsys,
-                                                                                     caplog):
+def test_a_write_that_fails_midway_is_one_error_and_its_unfinished_folder_is_removed(
+    tmp_path, monkeypatch, capsys, caplog
+):
     # As orbax fails on a full disk: a temporary step folder half written, the error logged and printed by each
     # writing thread, then raised (seen on a 16 MB tmpfs).
     checkpoints = save_steps(tmp_path, 5, {1: 2.0})
@@ -71,8 +76,10 @@ def test_a_write_that_fails_midway_is_one_error_and_its_unfinished_folder_is_rem
         for _ in range(4):
             logging.getLogger("absl").error("RESOURCE_EXHAUSTED: Error writing ... [os_error_code='28']")
             print("Traceback (most recent call last):\nRuntimeError: Event loop is closed", file=sys.stderr)
-        raise ValueError("RESOURCE_EXHAUSTED: Error writing \"params.w\": Failed to write 4000 bytes to file 21: No "
-                         "space left on device [os_error_code='28']")
+        raise ValueError(
+            'RESOURCE_EXHAUSTED: Error writing "params.w": Failed to write 4000 bytes to file 21: No '
+            "space left on device [os_error_code='28']"
+        )
 
     monkeypatch.setattr(checkpoints.manager, "save", full_disk)
     capsys.readouterr()
@@ -80,7 +87,8 @@ def test_a_write_that_fails_midway_is_one_error_and_its_unfinished_folder_is_rem
         checkpoints.save(state(2, {"w": np.zeros(3, np.float32)}), {"position": 2})
     assert str(raised.value).startswith("the checkpoint at step 2 could not be written to ")
     assert ": No space left on device; its unfinished folder was removed. The earlier checkpoints (steps [1])" in (
-        str(raised.value))
+        str(raised.value)
+    )
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
     assert capsys.readouterr().err == "" and "RESOURCE_EXHAUSTED" not in caplog.text  # nothing but the error
     restored, data = checkpoints.restore_latest(state(0, {"w": np.zeros(3, np.float32)}))
@@ -126,9 +134,12 @@ def make_run(folder: Path, steps: tuple[int, ...] = (1, 2)) -> dict[int, dict]:
     (folder / "config.yaml").write_text(dump_config(Config(model=cfg)))
     CharTokenizer(list(ALPHABET)).save(folder)
     model = build_model(cfg)
-    params = {step: jax.tree.map(lambda x: 3 * np.asarray(x), random_params(model, np.zeros((1, 4), np.int32),
-                                                                            seed=step)["params"])
-              for step in steps}
+    params = {
+        step: jax.tree.map(
+            lambda x: 3 * np.asarray(x), random_params(model, np.zeros((1, 4), np.int32), seed=step)["params"]
+        )
+        for step in steps
+    }
     checkpoints = Checkpoints(folder, len(steps))
     for step in steps:
         checkpoints.save(state(step, params[step]), {}, None)
@@ -155,8 +166,24 @@ def test_generate_prints_the_greedy_continuation_of_the_full_forward_pass(tmp_pa
         ids.append(int(np.argmax(forward(np.array([ids + [0] * (32 - len(ids))], np.int32))[0, len(ids) - 1])))
     expected = tokenizer.decode(ids[5:])
     assert len(set(expected)) > 2  # a continuation that depends on the context, not one repeated character
-    assert main(["generate", "--checkpoint", str(tmp_path / "run"), "--step", "1", "--prompt", "to be",
-                 "--temperature", "0", "--max-tokens", "12"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(tmp_path / "run"),
+                "--step",
+                "1",
+                "--prompt",
+                "to be",
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "12",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert out.out == expected + "\n"
     assert "[12 tokens, finish: length]" in out.err

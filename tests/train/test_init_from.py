@@ -43,8 +43,9 @@ def logits(run_params, loaded):
 @pytest.mark.slow  # 17 s: a run started from another's parameters, compared logit by logit
 def test_a_new_run_starts_with_the_source_logits_and_records_where_it_came_from(source, tmp_path):
     tmp, _ = source
-    result = train(config(source, "train.steps=0", "train.lr=3e-4"), tmp_path / "new", quiet=True,
-                   init_from=f"{tmp / 'run'}@2")
+    result = train(
+        config(source, "train.steps=0", "train.lr=3e-4"), tmp_path / "new", quiet=True, init_from=f"{tmp / 'run'}@2"
+    )
     at_2 = load_model(tmp / "run", step=2)
     chex.assert_trees_all_close(logits(result.params, at_2), logits(at_2.params, at_2))
     record = json.loads((tmp_path / "new/init_from.json").read_text())
@@ -66,17 +67,22 @@ def fresh_params(source, *extra):
 
 def test_parameters_of_another_shape_are_listed_by_name(source):
     tmp, _ = source
-    with pytest.raises(InitFromError, match=r"do not match the new model by name and shape \(4 differ\):\n"
-                       r"  decoder/layer_0/ffn/down/kernel: \(64, 32\) in the source run, \(48, 32\) in the new model\n"
-                       r"  decoder/layer_0/ffn/up/kernel: \(32, 64\) in the source run, \(32, 48\) in the new model"):
+    with pytest.raises(
+        InitFromError,
+        match=r"do not match the new model by name and shape \(4 differ\):\n"
+        r"  decoder/layer_0/ffn/down/kernel: \(64, 32\) in the source run, \(48, 32\) in the new model\n"
+        r"  decoder/layer_0/ffn/up/kernel: \(32, 64\) in the source run, \(32, 48\) in the new model",
+    ):
         start_from(str(tmp / "run"), fresh_params(source, "model.d_ff=48"), Tokenizer.load(tmp / "run"))
 
 
 def test_a_longer_learned_position_table_needs_extend_positions(source):
     tmp, _ = source
     params = fresh_params(source, "model.max_seq_len=64")
-    with pytest.raises(InitFromError, match="learned position table has 32 rows and the new context .* needs 64; "
-                                            "add --extend-positions"):
+    with pytest.raises(
+        InitFromError,
+        match="learned position table has 32 rows and the new context .* needs 64; add --extend-positions",
+    ):
         start_from(str(tmp / "run"), params, Tokenizer.load(tmp / "run"))
     extended, record = start_from(str(tmp / "run"), params, Tokenizer.load(tmp / "run"), extend_positions=True)
     table = extended["embedder"]["position"]["embedding"]
@@ -89,15 +95,26 @@ def test_a_longer_learned_position_table_needs_extend_positions(source):
 def test_a_source_with_another_tokenizer_is_refused(source):
     tmp, _ = source
     other = CharTokenizer(list("abc"))
-    with pytest.raises(InitFromError, match=r"the source run's tokenizer \(char, vocab \d+\) is not the data set's "
-                                            r"\(char, vocab 3\)"):
+    with pytest.raises(
+        InitFromError,
+        match=r"the source run's tokenizer \(char, vocab \d+\) is not the data set's "
+        r"\(char, vocab 3\)",
+    ):
         start_from(str(tmp / "run"), fresh_params(source), other)
 
 
 def test_train_py_reports_a_bad_init_from_and_extend_positions_alone(source, tmp_path, capsys):
     tmp, overrides = source
-    args = ["--config", str(ROOT / "configs/shakespeare_char.yaml"), "--workdir", str(tmp_path / "new"), "--quiet",
-            "--set", *overrides, "train.steps=0"]
+    args = [
+        "--config",
+        str(ROOT / "configs/shakespeare_char.yaml"),
+        "--workdir",
+        str(tmp_path / "new"),
+        "--quiet",
+        "--set",
+        *overrides,
+        "train.steps=0",
+    ]
     assert train_cli.main(args + ["--init-from", f"{tmp / 'run'}@3"]) == 2
     assert "has no checkpoint at step 3; it has steps [2, 4]" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -18,8 +18,19 @@ OPTIMIZERS = ["adamw", "lion", "adafactor", "sgd"]
 
 def optimizer(name: str, **settings) -> optax.GradientTransformation:
     """`name` at a constant learning rate, with no decay or clipping unless `settings` ask for them."""
-    return make_optimizer(TrainConfig(**{"optimizer": name, "lr": 0.01, "warmup_steps": 0, "schedule": "constant",
-                                         "weight_decay": 0.0, "grad_clip": 0.0, **settings}))
+    return make_optimizer(
+        TrainConfig(
+            **{
+                "optimizer": name,
+                "lr": 0.01,
+                "warmup_steps": 0,
+                "schedule": "constant",
+                "weight_decay": 0.0,
+                "grad_clip": 0.0,
+                **settings,
+            }
+        )
+    )
 
 
 def flat_with_none(tree) -> dict[str, object]:
@@ -44,8 +55,14 @@ def test_weight_decay_shrinks_kernels_by_lr_times_rate_and_nothing_else(name):
         expected = -0.01 * 0.5 * p if decayed else np.zeros_like(p)
         np.testing.assert_allclose(updates[path], expected, rtol=1e-5, atol=1e-9, err_msg=path)
     names = set(updates)
-    assert {"embedder/token/embedding", "embedder/position/embedding", "embedder/head/kernel",
-            "decoder/layer_0/ffn/up/bias", "decoder/layer_0/ffn_norm/scale", "decoder/final_norm/bias"} <= names
+    assert {
+        "embedder/token/embedding",
+        "embedder/position/embedding",
+        "embedder/head/kernel",
+        "decoder/layer_0/ffn/up/bias",
+        "decoder/layer_0/ffn_norm/scale",
+        "decoder/final_norm/bias",
+    } <= names
 
 
 def by_hand(name: str, grads: list[dict], params: dict, lr: float, b1: float, b2: float, wd: float) -> list[dict]:
@@ -101,8 +118,15 @@ def test_muon_takes_its_momentum_weight_decay_and_adam_betas_from_the_config():
     params = {"w": {"kernel": rng.normal(size=(4, 3)).astype(np.float32)}, "b": {"bias": np.ones(3, np.float32)}}
     grads = [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params) for _ in range(3)]
     tx = optimizer("muon", muon_lr=0.02, muon_momentum=0.8, beta1=0.7, beta2=0.9, weight_decay=0.1)
-    reference = optax.contrib.muon(0.02, beta=0.8, weight_decay=0.1, adam_b1=0.7, adam_b2=0.9,
-                                   adam_learning_rate=0.01, muon_weight_dimension_numbers=muon_dimension_numbers)
+    reference = optax.contrib.muon(
+        0.02,
+        beta=0.8,
+        weight_decay=0.1,
+        adam_b1=0.7,
+        adam_b2=0.9,
+        adam_learning_rate=0.01,
+        muon_weight_dimension_numbers=muon_dimension_numbers,
+    )
     state, ref_state = tx.init(params), reference.init(params)
     for g in grads:
         got, state = tx.update(g, state, params)
@@ -115,8 +139,10 @@ def test_muon_takes_its_momentum_weight_decay_and_adam_betas_from_the_config():
 def test_clipping_gives_the_updates_of_gradients_scaled_down_to_the_clip_norm(name):
     params = {"w": {"kernel": jnp.ones((4, 3))}, "b": {"bias": jnp.ones(3)}}
     rng = np.random.default_rng(0)
-    grads = [jax.tree.map(lambda p: jnp.asarray(scale * rng.normal(size=p.shape), jnp.float32), params)
-             for scale in (3.0, 0.05, 1.0)]  # global norms about 10, 0.2 and 3: clipped, kept, clipped
+    grads = [
+        jax.tree.map(lambda p: jnp.asarray(scale * rng.normal(size=p.shape), jnp.float32), params)
+        for scale in (3.0, 0.05, 1.0)
+    ]  # global norms about 10, 0.2 and 3: clipped, kept, clipped
     clipped, plain = optimizer(name, grad_clip=0.5), optimizer(name)
     clipped_state, plain_state = clipped.init(params), plain.init(params)
     clipped_update, plain_update = jax.jit(clipped.update), jax.jit(plain.update)
@@ -131,14 +157,18 @@ def test_clipping_gives_the_updates_of_gradients_scaled_down_to_the_clip_norm(na
 @pytest.mark.parametrize("warmup", [0, 1, 3])
 def test_the_warmup_climbs_from_zero_to_lr_in_warmup_steps(warmup):
     lr = make_schedule(TrainConfig(lr=0.01, warmup_steps=warmup, steps=100, schedule="constant"))
-    np.testing.assert_allclose([float(lr(step)) for step in range(warmup + 2)],
-                               [0.01 * step / warmup for step in range(warmup)] + [0.01, 0.01], rtol=1e-6)
+    np.testing.assert_allclose(
+        [float(lr(step)) for step in range(warmup + 2)],
+        [0.01 * step / warmup for step in range(warmup)] + [0.01, 0.01],
+        rtol=1e-6,
+    )
 
 
 def test_wsd_holds_lr_after_the_warmup_then_cools_down_linearly_over_the_last_fraction():
     lr = make_schedule(TrainConfig(lr=0.01, min_lr=0.001, warmup_steps=2, steps=12, schedule="wsd", cooldown_frac=0.25))
-    np.testing.assert_allclose([float(lr(step)) for step in range(13)],
-                               [0.0, 0.005] + [0.01] * 8 + [0.007, 0.004, 0.001], rtol=1e-5)
+    np.testing.assert_allclose(
+        [float(lr(step)) for step in range(13)], [0.0, 0.005] + [0.01] * 8 + [0.007, 0.004, 0.001], rtol=1e-5
+    )
     muon_lr = make_schedule(TrainConfig(lr=0.01, min_lr=0.001, warmup_steps=2, steps=12, schedule="wsd"), peak=0.04)
     np.testing.assert_allclose([float(muon_lr(s)) for s in (1, 5, 12)], [0.02, 0.04, 0.004], rtol=1e-5)
 
@@ -156,13 +186,23 @@ def newton_schulz(g: np.ndarray, steps: int = 5) -> np.ndarray:
 
 
 def test_muon_takes_exactly_the_hidden_weight_matrices_and_adamw_the_rest():
-    model = build_model(tiny_model(num_layers=2, use_bias=True, positional="learned", tie_embeddings=False,
-                                   qk_norm=True))
+    model = build_model(
+        tiny_model(num_layers=2, use_bias=True, positional="learned", tie_embeddings=False, qk_norm=True)
+    )
     params = random_params(model, jnp.zeros((1, 4), jnp.int32))["params"]
     labels = {path: dims for path, dims in flat_with_none(muon_dimension_numbers(params)).items()}
-    hidden = {f"decoder/layer_{i}/{name}/kernel" for i in range(2) for name in
-              ("self_attention/query", "self_attention/key", "self_attention/value", "self_attention/out", "ffn/up",
-               "ffn/down")}
+    hidden = {
+        f"decoder/layer_{i}/{name}/kernel"
+        for i in range(2)
+        for name in (
+            "self_attention/query",
+            "self_attention/key",
+            "self_attention/value",
+            "self_attention/out",
+            "ffn/up",
+            "ffn/down",
+        )
+    }
     assert {path for path, dims in labels.items() if dims is not None} == hidden
     assert set(labels) == set(flat(params))  # embeddings, head, norms (QK-norms too) and biases: AdamW
     assert labels["decoder/layer_0/self_attention/query/kernel"] == ((0,), (1, 2))  # [D, H, Dh] as D x H*Dh
@@ -176,9 +216,12 @@ def test_muon_first_update_of_a_matrix_is_its_orthogonalised_gradient_and_adamw_
     tx = optimizer("muon", muon_lr=0.05)
     updates = flat(jax.jit(tx.update)(grads, tx.init(params), params)[0])
     g = flat(grads)
-    for path, (rows, cols) in {"decoder/layer_0/ffn/up/kernel": (16, 32), "decoder/layer_0/ffn/down/kernel": (32, 16),
-                               "decoder/layer_0/self_attention/query/kernel": (16, 16),
-                               "decoder/layer_0/self_attention/out/kernel": (16, 16)}.items():
+    for path, (rows, cols) in {
+        "decoder/layer_0/ffn/up/kernel": (16, 32),
+        "decoder/layer_0/ffn/down/kernel": (32, 16),
+        "decoder/layer_0/self_attention/query/kernel": (16, 16),
+        "decoder/layer_0/self_attention/out/kernel": (16, 16),
+    }.items():
         shape_scale = max(1.0, cols / rows) ** 0.5  # optax's width scaling: sqrt(fan_out / fan_in) when above 1
         want = -0.05 * shape_scale * newton_schulz(g[path].reshape(rows, cols).astype(np.float64))
         np.testing.assert_allclose(updates[path].reshape(rows, cols), want, atol=2e-4, err_msg=path)

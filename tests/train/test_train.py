@@ -28,12 +28,13 @@ from mulm_jax.train.optimizer import decay_mask, make_optimizer, make_schedule
 from mulm_jax.train.sample import greedy_sampler
 from mulm_jax.train.step import token_loss_sums
 
+
 def test_loss_is_mean_cross_entropy_over_non_pad_targets():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 3, 5)).astype(np.float32)
     targets = np.array([[1, 0, 4], [2, 2, 0]], np.int32)
     for b, t, v in ((0, 0, 1), (0, 1, 0), (0, 2, 4), (1, 0, 2), (1, 1, 3)):  # 3 of the 4 real targets predicted
-        logits[b, t, v] += 10.0                                             # (and one pad, which does not count)
+        logits[b, t, v] += 10.0  # (and one pad, which does not count)
     sums = token_loss_sums(jnp.asarray(logits), jnp.asarray(targets), pad_id=0)
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     nll = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
@@ -51,8 +52,13 @@ def test_weight_decay_skips_norms_biases_and_embeddings():
     flat = {"/".join(k.key for k in path): v for path, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
     assert flat["decoder/layer_0/ffn/up/kernel"] and flat["decoder/layer_0/self_attention/query/kernel"]
     assert flat["embedder/head/kernel"]
-    for name in ("embedder/token/embedding", "embedder/position/embedding", "decoder/layer_0/ffn/up/bias",
-                 "decoder/layer_0/ffn_norm/scale", "decoder/final_norm/bias"):
+    for name in (
+        "embedder/token/embedding",
+        "embedder/position/embedding",
+        "decoder/layer_0/ffn/up/bias",
+        "decoder/layer_0/ffn_norm/scale",
+        "decoder/final_norm/bias",
+    ):
         assert not flat[name], name
     # with zero gradients, AdamW changes exactly the decayed parameters
     tx = make_optimizer(TrainConfig(lr=0.1, warmup_steps=0, weight_decay=0.5, grad_clip=0.0))
@@ -76,8 +82,11 @@ def test_schedule_warms_up_then_decays_to_min_lr():
 
 @pytest.mark.parametrize("optimizer", ["adamw", "lion", "adafactor", "sgd", "muon"])
 def test_each_optimizer_descends_on_a_quadratic(optimizer):
-    tx = make_optimizer(TrainConfig(optimizer=optimizer, lr=0.1, muon_lr=0.1, warmup_steps=0, steps=50,
-                                    schedule="constant", weight_decay=0.0))
+    tx = make_optimizer(
+        TrainConfig(
+            optimizer=optimizer, lr=0.1, muon_lr=0.1, warmup_steps=0, steps=50, schedule="constant", weight_decay=0.0
+        )
+    )
     params = {"w": {"kernel": jnp.ones((4, 4))}}
     state = tx.init(params)
     loss = lambda p: jnp.sum(p["w"]["kernel"] ** 2)  # noqa: E731
@@ -125,8 +134,11 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
 
     monkeypatch.setattr(loop, "_compile_train_step", nan_after_twelve_steps)
     cfg = load_config(ROOT / "configs/shakespeare_char.yaml", tiny_run(tmp_path, "train.checkpoint_every=5"))
-    with pytest.raises(TrainingError, match=r"the training loss became nan at step 15; stopping. The last good "
-                                            r"checkpoint is kept in .*checkpoints \(steps \[5, 10\]\)"):
+    with pytest.raises(
+        TrainingError,
+        match=r"the training loss became nan at step 15; stopping. The last good "
+        r"checkpoint is kept in .*checkpoints \(steps \[5, 10\]\)",
+    ):
         train(cfg, tmp_path / "run", quiet=True)
     assert sorted(int(p.name) for p in (tmp_path / "run/checkpoints").iterdir() if p.name.isdigit()) == [5, 10]
 
@@ -134,15 +146,21 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
 def test_a_run_folder_of_another_config_is_refused_with_the_difference(tmp_path):
     overrides = tiny_run(tmp_path)
     (tmp_path / "run").mkdir()
-    (tmp_path / "run/config.yaml").write_text(dump_config(load_config(ROOT / "configs/shakespeare_char.yaml",
-                                                                      overrides)))
+    (tmp_path / "run/config.yaml").write_text(
+        dump_config(load_config(ROOT / "configs/shakespeare_char.yaml", overrides))
+    )
     other = load_config(ROOT / "configs/shakespeare_char.yaml", overrides + ["model.num_layers=3"])
-    with pytest.raises(TrainingError, match=r"(?s)holds a run of a different config.*-  num_layers: 2\n\+  num_layers: 3"):
+    with pytest.raises(
+        TrainingError, match=r"(?s)holds a run of a different config.*-  num_layers: 2\n\+  num_layers: 3"
+    ):
         train(other, tmp_path / "run", quiet=True)
     # a longer run may resume, but not with other optimizer settings: the diff shows only what is refused
     other = load_config(ROOT / "configs/shakespeare_char.yaml", overrides + ["train.steps=80", "train.beta2=0.95"])
-    with pytest.raises(TrainingError, match=r"(?s)only train.steps, train.eval_every, .* may change\). Difference:"
-                                            r"\n--- .*\n\+\+\+ .*\n@@ .* @@\n-  beta2: 0.99\n\+  beta2: 0.95$"):
+    with pytest.raises(
+        TrainingError,
+        match=r"(?s)only train.steps, train.eval_every, .* may change\). Difference:"
+        r"\n--- .*\n\+\+\+ .*\n@@ .* @@\n-  beta2: 0.99\n\+  beta2: 0.95$",
+    ):
         train(other, tmp_path / "run", quiet=True)
 
 
@@ -150,22 +168,27 @@ def test_a_run_folder_of_another_config_is_refused_with_the_difference(tmp_path)
 def test_a_finished_run_trains_further_with_more_steps_and_a_recomputed_schedule(tmp_path, capsys):
     first = load_config(ROOT / "configs/shakespeare_char.yaml", tiny_run(tmp_path, "train.steps=10"))
     train(first, tmp_path / "run", quiet=True)
-    longer = load_config(ROOT / "configs/shakespeare_char.yaml",
-                         tiny_run(tmp_path, "train.steps=20", "train.log_every=2", "train.eval_every=20"))
+    longer = load_config(
+        ROOT / "configs/shakespeare_char.yaml",
+        tiny_run(tmp_path, "train.steps=20", "train.log_every=2", "train.eval_every=20"),
+    )
     capsys.readouterr()
     result = train(longer, tmp_path / "run", quiet=True)
     old_lr, new_lr = make_schedule(first.train)(10), make_schedule(longer.train)(10)
     assert new_lr > 2 * old_lr  # the decay, now twice as long, is half as far along
-    assert (f"changed on resume: train.steps: 10 -> 20, train.eval_every: 10 -> 20, train.log_every: 5 -> 2\n"
-            f"  the cosine learning-rate decay to min_lr=0.0001 now ends at step 20 instead of 10: at step 10 the "
-            f"learning rate is {float(new_lr):.4g} (it was {float(old_lr):.4g})") in capsys.readouterr().err
+    assert (
+        f"changed on resume: train.steps: 10 -> 20, train.eval_every: 10 -> 20, train.log_every: 5 -> 2\n"
+        f"  the cosine learning-rate decay to min_lr=0.0001 now ends at step 20 instead of 10: at step 10 the "
+        f"learning rate is {float(new_lr):.4g} (it was {float(old_lr):.4g})"
+    ) in capsys.readouterr().err
     assert result.step == 20
     assert load_config(tmp_path / "run/config.yaml") == longer
     rows = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
     assert [r["step"] for r in rows] == [5, 10, 12, 14, 16, 18, 20]
     lr_of = {r["step"]: r["lr"] for r in rows}  # a row's lr is the one its step used: schedule(step - 1)
-    np.testing.assert_allclose([lr_of[12], lr_of[20]], [make_schedule(longer.train)(11),
-                                                        make_schedule(longer.train)(19)], rtol=1e-6)
+    np.testing.assert_allclose(
+        [lr_of[12], lr_of[20]], [make_schedule(longer.train)(11), make_schedule(longer.train)(19)], rtol=1e-6
+    )
     # each start reports its start-up (until its first step is done) and each evaluation its time
     startups = [r for r in read_metrics(tmp_path / "run") if "startup_s" in r]
     assert [r["step"] for r in startups] == [1, 11]
@@ -175,9 +198,11 @@ def test_a_finished_run_trains_further_with_more_steps_and_a_recomputed_schedule
 
 def test_metrics_writer_keeps_pytorch_out_of_the_training_process(tmp_path):
     # tensorboardX imports torch when it is installed: seconds of every start-up, for tensors never written
-    script = ("import sys; from mulm_jax.train.metrics import MetricsWriter; "
-              f"w = MetricsWriter({str(tmp_path)!r}); w.write({{'step': 1, 'loss': 2.0}}); w.close(); "
-              f"print('torch' in sys.modules)")
+    script = (
+        "import sys; from mulm_jax.train.metrics import MetricsWriter; "
+        f"w = MetricsWriter({str(tmp_path)!r}); w.write({{'step': 1, 'loss': 2.0}}); w.close(); "
+        f"print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False"]
@@ -198,7 +223,7 @@ def test_greedy_sample_is_the_argmax_of_the_window_rerun_per_token_and_compiles_
             context = ids[-8:]
             logits_1xTxV = logits_fn(params, np.pad([context], ((0, 0), (0, 8 - len(context)))).astype(np.int32))
             ids.append(int(np.argmax(logits_1xTxV[0, len(context) - 1])))
-        return ids[len(prompt):]
+        return ids[len(prompt) :]
 
     cases = [(1, [5, 9, 2]), (2, [7]), (2, list(range(10)))]  # the last one is longer than the context
     with jax.log_compiles():
@@ -228,8 +253,9 @@ def test_greedy_sample_draws_only_ids_the_tokenizer_can_decode():
 def test_rows_of_a_run_killed_before_its_first_checkpoint_are_not_kept_beside_the_new_ones(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"time": 1.0, "step": s, "loss": 9.0}) + "\n"
-                                               for s in (5, 10)))
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps({"time": 1.0, "step": s, "loss": 9.0}) + "\n" for s in (5, 10))
+    )
     cfg = load_config(ROOT / "configs/shakespeare_char.yaml", tiny_run(tmp_path, "train.steps=10"))
     train(cfg, run, quiet=True)
     rows = [r for r in read_metrics(run) if "loss" in r]
@@ -245,8 +271,10 @@ def test_the_steps_and_the_evaluation_compile_during_start_up_and_never_after(tm
         logging.getLogger(__name__).warning("start-up over")
 
     monkeypatch.setattr(loop, "_end_start_up", marked)
-    cfg = load_config(ROOT / "configs/shakespeare_char.yaml",
-                      tiny_run(tmp_path, "train.steps=4", "train.eval_every=2", "train.log_every=2"))
+    cfg = load_config(
+        ROOT / "configs/shakespeare_char.yaml",
+        tiny_run(tmp_path, "train.steps=4", "train.eval_every=2", "train.log_every=2"),
+    )
     jax.config.update("jax_log_compiles", True)  # for every thread: the evaluation compiles in one of its own
     try:
         train(cfg, tmp_path / "run", quiet=True)
@@ -264,9 +292,24 @@ def test_a_run_on_two_local_devices_evaluates_samples_and_matches_one_device(tmp
     overrides = tiny_run(tmp_path, "train.steps=4", "train.eval_every=2", "train.log_every=2")
     one = train(load_config(ROOT / "configs/shakespeare_char.yaml", overrides), tmp_path / "one", quiet=True)
     env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=2"), "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "train.py", "--config", "configs/shakespeare_char.yaml", "--workdir",
-                          str(tmp_path / "two"), "--no-compilation-cache", "--set", *overrides],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--config",
+            "configs/shakespeare_char.yaml",
+            "--workdir",
+            str(tmp_path / "two"),
+            "--no-compilation-cache",
+            "--set",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "on a data 2 x fsdp 1 mesh of 2 device(s) in 1 process(es)" in out.stderr
     evaluations = [r for r in read_metrics(tmp_path / "two") if "val_loss" in r]
@@ -281,8 +324,12 @@ def test_evaluation_rows_carry_bits_per_byte_and_per_character_of_the_evaluated_
     [row] = [r for r in read_metrics(tmp_path / "run") if "val_loss" in r]
     # the evaluation's batches, and the text of their targets (one document: no eos between them)
     [dataset] = (tmp_path / "datasets").iterdir()
-    targets = np.concatenate([b["targets"].ravel() for b in eval_batches(dataset, cfg.train.batch_size,
-                                                                         cfg.train.seq_len, cfg.train.eval_batches)])
+    targets = np.concatenate(
+        [
+            b["targets"].ravel()
+            for b in eval_batches(dataset, cfg.train.batch_size, cfg.train.seq_len, cfg.train.eval_batches)
+        ]
+    )
     text = Tokenizer.load(dataset).decode(targets)
     loss_sum = row["val_loss"] * targets.size
     assert row["val_bpb"] == pytest.approx(loss_sum / len(text.encode()) / np.log(2), rel=1e-6)
@@ -303,17 +350,23 @@ def test_remat_recomputes_to_the_same_gradients():
 
     def grads(remat):
         model = build_model(cfg, remat=remat)
-        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(  # noqa: E731
-            model.apply({"params": p}, x[:, :-1], deterministic=False, rngs={"dropout": jax.random.key(3)}),
-            x[:, 1:]).mean()
+
+        def loss(p):
+            return optax.softmax_cross_entropy_with_integer_labels(
+                model.apply({"params": p}, x[:, :-1], deterministic=False, rngs={"dropout": jax.random.key(3)}),
+                x[:, 1:],
+            ).mean()
+
         return jax.jit(jax.grad(loss))(params)
 
     chex.assert_trees_all_close(grads(True), grads(False), atol=1e-6)
 
 
 def test_bfloat16_compute_keeps_float32_master_weights(tmp_path):
-    cfg = load_config(ROOT / "configs/shakespeare_char.yaml",
-                      tiny_run(tmp_path, "train.steps=10", "train.compute_dtype=bfloat16", "train.eval_every=10"))
+    cfg = load_config(
+        ROOT / "configs/shakespeare_char.yaml",
+        tiny_run(tmp_path, "train.steps=10", "train.compute_dtype=bfloat16", "train.eval_every=10"),
+    )
     result = train(cfg, tmp_path / "run", quiet=True)
     chex.assert_trees_all_equal_dtypes(result.params, jax.tree.map(lambda p: np.float32(0), result.params))
     assert np.isfinite(result.last_eval["val_loss"]) and result.last_eval["val_loss"] < 3.7  # log(40) = 3.69

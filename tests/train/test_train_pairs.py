@@ -27,13 +27,17 @@ from mulm_jax.train.step import batch_sums, mesh_steps, state_placement, token_l
 def pair_batch(seed: int = 0, B: int = 2, T: int = 8, S: int = 0) -> dict[str, np.ndarray]:
     """A batch of pairs: each row a prompt (untrained), a completion (trained) and padding; with S, a source."""
     rng = np.random.default_rng(seed)
-    batch = {"inputs": rng.integers(0, 32, (B, T), dtype=np.int32),
-             "targets": rng.integers(0, 32, (B, T), dtype=np.int32),
-             "loss_mask": np.zeros((B, T), bool)}
+    batch = {
+        "inputs": rng.integers(0, 32, (B, T), dtype=np.int32),
+        "targets": rng.integers(0, 32, (B, T), dtype=np.int32),
+        "loss_mask": np.zeros((B, T), bool),
+    }
     batch["loss_mask"][0::2, 3:6] = batch["loss_mask"][1::2, 1:7] = True
     if S:  # odd rows' sources are 2 tokens shorter
-        batch.update(source=rng.integers(0, 32, (B, S), dtype=np.int32),
-                     source_valid=np.arange(S)[None] < S - 2 * (np.arange(B)[:, None] % 2))
+        batch.update(
+            source=rng.integers(0, 32, (B, S), dtype=np.int32),
+            source_valid=np.arange(S)[None] < S - 2 * (np.arange(B)[:, None] % 2),
+        )
     return batch
 
 
@@ -58,8 +62,9 @@ def test_prompt_and_padding_tokens_contribute_exactly_zero_gradient(architecture
     def loss(logits, targets):  # the training loss as a function of the logits
         return token_loss_sums(logits, targets, pad_id=None, loss_mask_BxT=batch["loss_mask"])["loss_sum"]
 
-    logits = model.apply({"params": params}, *inputs,
-                         **({"src_valid_BxS": batch["source_valid"]} if "source" in batch else {}))
+    logits = model.apply(
+        {"params": params}, *inputs, **({"src_valid_BxS": batch["source_valid"]} if "source" in batch else {})
+    )
     grad = np.asarray(jax.grad(loss)(logits, batch["targets"]))
     untrained = ~batch["loss_mask"]
     assert np.all(grad[untrained] == 0.0) and np.all(np.abs(grad[~untrained]).sum(-1) > 0)
@@ -95,8 +100,32 @@ def write_pairs(path: Path, records: list[dict]) -> Path:
     return path
 
 
-WORDS = ["to", "be", "or", "not", "that", "is", "the", "tis", "mind", "sea", "take", "arms", "in", "of", "and", "whe",
-         "fort", "slin", "arro", "trou", "nob", "ques", "suf", "ous"]
+WORDS = [
+    "to",
+    "be",
+    "or",
+    "not",
+    "that",
+    "is",
+    "the",
+    "tis",
+    "mind",
+    "sea",
+    "take",
+    "arms",
+    "in",
+    "of",
+    "and",
+    "whe",
+    "fort",
+    "slin",
+    "arro",
+    "trou",
+    "nob",
+    "ques",
+    "suf",
+    "ous",
+]
 
 
 def reversal_pairs(n: int, seed: int = 0) -> list[dict]:
@@ -109,9 +138,16 @@ def reversal_pairs(n: int, seed: int = 0) -> list[dict]:
 @pytest.mark.parametrize("architecture", ["decoder", "encoder_decoder"])
 def test_a_run_trains_on_pairs_and_records_them_for_generation(tmp_path, architecture):
     data = write_pairs(tmp_path / "pairs.jsonl", reversal_pairs(60))
-    overrides = tiny_run(tmp_path, f"data.sources=[{data}]", f"model.architecture={architecture}",
-                         "train.steps=4", "train.eval_every=4", "train.checkpoint_every=4", "train.seq_len=24",
-                         "train.source_len=24")
+    overrides = tiny_run(
+        tmp_path,
+        f"data.sources=[{data}]",
+        f"model.architecture={architecture}",
+        "train.steps=4",
+        "train.eval_every=4",
+        "train.checkpoint_every=4",
+        "train.seq_len=24",
+        "train.source_len=24",
+    )
     result = train(load_config(ROOT / "configs/shakespeare_char.yaml", overrides), tmp_path / "run", quiet=True)
     assert result.step == 4 and np.isfinite(result.last_eval["val_loss"])
     record = read_pairs_record(tmp_path / "run")
@@ -121,11 +157,21 @@ def test_a_run_trains_on_pairs_and_records_them_for_generation(tmp_path, archite
 
 
 def test_a_pair_too_long_for_the_run_is_refused_naming_its_line_before_the_run_is_written(tmp_path):
-    data = write_pairs(tmp_path / "pairs.jsonl", reversal_pairs(30) + [{"prompt": "to " * 20 + ":", "completion": " be"}])
-    overrides = tiny_run(tmp_path, f"data.sources=[{data}]", "model.architecture=encoder_decoder",
-                         "train.seq_len=16", "train.source_len=16")
-    with pytest.raises(DataError, match=r"pairs.jsonl:31: field 'prompt' has 61 tokens, more than the encoder's "
-                                        r"16 \(train.source_len=16\)"):
+    data = write_pairs(
+        tmp_path / "pairs.jsonl", reversal_pairs(30) + [{"prompt": "to " * 20 + ":", "completion": " be"}]
+    )
+    overrides = tiny_run(
+        tmp_path,
+        f"data.sources=[{data}]",
+        "model.architecture=encoder_decoder",
+        "train.seq_len=16",
+        "train.source_len=16",
+    )
+    with pytest.raises(
+        DataError,
+        match=r"pairs.jsonl:31: field 'prompt' has 61 tokens, more than the encoder's "
+        r"16 \(train.source_len=16\)",
+    ):
         train(load_config(ROOT / "configs/shakespeare_char.yaml", overrides), tmp_path / "run", quiet=True)
     assert list((tmp_path / "run").iterdir()) == []
 
@@ -133,21 +179,39 @@ def test_a_pair_too_long_for_the_run_is_refused_naming_its_line_before_the_run_i
 @pytest.mark.slow
 def test_a_decoder_fine_tuned_on_prompt_completion_pairs_learns_to_complete_them(tmp_path):
     (tmp_path / "more.txt").write_text("To sleep, perchance to dream: ay, there's the rub.\n" * 20)
-    base = tiny_run(tmp_path, f"data.sources=[{tmp_path / 'corpus.txt'},{tmp_path / 'more.txt'}]", "train.steps=50",
-                    "train.checkpoint_every=50", "train.eval_every=50")  # two documents: the tokenizer has an eos id
+    base = tiny_run(
+        tmp_path,
+        f"data.sources=[{tmp_path / 'corpus.txt'},{tmp_path / 'more.txt'}]",
+        "train.steps=50",
+        "train.checkpoint_every=50",
+        "train.eval_every=50",
+    )  # two documents: the tokenizer has an eos id
     train(load_config(ROOT / "configs/shakespeare_char.yaml", base), tmp_path / "base", quiet=True)
     records = reversal_pairs(400)  # 292 of the 552 ordered pairs of words
     records = [records[i] for i in np.random.default_rng(0).permutation(len(records))]
     held_out, trained = records[:20], records[20:]
     data = write_pairs(tmp_path / "pairs.jsonl", trained)
-    tune = tiny_run(tmp_path, f"data.sources=[{data}]", f"data.tokenizer={tmp_path / 'base'}", "data.val_fraction=0.05",
-                    "train.steps=600", "train.lr=3e-3", "train.warmup_steps=20", "train.eval_every=600",
-                    "train.checkpoint_every=600", "train.batch_size=32", "train.seq_len=32")
-    train(load_config(ROOT / "configs/shakespeare_char.yaml", tune), tmp_path / "tuned", quiet=True,
-          init_from=str(tmp_path / "base"))
+    tune = tiny_run(
+        tmp_path,
+        f"data.sources=[{data}]",
+        f"data.tokenizer={tmp_path / 'base'}",
+        "data.val_fraction=0.05",
+        "train.steps=600",
+        "train.lr=3e-3",
+        "train.warmup_steps=20",
+        "train.eval_every=600",
+        "train.checkpoint_every=600",
+        "train.batch_size=32",
+        "train.seq_len=32",
+    )
+    train(
+        load_config(ROOT / "configs/shakespeare_char.yaml", tune),
+        tmp_path / "tuned",
+        quiet=True,
+        init_from=str(tmp_path / "base"),
+    )
     loaded = load_model(tmp_path / "tuned")
     with Engine(loaded, slots=8) as engine:
-        outputs = [engine.generate(r["prompt"], SamplingParams(max_tokens=20, temperature=0.0)).text
-                   for r in held_out]
+        outputs = [engine.generate(r["prompt"], SamplingParams(max_tokens=20, temperature=0.0)).text for r in held_out]
     right = sum(out == r["completion"] for out, r in zip(outputs, held_out))
     assert right >= 16, list(zip(outputs, [r["completion"] for r in held_out]))

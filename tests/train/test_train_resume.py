@@ -22,10 +22,20 @@ from mulm_jax.runs import read_metrics
 
 
 def train_command(tmp_path: Path, workdir: Path, *extra: str) -> list[str]:
-    overrides = tiny_run(tmp_path, "train.steps=300", "train.checkpoint_every=20", "train.eval_every=100",
-                         "train.log_every=10", *extra)
-    return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/shakespeare_char.yaml"),
-            "--workdir", str(workdir), "--quiet", "--set", *overrides]
+    overrides = tiny_run(
+        tmp_path, "train.steps=300", "train.checkpoint_every=20", "train.eval_every=100", "train.log_every=10", *extra
+    )
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config",
+        str(ROOT / "configs/shakespeare_char.yaml"),
+        "--workdir",
+        str(workdir),
+        "--quiet",
+        "--set",
+        *overrides,
+    ]
 
 
 def wait_for_checkpoint(workdir: Path, proc: subprocess.Popen, at_least: int) -> None:
@@ -76,8 +86,7 @@ def test_interrupted_runs_resume_to_the_same_losses_as_an_uninterrupted_one(tmp_
 
     expected, got = train_losses(straight), train_losses(resumed)
     assert set(expected) <= set(got)  # none lost (the stop adds its own row at the step it stopped)
-    np.testing.assert_allclose([got[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)],
-                               atol=1e-4)
+    np.testing.assert_allclose([got[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)], atol=1e-4)
     val = lambda d: [r["val_loss"] for r in read_metrics(d) if "val_loss" in r]  # noqa: E731
     np.testing.assert_allclose(val(resumed), val(straight), atol=1e-4)
 
@@ -104,12 +113,22 @@ print(json.dumps({{"process": jax.process_index(), "devices": jax.device_count()
 @pytest.mark.parametrize("fsdp", [1, 2])
 def test_two_processes_train_together_and_end_with_identical_parameters(tmp_path, fsdp):
     tiny_run(tmp_path)  # writes the corpus
-    script = WORKER.format(config=str(ROOT / "configs/shakespeare_char.yaml"), tmp=str(tmp_path),
-                           workdir=str(tmp_path / "run"), fsdp=fsdp)
+    script = WORKER.format(
+        config=str(ROOT / "configs/shakespeare_char.yaml"), tmp=str(tmp_path), workdir=str(tmp_path / "run"), fsdp=fsdp
+    )
     address = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, address, str(i)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=ROOT / "tests", env=env) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, address, str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT / "tests",
+            env=env,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
@@ -129,11 +148,25 @@ def test_two_processes_train_together_and_end_with_identical_parameters(tmp_path
         digest = hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(params))).hexdigest()
         assert digest == results[0]["params"]
         # ... and the run goes on there, on another mesh, from its last checkpoint
-        more = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config",
-                               str(ROOT / "configs/shakespeare_char.yaml"), "--workdir", str(tmp_path / "run"),
-                               "--quiet", "--set", *tiny_run(tmp_path, "train.steps=9", "train.eval_every=6",
-                                                             "train.checkpoint_every=3", "train.log_every=3")],
-                              capture_output=True, text=True, timeout=300, env=env)
+        more = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                "--config",
+                str(ROOT / "configs/shakespeare_char.yaml"),
+                "--workdir",
+                str(tmp_path / "run"),
+                "--quiet",
+                "--set",
+                *tiny_run(
+                    tmp_path, "train.steps=9", "train.eval_every=6", "train.checkpoint_every=3", "train.log_every=3"
+                ),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         assert more.returncode == 0, more.stderr[-3000:]
         assert "resumed from step 6" in more.stderr and "train.mesh: MeshConfig(data=0, fsdp=2) -> " in more.stderr
         assert [r["step"] for r in read_metrics(tmp_path / "run") if "loss" in r] == [3, 6, 9]

@@ -27,8 +27,18 @@ PAD = 0
 
 def sgd(**settings) -> TrainConfig:
     """Plain SGD at learning rate 1: a step moves the parameters by minus the (clipped) gradient."""
-    return TrainConfig(**{"optimizer": "sgd", "lr": 1.0, "beta1": 0.0, "warmup_steps": 0, "schedule": "constant",
-                          "weight_decay": 0.0, "grad_clip": 0.0, **settings})
+    return TrainConfig(
+        **{
+            "optimizer": "sgd",
+            "lr": 1.0,
+            "beta1": 0.0,
+            "warmup_steps": 0,
+            "schedule": "constant",
+            "weight_decay": 0.0,
+            "grad_clip": 0.0,
+            **settings,
+        }
+    )
 
 
 def padded_batch() -> tuple[np.ndarray, np.ndarray]:
@@ -83,22 +93,31 @@ def device_errors(meshes: list[tuple[int, int]]) -> dict:
         split = [x for x in jax.tree.leaves(new_state.params) if not x.sharding.is_fully_replicated]
         row = {"split": len(split), "arrays": len(jax.tree.leaves(params))}
         for accum in (1, 2):
-            delta, metrics = one_step(sgd(grad_accum_steps=accum), model, params, inputs, targets,
-                                      MeshConfig(data=data, fsdp=fsdp))
+            delta, metrics = one_step(
+                sgd(grad_accum_steps=accum), model, params, inputs, targets, MeshConfig(data=data, fsdp=fsdp)
+            )
             error = jax.tree.map(lambda d, g: float(np.max(np.abs(d + g))), delta, grads)
-            row[f"accum{accum}"] = {"update_error": max(jax.tree.leaves(error)),
-                                    "grad_norm": float(metrics["grad_norm"]), "loss": float(metrics["loss"])}
+            row[f"accum{accum}"] = {
+                "update_error": max(jax.tree.leaves(error)),
+                "grad_norm": float(metrics["grad_norm"]),
+                "loss": float(metrics["loss"]),
+            }
         out[f"{data}x{fsdp}"] = row
     return out
 
 
 @pytest.mark.parametrize("devices, meshes", [(2, [(2, 1), (1, 2)]), (4, [(4, 1), (2, 2), (1, 4)])])
 def test_every_mesh_steps_along_the_one_device_gradient_of_the_mean_loss(devices, meshes):
-    env = {**os.environ, "XLA_FLAGS": xla_flags(f"--xla_force_host_platform_device_count={devices}"),
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT / "tests")}  # support.py; this module from the cwd
+    env = {
+        **os.environ,
+        "XLA_FLAGS": xla_flags(f"--xla_force_host_platform_device_count={devices}"),
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(ROOT / "tests"),
+    }  # support.py; this module from the cwd
     script = f"import json, test_train_step; print(json.dumps(test_train_step.device_errors({meshes})))"
-    run = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent, env=env, capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.splitlines()[-1])
     assert out["devices"] == devices
@@ -200,8 +219,9 @@ def test_dropout_draws_a_new_mask_each_step_and_micro_batch_and_evaluation_draws
 
 
 def test_an_encoder_decoder_step_predicts_the_second_half_of_each_window_from_the_first():
-    cfg = tiny_model(architecture="encoder_decoder", positional="sinusoidal", norm_position="post", ffn="relu",
-                     scale_embeddings=True)
+    cfg = tiny_model(
+        architecture="encoder_decoder", positional="sinusoidal", norm_position="post", ffn="relu", scale_embeddings=True
+    )
     model = build_model(cfg)
     ids = random_ids(4, 13, seed=5)
     inputs, targets = ids[:, :-1], ids[:, 1:]
@@ -231,9 +251,12 @@ def test_the_train_step_compiles_once_and_the_evaluation_compiled_ahead_serves_e
     batch_like = jax.ShapeDtypeStruct(inputs.shape, jnp.int32, sharding=jax.sharding.NamedSharding(steps.mesh, BATCH))
     with jax.log_compiles():
         # as the loop does: both compiled from shapes alone, beside model init and the first step
-        train = steps.train.lower(shaped(host, steps.placement), {"inputs": batch_like, "targets": batch_like}).compile()
-        evaluate = steps.evaluate.lower(shaped(params, steps.placement.params),
-                                        {"inputs": batch_like, "targets": batch_like}).compile()
+        train = steps.train.lower(
+            shaped(host, steps.placement), {"inputs": batch_like, "targets": batch_like}
+        ).compile()
+        evaluate = steps.evaluate.lower(
+            shaped(params, steps.placement.params), {"inputs": batch_like, "targets": batch_like}
+        ).compile()
         state, batch = steps.place(host), steps.batch(inputs, targets)
         for _ in range(3):
             state, metrics = train(state, batch)

@@ -51,26 +51,40 @@ class Sampling(ApiModel):
     presence_penalty: float = setting("presence_penalty")
     frequency_penalty: float = setting("frequency_penalty")
     n: Int = Field(1, ge=1, le=MAX_PROMPTS, description=f"samples per prompt (prompts x n at most {MAX_PROMPTS})")
-    stop: Annotated[Union[Text, Annotated[list[Text], Field(max_length=MAX_STOPS)]],
-                    one_of(f"a non-empty string or an array of at most {MAX_STOPS} of them")] = None
-    seed: Int = Field(None, ge=LIMITS["seed"]["ge"], lt=LIMITS["seed"]["lt"] - MAX_PROMPTS,
-                      description=f"sample i draws with seed + i (i < {MAX_PROMPTS}); none: a random seed")
-    num_beams: Int = setting("num_beams", description="extension: beam search over this many beams; the choice is "
-                                                      "the best hypothesis (1: sample, or greedy at temperature 0)")
-    length_penalty: float = setting("length_penalty", description="extension, with num_beams: hypotheses rank by "
-                                                                  "log P / ((5 + length) / 6) ** length_penalty")
-    early_stopping: bool = Field(SamplingParams().early_stopping,
-                                 description="extension, with num_beams: end the search once no beam can beat those "
-                                             "kept (the result is the same)")
+    stop: Annotated[
+        Union[Text, Annotated[list[Text], Field(max_length=MAX_STOPS)]],
+        one_of(f"a non-empty string or an array of at most {MAX_STOPS} of them"),
+    ] = None
+    seed: Int = Field(
+        None,
+        ge=LIMITS["seed"]["ge"],
+        lt=LIMITS["seed"]["lt"] - MAX_PROMPTS,
+        description=f"sample i draws with seed + i (i < {MAX_PROMPTS}); none: a random seed",
+    )
+    num_beams: Int = setting(
+        "num_beams",
+        description="extension: beam search over this many beams; the choice is "
+        "the best hypothesis (1: sample, or greedy at temperature 0)",
+    )
+    length_penalty: float = setting(
+        "length_penalty",
+        description="extension, with num_beams: hypotheses rank by log P / ((5 + length) / 6) ** length_penalty",
+    )
+    early_stopping: bool = Field(
+        SamplingParams().early_stopping,
+        description="extension, with num_beams: end the search once no beam can beat those "
+        "kept (the result is the same)",
+    )
     stream: bool = Field(False, description="Server-Sent Events (OpenAI's chunks), ending with `data: [DONE]`")
     stream_options: StreamOptions = Field(None, description="only with stream: true")
     user: str = None
 
 
 class TextCompletion(Sampling):
-    prompt: Annotated[Union[Text, TokenIds, Annotated[list[Union[Text, TokenIds]], Field(min_length=1)]],
-                      one_of("a non-empty string, array of strings, array of token ids or array of arrays of token "
-                             "ids")]
+    prompt: Annotated[
+        Union[Text, TokenIds, Annotated[list[Union[Text, TokenIds]], Field(min_length=1)]],
+        one_of("a non-empty string, array of strings, array of token ids or array of arrays of token ids"),
+    ]
     max_tokens: Int = setting("max_tokens")
     logprobs: Int = Field(None, ge=0, le=NUM_LOGPROBS, description="alternatives listed per token")
 
@@ -84,17 +98,19 @@ class TextPart(ApiModel):
 class ChatMessage(ApiModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal[tuple(CHAT_ROLES)]
-    content: Annotated[Union[str, list[TextPart]],
-                       one_of("a string or an array of text parts ({'type': 'text', 'text': ...}): only text is "
-                              "supported")]
+    content: Annotated[
+        Union[str, list[TextPart]],
+        one_of("a string or an array of text parts ({'type': 'text', 'text': ...}): only text is supported"),
+    ]
 
     @model_validator(mode="before")
     @classmethod
     def _known_role(cls, data: Any) -> Any:
         role = data.get("role") if isinstance(data, dict) else None
         if not isinstance(role, str) or role not in CHAT_ROLES:  # the message is named, not its role
-            raise PydanticCustomError("invalid_value", "expected an object with a role among {roles}",
-                                      {"roles": ", ".join(CHAT_ROLES)})
+            raise PydanticCustomError(
+                "invalid_value", "expected an object with a role among {roles}", {"roles": ", ".join(CHAT_ROLES)}
+            )
         return data
 
     def text(self) -> str:
@@ -106,8 +122,9 @@ class ChatCompletion(Sampling):
     max_tokens: Int = Field(None, **LIMITS["max_tokens"], description="default: all the context leaves")
     max_completion_tokens: Int = Field(None, **LIMITS["max_tokens"], description="max_tokens, by its newer name")
     logprobs: bool = False
-    top_logprobs: Int = Field(None, ge=0, le=NUM_LOGPROBS, description="alternatives listed per token; needs "
-                                                                        "logprobs: true")
+    top_logprobs: Int = Field(
+        None, ge=0, le=NUM_LOGPROBS, description="alternatives listed per token; needs logprobs: true"
+    )
 
 
 class Usage(BaseModel):
@@ -172,8 +189,10 @@ class Generation:
 
 # ---- parsing -------------------------------------------------------------------------------------------
 
-def _sampling(body: Sampling, served: ServedModel, *, max_tokens: int, stop: tuple[str, ...],
-              logprobs: Optional[int]) -> SamplingParams:
+
+def _sampling(
+    body: Sampling, served: ServedModel, *, max_tokens: int, stop: tuple[str, ...], logprobs: Optional[int]
+) -> SamplingParams:
     """The request's sampling settings; max_tokens is already checked against the context (see _fit)."""
     vocab = served.engine.vocab_size
     if body.top_k > vocab:
@@ -181,10 +200,21 @@ def _sampling(body: Sampling, served: ServedModel, *, max_tokens: int, stop: tup
     if body.num_beams > 1 and body.n > 1:
         raise bad_value("n", body.n, f"1 with num_beams={body.num_beams}: beam search gives one choice, its best")
     params = SamplingParams(
-        max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
-        repetition_penalty=body.repetition_penalty, presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty, seed=body.seed, stop=stop, logprobs=logprobs,
-        num_beams=body.num_beams, length_penalty=body.length_penalty, early_stopping=body.early_stopping)
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        repetition_penalty=body.repetition_penalty,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        seed=body.seed,
+        stop=stop,
+        logprobs=logprobs,
+        num_beams=body.num_beams,
+        length_penalty=body.length_penalty,
+        early_stopping=body.early_stopping,
+    )
     try:
         params.validate(served.engine.num_logprobs)
     except SamplingError as e:
@@ -201,14 +231,23 @@ def _fit(served: ServedModel, ids: list[int], max_tokens: Optional[int], param: 
     encoder-decoder trained on pairs also reads its decoder's start token)."""
     context = served.engine.max_len - (served.loaded.decoder_start is not None)
     if len(ids) >= context:
-        raise ApiError(400, f"the prompt has {len(ids)} tokens: the model's context is {context} tokens, so a prompt "
-                            f"may have at most {context - 1}", param=param, code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"the prompt has {len(ids)} tokens: the model's context is {context} tokens, so a prompt "
+            f"may have at most {context - 1}",
+            param=param,
+            code="context_length_exceeded",
+        )
     if max_tokens is None:
         return context - len(ids)
     if len(ids) + max_tokens > context:
-        raise ApiError(400, f"max_tokens={max_tokens} with a prompt of {len(ids)} tokens exceeds the model's context "
-                            f"of {context} tokens: ask for at most {context - len(ids)}", param="max_tokens",
-                       code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"max_tokens={max_tokens} with a prompt of {len(ids)} tokens exceeds the model's context "
+            f"of {context} tokens: ask for at most {context - len(ids)}",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
     return max_tokens
 
 
@@ -236,25 +275,46 @@ def parse_chat(ctx, body: ChatCompletion) -> Generation:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
     ids = served.encode(_chat_prompt(body, served), "messages", prompt=True)
     max_tokens = _fit(served, ids, body.max_tokens or body.max_completion_tokens, "messages")
-    params = _sampling(body, served, max_tokens=max_tokens, stop=served.chat.stop + _stops(body),
-                       logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+    params = _sampling(
+        body,
+        served,
+        max_tokens=max_tokens,
+        stop=served.chat.stop + _stops(body),
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+    )
     return _generation(body, served, [ids], params, chat=True, prefix="chatcmpl")
 
 
-def _generation(body: Sampling, served: ServedModel, prompts: list[list[int]], params: SamplingParams, *,
-                chat: bool, prefix: str) -> Generation:
+def _generation(
+    body: Sampling, served: ServedModel, prompts: list[list[int]], params: SamplingParams, *, chat: bool, prefix: str
+) -> Generation:
     if body.n * len(prompts) > MAX_PROMPTS:
-        raise ApiError(400, f"{len(prompts)} prompts x n={body.n} is more than {MAX_PROMPTS} sequences in one request",
-                       param="n", code="invalid_value")
+        raise ApiError(
+            400,
+            f"{len(prompts)} prompts x n={body.n} is more than {MAX_PROMPTS} sequences in one request",
+            param="n",
+            code="invalid_value",
+        )
     if body.stream_options is not None and not body.stream:
-        raise ApiError(400, "stream_options is only allowed with stream: true", param="stream_options",
-                       code="invalid_value")
+        raise ApiError(
+            400, "stream_options is only allowed with stream: true", param="stream_options", code="invalid_value"
+        )
     include_usage = body.stream_options is not None and body.stream_options.include_usage
-    return Generation(served, prompts, params, body.n, body.stream, include_usage, chat,
-                      f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time()))
+    return Generation(
+        served,
+        prompts,
+        params,
+        body.n,
+        body.stream,
+        include_usage,
+        chat,
+        f"{prefix}-{uuid.uuid4().hex[:24]}",
+        int(time.time()),
+    )
 
 
 # ---- running -------------------------------------------------------------------------------------------
+
 
 def submit_all(ctx, gen: Generation, client: str) -> list[EngineRequest]:
     """Queue every (prompt, sample); all or none: a full queue cancels those already queued."""
@@ -264,8 +324,11 @@ def submit_all(ctx, gen: Generation, client: str) -> list[EngineRequest]:
         for ids in gen.prompts:
             for i in range(gen.n):
                 seed = None if gen.params.seed is None else gen.params.seed + i
-                submitted.append(gen.served.engine.submit(ids, gen.params.replace(seed=seed),
-                                                          request_id=f"{gen.id}-{len(submitted)}"))
+                submitted.append(
+                    gen.served.engine.submit(
+                        ids, gen.params.replace(seed=seed), request_id=f"{gen.id}-{len(submitted)}"
+                    )
+                )
     except InferenceError as e:
         for r in submitted:
             r.cancel()
@@ -287,8 +350,9 @@ def _abandon(ctx, requests: Sequence[EngineRequest], client: str) -> None:
 
 
 def _cancelled_by_server() -> ApiError:
-    return ApiError(503, "the generation was cancelled because the server is stopping", type="server_error",
-                    code="cancelled")
+    return ApiError(
+        503, "the generation was cancelled because the server is stopping", type="server_error", code="cancelled"
+    )
 
 
 def _logprobs(gen: Generation, logprobs: Sequence[TokenLogprob], offset: int) -> dict:
@@ -320,12 +384,18 @@ async def _whole(ctx, gen: Generation, request: Request, client: str) -> Respons
         _account(ctx, gen, client, c)
         if c.finish_reason == "cancelled":
             raise _cancelled_by_server()
-    choices = [{"index": index, "finish_reason": c.finish_reason,
-                "logprobs": None if c.logprobs is None else _logprobs(gen, c.logprobs, 0),
-                **({"message": ChatReply(content=c.text)} if gen.chat else {"text": c.text})}
-               for index, c in enumerate(completions)]
-    answer = (ChatAnswer if gen.chat else TextAnswer)(id=gen.id, created=gen.created, model=gen.served.id,
-                                                      choices=choices, usage=_usage(gen, completions))
+    choices = [
+        {
+            "index": index,
+            "finish_reason": c.finish_reason,
+            "logprobs": None if c.logprobs is None else _logprobs(gen, c.logprobs, 0),
+            **({"message": ChatReply(content=c.text)} if gen.chat else {"text": c.text}),
+        }
+        for index, c in enumerate(completions)
+    ]
+    answer = (ChatAnswer if gen.chat else TextAnswer)(
+        id=gen.id, created=gen.created, model=gen.served.id, choices=choices, usage=_usage(gen, completions)
+    )
     return JSONResponse(answer.model_dump(mode="json"))
 
 
@@ -340,13 +410,26 @@ def _streamed(ctx, gen: Generation, client: str) -> Response:
     chunk_object = "chat.completion.chunk" if gen.chat else "text_completion"
 
     def chunk(choices: list, **extra: Any) -> str:
-        return event({"id": gen.id, "object": chunk_object, "created": gen.created, "model": gen.served.id,
-                      "system_fingerprint": None, "choices": choices, **extra})
+        return event(
+            {
+                "id": gen.id,
+                "object": chunk_object,
+                "created": gen.created,
+                "model": gen.served.id,
+                "system_fingerprint": None,
+                "choices": choices,
+                **extra,
+            }
+        )
 
-    def choice(index: int, text: Optional[str], logprobs: list[TokenLogprob], finish: Optional[str],
-               offset: int) -> dict:
-        out: dict = {"index": index, "finish_reason": finish,
-                     "logprobs": _logprobs(gen, logprobs, offset) if logprobs else None}
+    def choice(
+        index: int, text: Optional[str], logprobs: list[TokenLogprob], finish: Optional[str], offset: int
+    ) -> dict:
+        out: dict = {
+            "index": index,
+            "finish_reason": finish,
+            "logprobs": _logprobs(gen, logprobs, offset) if logprobs else None,
+        }
         if gen.chat:
             out["delta"] = {} if text is None else {"content": text}
         else:
@@ -364,8 +447,17 @@ def _streamed(ctx, gen: Generation, client: str) -> Response:
         tasks = [asyncio.ensure_future(forward(i, r)) for i, r in enumerate(requests)]
         try:
             if gen.chat:
-                yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                              "finish_reason": None} for i in range(len(requests))])
+                yield chunk(
+                    [
+                        {
+                            "index": i,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                        for i in range(len(requests))
+                    ]
+                )
             offsets = [0] * len(requests)
             completions: list[Completion] = []
 
@@ -395,8 +487,7 @@ def _streamed(ctx, gen: Generation, client: str) -> Response:
                     if item.finish_reason == "cancelled":
                         yield "".join(out) + event(_cancelled_by_server().body())
                         return
-                    out.append(chunk([choice(index, None if gen.chat else "", [], item.finish_reason,
-                                             offsets[index])]))
+                    out.append(chunk([choice(index, None if gen.chat else "", [], item.finish_reason, offsets[index])]))
                 out.extend(tokens(index, batch) for index, batch in pending.items())
                 if any(out):
                     yield "".join(out)
@@ -422,19 +513,27 @@ def _text_logprobs(logprobs: Sequence[TokenLogprob], offset: int) -> dict:
     for lp in logprobs:
         offsets.append(at)
         at += len(lp.text)
-    return {"tokens": [lp.text for lp in logprobs], "token_logprobs": [lp.logprob for lp in logprobs],
-            "top_logprobs": [{text: v for _, text, v in lp.top} for lp in logprobs], "text_offset": offsets}
+    return {
+        "tokens": [lp.text for lp in logprobs],
+        "token_logprobs": [lp.logprob for lp in logprobs],
+        "top_logprobs": [{text: v for _, text, v in lp.top} for lp in logprobs],
+        "text_offset": offsets,
+    }
 
 
 def _chat_logprobs(logprobs: Sequence[TokenLogprob]) -> dict:
     def entry(text: str, logprob: float) -> dict:
         return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
 
-    return {"content": [{**entry(lp.text, lp.logprob), "top_logprobs": [entry(text, v) for _, text, v in lp.top]}
-                        for lp in logprobs]}
+    return {
+        "content": [
+            {**entry(lp.text, lp.logprob), "top_logprobs": [entry(text, v) for _, text, v in lp.top]} for lp in logprobs
+        ]
+    }
 
 
 # ---- routes --------------------------------------------------------------------------------------------
+
 
 def routes(ctx) -> list[Route]:
     async def run(request: Request, gen: Generation) -> Response:
@@ -451,5 +550,7 @@ def routes(ctx) -> list[Route]:
         """Reply to a conversation, rendered by the model's chat template (OpenAI's chat completions API)."""
         return await run(request, parse_chat(ctx, body))
 
-    return [Route("/v1/completions", completions, methods=["POST"]),
-            Route("/v1/chat/completions", chat_completions, methods=["POST"])]
+    return [
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    ]

@@ -24,9 +24,13 @@ from mulm_jax.data.loader import show_examples
 SHOWN_EXAMPLES = 10  # GET /v1/datasets/{version}/examples/{split}: the first ones
 
 AssembleDataset = config_body(
-    "AssembleDataset", DataConfig, exclude=("dataset", "out_dir"), required=("sources",),
+    "AssembleDataset",
+    DataConfig,
+    exclude=("dataset", "out_dir"),
+    required=("sources",),
     doc="POST /v1/datasets: the data section of a config (`data assemble`'s flags, with underscores); its files "
-        "inside the data roots, its version written to the server's data set folder.")
+    "inside the data roots, its version written to the server's data set folder.",
+)
 
 
 def confine_data(data: DataConfig, settings: ServeConfig, param: Callable[[str], str]) -> DataConfig:
@@ -36,8 +40,9 @@ def confine_data(data: DataConfig, settings: ServeConfig, param: Callable[[str],
     tokenizer = data.tokenizer
     if tokenizer not in TRAINED_TOKENIZERS:
         tokenizer = str(confine(tokenizer, settings.data_roots, param=param("tokenizer")))
-    return dataclasses.replace(data, sources=sources, tokenizer=tokenizer,
-                               out_dir=str(Path(settings.datasets_dir).resolve()))
+    return dataclasses.replace(
+        data, sources=sources, tokenizer=tokenizer, out_dir=str(Path(settings.datasets_dir).resolve())
+    )
 
 
 def dataset_config(body: ConfigBody, settings: ServeConfig) -> DataConfig:
@@ -60,8 +65,9 @@ def routes(ctx) -> list[Route]:
         """Assemble a data set version from sources, as a background job (202 with the job)."""
         config = Config(data=dataset_config(body, settings))
         command = [sys.executable, "-m", "mulm_jax", "data", "assemble", "--json"]
-        job = ctx.jobs.start("dataset", command, config=config, workdir=None,
-                             request=body.model_dump(exclude_unset=True))
+        job = ctx.jobs.start(
+            "dataset", command, config=config, workdir=None, request=body.model_dump(exclude_unset=True)
+        )
         return JSONResponse(job, status_code=202)
 
     @endpoint()
@@ -93,18 +99,30 @@ def routes(ctx) -> list[Route]:
         folder = version_folder(settings, request.path_params["version"], "version")
         manifest = read_manifest(folder)
         if manifest.get("kind", "text") == "text":
-            raise ApiError(400, f"data set {manifest['version']} holds text, not pairs: it has no examples to show",
-                           param="version", code="not_pairs")
+            raise ApiError(
+                400,
+                f"data set {manifest['version']} holds text, not pairs: it has no examples to show",
+                param="version",
+                code="not_pairs",
+            )
         split = request.path_params["split"]
         if split not in ("train", "val"):
-            raise ApiError(404, f"no split {split!r}: expected train or val", type="not_found_error", param="split",
-                           code="split_not_found")
-        return JSONResponse({"object": "list", "kind": manifest["kind"],
-                             "data": show_examples(folder, split, 0, SHOWN_EXAMPLES)})
+            raise ApiError(
+                404,
+                f"no split {split!r}: expected train or val",
+                type="not_found_error",
+                param="split",
+                code="split_not_found",
+            )
+        return JSONResponse(
+            {"object": "list", "kind": manifest["kind"], "data": show_examples(folder, split, 0, SHOWN_EXAMPLES)}
+        )
 
-    return [Route("/v1/datasets", create_dataset, methods=["POST"]),
-            Route("/v1/datasets", list_datasets, methods=["GET"]),
-            Route("/v1/datasets/jobs", list_jobs, methods=["GET"]),
-            Route("/v1/datasets/jobs/{id}", get_job, methods=["GET"]),
-            Route("/v1/datasets/{version}", get_dataset, methods=["GET"]),
-            Route("/v1/datasets/{version}/examples/{split}", get_examples, methods=["GET"])]
+    return [
+        Route("/v1/datasets", create_dataset, methods=["POST"]),
+        Route("/v1/datasets", list_datasets, methods=["GET"]),
+        Route("/v1/datasets/jobs", list_jobs, methods=["GET"]),
+        Route("/v1/datasets/jobs/{id}", get_job, methods=["GET"]),
+        Route("/v1/datasets/{version}", get_dataset, methods=["GET"]),
+        Route("/v1/datasets/{version}/examples/{split}", get_examples, methods=["GET"]),
+    ]

@@ -35,13 +35,17 @@ def routes(ctx) -> list[Route]:
         if ctx.models.ready:
             return JSONResponse(Readiness(status="ready", models=models).model_dump(exclude={"errors"}))
         status = "failed" if ctx.models.startup_errors else "loading"
-        return JSONResponse(Readiness(status=status, models=models, errors=ctx.models.startup_errors).model_dump(),
-                            status_code=503)
+        return JSONResponse(
+            Readiness(status=status, models=models, errors=ctx.models.startup_errors).model_dump(), status_code=503
+        )
 
     @endpoint(media_types=("text/plain",))
     async def metrics(request: Request) -> PlainTextResponse:
         """Prometheus text format: requests, latency, time to first token, tokens, queue, slots, jobs."""
         return PlainTextResponse(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    return [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"])]
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

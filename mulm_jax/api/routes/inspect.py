@@ -19,8 +19,15 @@ from mulm_jax.api.registry import MODEL_ERRORS, ServedModel
 from mulm_jax.api.schemas import ApiModel, Int, Text, TokenIds, one_of
 from mulm_jax.inspect import interventions
 from mulm_jax.inspect.heads import head_roles
-from mulm_jax.inspect.report import (PARTS, ablation_json, activations_json, attribution_json, patch_json,
-                                     tokens_json, trace_json)
+from mulm_jax.inspect.report import (
+    PARTS,
+    ablation_json,
+    activations_json,
+    attribution_json,
+    patch_json,
+    tokens_json,
+    trace_json,
+)
 from mulm_jax.inspect.trace import InspectError, Tracer, greedy_target
 
 MAX_TOP_K = 20
@@ -33,12 +40,16 @@ Prompt = Annotated[Union[Text, TokenIds], one_of("a non-empty string or an array
 class Inspect(ApiModel):
     model: str
     prompt: Prompt
-    include: Annotated[Union[Part, Annotated[list[Part], Field(min_length=1)]],
-                       one_of(f"some of {', '.join(PARTS)}")] = Field(None, description="the parts (default: all)")
+    include: Annotated[
+        Union[Part, Annotated[list[Part], Field(min_length=1)]], one_of(f"some of {', '.join(PARTS)}")
+    ] = Field(None, description="the parts (default: all)")
     top_k: Int = Field(5, ge=1, le=MAX_TOP_K, description="alternatives per position")
-    target: Optional[Prompt] = Field(None, description="encoder-decoder models: the decoder's tokens, the prompt being "
-                                                       "the source (default: for one trained on pairs, its greedy "
-                                                       "output; else as a completion reads the prompt)")
+    target: Optional[Prompt] = Field(
+        None,
+        description="encoder-decoder models: the decoder's tokens, the prompt being "
+        "the source (default: for one trained on pairs, its greedy "
+        "output; else as a completion reads the prompt)",
+    )
 
 
 Answer = Annotated[Union[Text, Int], one_of("a string of one token or a token id")]
@@ -52,11 +63,15 @@ class HeadRef(ApiModel):
 class Activations(ApiModel):
     model: str
     prompt: Prompt
-    target: Optional[Prompt] = Field(None, description="encoder-decoder models: the decoder's tokens, the prompt being "
-                                                       "the source (default: as a completion reads the prompt, its "
-                                                       "last token the decoder's first)")
+    target: Optional[Prompt] = Field(
+        None,
+        description="encoder-decoder models: the decoder's tokens, the prompt being "
+        "the source (default: as a completion reads the prompt, its "
+        "last token the decoder's first)",
+    )
     names: Annotated[list[Text], Field(min_length=1)] = Field(
-        None, description="activation names or globs (default: every one); the answer's `names` lists them all")
+        None, description="activation names or globs (default: every one); the answer's `names` lists them all"
+    )
     position: Int = Field(None, description="only this token of each name's T axis (negative: from the end)")
     ablate: list[HeadRef] = Field([], description="self-attention heads to zero-ablate during the pass")
 
@@ -104,8 +119,12 @@ def routes(ctx) -> list[Route]:
             raise ApiError(400, str(e), param=param, code="invalid_value") from None
         limit = ctx.settings.inspect_max_tokens
         if len(ids) > limit:
-            raise ApiError(400, f"{param} has {len(ids)} tokens; this server inspects at most {limit} "
-                                "(serve.inspect_max_tokens)", param=param, code="prompt_too_long")
+            raise ApiError(
+                400,
+                f"{param} has {len(ids)} tokens; this server inspects at most {limit} (serve.inspect_max_tokens)",
+                param=param,
+                code="prompt_too_long",
+            )
         return ids
 
     async def answer(served, compute: Callable[[], dict], param: str, obj: str) -> JSONResponse:
@@ -114,9 +133,18 @@ def routes(ctx) -> list[Route]:
         except InspectError as e:
             raise ApiError(400, str(e), param=e.param or param, code="invalid_value") from None
         cfg = served.loaded.config.model
-        return JSONResponse({"object": obj, "model": served.id, "architecture": cfg.architecture,
-                             "num_layers": cfg.decoder_layers, "num_heads": cfg.num_heads,
-                             "num_kv_heads": cfg.kv_heads, "context_length": cfg.max_seq_len, **parts})
+        return JSONResponse(
+            {
+                "object": obj,
+                "model": served.id,
+                "architecture": cfg.architecture,
+                "num_layers": cfg.decoder_layers,
+                "num_heads": cfg.num_heads,
+                "num_kv_heads": cfg.kv_heads,
+                "context_length": cfg.max_seq_len,
+                **parts,
+            }
+        )
 
     @endpoint(body=Inspect, errors=MODEL_ERRORS)
     async def inspect(request: Request, body: Inspect) -> JSONResponse:
@@ -150,10 +178,13 @@ def routes(ctx) -> list[Route]:
             except InspectError as e:
                 raise InspectError(str(e), f"ablate.{e.param}") from None
             cache = tracer.run_with_cache(ids, body.names, target=target, edits=edits)
-            position = None if body.position is None else interventions.check_position(body.position,
-                                                                                        len(cache.ids_T))
-            return {**tokens_json(cache), "position": position, "names": tracer.names,
-                    "activations": activations_json(cache, position)}
+            position = None if body.position is None else interventions.check_position(body.position, len(cache.ids_T))
+            return {
+                **tokens_json(cache),
+                "position": position,
+                "names": tracer.names,
+                "activations": activations_json(cache, position),
+            }
 
         return await answer(served, run, "names", "activations")
 
@@ -162,8 +193,15 @@ def routes(ctx) -> list[Route]:
         """Each self-attention head ablated in turn: the change in the log-probability of the next token."""
         served, tracer = opened(body.model)
         ids = checked(tracer, body.prompt)
-        return await answer(served, lambda: ablation_json(interventions.ablate_each_head(
-            tracer, ids, token=body.token, position=body.position, mode=body.mode), tracer), "position", "ablation")
+        return await answer(
+            served,
+            lambda: ablation_json(
+                interventions.ablate_each_head(tracer, ids, token=body.token, position=body.position, mode=body.mode),
+                tracer,
+            ),
+            "position",
+            "ablation",
+        )
 
     @endpoint(body=Patch, errors=MODEL_ERRORS)
     async def patch(request: Request, body: Patch) -> JSONResponse:
@@ -171,19 +209,31 @@ def routes(ctx) -> list[Route]:
         the corrupt one's, and the log-probability of the clean prediction after the last token."""
         served, tracer = opened(body.model)
         clean, corrupt = checked(tracer, body.clean, "clean"), checked(tracer, body.corrupt, "corrupt")
-        return await answer(served, lambda: patch_json(interventions.patch_residual(
-            tracer, clean, corrupt, token=body.token), tracer), "corrupt", "patching")
+        return await answer(
+            served,
+            lambda: patch_json(interventions.patch_residual(tracer, clean, corrupt, token=body.token), tracer),
+            "corrupt",
+            "patching",
+        )
 
     @endpoint(body=Attribute, errors=MODEL_ERRORS)
     async def attribute(request: Request, body: Attribute) -> JSONResponse:
         """Direct logit attribution: each head's and MLP's share of one token's logit, through the final norm."""
         served, tracer = opened(body.model)
         ids = checked(tracer, body.prompt)
-        return await answer(served, lambda: attribution_json(interventions.logit_attribution(
-            tracer, ids, token=body.token, position=body.position), tracer), "position", "attribution")
+        return await answer(
+            served,
+            lambda: attribution_json(
+                interventions.logit_attribution(tracer, ids, token=body.token, position=body.position), tracer
+            ),
+            "position",
+            "attribution",
+        )
 
-    return [Route("/v1/inspect", inspect, methods=["POST"]),
-            Route("/v1/inspect/activations", activations, methods=["POST"]),
-            Route("/v1/inspect/ablate", ablate, methods=["POST"]),
-            Route("/v1/inspect/patch", patch, methods=["POST"]),
-            Route("/v1/inspect/attribute", attribute, methods=["POST"])]
+    return [
+        Route("/v1/inspect", inspect, methods=["POST"]),
+        Route("/v1/inspect/activations", activations, methods=["POST"]),
+        Route("/v1/inspect/ablate", ablate, methods=["POST"]),
+        Route("/v1/inspect/patch", patch, methods=["POST"]),
+        Route("/v1/inspect/attribute", attribute, methods=["POST"]),
+    ]

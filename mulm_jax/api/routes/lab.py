@@ -18,13 +18,20 @@ from mulm_jax.api.errors import ApiError
 from mulm_jax.api.openapi import endpoint
 
 LAB_DIR = Path(__file__).resolve().parent.parent / "lab"
-CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
-                 ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
 # Revalidate on every use (answered 304 while the ETag matches), so a changed file shows at the next load.
 CACHE_CONTROL = "no-cache"
 # The page loads and calls nothing but this server: no CDN, no inline script or style markup.
-CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
-                           "form-action 'none'; frame-ancestors 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def lab_file(relative: str) -> Optional[Path]:
@@ -66,8 +73,7 @@ def routes(ctx) -> list[Route]:
         relative = request.path_params["path"]
         path = lab_file(relative)
         if path is None:
-            raise ApiError(404, f"no web lab file {relative!r}", type="not_found_error", param="path",
-                           code="not_found")
+            raise ApiError(404, f"no web lab file {relative!r}", type="not_found_error", param="path", code="not_found")
         return file_response(request, path)
 
     return [Route("/", index, methods=["GET"]), Route("/lab/{path:path}", asset, methods=["GET"])]

@@ -23,7 +23,8 @@ MODEL_ID_RULE = "letters, digits, '.', '_', ':' or '-' (at most 128), starting w
 class LoadModel(ApiModel):
     run_dir: Text = Field(description="a run folder, relative to the runs root")
     id: Annotated[str, Field(pattern=MODEL_ID.pattern), one_of(MODEL_ID_RULE)] = Field(
-        None, description="the model's id (default: the run folder's name)")
+        None, description="the model's id (default: the run folder's name)"
+    )
     step: Int = Field(None, ge=0, description="a checkpoint step (default: the newest)")
 
 
@@ -51,5 +52,8 @@ def routes(ctx) -> list[Route]:
         served = await anyio.to_thread.run_sync(ctx.models.add, model_id, run_dir, body.step)
         return JSONResponse(served.describe().body(), status_code=201)
 
-    return [Route("/v1/models", list_models, methods=["GET"]), Route("/v1/models", load, methods=["POST"]),
-            Route("/v1/models/{model:path}", get_model, methods=["GET"])]
+    return [
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models", load, methods=["POST"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+    ]

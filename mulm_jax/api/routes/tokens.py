@@ -46,11 +46,13 @@ class Detokenized(BaseModel):
 
 class Embed(ApiModel):
     model: str
-    input: Annotated[Union[Text, TokenIds, Annotated[list[Union[Text, TokenIds]], Field(min_length=1,
-                                                                                          max_length=MAX_INPUTS)]],
-                     one_of(EMBEDDING_INPUT)]
+    input: Annotated[
+        Union[Text, TokenIds, Annotated[list[Union[Text, TokenIds]], Field(min_length=1, max_length=MAX_INPUTS)]],
+        one_of(EMBEDDING_INPUT),
+    ]
     encoding_format: Literal["float", "base64"] = Field(
-        "float", description="base64: little-endian float32 bytes (the openai client's default)")
+        "float", description="base64: little-endian float32 bytes (the openai client's default)"
+    )
     user: str = None
 
 
@@ -75,8 +77,9 @@ class Embeddings(BaseModel):
 def _token_ids(value: list[int], param: str, vocab: int) -> list[int]:
     bad = [t for t in value if not 0 <= t < vocab]
     if bad:
-        raise ApiError(400, f"{param}: token id {bad[0]} is outside the vocabulary [0, {vocab})", param=param,
-                       code="invalid_value")
+        raise ApiError(
+            400, f"{param}: token id {bad[0]} is outside the vocabulary [0, {vocab})", param=param, code="invalid_value"
+        )
     return value
 
 
@@ -93,8 +96,9 @@ def routes(ctx) -> list[Route]:
         """Text to token ids with a model's tokenizer."""
         served = ctx.models.get(body.model)
         ids = served.encode(body.prompt, "prompt")
-        return JSONResponse(Tokenized(model=served.id, tokens=ids, count=len(ids),
-                                      max_model_len=served.engine.max_len).model_dump())
+        return JSONResponse(
+            Tokenized(model=served.id, tokens=ids, count=len(ids), max_model_len=served.engine.max_len).model_dump()
+        )
 
     @endpoint(body=Detokenize, response=Detokenized, errors=MODEL_ERRORS)
     async def detokenize(request: Request, body: Detokenize) -> JSONResponse:
@@ -111,16 +115,24 @@ def routes(ctx) -> list[Route]:
         raw = body.input
         if isinstance(raw, str) or all(isinstance(t, int) for t in raw):
             raw = [raw]
-        inputs = [served.encode(x, f"input[{i}]") if isinstance(x, str) else _token_ids(x, f"input[{i}]", vocab)
-                  for i, x in enumerate(raw)]
+        inputs = [
+            served.encode(x, f"input[{i}]") if isinstance(x, str) else _token_ids(x, f"input[{i}]", vocab)
+            for i, x in enumerate(raw)
+        ]
         try:
             vectors = await anyio.to_thread.run_sync(lambda: [served.embeddings.embed(ids) for ids in inputs])
         except InferenceError as e:
             raise ApiError(400, str(e), param="input", code="invalid_value") from None
         tokens = sum(len(ids) for ids in inputs)
         data = [Embedding(index=i, embedding=_encoded(v, body.encoding_format)) for i, v in enumerate(vectors)]
-        return JSONResponse(Embeddings(model=served.id, data=data, usage=EmbeddingUsage(
-            prompt_tokens=tokens, total_tokens=tokens)).model_dump())
+        return JSONResponse(
+            Embeddings(
+                model=served.id, data=data, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+            ).model_dump()
+        )
 
-    return [Route("/v1/tokenize", tokenize, methods=["POST"]), Route("/v1/detokenize", detokenize, methods=["POST"]),
-            Route("/v1/embeddings", embeddings, methods=["POST"])]
+    return [
+        Route("/v1/tokenize", tokenize, methods=["POST"]),
+        Route("/v1/detokenize", detokenize, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+    ]

@@ -27,16 +27,20 @@ from mulm_jax.data.assemble import MANIFEST
 from mulm_jax.runs import metrics_path
 
 
-
 class StartTraining(ApiModel):
-    config: Annotated[Union[Annotated[str, Field(pattern=PLAIN_NAME)], dict[str, Any]],
-                      one_of("the name of a config file or a config object")] = Field(
-        description="a config file of the configs folder (with or without .yaml), or a config")
+    config: Annotated[
+        Union[Annotated[str, Field(pattern=PLAIN_NAME)], dict[str, Any]],
+        one_of("the name of a config file or a config object"),
+    ] = Field(description="a config file of the configs folder (with or without .yaml), or a config")
     dataset: Annotated[str, Field(pattern=PLAIN_NAME)] = Field(
-        None, description="an assembled data set version to train on")
-    overrides: Annotated[Union[str, list[str], dict[str, Any]],
-                         one_of("section.key=value strings, or an object {section.key: value}")] = None
+        None, description="an assembled data set version to train on"
+    )
+    overrides: Annotated[
+        Union[str, list[str], dict[str, Any]], one_of("section.key=value strings, or an object {section.key: value}")
+    ] = None
     name: Text = Field(None, description="the run folder inside the runs folder (default: the job id)")
+
+
 EVENTS_POLL_S = 0.25  # how often /events looks for new metrics rows
 
 
@@ -92,8 +96,13 @@ def base_config(value: str | dict, settings: ServeConfig) -> Path | dict:
     path = configs_dir / f"{plain_name(value.removesuffix('.yaml'), 'config')}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in configs_dir.glob("*.yaml"))
-        raise ApiError(404, f"no config {value!r} in the configs folder; it holds {', '.join(known) or 'none'}",
-                       type="not_found_error", param="config", code="config_not_found")
+        raise ApiError(
+            404,
+            f"no config {value!r} in the configs folder; it holds {', '.join(known) or 'none'}",
+            type="not_found_error",
+            param="config",
+            code="config_not_found",
+        )
     return path
 
 
@@ -106,6 +115,7 @@ def override_list(overrides: str | list[str] | dict[str, Any] | None) -> list[st
 
 def build_config(base: Path | dict, overrides: list[str]) -> Config:
     """The validated config; a ConfigError is a 400 blaming `config` when the base alone fails, else `overrides`."""
+
     def build(with_overrides: list[str]) -> Config:
         if isinstance(base, Path):
             return load_config(base, with_overrides)
@@ -127,8 +137,13 @@ def training_data(data: DataConfig, settings: ServeConfig, dataset: Optional[Pat
     if dataset is None and data.dataset:
         dataset = confine(data.dataset, [settings.datasets_dir], param="data.dataset")
         if not (dataset / MANIFEST).is_file():
-            raise ApiError(404, f"data.dataset={data.dataset!r} is not an assembled data set version",
-                           type="not_found_error", param="data.dataset", code="dataset_not_found")
+            raise ApiError(
+                404,
+                f"data.dataset={data.dataset!r} is not an assembled data set version",
+                type="not_found_error",
+                param="data.dataset",
+                code="dataset_not_found",
+            )
     data = dataclasses.replace(data, dataset=str(dataset) if dataset else None)
     return confine_data(data, settings, param=lambda name: f"data.{name}")
 
@@ -137,8 +152,12 @@ def run_folder(name: str, settings: ServeConfig) -> Path:
     runs_root = Path(settings.runs_root).resolve()
     workdir = confine(name, [runs_root], param="name")
     if workdir == runs_root:
-        raise ApiError(400, f"name={name!r} is the runs folder itself: expected a folder inside it", param="name",
-                       code="invalid_value")
+        raise ApiError(
+            400,
+            f"name={name!r} is the runs folder itself: expected a folder inside it",
+            param="name",
+            code="invalid_value",
+        )
     return workdir
 
 
@@ -156,8 +175,14 @@ def routes(ctx) -> list[Route]:
         config = build_config(base, overrides)
         config = dataclasses.replace(config, data=training_data(config.data, settings, dataset))
         command = [sys.executable, "-m", "mulm_jax", "train", "--workdir", str(workdir), "--quiet"]
-        job = ctx.jobs.start("training", command, config=config, workdir=str(workdir),
-                             request=body.model_dump(exclude_unset=True), job_id=job_id)
+        job = ctx.jobs.start(
+            "training",
+            command,
+            config=config,
+            workdir=str(workdir),
+            request=body.model_dump(exclude_unset=True),
+            job_id=job_id,
+        )
         return JSONResponse(job, status_code=202)
 
     @endpoint()
@@ -199,9 +224,11 @@ def routes(ctx) -> list[Route]:
         """Relaunch an interrupted, cancelled or failed training job; it continues from its latest checkpoint."""
         return JSONResponse(ctx.jobs.resume(request.path_params["id"]))
 
-    return [Route("/v1/training/jobs", create_job, methods=["POST"]),
-            Route("/v1/training/jobs", list_jobs, methods=["GET"]),
-            Route("/v1/training/jobs/{id}", get_job, methods=["GET"]),
-            Route("/v1/training/jobs/{id}/events", job_events, methods=["GET"]),
-            Route("/v1/training/jobs/{id}/cancel", cancel_job, methods=["POST"]),
-            Route("/v1/training/jobs/{id}/resume", resume_job, methods=["POST"])]
+    return [
+        Route("/v1/training/jobs", create_job, methods=["POST"]),
+        Route("/v1/training/jobs", list_jobs, methods=["GET"]),
+        Route("/v1/training/jobs/{id}", get_job, methods=["GET"]),
+        Route("/v1/training/jobs/{id}/events", job_events, methods=["GET"]),
+        Route("/v1/training/jobs/{id}/cancel", cancel_job, methods=["POST"]),
+        Route("/v1/training/jobs/{id}/resume", resume_job, methods=["POST"]),
+    ]
