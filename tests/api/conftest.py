@@ -1,10 +1,10 @@
-"""The browser tests' one headless Chromium per module."""
+"""The browser tests' one headless Chromium per module, and a lab tab on the module's `server` per test."""
 
 from __future__ import annotations
 
 import pytest
 
-from support import CHROMIUM, CHROMIUM_ARGS, require_browser
+from support import CHROMIUM, CHROMIUM_ARGS, SERVER_KEY, Lab, require_browser
 
 
 @pytest.fixture(scope="module")
@@ -22,3 +22,10 @@ def browser(tmp_path_factory):
         )
         yield context
         context.close()
+
+
+@pytest.fixture
+def lab(browser, server, tmp_path):
+    tab = Lab(browser, server, tmp_path, SERVER_KEY)
+    yield tab
+    tab.page.close()

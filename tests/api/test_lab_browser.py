@@ -28,13 +28,6 @@ def server(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture
-def lab(browser, server, tmp_path):
-    tab = Lab(browser, server, tmp_path, SERVER_KEY)
-    yield tab
-    tab.page.close()
-
-
 CANVAS_PIXELS = """id => {
   const canvas = document.getElementById(id);
   const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from support import SERVER_KEY, Lab, Server, pairs_run
+from support import Server, pairs_run
 
 pytestmark = pytest.mark.browser
 
@@ -26,13 +26,6 @@ def server(tmp_path_factory):
     server = Server(root, "--checkpoint", f"pairs={run}", "--slots", "1")
     yield server
     server.stop()
-
-
-@pytest.fixture
-def lab(browser, server, tmp_path):
-    tab = Lab(browser, server, tmp_path, SERVER_KEY)
-    yield tab
-    tab.page.close()
 
 
 def test_the_lab_shows_the_loss_mask_of_pairs_and_the_cross_attention_over_the_source(lab, server):
