@@ -1,14 +1,17 @@
 // The lab's shell: views by URL hash, the model picker, the API key form and the error notice.
 
 import {apiKey, get, onUnauthorized} from "./api.js";
+import * as compare from "./compare.js";
 import * as datasets from "./datasets.js";
+import * as embeddings from "./embeddings.js";
 import * as inspect from "./inspect.js";
 import * as models from "./models.js";
 import * as playground from "./playground.js";
+import * as tokenizers from "./tokenizers.js";
 import * as training from "./training.js";
 import * as walkthrough from "./walkthrough.js";
 
-const VIEWS = {playground, inspect, walkthrough, datasets, training, models};
+const VIEWS = {playground, inspect, walkthrough, datasets, training, compare, embeddings, tokenizers, models};
 const $ = (id) => document.getElementById(id);
 
 export const app = {

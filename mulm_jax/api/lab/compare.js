@@ -1,0 +1,9 @@
+// Compare: two to four runs side by side.
+
+let app;
+
+export function init(lab) {
+  app = lab;
+}
+
+export async function show() {}

@@ -1,0 +1,9 @@
+// Embeddings: the embedding space.
+
+let app;
+
+export function init(lab) {
+  app = lab;
+}
+
+export async function show() {}
