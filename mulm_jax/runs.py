@@ -44,6 +44,20 @@ def read_config(run_dir: str | Path) -> Config:
         raise MulmError(f"{path}: {e}") from None
 
 
+def find_runs(root: str | Path, depth: int = 3) -> list[Path]:
+    """The run folders at or under `root`, up to `depth` folders down, in path order; a run folder's own
+    subfolders (its checkpoints) are not searched."""
+    root = Path(root)
+    if is_run(root):
+        return [root]
+    if depth == 0 or not root.is_dir():
+        return []
+    found = []
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found += find_runs(child, depth - 1)
+    return found
+
+
 def write_run_files(run_dir: str | Path, config: Config, tokenizer: Tokenizer) -> None:
     """The files that make a folder a run: its tokenizer and its config (written to a temporary file, then
     renamed, so that a reader never sees half of it)."""

@@ -37,6 +37,7 @@ CORE_ROUTES = (
     "mulm_jax.api.routes.inspect",
     "mulm_jax.api.routes.datasets",
     "mulm_jax.api.routes.training",
+    "mulm_jax.api.routes.runs",
     "mulm_jax.api.routes.docs",
     "mulm_jax.api.routes.lab",
 )
