@@ -31,6 +31,9 @@ VIEWS = {
     "--corrupt's, and how much of the clean prediction it restores",
     "attribute": "direct logit attribution: each head's and MLP's share of the logit of --token (default the "
     "prediction) at --position, through the final norm",
+    "embeddings": "the embedding space: the tokens nearest (cosine) to --token, or to the residual stream at --layer "
+    "(0 = the embeddings .. L = the last block's output) and --position of --prompt, and to --analogy a,b,c (a - b + "
+    "c); a PCA of the embedding table coloured by token class, and of the prompt's residual stream at each layer",
 }
 INTERVENTIONS = ("ablate", "patch", "attribute")
 
@@ -54,20 +57,31 @@ def register(subparsers: Any) -> None:
         help="encoder-decoder runs: the decoder's text, the prompt being the source "
         "(default for a run trained on pairs: its greedy output for the source)",
     )
-    parser.add_argument("--layer", type=int, help="layer to draw (attention)")
+    parser.add_argument(
+        "--layer", type=int, help="layer to draw (attention); embeddings: the residual's layer, 0 to L (default L)"
+    )
     parser.add_argument("--head", type=int, help="head to draw (attention; needs --layer or takes the last)")
-    parser.add_argument("--top-k", type=int, default=5, help="alternatives kept per position (default 5)")
+    parser.add_argument(
+        "--top-k", type=int, default=5, help="alternatives kept per position; embeddings: nearest tokens (default 5)"
+    )
     parser.add_argument("--names", help="activations: comma-separated names or globs (default: list every name)")
     parser.add_argument(
         "--position",
         type=int,
         help="activations: only this token (negative: from the end); ablate, attribute: the "
-        "position predicting --token (default: the last)",
+        "position predicting --token; embeddings: the residual's position (default: the last)",
     )
     parser.add_argument(
         "--token",
         help="ablate, patch, attribute: the token followed, as its text (one token) or "
-        "#ID (default: the model's prediction)",
+        "#ID (default: the model's prediction); embeddings: the token whose nearest tokens are listed",
+    )
+    parser.add_argument("--analogy", help="embeddings: three tokens A,B,C (texts or #ID): the nearest to A - B + C")
+    parser.add_argument(
+        "--table",
+        choices=["input", "output"],
+        default="input",
+        help="embeddings: the token embedding or the output head (the same table when tied; default input)",
     )
     parser.add_argument(
         "--mode",
@@ -141,9 +155,11 @@ def run_inspect(args: argparse.Namespace) -> int:
     startup.start(args)
     loaded = load_model(args.checkpoint, args.step)
     cfg = loaded.config.model
-    layers, heads = _layers_heads(args, cfg.decoder_layers, cfg.num_heads)
     out_dir = args.out or Path(args.checkpoint) / "inspect"
     name = f"{Path(args.checkpoint).name} step {loaded.step}"
+    if args.view == "embeddings":  # its --layer counts the embeddings as layer 0
+        return _embeddings(args, Tracer(loaded), out_dir, name)
+    layers, heads = _layers_heads(args, cfg.decoder_layers, cfg.num_heads)
     piece = loaded.tokenizer.piece
     if args.view == "positions":
         return _positions(args, loaded, out_dir, name)
@@ -312,6 +328,53 @@ def _intervention(args: argparse.Namespace, tracer: Any, out_dir: Path, name: st
         )
     print(json.dumps(data) if args.json else summary)
     print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _embeddings(args: argparse.Namespace, tracer: Any, out_dir: Path, name: str) -> int:
+    from mulm_jax.inspect import draw
+    from mulm_jax.inspect.embedding_space import EmbeddingSpace, query
+    from mulm_jax.inspect.report import embeddings_json, embeddings_summary
+
+    space = EmbeddingSpace(tracer.loaded, args.table)
+    analogy = None if args.analogy is None else [_token_arg(t) for t in args.analogy.split(",")]
+    found = query(
+        space,
+        tracer,
+        token=_token_arg(args.token),
+        prompt=None if args.prompt is None and args.text_file is None else _prompt(args),
+        layer=args.layer,
+        position=-1 if args.position is None else args.position,
+        analogy=analogy,
+        top_k=args.top_k,
+    )
+    print(json.dumps(embeddings_json(space, found)) if args.json else embeddings_summary(space, found))
+    rows = {int(i): r for r, i in enumerate(space.ids_N)}
+    named = [n.id for n in (found.nearest or [])] + ([found.token] if found.token is not None else [])
+    coords_Nx2, explained_2 = space.projection
+    written = [
+        draw.embedding_scatter(
+            coords_Nx2,
+            [space.pieces[i] for i in space.ids_N],
+            [space.classes[i] for i in space.ids_N],
+            explained_2,
+            f"{name}: the {args.table} embedding table (PCA), coloured by token class",
+            out_dir / "embeddings.png",
+            [rows[i] for i in named if i in rows],
+        )
+    ]
+    if found.stream is not None:
+        written.append(
+            draw.residual_panels(
+                found.stream.coords_LxTx2,
+                found.stream.pieces,
+                [space.classes[int(i)] for i in found.stream.ids_T],
+                found.stream.explained_Lx2,
+                f"{name}: the residual stream of the prompt at each layer (PCA per layer; ringed: the first token)",
+                out_dir / "embeddings_residual.png",
+            )
+        )
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0
 
 

@@ -259,3 +259,105 @@ def attribution_bars(labels: Sequence[str], values: np.ndarray, title: str, path
     ax.set_xlabel("contribution to the logit")
     ax.set_title(title)
     return save_figure(fig, path)
+
+
+# The colour of each token class of inspect.embedding_space (the lab's embeddings.js uses the same).
+CLASS_COLOURS = {
+    "byte": "#9e9e9e",
+    "whitespace": "#17becf",
+    "word start": "#1f77b4",
+    "upper": "#d62728",
+    "lower": "#ff7f0e",
+    "digit": "#2ca02c",
+    "punctuation": "#9467bd",
+    "other": "#8c564b",
+}
+ALL_LABELS = 160  # a scatter of at most this many points labels each one; a larger one only those marked
+
+
+def _class_legend(ax, classes: Sequence[str]) -> None:
+    present = [c for c in CLASS_COLOURS if c in set(classes)]
+    handles = [plt.Line2D([], [], marker="o", ls="", color=CLASS_COLOURS[c], label=c) for c in present]
+    ax.legend(handles=handles, fontsize=8, loc="best", framealpha=0.8)
+
+
+def embedding_scatter(
+    coords_Nx2: np.ndarray,
+    pieces: Sequence[str],
+    classes: Sequence[str],
+    explained_2: np.ndarray,
+    title: str,
+    path: str | Path,
+    marked: Sequence[int] = (),
+) -> Path:
+    """The embedding table's PCA: a point per token coloured by its class; the `marked` rows (a query and its
+    nearest tokens) drawn larger and outlined. Every point is labelled with its text when there are few."""
+    fig, ax = plt.subplots(figsize=(9.0, 7.5))
+    marked = list(marked)
+    colours = [CLASS_COLOURS[c] for c in classes]
+    small = len(pieces) <= ALL_LABELS
+    ax.scatter(coords_Nx2[:, 0], coords_Nx2[:, 1], c=colours, s=40 if small else 6, alpha=0.35 if small else 0.5)
+    if marked:
+        ax.scatter(
+            coords_Nx2[marked, 0],
+            coords_Nx2[marked, 1],
+            c=[colours[i] for i in marked],
+            s=90,
+            edgecolors="black",
+            linewidths=1.2,
+        )
+    for i in range(len(pieces)) if small else marked:
+        ax.annotate(
+            shown(pieces[i]),
+            coords_Nx2[i],
+            fontsize=9 if i in marked else 8,
+            fontweight="bold" if i in marked else "normal",
+            ha="center",
+            va="center",
+            xytext=(0, 7),
+            textcoords="offset points",
+        )
+    ax.set_xlabel(f"principal component 1 ({100 * explained_2[0]:.1f}% of the variance)")
+    ax.set_ylabel(f"principal component 2 ({100 * explained_2[1]:.1f}%)")
+    ax.grid(alpha=0.3)
+    _class_legend(ax, classes)
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def residual_panels(
+    coords_LxTx2: np.ndarray,
+    pieces: Sequence[str],
+    classes: Sequence[str],
+    explained_Lx2: np.ndarray,
+    title: str,
+    path: str | Path,
+) -> Path:
+    """A prompt's residual stream, one panel per layer (its own PCA over the positions): each position a point
+    coloured by its token's class and labelled with it, joined in order by a grey line (the first one ringed)."""
+    L = coords_LxTx2.shape[0]
+    cols = min(L, 3)
+    rows = math.ceil(L / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.2 * rows), squeeze=False)
+    colours = [CLASS_COLOURS[c] for c in classes]
+    for layer in range(rows * cols):
+        ax = axes.flat[layer]
+        if layer >= L:
+            ax.axis("off")
+            continue
+        xy_Tx2 = coords_LxTx2[layer]
+        ax.plot(xy_Tx2[:, 0], xy_Tx2[:, 1], color="#bbbbbb", lw=0.8, zorder=1)
+        ax.scatter(xy_Tx2[:, 0], xy_Tx2[:, 1], c=colours, s=28, zorder=2)
+        ax.scatter(xy_Tx2[:1, 0], xy_Tx2[:1, 1], s=90, facecolors="none", edgecolors="black", zorder=3)
+        for t, piece in enumerate(pieces):
+            ax.annotate(shown(piece), xy_Tx2[t], fontsize=7, xytext=(3, 3), textcoords="offset points")
+        where = "the embeddings" if layer == 0 else f"after block {layer - 1}"
+        ax.set_title(
+            f"layer {layer}: {where} ({100 * explained_Lx2[layer, 0]:.0f}% + {100 * explained_Lx2[layer, 1]:.0f}%)",
+            fontsize=9,
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _class_legend(axes.flat[0], classes)
+    fig.suptitle(title)
+    return save_figure(fig, path)

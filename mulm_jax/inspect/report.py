@@ -10,6 +10,7 @@ import numpy as np
 
 from mulm_jax.inspect.activations import ActivationCache
 from mulm_jax.inspect.draw import shown
+from mulm_jax.inspect.embedding_space import CLASSES, EmbeddingQuery, EmbeddingSpace, Neighbour
 from mulm_jax.inspect.heads import HeadRoles
 from mulm_jax.inspect.interventions import AblationTable, Attribution, PatchTable
 from mulm_jax.inspect.trace import Trace, Tracer, token_pieces
@@ -145,6 +146,100 @@ def attribution_json(attribution: Attribution, tracer: Tracer) -> dict:
             {"name": label, "logit": _number(value)} for label, value in zip(attribution.labels, attribution.values)
         ],
     }
+
+
+PROJECTION_LIMIT = 1000  # table points an embeddings answer carries by default (the first ordinary ids)
+
+
+def _embedding_token(space: EmbeddingSpace, token: int, text: Optional[str] = None) -> dict:
+    return {
+        "id": int(token),
+        "text": space.pieces[token] if text is None else text,
+        "class": space.classes[token],
+        "flags": space.flags[token],
+    }
+
+
+def _neighbours(space: EmbeddingSpace, found: Optional[list[Neighbour]]) -> Optional[list[dict]]:
+    return None if found is None else [{**_embedding_token(space, n.id), "cosine": _number(n.cosine)} for n in found]
+
+
+def embeddings_json(
+    space: EmbeddingSpace, found: EmbeddingQuery, projection: bool = True, limit: int = PROJECTION_LIMIT
+) -> dict:
+    """An embedding-space query as JSON: the nearest tokens (to `token`, or to the residual at `layer` and
+    `position` of the prompt's `tokens`), the analogy's, and with `projection` the PCA of the table (the first
+    `limit` ordinary ids, and every id the answer names) and of the prompt's residual stream at each layer."""
+    out: dict = {
+        "table": space.table,
+        "tied": space.tied,
+        "vocab_size": space.vocab,
+        "ordinary_tokens": len(space.ids_N),
+        "classes": list(CLASSES),
+        "token": None if found.token is None else _embedding_token(space, found.token),
+        "layer": found.layer,
+        "position": found.position,
+        "nearest": _neighbours(space, found.nearest),
+        "analogy": None,
+    }
+    stream = found.stream
+    if stream is not None:
+        out["tokens"] = [_embedding_token(space, int(i), text) for i, text in zip(stream.ids_T, stream.pieces)]
+    if found.analogy is not None:
+        a, b, c = (_embedding_token(space, i) for i in found.analogy)
+        out["analogy"] = {"a": a, "b": b, "c": c, "nearest": _neighbours(space, found.analogy_nearest)}
+    if projection:
+        named = {n.id for n in (found.nearest or []) + (found.analogy_nearest or [])}
+        named |= set(found.analogy or []) | ({found.token} if found.token is not None else set())
+        named |= set(stream.ids_T.tolist()) if stream is not None else set()
+        coords_Nx2, explained_2 = space.projection
+        rows = [r for r, i in enumerate(space.ids_N) if r < limit or int(i) in named]
+        out["projection"] = {
+            "explained_variance_ratio": significant(explained_2),
+            "total": len(space.ids_N),
+            "points": [
+                {**_embedding_token(space, int(space.ids_N[r])), "x": _number(x), "y": _number(y)}
+                for r, (x, y) in zip(rows, coords_Nx2[rows].tolist())
+            ],
+        }
+        if stream is not None:
+            out["residual"] = [
+                {
+                    "layer": layer,
+                    "explained_variance_ratio": significant(explained_2),
+                    "points": [{"position": t, "x": _number(x), "y": _number(y)} for t, (x, y) in enumerate(xy_Tx2)],
+                }
+                for layer, (xy_Tx2, explained_2) in enumerate(zip(stream.coords_LxTx2.tolist(), stream.explained_Lx2))
+            ]
+    return out
+
+
+def embeddings_summary(space: EmbeddingSpace, found: EmbeddingQuery) -> str:
+    """The nearest tokens (and the analogy's) as a table, or, without a query, the table's classes counted."""
+    which = f"the {space.table} embedding table" + (" (tied: also the output head)" if space.tied else "")
+    lines = [f"{len(space.ids_N)} ordinary tokens of {which}"]
+    if found.token is not None:
+        lines.append(f"nearest to '{shown(space.pieces[found.token])}' (#{found.token}) by cosine:")
+    elif found.stream is not None:
+        piece = found.stream.pieces[found.position]
+        lines.append(
+            f"nearest to the residual at layer {found.layer}, position {found.position} ('{shown(piece)}') by cosine:"
+        )
+    rows = [] if found.nearest is None else [("", found.nearest)]
+    if found.analogy is not None:
+        a, b, c = (f"'{shown(space.pieces[i])}'" for i in found.analogy)
+        rows.append((f"{a} - {b} + {c} (a, b and c left out):", found.analogy_nearest))
+    for title, neighbours in rows:
+        if title:
+            lines.append(title)
+        lines += [
+            f"  {rank:3d}  {shown(space.pieces[n.id]):>16}  #{n.id:<6d} {space.classes[n.id]:12s} {n.cosine:+.4f}"
+            for rank, n in enumerate(neighbours, 1)
+        ]
+    if not rows:
+        counts = {name: sum(space.classes[int(i)] == name for i in space.ids_N) for name in CLASSES}
+        lines.append("classes: " + ", ".join(f"{name} {count}" for name, count in counts.items() if count))
+    return "\n".join(lines)
 
 
 def tokens_summary(trace: Trace, piece: Callable[[int], str], most: int = 8) -> str:

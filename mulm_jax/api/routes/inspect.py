@@ -1,6 +1,7 @@
 """Inspection: POST /v1/inspect traces a prompt through a served model and returns its tokens, attention, logit lens
 and head roles as JSON (what the web lab draws, and `inspect --json` prints); /v1/inspect/activations returns named
-activations (with heads ablated), and /v1/inspect/ablate, /patch and /attribute the interventions' tables."""
+activations (with heads ablated), /v1/inspect/ablate, /patch and /attribute the interventions' tables, and
+/v1/inspect/embeddings the embedding space (nearest tokens, analogies, PCA of the table and of the residual stream)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ from mulm_jax.api.errors import ApiError
 from mulm_jax.api.openapi import endpoint
 from mulm_jax.api.registry import MODEL_ERRORS, ServedModel
 from mulm_jax.api.schemas import ApiModel, Int, Text, TokenIds, one_of
-from mulm_jax.inspect import interventions
+from mulm_jax.inspect import embedding_space, interventions
 from mulm_jax.inspect.heads import head_roles
 from mulm_jax.inspect.report import (
     PARTS,
     ablation_json,
     activations_json,
+    PROJECTION_LIMIT,
     attribution_json,
+    embeddings_json,
     patch_json,
     tokens_json,
     trace_json,
@@ -98,8 +101,31 @@ class Attribute(ApiModel):
     position: Int = Field(-1, description="the position whose logit is split (default: the last)")
 
 
+class Embeddings(ApiModel):
+    model: str
+    token: Answer = Field(None, description="the token whose nearest tokens are listed (its text or id)")
+    prompt: Optional[Prompt] = Field(
+        None, description="instead of a token: the nearest tokens to this prompt's residual stream at layer, position"
+    )
+    layer: Int = Field(None, ge=0, description="0 (the embeddings) to L (the last block's output, the default)")
+    position: Int = Field(-1, description="the residual's position (negative: from the end)")
+    analogy: Annotated[list[Answer], Field(min_length=3, max_length=3)] = Field(
+        None, description="[a, b, c]: the tokens nearest to a - b + c, other than a, b and c"
+    )
+    top_k: Int = Field(10, ge=1, le=embedding_space.MAX_TOP_K, description="nearest tokens listed")
+    table: Literal[embedding_space.TABLES] = Field("input", description="the token embedding or the output head")
+    projection: bool = Field(True, description="the PCA of the table (and of the prompt's residual at each layer)")
+    limit: Int = Field(
+        PROJECTION_LIMIT,
+        ge=0,
+        le=100_000,
+        description="table points in the projection: the first `limit` ordinary ids, and every id the answer names",
+    )
+
+
 def routes(ctx) -> list[Route]:
     tracers: dict[int, Tracer] = {}  # by id of the served model: one compiled tracer each, made on first use
+    spaces: dict[tuple[int, str], embedding_space.EmbeddingSpace] = {}  # by served model and table
     lock = threading.Lock()
 
     def opened(model: str) -> tuple[ServedModel, Tracer]:
@@ -230,10 +256,39 @@ def routes(ctx) -> list[Route]:
             "attribution",
         )
 
+    @endpoint(body=Embeddings, errors=MODEL_ERRORS)
+    async def embeddings(request: Request, body: Embeddings) -> JSONResponse:
+        """The embedding space: the tokens nearest (cosine) to a token, or to the residual stream at a layer and
+        position of a prompt; an analogy's; the PCA of the embedding table (points coloured by token class) and of
+        the prompt's residual stream at each layer."""
+        served, tracer = opened(body.model)
+        ids = None if body.prompt is None else checked(tracer, body.prompt)
+
+        def run() -> dict:
+            with lock:
+                key = (id(served.loaded), body.table)
+                if key not in spaces:
+                    spaces[key] = embedding_space.EmbeddingSpace(served.loaded, body.table)
+                space = spaces[key]
+            found = embedding_space.query(
+                space,
+                tracer,
+                token=body.token,
+                prompt=ids,
+                layer=body.layer,
+                position=body.position,
+                analogy=body.analogy,
+                top_k=body.top_k,
+            )
+            return embeddings_json(space, found, body.projection, body.limit)
+
+        return await answer(served, run, "token", "embeddings")
+
     return [
         Route("/v1/inspect", inspect, methods=["POST"]),
         Route("/v1/inspect/activations", activations, methods=["POST"]),
         Route("/v1/inspect/ablate", ablate, methods=["POST"]),
         Route("/v1/inspect/patch", patch, methods=["POST"]),
         Route("/v1/inspect/attribute", attribute, methods=["POST"]),
+        Route("/v1/inspect/embeddings", embeddings, methods=["POST"]),
     ]
