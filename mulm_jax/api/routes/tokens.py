@@ -1,8 +1,10 @@
-"""Tokens and embeddings: tokenize, detokenize, and mean-pooled final hidden states."""
+"""Tokens and embeddings: tokenize, detokenize, one text under several tokenizers, and mean-pooled final hidden
+states."""
 
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import anyio
@@ -14,11 +16,19 @@ from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.openapi import endpoint
+from mulm_jax.api.paths import confine
 from mulm_jax.api.registry import MODEL_ERRORS
 from mulm_jax.api.schemas import ApiModel, Text, TokenId, TokenIds, one_of
+from mulm_jax.config import ServeConfig
+from mulm_jax.data.errors import DataError
+from mulm_jax.data.tokenizer import Tokenizer
+from mulm_jax.data import tokenizer_compare
+from mulm_jax.data.tokenizer_compare import CHAR, Tokenization, load_tokenizer, tokenizer_at
 from mulm_jax.infer import InferenceError
 
 MAX_INPUTS = 256
+MAX_COMPARED = 4  # tokenizers in one comparison
+MAX_COMPARE_CHARS = 4096  # the text compared: its answer has a few hundred bytes a token per tokenizer
 EMBEDDING_INPUT = f"a string, an array of token ids, or an array of 1 to {MAX_INPUTS} of either"
 
 
@@ -32,6 +42,25 @@ class Tokenized(BaseModel):
     tokens: list[int]
     count: int
     max_model_len: int  # the model's context, in tokens
+
+
+class CompareTokenizers(ApiModel):
+    text: Annotated[str, Field(min_length=1, max_length=MAX_COMPARE_CHARS)]
+    tokenizers: Annotated[
+        list[Annotated[str, Field(min_length=1)]],
+        Field(
+            min_length=1,
+            max_length=MAX_COMPARED,
+            description="each a served model's id (its tokenizer), `char` (the text's own characters), or a path in "
+            "the server's runs, data set or data folders (a relative one looked up in each in turn): a run folder, "
+            "a data set version folder, a SentencePiece .model file, a Hugging Face tokenizer.json or its folder",
+        ),
+    ]
+
+
+class TokenizerComparison(BaseModel):
+    text: str
+    tokenizers: list[Tokenization]  # in the order asked for
 
 
 class Detokenize(ApiModel):
@@ -90,6 +119,18 @@ def _encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     return vector.tolist()
 
 
+def tokenizer_path(spec: str, settings: ServeConfig, param: str) -> Path:
+    """A tokenizer path inside the runs, data set or data folders (confine: 403 outside them); a relative one is
+    the first of them to hold it."""
+    roots = [settings.runs_root, settings.datasets_dir, *settings.data_roots]
+    if not Path(spec).is_absolute():
+        for root in roots:
+            path = confine(str(Path(root).resolve() / spec), roots, param=param)
+            if path.exists():
+                return path
+    return confine(spec, roots, param=param)
+
+
 def routes(ctx) -> list[Route]:
     @endpoint(body=Tokenize, response=Tokenized, errors=MODEL_ERRORS)
     async def tokenize(request: Request, body: Tokenize) -> JSONResponse:
@@ -106,6 +147,40 @@ def routes(ctx) -> list[Route]:
         served = ctx.models.get(body.model)
         ids = _token_ids(body.tokens, "tokens", served.engine.vocab_size)
         return JSONResponse(Detokenized(model=served.id, prompt=served.loaded.tokenizer.decode(ids)).model_dump())
+
+    def compared_tokenizer(spec: str, text: str, param: str) -> Tokenizer:
+        served = {m.id: m for m in ctx.models.all()}
+        if spec in served:
+            return served[spec].loaded.tokenizer
+        if spec == CHAR:
+            return load_tokenizer(CHAR, text)
+        path = tokenizer_path(spec, ctx.settings, param)
+        if not path.exists():
+            raise ApiError(
+                400,
+                f"{param}={spec!r} is neither a served model ({', '.join(sorted(served)) or 'none served'}), "
+                f"`{CHAR}`, nor a path in the server's runs, data set or data folders",
+                param=param,
+                code="invalid_value",
+            )
+        return tokenizer_at(path)
+
+    def comparison(body: CompareTokenizers) -> list[Tokenization]:
+        out = []
+        for i, spec in enumerate(body.tokenizers):
+            param = f"tokenizers[{i}]"
+            try:
+                out.append(tokenizer_compare.tokenize(compared_tokenizer(spec, body.text, param), body.text, spec))
+            except DataError as e:
+                raise ApiError(400, f"{param}: {e}", param=param, code="invalid_value") from None
+        return out
+
+    @endpoint(body=CompareTokenizers, response=TokenizerComparison, errors=(403,))
+    async def compare_tokenizers(request: Request, body: CompareTokenizers) -> JSONResponse:
+        """One text under one to four tokenizers: each one's tokens (id, vocabulary piece, the text it covers and
+        its character offsets), characters per token, the words it splits and, for BPE, each piece's merges."""
+        compared = await anyio.to_thread.run_sync(comparison, body)
+        return JSONResponse(TokenizerComparison(text=body.text, tokenizers=compared).model_dump(mode="json"))
 
     @endpoint(body=Embed, response=Embeddings, errors=MODEL_ERRORS)
     async def embeddings(request: Request, body: Embed) -> JSONResponse:
@@ -134,5 +209,6 @@ def routes(ctx) -> list[Route]:
     return [
         Route("/v1/tokenize", tokenize, methods=["POST"]),
         Route("/v1/detokenize", detokenize, methods=["POST"]),
+        Route("/v1/tokenizers/compare", compare_tokenizers, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
     ]
