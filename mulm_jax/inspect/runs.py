@@ -52,7 +52,8 @@ def data_description(config: Config) -> str:
     """The run's data in a few words: its data set version's folder name, or its sources and tokenizer."""
     if config.data.dataset:
         return Path(config.data.dataset).name
-    return f"{', '.join(config.data.sources) or '(no sources)'} ({Path(config.data.tokenizer).name})"
+    sources = ", ".join(Path(source).name for source in config.data.sources)
+    return f"{sources or '(no sources)'} ({Path(config.data.tokenizer).name})"
 
 
 def runs_table(runs: list[RunCurves]) -> list[dict]:

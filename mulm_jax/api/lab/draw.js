@@ -125,7 +125,7 @@ export function textGrid(canvas, cells, {rowLabels = [], colLabels = [], cellWid
   return {left, top, cellWidth, cellHeight, rows, cols};
 }
 
-// Line chart of series [{name, colour, points: [[x, y], ...]}] with axes, ticks and a legend.
+// Line chart of series [{name, colour, points: [[x, y], ...], width = 2, dots = true}] with axes, ticks and a legend.
 export function lineChart(canvas, series, {width = 640, height = 280, xLabel = "", yLabel = ""} = {}) {
   const ctx = prepare(canvas, width, height);
   const pad = {left: 52, right: 12, top: 24, bottom: 36};
@@ -158,7 +158,7 @@ export function lineChart(canvas, series, {width = 640, height = 280, xLabel = "
   ctx.textBaseline = "top";
   for (let i = 0; i <= 4; i++) {
     const x = x0 + ((x1 - x0) * i) / 4;
-    ctx.fillText(String(Math.round(x)), px(x), height - pad.bottom + 4);
+    ctx.fillText(tick(x, x1 - x0), px(x), height - pad.bottom + 4);
   }
   ctx.save();
   ctx.translate(12, (pad.top + height - pad.bottom) / 2);
@@ -168,11 +168,11 @@ export function lineChart(canvas, series, {width = 640, height = 280, xLabel = "
   let legend = pad.left + 8;
   for (const s of series) {
     ctx.strokeStyle = ctx.fillStyle = s.colour;
-    ctx.lineWidth = 2;
+    ctx.lineWidth = s.width ?? 2;
     ctx.beginPath();
     s.points.forEach(([x, y], i) => (i ? ctx.lineTo(px(x), py(y)) : ctx.moveTo(px(x), py(y))));
     ctx.stroke();
-    for (const [x, y] of s.points) ctx.fillRect(px(x) - 2, py(y) - 2, 4, 4);
+    if (s.dots ?? true) for (const [x, y] of s.points) ctx.fillRect(px(x) - 2, py(y) - 2, 4, 4);
     ctx.textAlign = "left";
     ctx.textBaseline = "middle";
     ctx.fillRect(legend, 12, 12, 3);
@@ -180,6 +180,14 @@ export function lineChart(canvas, series, {width = 640, height = 280, xLabel = "
     ctx.fillText(`${s.name} (${s.points.length})`, legend + 16, 13);
     legend += 24 + ctx.measureText(`${s.name} (${s.points.length})`).width;
   }
+}
+
+// An axis tick's text: whole numbers (with k or M past ten thousand), one decimal over a short range.
+function tick(value, range) {
+  if (range < 10) return value.toFixed(1);
+  if (Math.abs(value) >= 1e6) return `${(value / 1e6).toFixed(1)}M`;
+  if (Math.abs(value) >= 1e4) return `${Math.round(value / 1e3)}k`;
+  return String(Math.round(value));
 }
 
 // A colour for value in [-1, 1]: blue below zero, white at zero, red above.

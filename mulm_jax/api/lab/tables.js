@@ -2,8 +2,8 @@
 
 const wired = new WeakSet();
 
-// Fills `element` (a <table>) with a header row and one row per entry of `rows` (arrays of text or nodes); each
-// row carries data-index, its position in `rows`.
+// Fills `element` (a <table>) with a header row (text or nodes) and one row per entry of `rows` (arrays of text or
+// nodes); each row carries data-index, its position in `rows`.
 export function table(element, headers, rows, empty) {
   if (!wired.has(element)) {
     element.addEventListener("keydown", (event) => {
@@ -14,7 +14,7 @@ export function table(element, headers, rows, empty) {
   const head = document.createElement("tr");
   for (const title of headers) {
     const th = document.createElement("th");
-    th.textContent = title;
+    th.append(title);
     head.append(th);
   }
   const body = rows.map((cells, index) => {
