@@ -34,6 +34,9 @@ VIEWS = {
     "embeddings": "the embedding space: the tokens nearest (cosine) to --token, or to the residual stream at --layer "
     "(0 = the embeddings .. L = the last block's output) and --position of --prompt, and to --analogy a,b,c (a - b + "
     "c); a PCA of the embedding table coloured by token class, and of the prompt's residual stream at each layer",
+    "compare": "two to four runs side by side (inspect compare RUN_DIR RUN_DIR ... --prompt P): the settings that "
+    "differ, each run's loss on the prompt and next tokens, one head's attention (--layer, default each run's last; "
+    "--head, default 0) and every head's previous-token and induction scores",
 }
 INTERVENTIONS = ("ablate", "patch", "attribute")
 
@@ -47,7 +50,8 @@ def register(subparsers: Any) -> None:
         description=f"Trace a prompt through a trained run and draw what happens inside.\n\nviews:\n{views}",
     )
     parser.add_argument("view", choices=list(VIEWS), metavar="VIEW", help=", ".join(VIEWS))
-    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a train.py --workdir")
+    parser.add_argument("runs", nargs="*", metavar="RUN_DIR", help="compare: the run folders (2 to 4)")
+    parser.add_argument("--checkpoint", metavar="RUN_DIR", help="a train.py --workdir (every view but compare)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
     text = parser.add_mutually_exclusive_group()
     text.add_argument("--prompt", help="the text to trace")
@@ -152,6 +156,13 @@ def run_inspect(args: argparse.Namespace) -> int:
     from mulm_jax.inspect.trace import Tracer
     from mulm_jax.infer import load_model
 
+    if args.view == "compare":
+        return _compare(args)
+    if args.checkpoint is None or args.runs:
+        raise MulmError(
+            f"inspect {args.view} takes one run as --checkpoint RUN_DIR"
+            + (f", not {' '.join(args.runs)} (run folders without a flag are for inspect compare)" if args.runs else "")
+        )
     startup.start(args)
     loaded = load_model(args.checkpoint, args.step)
     cfg = loaded.config.model
@@ -389,6 +400,29 @@ def _positions(args: argparse.Namespace, loaded: Any, out_dir: Path, name: str) 
         marks = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if p <= len(loss_T)]
         print("mean validation loss at position: " + "  ".join(f"{p}: {loss_T[p - 1]:.3f}" for p in marks))
     path = draw.loss_by_position({name: loss_T}, f"{name}: validation loss by position", out_dir / "positions.png")
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from mulm_jax.inspect import draw
+    from mulm_jax.inspect.compare import MAX_COMPARED, compare_runs, summary
+    from mulm_jax.infer import load_model
+
+    if not 2 <= len(args.runs) <= MAX_COMPARED or args.checkpoint is not None:
+        raise MulmError(
+            f"inspect compare takes 2 to {MAX_COMPARED} run folders (inspect compare RUN_DIR RUN_DIR ...), "
+            f"not {len(args.runs)}" + (" and --checkpoint" if args.checkpoint is not None else "")
+        )
+    if args.step is not None:
+        raise MulmError("inspect compare reads each run's newest checkpoint: --step is for one run")
+    prompt = _prompt(args)
+    startup.start(args)
+    runs = [(Path(run).name, load_model(run)) for run in args.runs]
+    result = compare_runs(runs, prompt, args.layer, args.head or 0, args.top_k)
+    print(json.dumps(result) if args.json else summary(result))
+    out = args.out or Path("inspect-compare")
+    path = draw.run_comparison(result, f"'{prompt[:60]}' through {len(runs)} runs", out / "compare.png")
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

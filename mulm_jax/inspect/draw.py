@@ -361,3 +361,41 @@ def residual_panels(
     _class_legend(axes.flat[0], classes)
     fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def run_comparison(result: dict, title: str, path: str | Path) -> Path:
+    """One prompt through runs side by side (inspect.compare.compare_runs), one column per run: the chosen head's
+    attention over the prompt, the top next tokens, and every head's previous-token and induction scores."""
+    runs = result["runs"]
+    fig, axes = plt.subplots(3, len(runs), figsize=(4.6 * len(runs), 12), height_ratios=[4.2, 1.8, 2.4], squeeze=False)
+    for c, run in enumerate(runs):
+        attention, bars, roles = axes[:, c]
+        if run["attention"] is None:
+            attention.axis("off")
+            attention.text(
+                0.5, 0.5, f"no layer {run['layer']}, head {run['head']}", ha="center", transform=attention.transAxes
+            )
+        else:
+            attention.imshow(np.asarray(run["attention"]), cmap="Blues", vmin=0.0, vmax=1.0)
+            _token_ticks(attention, run["tokens"], "both")
+        attention.set_title(
+            f"{run['run']} (step {run['step']})\nattention, layer {run['layer']}, head {run['head']}", fontsize=10
+        )
+        texts = [f"'{shown(t['text'])}'" for t in run["next"]]
+        bars.barh(range(len(texts)), [t["prob"] for t in run["next"]], color=f"C{c}")
+        bars.set_yticks(range(len(texts)), texts, fontsize=8)
+        bars.invert_yaxis()
+        bars.set_xlim(0, 1)
+        bars.set_xlabel("probability of the next token")
+        labels = [f"{h['layer']}.{h['head']}" for h in run["heads"]]
+        x = np.arange(len(labels))
+        roles.bar(x - 0.2, [h["previous_token"] for h in run["heads"]], 0.4, label="previous-token")
+        roles.bar(x + 0.2, [h["induction"] for h in run["heads"]], 0.4, label="induction")
+        roles.set_xticks(x, labels, rotation=90 if len(labels) > 16 else 0, fontsize=7)
+        roles.set_ylim(0, 1)
+        roles.set_xlabel("layer.head")
+        roles.set_ylabel("score")
+        roles.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
@@ -126,3 +127,25 @@ def test_compare_answers_the_table_the_differences_and_the_curves(client):
 def test_compare_refuses_what_it_cannot_compare_naming_the_run(client, runs, status, message):
     answer = client.post("/v1/runs/compare", json={"runs": runs})
     assert answer.status_code == status and message in answer.json()["error"]["message"]
+
+
+def test_one_prompt_through_runs_equals_each_runs_own_trace_and_names_what_differs():
+    from support import loaded
+    from mulm_jax.inspect.compare import compare_runs
+    from mulm_jax.inspect.heads import head_roles
+    from mulm_jax.inspect.trace import Tracer
+
+    two, three = loaded(num_layers=2), loaded(seed=1, num_layers=3)
+    result = compare_runs([("two", two), ("three", three)], "hello", layer=2, head=1, top_k=3)
+    assert result["config_diff"] == [{"key": "model.num_layers", "values": [2, 3]}]
+    for (name, model), run in zip([("two", two), ("three", three)], result["runs"]):
+        tracer = Tracer(model)
+        trace = tracer.trace("hello", top_k=3, lens=False)
+        assert run["run"] == name and run["tokens"] == trace.pieces
+        assert run["loss"] == pytest.approx(-trace.logprob_T[1:].mean(), rel=1e-6)
+        assert [t["id"] for t in run["next"]] == trace.next_top_ids_N.tolist()
+        roles = head_roles(tracer, trace.attention_LxHxTxT).rows()
+        assert [sorted(r.items()) for r in run["heads"]] == [sorted(r.items()) for r in roles]
+    assert result["runs"][0]["attention"] is None  # the 2-layer run has no layer 2
+    three_trace = Tracer(three).trace("hello", top_k=3, lens=False)
+    np.testing.assert_allclose(result["runs"][1]["attention"], three_trace.attention_LxHxTxT[2, 1], rtol=1e-6)

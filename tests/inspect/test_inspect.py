@@ -308,6 +308,34 @@ def test_plot_draws_runs_side_by_side_with_their_table(run_dir, tmp_path, capsys
     assert "not a run folder with metrics" in capsys.readouterr().err
 
 
+def test_inspect_compare_prints_each_run_and_draws_them_side_by_side(run_dir, tmp_path, capsys):
+    out = tmp_path / "compare"
+    args = ["inspect", "compare", str(run_dir), str(run_dir), "--prompt", "To be", "--layer", "1", "--json"]
+    assert main(args + ["--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["config_diff"] == [] and [r["run"] for r in result["runs"]] == ["run", "run"]
+    assert result["runs"][0]["next"] == result["runs"][1]["next"] and result["runs"][0]["step"] == 4
+    assert len(result["runs"][0]["attention"]) == len("To be") and len(result["runs"][0]["heads"]) == 4
+    assert [p.name for p in out.iterdir()] == ["compare.png"]
+    assert main(["inspect", "compare", str(run_dir), str(run_dir), "--prompt", "To be"]) == 0
+    assert "the runs' configs are the same" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["compare", "RUN", "--prompt", "a"], "takes 2 to 4 run folders"),
+        (["compare", "RUN", "RUN", "--checkpoint", "RUN", "--prompt", "a"], "and --checkpoint"),
+        (["compare", "RUN", "RUN"], "needs --prompt"),
+        (["tokens", "--prompt", "a"], "takes one run as --checkpoint RUN_DIR"),
+        (["tokens", "RUN", "--checkpoint", "RUN", "--prompt", "a"], "are for inspect compare"),
+    ],
+)
+def test_inspect_compare_and_the_views_say_how_runs_are_named(run_dir, capsys, args, message):
+    assert main(["inspect", *[str(run_dir) if a == "RUN" else a for a in args]]) == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inspect_api")
