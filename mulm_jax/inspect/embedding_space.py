@@ -114,7 +114,7 @@ class EmbeddingSpace:
             table_VxD = np.asarray(embedder["head"]["kernel"], np.float32).T
         else:
             table_VxD = np.asarray(embedder["token"]["embedding"], np.float32)
-        self.vocab = min(table_VxD.shape[0], self.tokenizer.vocab_size)  # ids with a row and a text
+        self.vocab = self.tokenizer.vocab_size  # training checks that the model has a row for each
         self.table_VxD = table_VxD[: self.vocab]
         special = {self.tokenizer.pad_id, self.tokenizer.unk_id, self.tokenizer.bos_id, self.tokenizer.eos_id}
         sp = getattr(self.tokenizer, "_sp", None)  # SentencePiece: its control and unused pieces are special too
@@ -147,7 +147,7 @@ class EmbeddingSpace:
             ids = self.tokenizer.encode(token) if token else []
         except ValueError as e:  # the tokenizer's DataError: a character it does not know
             raise InspectError(f"{param} {token!r}: {e}", param) from None
-        if len(ids) != 1 or not 0 <= ids[0] < self.vocab:
+        if len(ids) != 1:
             raise InspectError(
                 f"{param} {token!r} is {len(ids)} tokens for this tokenizer: expected the text of exactly one "
                 "token (or an id)",
@@ -243,6 +243,8 @@ def query(
     L) and `position`; and an analogy's (a, b, c)."""
     if token is not None and prompt is not None:
         raise InspectError("give a token or a prompt (and a layer and position), not both", "token")
+    if layer is not None and prompt is None:
+        raise InspectError(f"layer {layer} chooses the residual stream of a prompt: give the prompt too", "layer")
     found: dict = {}
     if token is not None:
         found["token"], found["nearest"] = space.nearest_token(token, top_k)

@@ -155,6 +155,7 @@ def test_token_classes_and_flags():
         (dict(token="e", top_k=0), "top_k", "top_k=0 is out of range: expected 1 to 100"),
         (dict(token="ab"), "token", "'ab' is 2 tokens for this tokenizer"),
         (dict(token="e", prompt="ab"), "token", "not both"),
+        (dict(token="e", layer=1), "layer", "layer 1 chooses the residual stream of a prompt"),
         (dict(prompt="ab", layer=3), "layer", "layer 3 is out of range: expected 0 (the embeddings) to 2"),
         (dict(prompt="ab", position=2), "position", "position 2 is out of range"),
         (dict(analogy=["a", "b"]), "analogy", "3 tokens a, b, c"),
