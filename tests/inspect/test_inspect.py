@@ -317,7 +317,7 @@ def test_inspect_compare_prints_each_run_and_draws_them_side_by_side(run_dir, tm
     assert result["runs"][0]["next"] == result["runs"][1]["next"] and result["runs"][0]["step"] == 4
     assert len(result["runs"][0]["attention"]) == len("To be") and len(result["runs"][0]["heads"]) == 4
     assert [p.name for p in out.iterdir()] == ["compare.png"]
-    assert main(["inspect", "compare", str(run_dir), str(run_dir), "--prompt", "To be"]) == 0
+    assert main(["inspect", "compare", str(run_dir), str(run_dir), "--prompt", "To be", "--out", str(out)]) == 0
     assert "the runs' configs are the same" in capsys.readouterr().out
 
 
