@@ -41,7 +41,7 @@ Priority = Callable[[str, str], Optional[float]]  # a pair's priority to merge (
 class Token:
     id: int
     piece: str  # as the vocabulary spells it: "▁the" (SentencePiece), "Ġthe" (byte-level BPE), "<0xE2>"
-    text: str  # what it covers of the text, text[start:end]: "" for a byte piece before the last of a character's
+    text: str  # what it covers of the text, text[start:end]: "" for all but one of a character's byte pieces
     start: int  # character offsets in the text, in order and not overlapping
     end: int
 

@@ -101,6 +101,25 @@ def test_hugging_face_bpe_merges_follow_the_merge_list_and_whitespace_is_no_toke
     assert [(w.word, w.start, w.end, w.tokens) for w in result.split_words] == [("bcd", 6, 9, [1, 2])]
 
 
+def test_a_byte_level_bpe_covers_the_text_once_where_several_tokens_spell_one_character(tmp_path):
+    backend = tokenizers.Tokenizer(tokenizers.models.BPE())
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.post_processor = tokenizers.processors.ByteLevel(trim_offsets=True)  # trims " the" to "the"
+    alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, initial_alphabet=alphabet, show_progress=False)
+    backend.train_from_iterator([SP_CORPUS], trainer)
+    backend.save(str(tmp_path / "tokenizer.json"))
+    text = "in the people é漢"
+    result = tokenize(tokenizer_at(tmp_path / "tokenizer.json"), text, "bytes")
+    assert [(t.piece, t.text) for t in result.tokens[:3]] == [("in", "in"), ("Ġthe", " the"), ("Ġpeople", " people")]
+    assert [t.id for t in result.tokens] == backend.encode(text).ids
+    assert "".join(t.text for t in result.tokens) == text
+    assert_spans_index_the_text(result, text)
+    # é is two bytes and 漢 three, all sharing their character's offsets in the library: the first takes it
+    assert [(t.piece, t.text) for t in result.tokens[-5:]] == [("Ã", "é"), ("©", ""), ("æ", "漢"), ("¼", ""), ("¢", "")]
+    assert all(merges[-1][2] == backend.id_to_token(i) for i, merges in result.merges.items())
+
+
 def test_merge_sequence_takes_the_leftmost_of_equal_pairs_and_gives_none_for_a_piece_it_cannot_build():
     def equal(left, right):
         return 0.0 if left + right in {"aa", "aaa"} else None
