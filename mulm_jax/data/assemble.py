@@ -18,7 +18,6 @@ import numpy as np
 from mulm_jax.config import DataConfig
 from mulm_jax.config_schema import out_of_bounds
 from mulm_jax.data.clean import CleanOptions, clean_documents, split_documents
-from mulm_jax.data import passkey
 from mulm_jax.data.dedup import dedup
 from mulm_jax.data.errors import DataError
 from mulm_jax.data.pairs import (
@@ -32,7 +31,7 @@ from mulm_jax.data.pairs import (
     fit_problem,
     template_identity,
 )
-from mulm_jax.data.sources import DEFAULT_SHARE, Source, read_records, read_texts, resolve_source
+from mulm_jax.data.sources import DEFAULT_SHARE, GENERATORS, Source, read_records, read_texts, resolve_source
 from mulm_jax.data.tasks import TASKS
 from mulm_jax.data.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer
 
@@ -80,8 +79,8 @@ def assemble(cfg: DataConfig) -> Assembled:
         )
     texts = {split: [d.text for d in splits[split]] for split in SPLITS}
     tokenizer = given or _train_tokenizer(cfg, texts["train"], texts["val"])
-    if any(s.generated for s in sources):
-        passkey.check_covers(tokenizer)
+    for generated in dict.fromkeys(s.generated for s in sources if s.generated):
+        GENERATORS[generated].check_covers(tokenizer)
     tokens = {split: _pack(tokenizer, texts[split], split) for split in SPLITS}
     if cfg.seq_len is not None:
         _check_fits(tokens, cfg.seq_len)
@@ -435,14 +434,15 @@ def _generated_documents(sources: list[Source], docs: list[_Doc]) -> list[_Doc]:
     for i, source in enumerate(sources):
         if not source.generated:
             continue
+        generator = GENERATORS[source.generated]
         if others == 0 and source.share is not None:
             raise DataError(
                 f"source {source.spec!r}: a share of the other sources' text, but they hold none; "
-                f"give {source.generated!r} alone for {passkey.ALONE_CHARS:,} characters"
+                f"give {source.generated!r} alone for {generator.ALONE_CHARS:,} characters"
             )
         share = DEFAULT_SHARE if source.share is None else source.share
-        chars = round(others * share / (1 - share)) if others else passkey.ALONE_CHARS
-        generated += [_Doc(text, i, False) for text in passkey.documents(chars, seed=i)]
+        chars = round(others * share / (1 - share)) if others else generator.ALONE_CHARS
+        generated += [_Doc(text, i, False) for text in generator.documents(chars, seed=i)]
     return generated
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from mulm_jax.config import InvalidUtf8
-from mulm_jax.data import passkey
+from mulm_jax.data import passkey, recall
 from mulm_jax.data.errors import DataError
 from mulm_jax.data.tasks import TASKS
 
@@ -209,7 +209,11 @@ NAMED_SOURCES: dict[str, NamedSource] = {
 GENERATED_SOURCES = {
     "passkey": f"passkey retrieval text, generated (a {passkey.KEY_DIGITS}-digit number in filler sentences, then "
     f"asked for); passkey:F is the share F of the data set's characters, alone {passkey.ALONE_CHARS:,}",
+    "recall": f"associative recall text, generated ({recall.MIN_PAIRS} to {recall.MAX_PAIRS} key-value pairs such as "
+    f"'a3 k7', then every key asked for again); recall:F is the share F of the data set's characters, alone "
+    f"{recall.ALONE_CHARS:,}",
 }
+GENERATORS = {"passkey": passkey, "recall": recall}  # each: documents, fingerprint, check_covers, ALONE_CHARS
 DEFAULT_SHARE = 0.2
 
 
@@ -245,7 +249,7 @@ class Source:
             ],
         }
         if self.generated:
-            identity.update(generated=self.generated, share=self.share, sha256=passkey.fingerprint())
+            identity.update(generated=self.generated, share=self.share, sha256=GENERATORS[self.generated].fingerprint())
         if self.task:
             identity.update(task=self.task, sha256=TASKS[self.task].fingerprint())
         return identity
