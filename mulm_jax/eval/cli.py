@@ -1,5 +1,5 @@
-"""`python -m mulm_jax eval perplexity | passkey | seq2seq`: a trained run scored at a chosen context length, or on
-its outputs for held-out pairs."""
+"""`python -m mulm_jax eval perplexity | passkey | recall | seq2seq`: a trained run scored at a chosen context
+length, or on its outputs for held-out pairs."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ PASSKEY_DEPTHS = "0,0.25,0.5,0.75,1"
 
 def register(subparsers: Any) -> None:
     ev = subparsers.add_parser(
-        "eval", help="score a trained run: sliding-window perplexity, passkey retrieval, generation on pairs"
+        "eval",
+        help="score a trained run: sliding-window perplexity, passkey retrieval, associative recall, generation on "
+        "pairs",
     )
     commands = ev.add_subparsers(dest="eval_command", required=True, metavar="COMMAND")
 
@@ -62,6 +64,21 @@ def register(subparsers: Any) -> None:
     pk.add_argument("--trials", type=int, default=20, help="random keys per length and depth (default 20)")
     pk.add_argument("--seed", type=int, default=0)
     pk.set_defaults(func=run_passkey)
+
+    rc = commands.add_parser(
+        "recall",
+        help="associative recall accuracy by length, distance and depth",
+        description="Key-value pairs then every key asked for again, as the `recall` source writes them, at each "
+        "length (as many pairs as fit, every one asked for in a random order); the accuracy of the greedy "
+        "answers by length, by the query's distance to its pair (tokens) and by the pair's depth (its position / "
+        "the length).",
+    )
+    _common(rc)
+    rc.add_argument("--lengths", required=True, metavar="L,...", help="tokens the model reads, e.g. 64,128,256")
+    rc.add_argument("--trials", type=int, default=20, help="random sequences per length (default 20)")
+    rc.add_argument("--seed", type=int, default=0)
+    rc.add_argument("--plot", metavar="FILE", help="also draw the accuracy by depth x distance per length (PNG)")
+    rc.set_defaults(func=run_recall)
 
     s2s = commands.add_parser(
         "seq2seq",
@@ -212,6 +229,29 @@ def run_passkey(args: argparse.Namespace) -> int:
     print("length  " + "".join(f"depth {d:<5g}" for d in depths) + "  mean")
     for length, row, mean in zip(lengths, result["accuracy"], result["by_length"]):
         print(f"{length:<8}" + "".join(f"{a:<11.2f}" for a in row) + f"  {mean:.2f}")
+    return 0
+
+
+def run_recall(args: argparse.Namespace) -> int:
+    startup.start(args)
+    from mulm_jax.eval.recall import recall_accuracy, recall_heatmap, recall_tables
+    from mulm_jax.eval.scoring import WindowScorer, check_context, load_for_eval
+
+    lengths = _numbers(args.lengths, int, "--lengths")
+    loaded = load_for_eval(args.checkpoint, args.overrides, args.step)
+    check_context(loaded.config.model, max(lengths))
+    result = recall_accuracy(
+        WindowScorer(loaded), loaded.tokenizer, lengths, args.trials, seed=args.seed, batch=args.batch
+    )
+    if args.plot:
+        recall_heatmap(result, f"recall accuracy of {Path(args.checkpoint).name} (step {loaded.step})", args.plot)
+    if args.json:
+        print(json.dumps(dict(result, step=loaded.step)))
+        return 0
+    print(f"recall accuracy of {args.checkpoint} (step {loaded.step}), {args.trials} sequences per length")
+    print(recall_tables(result))
+    if args.plot:
+        print(f"wrote {args.plot}")
     return 0
 
 
