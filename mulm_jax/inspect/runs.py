@@ -125,11 +125,14 @@ X_AXES = (("step", "step"), ("tokens", "tokens seen"), ("minutes", "wall time (m
 
 def plot_runs(runs: list[RunCurves], table: list[dict], path: str | Path) -> Path:
     """Training (thin) and validation (thick, dots) loss of every run against step, tokens seen and wall time, on
-    shared axes; below them, where any run has them, the validation bits per byte the same way; then the table."""
+    shared axes; below them, where any run has them, the validation bits per byte and the best head's induction
+    score (the step its induction head forms) the same way; then the table."""
     with_bpb = any("val_bpb" in r for run in runs for r in run.evals)
     panels = [("loss (nats per token)", (("loss", dict(lw=1, alpha=0.6)), ("val_loss", dict(lw=2, marker="o", ms=3))))]
     if with_bpb:
         panels.append(("val bits per byte", (("val_bpb", dict(lw=2, marker="o", ms=3)),)))
+    if any("val_induction" in r for run in runs for r in run.evals):
+        panels.append(("induction score of the best head", (("val_induction", dict(lw=2, marker="o", ms=3)),)))
     fig = plt.figure(figsize=(18, 1.0 + 5.0 * len(panels) + 0.3 * len(runs)))
     grid = fig.add_gridspec(
         len(panels) + 1, len(X_AXES), height_ratios=[5.0] * len(panels) + [0.6 + 0.3 * len(runs)], hspace=0.35

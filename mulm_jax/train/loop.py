@@ -22,13 +22,14 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from mulm_jax.config import Config, TrainConfig, config_from_dict, dump_config
-from mulm_jax.data import Tokenizer, eval_batches, make_loader, prepare_dataset, read_manifest
+from mulm_jax.data import DataError, Tokenizer, eval_batches, make_loader, prepare_dataset, read_manifest
 from mulm_jax.data.loader import batch_shapes, check_examples_fit, load_pairs
 from mulm_jax.errors import MulmError
 from mulm_jax.models import build_model
 from mulm_jax.runs import config_path, is_run, write_pairs_record, write_run_files
 from mulm_jax.startup import Phases
 from mulm_jax.train.checkpoint import Checkpoints
+from mulm_jax.train.induction import best_head, induction_program
 from mulm_jax.train.init_from import RECORD, start_from
 from mulm_jax.train.metrics import MetricsWriter, Progress
 from mulm_jax.train.optimizer import make_optimizer, make_schedule
@@ -137,11 +138,15 @@ SAMPLE_TOKENS = 64  # first validation example's prompt), this many tokens long
 
 
 def _sample_prompt(dataset_dir: Path, tokenizer: Tokenizer) -> tuple[list[int], Optional[int]]:
-    """The ids an evaluation's sample continues, and the id it ends at: of text, SAMPLE_PROMPT's first token and
-    none; of pairs, the untrained start (the prompt) of the first validation example and the end-of-text id."""
+    """The ids an evaluation's sample continues, and the id it ends at: of text, SAMPLE_PROMPT's first token (where
+    the vocabulary has none, as of generated text without newlines: the end-of-document id) and none; of pairs,
+    the untrained start (the prompt) of the first validation example and the end-of-text id."""
     manifest = read_manifest(dataset_dir)
     if manifest.get("kind", "text") == "text":
-        return tokenizer.encode(SAMPLE_PROMPT)[:1], None
+        try:
+            return tokenizer.encode(SAMPLE_PROMPT)[:1], None
+        except DataError:
+            return [tokenizer.eos_id or 0], None
     ids, mask = load_pairs(dataset_dir, "val" if manifest["pairs"]["val_examples"] else "train").example(0)
     return ids[: int(np.argmax(mask))].tolist(), tokenizer.eos_id
 
@@ -314,10 +319,10 @@ def _compile_evaluation(
 ) -> concurrent.futures.Future:
     """Compile the evaluation's programs on `compiler`'s thread, beside the first training step (an XLA
     compilation releases the GIL), so that start-up holds all compilation and no evaluation stops the run to
-    compile: the eval step for these batches and, for a decoder, the sampler. `params`: the placed parameters'
-    ShapeDtypeStructs. Returns (eval program or None, sampler or None)."""
+    compile: the eval step for these batches and, for a decoder, the sampler and the induction scores. `params`: the
+    placed parameters' ShapeDtypeStructs. Returns (eval program or None, sampler or None, induction or None)."""
 
-    def compile_all() -> tuple[Any, Optional[Callable[[Any, list[int]], list[int]]]]:
+    def compile_all() -> tuple[Any, Optional[Callable], Optional[Callable]]:
         evaluate = None
         if run.evaluation:  # the global batch of these per-process batches
             batch = {
@@ -330,7 +335,8 @@ def _compile_evaluation(
             sampler = greedy_sampler(
                 run.model, SAMPLE_TOKENS, run.tokenizer.vocab_size, params, window=len(run.sample[0]) + SAMPLE_TOKENS
             )
-        return evaluate, sampler
+        induction = induction_program(run.cfg.model, run.tokenizer.vocab_size, params, run.mesh)
+        return evaluate, sampler, induction
 
     return compiler.submit(compile_all)
 
@@ -353,11 +359,13 @@ def _evaluated_text(run: _Run) -> Optional[tuple[int, int]]:
     return None if total[2] else (int(total[0]), int(total[1]))
 
 
-def _evaluate(run: _Run, programs: tuple[Any, Optional[Callable]], params: Any, step: int) -> dict[str, Any]:
+def _evaluate(
+    run: _Run, programs: tuple[Any, Optional[Callable], Optional[Callable]], params: Any, step: int
+) -> dict[str, Any]:
     """The evaluation row at `step`: loss and perplexity over the evaluation batches of every process, the summed
-    loss in bits per byte and per character of their text (where the tokenizer gives each id's length), a greedy
-    sample (of a decoder) and the seconds it took."""
-    evaluate, sampler = programs
+    loss in bits per byte and per character of their text (where the tokenizer gives each id's length), of a
+    decoder the best head's induction score and a greedy sample, and the seconds it took."""
+    evaluate, sampler, induction = programs
     t_eval = time.time()
     sums = {"loss_sum": 0.0, "count": 0.0}
     for batch in run.evaluation:
@@ -367,6 +375,8 @@ def _evaluate(run: _Run, programs: tuple[Any, Optional[Callable]], params: Any, 
     row = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
     if (text := _evaluated_text(run)) and all(text):
         row["val_bpb"], row["val_bpc"] = (sums["loss_sum"] / n / math.log(2) for n in text)
+    if induction is not None:
+        row.update(best_head(induction(params)))
     if sampler is not None:
         ids = sampler(params, run.sample[0])
         row["sample"] = run.tokenizer.decode(ids[: ids.index(run.sample[1])] if run.sample[1] in ids else ids)
@@ -486,7 +496,12 @@ def _train_steps(
                 run.metrics.write({k: v for k, v in last_eval.items() if k != "sample"})
                 run.progress.message(
                     f"step {step}: val_loss {val_loss:.4f}  val_ppl {last_eval['val_ppl']:.2f}  "
-                    f"({last_eval['eval_s']:.1f}s)"
+                    + (
+                        f"induction {last_eval['val_induction']:.2f} (head {last_eval['val_induction_head']})  "
+                        if "val_induction" in last_eval
+                        else ""
+                    )
+                    + f"({last_eval['eval_s']:.1f}s)"
                     + (f"\n  sample: {last_eval['sample']!r}" if "sample" in last_eval else "")
                 )
             if at_checkpoint:
