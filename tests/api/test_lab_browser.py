@@ -8,6 +8,7 @@ the tests skip, or fail when MULM_REQUIRE_BROWSER=1 (as in CI)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -69,6 +70,10 @@ def test_the_lab_from_a_data_set_to_a_trained_model_served_completed_and_inspect
     lab.until("Number(document.querySelector('#tr-bpb-chart').dataset.points) >= 1", timeout=60_000)
     assert page.is_visible("#tr-bpb-chart") and lab.call(CANVAS_PIXELS, "tr-bpb-chart")["colours"] > 2
     assert "val_bpb " in page.text_content("#tr-status")
+    # and the best head's induction score, which shows when an induction head forms: a small chart, and its head
+    lab.until("Number(document.querySelector('#tr-induction-chart').dataset.points) >= 1", timeout=60_000)
+    assert page.is_visible("#tr-induction-chart") and lab.call(CANVAS_PIXELS, "tr-induction-chart")["colours"] > 2
+    assert re.search(r"induction \d\.\d\d \(head \d+\.\d+\)", page.text_content("#tr-status"))
     assert page.is_enabled("#tr-cancel") and not page.is_enabled("#tr-resume")
     lab.shot("training")
     page.click("#tr-cancel")

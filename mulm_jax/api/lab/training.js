@@ -1,6 +1,7 @@
 // Training: start a job from a named config (with overrides and a data set from the list), follow its metrics
-// from the job's events stream as live loss curves (and validation bits per byte, which compares tokenizers),
-// cancel or resume it, and serve a finished run as a model.
+// from the job's events stream as live loss curves (and validation bits per byte, which compares tokenizers, and
+// the best head's induction score, which shows when an induction head forms), cancel or resume it, and serve a
+// finished run as a model.
 
 import {get, post, stream} from "./api.js";
 import {lineChart} from "./draw.js";
@@ -12,7 +13,8 @@ let app;
 let jobs = [];
 let job = null;  // the job followed
 let follower = null;  // aborts the events stream followed
-let curves = {train: [], val: [], bpb: []};
+let curves = {train: [], val: [], bpb: [], induction: []};
+let inductionHead = "";  // the head of the last induction score, "layer.head"
 
 export function init(lab) {
   app = lab;
@@ -64,7 +66,7 @@ async function start() {
 function follow(followed) {
   if (follower) follower.abort();
   follower = new AbortController();
-  curves = {train: [], val: [], bpb: []};
+  curves = {train: [], val: [], bpb: [], induction: []};
   update(followed);
   drawChart();
   const signal = follower.signal;
@@ -77,6 +79,10 @@ function follow(followed) {
     if ("loss" in data) curves.train.push([data.step, data.loss]);
     if ("val_loss" in data) curves.val.push([data.step, data.val_loss]);
     if ("val_bpb" in data) curves.bpb.push([data.step, data.val_bpb]);
+    if ("val_induction" in data) {
+      curves.induction.push([data.step, data.val_induction]);
+      inductionHead = data.val_induction_head;
+    }
     update({...job, step: data.step});
     drawChart();
   }, signal));
@@ -89,7 +95,9 @@ function update(followed) {
   status.dataset.state = job.state;
   const last = curves.train.length ? `, loss ${curves.train[curves.train.length - 1][1].toFixed(4)}` : "";
   const val = (curves.val.length ? `, val_loss ${curves.val[curves.val.length - 1][1].toFixed(4)}` : "") +
-    (curves.bpb.length ? `, val_bpb ${curves.bpb[curves.bpb.length - 1][1].toFixed(4)}` : "");
+    (curves.bpb.length ? `, val_bpb ${curves.bpb[curves.bpb.length - 1][1].toFixed(4)}` : "") +
+    (curves.induction.length ?
+      `, induction ${curves.induction[curves.induction.length - 1][1].toFixed(2)} (head ${inductionHead})` : "");
   status.textContent = `${job.id} (run ${runName(job)}): ${job.state}` +
     (job.step ? ` at step ${job.step}` : "") + last + val;
   $("tr-cancel").disabled = !running;
@@ -114,6 +122,14 @@ function drawChart() {
   if (curves.bpb.length) {
     lineChart(bpb, [{name: "validation bits per byte", colour: "#2ca02c", points: curves.bpb}],
               {width, height: 200, xLabel: "step", yLabel: "bits per byte"});
+  }
+  // the best head's induction score, where the model is a decoder: it jumps when an induction head forms
+  const induction = $("tr-induction-chart");
+  induction.dataset.points = String(curves.induction.length);
+  $("tr-induction").hidden = !curves.induction.length;
+  if (curves.induction.length) {
+    lineChart(induction, [{name: "induction score of the best head", colour: "#9467bd", points: curves.induction}],
+              {width, height: 160, xLabel: "step", yLabel: "induction score"});
   }
 }
 
