@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from bench.study import finish_timings, load_at, train_named
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_LENGTH = 128
@@ -92,22 +93,13 @@ def evaluate(
 ) -> dict[int, Optional[dict[str, float]]]:
     """length -> {"loss", "passkey"} of the run under `overrides_at(length)` (None where its positions cannot
     reach)."""
-    from mulm_jax.eval import (
-        EvalError,
-        WindowScorer,
-        check_context,
-        load_for_eval,
-        passkey_accuracy,
-        sliding_perplexity,
-    )
+    from mulm_jax.eval import WindowScorer, passkey_accuracy, sliding_perplexity
 
     out: dict[int, Optional[dict[str, float]]] = {}
     for length in lengths:
         extra = overrides_at(length)
-        try:
-            loaded = load_for_eval(run, extra)
-            check_context(loaded.config.model, length)
-        except EvalError:
+        loaded = load_at(run, length, extra)
+        if loaded is None:
             out[length] = None
             continue
         scorer = WindowScorer(loaded)
@@ -186,7 +178,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from mulm_jax.config import DataConfig, load_config
     from mulm_jax.data import assemble, load_tokens
-    from mulm_jax.train.loop import train
 
     start = time.perf_counter()
     out = Path(args.out)
@@ -202,17 +193,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     timings: dict[str, float] = {}
 
     def run(name: str, overrides: list[str], **kw: Any) -> Path:
-        t = time.perf_counter()
-        folder = out / name.replace(" ", "_")
-        print(f"training {name} ...", flush=True)
-        result = train(load_config(config, overrides), folder, quiet=True, **kw)
-        timings[f"train {name}"] = round(time.perf_counter() - t, 1)
-        print(
-            f"  {name}: val_loss {result.last_eval.get('val_loss', float('nan')):.4f} "
-            f"({timings[f'train {name}']:.0f} s)",
-            flush=True,
-        )
-        return folder
+        return train_named(config, out, name, overrides, timings, **kw)
 
     bases = base_runs(args, data.path, data.manifest["vocab_size"])
     runs = {name: run(name, overrides) for name, overrides in bases.items()}
@@ -271,9 +252,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         row("RoPE", f"{'no scaling' if kind == 'none' else kind}, fine-tuned at {length}", tuned[kind], True)
     row("learned", f"extended to {length}, fine-tuned", tuned["learned"], True)
     timings["evaluate"] = round(time.perf_counter() - t, 1)
-    timings["total"] = round(time.perf_counter() - start, 1)
-    timings["cpu"] = round(time.process_time(), 1)  # every thread of this process: steadier than wall time under load
-    timings["load_average_1min"] = os.getloadavg()[0]
+    finish_timings(timings, start)
 
     print(table(rows))
     print(f"timings (s): {json.dumps(timings)}")
