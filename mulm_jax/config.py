@@ -84,6 +84,12 @@ class ModelConfig:
     norm_position: Literal["pre", "post"] = "pre"
     norm_eps: float = 1e-5
     ffn: Literal["relu", "relu2", "gelu", "swiglu"] = "gelu"  # relu2: relu(x)^2 (Primer; modded-nanogpt)
+    # One-switch ablations (docs/models.md): each block's MLP sub-layer, the feed-forward `ffn` names or none
+    # (attention-only blocks); the residual connections around each sub-layer (false: pre-norm x = f(norm(x)),
+    # post-norm x = norm(f(x))); the attention scores' 1/sqrt(head width) scale (none: plain q . k).
+    mlp: Literal["ffn", "none"] = "ffn"
+    residual: bool = True
+    attention_scale: Literal["sqrt", "none"] = "sqrt"
     qk_norm: bool = False  # RMSNorm (a learnt scale per head dimension) on each head's queries and keys
     logit_softcap: Optional[float] = None  # logits = c * tanh(logits / c) (Gemma 2; modded-nanogpt); None: none
     zero_init_outputs: bool = False  # attention and feed-forward output projections (and an untied head) start at 0
@@ -176,6 +182,8 @@ class ModelConfig:
                     f"model.rope_scaling: low_freq_factor={s.low_freq_factor} and high_freq_factor="
                     f"{s.high_freq_factor}: expected 0 < low_freq_factor < high_freq_factor"
                 )
+        for name in ("mlp", "residual", "attention_scale"):  # a ModelConfig built in Python skips load's checks
+            _coerce(getattr(self, name), typing.get_type_hints(ModelConfig)[name], f"model.{name}")
         if self.logit_softcap is not None and self.logit_softcap <= 0:
             raise ConfigError(f"model.logit_softcap={self.logit_softcap} must be a positive number (or null: none)")
         if not 0.0 <= self.dropout < 1.0:

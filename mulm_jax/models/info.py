@@ -102,12 +102,17 @@ def architecture_line(cfg: ModelConfig) -> str:
         "sliding_window": f"sliding window {cfg.sliding_window}",
         "block_sparse": f"block-sparse {cfg.block_size} + {cfg.num_global_tokens} global",
     }[cfg.attention]
+    mlp = f"d_ff {cfg.ff_dim} ({cfg.ffn})" if cfg.mlp == "ffn" else "no MLP (attention-only blocks)"
+    ablations = {
+        "no residual connections": not cfg.residual,
+        "attention scores not scaled by 1/sqrt(head width)": cfg.attention_scale == "none",
+    }
     return (
         f"{cfg.architecture}: {layers}, d_model {cfg.d_model}, {cfg.num_heads} heads / {cfg.kv_heads} kv heads "
-        f"({attn}, {pattern}), head width {cfg.head_dim}, d_ff {cfg.ff_dim} ({cfg.ffn}), "
+        f"({attn}, {pattern}), head width {cfg.head_dim}, {mlp}, "
         f"{cfg.norm_position}-{cfg.norm}, positional {cfg.positional}, vocab {cfg.vocab_size}, "
         f"context {cfg.max_seq_len}, dtype {cfg.dtype}, tied embeddings {cfg.tie_embeddings}, "
-        f"bias {cfg.use_bias}, dropout {cfg.dropout}"
+        f"bias {cfg.use_bias}, dropout {cfg.dropout}" + "".join(f", {a}" for a, on in ablations.items() if on)
     )
 
 

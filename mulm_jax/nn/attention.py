@@ -123,8 +123,10 @@ def dot_product_attention(
     cached: Optional[KVCache] = None,
     with_weights: bool = True,
     hook: Optional[Callable[[str, jax.Array], jax.Array]] = None,
+    scale: Optional[float] = None,
 ) -> tuple[jax.Array, Optional[jax.Array]]:
-    """softmax(q k^T / sqrt(Dh) + bias, masked) v, with each of K kv heads shared by H / K query heads.
+    """softmax(q k^T * scale + bias, masked) v, with each of K kv heads shared by H / K query heads; scale: the
+    scores' factor (None: 1 / sqrt(Dh)).
 
     Keys and values are kv-head major, as the cache holds them. `cached`: earlier keys and values attended
     to as well, ahead of k and v (so S counts the cache's slots first). mask: bool broadcastable to
@@ -140,7 +142,7 @@ def dot_product_attention(
         raise ValueError(f"{H} query heads cannot be shared evenly among {K} kv heads")
     G = H // K
     if cached is not None and not with_weights and not (dropout_rate > 0.0 and dropout_rng is not None):
-        return cached_attention(q_BxTxHxDh, k_BxKxSxDh, v_BxKxSxDh, cached, mask, bias), None
+        return cached_attention(q_BxTxHxDh, k_BxKxSxDh, v_BxKxSxDh, cached, mask, bias, scale), None
     chunks = (
         [(k_BxKxSxDh, v_BxKxSxDh)]
         if cached is None
@@ -153,7 +155,7 @@ def dot_product_attention(
     S = sum(lengths)
     # Every product is a matmul batched over one axis of B * K: XLA:CPU runs a single batch axis as one
     # well-threaded call, and copies operands around when there are two.
-    q_BKxGTxDh = _grouped_queries(q_BxTxHxDh, K)
+    q_BKxGTxDh = _grouped_queries(q_BxTxHxDh, K, scale)
     logits_BKxGTxS = jnp.concatenate(
         [jnp.matmul(q_BKxGTxDh, k.reshape(B * K, n, Dh).swapaxes(1, 2)) for (k, _), n in zip(chunks, lengths)], axis=-1
     )
@@ -188,11 +190,12 @@ def _biased_and_masked(logits: jax.Array, bias: Optional[jax.Array], mask: Optio
     return logits
 
 
-def _grouped_queries(q_BxTxHxDh: jax.Array, K: int) -> jax.Array:
-    """Queries scaled by 1/sqrt(Dh) as [B * K, G * T, Dh]: the G query heads of each kv head together."""
+def _grouped_queries(q_BxTxHxDh: jax.Array, K: int, scale: Optional[float]) -> jax.Array:
+    """Queries times `scale` (None: 1 / sqrt(Dh)) as [B * K, G * T, Dh]: the G query heads of each kv head
+    together."""
     B, T, H, Dh = q_BxTxHxDh.shape
     return (
-        (q_BxTxHxDh * jnp.asarray(Dh**-0.5, q_BxTxHxDh.dtype))
+        (q_BxTxHxDh * jnp.asarray(Dh**-0.5 if scale is None else scale, q_BxTxHxDh.dtype))
         .reshape(B, T, K, H // K, Dh)
         .transpose(0, 2, 3, 1, 4)
         .reshape(B * K, H // K * T, Dh)
@@ -206,6 +209,7 @@ def cached_attention(
     cached: KVCache,
     mask: Optional[jax.Array] = None,
     bias: Optional[jax.Array] = None,
+    scale: Optional[float] = None,
 ) -> jax.Array:
     """dot_product_attention over a cache and then the T new keys, reading only the cache chunks (CACHE_CHUNK
     positions each) that the mask lets some query see, with an online softmax.
@@ -214,14 +218,14 @@ def cached_attention(
     p: for GPT-2 small at 8 sequences and 1024 positions, reading every slot cost about 35 ms of each step on
     the 2-core dev machine. The chunks to read are found from the mask at run time, so one compiled step
     serves every length; in a prefill's fresh cache nothing is visible and no chunk is read; a sliding window
-    reads only the chunks under the window. mask / bias: as for dot_product_attention, over the
+    reads only the chunks under the window. mask / bias / scale: as for dot_product_attention, over the
     cache's S_max slots and then the T new keys. Returns the output [B, T, H, Dh].
     """
     B, T, H, Dh = q_BxTxHxDh.shape
     K, S = cached.k_BxKxSxDh.shape[1], cached.max_len
     G = H // K
     chunk = CACHE_CHUNK if S % CACHE_CHUNK == 0 else S
-    q_BKxGTxDh = _grouped_queries(q_BxTxHxDh, K)
+    q_BKxGTxDh = _grouped_queries(q_BxTxHxDh, K, scale)
     full = lambda x: None if x is None else jnp.broadcast_to(x, (B, x.shape[1], T, S + T))  # noqa: E731
     mask, bias = full(mask), full(bias)
 
@@ -283,6 +287,9 @@ class Attention(nn.Module):
     keys, so the mask is [B, 1, T, S_max + T] with the slots at or past `q_pos_BxT[:, 0]` hidden (see
     models.masks.cached_key_positions); the new keys/values are then written at `q_pos_BxT[:, 0]` onwards.
 
+    attention_scale: "sqrt" scales the scores q . k by 1 / sqrt(head_dim); "none" leaves them unscaled (an
+    ablation: docs/models.md).
+
     qk_norm: each head's queries and keys are RMS-normalised (with a learnt scale per head dimension) before RoPE
     and the dot product, which bounds the attention logits (OLMo 2, modded-nanogpt).
 
@@ -312,6 +319,7 @@ class Attention(nn.Module):
     cross: bool = False
     qk_norm: bool = False
     norm_eps: float = 1e-6
+    attention_scale: str = "sqrt"  # or "none"
     dtype: Any = jnp.float32
 
     def fused_projections(self) -> dict[str, tuple[str, ...]]:
@@ -404,6 +412,7 @@ class Attention(nn.Module):
             cached=cached,
             with_weights=hooked,
             hook=(lambda name, x: hooks.hook(self, name, x)) if hooked else None,
+            scale=None if self.attention_scale == "sqrt" else 1.0,
         )
         if cached is not None:
             cache = cache.write(k_BxTxKxDh, v_BxTxKxDh, q_pos_BxT[:, 0])

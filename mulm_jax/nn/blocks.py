@@ -56,6 +56,8 @@ class Block(nn.Module):
 
     Pre-norm:  x = x + f(norm(x)) for each sublayer f (GPT-2, Llama).
     Post-norm: x = norm(x + f(x)) (the 2017 Transformer).
+    The ablations (docs/models.md): without cfg.residual, x = f(norm(x)) and x = norm(f(x)); with cfg.mlp none, no
+    feed-forward sublayer (its hook point resid_post then holds the attention's output stream, as resid_mid).
     """
 
     cfg: ModelConfig
@@ -99,16 +101,21 @@ class Block(nn.Module):
             cross=cross,
             qk_norm=cfg.qk_norm,
             norm_eps=cfg.norm_eps,
+            attention_scale=cfg.attention_scale,
             dtype=dtype,
             name=name,
         )
         residual_dropout = nn.Dropout(cfg.dropout)
 
         def sublayer(x, name: str, f, resid: str):
+            def branch(h):
+                y = residual_dropout(f(h), deterministic=deterministic)
+                return x + y if cfg.residual else y
+
             if cfg.norm_position == "pre":
-                x = x + residual_dropout(f(make_norm(cfg, f"{name}_norm")(x)), deterministic=deterministic)
+                x = branch(make_norm(cfg, f"{name}_norm")(x))
             else:
-                x = make_norm(cfg, f"{name}_norm")(x + residual_dropout(f(x), deterministic=deterministic))
+                x = make_norm(cfg, f"{name}_norm")(branch(x))
             return hook(self, resid, x)
 
         def self_attend(h):
@@ -139,8 +146,11 @@ class Block(nn.Module):
             if memory_BxSxD is None and cross_cache is None:
                 raise ValueError("a decoder block with cross-attention needs the encoder output (memory_BxSxD)")
             x_BxTxD = sublayer(x_BxTxD, "cross_attention", cross_attend, "resid_mid_cross")
-        ffn = FeedForward(cfg.d_model, cfg.ff_dim, cfg.ffn, cfg.use_bias, out_std, dtype, name="ffn")
-        x_BxTxD = sublayer(x_BxTxD, "ffn", ffn, "resid_post")
+        if cfg.mlp == "ffn":
+            ffn = FeedForward(cfg.d_model, cfg.ff_dim, cfg.ffn, cfg.use_bias, out_std, dtype, name="ffn")
+            x_BxTxD = sublayer(x_BxTxD, "ffn", ffn, "resid_post")
+        else:
+            x_BxTxD = hook(self, "resid_post", x_BxTxD)
         return x_BxTxD, cache, cross_cache
 
 

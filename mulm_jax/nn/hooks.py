@@ -175,7 +175,8 @@ def vocabulary(cfg) -> dict[str, str]:
                 sublayers.append(
                     ("ln_cross", "cross_attn", lambda name: attention(name, "S", False), "resid_mid_cross")
                 )
-            sublayers.append(("ln2", "mlp", mlp, "resid_post"))
+            if cfg.mlp == "ffn":
+                sublayers.append(("ln2", "mlp", mlp, "resid_post"))
             for norm_name, part, add, resid in sublayers:  # pre-norm: x + f(norm(x)); post-norm: norm(x + f(x))
                 if cfg.norm_position == "pre":
                     norm(f"{block}.{norm_name}")
@@ -183,6 +184,7 @@ def vocabulary(cfg) -> dict[str, str]:
                 if cfg.norm_position == "post":
                     norm(f"{block}.{norm_name}")
                 names[f"{block}.{resid}"] = f"{T}xD"
+            names[f"{block}.resid_post"] = f"{T}xD"  # the block's output, with or without an MLP before it
         if cfg.norm_position == "pre":
             norm(f"{stack}ln_final")
     names["logits"] = "TxV"

@@ -166,6 +166,9 @@ def test_untied_head_has_its_own_matrix_and_tied_has_none():
         {"positional": "rope", "qk_norm": True, "ffn": "relu2", "logit_softcap": 2.0, "tie_embeddings": False},
         {"positional": "sinusoidal", "attention": "sliding_window", "sliding_window": 4},
         {"positional": "none", "attention": "block_sparse", "block_size": 4, "num_global_tokens": 2},
+        {"residual": False},  # the one-switch ablations (docs/models.md)
+        {"positional": "rope", "num_kv_heads": 2, "attention_scale": "none"},
+        {"mlp": "none", "norm_position": "post"},
     ],
 )
 def test_prefill_then_decode_with_cache_matches_the_full_forward_pass(overrides):
@@ -190,14 +193,18 @@ def hand_count(cfg) -> int:
     attention = D * H * Dh + 2 * D * K * Dh + H * Dh * D + b * (H * Dh + 2 * K * Dh + D) + cfg.qk_norm * 2 * Dh
     ffn = (3 * D * F + b * (2 * F + D)) if cfg.ffn == "swiglu" else (2 * D * F + b * (F + D))
     norm = D * (2 if cfg.norm == "layernorm" and b else 1)
+    if cfg.mlp == "none":  # attention-only blocks: no feed-forward, and no norm before or after it
+        ffn, norm_ffn = 0, 0
+    else:
+        norm_ffn = norm
     embeddings = V * D + (0 if cfg.tie_embeddings else V * D)
     if cfg.positional == "learned":
         embeddings += cfg.max_seq_len * D
     final_norm = norm if cfg.norm_position == "pre" else 0
     if cfg.architecture == "decoder":
-        return embeddings + cfg.num_layers * (attention + ffn + 2 * norm) + final_norm
-    encoder = cfg.encoder_layers * (attention + ffn + 2 * norm) + final_norm
-    decoder = cfg.decoder_layers * (2 * attention + ffn + 3 * norm) + final_norm
+        return embeddings + cfg.num_layers * (attention + ffn + norm + norm_ffn) + final_norm
+    encoder = cfg.encoder_layers * (attention + ffn + norm + norm_ffn) + final_norm
+    decoder = cfg.decoder_layers * (2 * attention + ffn + 2 * norm + norm_ffn) + final_norm
     return embeddings + encoder + decoder
 
 
@@ -221,6 +228,22 @@ def test_every_config_builds_with_its_hand_counted_parameters(repo_root, name, e
     cfg = load_config(repo_root / "configs" / f"{name}.yaml").model
     assert hand_count(cfg) == expected
     assert describe(cfg)["parameters"] == expected
+
+
+@pytest.mark.parametrize(
+    "config, overrides, expected",
+    [
+        ("shakespeare_char", ["model.mlp=none"], 279_296),  # 804,096 less 4 x (2 x 128 x 512 + a norm's 128)
+        ("shakespeare_char", ["model.residual=false", "model.attention_scale=none"], 804_096),  # no parameters
+        ("transformer_base", ["model.mlp=none"], 37_873_664),  # less 12 x (2 x 512 x 2048 + 2048 + 512 + 1024)
+    ],
+)
+def test_the_ablations_count_their_parameters_by_hand_and_in_info(repo_root, config, overrides, expected):
+    from mulm_jax.models.info import describe
+
+    cfg = load_config(repo_root / "configs" / f"{config}.yaml", overrides).model
+    assert hand_count(cfg) == describe(cfg)["parameters"] == expected
+    assert (describe(cfg)["parameters_by_part"]["ffn"] == 0) == (cfg.mlp == "none")
 
 
 def test_every_config_in_the_folder_is_covered(repo_root):

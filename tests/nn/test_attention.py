@@ -218,6 +218,29 @@ def test_attention_sows_its_pattern_at_its_hook_point_and_an_edit_replaces_it():
     np.testing.assert_allclose(edited[0], expected, atol=1e-5)
 
 
+def test_unscaled_attention_weights_are_the_softmax_of_plain_q_dot_k_and_the_default_divides_by_sqrt_dh():
+    x = 2.0 * jax.random.normal(jax.random.key(0), (1, 5, 12))
+    pos = positions(5)
+    mask = attention_mask(pos, pos, causal=True)
+    params = make_attention().init(jax.random.key(1), x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos)
+
+    def sown_qkp(attention_scale):
+        with hooks(keep={"q", "k", "pattern"}):
+            _, state = make_attention(attention_scale=attention_scale).apply(
+                params, x, mask=mask, q_pos_BxT=pos, k_pos_BxS=pos, mutable=[ACTIVATIONS]
+            )
+        got = sown(state[ACTIVATIONS])
+        return tuple(np.asarray(got[n][0], np.float64) for n in ("q", "k", "pattern"))
+
+    for attention_scale, scale in (("none", 1.0), ("sqrt", 4**-0.5)):
+        q_TxHxDh, k_TxKxDh, pattern_HxTxT = sown_qkp(attention_scale)
+        scores_HxTxT = np.einsum("thd,shd->hts", q_TxHxDh, np.repeat(k_TxKxDh, 2, axis=1)) * scale
+        scores_HxTxT = np.where(np.tril(np.ones((5, 5), bool)), scores_HxTxT, -np.inf)
+        weights_HxTxT = np.exp(scores_HxTxT - scores_HxTxT.max(-1, keepdims=True))
+        np.testing.assert_allclose(pattern_HxTxT, weights_HxTxT / weights_HxTxT.sum(-1, keepdims=True), atol=1e-5)
+    assert not np.allclose(pattern_HxTxT, sown_qkp("none")[2], atol=1e-2)  # the scale matters at these sizes
+
+
 def test_attention_dropout_is_random_in_training_and_off_in_evaluation():
     attn = make_attention(dropout=0.5)
     x = jax.random.normal(jax.random.key(0), (1, 5, 12))

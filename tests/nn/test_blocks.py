@@ -49,9 +49,11 @@ def test_rmsnorm_and_layernorm_match_their_formulas():
 
 
 @pytest.mark.parametrize("norm_position", ["pre", "post"])
-def test_block_applies_residuals_around_normed_sublayers(norm_position):
-    """Recompute a block from its own sublayers: pre = x + f(norm(x)); post = norm(x + f(x))."""
-    cfg = tiny_model(norm_position=norm_position, norm="rmsnorm", ffn="relu", norm_eps=1e-6)
+@pytest.mark.parametrize("ablation", [{}, {"residual": False}, {"mlp": "none"}], ids=["block", "no_residual", "no_mlp"])
+def test_block_applies_residuals_around_normed_sublayers(norm_position, ablation):
+    """Recompute a block from its own sublayers: pre = x + f(norm(x)); post = norm(x + f(x)); without the residual
+    pre = f(norm(x)), post = norm(f(x)); without the MLP only the attention sublayer, and no MLP parameters."""
+    cfg = tiny_model(norm_position=norm_position, norm="rmsnorm", ffn="relu", norm_eps=1e-6, **ablation)
     block = Block(cfg)
     x = np.random.default_rng(2).normal(size=(1, 4, 16)).astype(np.float32)
     pos = np.arange(4)[None]
@@ -61,6 +63,7 @@ def test_block_applies_residuals_around_normed_sublayers(norm_position):
     y, _, _ = jax.jit(lambda x: block.apply(params, x, **kwargs))(x)
 
     p = params["params"]
+    assert ("ffn" in p and "ffn_norm" in p) == (cfg.mlp == "ffn")
     rms = lambda h: h / np.sqrt((h**2).mean(-1, keepdims=True) + 1e-6)  # noqa: E731  (scales are all 1)
     attn = Attention(num_heads=4, num_kv_heads=4, head_dim=4)
 
@@ -69,10 +72,11 @@ def test_block_applies_residuals_around_normed_sublayers(norm_position):
 
     ffn = FeedForward(16, 32, "relu")
     feed = lambda h: np.asarray(ffn.apply({"params": p["ffn"]}, h))  # noqa: E731
+    skip = (lambda h: h) if cfg.residual else (lambda h: 0.0)  # noqa: E731
     if norm_position == "pre":
-        h = x + attend(rms(x))
-        expected = h + feed(rms(h))
+        h = skip(x) + attend(rms(x))
+        expected = h if cfg.mlp == "none" else skip(h) + feed(rms(h))
     else:
-        h = rms(x + attend(x))
-        expected = rms(h + feed(h))
+        h = rms(skip(x) + attend(x))
+        expected = h if cfg.mlp == "none" else rms(skip(h) + feed(h))
     np.testing.assert_allclose(y, expected, atol=1e-4)
