@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mulm_jax.config import ModelConfig
-from mulm_jax.interop.mapping import InteropError, Part, Tensor, one
+from mulm_jax.interop.mapping import STANDARD_BLOCK, InteropError, Part, Tensor, one
 
 ARCHITECTURE = "GPT2LMHeadModel"
 # Buffers older checkpoints carry (the causal mask), not parameters.
@@ -64,6 +64,7 @@ def export_problems(cfg: ModelConfig) -> list[str]:
         "scale_embeddings": False,
         "qk_norm": False,
         "logit_softcap": None,
+        **STANDARD_BLOCK,
     }
     problems = [f"model.{k}={getattr(cfg, k)!r} (GPT-2: {v!r})" for k, v in wanted.items() if getattr(cfg, k) != v]
     if cfg.ffn not in ("gelu", "relu"):

@@ -7,7 +7,7 @@ import math
 from typing import Any, Optional
 
 from mulm_jax.config import ModelConfig, RopeScaling
-from mulm_jax.interop.mapping import InteropError, Tensor, one
+from mulm_jax.interop.mapping import STANDARD_BLOCK, InteropError, Tensor, one
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)  # a buffer some older checkpoints carry
@@ -176,6 +176,7 @@ def export_problems(cfg: ModelConfig) -> list[str]:
         "scale_embeddings": False,
         "qk_norm": False,
         "logit_softcap": None,
+        **STANDARD_BLOCK,
     }
     problems = [f"model.{k}={getattr(cfg, k)!r} (Llama: {v!r})" for k, v in wanted.items() if getattr(cfg, k) != v]
     if cfg.qkv_bias:

@@ -15,6 +15,11 @@ class InteropError(MulmError):
     """A Hugging Face folder or a run that cannot be converted; the message names the file, setting or tensor."""
 
 
+# The ablation switches (docs/models.md) as every Hugging Face architecture has them: residual connections, scores
+# scaled by 1/sqrt(head width), an MLP in each block. A model with one of them off has no counterpart there.
+STANDARD_BLOCK = {"residual": True, "attention_scale": "sqrt", "mlp": "ffn"}
+
+
 @dataclass(frozen=True)
 class Part:
     """One parameter of ours: its path in the tree ("decoder/layer_0/ffn/up/kernel") and shape. Kernels: the

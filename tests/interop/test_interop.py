@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -356,6 +357,21 @@ def test_export_loads_in_transformers_with_equal_logits_and_round_trips(kind, tm
     assert flat(back.params).keys() == flat(lm.params).keys()
     for key, value in flat(lm.params).items():
         np.testing.assert_array_equal(flat(back.params)[key], value, err_msg="/".join(key))
+
+
+@pytest.mark.parametrize(
+    "switch, shown",
+    [
+        ({"residual": False}, "model.residual=False (GPT-2: True)"),
+        ({"attention_scale": "none"}, "model.attention_scale='none' (GPT-2: 'sqrt')"),
+        ({"mlp": "none"}, "model.mlp='none' (GPT-2: 'ffn')"),
+    ],
+)
+def test_export_refuses_an_ablated_model_naming_the_switch(tmp_path, switch, shown):
+    run = native_run(tmp_path / "run", **switch)  # GPT-2 shaped but for the switch
+    with pytest.raises(InteropError, match=r"settings with no counterpart: as GPT-2: " + re.escape(shown) + ";"):
+        to_hf(run, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
 
 
 def test_errors_name_the_architecture_or_setting(tmp_path, folders):
