@@ -69,6 +69,8 @@ def neuron_edits(
     """Edits that ablate (layer, neuron) pairs of the MLPs: the neuron's activation (mlp.post) set to zero or to its
     mean over the prompt's positions in `cache`."""
     F = tracer.cfg.ff_dim
+    if tracer.cfg.mlp == "none":
+        raise InspectError("this model has no MLPs (model.mlp=none, attention-only blocks): no neurons to ablate")
     by_layer: dict[int, np.ndarray] = {}
     for layer, neuron in neurons:
         check_layer_head(tracer, layer)
@@ -234,6 +236,11 @@ def logit_attribution(
             "direct logit attribution needs a pre-norm model: in a post-norm one every layer's norm "
             "rescales the residual stream, which is then no sum of the layers' outputs"
         )
+    if not cfg.residual:
+        raise InspectError(
+            "direct logit attribution needs residual connections: with model.residual=false each sublayer's output "
+            "replaces the stream, which is then no sum of the layers' outputs"
+        )
     ids, _ = tracer.sequences(prompt, target)
     position = check_position(position, len(ids))
     parts = ["embed", "pos_embed", "blocks.*.attn.head_out", "blocks.*.cross_attn.head_out", "blocks.*.mlp.out"]
@@ -275,8 +282,9 @@ def logit_attribution(
             if bias is not None:
                 labels.append(f"{layer}.{part}.bias")
                 values.append(through_norm(bias))
-        labels.append(f"{layer}.mlp")
-        values.append(through_norm(cache[f"blocks.{layer}.mlp.out"][position]))
+        if cfg.mlp == "ffn":
+            labels.append(f"{layer}.mlp")
+            values.append(through_norm(cache[f"blocks.{layer}.mlp.out"][position]))
     if "bias" in norm:
         labels.append("ln_final.bias")
         values.append(float(np.asarray(norm["bias"], np.float64) @ u_D))

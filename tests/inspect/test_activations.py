@@ -1,7 +1,8 @@
 """Named activations (`Tracer.run_with_cache`) and the interventions built on them: every cached name of a GPT-2-,
-a Llama- and a 2017-style encoder-decoder model recomputed in numpy from the names before it and the parameters,
-the cache's names and shapes against the vocabulary, edits and patches doing exactly what they say, the errors
-for bad names, shapes, layers, heads and positions, and the speed of an all-names cache of the demo model."""
+a Llama- and a 2017-style encoder-decoder model (and of their one-switch ablations) recomputed in numpy from the
+names before it and the parameters, the cache's names and shapes against the vocabulary, edits and patches doing
+exactly what they say, the errors for bad names, shapes, layers, heads and positions, and the speed of an
+all-names cache of the demo model."""
 
 from __future__ import annotations
 
@@ -71,6 +72,14 @@ ENCODER_DECODER = {
     ),
 }
 MODELS = {"gpt2": GPT2, "llama": LLAMA, "encoder_decoder": ENCODER_DECODER}
+# The one-switch ablations (docs/models.md), each on the model it changes most.
+ABLATED = {
+    "gpt2 no residual": {**GPT2, "residual": False},
+    "llama unscaled attention": {**LLAMA, "attention_scale": "none"},
+    "gpt2 no mlp": {**GPT2, "mlp": "none"},
+    "encoder_decoder no residual": {**ENCODER_DECODER, "residual": False},
+    "encoder_decoder no mlp": {**ENCODER_DECODER, "mlp": "none"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +173,8 @@ class Recompute:
             q = self.check(f"{name}.rot_q", naive_rope(q, cfg.rope_theta))
             k = self.check(f"{name}.rot_k", naive_rope(k, cfg.rope_theta))
         # Each kv head serves H / K consecutive query heads.
-        scores = self.check(
-            f"{name}.scores", np.einsum("thd,shd->hts", q, np.repeat(k, H // K, axis=1)) / math.sqrt(Dh)
-        )
+        scale = 1.0 / math.sqrt(Dh) if cfg.attention_scale == "sqrt" else 1.0
+        scores = self.check(f"{name}.scores", np.einsum("thd,shd->hts", q, np.repeat(k, H // K, axis=1)) * scale)
         T, S = scores.shape[1:]
         allowed = np.tril(np.ones((T, S), bool)) if causal else np.ones((T, S), bool)
         pattern = self.check(f"{name}.pattern", _softmax(np.where(allowed[None], scores, -np.inf)))
@@ -213,19 +221,21 @@ class Recompute:
                         "resid_mid_cross",
                     )
                 )
-            sublayers.append(("ln2", "mlp", "ffn", lambda h: self.mlp(f"{block}.mlp", p["ffn"], h), "resid_post"))
+            if cfg.mlp == "ffn":
+                sublayers.append(("ln2", "mlp", "ffn", lambda h: self.mlp(f"{block}.mlp", p["ffn"], h), "resid_post"))
             for ln, part, module, f, resid in sublayers:
                 norm_params = p[f"{module}_norm"]
+                skip = x if cfg.residual else 0.0  # model.residual=false: f(norm(x)), norm(f(x))
                 if cfg.norm_position == "pre":  # x + f(norm(x))
                     factor, out = _norm(x, norm_params, cfg)
                     self.check(f"{block}.{ln}.scale_factor", factor)
-                    expected = x + f(self.check(f"{block}.{ln}.out", out))
+                    expected = skip + f(self.check(f"{block}.{ln}.out", out))
                 else:  # norm(x + f(x))
-                    factor, out = _norm(x + f(x), norm_params, cfg)
+                    factor, out = _norm(skip + f(x), norm_params, cfg)
                     self.check(f"{block}.{ln}.scale_factor", factor)
                     expected = self.check(f"{block}.{ln}.out", out)
                 x = self.check(f"{block}.{resid}", expected)
-            x_TxD = x
+            x_TxD = self.check(f"{block}.resid_post", x)  # model.mlp=none: the attention's output stream
         if cfg.norm_position == "pre":
             factor, out = _norm(x_TxD, stack_params["final_norm"], cfg)
             self.check(f"{stack}ln_final.scale_factor", factor)
@@ -260,6 +270,23 @@ def test_every_cached_name_equals_its_numpy_recomputation_from_the_names_before_
     ref = Recompute(tracer, cache)
     ref.model(cache.ids_T, cache.source_ids_S)
     assert ref.checked == set(cache)  # every name was recomputed, none skipped
+
+
+@pytest.fixture(scope="module")
+def ablated() -> dict[str, Tracer]:
+    return {name: Tracer(loaded(**overrides)) for name, overrides in ABLATED.items()}
+
+
+@pytest.mark.parametrize("model", list(ABLATED))
+def test_every_cached_name_of_an_ablated_model_equals_its_recomputation_and_the_names_are_its_vocabulary(
+    ablated, model
+):
+    tracer = ablated[model]
+    cache = tracer.run_with_cache(PROMPT, target=TARGET if tracer.encoder_decoder else None)
+    ref = Recompute(tracer, cache)
+    ref.model(cache.ids_T, cache.source_ids_S)
+    assert ref.checked == set(cache) and list(cache) == list(tracer.names)
+    assert any(".mlp." in name or ".ln2." in name for name in cache) == (tracer.cfg.mlp == "ffn")
 
 
 # --- 2. names and shapes ----------------------------------------------------------------------------------------
@@ -454,6 +481,19 @@ def test_logit_attribution_components_sum_to_the_models_logit(tracers, caches, m
         head_out * factor * params["decoder"]["final_norm"]["scale"] @ u,
         atol=1e-5,
     )
+
+
+def test_an_mlp_less_models_attribution_lists_no_mlp_and_sums_to_its_logit_and_it_has_no_neurons(ablated):
+    tracer = ablated["gpt2 no mlp"]
+    attribution = logit_attribution(tracer, PROMPT)
+    assert not any("mlp" in label for label in attribution.labels)
+    cfg = tracer.cfg  # embed, pos_embed, each layer's heads and bias, the final norm's bias
+    assert len(attribution.labels) == 2 + cfg.num_layers * (cfg.num_heads + 1) + 1
+    np.testing.assert_allclose(attribution.total, attribution.logit, atol=1e-4)
+    with pytest.raises(InspectError, match=r"no MLPs \(model.mlp=none"):
+        neuron_edits(tracer, [(0, 1)])
+    with pytest.raises(InspectError, match="needs residual connections"):
+        logit_attribution(ablated["gpt2 no residual"], PROMPT)
 
 
 def test_each_heads_ablation_equals_a_cached_run_with_that_head_alone_ablated(tracers, caches):
