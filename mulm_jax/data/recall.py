@@ -1,12 +1,15 @@
 """Associative recall text (MQAR, Zoology: Arora et al. 2023): key-value pairs, then the keys asked for again, each
-answered by its value (training documents, and the layout the recall test reuses).
+answered by its value (training documents, and the test sequences of `eval recall`, made of the same documents).
 
 A document is `P` pairs of a key (a letter) and its value (a digit), a `|`, then every key again in a random order,
 each followed by its value: `a3 k7 Q1|k7 Q1 a3`. The keys of a document are distinct, and distinct from those of the
 documents in the RECENT_CHARS characters before it, so that a key has one value within any training window of up to
-that length (a window starts anywhere). Documents with few pairs are the easy cases that an induction head is
-first learned from. Only the answers can be learned (the pairs are random): every query's value is a target that
-an induction head (attend to the token after the key's earlier occurrence and copy it) predicts exactly.
+that length (a window starts anywhere). Documents are short (at most MAX_PAIRS pairs, 29 characters), so that a
+training window of 64 tokens holds whole documents more often than cut ones: a query whose pair was cut off has no
+answer to learn from, and with documents as long as the window most would (a 2-layer model then learns nothing in
+thousands of steps; with these, recall is learned in minutes). Only the answers can be learned (the pairs are
+random): every query's value is a target that an induction head (attend to the token after the key's earlier
+occurrence and copy it) predicts exactly.
 
 Positions are in characters, which are tokens for a character tokenizer (each character of this text must be one
 token of its own). A query's *distance* is its key's position minus its pair's key's position; a pair's *depth*
@@ -28,10 +31,10 @@ from mulm_jax.data.tokenizer import Tokenizer
 KEYS = string.ascii_lowercase + string.ascii_uppercase  # 52: the most pairs one sequence can hold
 VALUES = string.digits
 SEPARATOR = "|"  # between the pairs and the queries
-MIN_PAIRS, MAX_PAIRS = 1, 10  # pairs of a training document: 5 to 59 characters, one fits a 64-token context
+MIN_PAIRS, MAX_PAIRS = 1, 5  # pairs of a document: 5 to 29 characters, two or more fit a 64-token context
 RECENT_CHARS = 64  # a document's keys are distinct from those of the documents this many characters before it
 ALONE_CHARS = 1_000_000  # characters generated when recall is the only source
-FORMAT = 1  # bump when the documents change
+FORMAT = 2  # bump when the documents change
 CHARS = KEYS + VALUES + " " + SEPARATOR  # every character of recall text
 
 
@@ -76,22 +79,27 @@ def random_layout(rng: np.random.Generator, pairs: int, keys: Sequence[str] = KE
     return layout(chosen, values, rng.permutation(pairs))
 
 
-def documents(num_chars: int, seed: int = 0) -> list[str]:
-    """Training documents, at least `num_chars` characters in all: MIN_PAIRS to MAX_PAIRS pairs each, their keys
-    distinct from those of the documents in the RECENT_CHARS characters before."""
-    rng = np.random.default_rng(seed)
-    docs, total = [], 0
+def document_layouts(num_chars: int, rng: np.random.Generator) -> list[Layout]:
+    """Documents, at least `num_chars` characters in all (each followed by an end-of-document token): MIN_PAIRS to
+    MAX_PAIRS pairs each, their keys distinct from those of the documents in the RECENT_CHARS characters before."""
+    docs: list[Layout] = []
+    total = 0
     while total < num_chars:
         used, before = set(), 0
         for doc in reversed(docs):
             if before >= RECENT_CHARS:
                 break
-            used.update(doc[: doc.index(SEPARATOR)])
-            before += len(doc) + 1  # and its end-of-document token
+            used.update(doc.text[: doc.text.index(SEPARATOR)])
+            before += len(doc.text) + 1  # and its end-of-document token
         doc = random_layout(rng, int(rng.integers(MIN_PAIRS, MAX_PAIRS + 1)), [k for k in KEYS if k not in used])
-        docs.append(doc.text)
+        docs.append(doc)
         total += len(doc.text)
     return docs
+
+
+def documents(num_chars: int, seed: int = 0) -> list[str]:
+    """Training documents' texts (document_layouts), at least `num_chars` characters in all."""
+    return [doc.text for doc in document_layouts(num_chars, np.random.default_rng(seed))]
 
 
 def fingerprint() -> str:

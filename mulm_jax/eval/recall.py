@@ -1,9 +1,10 @@
-"""Associative recall: sequences of key-value pairs then every key asked for again (the `recall` source's layout)
-at a given length; accuracy of the greedy answers by length, by the query's distance to its pair and by the
-pair's depth in the context."""
+"""Associative recall: sequences of a given length made of the `recall` source's documents (key-value pairs, then
+every key asked for again), packed with an end-of-document token between them as training windows are; accuracy of
+the greedy answers by length, by the query's distance to its pair and by the pair's depth in the context."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -15,18 +16,41 @@ from mulm_jax.eval.perplexity import Scorer
 from mulm_jax.eval.scoring import EvalError, batched
 
 DEPTH_EDGES = tuple(round(0.1 * i, 1) for i in range(11))  # depth buckets [0, 0.1), ..., [0.9, 1.0]
-MIN_LENGTH = 6 * 2 - 1  # two pairs: each query has a choice
-MAX_LENGTH = 6 * len(recall.KEYS) - 1  # every key paired and asked for once
+MIN_LENGTH = 6 * recall.MAX_PAIRS  # a document of the most pairs and the start of the next
+LONGEST_DISTANCE = 6 * recall.MAX_PAIRS - 3  # the last pair's key to its query's, when asked last
 
 
-def pairs_for(length: int) -> int:
-    """The pairs of a recall sequence of `length` tokens: as many as fit with every one asked for (6 P - 1 tokens)."""
-    if not MIN_LENGTH <= length <= MAX_LENGTH:
+@dataclass(frozen=True)
+class RecallSequence:
+    """Token ids [length + 1] (the model reads the first `length`) and, per query answered within them, its key's
+    position and its pair's key's position."""
+
+    ids: np.ndarray
+    query_positions: np.ndarray
+    pair_positions: np.ndarray
+
+
+def recall_sequence(rng: np.random.Generator, length: int, ids: dict[str, int], end: int) -> RecallSequence:
+    """Documents drawn as the source draws them (recall.document_layouts), each followed by `end`, cut to
+    length + 1 tokens; the queries whose answer lies within them."""
+    tokens: list[int] = []
+    queries, pairs = [], []
+    for doc in recall.document_layouts(length + 1, rng):
+        start = len(tokens)
+        tokens += [ids[c] for c in doc.text] + [end]
+        queries.append(start + doc.query_positions)
+        pairs.append(start + doc.pair_positions[doc.query_pairs])
+    query_positions, pair_positions = np.concatenate(queries), np.concatenate(pairs)
+    inside = query_positions + 1 <= length  # the answer is a target of the `length` tokens read
+    return RecallSequence(np.asarray(tokens[: length + 1], np.int32), query_positions[inside], pair_positions[inside])
+
+
+def check_length(length: int) -> None:
+    if length < MIN_LENGTH:
         raise EvalError(
-            f"recall length {length} is out of range: expected {MIN_LENGTH} (two pairs, so that a query has a "
-            f"choice) to {MAX_LENGTH} (the {len(recall.KEYS)} distinct keys each paired and asked for once)"
+            f"recall length {length} is too short: expected at least {MIN_LENGTH} (a document of "
+            f"{recall.MAX_PAIRS} pairs, each asked for, and the start of the next)"
         )
-    return (length + 1) // 6
 
 
 def distance_edges(longest: int) -> list[int]:
@@ -59,9 +83,11 @@ def bucket_means(hits: np.ndarray, index: np.ndarray, buckets: int) -> list[Opti
 def recall_accuracy(
     score: Scorer, tokenizer: Tokenizer, lengths: Sequence[int], trials: int, *, seed: int = 0, batch: int = 4
 ) -> dict:
-    """Greedy accuracy of the answers of `trials` random recall sequences of each length (pairs_for(length) pairs,
-    every one asked for in a random order), the model reading `length` tokens (the sequence padded at its end):
-    overall, by distance bucket and by depth bucket per length, and by depth x distance.
+    """Greedy accuracy of the answers in `trials` random recall sequences of each length (recall_sequence: the
+    source's documents packed, as a training window reads them; keys repeat only further apart than
+    recall.RECENT_CHARS, so past a 64-token context an older pair of the same key may precede a query, which must be
+    answered from its own document's): overall, by distance bucket and by depth bucket per length, and by
+    depth x distance.
 
     {"lengths", "trials", "queries": [per length], "by_length": [...], "distance_edges", "depth_edges",
     "by_distance": [[per bucket] per length], "by_depth": [...], "by_depth_distance": [[[per distance] per depth]
@@ -70,10 +96,10 @@ def recall_accuracy(
     if trials < 1:
         raise EvalError(f"trials={trials}: expected at least 1")
     for length in lengths:
-        pairs_for(length)
-    pad = tokenizer.eos_id if tokenizer.eos_id is not None else ids[" "]
+        check_length(length)
+    end = tokenizer.eos_id if tokenizer.eos_id is not None else ids[" "]
     rng = np.random.default_rng(seed)
-    edges = distance_edges(MAX_LENGTH)  # the same buckets whatever the lengths, so results line up
+    edges = distance_edges(LONGEST_DISTANCE)  # the same buckets whatever the lengths, so results line up
     out: dict = {
         "lengths": list(lengths),
         "trials": trials,
@@ -86,21 +112,17 @@ def recall_accuracy(
         "by_depth_distance": [],
     }
     for length in lengths:
-        layouts = [recall.random_layout(rng, pairs_for(length)) for _ in range(trials)]
-        sequences_NxT1 = np.full((trials, length + 1), pad, np.int32)
-        for row, layout in zip(sequences_NxT1, layouts):
-            row[: len(layout.text)] = [ids[c] for c in layout.text]
-        hits_NxQ = np.zeros((trials, len(layouts[0].query_positions)), bool)
+        sequences = [recall_sequence(rng, length, ids, end) for _ in range(trials)]
+        ids_NxT1 = np.stack([seq.ids for seq in sequences])
+        hits = []
         for rows, real in batched(np.arange(trials), batch):
-            _, greedy_BxT = score(sequences_NxT1[rows, :-1], sequences_NxT1[rows, 1:])
+            _, greedy_BxT = score(ids_NxT1[rows, :-1], ids_NxT1[rows, 1:])
             for row, greedy_T in zip(rows[:real], greedy_BxT[:real]):
-                answered_at = layouts[row].query_positions  # the answer follows each query's key
-                hits_NxQ[row] = greedy_T[answered_at] == sequences_NxT1[row, answered_at + 1]
-        hits = hits_NxQ.ravel()
-        distance = bucket_index(np.concatenate([layout.distances for layout in layouts]), edges)
-        depth = bucket_index(
-            np.concatenate([layout.pair_positions[layout.query_pairs] / length for layout in layouts]), DEPTH_EDGES
-        )
+                answered_at = sequences[row].query_positions  # the answer follows each query's key
+                hits.append(greedy_T[answered_at] == ids_NxT1[row, answered_at + 1])
+        hits = np.concatenate(hits)
+        distance = bucket_index(np.concatenate([s.query_positions - s.pair_positions for s in sequences]), edges)
+        depth = bucket_index(np.concatenate([s.pair_positions / length for s in sequences]), DEPTH_EDGES)
         out["queries"].append(int(hits.size))
         out["by_length"].append(float(hits.mean()))
         out["by_distance"].append(bucket_means(hits, distance, len(edges) - 1))

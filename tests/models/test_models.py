@@ -220,6 +220,7 @@ def hand_count(cfg) -> int:
         ("shakespeare_char_speedrun", 804_480),  # the untied head's 8,320 and the QK-norms' 256 over no positions
         ("dates_encdec", 933_888),  # the dates task's 2 + 2 layers of width 128 (docs/tasks.md)
         ("dates_decoder", 932_864),  # its decoder-only match: 4 layers, the feed-forward widened to 640
+        ("recall", 402_304),  # 2 layers of width 128 without biases, a 66-row tied table, RoPE
     ],
 )
 def test_every_config_builds_with_its_hand_counted_parameters(repo_root, name, expected):
@@ -258,6 +259,7 @@ def test_every_config_in_the_folder_is_covered(repo_root):
         "shakespeare_char_speedrun",
         "dates_encdec",
         "dates_decoder",
+        "recall",
     }
 
 
