@@ -431,6 +431,19 @@ class Lab:
     def fits_the_window(self) -> bool:
         return self.value("document.documentElement.scrollWidth <= window.innerWidth")
 
+    def colours(self, canvas_id: str) -> set[str]:
+        """The colours ("r,g,b") drawn on a canvas of the page."""
+        return set(self.call(CANVAS_COLOURS, canvas_id))
+
+
+CANVAS_COLOURS = """id => {
+  const canvas = document.getElementById(id);
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  const colours = new Set();
+  for (let i = 0; i < data.length; i += 4) colours.add(`${data[i]},${data[i + 1]},${data[i + 2]}`);
+  return [...colours];
+}"""
+
 
 # ---- a stand-in engine for the API's tests -------------------------------------------------------------------
 

@@ -13,20 +13,14 @@ from mulm_jax.train.loop import train
 
 pytestmark = pytest.mark.browser
 
-CANVAS_COLOURS = """id => {
-  const canvas = document.getElementById(id);
-  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-  const colours = new Set();
-  for (let i = 0; i < data.length; i += 4) colours.add(`${data[i]},${data[i + 1]},${data[i + 2]}`);
-  return [...colours];
-}"""
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     for positional in ("rope", "alibi"):
-        overrides = tiny_run(root, "train.steps=4", "train.eval_every=2", "train.checkpoint_every=4", "train.log_every=1")
+        overrides = tiny_run(
+            root, "train.steps=4", "train.eval_every=2", "train.checkpoint_every=4", "train.log_every=1"
+        )
         cfg = load_config("configs/shakespeare_char.yaml", overrides + [f"model.positional={positional}"])
         train(cfg, root / "runs" / "study" / positional, quiet=True)
     server = Server(root)
@@ -46,8 +40,7 @@ def test_two_runs_compared_from_the_models_view_curves_settings_and_one_prompt_t
     lab.until("document.querySelector('#cp-loss').dataset.runs === '2'")
 
     # both runs' curves in their own colours, and the one setting that differs
-    colours = lab.call(CANVAS_COLOURS, "cp-loss")
-    assert {"31,119,180", "255,127,14"} <= set(colours)
+    assert {"31,119,180", "255,127,14"} <= lab.colours("cp-loss")
     assert page.text_content("#cp-diff").count("model.positional") == 1
     assert page.locator("#cp-diff tr[data-index]").count() == 1
     assert "alibi" in page.text_content("#cp-diff tr[data-index='0']")
@@ -78,4 +71,3 @@ def test_two_runs_compared_from_the_models_view_curves_settings_and_one_prompt_t
         assert lab.fits_the_window(), f"compare is wider than a {width} px window"
     lab.shot("compare-390")
     assert lab.errors == []
-

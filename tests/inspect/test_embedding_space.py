@@ -9,12 +9,10 @@ import json
 import chex
 import numpy as np
 import pytest
-from starlette.testclient import TestClient
 
-from support import ALPHABET, StandInEngine, loaded, sentencepiece_tokenizer, tiny_run
+from support import ALPHABET, loaded, sentencepiece_tokenizer, tiny_run
 from mulm_jax.__main__ import main
-from mulm_jax.api import create_app
-from mulm_jax.config import ServeConfig, load_config
+from mulm_jax.config import load_config
 from mulm_jax.data.tokenizer import CharTokenizer
 from mulm_jax.infer import load_model
 from mulm_jax.inspect import InspectError, Tracer
@@ -220,17 +218,6 @@ def test_bad_embeddings_arguments_say_what_is_allowed_and_write_nothing(run_dir,
     assert main(["inspect", "embeddings", "--checkpoint", str(run_dir), "--out", str(out)] + args) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("embeddings_api")
-    app = create_app(
-        ServeConfig(state_dir=str(tmp / "state"), runs_root=str(tmp / "runs"), inspect_max_tokens=40), StandInEngine
-    )
-    with TestClient(app, raise_server_exceptions=False) as c:
-        app.state.ctx.models.serve("tiny", loaded(num_layers=2, max_seq_len=64))
-        yield c
 
 
 def test_the_embeddings_route_answers_what_the_python_computes(client):

@@ -13,12 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from starlette.testclient import TestClient
 
-from support import StandInEngine, loaded, naive_rope, tiny_run
+from support import loaded, naive_rope, tiny_run
 from mulm_jax.__main__ import main
-from mulm_jax.api import create_app
-from mulm_jax.config import ServeConfig, load_config
+from mulm_jax.config import load_config
 from mulm_jax.data.tokenizer import SentencePieceTokenizer
 from mulm_jax.inspect import InspectError, Tracer, token_pieces
 from mulm_jax.eval.scoring import EvalError
@@ -334,18 +332,6 @@ def test_inspect_compare_prints_each_run_and_draws_them_side_by_side(run_dir, tm
 def test_inspect_compare_and_the_views_say_how_runs_are_named(run_dir, capsys, args, message):
     assert main(["inspect", *[str(run_dir) if a == "RUN" else a for a in args]]) == 2
     assert message in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("inspect_api")
-    # the inspection routes trace the model itself: its engine is the stand-in, which compiles nothing
-    app = create_app(
-        ServeConfig(state_dir=str(tmp / "state"), runs_root=str(tmp / "runs"), inspect_max_tokens=40), StandInEngine
-    )
-    with TestClient(app, raise_server_exceptions=False) as c:
-        app.state.ctx.models.serve("tiny", loaded(num_layers=2, max_seq_len=64))
-        yield c
 
 
 def test_inspect_route_returns_the_trace_as_json(client):

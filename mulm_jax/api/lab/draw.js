@@ -21,7 +21,9 @@ export function visible(text) {
   return text.replaceAll(" ", "␣").replaceAll("\n", "↵").replaceAll("\t", "⇥") || "∅";
 }
 
-function prepare(canvas, width, height) {
+// Sizes `canvas` to width x height CSS pixels at the screen's pixel ratio and returns its 2-D context, filled with
+// `background` when one is given.
+export function prepare(canvas, width, height, background) {
   const scale = window.devicePixelRatio || 1;
   canvas.width = Math.round(width * scale);
   canvas.height = Math.round(height * scale);
@@ -30,6 +32,10 @@ function prepare(canvas, width, height) {
   const ctx = canvas.getContext("2d");
   ctx.setTransform(scale, 0, 0, scale, 0, 0);
   ctx.font = "11px system-ui, sans-serif";
+  if (background) {
+    ctx.fillStyle = background;
+    ctx.fillRect(0, 0, width, height);
+  }
   return ctx;
 }
 
@@ -127,11 +133,9 @@ export function textGrid(canvas, cells, {rowLabels = [], colLabels = [], cellWid
 
 // Line chart of series [{name, colour, points: [[x, y], ...], width = 2, dots = true}] with axes, ticks and a legend.
 export function lineChart(canvas, series, {width = 640, height = 280, xLabel = "", yLabel = ""} = {}) {
-  const ctx = prepare(canvas, width, height);
+  const ctx = prepare(canvas, width, height, "#fff");
   const pad = {left: 52, right: 12, top: 24, bottom: 36};
   const all = series.flatMap((s) => s.points);
-  ctx.fillStyle = "#fff";
-  ctx.fillRect(0, 0, width, height);
   ctx.strokeStyle = "#888";
   ctx.strokeRect(pad.left, pad.top, width - pad.left - pad.right, height - pad.top - pad.bottom);
   ctx.fillStyle = "#222";

@@ -3,7 +3,7 @@
 // scatter of the embedding table's PCA coloured by token class; the prompt's residual stream, a layer at a time.
 
 import {asCurl, post} from "./api.js";
-import {visible} from "./draw.js";
+import {prepare, visible} from "./draw.js";
 import {table} from "./tables.js";
 
 const $ = (id) => document.getElementById(id);
@@ -115,20 +115,6 @@ function drawNearest() {
   $("em-nearest").dataset.cosines = (nearest || []).map((n) => n.cosine).join(",");
 }
 
-function prepare(canvas, width, height) {
-  const scale = window.devicePixelRatio || 1;
-  canvas.width = Math.round(width * scale);
-  canvas.height = Math.round(height * scale);
-  canvas.style.width = `${width}px`;
-  canvas.style.height = `${height}px`;
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(scale, 0, 0, scale, 0, 0);
-  ctx.font = "11px system-ui, sans-serif";
-  ctx.fillStyle = "#fff";
-  ctx.fillRect(0, 0, width, height);
-  return ctx;
-}
-
 // Pixel positions of points {x, y} scaled into a width x height box (the same scale on both axes).
 function place(points, width, height) {
   const xs = points.map((p) => p.x);
@@ -149,7 +135,7 @@ function drawMap() {
   const projection = answer.projection;
   const canvas = $("em-map");
   const [width, height] = size();
-  const ctx = prepare(canvas, width, height);
+  const ctx = prepare(canvas, width, height, "#fff");
   const marked = new Set([answer.token, ...(answer.nearest || []), ...(answer.analogy ?
     [answer.analogy.a, answer.analogy.b, answer.analogy.c, ...answer.analogy.nearest] : [])]
     .filter((t) => t).map((t) => t.id));
@@ -203,7 +189,7 @@ function drawResidual() {
   const data = answer.residual[layer];
   const canvas = $("em-residual");
   const [width, height] = size();
-  const ctx = prepare(canvas, width, height);
+  const ctx = prepare(canvas, width, height, "#fff");
   const points = place(data.points.map((p) => ({...p, ...answer.tokens[p.position]})), width, height);
   ctx.strokeStyle = "#bbb";
   ctx.lineWidth = 1;
