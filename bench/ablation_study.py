@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 import yaml
 
 from bench.harness import call_times
-from bench.study import finish_timings, train_named
+from bench.study import finish_timings, report, train_named
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "configs" / "shakespeare_char.yaml"
@@ -128,7 +128,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], runs: list[Any], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], runs: list[Any], path: Path) -> Path:
     """Left: each run's training loss (thin) and validation loss (dots) by step. Right: each switch's best validation
     loss against the baseline's, its step's speed written beside it."""
     from mulm_jax.inspect.draw import plt, save_figure
@@ -158,7 +158,7 @@ def plot(rows: list[dict[str, Any]], runs: list[Any], path: Path) -> None:
     bars.grid(axis="x", alpha=0.3)
     fig.suptitle(f"the demo model with one switch flipped, {runs[0].evals[-1]['step']} steps each on Tiny Shakespeare")
     fig.tight_layout()
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -199,11 +199,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ]
     finish_timings(timings, start)
 
-    print(markdown(rows))
-    print(f"timings (s): {json.dumps(timings)}")
-    (out / "results.json").write_text(json.dumps({"rows": rows, "timings": timings, "args": vars(args)}, indent=1))
-    plot(rows, curves, Path(args.plot))
-    print(f"wrote {out / 'results.json'} and {args.plot}")
+    report(out, rows, timings, args, markdown(rows), lambda: plot(rows, curves, Path(args.plot)))
     return 0
 
 

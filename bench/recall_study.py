@@ -13,13 +13,12 @@ are reused (a finished run resumes to its end at once), so a second call only ev
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from bench.study import finish_timings, load_at, train_named
+from bench.study import finish_timings, load_at, report, train_named
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "recall.yaml"
@@ -83,24 +82,23 @@ def tables(rows: list[dict[str, Any]], lengths: list[int], threshold: float) -> 
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], lengths: list[int], path: Path) -> None:
-    """One heatmap per scheme: accuracy by length (rows) and distance (columns)."""
+def plot(rows: list[dict[str, Any]], lengths: list[int], path: Path) -> Path:
+    """One heatmap per scheme: accuracy by length (rows) and the pair's depth in the context (columns); the
+    distances are those of one document's pairs and queries at every length (eval.recall), so depth is where the
+    positional schemes part."""
     from mulm_jax.eval.recall import accuracy_heatmaps, bucket_labels
 
-    labels = bucket_labels(rows[0]["result"]["distance_edges"])
-    shown = [
-        b for b in range(len(labels)) if any(r[b] is not None for row in rows for r in row["result"]["by_distance"])
-    ]
+    labels = bucket_labels(rows[0]["result"]["depth_edges"])
     panels = []
     for row in rows:
-        by_length = dict(zip(row["result"]["lengths"], row["result"]["by_distance"]))
-        grid = [[by_length[n][b] if n in by_length else None for b in shown] for n in lengths]
-        panels.append((row["model"], grid, [str(n) for n in lengths], [labels[b] for b in shown]))
-    accuracy_heatmaps(
+        by_length = dict(zip(row["result"]["lengths"], row["result"]["by_depth"]))
+        grid = [[by_length[n][b] if n in by_length else None for b in range(len(labels))] for n in lengths]
+        panels.append((row["model"], grid, [str(n) for n in lengths], labels))
+    return accuracy_heatmaps(
         panels,
         "context length (trained at the first)",
-        "distance (tokens)",
-        "recall accuracy by context length and the query's distance to its pair",
+        "depth of the pair (its position / the length)",
+        "recall accuracy by context length and the pair's depth in it",
         path,
     )
 
@@ -140,11 +138,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     timings["evaluate"] = round(time.perf_counter() - t, 1)
     finish_timings(timings, start)
 
-    print(tables(rows, lengths, args.formed))
-    print(f"timings (s): {json.dumps(timings)}")
-    (out / "results.json").write_text(json.dumps({"rows": rows, "timings": timings, "args": vars(args)}, indent=1))
-    plot(rows, lengths, Path(args.plot))
-    print(f"wrote {out / 'results.json'} and {args.plot}")
+    report(out, rows, timings, args, tables(rows, lengths, args.formed), lambda: plot(rows, lengths, Path(args.plot)))
     return 0
 
 

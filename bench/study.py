@@ -3,10 +3,11 @@ time kept, a run loaded at a context its positions may not reach, and the timing
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 
 def train_named(config: Path, out: Path, name: str, overrides: list[str], timings: dict, **kw: Any) -> Path:
@@ -47,3 +48,11 @@ def finish_timings(timings: dict, start: float) -> dict:
     timings["cpu"] = round(time.process_time(), 1)
     timings["load_average_1min"] = os.getloadavg()[0]
     return timings
+
+
+def report(out: Path, rows: list, timings: dict, args: Any, tables: str, draw: Callable[[], Path]) -> None:
+    """Print a study's tables and timings, write them to OUT/results.json with its arguments, then its picture."""
+    print(tables)
+    print(f"timings (s): {json.dumps(timings)}")
+    (out / "results.json").write_text(json.dumps({"rows": rows, "timings": timings, "args": vars(args)}, indent=1))
+    print(f"wrote {out / 'results.json'} and {draw()}")
