@@ -1,28 +1,45 @@
-"""The lab's Compare and Models views in headless Chromium against `serve.py`, over two tiny runs that differ in
-their positions (RoPE and ALiBi): the Models view lists both, one click puts a run in the comparison, both curves
+"""The lab's Compare and Models views in headless Chromium against `serve.py`, over two tiny runs (random weights,
+metrics written by hand) that differ in their positions (RoPE and ALiBi): the Models view lists both, one click puts a run in the comparison, both curves
 and the setting that differs are drawn, and the same prompt traced through each (both served on the way) gives the
 next tokens that POST /v1/inspect gives."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
-from support import Server, tiny_run
-from mulm_jax.config import load_config
-from mulm_jax.train.loop import train
+from support import Server, loaded
+from mulm_jax.config import Config, DataConfig
+from mulm_jax.runs import metrics_path, write_run_files
+from mulm_jax.train.checkpoint import Checkpoints
+from mulm_jax.train.step import TrainState
 
 pytestmark = pytest.mark.browser
+
+
+def write_run(folder, positional: str) -> None:
+    """A run folder as a 4-step training leaves one, written without training: a tiny model with random weights
+    (its config, tokenizer and checkpoint at step 4) and metrics rows (training every step, evaluations at 2, 4)."""
+    lm = loaded(
+        seed=len(positional), num_layers=2, num_heads=2, d_model=32, d_ff=64, max_seq_len=64, positional=positional
+    )
+    folder.mkdir(parents=True)
+    write_run_files(folder, Config(model=lm.config.model, data=DataConfig(sources=("corpus.txt",))), lm.tokenizer)
+    checkpoints = Checkpoints(folder, keep=1)
+    checkpoints.save(TrainState(step=np.int32(4), params=lm.params, opt_state={}, rng=np.zeros(2, np.uint32)), {})
+    checkpoints.close()
+    rows = [{"time": 100.0 + s, "step": s, "loss": 3.5 - 0.1 * s, "tokens_per_sec": 1000.0} for s in range(1, 5)]
+    rows += [{"time": 100.5 + s, "step": s, "val_loss": 3.6 - 0.1 * s, "val_bpb": 5.2 - 0.1 * s} for s in (2, 4)]
+    metrics_path(folder).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     for positional in ("rope", "alibi"):
-        overrides = tiny_run(
-            root, "train.steps=4", "train.eval_every=2", "train.checkpoint_every=4", "train.log_every=1"
-        )
-        cfg = load_config("configs/shakespeare_char.yaml", overrides + [f"model.positional={positional}"])
-        train(cfg, root / "runs" / "study" / positional, quiet=True)
+        write_run(root / "runs" / "study" / positional, positional)
     server = Server(root)
     yield server
     server.stop()
@@ -50,7 +67,7 @@ def test_two_runs_compared_from_the_models_view_curves_settings_and_one_prompt_t
     lab.shot("compare")
 
     # the same prompt through each: both served on the way, the next tokens those of POST /v1/inspect
-    page.fill("#cp-prompt", "To be, or not")
+    page.fill("#cp-prompt", "to be, or not")
     page.fill("#cp-layer", "1")
     page.fill("#cp-head", "1")
     page.click("#cp-run")
@@ -60,7 +77,7 @@ def test_two_runs_compared_from_the_models_view_curves_settings_and_one_prompt_t
     for run in ("study/alibi", "study/rope"):
         column = page.locator(f"#cp-inspect .column[data-run='{run}']")
         answer = server.http.post(
-            "/v1/inspect", json={"model": run.replace("/", "-"), "prompt": "To be, or not", "include": ["tokens"]}
+            "/v1/inspect", json={"model": run.replace("/", "-"), "prompt": "to be, or not", "include": ["tokens"]}
         ).json()
         assert column.get_attribute("data-next") == ",".join(str(t["id"]) for t in answer["next"])
         assert column.locator("canvas.cp-attention[data-layer='1']").count() == 1

@@ -99,7 +99,7 @@ def test_optimizer_and_train_states_convert_both_ways():
 
 
 @pytest.mark.parametrize("remat", [False, True])
-@pytest.mark.parametrize("name", ["decoder", "encoder_decoder"])
+@pytest.mark.parametrize("name", ["decoder", pytest.param("encoder_decoder", marks=pytest.mark.slow)])
 def test_one_training_batch_gives_the_same_loss_and_gradients_both_ways(name, remat):
     # Dropout keys per layer differ between the layouts: compared without dropout (deterministic).
     per_layer_model, scanned_model, params, _ = both_ways(name, remat, dropout=0.1)
@@ -116,7 +116,7 @@ def test_one_training_batch_gives_the_same_loss_and_gradients_both_ways(name, re
     chex.assert_trees_all_close(per_layer(scanned_grads), grads, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+@pytest.mark.parametrize("optimizer", ["adamw", pytest.param("muon", marks=pytest.mark.slow)])
 def test_the_train_step_takes_the_same_step_both_ways_from_the_same_weights(optimizer):
     # The run's own step (mesh, clipping, the optimizer: Muon orthogonalises each layer's matrix of a stack alone).
     # No biases: a key bias's gradient is zero but for rounding, which Adam's normalisation blows up to the lr.

@@ -46,6 +46,7 @@ def png_height(path) -> int:
     return int.from_bytes(path.read_bytes()[20:24], "big")  # the IHDR chunk's height
 
 
+@pytest.mark.slow
 def test_plot_draws_the_induction_score_as_a_panel_of_its_own_when_a_run_has_it(tmp_path):
     run = tmp_path / "run"
     train(load_config(ROOT / "configs/shakespeare_char.yaml", tiny_run(tmp_path, "train.steps=4")), run, quiet=True)
@@ -61,6 +62,7 @@ def test_plot_draws_the_induction_score_as_a_panel_of_its_own_when_a_run_has_it(
     assert png_height(tmp_path / "with.png") > without + 300 and png_height(tmp_path / "both.png") > without + 300
 
 
+@pytest.mark.slow
 def test_a_text_data_set_without_newlines_samples_from_its_end_of_document_id(tmp_path):
     # generated recall text has no "\n" to start the evaluation's sample from (a run on it failed to start)
     folder = assemble(DataConfig(sources=("recall",), tokenizer="char", out_dir=str(tmp_path))).path
