@@ -18,7 +18,6 @@ from mulm_jax.api.errors import ApiError
 from mulm_jax.api.openapi import endpoint
 from mulm_jax.api.paths import confine
 from mulm_jax.api.schemas import ApiModel, Text
-from mulm_jax.config import Config
 from mulm_jax.errors import MulmError
 from mulm_jax.inspect.runs import RunCurves, config_diff, curves, read_run, runs_table
 from mulm_jax.runs import checkpoint_steps, find_runs, is_run, metrics_path, read_config
@@ -92,14 +91,16 @@ def routes(ctx) -> list[Route]:
     def list_all() -> list[RunSummary]:
         serving, listed = served_as(), []
         for run_dir in find_runs(root):
-            try:
-                config = read_config(run_dir)
-                run = read_run(run_dir) if metrics_path(run_dir).is_file() else None
+            try:  # a run with no metrics yet (just started) has its config's row, untrained
+                run = (
+                    read_run(run_dir)
+                    if metrics_path(run_dir).is_file()
+                    else RunCurves("", read_config(run_dir), [], [])
+                )
             except MulmError as e:
                 listed.append(RunSummary(run=_relative(run_dir, root), error=str(e)))
                 continue
-            row = runs_table([run])[0] if run else _untrained_row(config)
-            listed.append(summary(run_dir, row, serving))
+            listed.append(summary(run_dir, runs_table([run])[0], serving))
         return listed
 
     def compare(names: list[str]) -> RunComparison:
@@ -145,8 +146,3 @@ def routes(ctx) -> list[Route]:
 def _relative(run_dir: Path, root: Path) -> str:
     resolved, base = run_dir.resolve(), root.resolve()
     return "." if resolved == base else str(resolved.relative_to(base))
-
-
-def _untrained_row(config: Config) -> dict:
-    """The table row of a run with no metrics yet (just started, or its folder written by hand)."""
-    return runs_table([RunCurves("", config, [], [])])[0]
