@@ -34,8 +34,7 @@ export function init(lab) {
 export async function show() {
   runs = (await get("/v1/runs")).data;
   app.compared = app.compared.filter((run) => runs.some((r) => r.run === run));
-  drawRunList();
-  await compare();
+  await compare();  // draws the list too
 }
 
 function drawRunList() {
