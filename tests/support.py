@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -37,6 +37,7 @@ from mulm_jax.infer import (
     TokenLogprob,
 )
 from mulm_jax.infer.engine import NUM_LOGPROBS, EngineStats, Request
+from mulm_jax.infer.fairness import FairQueue
 from mulm_jax.models import build_model
 from mulm_jax.train.mesh import global_batch, make_mesh, on_mesh
 from mulm_jax.train.step import TrainState, mesh_steps, state_placement
@@ -453,8 +454,10 @@ LN2 = math.log(2.0)
 class StandInRequest(Request):
     """The engine's own Request (its delivery: events, batches, result), with what the stand-in tracks of its text."""
 
-    def __init__(self, request_id: str, prompt_ids: list[int], params: SamplingParams, seed: int):
-        super().__init__(request_id, prompt_ids, params, seed, on_token=None)
+    def __init__(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, seed: int, owner: Optional[str] = None
+    ):
+        super().__init__(request_id, prompt_ids, params, seed, on_token=None, owner=owner)
         self.text = ""  # the completion's text so far, stop strings included
         self.shown = 0  # of `text`, the part sent as TokenEvents
         self.logprobs: list[TokenLogprob] = []
@@ -466,8 +469,9 @@ class StandInEngine:
     Greedy decoding (temperature 0) steps by k = 1, so after "hello" with the 32-character ALPHABET come "pqrst",
     and after the chat prompt's "assistant:" come "abcd..."; a sampled sequence steps by k = 1 + seed % 4. Each
     token's log-probability is -k ln 2 and its alternatives are k = 1, 2, ...; stop strings end the text where
-    they start, max_tokens ends it with "length". Requests wait in a queue of max_queue for one of `slots` slots;
-    every step gives each running request one token. Clear `stepping` to hold the steps."""
+    they start, max_tokens ends it with "length". Requests wait in a queue of max_queue for one of `slots` slots,
+    admitted fairly between owners as the engine admits them (infer.fairness); every step gives each running request
+    one token. Clear `stepping` to hold the steps."""
 
     def __init__(
         self,
@@ -477,6 +481,7 @@ class StandInEngine:
         max_queue: int = 64,
         int8: bool = False,
         num_logprobs: int = NUM_LOGPROBS,
+        reserved_slots: int = 0,
     ):
         cfg = loaded.config.model
         self.loaded, self.tokenizer, self.params = loaded, loaded.tokenizer, loaded.params
@@ -487,7 +492,7 @@ class StandInEngine:
         self.stepping.set()
         self.generated = 0
         self._running: list[StandInRequest] = []
-        self._waiting: deque[StandInRequest] = deque()
+        self._waiting = FairQueue(reserved_slots)
         self._lock = threading.Condition()
         self._ids = itertools.count()
         self._seeds = np.random.default_rng(0)
@@ -525,6 +530,7 @@ class StandInEngine:
         params: SamplingParams = SamplingParams(),
         *,
         request_id: Optional[str] = None,
+        owner: Optional[str] = None,
     ) -> StandInRequest:
         params.validate(self.num_logprobs)
         ids = self.tokenize(prompt)
@@ -532,7 +538,7 @@ class StandInEngine:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} requests are already waiting (max_queue={self.max_queue})")
             seed = params.seed if params.seed is not None else int(self._seeds.integers(2**31))
-            request = StandInRequest(request_id or f"req-{next(self._ids)}", ids, params, seed)
+            request = StandInRequest(request_id or f"req-{next(self._ids)}", ids, params, seed, owner)
             self._waiting.append(request)
             self._lock.notify_all()
         return request
@@ -559,8 +565,12 @@ class StandInEngine:
                 self._lock.wait_for(lambda: self._stopping or self._waiting or self._running)
                 if self._stopping:
                     break
-                while self._waiting and len(self._running) < self.slots:
-                    self._running.append(self._waiting.popleft())
+                while (
+                    admitted := self._waiting.pop(
+                        self.slots - len(self._running), Counter(r.owner for r in self._running)
+                    )
+                ) is not None:
+                    self._running.append(admitted)
                 running = list(self._running)
             if not self.stepping.wait(0.01):
                 continue
@@ -570,7 +580,8 @@ class StandInEngine:
                 else:
                     self._step(request)
         with self._lock:
-            left, self._running, self._waiting = self._running + list(self._waiting), [], deque()
+            left, self._running = self._running + list(self._waiting), []
+            self._waiting.clear()
         for request in left:
             self._finish(request, "cancelled")
 

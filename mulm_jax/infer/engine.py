@@ -9,6 +9,9 @@ with a Completion.
 A beam search request (num_beams > 1) takes no slot: when it reaches the head of the queue, the loop runs its whole
 search (infer.beam, a program of its own) between two decode steps, then delivers its best hypothesis as if
 decoded token by token.
+
+Requests name their `owner` (the API key they came for): the next free slot goes to the owner holding the fewest
+(infer.fairness), so one owner's many requests do not keep another's few waiting.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterator, NamedTuple, Optional, Sequence
 
@@ -29,6 +32,7 @@ import numpy as np
 from mulm_jax.infer.beam import BeamSearch, Hypothesis
 from mulm_jax.infer.decoding import SlotSteps, host_output
 from mulm_jax.infer.detokenize import CompletionText
+from mulm_jax.infer.fairness import FairQueue
 from mulm_jax.infer.loading import InferenceError, LoadedModel
 from mulm_jax.infer.sampling import SamplingArrays, SamplingParams
 from mulm_jax.infer.serving import serving_weights
@@ -86,8 +90,10 @@ class Request:
         params: SamplingParams,
         seed: int,
         on_token: Optional[Callable[[TokenEvent], None]],
+        owner: Optional[str] = None,
     ):
         self.id, self.prompt_ids, self.params, self.seed, self.on_token = request_id, prompt_ids, params, seed, on_token
+        self.owner = owner  # who it is generated for: slots are shared fairly between owners (infer.fairness)
         self.submitted = time.monotonic()
         self.cancelled = False
         self.token_ids: list[int] = []  # generated (a step or two may follow a stop string: see Completion)
@@ -191,6 +197,7 @@ class Engine:
 
     max_len: positions per slot (default: the model's context). max_queue: requests allowed to wait for a
     slot before submit() raises QueueFullError. int8: serve with weight-only int8 kernels (see quantize).
+    reserved_slots: slots an owner already holding one may not take (infer.fairness).
     `vocab_size`: the ids both the model and the tokenizer know; a padded embedding table's further rows are
     never generated.
     """
@@ -205,6 +212,7 @@ class Engine:
         num_logprobs: int = NUM_LOGPROBS,
         int8: bool = False,
         seed: int = 0,
+        reserved_slots: int = 0,
     ):
         cfg = loaded.config.model
         self.loaded, self.tokenizer = loaded, loaded.tokenizer
@@ -212,6 +220,8 @@ class Engine:
         self.vocab_size = min(cfg.vocab_size, self.tokenizer.vocab_size)
         if slots < 1 or max_queue < 0:
             raise InferenceError(f"slots={slots} and max_queue={max_queue}: expected slots >= 1 and max_queue >= 0")
+        if not 0 <= reserved_slots < slots:
+            raise InferenceError(f"reserved_slots={reserved_slots}: expected 0 <= reserved_slots < slots={slots}")
         served = serving_weights(loaded, int8)  # this backend's dtype and layout: see infer.serving
         self.params = served.params
         self.steps = SlotSteps(
@@ -234,7 +244,7 @@ class Engine:
         self.max_queue, self.num_logprobs = max_queue, num_logprobs
         self._state = self.steps.init_state()
         self._slots: list[Optional[Request]] = [None] * slots  # the request each slot holds
-        self._waiting: deque[Request] = deque()
+        self._waiting = FairQueue(reserved_slots)
         self._lock = threading.Condition()
         self._ids = itertools.count()
         self._seeds = np.random.default_rng(seed)
@@ -326,8 +336,10 @@ class Engine:
         on_token: Optional[Callable[[TokenEvent], None]] = None,
         truncate: bool = False,
         request_id: Optional[str] = None,
+        owner: Optional[str] = None,
     ) -> Request:
-        """Queue a request; raises InferenceError for a bad prompt or settings, QueueFullError when full."""
+        """Queue a request (for `owner`: see infer.fairness); raises InferenceError for a bad prompt or settings,
+        QueueFullError when full."""
         params.validate(self.num_logprobs)
         ids = self.encode_prompt(prompt, params.max_tokens, truncate)
         if params.num_beams > 1:
@@ -336,7 +348,7 @@ class Engine:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} requests are already waiting (max_queue={self.max_queue})")
             seed = params.seed if params.seed is not None else int(self._seeds.integers(2**63))
-            request = Request(request_id or f"req-{next(self._ids)}", ids, params, seed, on_token)
+            request = Request(request_id or f"req-{next(self._ids)}", ids, params, seed, on_token, owner)
             self._waiting.append(request)
             self._lock.notify_all()
         return request
@@ -396,15 +408,14 @@ class Engine:
     def _admit(self) -> None:
         while True:
             with self._lock:
+                for cancelled in self._waiting.drop_cancelled():
+                    self._results.put([_Result(cancelled, None, None, False, "cancelled")])
                 free = [b for b, r in enumerate(self._slots) if r is None]
-                while self._waiting and self._waiting[0].cancelled:
-                    self._results.put([_Result(self._waiting.popleft(), None, None, False, "cancelled")])
-                if not self._waiting:
+                held = Counter(r.owner for r in self._slots if r is not None)
+                request = self._waiting.pop(len(free), held)
+                if request is None:
                     return
-                beam = self._waiting[0].params.num_beams > 1  # needs no slot
-                if not beam and not free:
-                    return
-                request = self._waiting.popleft()
+                beam = request.params.num_beams > 1  # needs no slot
                 if not beam:
                     self._slots[free[0]] = request
             if beam:
