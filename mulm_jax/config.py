@@ -335,9 +335,18 @@ class ServeConfig:
         metavar="KEY",
     )
     api_keys_file: Optional[str] = setting(
-        None, "accept the keys in this file, one per line (blank lines and # comments skipped)", metavar="PATH"
+        None,
+        "accept the keys in this file, one per line with optional name=, scopes= and quota fields (blank lines "
+        "and # comments skipped; see docs/api.md)",
+        metavar="PATH",
     )
     slots: int = setting(8, "sequences decoded together per model", ge=1)
+    reserved_slots: int = setting(
+        0,
+        "slots per model that a key already generating may not take: kept for a key holding none, whose first "
+        "stream then starts at once; must be less than slots",
+        ge=0,
+    )
     max_queue: int = setting(64, "requests waiting for a slot, per model, before 429", ge=0)
     int8: bool = setting(False, "serve with weight-only int8 kernels")
     state_dir: str = setting("state", "SQLite records of jobs and data sets, job logs", metavar="DIR")
@@ -345,6 +354,13 @@ class ServeConfig:
         0, "requests per API key (or per client address without keys) per minute; 0: no limit", ge=0
     )
     tokens_per_minute: int = setting(0, "generated tokens per API key per minute; 0: no limit", ge=0)
+    max_streams: int = setting(
+        0, "sequences one API key may have queued or generating at once (prompts x n); 0: no limit", ge=0
+    )
+    max_jobs: int = setting(0, "data set and training jobs one API key may have running at once; 0: no limit", ge=0)
+    max_steps: int = setting(
+        0, "training steps one API key's running training jobs may take together; 0: no limit", ge=0
+    )
     max_body_bytes: int = setting(1_000_000, "larger request bodies are refused with 413", ge=1)
     inspect_max_tokens: int = setting(
         512, "longest prompt POST /v1/inspect traces; its answer grows with the square", ge=1
@@ -370,6 +386,11 @@ class ServeConfig:
         """Raise ConfigError for a value outside its declared range."""
         if problem := out_of_bounds(self):
             raise ConfigError(f"serve.{problem}")
+        if self.reserved_slots >= self.slots:
+            raise ConfigError(
+                f"serve.reserved_slots={self.reserved_slots} must be less than serve.slots={self.slots}: "
+                "a key holding a slot could never take another"
+            )
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,11 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 
-from mulm_jax.api.auth import AuthMiddleware, read_keys_file
+from mulm_jax.api.auth import AuthMiddleware, caller
 from mulm_jax.api.errors import EXCEPTION_HANDLERS
 from mulm_jax.api.jobs import JobManager
+from mulm_jax.api.keys import ApiKey, Caller, check_unique, read_keys_file
+from mulm_jax.api.quotas import Streams
 from mulm_jax.api.ratelimit import RateLimiter, RequestRateMiddleware
 from mulm_jax.api.registry import ModelRegistry
 from mulm_jax.api.telemetry import Metrics, TelemetryMiddleware
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CORE_ROUTES = (
     "mulm_jax.api.routes.health",
+    "mulm_jax.api.routes.me",
     "mulm_jax.api.routes.models",
     "mulm_jax.api.routes.completions",
     "mulm_jax.api.routes.tokens",
@@ -45,7 +48,8 @@ CORE_ROUTES = (
 
 @dataclass
 class ApiContext:
-    """What route modules share: settings, the served models, the job records, the limiter and the metrics."""
+    """What route modules share: settings, the served models, the job records, the limiter, the streams each key
+    has running and the metrics."""
 
     settings: ServeConfig
     models: ModelRegistry
@@ -53,15 +57,19 @@ class ApiContext:
     limiter: RateLimiter
     metrics: Metrics = field(default_factory=Metrics)
     secured: bool = False  # the server has API keys: every route but the public ones needs one
+    streams: Streams = field(default_factory=Streams)
 
-    def client_id(self, request: Request) -> str:
-        return request.scope.get("state", {}).get("client_id", "anonymous")
+    def caller(self, request: Request) -> Caller:
+        """Who the request comes from: its key's owner, scopes and quotas (keys.Caller)."""
+        return caller(request)
 
 
-def api_keys(settings: ServeConfig) -> tuple[str, ...]:
-    keys = tuple(settings.api_keys)
+def api_keys(settings: ServeConfig) -> tuple[ApiKey, ...]:
+    """The keys given one by one (flags, MULM_API_KEYS: every scope, the server's quotas), then the keys file's."""
+    keys = tuple(ApiKey(secret) for secret in dict.fromkeys(settings.api_keys))  # a key given twice counts once
     if settings.api_keys_file:
         keys += read_keys_file(settings.api_keys_file)
+    check_unique(list(keys), "the API keys")
     return keys
 
 
@@ -102,7 +110,7 @@ def create_app(settings: ServeConfig, make_engine: Callable[..., Engine] = Engin
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
             Middleware(TelemetryMiddleware, metrics=ctx.metrics, routes=lambda: app.routes),
-            Middleware(AuthMiddleware, keys=keys),
+            Middleware(AuthMiddleware, keys=keys, defaults=settings),
             Middleware(RequestRateMiddleware, limiter=ctx.limiter),
         ],
     )

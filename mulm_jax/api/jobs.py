@@ -1,4 +1,8 @@
-"""Background jobs (data set assembly, training) run as subprocesses, with their records kept in SQLite."""
+"""Background jobs (data set assembly, training) run as subprocesses, with their records kept in SQLite.
+
+Each record names its owner, the API key that started it (keys.ApiKey.owner: a name or a fingerprint, never the
+key); the methods that read or stop jobs take `owner` to see only that owner's (None: every job), and answer 404 for
+another's as for a job that does not exist."""
 
 from __future__ import annotations
 
@@ -38,9 +42,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     pid INTEGER,
     exit_code INTEGER,
     error TEXT,
-    result TEXT
+    result TEXT,
+    owner TEXT,
+    steps INTEGER
 )
 """
+ADDED_COLUMNS = {"owner": "TEXT", "steps": "INTEGER"}  # after the first release: added to older databases
 
 
 def _now() -> int:
@@ -73,6 +80,10 @@ class JobManager:
         self._closing = False
         with self._lock:
             self._db.execute(_SCHEMA)
+            columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for column, sql_type in ADDED_COLUMNS.items():
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {sql_type}")
             self._interrupt_orphans()
 
     def _interrupt_orphans(self) -> None:
@@ -98,9 +109,11 @@ class JobManager:
         request: dict,
         config: Optional[Config] = None,
         job_id: Optional[str] = None,
+        owner: Optional[str] = None,
+        steps: Optional[int] = None,
     ) -> dict:
-        """Launch `command` as a new job (id: `job_id`, or a fresh one) and return its record; with `config`, the
-        command is handed it as `--config FILE`."""
+        """Launch `command` as a new job (id: `job_id`, or a fresh one) for `owner` and return its record; with
+        `config`, the command is handed it as `--config FILE`; `steps`: a training job's, for the quotas."""
         if kind not in KINDS:
             raise ValueError(f"job kind {kind!r} is not one of {', '.join(KINDS)}")
         job_id = job_id or new_job_id()
@@ -110,8 +123,8 @@ class JobManager:
             if config is not None:
                 command = [*command, "--config", str(self._write_config(job_id, config))]
             self._db.execute(
-                "INSERT INTO jobs (id, kind, state, created, started, request, command, workdir, log_path) "
-                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, kind, state, created, started, request, command, workdir, log_path, owner, "
+                "steps) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     kind,
@@ -121,27 +134,45 @@ class JobManager:
                     json.dumps(command),
                     workdir,
                     str(self.logs_dir / f"{job_id}.log"),
+                    owner,
+                    steps,
                 ),
             )
             self._launch(job_id)
         return self.get(job_id)
 
-    def get(self, job_id: str, kind: Optional[str] = None) -> dict:
-        """The job's record as clients see it; 404 when no job of that id (and `kind`, when given) exists."""
-        return _public(self._row(job_id, kind))
+    def get(self, job_id: str, kind: Optional[str] = None, owner: Optional[str] = None) -> dict:
+        """The job's record as clients see it; 404 when no job of that id (and `kind`, and `owner`, when given)
+        exists."""
+        return _public(self._row(job_id, kind, owner))
 
-    def list(self, kind: str) -> list[dict]:
-        """The jobs of one kind, newest first."""
+    def list(self, kind: str, owner: Optional[str] = None) -> list[dict]:
+        """The jobs of one kind (and `owner`, when given), newest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM jobs WHERE kind = ? ORDER BY created DESC, rowid DESC", (kind,)
+                "SELECT * FROM jobs WHERE kind = ? AND (? IS NULL OR owner = ?) ORDER BY created DESC, rowid DESC",
+                (kind, owner, owner),
             ).fetchall()
         return [_public(row) for row in rows]
 
-    def cancel(self, job_id: str, kind: Optional[str] = None) -> dict:
+    def running(self, owner: Optional[str]) -> list[dict]:
+        """The owner's running jobs, of both kinds."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs WHERE state = 'running' AND owner IS ?", (owner,)).fetchall()
+        return [_public(row) for row in rows]
+
+    def workdir_owners(self, workdir: str) -> set[Optional[str]]:
+        """The owners of the training jobs that wrote to run folder `workdir` (empty: no job made it)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT owner FROM jobs WHERE kind = 'training' AND workdir = ?", (workdir,)
+            ).fetchall()
+        return {row["owner"] for row in rows}
+
+    def cancel(self, job_id: str, kind: Optional[str] = None, owner: Optional[str] = None) -> dict:
         """Ask a running job to stop (SIGTERM to its process group); its state becomes `cancelled` when it exits."""
         with self._lock:
-            row = self._row_locked(job_id, kind)
+            row = self._row_locked(job_id, kind, owner)
             process = self._processes.get(job_id)
             if row["state"] != "running" or process is None:
                 raise ApiError(
@@ -153,10 +184,10 @@ class JobManager:
             _signal_group(process, signal.SIGTERM)
             return _public(row)
 
-    def resume(self, job_id: str) -> dict:
+    def resume(self, job_id: str, owner: Optional[str] = None) -> dict:
         """Relaunch a stopped training job with its command and id; the trainer resumes from its checkpoint."""
         with self._lock:
-            row = self._row_locked(job_id, "training")
+            row = self._row_locked(job_id, "training", owner)
             if row["state"] not in RESUMABLE_STATES:
                 raise ApiError(
                     409,
@@ -266,13 +297,17 @@ class JobManager:
                 code="workdir_in_use",
             )
 
-    def _row(self, job_id: str, kind: Optional[str]) -> sqlite3.Row:
+    def _row(self, job_id: str, kind: Optional[str], owner: Optional[str] = None) -> sqlite3.Row:
         with self._lock:
-            return self._row_locked(job_id, kind)
+            return self._row_locked(job_id, kind, owner)
 
-    def _row_locked(self, job_id: str, kind: Optional[str]) -> sqlite3.Row:
+    def _row_locked(self, job_id: str, kind: Optional[str], owner: Optional[str] = None) -> sqlite3.Row:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None or (kind is not None and row["kind"] != kind):
+        if (
+            row is None
+            or (kind is not None and row["kind"] != kind)
+            or (owner is not None and row["owner"] != owner)  # another key's job: as if there were none
+        ):
             what = f"{kind} job" if kind else "job"
             raise ApiError(
                 404, f"no {what} with id {job_id!r}", type="not_found_error", param="id", code="job_not_found"
@@ -293,6 +328,8 @@ def _public(row: sqlite3.Row) -> dict[str, Any]:
         "error": row["error"],
         "request": json.loads(row["request"]),
         "result": None if row["result"] is None else json.loads(row["result"]),
+        "owner": row["owner"],
+        "steps": row["steps"],  # a training job's train.steps (null: a data set job)
     }
 
 

@@ -1,8 +1,9 @@
 """The OpenAPI description, generated from the routes: each endpoint's docstring and what `@endpoint` declares.
 
 A route declares its request body as a pydantic model (validated before the endpoint runs, so the schema is what
-the code accepts), its answer, and the error statuses it can answer; the statuses every route shares (400 and 413
-for a body, 401 without a key, 429 past a rate limit) are added here.
+the code accepts), its answer, the error statuses it can answer and the scope a key needs to call it (the one
+place that maps routes to scopes); the statuses every route shares (400 and 413 for a body, 401 without a key, 403
+without the scope, 429 past a rate limit) are added here.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute
 from starlette.schemas import BaseSchemaGenerator
 
-from mulm_jax.api.auth import PUBLIC_PATHS, needs_key
+from mulm_jax.api.auth import PUBLIC_PATHS, needs_key, require
 from mulm_jax.api.errors import ErrorBody
 from mulm_jax.api.schemas import ApiModel, read_json, validate
 
@@ -35,6 +36,7 @@ class Operation:
     media_types: tuple[str, ...]
     errors: tuple[int, ...]
     params: dict[str, str]  # path parameter -> the pattern it must match (answered 400 otherwise)
+    scopes: tuple[str, ...] = ()  # a key needs one of these (keys.SCOPES) to call it; none: any key
 
 
 UNDECLARED = Operation(None, (200,), None, ("application/json",), (), {})  # a route without @endpoint: 200, JSON
@@ -48,11 +50,14 @@ def endpoint(
     media_types: Iterable[str] = ("application/json",),
     errors: Iterable[int] = (),
     params: Optional[dict[str, str]] = None,
+    scope: str | tuple[str, ...] = (),
 ) -> Callable:
     """Declare a route's contract: its request `body`, the `status` (or statuses) it answers with a `response` body
-    of `media_types`, the `errors` it can answer (with an ErrorBody), and the patterns its path `params` must match.
-    With `body`, the endpoint is called as `endpoint(request, body)` with the request's JSON validated as that model
-    (400 naming the field, 413 past the server's body limit)."""
+    of `media_types`, the `errors` it can answer (with an ErrorBody), the patterns its path `params` must match, and
+    the `scope` (or any of the scopes) a key needs for it (403 otherwise, before the body is read). With `body`, the
+    endpoint is called as `endpoint(request, body)` with the request's JSON validated as that model (400 naming the
+    field, 413 past the server's body limit)."""
+    scopes = (scope,) if isinstance(scope, str) else tuple(scope)
     operation = Operation(
         body,
         (status,) if isinstance(status, int) else status,
@@ -60,15 +65,20 @@ def endpoint(
         tuple(media_types),
         tuple(errors),
         params or {},
+        scopes,
     )
 
     def declare(fn: Callable) -> Callable:
-        if body is None:
+        if body is None and not scopes:
             wrapped = fn
         else:
 
             @functools.wraps(fn)
             async def wrapped(request: Request) -> Any:
+                if scopes:
+                    require(request, scopes)
+                if body is None:
+                    return await fn(request)
                 data = await read_json(request, request.app.state.ctx.settings.max_body_bytes)
                 return await fn(request, validate(body, data))
 
@@ -139,6 +149,10 @@ def _operation(path: str, func: Callable, components: dict, secured: bool) -> di
         errors |= {400, 413}
     if secured and needs_key(path):
         errors.add(401)
+    if declared.scopes:
+        operation["x-scopes"] = list(declared.scopes)  # the scopes a key needs: one of them
+        if secured:
+            errors.add(403)
     if path not in PUBLIC_PATHS:
         errors.add(429)
     for status in sorted(errors):

@@ -1,12 +1,13 @@
 """Rate limits per caller (API key, or client address without keys): requests per minute and generated
-tokens per minute, each a token bucket that refills continuously; over the limit answers 429 with Retry-After."""
+tokens per minute, each a token bucket that refills continuously; over the limit answers 429 with Retry-After.
+The limits are the server's, or a key's own (its keys file line: keys.Quotas)."""
 
 from __future__ import annotations
 
 import math
 import threading
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -37,6 +38,8 @@ class TokenBucket:
 
 
 class RateLimiter:
+    """`requests_per_minute`, `tokens_per_minute`: the limits of a caller that brings none of its own (0: none)."""
+
     def __init__(self, requests_per_minute: int, tokens_per_minute: int, clock: Callable[[], float] = time.monotonic):
         self.requests_per_minute, self.tokens_per_minute, self.clock = requests_per_minute, tokens_per_minute, clock
         self._requests: dict[str, TokenBucket] = {}
@@ -44,39 +47,38 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def _bucket(self, buckets: dict[str, TokenBucket], client: str, capacity: int) -> TokenBucket:
-        if client not in buckets:
+        if client not in buckets or buckets[client].capacity != capacity:
             buckets[client] = TokenBucket(capacity, self.clock())
         return buckets[client]
 
-    def admit_request(self, client: str) -> None:
-        """Take one request from the caller's bucket, or raise 429."""
-        if not self.requests_per_minute:
+    def admit_request(self, client: str, limit: Optional[int] = None) -> None:
+        """Take one request from the caller's bucket (of `limit` a minute, or the server's), or raise 429."""
+        limit = self.requests_per_minute if limit is None else limit
+        if not limit:
             return
         with self._lock:
-            bucket = self._bucket(self._requests, client, self.requests_per_minute)
+            bucket = self._bucket(self._requests, client, limit)
             wait = bucket.wait_for(1, self.clock())
             if wait == 0:
                 bucket.charge(1, self.clock())
         if wait:
-            raise _too_many(
-                f"rate limit of {self.requests_per_minute} requests per minute reached", wait, "requests_per_minute"
-            )
+            raise _too_many(f"rate limit of {limit} requests per minute reached", wait, "requests_per_minute")
 
-    def admit_generation(self, client: str) -> None:
+    def admit_generation(self, client: str, limit: Optional[int] = None) -> None:
         """Raise 429 while the caller's generated-token bucket is empty (it refills over the minute)."""
-        if not self.tokens_per_minute:
+        limit = self.tokens_per_minute if limit is None else limit
+        if not limit:
             return
         with self._lock:
-            wait = self._bucket(self._tokens, client, self.tokens_per_minute).wait_for(1, self.clock())
+            wait = self._bucket(self._tokens, client, limit).wait_for(1, self.clock())
         if wait:
-            raise _too_many(
-                f"rate limit of {self.tokens_per_minute} generated tokens per minute reached", wait, "tokens_per_minute"
-            )
+            raise _too_many(f"rate limit of {limit} generated tokens per minute reached", wait, "tokens_per_minute")
 
-    def charge_tokens(self, client: str, tokens: int) -> None:
-        if self.tokens_per_minute and tokens:
+    def charge_tokens(self, client: str, tokens: int, limit: Optional[int] = None) -> None:
+        limit = self.tokens_per_minute if limit is None else limit
+        if limit and tokens:
             with self._lock:
-                self._bucket(self._tokens, client, self.tokens_per_minute).charge(tokens, self.clock())
+                self._bucket(self._tokens, client, limit).charge(tokens, self.clock())
 
 
 def _too_many(message: str, wait: float, code: str) -> ApiError:
@@ -98,8 +100,9 @@ class RequestRateMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+            who = scope["state"]["caller"]
             try:
-                self.limiter.admit_request(scope["state"]["client_id"])
+                self.limiter.admit_request(who.client, who.quotas.requests_per_minute)
             except ApiError as e:
                 await e.response()(scope, receive, send)
                 return

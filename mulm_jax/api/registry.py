@@ -41,6 +41,7 @@ class ModelCard(BaseModel):
     vocab_size: Optional[int] = None  # the model's (its embedding table's rows)
     tokenizer_vocab_size: Optional[int] = None  # the ids its tokenizer decodes: the ones generation can draw
     parameters: Optional[int] = None
+    loaded_by: Optional[str] = None  # the key (its name or fingerprint) that loaded it; none: the server's own
 
     def body(self) -> dict:
         return self.model_dump(exclude_none=True)
@@ -59,6 +60,7 @@ class ServedModel:
     chat: ChatTemplate
     embeddings: MeanPooledEmbeddings
     created: int  # unix seconds, when the server loaded it
+    owner: Optional[str] = None  # the key that loaded it (keys.ApiKey.owner); None: named at start-up
 
     def describe(self) -> ModelCard:
         cfg = self.loaded.config.model
@@ -73,6 +75,7 @@ class ServedModel:
             vocab_size=cfg.vocab_size,
             tokenizer_vocab_size=self.loaded.tokenizer.vocab_size,
             parameters=sum(int(leaf.size) for leaf in jax.tree.leaves(self.loaded.params)),
+            loaded_by=self.owner,
         )
 
     def encode(self, value: str | Sequence[int], param: str, *, prompt: bool = False) -> list[int]:
@@ -112,7 +115,7 @@ def parse_checkpoint(spec: str) -> tuple[str, str]:
 
 class ModelRegistry:
     """Thread-safe map of model id -> ServedModel, and of the ids still loading. `ready` once every model named at
-    start-up is loaded. `make_engine(loaded, slots=, max_queue=, int8=)` makes what generates for a model: an
+    start-up is loaded. `make_engine(loaded, slots=, max_queue=, int8=, reserved_slots=)` makes what generates for a model: an
     Engine, or in the API's tests a stand-in that compiles nothing."""
 
     def __init__(self, settings: ServeConfig, make_engine: Callable[..., Engine] = Engine):
@@ -152,12 +155,39 @@ class ModelRegistry:
     def ready(self) -> bool:
         return self.startup_done.is_set() and not self.startup_errors
 
-    def add(self, model_id: str, run_dir: str | Path, step: Optional[int] = None) -> ServedModel:
-        """Load a run (its newest checkpoint, or `step`) and serve it as `model_id`."""
+    def add(
+        self, model_id: str, run_dir: str | Path, step: Optional[int] = None, owner: Optional[str] = None
+    ) -> ServedModel:
+        """Load a run (its newest checkpoint, or `step`) and serve it as `model_id`, for `owner` (a key)."""
         self._reserve(model_id, run_dir)
-        return self._load(model_id, run_dir, step)
+        return self._load(model_id, run_dir, step, owner)
 
-    def _load(self, model_id: str, run_dir: str | Path, step: Optional[int] = None) -> ServedModel:
+    def remove(self, model_id: str) -> ServedModel:
+        """Stop serving a model: its engine stops, and what it was generating ends as cancelled (503 to its
+        callers). 409 while it is still loading, 404 when no such id is served."""
+        with self._lock:
+            loading = model_id in self._loading
+        if loading:
+            raise ApiError(
+                409,
+                f"model {model_id!r} is still loading: unload it once it is ready",
+                param="model",
+                code="model_loading",
+            )
+        served = self.get(model_id)
+        with self._lock:
+            if self._models.get(model_id) is not served:  # another call removed it meanwhile
+                raise ApiError(
+                    404, f"model {model_id!r} is not served here", type="not_found_error", code="model_not_found"
+                )
+            del self._models[model_id]
+        served.engine.stop()
+        log.info("stopped serving %s", model_id)
+        return served
+
+    def _load(
+        self, model_id: str, run_dir: str | Path, step: Optional[int] = None, owner: Optional[str] = None
+    ) -> ServedModel:
         """Load and serve a run under an id reserved for it; the reservation ends either way."""
         try:
             phases = Phases()
@@ -166,7 +196,7 @@ class ModelRegistry:
             except (ValueError, FileNotFoundError) as e:  # InferenceError and config errors are ValueErrors
                 raise ApiError(400, str(e), param="run_dir", code="invalid_run") from None
             phases.mark("load")
-            return self._serve(model_id, loaded, phases)
+            return self._serve(model_id, loaded, phases, owner)
         finally:
             self._release(model_id)
 
@@ -189,7 +219,9 @@ class ModelRegistry:
         with self._lock:
             self._loading.pop(model_id, None)
 
-    def _serve(self, model_id: str, loaded: LoadedModel, phases: Optional[Phases] = None) -> ServedModel:
+    def _serve(
+        self, model_id: str, loaded: LoadedModel, phases: Optional[Phases] = None, owner: Optional[str] = None
+    ) -> ServedModel:
         """Compile the engine for every prompt bucket, start it, and list the model; log how long each part took
         (`phases`: those before, e.g. loading the checkpoint)."""
         phases = phases or Phases()
@@ -200,13 +232,17 @@ class ModelRegistry:
         with self._lock:
             self._loading[model_id].state = "compiling"
         engine = self.make_engine(
-            loaded, slots=self.settings.slots, max_queue=self.settings.max_queue, int8=self.settings.int8
+            loaded,
+            slots=self.settings.slots,
+            max_queue=self.settings.max_queue,
+            int8=self.settings.int8,
+            reserved_slots=self.settings.reserved_slots,
         )
         phases.mark("weights to the device", engine.params)
         engine.warmup()
         phases.mark(f"warm-up ({engine.stats().compilations} compilations)")
         engine.start()
-        served = ServedModel(model_id, loaded, engine, chat, MeanPooledEmbeddings(loaded), int(time.time()))
+        served = ServedModel(model_id, loaded, engine, chat, MeanPooledEmbeddings(loaded), int(time.time()), owner)
         log.info("serving %s from %s (step %d): %s", model_id, loaded.run_dir, loaded.step, phases.line())
         with self._lock:
             self._models[model_id] = served
@@ -236,6 +272,10 @@ class ModelRegistry:
                 code="model_not_found",
             )
         return served
+
+    def loading_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._loading)
 
     def all(self) -> list[ServedModel]:
         with self._lock:

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError, from_inference
+from mulm_jax.api.keys import Caller
 from mulm_jax.api.registry import MODEL_ERRORS, ServedModel
 from mulm_jax.api.openapi import endpoint
 from mulm_jax.api.schemas import ApiModel, Int, Text, TokenIds, bad_value, one_of
@@ -316,9 +317,11 @@ def _generation(
 # ---- running -------------------------------------------------------------------------------------------
 
 
-def submit_all(ctx, gen: Generation, client: str) -> list[EngineRequest]:
-    """Queue every (prompt, sample); all or none: a full queue cancels those already queued."""
-    ctx.limiter.admit_generation(client)
+def submit_all(ctx, gen: Generation, who: Caller) -> list[EngineRequest]:
+    """Queue every (prompt, sample) for the caller, within its quotas; all or none: a full queue cancels those
+    already queued."""
+    ctx.limiter.admit_generation(who.client, who.quotas.tokens_per_minute)
+    ctx.streams.admit(who, len(gen.prompts) * gen.n)
     submitted: list[EngineRequest] = []
     try:
         for ids in gen.prompts:
@@ -326,27 +329,28 @@ def submit_all(ctx, gen: Generation, client: str) -> list[EngineRequest]:
                 seed = None if gen.params.seed is None else gen.params.seed + i
                 submitted.append(
                     gen.served.engine.submit(
-                        ids, gen.params.replace(seed=seed), request_id=f"{gen.id}-{len(submitted)}"
+                        ids, gen.params.replace(seed=seed), request_id=f"{gen.id}-{len(submitted)}", owner=who.client
                     )
                 )
     except InferenceError as e:
         for r in submitted:
             r.cancel()
         raise from_inference(e) from None
+    ctx.streams.add(who, submitted)
     return submitted
 
 
-def _account(ctx, gen: Generation, client: str, completion: Completion) -> None:
-    ctx.limiter.charge_tokens(client, completion.completion_tokens)
+def _account(ctx, gen: Generation, who: Caller, completion: Completion) -> None:
+    ctx.limiter.charge_tokens(who.client, completion.completion_tokens, who.quotas.tokens_per_minute)
     if completion.time_to_first_token_s is not None:
         ctx.metrics.time_to_first_token.observe(completion.time_to_first_token_s, gen.served.id)
 
 
-def _abandon(ctx, requests: Sequence[EngineRequest], client: str) -> None:
+def _abandon(ctx, requests: Sequence[EngineRequest], who: Caller) -> None:
     """Cancel requests whose client left (their slots free at the next step); what they generated still counts."""
     for r in requests:
         r.cancel()
-        ctx.limiter.charge_tokens(client, len(r.token_ids))
+        ctx.limiter.charge_tokens(who.client, len(r.token_ids), who.quotas.tokens_per_minute)
 
 
 def _cancelled_by_server() -> ApiError:
@@ -360,8 +364,8 @@ def _logprobs(gen: Generation, logprobs: Sequence[TokenLogprob], offset: int) ->
     return _chat_logprobs(logprobs) if gen.chat else _text_logprobs(logprobs, offset)
 
 
-async def _whole(ctx, gen: Generation, request: Request, client: str) -> Response:
-    requests = submit_all(ctx, gen, client)
+async def _whole(ctx, gen: Generation, request: Request, who: Caller) -> Response:
+    requests = submit_all(ctx, gen, who)
 
     async def finished(r: EngineRequest) -> Completion:
         async for _ in r.batches():
@@ -375,13 +379,13 @@ async def _whole(ctx, gen: Generation, request: Request, client: str) -> Respons
     finally:
         gone.cancel()
         if not results.done():  # the client left: stop generating for it
-            _abandon(ctx, requests, client)
+            _abandon(ctx, requests, who)
             results.cancel()
     if not results.done() or results.cancelled():
         return Response(status_code=499)
     completions = results.result()
     for c in completions:
-        _account(ctx, gen, client, c)
+        _account(ctx, gen, who, c)
         if c.finish_reason == "cancelled":
             raise _cancelled_by_server()
     choices = [
@@ -405,8 +409,8 @@ def _usage(gen: Generation, completions: Sequence[Completion]) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=generated, total_tokens=prompt + generated)
 
 
-def _streamed(ctx, gen: Generation, client: str) -> Response:
-    requests = submit_all(ctx, gen, client)
+def _streamed(ctx, gen: Generation, who: Caller) -> Response:
+    requests = submit_all(ctx, gen, who)
     chunk_object = "chat.completion.chunk" if gen.chat else "text_completion"
 
     def chunk(choices: list, **extra: Any) -> str:
@@ -483,7 +487,7 @@ def _streamed(ctx, gen: Generation, client: str) -> Response:
                         continue
                     out.append(tokens(index, pending.pop(index, [])))
                     completions.append(item)
-                    _account(ctx, gen, client, item)
+                    _account(ctx, gen, who, item)
                     if item.finish_reason == "cancelled":
                         yield "".join(out) + event(_cancelled_by_server().body())
                         return
@@ -499,7 +503,7 @@ def _streamed(ctx, gen: Generation, client: str) -> Response:
                 t.cancel()
 
     def on_close() -> None:  # finished, or the client left: free the slots of what is still running
-        _abandon(ctx, [r for r in requests if not r.done], client)
+        _abandon(ctx, [r for r in requests if not r.done], who)
 
     return EventStream(events(), on_close)
 
@@ -537,15 +541,15 @@ def _chat_logprobs(logprobs: Sequence[TokenLogprob]) -> dict:
 
 def routes(ctx) -> list[Route]:
     async def run(request: Request, gen: Generation) -> Response:
-        client = ctx.client_id(request)
-        return _streamed(ctx, gen, client) if gen.stream else await _whole(ctx, gen, request, client)
+        who = ctx.caller(request)
+        return _streamed(ctx, gen, who) if gen.stream else await _whole(ctx, gen, request, who)
 
-    @endpoint(body=TextCompletion, response=TextAnswer, media_types=STREAMED, errors=MODEL_ERRORS)
+    @endpoint(body=TextCompletion, response=TextAnswer, media_types=STREAMED, errors=MODEL_ERRORS, scope="generate")
     async def completions(request: Request, body: TextCompletion) -> Response:
         """Complete one or more prompts (OpenAI's completions API; `stream: true` for Server-Sent Events)."""
         return await run(request, parse_completion(ctx, body))
 
-    @endpoint(body=ChatCompletion, response=ChatAnswer, media_types=STREAMED, errors=MODEL_ERRORS)
+    @endpoint(body=ChatCompletion, response=ChatAnswer, media_types=STREAMED, errors=MODEL_ERRORS, scope="generate")
     async def chat_completions(request: Request, body: ChatCompletion) -> Response:
         """Reply to a conversation, rendered by the model's chat template (OpenAI's chat completions API)."""
         return await run(request, parse_chat(ctx, body))

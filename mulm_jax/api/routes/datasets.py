@@ -15,6 +15,7 @@ from starlette.routing import Route
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.openapi import endpoint
 from mulm_jax.api.paths import PLAIN_NAME, confine, confine_source, version_folder
+from mulm_jax.api.quotas import admit_job
 from mulm_jax.api.schemas import ConfigBody, config_body
 from mulm_jax.config import Config, DataConfig, ServeConfig
 from mulm_jax.data.assemble import TRAINED_TOKENIZERS, check_settings, list_versions, read_manifest
@@ -60,39 +61,46 @@ def dataset_config(body: ConfigBody, settings: ServeConfig) -> DataConfig:
 def routes(ctx) -> list[Route]:
     settings: ServeConfig = ctx.settings
 
-    @endpoint(body=AssembleDataset, status=202, errors=(403,))
+    @endpoint(body=AssembleDataset, status=202, errors=(403,), scope="data")
     async def create_dataset(request: Request, body: AssembleDataset) -> JSONResponse:
-        """Assemble a data set version from sources, as a background job (202 with the job)."""
+        """Assemble a data set version from sources, as a background job (202 with the job), owned by the key."""
+        who = ctx.caller(request)
         config = Config(data=dataset_config(body, settings))
+        admit_job(who, ctx.jobs.running(who.owner), steps=None)
         command = [sys.executable, "-m", "mulm_jax", "data", "assemble", "--json"]
         job = ctx.jobs.start(
-            "dataset", command, config=config, workdir=None, request=body.model_dump(exclude_unset=True)
+            "dataset",
+            command,
+            config=config,
+            workdir=None,
+            request=body.model_dump(exclude_unset=True),
+            owner=who.owner,
         )
         return JSONResponse(job, status_code=202)
 
-    @endpoint()
+    @endpoint(scope="data")
     async def list_jobs(request: Request) -> JSONResponse:
-        """Data set jobs, newest first."""
-        return JSONResponse({"object": "list", "data": ctx.jobs.list("dataset")})
+        """Data set jobs, newest first: the key's own (an `admin` key's: every key's)."""
+        return JSONResponse({"object": "list", "data": ctx.jobs.list("dataset", ctx.caller(request).sees)})
 
-    @endpoint(errors=(404,))
+    @endpoint(errors=(404,), scope="data")
     async def get_job(request: Request) -> JSONResponse:
         """One data set job: its state and, once it succeeded, the manifest of the version it made."""
-        return JSONResponse(ctx.jobs.get(request.path_params["id"], "dataset"))
+        return JSONResponse(ctx.jobs.get(request.path_params["id"], "dataset", ctx.caller(request).sees))
 
-    @endpoint()
+    @endpoint(scope=("data", "train"))
     async def list_datasets(request: Request) -> JSONResponse:
         """The assembled data set versions, each as its manifest."""
         folder = Path(settings.datasets_dir)
         manifests = list_versions(folder) if folder.is_dir() else []
         return JSONResponse({"object": "list", "data": manifests})
 
-    @endpoint(errors=(400, 404), params={"version": PLAIN_NAME})
+    @endpoint(errors=(400, 404), params={"version": PLAIN_NAME}, scope=("data", "train"))
     async def get_dataset(request: Request) -> JSONResponse:
         """One data set version's manifest: sources, settings, tokenizer, token counts."""
         return JSONResponse(read_manifest(version_folder(settings, request.path_params["version"], "version")))
 
-    @endpoint(errors=(400, 404), params={"version": PLAIN_NAME, "split": "^(train|val)$"})
+    @endpoint(errors=(400, 404), params={"version": PLAIN_NAME, "split": "^(train|val)$"}, scope=("data", "train"))
     async def get_examples(request: Request) -> JSONResponse:
         """A data set of pairs: the first examples of a split, each token with its text and whether it is trained on
         (the loss mask), as `data show` prints them."""

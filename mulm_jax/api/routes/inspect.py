@@ -172,7 +172,7 @@ def routes(ctx) -> list[Route]:
             }
         )
 
-    @endpoint(body=Inspect, errors=MODEL_ERRORS)
+    @endpoint(body=Inspect, errors=MODEL_ERRORS, scope="inspect")
     async def inspect(request: Request, body: Inspect) -> JSONResponse:
         """Trace a prompt through a model: tokens with log-probabilities and alternatives, attention weights
         [layers][heads][T][T], the logit lens and head roles."""
@@ -190,7 +190,7 @@ def routes(ctx) -> list[Route]:
 
         return await answer(served, run, "prompt", "inspection")
 
-    @endpoint(body=Activations, errors=MODEL_ERRORS)
+    @endpoint(body=Activations, errors=MODEL_ERRORS, scope="inspect")
     async def activations(request: Request, body: Activations) -> JSONResponse:
         """Named activations of one forward pass (TransformerLens-style names: blocks.0.attn.pattern, ...), each
         with its shape letters, shape and values; with `position`, one token's; with `ablate`, heads zeroed."""
@@ -214,7 +214,7 @@ def routes(ctx) -> list[Route]:
 
         return await answer(served, run, "names", "activations")
 
-    @endpoint(body=Ablate, errors=MODEL_ERRORS)
+    @endpoint(body=Ablate, errors=MODEL_ERRORS, scope="inspect")
     async def ablate(request: Request, body: Ablate) -> JSONResponse:
         """Each self-attention head ablated in turn: the change in the log-probability of the next token."""
         served, tracer = opened(body.model)
@@ -229,7 +229,7 @@ def routes(ctx) -> list[Route]:
             "ablation",
         )
 
-    @endpoint(body=Patch, errors=MODEL_ERRORS)
+    @endpoint(body=Patch, errors=MODEL_ERRORS, scope="inspect")
     async def patch(request: Request, body: Patch) -> JSONResponse:
         """Activation patching: each layer's residual input at each position taken from the clean prompt's run into
         the corrupt one's, and the log-probability of the clean prediction after the last token."""
@@ -242,7 +242,7 @@ def routes(ctx) -> list[Route]:
             "patching",
         )
 
-    @endpoint(body=Attribute, errors=MODEL_ERRORS)
+    @endpoint(body=Attribute, errors=MODEL_ERRORS, scope="inspect")
     async def attribute(request: Request, body: Attribute) -> JSONResponse:
         """Direct logit attribution: each head's and MLP's share of one token's logit, through the final norm."""
         served, tracer = opened(body.model)
@@ -256,7 +256,7 @@ def routes(ctx) -> list[Route]:
             "attribution",
         )
 
-    @endpoint(body=Embeddings, errors=MODEL_ERRORS)
+    @endpoint(body=Embeddings, errors=MODEL_ERRORS, scope="inspect")
     async def embeddings(request: Request, body: Embeddings) -> JSONResponse:
         """The embedding space: the tokens nearest (cosine) to a token, or to the residual stream at a layer and
         position of a prompt; an analogy's; the PCA of the embedding table (points coloured by token class) and of

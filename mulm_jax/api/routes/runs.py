@@ -125,13 +125,13 @@ def routes(ctx) -> list[Route]:
             curves=[RunCurve(**{**curves(run), "run": _relative(folder, root)}) for folder, run in zip(folders, runs)],
         )
 
-    @endpoint(response=RunList)
+    @endpoint(response=RunList, scope=("inspect", "train"))
     async def list_runs(request: Request) -> JSONResponse:
         """Every run folder under the server's runs root (up to three folders down), in path order."""
         data = await anyio.to_thread.run_sync(list_all)
         return JSONResponse(RunList(data=data).model_dump(exclude_none=True))
 
-    @endpoint(body=CompareRuns, response=RunComparison, errors=(403, 404))
+    @endpoint(body=CompareRuns, response=RunComparison, errors=(403, 404), scope="inspect")
     async def compare_runs(request: Request, body: CompareRuns) -> JSONResponse:
         """Two to four runs side by side: their table rows, the settings whose values differ, and their curves."""
         result = await anyio.to_thread.run_sync(compare, body.runs)

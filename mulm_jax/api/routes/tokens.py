@@ -132,7 +132,7 @@ def tokenizer_path(spec: str, settings: ServeConfig, param: str) -> Path:
 
 
 def routes(ctx) -> list[Route]:
-    @endpoint(body=Tokenize, response=Tokenized, errors=MODEL_ERRORS)
+    @endpoint(body=Tokenize, response=Tokenized, errors=MODEL_ERRORS, scope="generate")
     async def tokenize(request: Request, body: Tokenize) -> JSONResponse:
         """Text to token ids with a model's tokenizer."""
         served = ctx.models.get(body.model)
@@ -141,7 +141,7 @@ def routes(ctx) -> list[Route]:
             Tokenized(model=served.id, tokens=ids, count=len(ids), max_model_len=served.engine.max_len).model_dump()
         )
 
-    @endpoint(body=Detokenize, response=Detokenized, errors=MODEL_ERRORS)
+    @endpoint(body=Detokenize, response=Detokenized, errors=MODEL_ERRORS, scope="generate")
     async def detokenize(request: Request, body: Detokenize) -> JSONResponse:
         """Token ids to text with a model's tokenizer."""
         served = ctx.models.get(body.model)
@@ -175,14 +175,14 @@ def routes(ctx) -> list[Route]:
                 raise ApiError(400, f"{param}: {e}", param=param, code="invalid_value") from None
         return out
 
-    @endpoint(body=CompareTokenizers, response=TokenizerComparison, errors=(403,))
+    @endpoint(body=CompareTokenizers, response=TokenizerComparison, errors=(403,), scope="inspect")
     async def compare_tokenizers(request: Request, body: CompareTokenizers) -> JSONResponse:
         """One text under one to four tokenizers: each one's tokens (id, vocabulary piece, the text it covers and
         its character offsets), characters per token, the words it splits and, for BPE, each piece's merges."""
         compared = await anyio.to_thread.run_sync(comparison, body)
         return JSONResponse(TokenizerComparison(text=body.text, tokenizers=compared).model_dump(mode="json"))
 
-    @endpoint(body=Embed, response=Embeddings, errors=MODEL_ERRORS)
+    @endpoint(body=Embed, response=Embeddings, errors=MODEL_ERRORS, scope="generate")
     async def embeddings(request: Request, body: Embed) -> JSONResponse:
         """Embeddings of texts or token ids: the model's final hidden states, mean-pooled (OpenAI's format)."""
         served = ctx.models.get(body.model)

@@ -1,4 +1,7 @@
-"""Training jobs: start a run as a background job, follow its metrics (also as server-sent events), cancel, resume."""
+"""Training jobs: start a run as a background job, follow its metrics (also as server-sent events), cancel, resume.
+
+A job is its key's: another key (but an `admin` one) neither lists, reads, cancels nor resumes it (404, as for a job
+that does not exist), and a key trains only into a run folder that is new or that its own jobs made."""
 
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.jobs import new_job_id
+from mulm_jax.api.keys import Caller
 from mulm_jax.api.paths import PLAIN_NAME, confine, plain_name, version_folder
+from mulm_jax.api.quotas import admit_job
 from mulm_jax.api.openapi import endpoint
 from mulm_jax.api.routes.datasets import confine_data
 from mulm_jax.api.schemas import ApiModel, Text, one_of
@@ -161,19 +166,41 @@ def run_folder(name: str, settings: ServeConfig) -> Path:
     return workdir
 
 
+def check_run_folder_owner(jobs, workdir: Path, who: Caller, what: str) -> None:
+    """403 unless `who` may write or serve run folder `workdir`: an `admin` key may any; another key one that only its
+    own training jobs made (or, when `what` is training, one that does not exist yet)."""
+    if who.admin:
+        return
+    owners = jobs.workdir_owners(str(workdir))
+    new = not owners and not workdir.exists()
+    if (new and what == "train into") or owners == {who.owner}:
+        return
+    raise ApiError(
+        403,
+        f"run folder {workdir.name!r} was not made by a training job of this key: to {what} it needs the "
+        "'admin' scope" + (" (or choose a new name)" if what == "train into" else ""),
+        type="permission_error",
+        param="name" if what == "train into" else "run_dir",
+        code="not_owner",
+    )
+
+
 def routes(ctx) -> list[Route]:
     settings: ServeConfig = ctx.settings
 
-    @endpoint(body=StartTraining, status=202, errors=(403, 404, 409))
+    @endpoint(body=StartTraining, status=202, errors=(403, 404, 409), scope="train")
     async def create_job(request: Request, body: StartTraining) -> JSONResponse:
-        """Start a training run as a background job (202 with the job)."""
+        """Start a training run as a background job (202 with the job), owned by the key."""
+        who = ctx.caller(request)
         base = base_config(body.config, settings)
         overrides = override_list(body.overrides)
         dataset = version_folder(settings, body.dataset, "dataset") if body.dataset is not None else None
         job_id = new_job_id()
         workdir = run_folder(body.name or job_id, settings)
+        check_run_folder_owner(ctx.jobs, workdir, who, "train into")
         config = build_config(base, overrides)
         config = dataclasses.replace(config, data=training_data(config.data, settings, dataset))
+        admit_job(who, ctx.jobs.running(who.owner), steps=config.train.steps)
         command = [sys.executable, "-m", "mulm_jax", "train", "--workdir", str(workdir), "--quiet"]
         job = ctx.jobs.start(
             "training",
@@ -182,24 +209,27 @@ def routes(ctx) -> list[Route]:
             workdir=str(workdir),
             request=body.model_dump(exclude_unset=True),
             job_id=job_id,
+            owner=who.owner,
+            steps=config.train.steps,
         )
         return JSONResponse(job, status_code=202)
 
-    @endpoint()
+    @endpoint(scope="train")
     async def list_jobs(request: Request) -> JSONResponse:
-        """Training jobs, newest first."""
-        return JSONResponse({"object": "list", "data": ctx.jobs.list("training")})
+        """Training jobs, newest first: the key's own (an `admin` key's: every key's)."""
+        return JSONResponse({"object": "list", "data": ctx.jobs.list("training", ctx.caller(request).sees)})
 
-    @endpoint(errors=(404,))
+    @endpoint(errors=(404,), scope="train")
     async def get_job(request: Request) -> JSONResponse:
         """One training job, with its latest step and its latest training and evaluation metrics."""
-        return JSONResponse(training_view(ctx.jobs.get(request.path_params["id"], "training")))
+        job = ctx.jobs.get(request.path_params["id"], "training", ctx.caller(request).sees)
+        return JSONResponse(training_view(job))
 
-    @endpoint(media_types=("text/event-stream",), errors=(404,))
+    @endpoint(media_types=("text/event-stream",), errors=(404,), scope="train")
     async def job_events(request: Request) -> EventStream:
         """The run's metrics rows as server-sent events, as they are written, then an `end` event with the job."""
         job_id = request.path_params["id"]
-        tail = MetricsTail(metrics_path(ctx.jobs.get(job_id, "training")["workdir"]))
+        tail = MetricsTail(metrics_path(ctx.jobs.get(job_id, "training", ctx.caller(request).sees)["workdir"]))
 
         async def events() -> AsyncIterator[str]:
             while True:
@@ -214,15 +244,19 @@ def routes(ctx) -> list[Route]:
 
         return EventStream(events())  # ends the generator as soon as the client leaves
 
-    @endpoint(errors=(404, 409))
+    @endpoint(errors=(404, 409), scope="train")
     async def cancel_job(request: Request) -> JSONResponse:
         """Stop a running training job; the trainer saves a checkpoint first, and the job can be resumed."""
-        return JSONResponse(ctx.jobs.cancel(request.path_params["id"], "training"))
+        return JSONResponse(ctx.jobs.cancel(request.path_params["id"], "training", ctx.caller(request).sees))
 
-    @endpoint(errors=(404, 409))
+    @endpoint(errors=(404, 409), scope="train")
     async def resume_job(request: Request) -> JSONResponse:
         """Relaunch an interrupted, cancelled or failed training job; it continues from its latest checkpoint."""
-        return JSONResponse(ctx.jobs.resume(request.path_params["id"]))
+        who = ctx.caller(request)
+        job = ctx.jobs.get(request.path_params["id"], "training", who.sees)
+        if job["state"] != "running":  # resume answers 409 for a running one
+            admit_job(who, ctx.jobs.running(who.owner), steps=job["steps"])
+        return JSONResponse(ctx.jobs.resume(job["id"], who.sees))
 
     return [
         Route("/v1/training/jobs", create_job, methods=["POST"]),
