@@ -1,4 +1,6 @@
-// The lab's shell: views by URL hash, the model picker, the API key form and the error notice.
+// The lab's shell: views by URL hash, the model picker, the API key form and the error notice; the views and
+// controls shown are those the key's scopes allow (GET /v1/me: an element with data-scopes="a b" shows to a key
+// holding one of them).
 
 import {apiKey, get, onUnauthorized} from "./api.js";
 import * as compare from "./compare.js";
@@ -16,6 +18,20 @@ const $ = (id) => document.getElementById(id);
 
 export const app = {
   models: [],
+  me: null,  // GET /v1/me: the key's name, scopes and quotas (null until read: everything shown)
+
+  may(...scopes) {
+    return !app.me || scopes.some((scope) => app.me.scopes.includes(scope));
+  },
+
+  async refreshMe() {
+    app.me = await get("/v1/me");
+    for (const element of document.querySelectorAll("[data-scopes]")) {
+      element.hidden = !app.may(...element.dataset.scopes.split(" "));
+    }
+    $("who").textContent = app.me.name ? `${app.me.name}: ${app.me.scopes.join(", ")}` : "";
+    $("who").hidden = !app.me.name;
+  },
 
   model() {
     return $("model").value;
@@ -57,9 +73,14 @@ export const app = {
   },
 };
 
+function allowed(view) {
+  return !document.querySelector(`#tabs a[href="#${view}"]`).hidden;
+}
+
 function currentView() {
   const name = location.hash.slice(1);
-  return name in VIEWS ? name : "playground";
+  if (name in VIEWS && allowed(name)) return name;
+  return Object.keys(VIEWS).find(allowed);
 }
 
 // Shows the view the URL names; body[data-shown] names it once its data is loaded.
@@ -89,9 +110,14 @@ $("key-form").addEventListener("submit", (event) => {
   event.preventDefault();
   apiKey.set($("key-input").value.trim());
   $("key-form").hidden = true;
-  app.run(() => app.refreshModels()).then(show);
+  app.run(start).then(show);
 });
+
+async function start() {
+  await app.refreshMe();
+  await app.refreshModels();
+}
 
 for (const view of Object.values(VIEWS)) view.init(app);
 window.addEventListener("hashchange", show);
-app.run(() => app.refreshModels()).then(show);
+app.run(start).then(show);

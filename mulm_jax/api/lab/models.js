@@ -29,7 +29,8 @@ export function init(lab) {
 }
 
 export async function show() {
-  const [models, listed] = await Promise.all([app.refreshModels(), get("/v1/runs")]);
+  const [models, listed] = await Promise.all([app.refreshModels(),
+                                              app.may("inspect", "train") ? get("/v1/runs") : {data: []}]);
   table($("md-list"), ["model", "architecture", "context", "parameters", "vocabulary", "step", "run folder"],
         models.map((m) => [m.id, m.architecture, m.context_length, m.parameters.toLocaleString(), m.vocab_size,
                            m.step, m.run_dir]),
@@ -45,8 +46,10 @@ function actions(run) {
   const span = document.createElement("span");
   span.className = "actions";
   const servable = !run.error && run.checkpoints.length > 0;
-  for (const [action, text, enabled] of [["serve", "Serve", servable], ["inspect", "Inspect", servable],
-                                         ["compare", app.compared?.includes(run.run) ? "Compared" : "Compare", !run.error]]) {
+  const shown = [["serve", "Serve", servable, app.may("admin", "train")],
+                 ["inspect", "Inspect", servable, app.may("admin", "train") && app.may("inspect")],
+                 ["compare", app.compared?.includes(run.run) ? "Compared" : "Compare", !run.error, app.may("inspect")]];
+  for (const [action, text, enabled] of shown.filter((entry) => entry[3])) {
     const button = document.createElement("button");
     button.type = "button";
     button.dataset.action = action;
