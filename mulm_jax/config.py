@@ -355,7 +355,10 @@ class ServeConfig:
     )
     tokens_per_minute: int = setting(0, "generated tokens per API key per minute; 0: no limit", ge=0)
     max_streams: int = setting(
-        0, "sequences one API key may have queued or generating at once (prompts x n); 0: no limit", ge=0
+        0,
+        "sequences one API key may have open at once (prompts x n of each answer still generating or being "
+        "sent); 0: no limit",
+        ge=0,
     )
     max_jobs: int = setting(0, "data set and training jobs one API key may have running at once; 0: no limit", ge=0)
     max_steps: int = setting(

@@ -25,7 +25,7 @@ class Quotas:
 
     requests_per_minute: Optional[int] = None
     tokens_per_minute: Optional[int] = None
-    max_streams: Optional[int] = None  # sequences queued or generating at once (prompts x n of each request)
+    max_streams: Optional[int] = None  # sequences of answers open at once (prompts x n of each request)
     max_jobs: Optional[int] = None  # data set and training jobs running at once
     max_steps: Optional[int] = None  # training steps of the running training jobs, together
 

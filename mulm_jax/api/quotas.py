@@ -1,5 +1,5 @@
-"""Quotas per key beyond the per-minute rates (ratelimit): sequences generating at once, jobs running at once and
-their training steps.
+"""Quotas per key beyond the per-minute rates (ratelimit): sequences whose answers are open at once, jobs running at
+once and their training steps.
 
 Past a quota because of what the key runs now: 429 with Retry-After, the quota named in the message and as the
 code. A request that alone asks for more than its quota could ever allow: 403 with the quota as the code (waiting
@@ -9,11 +9,10 @@ would not help).
 from __future__ import annotations
 
 import threading
-from typing import Iterable, Optional
+from typing import Optional
 
 from mulm_jax.api.errors import ApiError
 from mulm_jax.api.keys import Caller
-from mulm_jax.infer import Request
 
 STREAM_RETRY_S = 1  # Retry-After past max_streams: a sequence ends within a second or so
 JOB_RETRY_S = 30  # past max_jobs or max_steps: jobs take minutes
@@ -33,20 +32,30 @@ def beyond_quota(quota: str, message: str) -> ApiError:
     return ApiError(403, f"{message} ({quota})", type="permission_error", code=quota)
 
 
+class Hold:
+    """Sequences of one answer, counted against its caller's max_streams until released."""
+
+    def __init__(self, count: int):
+        self.count, self.released = count, False
+
+    def release(self) -> None:
+        self.released = True
+
+
 class Streams:
-    """The sequences each caller has queued or generating, counted from the engine requests themselves (a request
-    stops counting once it has its completion, however it ended)."""
+    """The sequences of each caller's answers still open: queued, generating or still being sent (a stream counts
+    until its last byte or its client's leaving, so that a client reading slowly cannot open more)."""
 
     def __init__(self) -> None:
-        self._live: dict[str, list[Request]] = {}
+        self._holds: dict[str, list[Hold]] = {}
         self._lock = threading.Lock()
 
     def held(self, client: str) -> int:
         with self._lock:
-            return len(self._prune(client))
+            return sum(h.count for h in self._prune(client))
 
-    def _prune(self, client: str) -> list[Request]:
-        live = self._live[client] = [r for r in self._live.get(client, ()) if not r.done]
+    def _prune(self, client: str) -> list[Hold]:
+        live = self._holds[client] = [h for h in self._holds.get(client, ()) if not h.released]
         return live
 
     def admit(self, who: Caller, count: int) -> None:
@@ -66,9 +75,12 @@ class Streams:
                 STREAM_RETRY_S,
             )
 
-    def add(self, who: Caller, requests: Iterable[Request]) -> None:
+    def add(self, who: Caller, count: int) -> Hold:
+        """Count `count` more sequences for `who` until the Hold returned is released."""
+        hold = Hold(count)
         with self._lock:
-            self._prune(who.client).extend(requests)
+            self._prune(who.client).append(hold)
+        return hold
 
 
 def steps_taken(running: list[dict]) -> int:

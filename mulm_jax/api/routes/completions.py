@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from mulm_jax.api.errors import ApiError, from_inference
 from mulm_jax.api.keys import Caller
+from mulm_jax.api.quotas import Hold
 from mulm_jax.api.registry import MODEL_ERRORS, ServedModel
 from mulm_jax.api.openapi import endpoint
 from mulm_jax.api.schemas import ApiModel, Int, Text, TokenIds, bad_value, one_of
@@ -317,9 +318,9 @@ def _generation(
 # ---- running -------------------------------------------------------------------------------------------
 
 
-def submit_all(ctx, gen: Generation, who: Caller) -> list[EngineRequest]:
+def submit_all(ctx, gen: Generation, who: Caller) -> tuple[list[EngineRequest], Hold]:
     """Queue every (prompt, sample) for the caller, within its quotas; all or none: a full queue cancels those
-    already queued."""
+    already queued. The Hold counts them against its max_streams until the answer ends: release it then."""
     ctx.limiter.admit_generation(who.client, who.quotas.tokens_per_minute)
     ctx.streams.admit(who, len(gen.prompts) * gen.n)
     submitted: list[EngineRequest] = []
@@ -336,8 +337,7 @@ def submit_all(ctx, gen: Generation, who: Caller) -> list[EngineRequest]:
         for r in submitted:
             r.cancel()
         raise from_inference(e) from None
-    ctx.streams.add(who, submitted)
-    return submitted
+    return submitted, ctx.streams.add(who, len(submitted))
 
 
 def _account(ctx, gen: Generation, who: Caller, completion: Completion) -> None:
@@ -365,7 +365,15 @@ def _logprobs(gen: Generation, logprobs: Sequence[TokenLogprob], offset: int) ->
 
 
 async def _whole(ctx, gen: Generation, request: Request, who: Caller) -> Response:
-    requests = submit_all(ctx, gen, who)
+    requests, hold = submit_all(ctx, gen, who)
+    try:
+        return await _answer(ctx, gen, request, who, requests)
+    finally:
+        hold.release()
+
+
+async def _answer(ctx, gen: Generation, request: Request, who: Caller, requests: list[EngineRequest]) -> Response:
+    """The whole answer to `requests`, once all are complete (499 when the client left first)."""
 
     async def finished(r: EngineRequest) -> Completion:
         async for _ in r.batches():
@@ -410,7 +418,7 @@ def _usage(gen: Generation, completions: Sequence[Completion]) -> Usage:
 
 
 def _streamed(ctx, gen: Generation, who: Caller) -> Response:
-    requests = submit_all(ctx, gen, who)
+    requests, hold = submit_all(ctx, gen, who)
     chunk_object = "chat.completion.chunk" if gen.chat else "text_completion"
 
     def chunk(choices: list, **extra: Any) -> str:
@@ -504,6 +512,7 @@ def _streamed(ctx, gen: Generation, who: Caller) -> Response:
 
     def on_close() -> None:  # finished, or the client left: free the slots of what is still running
         _abandon(ctx, [r for r in requests if not r.done], who)
+        hold.release()
 
     return EventStream(events(), on_close)
 

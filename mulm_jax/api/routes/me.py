@@ -26,7 +26,7 @@ class Quotas(BaseModel):
 
 
 class Usage(BaseModel):
-    streams: int  # sequences queued or generating now
+    streams: int  # sequences of the key's answers open now: queued, generating or being sent
     jobs: int  # data set and training jobs running now
     steps: int  # the train.steps of the running training jobs, together
 
