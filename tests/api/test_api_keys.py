@@ -4,6 +4,7 @@ streams, jobs, steps and requests answering 429 with Retry-After; GET /v1/me; ke
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -13,6 +14,7 @@ from starlette.testclient import TestClient
 
 from support import ROOT, RUN_CORPUS, StandInEngine, loaded, wait_for
 from mulm_jax.api import create_app
+from mulm_jax.api.jobs import _SCHEMA, JobManager
 from mulm_jax.api.keys import SCOPES, fingerprint, read_keys_file
 from mulm_jax.config import ServeConfig
 from mulm_jax.errors import MulmError
@@ -317,3 +319,24 @@ def test_one_keys_32_streams_do_not_keep_another_keys_one_waiting(server, monkey
     assert bobs.owner == "key:" + fingerprint(BOB) and bobs.completion.finish_reason == "length"
     firsts = sorted(r.first_token_at for r in submitted[:32])
     assert bobs.first_token_at < firsts[3]  # in the second pair of slots; behind all 32 in a plain queue
+
+
+def test_a_job_database_from_before_owners_gains_the_columns_and_keeps_its_jobs(tmp_path):
+    (tmp_path / "state").mkdir()
+    db = sqlite3.connect(tmp_path / "state" / "mulm.sqlite3")
+    old_schema = _SCHEMA.replace(",\n    owner TEXT,\n    steps INTEGER", "")
+    assert "owner" not in old_schema
+    db.execute(old_schema)
+    db.execute(
+        "INSERT INTO jobs (id, kind, state, created, request, command, log_path) "
+        "VALUES ('job-old', 'training', 'succeeded', 1, '{}', '[]', 'x.log')"
+    )
+    db.commit()
+    db.close()
+    jobs = JobManager(ServeConfig(state_dir=str(tmp_path / "state")))
+    try:
+        (old,) = jobs.list("training")
+        assert old["id"] == "job-old" and old["owner"] is None and old["steps"] is None
+        assert jobs.list("training", "alice") == []  # nobody's but an admin's (or everyone's without keys)
+    finally:
+        jobs.close()
