@@ -174,7 +174,9 @@ def _schema(model: type[BaseModel], components: dict, mode: str = "serialization
 
 
 def _add(model: type[BaseModel], components: dict) -> str:
-    components[model.__name__] = _schema(model, components)
+    schema = _schema(model, components)
+    if components.setdefault(model.__name__, schema) != schema:  # one would silently stand for the other
+        raise ValueError(f"two different response models are named {model.__name__}: rename one")
     return model.__name__
 
 

@@ -15,7 +15,7 @@ from mulm_jax.api.openapi import endpoint
 from mulm_jax.api.quotas import steps_taken
 
 
-class Quotas(BaseModel):
+class KeyQuotas(BaseModel):
     """0: no limit."""
 
     requests_per_minute: int
@@ -25,34 +25,34 @@ class Quotas(BaseModel):
     max_steps: int
 
 
-class Usage(BaseModel):
+class KeyUsage(BaseModel):
     streams: int  # sequences of the key's answers open now: queued, generating or being sent
     jobs: int  # data set and training jobs running now
     steps: int  # the train.steps of the running training jobs, together
 
 
-class Me(BaseModel):
+class KeyStatus(BaseModel):
     object: str = "key"
     name: Optional[str]  # the key's name, or `key:` and its fingerprint; null on a server without keys
     scopes: list[str]
-    quotas: Quotas
-    usage: Usage
+    quotas: KeyQuotas
+    usage: KeyUsage
 
 
 def routes(ctx) -> list[Route]:
-    @endpoint(response=Me)
+    @endpoint(response=KeyStatus)
     async def me(request: Request) -> JSONResponse:
         """The key's name, scopes and quotas, and what it uses of them now."""
         who = ctx.caller(request)
         running = ctx.jobs.running(who.owner)
-        usage = Usage(
+        usage = KeyUsage(
             streams=ctx.streams.held(who.client),
             jobs=len(running),
             steps=steps_taken(running),
         )
         scopes = [s for s in SCOPES if who.has(s)]
         return JSONResponse(
-            Me(name=who.owner, scopes=scopes, quotas=Quotas(**who.quotas.body()), usage=usage).model_dump()
+            KeyStatus(name=who.owner, scopes=scopes, quotas=KeyQuotas(**who.quotas.body()), usage=usage).model_dump()
         )
 
     return [Route("/v1/me", me, methods=["GET"])]
