@@ -31,7 +31,9 @@ def test_a_learner_key_sees_no_training_data_or_model_loading_and_the_teachers_s
         learner.page.goto(f"{learner.url}#training")  # a view outside the key's scopes: the first one it may use
         learner.page.wait_for_selector("body[data-shown=playground]")
         tabs = shown_tabs(learner)
-        assert "#training" not in tabs and "#datasets" not in tabs and {"#playground", "#inspect", "#models"} <= set(tabs)
+        assert (
+            "#training" not in tabs and "#datasets" not in tabs and {"#playground", "#inspect", "#models"} <= set(tabs)
+        )
         assert learner.value("document.getElementById('who').textContent") == "alice: generate, inspect"
         learner.open("models")
         assert learner.value("document.getElementById('md-form').hidden")
