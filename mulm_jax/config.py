@@ -78,6 +78,11 @@ class ModelConfig:
     rope_scaling: Optional[RopeScaling] = None
     attention: Literal["full", "sliding_window", "block_sparse"] = "full"
     sliding_window: Optional[int] = None
+    # How self-attention over whole passes (training, evaluation) is computed (platform.attention_implementation):
+    # dense holds every head's [T, S] scores; blockwise computes them a block of queries at a time (recomputed in
+    # the backward pass); cudnn is cuDNN's flash attention (a GPU); auto: cudnn where it can run, else blockwise
+    # when one layer's dense scores would exceed platform.DENSE_SCORES_BYTES, else dense.
+    attention_impl: Literal["auto", "dense", "blockwise", "cudnn"] = "auto"
     block_size: Optional[int] = None
     num_global_tokens: int = 0
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"

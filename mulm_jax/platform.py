@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import jax
 
+from mulm_jax.errors import MulmError
+
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
@@ -70,6 +72,34 @@ def serving_dtype(dtype: str) -> str:
     """The dtype weights are served in (stored and computed), for a model configured with `dtype`: that dtype,
     except float32 on the CPU, where bfloat16 arithmetic is widened op by op (about 10x slower decode)."""
     return "float32" if on_cpu() else dtype
+
+
+# Above this many bytes of one layer's float32 scores [B, H, T, S], `auto` attention goes blockwise (where cuDNN's
+# cannot run): mulm_1gb at 8 x 2048 would hold 2 GiB of scores and as much of probabilities per layer; the demo and
+# llama_tiny configs at their batches stay dense, which is faster on the CPU at their lengths.
+DENSE_SCORES_BYTES = 256 << 20
+
+
+def attention_implementation(
+    requested: str, scores_bytes: int, cudnn_unsupported: Optional[str], on: Optional[str] = None
+) -> str:
+    """The self-attention implementation of a whole pass (nn.efficient_attention): "dense", "blockwise" or "cudnn".
+
+    requested: model.attention_impl. scores_bytes: one layer's float32 scores [B, H, T, S] held dense.
+    cudnn_unsupported: why cuDNN's flash attention cannot take this attention (None: it can). "auto" takes cuDNN's
+    on a GPU where it can run, else blockwise above DENSE_SCORES_BYTES, else dense; "cudnn" where it cannot run is
+    an error naming why. on: the backend to choose for (default: this one's; the memory plan asks for a GPU's)."""
+    on = on or backend()
+    if requested == "cudnn":
+        why = cudnn_unsupported if on == "gpu" else f"this backend is {on}, cuDNN's needs a GPU"
+        if why:
+            raise MulmError(f"model.attention_impl=cudnn cannot run: {why}; use auto, dense or blockwise")
+        return "cudnn"
+    if requested != "auto":
+        return requested
+    if on == "gpu" and cudnn_unsupported is None:
+        return "cudnn"
+    return "blockwise" if scores_bytes > DENSE_SCORES_BYTES else "dense"
 
 
 def peak_device_memory() -> Optional[int]:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mulm_jax.config import ModelConfig
-from mulm_jax.models.masks import cached_key_positions, self_attention_mask_and_bias
+from mulm_jax.models.masks import cached_key_positions, self_attention_inputs
 from mulm_jax.nn.attention import KVCache
 from mulm_jax.nn.blocks import BlockStack
 from mulm_jax.nn.embedding import Embedder
@@ -122,7 +122,15 @@ class DecoderLM(nn.Module):
             k_pos_BxS, k_valid_BxS = q_pos_BxT, valid_BxT
         else:
             k_pos_BxS, k_valid_BxS = cached_key_positions(q_pos_BxT, caches[0].max_len, valid_BxT, caches[0].ring)
-        mask, bias = self_attention_mask_and_bias(self.cfg, q_pos_BxT, k_pos_BxS, causal=True, k_valid_BxS=k_valid_BxS)
+        mask, bias, pattern = self_attention_inputs(
+            self.cfg,
+            q_pos_BxT,
+            k_pos_BxS,
+            causal=True,
+            k_valid_BxS=k_valid_BxS,
+            whole_pass=caches is None and (deterministic or self.cfg.dropout == 0.0),
+            contiguous=caches is None and pos_BxT is None,
+        )
         # Each sequence's length so far, padding not counted: some RoPE scalings depend on it.
         real_pos_BxT = q_pos_BxT if valid_BxT is None else jnp.where(valid_BxT, q_pos_BxT, 0)
         x_BxTxD = self.dropout(self.embedder.embed(ids_BxT, q_pos_BxT), deterministic=deterministic)
@@ -130,6 +138,7 @@ class DecoderLM(nn.Module):
             x_BxTxD,
             mask=mask,
             bias=bias,
+            pattern=pattern,
             q_pos_BxT=q_pos_BxT,
             k_pos_BxS=k_pos_BxS,
             caches=caches,

@@ -12,7 +12,7 @@ import numpy as np
 
 from mulm_jax.config import ModelConfig
 from mulm_jax.models.decoder import default_positions, embedder_for
-from mulm_jax.models.masks import cached_key_positions, self_attention_mask_and_bias
+from mulm_jax.models.masks import cached_key_positions, self_attention_inputs
 from mulm_jax.nn.attention import KVCache, attention_mask
 from mulm_jax.nn.blocks import BlockStack
 from mulm_jax.nn.hooks import hook
@@ -60,10 +60,24 @@ class EncoderDecoderLM(nn.Module):
     ) -> jax.Array:
         """Encoder output [B, S, D]."""
         pos_BxS = default_positions(src_BxS)
-        mask, bias = self_attention_mask_and_bias(self.cfg, pos_BxS, pos_BxS, causal=False, k_valid_BxS=src_valid_BxS)
+        mask, bias, pattern = self_attention_inputs(
+            self.cfg,
+            pos_BxS,
+            pos_BxS,
+            causal=False,
+            k_valid_BxS=src_valid_BxS,
+            whole_pass=deterministic or self.cfg.dropout == 0.0,
+            contiguous=True,
+        )
         x_BxSxD = self.dropout(self.embedder.embed(src_BxS, pos_BxS, "encoder."), deterministic=deterministic)
         memory_BxSxD, _, _ = self.encoder(
-            x_BxSxD, mask=mask, bias=bias, q_pos_BxT=pos_BxS, k_pos_BxS=pos_BxS, deterministic=deterministic
+            x_BxSxD,
+            mask=mask,
+            bias=bias,
+            pattern=pattern,
+            q_pos_BxT=pos_BxS,
+            k_pos_BxS=pos_BxS,
+            deterministic=deterministic,
         )
         return memory_BxSxD
 
@@ -89,7 +103,15 @@ class EncoderDecoderLM(nn.Module):
         k_pos_BxK, k_valid_BxK = q_pos_BxT, None
         if caches is not None:
             k_pos_BxK, k_valid_BxK = cached_key_positions(q_pos_BxT, caches[0].max_len)
-        mask, bias = self_attention_mask_and_bias(self.cfg, q_pos_BxT, k_pos_BxK, causal=True, k_valid_BxS=k_valid_BxK)
+        mask, bias, pattern = self_attention_inputs(
+            self.cfg,
+            q_pos_BxT,
+            k_pos_BxK,
+            causal=True,
+            k_valid_BxS=k_valid_BxK,
+            whole_pass=caches is None and (deterministic or self.cfg.dropout == 0.0),
+            contiguous=caches is None and pos_BxT is None,
+        )
         S = memory_BxSxD.shape[1] if cross_caches is None else cross_caches[0].max_len
         src_pos_BxS = default_positions(jnp.zeros((B, S), jnp.int32))
         memory_mask = attention_mask(q_pos_BxT, src_pos_BxS, causal=False, k_valid_BxS=src_valid_BxS)
@@ -98,6 +120,7 @@ class EncoderDecoderLM(nn.Module):
             x_BxTxD,
             mask=mask,
             bias=bias,
+            pattern=pattern,
             q_pos_BxT=q_pos_BxT,
             k_pos_BxS=k_pos_BxK,
             memory_BxSxD=memory_BxSxD,

@@ -1,4 +1,5 @@
-"""A config's attention pattern and positional bias, turned into the mask and bias every layer shares."""
+"""A config's attention pattern and positional bias, turned into what every layer's self-attention shares: the mask
+and bias, or an AttentionPattern for the memory-efficient implementations."""
 
 from __future__ import annotations
 
@@ -7,20 +8,47 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from mulm_jax import platform
 from mulm_jax.config import ModelConfig
+from mulm_jax.nn import hooks
 from mulm_jax.nn.attention import attention_mask
-from mulm_jax.nn.positional import alibi_bias, alibi_slopes
+from mulm_jax.nn.efficient_attention import AttentionPattern, cudnn_unsupported
+from mulm_jax.nn.positional import alibi_bias, alibi_slope_values, alibi_slopes
 
 
-def self_attention_mask_and_bias(
+def self_attention_inputs(
     cfg: ModelConfig,
     q_pos_BxT: jax.Array,
     k_pos_BxS: jax.Array,
     *,
     causal: bool,
     k_valid_BxS: Optional[jax.Array] = None,
-) -> tuple[jax.Array, Optional[jax.Array]]:
-    """Bool mask [B, 1, T, S] for the config's attention pattern, and the ALiBi bias [B, H, T, S] or None."""
+    whole_pass: bool = False,
+    contiguous: bool = False,
+) -> tuple[Optional[jax.Array], Optional[jax.Array], Optional[AttentionPattern]]:
+    """What every layer's self-attention takes for the config's attention pattern and positional bias: the bool
+    mask [B, 1, T, S] and the ALiBi bias [B, H, T, S] or None, or instead an AttentionPattern (mask and bias None)
+    where platform.attention_implementation picks a memory-efficient implementation for it.
+
+    whole_pass: no cache, no attention dropout: the only passes the memory-efficient implementations run (and
+    only with no hook point active, and not for block-sparse attention, which keeps the dense mask). contiguous:
+    the positions are 0..T-1 in every row (see AttentionPattern)."""
+    if whole_pass and cfg.attention != "block_sparse" and not hooks.any_active():
+        pattern = AttentionPattern(
+            q_pos_BxT,
+            k_pos_BxS,
+            k_valid_BxS,
+            causal=causal,
+            window=cfg.sliding_window if cfg.attention == "sliding_window" else None,
+            alibi_slopes=alibi_slope_values(cfg.num_heads) if cfg.positional == "alibi" else None,
+            contiguous=contiguous,
+        )
+        (B, T), S = q_pos_BxT.shape, k_pos_BxS.shape[1]
+        implementation = platform.attention_implementation(
+            cfg.attention_impl, 4 * B * cfg.num_heads * T * S, cudnn_unsupported(pattern, cfg.dtype, cfg.head_dim)
+        )
+        if implementation != "dense":
+            return None, None, pattern.replace(implementation=implementation)
     mask = attention_mask(
         q_pos_BxT,
         k_pos_BxS,
@@ -33,7 +61,7 @@ def self_attention_mask_and_bias(
     bias = None
     if cfg.positional == "alibi":
         bias = alibi_bias(alibi_slopes(cfg.num_heads), q_pos_BxT, k_pos_BxS, causal=causal)
-    return mask, bias
+    return mask, bias, None
 
 
 def cached_key_positions(

@@ -334,6 +334,7 @@ class Attention(nn.Module):
         *,
         mask: Optional[jax.Array] = None,
         bias: Optional[jax.Array] = None,
+        pattern: Optional[Any] = None,
         q_pos_BxT: Optional[jax.Array] = None,
         k_pos_BxS: Optional[jax.Array] = None,
         cache: Optional[KVCache] = None,
@@ -401,19 +402,27 @@ class Attention(nn.Module):
         cached = cache if cache is not None and not self.cross else None
         use_dropout = self.dropout > 0.0 and not deterministic
         hooked = hooks.any_active()
-        z_BxTxHxDh, _ = dot_product_attention(
-            q_BxTxHxDh,
-            keys.k_BxKxSxDh.astype(self.dtype),
-            keys.v_BxKxSxDh.astype(self.dtype),
-            mask,
-            bias,
-            dropout_rate=self.dropout if use_dropout else 0.0,
-            dropout_rng=self.make_rng("dropout") if use_dropout else None,
-            cached=cached,
-            with_weights=hooked,
-            hook=(lambda name, x: hooks.hook(self, name, x)) if hooked else None,
-            scale=None if self.attention_scale == "sqrt" else 1.0,
-        )
+        if pattern is not None:  # a whole pass's memory-efficient attention (models.masks.self_attention_inputs)
+            z_BxTxHxDh = pattern.attend(
+                q_BxTxHxDh,
+                keys.k_BxKxSxDh.astype(self.dtype),
+                keys.v_BxKxSxDh.astype(self.dtype),
+                None if self.attention_scale == "sqrt" else 1.0,
+            )
+        else:
+            z_BxTxHxDh, _ = dot_product_attention(
+                q_BxTxHxDh,
+                keys.k_BxKxSxDh.astype(self.dtype),
+                keys.v_BxKxSxDh.astype(self.dtype),
+                mask,
+                bias,
+                dropout_rate=self.dropout if use_dropout else 0.0,
+                dropout_rng=self.make_rng("dropout") if use_dropout else None,
+                cached=cached,
+                with_weights=hooked,
+                hook=(lambda name, x: hooks.hook(self, name, x)) if hooked else None,
+                scale=None if self.attention_scale == "sqrt" else 1.0,
+            )
         if cached is not None:
             cache = cache.write(k_BxTxKxDh, v_BxTxKxDh, q_pos_BxT[:, 0])
         out = dense(D, "out", axis=(-2, -1), std=self.out_init_std)

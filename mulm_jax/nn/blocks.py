@@ -12,6 +12,7 @@ from jax import lax
 from mulm_jax.config import ModelConfig
 from mulm_jax.errors import MulmError
 from mulm_jax.nn.attention import Attention, KVCache
+from mulm_jax.nn.efficient_attention import AttentionPattern
 from mulm_jax.nn.feedforward import FeedForward
 from mulm_jax.nn.hooks import any_active, hook
 
@@ -74,6 +75,7 @@ class Block(nn.Module):
         mask: Optional[jax.Array],
         bias: Optional[jax.Array],
         q_pos_BxT: jax.Array,
+        pattern: Optional[AttentionPattern] = None,
         k_pos_BxS: jax.Array,
         memory_BxSxD: Optional[jax.Array] = None,
         memory_mask: Optional[jax.Array] = None,
@@ -124,6 +126,7 @@ class Block(nn.Module):
                 h,
                 mask=mask,
                 bias=bias,
+                pattern=pattern,
                 q_pos_BxT=q_pos_BxT,
                 k_pos_BxS=k_pos_BxS,
                 cache=cache,

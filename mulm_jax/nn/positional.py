@@ -161,13 +161,17 @@ def _pow2_slopes(n: int) -> list[float]:
     return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
 
 
-def alibi_slopes(num_heads: int) -> jax.Array:
+def alibi_slope_values(num_heads: int) -> tuple[float, ...]:
     """ALiBi head slopes: 2^(-8/n), 2^(-16/n), ...; for non-powers of two, the official interleaved recipe."""
     if num_heads <= 0:
         raise ValueError(f"alibi_slopes needs num_heads > 0, got {num_heads}")
     pow2 = 2 ** math.floor(math.log2(num_heads))
-    slopes_H = _pow2_slopes(pow2) + _pow2_slopes(2 * pow2)[0::2][: num_heads - pow2]
-    return jnp.asarray(slopes_H, dtype=jnp.float32)
+    return tuple(_pow2_slopes(pow2) + _pow2_slopes(2 * pow2)[0::2][: num_heads - pow2])
+
+
+def alibi_slopes(num_heads: int) -> jax.Array:
+    """alibi_slope_values as a float32 array [H]."""
+    return jnp.asarray(alibi_slope_values(num_heads), dtype=jnp.float32)
 
 
 def alibi_bias(slopes_H: jax.Array, q_pos_BxT: jax.Array, k_pos_BxS: jax.Array, causal: bool) -> jax.Array:

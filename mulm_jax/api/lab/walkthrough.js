@@ -22,7 +22,7 @@ const CODE = {
   projections: "mulm_jax/nn/attention.py · Attention.__call__",
   rope: "mulm_jax/nn/positional.py · apply_rope",
   attention: "mulm_jax/nn/attention.py · dot_product_attention",
-  mask: "mulm_jax/models/masks.py · self_attention_mask_and_bias → mulm_jax/nn/attention.py · attention_mask",
+  mask: "mulm_jax/models/masks.py · self_attention_inputs → mulm_jax/nn/attention.py · attention_mask",
   mlp: "mulm_jax/nn/feedforward.py · FeedForward",
   logits: "mulm_jax/nn/embedding.py · Embedder.logits",
   probs: "mulm_jax/infer/sampling.py · mask_vocab, token_logprobs",
