@@ -67,6 +67,7 @@ def train(args: list[str], peak_tflops: Optional[float]) -> dict:
 
     from mulm_jax import platform
     from mulm_jax.models.info import describe
+    from mulm_jax.train.memory import training_memory
 
     err = io.StringIO()
     with contextlib.redirect_stderr(_Tee(sys.stderr, err)):
@@ -99,6 +100,9 @@ def train(args: list[str], peak_tflops: Optional[float]) -> dict:
         "compute_dtype": cfg.train.compute_dtype,
         "remat": cfg.train.remat,
     }
+    # What the training-memory plan (info --train) said of this step, beside the peak the device measured.
+    plan = training_memory(cfg, cfg.train.batch_size, tokens_per_step // cfg.train.batch_size)
+    result.update(attention=plan.attention, planned_memory_bytes=plan.total)
     if peak_tflops and tokens_per_sec:
         result.update(peak_tflops=peak_tflops, mfu=6 * params * tokens_per_sec / (peak_tflops * 1e12))
     return result

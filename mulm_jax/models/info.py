@@ -4,6 +4,7 @@ data's tokens per epoch and the epochs that training makes."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections import Counter
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mulm_jax import platform
 from mulm_jax.config import Config, ModelConfig, add_config_arguments, config_from_args
 from mulm_jax.data.assemble import find_version, read_manifest
 from mulm_jax.data.sources import known_train_bytes
@@ -195,7 +197,20 @@ def run(args: argparse.Namespace) -> int:
     info = describe(cfg)
     epochs = data_epochs(config)
     if args.json:
-        print(json.dumps({"architecture": cfg.architecture, **info, "data": epochs}))
+        out = {"architecture": cfg.architecture, **info, "data": epochs}
+        if args.train:
+            from mulm_jax.train.memory import training_memory
+
+            batch = args.batch or config.train.batch_size
+            seq_len = args.seq_len or config.train.seq_len or cfg.max_seq_len
+            out["train_memory"] = {
+                "batch": batch,
+                "seq_len": seq_len,
+                **training_memory(
+                    config, batch, seq_len, remat=args.remat, backend="gpu" if args.gpu else None
+                ).as_dict(),
+            }
+        print(json.dumps(out))
         return 0
     print(architecture_line(cfg))
     print(f"parameters: {info['parameters']:,}")
@@ -206,7 +221,41 @@ def run(args: argparse.Namespace) -> int:
     print(kv_cache_line(cfg, info))
     for line in data_lines(config, epochs) if epochs else ():
         print(line)
+    if args.train or args.fits:
+        for line in train_memory_lines(config, args):
+            print(line)
     return 0
+
+
+def train_memory_lines(config: Config, args: argparse.Namespace) -> list[str]:
+    """`info --train` and `--fits`: the training-memory plan (mulm_jax.train.memory) in words."""
+    from mulm_jax.train import memory
+
+    batch = args.batch or config.train.batch_size
+    seq_len = args.seq_len or config.train.seq_len or config.model.max_seq_len
+    remat = config.train.remat if args.remat is None else args.remat
+    backend = "gpu" if args.gpu or args.fits else None
+    plan = memory.training_memory(config, batch, seq_len, remat=remat, backend=backend)
+    lines = memory.plan_lines(config, batch, seq_len, plan, remat, backend or platform.backend())
+    for gb in args.fits or ():
+        fits = []
+        for on in (False, True):
+            scanned = dataclasses.replace(config, model=dataclasses.replace(config.model, scan_layers=True))
+            largest = memory.largest_batch(scanned if on else config, seq_len, int(gb * 1e9), remat=on, backend="gpu")
+            fits.append(f"remat {'on' if on else 'off'}: {largest or 'none'}")
+        lines.append(f"a {gb:g} GB card, largest batch of {seq_len} tokens: " + ", ".join(fits))
+    return lines
+
+
+def card_sizes(text: str) -> list[float]:
+    """--fits: card sizes in GB, comma-separated."""
+    try:
+        sizes = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fits {text!r}: expected card sizes in GB, e.g. 8,12,16,24") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"--fits {text!r}: expected positive sizes in GB, e.g. 8,12,16,24")
+    return sizes
 
 
 def register(subparsers: Any) -> None:
@@ -217,4 +266,17 @@ def register(subparsers: Any) -> None:
     )
     add_config_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    train = parser.add_argument_group(
+        "training memory",
+        "the memory one train step holds (dtype and optimizer: --set train.compute_dtype=... "
+        "train.optimizer=...; docs/gpu.md#training-memory)",
+    )
+    train.add_argument("--train", action="store_true", help="plan a train step's memory, part by part")
+    train.add_argument("--batch", type=int, help="windows per step (default: train.batch_size)")
+    train.add_argument("--seq-len", type=int, help="tokens per window (default: train.seq_len)")
+    train.add_argument("--remat", action=argparse.BooleanOptionalAction, default=None, help="default: train.remat")
+    train.add_argument("--gpu", action="store_true", help="plan for a GPU (its attention: cuDNN's where it runs)")
+    train.add_argument(
+        "--fits", type=card_sizes, metavar="GB,...", help="the largest batch that trains on each card size (a GPU)"
+    )
     parser.set_defaults(func=run)
