@@ -2,14 +2,15 @@
 
     .venv/bin/pip install -r bench/requirements.txt          # PyTorch, for nanoGPT
     MULM_DATA_MIRROR=../shared/data .venv/bin/python -m bench.speedrun [--rounds 1] [--ablate muon qk_norm ...]
-        [--curve 8] [--set train.steps=500 ...] [--config configs/shakespeare_char.yaml] [--check]
+        [--curve 8] [--seeds 1337 1 2] [--set train.steps=500 ...] [--config configs/shakespeare_char.yaml] [--check]
 
 Each round runs, one process after the other: nanoGPT's train.py loop at its CPU recipe for 2,000 iterations
 (bench/bench_train_e2e.py's worker: evaluation every 250 iterations, a log line each iteration), then `python
 train.py` on the speedrun config (without the compilation cache, so that compiling counts), then the recipe with
 each --ablate technique removed. Every model is then scored on the whole validation split (bench/compare_val_loss):
 nanoGPT's loss after its 2,000 iterations is the target. Wall times are the processes', start-up included.
-Target: the recipe at or below the target loss in at most 0.5x nanoGPT's wall time. The processes' CPU time
+Target (issue 31): the recipe at or below the target loss in at most 0.30x nanoGPT's wall time, the mean over
+--seeds (each of our sides trains once per seed; the summary gives each side's mean and range). The processes' CPU time
 (user + system) is printed beside: on a machine shared with other work it is the steadier of the two (PyTorch's
 threads also count the time they spin waiting for each other).
 
@@ -39,7 +40,7 @@ from mulm_jax.runs import checkpoint_steps, read_metrics
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "shakespeare_char_speedrun.yaml"
 NANOGPT_STEPS = 2000
-MAX_RATIO = 0.5
+MAX_RATIO = 0.30  # issue 31: the mean time to the target over the seeds, against nanoGPT's wall time
 # Each technique of the recipe, and the overrides that take it out (the rest of the recipe unchanged).
 TECHNIQUES = {
     "muon": ["train.optimizer=adamw"],  # AdamW for every parameter at the recipe's train.lr
@@ -126,6 +127,19 @@ def score_recipe(folder: Path, run: dict, val, target: Optional[float]) -> dict:
     }
 
 
+def spread(rows: list[dict], key: str, fmt: str, reference: Optional[float] = None) -> str:
+    """Mean and range of `key` over the rows (each divided by `reference` too, when given); 'not reached' counted."""
+    values = [r[key] for r in rows if r[key] is not None]
+    missing = len(rows) - len(values)
+    if not values:
+        return "none reached"
+    text = f"mean {statistics.mean(values):{fmt}} (range {min(values):{fmt}}-{max(values):{fmt}}, {len(values)} runs)"
+    if reference:
+        ratios = [v / reference for v in values]
+        text += f" = {statistics.mean(ratios):.2f}x nanoGPT's (range {min(ratios):.2f}-{max(ratios):.2f}x)"
+    return text + (f"; {missing} run(s) never reached it" if missing else "")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=1)
@@ -138,6 +152,9 @@ def main() -> int:
         help="also run the recipe with each of these removed",
     )
     parser.add_argument("--curve", type=int, default=0, metavar="N", help="score N checkpoints along each of our runs")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[], help="train each of our sides once per seed (train.seed)"
+    )
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="train.py overrides for the recipe")
     parser.add_argument(
         "--no-reference",
@@ -171,21 +188,26 @@ def main() -> int:
                 )
             target = args.target if args.target is not None else nanogpt[-1]["loss"]
             for name, overrides in sides.items():
-                folder = Path(tmp) / name
-                r = score_recipe(folder, recipe_side(args.config, folder, overrides, args.curve), val, target)
-                ours[name].append(r)
-                curve = ", ".join(f"{s}: {loss:.4f}" for s, loss in sorted(r["losses"].items()))
-                reached = (
-                    f"target {target:.4f} reached at step {r['reached_at']}, {r['to_target_s']:.1f} s"
-                    if r["reached_at"] is not None
-                    else f"target {target:.4f} not reached"
-                )
-                print(
-                    f"round {round_} {name:8s}: whole-split val loss {r['loss']:.4f} after {r['steps']} steps, "
-                    f"wall {r['wall_s']:.1f} s (CPU {r['cpu_s']:.1f} s); {reached}"
-                    + (f" (curve {curve})" if args.curve else ""),
-                    flush=True,
-                )
+                for seed in args.seeds or [None]:
+                    seeded = overrides + ([f"train.seed={seed}"] if seed is not None else [])
+                    folder = Path(tmp) / (name if seed is None else f"{name}_seed{seed}")
+                    r = score_recipe(folder, recipe_side(args.config, folder, seeded, args.curve), val, target)
+                    r["seed"] = seed
+                    ours[name].append(r)
+                    curve = ", ".join(f"{s}: {loss:.4f}" for s, loss in sorted(r["losses"].items()))
+                    reached = (
+                        f"target {target:.4f} reached at step {r['reached_at']}, {r['to_target_s']:.1f} s"
+                        if r["reached_at"] is not None
+                        else f"target {target:.4f} not reached"
+                    )
+                    print(
+                        f"round {round_} {name:8s}"
+                        + ("" if seed is None else f" seed {seed}")
+                        + ": whole-split val loss {r['loss']:.4f} after {r['steps']} steps, "
+                        f"wall {r['wall_s']:.1f} s (CPU {r['cpu_s']:.1f} s); {reached}"
+                        + (f" (curve {curve})" if args.curve else ""),
+                        flush=True,
+                    )
 
     import jax
 
@@ -205,6 +227,11 @@ def main() -> int:
         print(f"nanoGPT : val loss {target:.4f} (the target), wall {ref_wall:.1f} s, CPU {ref_cpu:.1f} s")
     ok = True
     for name, rows in ours.items():
+        if args.seeds:
+            print(
+                f"{name:8s}: {spread(rows, 'loss', '.4f')} val loss; time to target "
+                + spread(rows, "to_target_s", ".1f", ref_wall)
+            )
         wall, loss, to_target = median(rows, "wall_s"), median(rows, "loss"), median(rows, "to_target_s")
         line = f"{name:8s}: val loss {loss:.4f}, wall {wall:.1f} s"
         if ref_wall is not None:
@@ -216,10 +243,11 @@ def main() -> int:
         )
         print(line)
         if name == "recipe":
-            ok = loss <= target and (ref_wall is None or wall <= MAX_RATIO * ref_wall)
+            times = [r["to_target_s"] for r in rows]
+            ok = None not in times and (ref_wall is None or statistics.mean(times) <= MAX_RATIO * ref_wall)
             print(
                 f"speedrun: {'ok' if ok else 'MISSED'} (target: val loss <= {target:.4f} in <= {MAX_RATIO}x "
-                "nanoGPT's wall time)"
+                "nanoGPT's wall time, the mean over every run of the recipe)"
             )
     return 1 if args.check and not ok else 0
 
