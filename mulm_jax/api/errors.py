@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 from pydantic import BaseModel
@@ -35,6 +36,19 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def too_many_requests(message: str, wait: float, code: str) -> ApiError:
+    """429 with Retry-After: the whole seconds to wait (at least 1), said in the message too; `code` names the
+    limit or quota."""
+    seconds = max(1, math.ceil(wait))
+    return ApiError(
+        429,
+        f"{message}; retry in {seconds} s",
+        type="rate_limit_error",
+        code=code,
+        headers={"Retry-After": str(seconds)},
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Optional
 
-from mulm_jax.api.errors import ApiError
+from mulm_jax.api.errors import ApiError, too_many_requests
 from mulm_jax.api.keys import Caller
 
 STREAM_RETRY_S = 1  # Retry-After past max_streams: a sequence ends within a second or so
@@ -19,13 +19,7 @@ JOB_RETRY_S = 30  # past max_jobs or max_steps: jobs take minutes
 
 
 def over_quota(quota: str, message: str, retry_after: int) -> ApiError:
-    return ApiError(
-        429,
-        f"{message} ({quota}); retry in {retry_after} s",
-        type="rate_limit_error",
-        code=quota,
-        headers={"Retry-After": str(retry_after)},
-    )
+    return too_many_requests(f"{message} ({quota})", retry_after, quota)
 
 
 def beyond_quota(quota: str, message: str) -> ApiError:

@@ -4,7 +4,6 @@ The limits are the server's, or a key's own (its keys file line: keys.Quotas).""
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from typing import Callable, Optional
@@ -12,7 +11,7 @@ from typing import Callable, Optional
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mulm_jax.api.auth import PUBLIC_PATHS
-from mulm_jax.api.errors import ApiError
+from mulm_jax.api.errors import ApiError, too_many_requests
 
 
 class TokenBucket:
@@ -62,7 +61,7 @@ class RateLimiter:
             if wait == 0:
                 bucket.charge(1, self.clock())
         if wait:
-            raise _too_many(f"rate limit of {limit} requests per minute reached", wait, "requests_per_minute")
+            raise too_many_requests(f"rate limit of {limit} requests per minute reached", wait, "requests_per_minute")
 
     def admit_generation(self, client: str, limit: Optional[int] = None) -> None:
         """Raise 429 while the caller's generated-token bucket is empty (it refills over the minute)."""
@@ -72,24 +71,15 @@ class RateLimiter:
         with self._lock:
             wait = self._bucket(self._tokens, client, limit).wait_for(1, self.clock())
         if wait:
-            raise _too_many(f"rate limit of {limit} generated tokens per minute reached", wait, "tokens_per_minute")
+            raise too_many_requests(
+                f"rate limit of {limit} generated tokens per minute reached", wait, "tokens_per_minute"
+            )
 
     def charge_tokens(self, client: str, tokens: int, limit: Optional[int] = None) -> None:
         limit = self.tokens_per_minute if limit is None else limit
         if limit and tokens:
             with self._lock:
                 self._bucket(self._tokens, client, limit).charge(tokens, self.clock())
-
-
-def _too_many(message: str, wait: float, code: str) -> ApiError:
-    seconds = max(1, math.ceil(wait))
-    return ApiError(
-        429,
-        f"{message}; retry in {seconds} s",
-        type="rate_limit_error",
-        code=code,
-        headers={"Retry-After": str(seconds)},
-    )
 
 
 class RequestRateMiddleware:
