@@ -4,7 +4,7 @@ and no positions, then scored at the trained length and at 2x and 4x: recall acc
 distance to its pair and by the pair's depth, and the step at which each model's induction head formed (the first
 evaluation whose best head's induction score, val_induction, reaches --formed).
 
-    .venv/bin/python -m bench.recall_study [--out runs/recall_study]
+    .venv/bin/python -m bench.recall_study [--out runs/recall_study] [--steps N] [--set train.schedule=cosine ...]
 
 Prints markdown tables, writes results.json to --out and the heatmap to docs/recall_study.png. Runs already in --out
 are reused (a finished run resumes to its end at once), so a second call only evaluates.
@@ -111,6 +111,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--trials", type=int, default=40, help="recall sequences per length")
     parser.add_argument("--formed", type=float, default=0.3, help="induction score at which the head counts formed")
     parser.add_argument("--plot", default=str(ROOT / "docs" / "recall_study.png"))
+    parser.add_argument(
+        "--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every model"
+    )
     args = parser.parse_args(argv)
     lengths = [int(n) for n in args.lengths.split(",")]
 
@@ -123,6 +126,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     common = [f"data.dataset={data.path}", f"model.max_seq_len={lengths[0]}", f"train.seq_len={lengths[0]}"]
     if args.steps:
         common += [f"train.steps={args.steps}", f"train.checkpoint_every={args.steps}"]
+    common += args.overrides
     timings: dict[str, float] = {}
     runs = {
         model: train_named(CONFIG, out, model, common + [f"model.positional={positional}"], timings)
