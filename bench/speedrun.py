@@ -203,7 +203,7 @@ def main() -> int:
                     print(
                         f"round {round_} {name:8s}"
                         + ("" if seed is None else f" seed {seed}")
-                        + ": whole-split val loss {r['loss']:.4f} after {r['steps']} steps, "
+                        + f": whole-split val loss {r['loss']:.4f} after {r['steps']} steps, "
                         f"wall {r['wall_s']:.1f} s (CPU {r['cpu_s']:.1f} s); {reached}"
                         + (f" (curve {curve})" if args.curve else ""),
                         flush=True,
