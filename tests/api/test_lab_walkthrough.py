@@ -344,6 +344,7 @@ def check_ablation(lab: Lab, server: Server, model: str, prompt, position: int, 
     assert [t["id"] for t in restored] == [t["id"] for t in before]
 
 
+@pytest.mark.slow  # about 75 s: three models traced in the browser
 def test_the_walkthrough_follows_a_token_of_each_kind_of_model(lab, server, inspect_cli, subtests):
     """One tab walks the four models in turn (one server and one browser for all: a test each would let xdist's
     workers start a server each)."""

@@ -141,7 +141,7 @@ def small_config(**kw):
     [
         dict(positional="rope"),
         pytest.param(dict(positional="alibi", num_kv_heads=2), marks=pytest.mark.slow),
-        dict(attention="sliding_window", sliding_window=10, scan_layers=True),
+        pytest.param(dict(attention="sliding_window", sliding_window=10, scan_layers=True), marks=pytest.mark.slow),
         pytest.param(
             dict(architecture="encoder_decoder", num_encoder_layers=1, num_decoder_layers=1, positional="sinusoidal"),
             marks=pytest.mark.slow,

@@ -72,9 +72,19 @@ def run_info(repo_root, *args):
     )
 
 
+@pytest.mark.slow
 def test_info_train_prints_the_plan_and_the_cards_it_fits(repo_root):
     result = run_info(
-        repo_root, "--config", "configs/llama_tiny.yaml", "--train", "--batch", "4", "--seq-len", "128", "--fits", "8,24"
+        repo_root,
+        "--config",
+        "configs/llama_tiny.yaml",
+        "--train",
+        "--batch",
+        "4",
+        "--seq-len",
+        "128",
+        "--fits",
+        "8,24",
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout

@@ -51,7 +51,10 @@ def test_the_loss_counts_only_the_targets_the_loss_mask_marks():
     assert sums["count"] == 9
 
 
-@pytest.mark.parametrize("architecture", ["decoder", "encoder_decoder"])
+@pytest.mark.parametrize(
+    "architecture",
+    ["decoder", pytest.param("encoder_decoder", marks=pytest.mark.slow)],  # about 30 s
+)
 def test_prompt_and_padding_tokens_contribute_exactly_zero_gradient(architecture):
     cfg = tiny_model(architecture=architecture, num_layers=2)
     model = build_model(cfg)

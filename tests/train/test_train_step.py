@@ -106,7 +106,10 @@ def device_errors(meshes: list[tuple[int, int]]) -> dict:
     return out
 
 
-@pytest.mark.parametrize("devices, meshes", [(2, [(2, 1), (1, 2)]), (4, [(4, 1), (2, 2), (1, 4)])])
+@pytest.mark.parametrize(
+    "devices, meshes",
+    [(2, [(2, 1), (1, 2)]), pytest.param(4, [(4, 1), (2, 2), (1, 4)], marks=pytest.mark.slow)],  # 4: about 30 s
+)
 def test_every_mesh_steps_along_the_one_device_gradient_of_the_mean_loss(devices, meshes):
     env = {
         **os.environ,
