@@ -243,7 +243,7 @@ def train_memory_lines(config: Config, args: argparse.Namespace) -> list[str]:
             scanned = dataclasses.replace(config, model=dataclasses.replace(config.model, scan_layers=True))
             largest = memory.largest_batch(scanned if on else config, seq_len, int(gb * 1e9), remat=on, backend="gpu")
             fits.append(f"remat {'on' if on else 'off'}: {largest or 'none'}")
-        lines.append(f"a {gb:g} GB card, largest batch of {seq_len} tokens: " + ", ".join(fits))
+        lines.append(f"{gb:g} GB card, largest batch of {seq_len} tokens: " + ", ".join(fits))
     return lines
 
 

@@ -91,8 +91,8 @@ def test_info_train_prints_the_plan_and_the_cards_it_fits(repo_root):
     assert "training memory of one step at 4 x 128 tokens (remat off, planned for gpu):" in out
     for part in ("parameters", "optimizer state", "gradients", "activations", "logits", "total"):
         assert f"\n  {part}" in out
-    assert "a 8 GB card, largest batch of 128 tokens: remat off: " in out
-    assert "a 24 GB card" in out
+    assert "\n8 GB card, largest batch of 128 tokens: remat off: " in out
+    assert "\n24 GB card" in out
 
 
 def test_info_train_json_and_a_bad_card_size(repo_root):
