@@ -201,8 +201,7 @@ def run(args: argparse.Namespace) -> int:
         if args.train:
             from mulm_jax.train.memory import training_memory
 
-            batch = args.batch or config.train.batch_size
-            seq_len = args.seq_len or config.train.seq_len or cfg.max_seq_len
+            batch, seq_len = train_shape(config, args)
             out["train_memory"] = {
                 "batch": batch,
                 "seq_len": seq_len,
@@ -231,20 +230,27 @@ def train_memory_lines(config: Config, args: argparse.Namespace) -> list[str]:
     """`info --train` and `--fits`: the training-memory plan (mulm_jax.train.memory) in words."""
     from mulm_jax.train import memory
 
-    batch = args.batch or config.train.batch_size
-    seq_len = args.seq_len or config.train.seq_len or config.model.max_seq_len
+    batch, seq_len = train_shape(config, args)
     remat = config.train.remat if args.remat is None else args.remat
     backend = "gpu" if args.gpu or args.fits else None
     plan = memory.training_memory(config, batch, seq_len, remat=remat, backend=backend)
     lines = memory.plan_lines(config, batch, seq_len, plan, remat, backend or platform.backend())
-    for gb in args.fits or ():
-        fits = []
-        for on in (False, True):
-            scanned = dataclasses.replace(config, model=dataclasses.replace(config.model, scan_layers=True))
-            largest = memory.largest_batch(scanned if on else config, seq_len, int(gb * 1e9), remat=on, backend="gpu")
-            fits.append(f"remat {'on' if on else 'off'}: {largest or 'none'}")
-        lines.append(f"{gb:g} GB card, largest batch of {seq_len} tokens: " + ", ".join(fits))
+    if args.fits:
+        budgets = [int(gb * 1e9) for gb in args.fits]
+        scanned = dataclasses.replace(config, model=dataclasses.replace(config.model, scan_layers=True))
+        off = memory.largest_batches(config, seq_len, budgets, remat=False, backend="gpu")
+        on = memory.largest_batches(scanned, seq_len, budgets, remat=True, backend="gpu")  # remat holds when scanned
+        for gb, largest_off, largest_on in zip(args.fits, off, on):
+            lines.append(
+                f"{gb:g} GB card, largest batch of {seq_len} tokens: remat off: {largest_off or 'none'}, "
+                f"remat on: {largest_on or 'none'}"
+            )
     return lines
+
+
+def train_shape(config: Config, args: argparse.Namespace) -> tuple[int, int]:
+    """The batch and window length `info --train` plans for: --batch and --seq-len, else the config's."""
+    return args.batch or config.train.batch_size, args.seq_len or config.train.seq_len or config.model.max_seq_len
 
 
 def card_sizes(text: str) -> list[float]:

@@ -11,9 +11,45 @@ import jax.numpy as jnp
 from mulm_jax import platform
 from mulm_jax.config import ModelConfig
 from mulm_jax.nn import hooks
-from mulm_jax.nn.attention import attention_mask
 from mulm_jax.nn.efficient_attention import AttentionPattern, cudnn_unsupported
-from mulm_jax.nn.positional import alibi_bias, alibi_slope_values, alibi_slopes
+from mulm_jax.nn.positional import alibi_slope_values
+
+
+def attention_pattern(
+    cfg: ModelConfig,
+    q_pos_BxT: jax.Array,
+    k_pos_BxS: jax.Array,
+    *,
+    causal: bool,
+    k_valid_BxS: Optional[jax.Array] = None,
+    contiguous: bool = False,
+) -> AttentionPattern:
+    """The config's attention pattern (causal or not, sliding window, block-sparse, padding) and ALiBi slopes as a
+    rule over these positions; contiguous: they are 0..T-1 in every row (see AttentionPattern)."""
+    block_sparse = cfg.attention == "block_sparse"
+    return AttentionPattern(
+        q_pos_BxT,
+        k_pos_BxS,
+        k_valid_BxS,
+        causal=causal,
+        window=cfg.sliding_window if cfg.attention == "sliding_window" else None,
+        block_size=cfg.block_size if block_sparse else None,
+        num_global=cfg.num_global_tokens if block_sparse else 0,
+        alibi_slopes=alibi_slope_values(cfg.num_heads) if cfg.positional == "alibi" else None,
+        contiguous=contiguous,
+    )
+
+
+def whole_pass_implementation(cfg: ModelConfig, pattern: AttentionPattern, on: Optional[str] = None) -> str:
+    """The self-attention implementation of a whole pass (no cache, no attention dropout) with this pattern:
+    dense for block-sparse attention and while a hook point is active, else platform.attention_implementation's
+    choice for cfg.attention_impl on `on` (default: this backend)."""
+    if cfg.attention == "block_sparse" or hooks.any_active():
+        return "dense"
+    (B, T), S = pattern.q_pos_BxT.shape, pattern.k_pos_BxS.shape[1]
+    return platform.attention_implementation(
+        cfg.attention_impl, 4 * B * cfg.num_heads * T * S, cudnn_unsupported(pattern, cfg.dtype, cfg.head_dim), on
+    )
 
 
 def self_attention_inputs(
@@ -28,39 +64,16 @@ def self_attention_inputs(
 ) -> tuple[Optional[jax.Array], Optional[jax.Array], Optional[AttentionPattern]]:
     """What every layer's self-attention takes for the config's attention pattern and positional bias: the bool
     mask [B, 1, T, S] and the ALiBi bias [B, H, T, S] or None, or instead an AttentionPattern (mask and bias None)
-    where platform.attention_implementation picks a memory-efficient implementation for it.
+    where whole_pass_implementation picks a memory-efficient implementation for it.
 
-    whole_pass: no cache, no attention dropout: the only passes the memory-efficient implementations run (and
-    only with no hook point active, and not for block-sparse attention, which keeps the dense mask). contiguous:
-    the positions are 0..T-1 in every row (see AttentionPattern)."""
-    if whole_pass and cfg.attention != "block_sparse" and not hooks.any_active():
-        pattern = AttentionPattern(
-            q_pos_BxT,
-            k_pos_BxS,
-            k_valid_BxS,
-            causal=causal,
-            window=cfg.sliding_window if cfg.attention == "sliding_window" else None,
-            alibi_slopes=alibi_slope_values(cfg.num_heads) if cfg.positional == "alibi" else None,
-            contiguous=contiguous,
-        )
-        (B, T), S = q_pos_BxT.shape, k_pos_BxS.shape[1]
-        implementation = platform.attention_implementation(
-            cfg.attention_impl, 4 * B * cfg.num_heads * T * S, cudnn_unsupported(pattern, cfg.dtype, cfg.head_dim)
-        )
-        if implementation != "dense":
-            return None, None, pattern.replace(implementation=implementation)
-    mask = attention_mask(
-        q_pos_BxT,
-        k_pos_BxS,
-        causal=causal,
-        window=cfg.sliding_window if cfg.attention == "sliding_window" else None,
-        block_size=cfg.block_size if cfg.attention == "block_sparse" else None,
-        num_global=cfg.num_global_tokens if cfg.attention == "block_sparse" else 0,
-        k_valid_BxS=k_valid_BxS,
+    whole_pass: no cache, no attention dropout: the only passes the memory-efficient implementations run.
+    contiguous: the positions are 0..T-1 in every row (see AttentionPattern)."""
+    pattern = attention_pattern(
+        cfg, q_pos_BxT, k_pos_BxS, causal=causal, k_valid_BxS=k_valid_BxS, contiguous=contiguous
     )
-    bias = None
-    if cfg.positional == "alibi":
-        bias = alibi_bias(alibi_slopes(cfg.num_heads), q_pos_BxT, k_pos_BxS, causal=causal)
+    if whole_pass and (implementation := whole_pass_implementation(cfg, pattern)) != "dense":
+        return None, None, pattern.replace(implementation=implementation)
+    mask, bias = pattern.mask_and_bias(q_pos_BxT, k_pos_BxS, k_valid_BxS)
     return mask, bias, None
 
 

@@ -43,13 +43,23 @@ class AttentionPattern:
     k_valid_BxS: Optional[jax.Array] = None
     causal: bool = flax.struct.field(pytree_node=False, default=True)
     window: Optional[int] = flax.struct.field(pytree_node=False, default=None)
+    block_size: Optional[int] = flax.struct.field(pytree_node=False, default=None)  # block-sparse: dense path only
+    num_global: int = flax.struct.field(pytree_node=False, default=0)
     alibi_slopes: Optional[tuple[float, ...]] = flax.struct.field(pytree_node=False, default=None)
     contiguous: bool = flax.struct.field(pytree_node=False, default=False)
     implementation: str = flax.struct.field(pytree_node=False, default="blockwise")
 
     def mask_and_bias(self, q_pos_BxT: jax.Array, k_pos_BxS: jax.Array, k_valid_BxS: Optional[jax.Array]):
         """The dense mask [B, 1, T, S] and ALiBi bias [B, H, T, S] (or None) of these queries and keys."""
-        mask = attention_mask(q_pos_BxT, k_pos_BxS, causal=self.causal, window=self.window, k_valid_BxS=k_valid_BxS)
+        mask = attention_mask(
+            q_pos_BxT,
+            k_pos_BxS,
+            causal=self.causal,
+            window=self.window,
+            block_size=self.block_size,
+            num_global=self.num_global,
+            k_valid_BxS=k_valid_BxS,
+        )
         bias = None
         if self.alibi_slopes is not None:
             bias = alibi_bias(jnp.asarray(self.alibi_slopes, jnp.float32), q_pos_BxT, k_pos_BxS, self.causal)
@@ -155,6 +165,8 @@ def cudnn_unsupported(pattern: AttentionPattern, dtype, head_dim: int) -> Option
 def mask_unsupported(pattern: AttentionPattern) -> Optional[str]:
     """Why jax.nn.dot_product_attention's arguments cannot say this pattern's mask and bias without [B, H, T, S]
     arrays (None: they can)."""
+    if pattern.block_size is not None:
+        return "block-sparse attention"
     if pattern.alibi_slopes is not None:
         return "ALiBi: its bias would be a [B, H, T, S] array"
     if pattern.k_valid_BxS is not None:

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from mulm_jax import platform
 from mulm_jax.config import Config
-from mulm_jax.nn.efficient_attention import QUERY_BLOCK, AttentionPattern, cudnn_unsupported
+from mulm_jax.models.masks import attention_pattern, whole_pass_implementation
+from mulm_jax.nn.efficient_attention import QUERY_BLOCK
 
 # Fitted to XLA's buffer assignment of the compiled train step on the CPU (bench/memory_plan.py: 27 steps of the
 # demo, llama_tiny, gpt2_small, the 6 x 384 model and mulm_1gb varied in layers, widths, heads, length, batch,
@@ -67,22 +68,13 @@ def _bytes(tree: Any) -> int:
 
 
 def attention_for(config: Config, batch: int, seq_len: int, backend: str) -> str:
-    """The self-attention implementation a training step at batch x seq_len runs on `backend`."""
-    cfg = config.model
-    if cfg.attention == "block_sparse":
+    """The self-attention implementation a training step at batch x seq_len runs on `backend`: the model's own
+    choice (models.masks) for its compute dtype, dense with dropout (it applies to the probabilities)."""
+    cfg = dataclasses.replace(config.model, dtype=config.train.compute_dtype)  # as run_steps builds the model
+    if cfg.dropout > 0:
         return "dense"
     pos = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
-    pattern = AttentionPattern(
-        pos,
-        pos,
-        causal=True,
-        window=cfg.sliding_window if cfg.attention == "sliding_window" else None,
-        alibi_slopes=(1.0,) if cfg.positional == "alibi" else None,
-        contiguous=True,
-    )
-    unsupported = cudnn_unsupported(pattern, config.train.compute_dtype, cfg.head_dim)
-    scores = 4 * batch * cfg.num_heads * seq_len * seq_len
-    return platform.attention_implementation(cfg.attention_impl, scores, unsupported, backend)
+    return whole_pass_implementation(cfg, attention_pattern(cfg, pos, pos, causal=True, contiguous=True), backend)
 
 
 def training_memory(
@@ -106,12 +98,8 @@ def training_memory(
     keys = seq_len if cfg.attention != "sliding_window" else min(seq_len, cfg.sliding_window)
     score_rows = {"dense": SCORE_ROWS * keys, "blockwise": 0.0, "cudnn": 0.0}[attention]
     width = WIDTH_VECTORS
-    if cfg.dropout > 0:  # attention then runs dense (the dropout applies to its probabilities)
-        attention, score_rows, width = (
-            "dense",
-            SCORE_ROWS * keys + DROPOUT_SCORE_ROWS * keys,
-            width + DROPOUT_WIDTH_VECTORS,
-        )
+    if cfg.dropout > 0:  # the dropouts' masks, and the attention dropout's on its dense scores
+        score_rows, width = score_rows + DROPOUT_SCORE_ROWS * keys, width + DROPOUT_WIDTH_VECTORS
     per_layer = tokens * ((width * cfg.d_model + FF_VECTORS * ff) * act_bytes + 4 * cfg.num_heads * score_rows)
     transient = 0  # blockwise attention: the scores of one block of queries, recomputed in the backward pass
     if attention == "blockwise":
@@ -146,15 +134,20 @@ def compiled_memory(config: Config, batch: int, seq_len: int) -> int:
     return int(analysis.argument_size_in_bytes + analysis.temp_size_in_bytes)
 
 
-def largest_batch(
-    config: Config, seq_len: int, budget_bytes: int, *, remat: Optional[bool] = None, backend: Optional[str] = None
-) -> int:
-    """The largest batch of seq_len windows whose plan fits `budget_bytes` (0: not even one). The plan is the
-    state plus a part linear in the batch, so two plans give it (the attention implementation is the one a batch
-    of 1 would run: at larger batches `auto` may turn blockwise, which only lowers the figure)."""
+def largest_batches(
+    config: Config,
+    seq_len: int,
+    budgets_bytes: Sequence[int],
+    *,
+    remat: Optional[bool] = None,
+    backend: Optional[str] = None,
+) -> list[int]:
+    """The largest batch of seq_len windows whose plan fits each of `budgets_bytes` (0: not even one). The plan is
+    the state plus a part linear in the batch, so two plans give every budget's (the attention implementation is
+    the one a batch of 1 would run: at larger batches `auto` may turn blockwise, which only lowers the figure)."""
     one, two = (training_memory(config, b, seq_len, remat=remat, backend=backend).total for b in (1, 2))
     per_sequence = two - one
-    return max(0, (budget_bytes - (one - per_sequence)) // per_sequence)
+    return [max(0, (budget - (one - per_sequence)) // per_sequence) for budget in budgets_bytes]
 
 
 def size(n: float) -> str:
