@@ -5,7 +5,8 @@
 
 Our step is the trainer's own (mulm_jax.train.loop.run_steps: forward, backward, clip_by_global_norm 1.0, AdamW
 with a warm-up + cosine schedule and weight decay on dense kernels only, jitted over the train.mesh of this
-process's devices with the state donated), under the trainer's process settings (mulm_jax.platform.configure_process; --plain leaves them out). The reference is
+process's devices with the state donated), under the trainer's process settings (mulm_jax.startup.start_training: on the CPU, one device per core that the
+batch splits over, and configure_process; --plain leaves them out: one device, XLA's defaults). The reference is
 bench/reference_nanogpt.py in a process of its own, so that neither runtime's settings or threads touch the other;
 the two take turns round by round, and each figure is the median over all rounds. Prints compile time, forward,
 forward+backward and full-step medians, tokens/s and the ratio nanoGPT ms / our ms; with --check, exits 1 when
@@ -100,7 +101,7 @@ def main() -> int:
     parser.add_argument("--config", default=str(ROOT / "configs" / "shakespeare_char.yaml"))
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round, for each of the five timings")
-    parser.add_argument("--plain", action="store_true", help="leave out configure_process(): XLA's defaults")
+    parser.add_argument("--plain", action="store_true", help="leave out start_training(): one device, XLA's defaults")
     parser.add_argument("--no-reference", action="store_true", help="time ours only (no PyTorch needed)")
     parser.add_argument("--check", action="store_true", help="exit 1 below --min-ratio")
     parser.add_argument("--min-ratio", type=float, default=MIN_RATIO)
@@ -112,9 +113,10 @@ def main() -> int:
         )
 
     if not args.plain:
-        from mulm_jax.platform import configure_process
+        from mulm_jax.config import load_config
+        from mulm_jax.startup import start_training
 
-        configure_process()
+        start_training(load_config(args.config).train)
     import jax
 
     run = build(args.config)
@@ -154,7 +156,7 @@ def main() -> int:
         f"{tokens} tokens/step; {args.rounds} rounds x {args.steps} steps, medians"
     )
     print(
-        f"settings: {'XLA defaults (--plain)' if args.plain else 'configure_process()'}; "
+        f"settings: {'XLA defaults (--plain)' if args.plain else 'start_training()'}, {jax.device_count()} device(s); "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
     )
     print(f"compile + first step {compile_s:.1f} s; start-up to first step done {startup_s:.1f} s")

@@ -96,9 +96,10 @@ def ours(steps: int) -> dict:
     import jax
 
     from bench.bench_train_step import build
-    from mulm_jax.platform import configure_process
+    from mulm_jax.config import load_config
+    from mulm_jax.startup import start_training
 
-    configure_process()
+    start_training(load_config(CONFIG).train)
     b = build(CONFIG)
     step, state, batches = b["step"], b["state"], b["batches"]
     kinds = instructions(step.lower(state, batches[0]).compile().as_text())

@@ -39,9 +39,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=50, help="steps per variant per round")
     args = parser.parse_args()
 
-    from mulm_jax.platform import configure_process
+    from mulm_jax.config import load_config
+    from mulm_jax.startup import start_training
 
-    configure_process()
+    start_training(load_config(args.config).train)
     import jax
     import numpy as np
 

@@ -258,6 +258,9 @@ class MeshConfig:
 
     data: int = 0  # 0: every device that fsdp leaves
     fsdp: int = 1  # 1: parameters and optimizer state whole on every device
+    # On the CPU, the devices train.py splits each process's CPU into (platform.training_cpu_devices). 0: one per
+    # core, as many as split the batch evenly, in a single-process run (one per process in a multi-process one).
+    cpu_devices: int = 0
 
 
 @dataclass(frozen=True)
@@ -320,6 +323,8 @@ class TrainConfig:
         _positive(self.mesh, "fsdp", section="train.mesh")
         if self.mesh.data < 0:
             raise ConfigError(f"train.mesh.data={self.mesh.data} must be zero (every device fsdp leaves) or more")
+        if self.mesh.cpu_devices < 0:
+            raise ConfigError(f"train.mesh.cpu_devices={self.mesh.cpu_devices} must be zero (one per core) or more")
 
 
 @dataclass(frozen=True)

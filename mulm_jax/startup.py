@@ -7,7 +7,10 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+if TYPE_CHECKING:
+    from mulm_jax.config import TrainConfig
 
 CACHE_ENV = "MULM_COMPILATION_CACHE"  # a folder, or "off"
 
@@ -52,17 +55,38 @@ def add_startup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compilation-cache", action="store_true", help="compile everything afresh")
 
 
-def start(args: argparse.Namespace) -> Optional[Path]:
+def start(args: argparse.Namespace, train: Optional[TrainConfig] = None) -> Optional[Path]:
     """The start of a command: the compilation cache its arguments choose, then the backend's process settings
-    (platform.configure_process). Call it after jax.distributed.initialize, before the first compilation.
-    Returns the cache folder (None: no cache)."""
+    (platform.configure_process; for a training run on `train`, start_training's). Call it after
+    jax.distributed.initialize, before the first compilation. Returns the cache folder (None: no cache)."""
     from mulm_jax import platform
 
     folder = cache_dir(getattr(args, "compilation_cache", None), getattr(args, "no_compilation_cache", False))
     if folder is not None:
         enable_compilation_cache(folder)
-    platform.configure_process()
+    if train is None:
+        platform.configure_process()
+    else:
+        start_training(train)
     return folder
+
+
+def start_training(train: TrainConfig) -> int:
+    """A training process's settings, as train.py makes them (and the benchmarks that time its step): the CPU
+    split into the devices of train.mesh.cpu_devices (platform.training_cpu_devices; a multi-process run keeps
+    one per process unless it names a count), then platform.configure_process. Call it before anything starts
+    the backend. Returns the device count chosen (platform.split_cpu says when the backend keeps its own)."""
+    import jax
+
+    from mulm_jax import platform
+
+    requested = train.mesh.cpu_devices
+    count = 1
+    if requested or not jax.distributed.is_initialized():
+        count = platform.training_cpu_devices(requested, train.batch_size, train.grad_accum_steps)
+        platform.split_cpu(count, requested=requested > 0)
+    platform.configure_process()
+    return count
 
 
 class Phases:

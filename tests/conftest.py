@@ -26,6 +26,12 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 # Imported after the settings above, which the backend reads when it starts.
 from support import ROOT  # noqa: E402
 
+# The suite's own process computes on one CPU device, whichever test runs first: a training run's start-up splits
+# the CPU into one device per core only before the backend has started (startup.start_training), and a test that
+# runs train.py's main in this process would otherwise split it for every test after it. Processes the tests
+# start make their own choice.
+jax.devices()
+
 
 @pytest.fixture(autouse=True)
 def trace_afresh_under_mutmut_stats():

@@ -146,9 +146,9 @@ def test_train_verbose_prints_each_start_up_phase(tmp_path, capsys):
     phases = re.findall(r"([a-z][a-z ()]+?) (\d+\.\d) s", listed)
     names = [name.strip(", ") for name, _ in phases]
     assert names == [
+        "config",
         "backend",
         "imports",
-        "config",
         "data preparation",
         "model and optimizer init",
         "data loader",

@@ -46,13 +46,13 @@ def run(args: argparse.Namespace, phases: Optional[Any] = None) -> int:
     phases = phases or Phases()
     try:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-        start(args)  # the compilation cache and the backend's process settings
+        cfg = config_from_args(args)
+        phases.mark("config")
+        start(args, cfg.train)  # the compilation cache, the CPU's devices and the backend's process settings
         phases.mark("backend")
         from mulm_jax.train.loop import train
 
         phases.mark("imports")
-        cfg = config_from_args(args)
-        phases.mark("config")
         train(
             cfg,
             args.workdir,

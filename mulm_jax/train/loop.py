@@ -34,7 +34,16 @@ from mulm_jax.train.init_from import RECORD, start_from
 from mulm_jax.train.metrics import MetricsWriter, Progress
 from mulm_jax.train.optimizer import make_optimizer, make_schedule
 from mulm_jax.train.sample import greedy_sampler
-from mulm_jax.train.mesh import BATCH, global_batch, make_mesh, on_mesh, rows_per_device, shaped, to_host
+from mulm_jax.train.mesh import (
+    BATCH,
+    bytes_per_device,
+    global_batch,
+    make_mesh,
+    on_mesh,
+    rows_per_device,
+    shaped,
+    to_host,
+)
 from mulm_jax.train.step import TrainState, mesh_steps, state_placement
 
 
@@ -223,7 +232,6 @@ class RunSteps:
 def run_steps(cfg: Config, pad_id: Optional[int], seq_len: int) -> RunSteps:
     """The run's steps for `cfg` on the mesh of train.mesh (nothing compiled or allocated yet)."""
     tc = cfg.train
-    mesh = make_mesh(tc.mesh)
     model = build_model(dataclasses.replace(cfg.model, dtype=tc.compute_dtype), remat=tc.remat)
     tx = make_optimizer(tc)
 
@@ -235,7 +243,9 @@ def run_steps(cfg: Config, pad_id: Optional[int], seq_len: int) -> RunSteps:
             step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=jax.random.key_data(state_key)
         )
 
-    placement = state_placement(jax.eval_shape(fresh_state), mesh)
+    state = jax.eval_shape(fresh_state)
+    mesh = make_mesh(tc.mesh, replica_bytes=bytes_per_device(state))
+    placement = state_placement(state, mesh)
     train_step, eval_step = mesh_steps(model, tx, tc.grad_accum_steps, pad_id, make_schedule(tc), mesh, placement)
     return RunSteps(
         mesh,
@@ -243,7 +253,7 @@ def run_steps(cfg: Config, pad_id: Optional[int], seq_len: int) -> RunSteps:
         tx,
         jax.jit(fresh_state, out_shardings=placement),
         placement,
-        shaped(jax.eval_shape(fresh_state), placement),
+        shaped(state, placement),
         train_step,
         eval_step,
     )

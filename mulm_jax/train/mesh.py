@@ -13,6 +13,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from mulm_jax.config import MeshConfig
 from mulm_jax.errors import MulmError
+from mulm_jax.platform import on_cpu, replicas_fit
 
 DATA, FSDP = "data", "fsdp"
 BATCH = PartitionSpec((DATA, FSDP))  # a batch's rows, split over every device of the mesh
@@ -23,16 +24,23 @@ class MeshError(MulmError):
     """A mesh that the devices of this run cannot form."""
 
 
-def make_mesh(cfg: MeshConfig) -> Mesh:
-    """The (data, fsdp) mesh over every device of every process (train.mesh; data 0: all that fsdp leaves)."""
+def make_mesh(cfg: MeshConfig, replica_bytes: int = 0) -> Mesh:
+    """The (data, fsdp) mesh over every device of every process (train.mesh; data 0: all that fsdp leaves).
+
+    replica_bytes: one whole copy of the training state. The CPU's devices share the host's memory, so where the
+    default mesh (data 0, fsdp 1) would copy a state that large to every one of them past half of it, the state
+    is split over fsdp instead (platform.replicas_fit)."""
     devices = jax.device_count()
-    data = cfg.data or devices // cfg.fsdp
-    if data * cfg.fsdp != devices:
+    fsdp = cfg.fsdp
+    if (cfg.data, fsdp) == (0, 1) and devices > 1 and on_cpu() and not replicas_fit(replica_bytes, devices):
+        fsdp = devices
+    data = cfg.data or devices // fsdp
+    if data * fsdp != devices:
         raise MeshError(
-            f"train.mesh data={cfg.data} x fsdp={cfg.fsdp} does not cover the {devices} device(s) of this "
+            f"train.mesh data={cfg.data} x fsdp={fsdp} does not cover the {devices} device(s) of this "
             f"run: data x fsdp must equal {devices} (data 0 takes what fsdp leaves)"
         )
-    return jax.make_mesh((data, cfg.fsdp), (DATA, FSDP), axis_types=(AxisType.Auto, AxisType.Auto))
+    return jax.make_mesh((data, fsdp), (DATA, FSDP), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
 def param_spec(shape: tuple[int, ...], fsdp: int) -> PartitionSpec:

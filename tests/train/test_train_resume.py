@@ -168,5 +168,8 @@ def test_two_processes_train_together_and_end_with_identical_parameters(tmp_path
             env=env,
         )
         assert more.returncode == 0, more.stderr[-3000:]
-        assert "resumed from step 6" in more.stderr and "train.mesh: MeshConfig(data=0, fsdp=2) -> " in more.stderr
+        assert (
+            "resumed from step 6" in more.stderr
+            and "train.mesh: MeshConfig(data=0, fsdp=2, cpu_devices=0) -> " in more.stderr
+        )
         assert [r["step"] for r in read_metrics(tmp_path / "run") if "loss" in r] == [3, 6, 9]
