@@ -6,10 +6,11 @@ from typing import Any, Optional
 
 import jax
 import optax
-from optax.contrib import MuonDimensionNumbers, muon
+from optax.contrib import MuonDimensionNumbers
 
 from mulm_jax.config import TrainConfig
 from mulm_jax.nn.blocks import STACKED
+from mulm_jax.train.muon import stacked_muon
 
 
 def make_schedule(cfg: TrainConfig, peak: Optional[float] = None) -> optax.Schedule:
@@ -83,14 +84,14 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
             optax.scale_by_schedule(lr),
         )
     elif cfg.optimizer == "muon":
-        opt = muon(
+        opt = stacked_muon(
             make_schedule(cfg, cfg.muon_lr),
+            muon_dimension_numbers,
             beta=cfg.muon_momentum,
             weight_decay=cfg.weight_decay,
             adam_b1=cfg.beta1,
             adam_b2=cfg.beta2,
             adam_learning_rate=lr,
-            muon_weight_dimension_numbers=muon_dimension_numbers,
         )
     else:  # sgd with momentum beta1; weight decay added to the gradient
         opt = optax.chain(

@@ -148,7 +148,8 @@ def train_step(
     )(state.params, state.rng, state.step, batch)
     count = jnp.maximum(sums["count"], 1.0)
     grads = jax.tree.map(lambda g: g / count, grad_sum)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the mesh the optimizer may split its work over
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
         "loss": sums["loss_sum"] / count,

@@ -229,3 +229,28 @@ def test_muon_first_update_of_a_matrix_is_its_orthogonalised_gradient_and_adamw_
         nesterov = 1 + 0.9 * 0.1 / (1 - 0.9**2)  # Nesterov Adam's first step: this times lr * sign(g) (b1 = 0.9)
         adam = -0.01 * nesterov * np.sign(g[path])
         np.testing.assert_allclose(updates[path], adam, rtol=2e-3, atol=1e-6, err_msg=path)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_stacked_muon_steps_as_optax_muon_over_a_whole_model_and_keeps_its_state_layout(scan):
+    # Each shape's matrices are iterated as one stack (train.muon): the same updates as optax's matrix-by-matrix
+    # Muon, step after step, for unrolled and scanned layers ([layers, ...] kernels: one matrix per layer), and a
+    # state of the same structure, so that a run saved under either resumes under the other.
+    model = build_model(tiny_model(num_layers=2, d_ff=48, tie_embeddings=False, scan_layers=scan))
+    params = random_params(model, jnp.zeros((1, 4), jnp.int32))["params"]
+    grads = [random_params(model, jnp.zeros((1, 4), jnp.int32), seed=s)["params"] for s in (1, 2, 3)]
+    cfg = TrainConfig(optimizer="muon", lr=0.01, muon_lr=0.02, warmup_steps=1, steps=10, grad_clip=0.0)
+    tx = make_optimizer(cfg)
+    reference = optax.contrib.muon(
+        make_schedule(cfg, cfg.muon_lr), beta=0.95, weight_decay=0.1, adam_b1=0.9, adam_b2=0.99,
+        adam_learning_rate=make_schedule(cfg), muon_weight_dimension_numbers=muon_dimension_numbers,
+    )  # fmt: skip
+    state, ref_state = tx.init(params), reference.init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(ref_state)
+    update, ref_update = jax.jit(tx.update), jax.jit(reference.update)
+    for g in grads:
+        got, state = update(g, state, params)
+        want, ref_state = ref_update(g, ref_state, params)
+        for path, value in flat(got).items():
+            np.testing.assert_allclose(value, flat(want)[path], rtol=1e-4, atol=1e-6, err_msg=path)
+        params = optax.apply_updates(params, got)

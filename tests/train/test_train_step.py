@@ -18,7 +18,7 @@ import pytest
 from support import ROOT, MeshSteps, fresh_state, random_ids, random_params, tiny_model, xla_flags
 from mulm_jax.config import MeshConfig, TrainConfig
 from mulm_jax.models import build_model
-from mulm_jax.train.optimizer import make_optimizer, make_schedule
+from mulm_jax.train.optimizer import make_optimizer, make_schedule, muon_dimension_numbers
 from mulm_jax.train.mesh import BATCH, MeshError, make_mesh, shaped
 from mulm_jax.train.step import TrainState
 
@@ -92,6 +92,22 @@ def device_errors(meshes: list[tuple[int, int]]) -> dict:
         new_state, _ = steps.train(steps.place(fresh_state(tx, params)), steps.batch(inputs, targets))
         split = [x for x in jax.tree.leaves(new_state.params) if not x.sharding.is_fully_replicated]
         row = {"split": len(split), "arrays": len(jax.tree.leaves(params))}
+        # Muon splits its stacked Newton-Schulz iterations over the data devices (train.muon): the same update of
+        # each matrix (the other parameters are AdamW's, which turns the key bias's zero gradient's noise into
+        # steps of the learning rate's size)
+        muon = sgd(optimizer="muon", lr=0.01)
+        delta, _ = one_step(muon, model, params, inputs, targets, MeshConfig(data=data, fsdp=fsdp))
+        tx = make_optimizer(muon)
+        want = jax.jit(tx.update)(grads, tx.init(params), params)[0]
+        errors = jax.tree.map(lambda d, w: float(np.max(np.abs(d - w))), delta, want)
+        matrices = muon_dimension_numbers(params)
+        row["muon_error"] = max(
+            e
+            for e, m in zip(
+                jax.tree.leaves(errors), jax.tree.leaves(matrices, is_leaf=lambda m: m is None or isinstance(m, tuple))
+            )
+            if m is not None
+        )
         for accum in (1, 2):
             delta, metrics = one_step(
                 sgd(grad_accum_steps=accum), model, params, inputs, targets, MeshConfig(data=data, fsdp=fsdp)
@@ -129,6 +145,7 @@ def test_every_mesh_steps_along_the_one_device_gradient_of_the_mean_loss(devices
         # fsdp splits every parameter array with an axis it divides (here all but the norm scales' and biases'
         # few odd ones: at least half of them); data parallelism splits none.
         assert (row["split"] >= row["arrays"] // 2) if fsdp > 1 else row["split"] == 0, row
+        assert row["muon_error"] < 1e-6, (data, fsdp, row)
         for accum in ("accum1", "accum2"):
             assert row[accum]["update_error"] < 1e-6, (data, fsdp, row)
             np.testing.assert_allclose(row[accum]["grad_norm"], out["norm"], rtol=1e-5, err_msg=f"{data}x{fsdp}")
