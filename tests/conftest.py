@@ -23,14 +23,18 @@ os.environ.setdefault("MULM_COMPILATION_CACHE", "off")
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
+# One CPU device for this process and the processes the tests start, unless a test asks for more (xla_flags()
+# appends its own count, and the last one wins): train.py would split the CPU into a device per core
+# (startup.start_training), where the suite's two workers already keep both cores busy and the devices would only
+# wait on each other; and a test that ran train.py's main here would split it for every test after it.
+# tests/train/test_cpu_devices.py tests that choice with the count taken out.
+if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=1"
+
 # Imported after the settings above, which the backend reads when it starts.
 from support import ROOT  # noqa: E402
 
-# The suite's own process computes on one CPU device, whichever test runs first: a training run's start-up splits
-# the CPU into one device per core only before the backend has started (startup.start_training), and a test that
-# runs train.py's main in this process would otherwise split it for every test after it. Processes the tests
-# start make their own choice.
-jax.devices()
+jax.devices()  # started on those settings before any test runs, whatever a test's start-up would set
 
 
 @pytest.fixture(autouse=True)

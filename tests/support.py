@@ -255,6 +255,20 @@ def finished_job(server: Server, path: str) -> dict:
     return job
 
 
+def train_py(workdir: Path, overrides: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python train.py` on configs/shakespeare_char.yaml into `workdir` with `--set overrides`, without the
+    compilation cache, in a process of its own under `env`; its output captured."""
+    return subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/shakespeare_char.yaml", "--workdir", str(workdir)]
+        + ["--no-compilation-cache", "--set", *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 # A character corpus for tiny_run's runs.
 RUN_CORPUS = (
     "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ROOT, tiny_run, xla_flags
+from support import ROOT, tiny_run, train_py, xla_flags
 from mulm_jax import platform
 from mulm_jax.config import ConfigError, MeshConfig, TrainConfig, load_config
 from mulm_jax.errors import MulmError
@@ -87,26 +87,12 @@ def test_a_device_count_forced_in_xla_flags_wins_over_the_chosen_one():
 @pytest.mark.slow  # 15 s: train.py in a process of its own
 def test_train_py_splits_the_cpu_as_the_config_asks(tmp_path):
     overrides = tiny_run(tmp_path, "train.steps=2", "train.eval_every=2", "train.batch_size=6")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    unforced = " ".join(f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f)  # the suite's 1
+    env = {**os.environ, "XLA_FLAGS": unforced, "JAX_PLATFORMS": "cpu"}
     cfg = load_config(ROOT / "configs/shakespeare_char.yaml", overrides)
     chosen = platform.training_cpu_devices(0, cfg.train.batch_size, 1)
     for asked, devices in ((None, chosen), ("3", 3)):
         extra = [f"train.mesh.cpu_devices={asked}"] if asked else []
-        out = subprocess.run(
-            [
-                sys.executable,
-                "train.py",
-                "--config",
-                "configs/shakespeare_char.yaml",
-                "--workdir",
-                str(tmp_path / f"r{asked}"),
-            ]
-            + ["--no-compilation-cache", "--set", *overrides, *extra],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        out = train_py(tmp_path / f"r{asked}", [*overrides, *extra], env)
         assert out.returncode == 0, out.stderr[-3000:]
         assert f"on a data {devices} x fsdp 1 mesh of {devices} device(s) in 1 process(es)" in out.stderr

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from support import ROOT, MeshSteps, fresh_state, random_params, tiny_model, tiny_run, xla_flags
+from support import ROOT, MeshSteps, fresh_state, random_params, tiny_model, tiny_run, train_py, xla_flags
 from mulm_jax.config import TrainConfig, dump_config, load_config
 from mulm_jax.data import Tokenizer, eval_batches
 from mulm_jax.models import build_model
@@ -292,24 +292,7 @@ def test_a_run_on_two_local_devices_evaluates_samples_and_matches_one_device(tmp
     overrides = tiny_run(tmp_path, "train.steps=4", "train.eval_every=2", "train.log_every=2")
     one = train(load_config(ROOT / "configs/shakespeare_char.yaml", overrides), tmp_path / "one", quiet=True)
     env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=2"), "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "--config",
-            "configs/shakespeare_char.yaml",
-            "--workdir",
-            str(tmp_path / "two"),
-            "--no-compilation-cache",
-            "--set",
-            *overrides,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = train_py(tmp_path / "two", overrides, env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "on a data 2 x fsdp 1 mesh of 2 device(s) in 1 process(es)" in out.stderr
     evaluations = [r for r in read_metrics(tmp_path / "two") if "val_loss" in r]
