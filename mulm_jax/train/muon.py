@@ -13,8 +13,9 @@ rate. The state has the same structure as optax.contrib.muon's, so runs saved wi
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +23,10 @@ import optax
 from jax.sharding import PartitionSpec
 from optax.contrib import MuonDimensionNumbers, scale_by_muon
 
+from mulm_jax.train.mesh import DATA
+
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # optax.contrib.muon's default quintic
 NS_STEPS = 5
-DATA = "data"  # the mesh axis the stacks are split over (train.mesh's)
 
 
 def _as_matrices(x: jax.Array, dims: MuonDimensionNumbers) -> jax.Array:
@@ -37,8 +39,7 @@ def _as_matrices(x: jax.Array, dims: MuonDimensionNumbers) -> jax.Array:
 def _split_over_data(stack: jax.Array) -> jax.Array:
     """The stack's matrices split over the current mesh's data devices, where there is such a mesh and the count
     divides; else as it is."""
-    mesh = jax.sharding.get_abstract_mesh()
-    devices = dict(zip(mesh.axis_names, mesh.axis_sizes)).get(DATA, 1) if not mesh.empty else 1
+    devices = jax.sharding.get_abstract_mesh().shape.get(DATA, 1)  # no mesh: an empty shape
     if devices > 1 and stack.shape[0] % devices == 0:
         return jax.lax.with_sharding_constraint(stack, PartitionSpec(DATA))
     return stack
@@ -67,17 +68,14 @@ def orthogonalise_stacked(dims_fn: Callable[[Any], Any]) -> optax.GradientTransf
         groups: dict[tuple[int, int], list[int]] = {}
         for i, m in enumerate(wide):
             groups.setdefault(m.shape[1:], []).append(i)
-        done: list[Optional[jax.Array]] = [None] * len(wide)
+        done: dict[int, jax.Array] = {}
         for members in groups.values():
             result = newton_schulz(_split_over_data(jnp.concatenate([wide[i] for i in members])))
-            offset = 0
-            for i in members:
-                n = wide[i].shape[0]
-                done[i] = result[offset : offset + n]
-                offset += n
+            ends = list(itertools.accumulate(wide[i].shape[0] for i in members))[:-1]
+            done.update(zip(members, jnp.split(result, ends)))
         out = []
-        for x, m, w in zip(leaves, matrices, done):
-            w = w if w.shape == m.shape else w.transpose(0, 2, 1)
+        for i, (x, m) in enumerate(zip(leaves, matrices)):
+            w = done[i] if done[i].shape == m.shape else done[i].transpose(0, 2, 1)
             fan_in, fan_out = m.shape[1], m.shape[2]
             out.append((math.sqrt(max(1.0, fan_out / fan_in)) * w).reshape(x.shape))
         return jax.tree.unflatten(treedef, out), state
